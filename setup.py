@@ -1,0 +1,22 @@
+"""Builds the optional compiled twin ``stemedb/core/_fast.pyx``.
+
+The extension is optional: without a compiler StemeDB runs on the pure-Python
+reference (``stemedb/core/codec.py``).  ``cythonize()`` drops ``optional=True``
+from the Extension it is given, so it is set again on what it returns.
+"""
+from setuptools import Extension, setup
+
+try:
+    from Cython.Build import cythonize
+except ImportError:  # a build without Cython: pure Python only
+    ext_modules = []
+else:
+    ext_modules = cythonize(
+        [Extension("stemedb.core._fast", ["stemedb/core/_fast.pyx"])],
+        compiler_directives={"language_level": "3", "boundscheck": False,
+                             "wraparound": False, "cdivision": True},
+    )
+    for ext in ext_modules:
+        ext.optional = True
+
+setup(ext_modules=ext_modules)

@@ -1,0 +1,366 @@
+"""The assertion: validation, canonical form, hash, signature, and the
+objects the store hands back.
+
+One validation path serves every entry point (embedded ``put``, HTTP, batch
+items): :func:`prepare_assertion` turns a request dict into an
+:class:`AssertionRecord` (the stored form, hash included) or raises a
+:class:`~stemedb.errors.ValidationError` naming the field.  Checks that need
+the store's state (``parent_hash``, ``derived_from`` and ``epoch`` must
+exist) are the store's.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import blake3
+import msgspec
+import orjson
+
+from .canonical import NotJSON, dumps_normalized, normalize
+from .errors import InvalidSignature, SignatureRequired, ValidationError
+from .timeutil import format_time, now_us, parse_time
+
+SOURCE_CLASSES = ("regulatory", "clinical", "observational", "expert", "community", "anecdotal")
+SOURCE_CLASS_RANK = {name: i for i, name in enumerate(SOURCE_CLASSES)}
+LIFECYCLES = ("proposed", "under_review", "approved", "deprecated", "rejected")
+LIFECYCLE_RANK = {name: i for i, name in enumerate(LIFECYCLES)}
+
+# Source class by URI scheme (case-insensitive); anything else is anecdotal.
+SCHEME_CLASS = {
+    **dict.fromkeys(("fda", "ema", "pmda", "mhra", "who", "rfc", "ietf"), "regulatory"),
+    **dict.fromkeys(("nct", "clinicaltrials", "pubmed", "doi", "peer"), "clinical"),
+    **dict.fromkeys(("medrxiv", "biorxiv", "cohort", "ehr"), "observational"),
+    **dict.fromkeys(("expert", "guideline", "wiki", "code"), "expert"),
+    **dict.fromkeys(("faers", "vaers", "forum", "community"), "community"),
+}
+
+MAX_PATH_BYTES = 512
+MAX_SOURCE_BYTES = 1024
+MAX_VALUE_BYTES = 64 * 1024
+MAX_DERIVED = 256
+
+ASSERTION_FIELDS = frozenset((
+    "concept_path", "predicate", "value", "confidence", "source", "source_class",
+    "lifecycle", "parent_hash", "derived_from", "epoch", "timestamp", "agent_id",
+    "signature"))
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}\Z")
+_HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
+_SIG_RE = re.compile(r"[0-9a-f]{128}\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
+
+
+class AssertionRecord(msgspec.Struct, array_like=True, frozen=True):
+    """An assertion as stored in the WAL (msgpack, positional)."""
+
+    hash: bytes
+    recorded_at: int
+    concept_path: str
+    predicate: str
+    value: Any
+    confidence: float
+    source: str | None
+    source_class: int
+    lifecycle: int
+    timestamp: int
+    parent_hash: bytes | None = None
+    derived_from: list[bytes] | None = None
+    epoch: str | None = None
+    agent_id: bytes | None = None
+    signature: bytes | None = None
+
+
+# --------------------------------------------------------------- validation
+
+def infer_source_class(source: str | None) -> str:
+    """The tier a source URI's scheme implies; anecdotal when none fits."""
+    if source:
+        m = _SCHEME_RE.match(source)
+        if m:
+            return SCHEME_CLASS.get(m.group(1).lower(), "anecdotal")
+    return "anecdotal"
+
+
+def check_concept_path(path, field: str = "concept_path") -> str:
+    if type(path) is not str:
+        raise ValidationError(f"{field} must be a string such as drugs/semaglutide", field=field)
+    n = len(path.encode("utf-8", "surrogatepass"))
+    if not 1 <= n <= MAX_PATH_BYTES:
+        raise ValidationError(f"{field} must be 1 to {MAX_PATH_BYTES} bytes of UTF-8, got {n}",
+                              field=field)
+    if _CONTROL_RE.search(path):
+        raise ValidationError(f"{field} must not contain control characters", field=field)
+    for seg in path.split("/"):
+        if not seg:
+            raise ValidationError(
+                f"{field} {path!r} has an empty segment (a leading, trailing or doubled '/'); "
+                f"write segments separated by single slashes", field=field)
+        if seg in (".", ".."):
+            raise ValidationError(f"{field} must not contain '.' or '..' segments", field=field)
+        if seg.strip() != seg:
+            raise ValidationError(
+                f"{field} segment {seg!r} has leading or trailing white space", field=field)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{field} is not valid UTF-8 text", field=field) from None
+    return path
+
+
+def check_name(value, field: str, what: str = "name") -> str:
+    if type(value) is not str or not _NAME_RE.match(value):
+        raise ValidationError(
+            f"{field} must be 1-128 characters of letters, digits and _ . : - "
+            f"(a {what}), got {value!r}", field=field)
+    return value
+
+
+def check_hash(value, field: str) -> str:
+    if type(value) is not str or not _HASH_RE.match(value):
+        raise ValidationError(
+            f"{field} must be an assertion hash: 64 lower-case hex characters", field=field)
+    return value
+
+
+def check_confidence(value, field: str = "confidence") -> float:
+    if type(value) not in (int, float) or not (0.0 <= value <= 1.0):
+        raise ValidationError(f"{field} must be a number from 0.0 to 1.0, got {value!r}",
+                              field=field)
+    return float(value)
+
+
+def check_source(value, field: str = "source") -> str:
+    if type(value) is not str or not value:
+        raise ValidationError(f"{field} must be a non-empty string (a URI or a concept path)",
+                              field=field)
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        raise ValidationError(f"{field} must be at most {MAX_SOURCE_BYTES} bytes", field=field)
+    if _CONTROL_RE.search(value):
+        raise ValidationError(f"{field} must not contain control characters", field=field)
+    return value
+
+
+def _enum(value, field: str, allowed: tuple) -> str:
+    if value not in allowed or type(value) is not str:
+        raise ValidationError(f"{field} must be one of {', '.join(allowed)}, got {value!r}",
+                              field=field)
+    return value
+
+
+def hash_object(obj: dict) -> bytes:
+    """BLAKE3-256 of the canonical JSON of ``obj`` (a small top-level dict)."""
+    n, fast = normalize(obj, "assertion")
+    return blake3.blake3(dumps_normalized(n, fast)).digest()
+
+
+def prepare_assertion(body, *, default_time_us: int | None = None,
+                      require_signatures: bool = False) -> AssertionRecord:
+    """Validate a request dict and return the record to store (hash included).
+
+    ``recorded_at`` is left 0; the log sets it when it assigns the seq.
+    Raises ``ValidationError`` (or a subclass) naming the field at fault.
+    """
+    if not isinstance(body, dict):
+        raise ValidationError("an assertion must be a JSON object", field=None)
+    unknown = body.keys() - ASSERTION_FIELDS
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ValidationError(
+            f"unknown field {name!r}; an assertion has only {', '.join(sorted(ASSERTION_FIELDS))}",
+            field=name)
+    for name in ("concept_path", "predicate", "value", "confidence"):
+        if name not in body:
+            raise ValidationError(f"{name} is required", field=name)
+    g = body.get
+    concept_path = check_concept_path(body["concept_path"])
+    predicate = check_name(body["predicate"], "predicate", "predicate")
+    confidence = check_confidence(body["confidence"])
+    try:
+        value, fast = normalize(body["value"])
+        value_json = dumps_normalized(value, fast)
+    except NotJSON as exc:
+        raise ValidationError(f"{exc.path} {exc}", field="value") from None
+    if len(value_json) > MAX_VALUE_BYTES:
+        raise ValidationError(
+            f"value is {len(value_json)} bytes in canonical JSON; the limit is {MAX_VALUE_BYTES}",
+            field="value")
+    source = g("source")
+    if source is not None:
+        check_source(source)
+    sc = g("source_class")
+    source_class = infer_source_class(source) if sc is None else _enum(sc, "source_class", SOURCE_CLASSES)
+    lc = g("lifecycle")
+    lifecycle = "proposed" if lc is None else _enum(lc, "lifecycle", LIFECYCLES)
+    parent_hash = g("parent_hash")
+    if parent_hash is not None:
+        check_hash(parent_hash, "parent_hash")
+    derived = g("derived_from")
+    if derived is not None:
+        if type(derived) not in (list, tuple) or not 1 <= len(derived) <= MAX_DERIVED:
+            raise ValidationError(
+                f"derived_from must be a list of 1 to {MAX_DERIVED} assertion hashes",
+                field="derived_from")
+        for i, h in enumerate(derived):
+            check_hash(h, f"derived_from[{i}]")
+        if len(set(derived)) != len(derived):
+            raise ValidationError("derived_from lists the same hash twice; list each once",
+                                  field="derived_from")
+        derived = list(derived)
+    epoch = g("epoch")
+    if epoch is not None:
+        check_name(epoch, "epoch", "epoch name")
+    ts = g("timestamp")
+    timestamp = (now_us() if default_time_us is None else default_time_us) if ts is None \
+        else parse_time(ts, "timestamp")
+    agent_id, signature = g("agent_id"), g("signature")
+    if agent_id is not None and (type(agent_id) is not str or not _HASH_RE.match(agent_id)):
+        raise ValidationError("agent_id must be an Ed25519 public key: 64 lower-case hex characters",
+                              field="agent_id")
+    if signature is not None and (type(signature) is not str or not _SIG_RE.match(signature)):
+        raise InvalidSignature("signature must be 128 lower-case hex characters", field="signature")
+    if (agent_id is None) != (signature is None):
+        missing = "agent_id" if agent_id is None else "signature"
+        raise InvalidSignature(f"agent_id and signature go together; {missing} is missing",
+                               field=missing)
+    if require_signatures and signature is None:
+        raise SignatureRequired(
+            "this server requires signed writes: add agent_id and signature "
+            "(Ed25519 over the assertion hash)", field="signature")
+
+    # The hashed object, written out in JCS key order by hand: every key is
+    # ASCII and fixed, so only the value needs the general canonicalizer.
+    parts = []
+    if agent_id is not None:
+        parts.append(b'"agent_id":"' + agent_id.encode() + b'"')
+    parts.append(b'"concept_path":' + orjson.dumps(concept_path))
+    parts.append(b'"confidence":' + _number(confidence))
+    if derived is not None:
+        parts.append(b'"derived_from":' + orjson.dumps(derived))
+    if epoch is not None:
+        parts.append(b'"epoch":"' + epoch.encode() + b'"')
+    parts.append(b'"lifecycle":"' + lifecycle.encode() + b'"')
+    if parent_hash is not None:
+        parts.append(b'"parent_hash":"' + parent_hash.encode() + b'"')
+    parts.append(b'"predicate":"' + predicate.encode() + b'"')
+    if source is not None:
+        try:
+            parts.append(b'"source":' + orjson.dumps(source))
+        except TypeError:
+            raise ValidationError("source is not valid UTF-8 text", field="source") from None
+    parts.append(b'"source_class":"' + source_class.encode() + b'"')
+    parts.append(b'"timestamp":' + str(timestamp).encode())
+    parts.append(b'"value":' + value_json)
+    digest = blake3.blake3(b"{" + b",".join(parts) + b"}").digest()
+
+    if signature is not None:
+        verify_signature(agent_id, signature, digest, "signature")
+    return AssertionRecord(
+        hash=digest, recorded_at=0, concept_path=concept_path, predicate=predicate,
+        value=value, confidence=confidence, source=source,
+        source_class=SOURCE_CLASS_RANK[source_class], lifecycle=LIFECYCLE_RANK[lifecycle],
+        timestamp=timestamp,
+        parent_hash=bytes.fromhex(parent_hash) if parent_hash is not None else None,
+        derived_from=[bytes.fromhex(h) for h in derived] if derived is not None else None,
+        epoch=epoch,
+        agent_id=bytes.fromhex(agent_id) if agent_id is not None else None,
+        signature=bytes.fromhex(signature) if signature is not None else None)
+
+
+def _number(x: float) -> bytes:
+    n, fast = normalize(x)
+    return dumps_normalized(n, fast)
+
+
+def verify_signature(agent_id: str, signature: str, message: bytes, field: str) -> None:
+    """Ed25519 check of ``signature`` by ``agent_id`` over ``message``."""
+    from nacl.exceptions import BadSignatureError, CryptoError
+    from nacl.signing import VerifyKey
+    try:
+        VerifyKey(bytes.fromhex(agent_id)).verify(message, bytes.fromhex(signature))
+    except (BadSignatureError, CryptoError, ValueError):
+        raise InvalidSignature(
+            f"{field} does not verify: it must be the Ed25519 signature by agent_id over "
+            f"the 32 bytes of the hash", field=field) from None
+
+
+def vote_hash(assertion_hash: str, weight: float, agent_id: str | None) -> bytes:
+    """The 32 bytes a vote's signature covers (see the contract)."""
+    return hash_object({"assertion_hash": assertion_hash, "weight": weight,
+                        "agent_id": agent_id})
+
+
+# ------------------------------------------------------------ read objects
+
+class Assertion:
+    """A stored assertion as handed back: the JSON field names as attributes.
+
+    Times are RFC 3339 strings as in the HTTP answer; ``timestamp_us`` and
+    ``recorded_at_us`` carry the integer microseconds.  ``to_dict()`` is the
+    JSON form.
+    """
+
+    __slots__ = ("record", "seq", "status", "retraction", "_value_key")
+
+    def __init__(self, record: AssertionRecord, seq: int, status: str = "active",
+                 retraction: dict | None = None):
+        self.record = record
+        self.seq = seq
+        self.status = status
+        self.retraction = retraction
+        self._value_key = None
+
+    # The JSON names, computed from the record (cheap, and keeps objects small).
+    hash = property(lambda s: s.record.hash.hex())
+    concept_path = property(lambda s: s.record.concept_path)
+    predicate = property(lambda s: s.record.predicate)
+    value = property(lambda s: s.record.value)
+    confidence = property(lambda s: s.record.confidence)
+    source = property(lambda s: s.record.source)
+    source_class = property(lambda s: SOURCE_CLASSES[s.record.source_class])
+    lifecycle = property(lambda s: LIFECYCLES[s.record.lifecycle])
+    parent_hash = property(lambda s: s.record.parent_hash.hex() if s.record.parent_hash else None)
+    derived_from = property(lambda s: [h.hex() for h in s.record.derived_from]
+                            if s.record.derived_from is not None else None)
+    epoch = property(lambda s: s.record.epoch)
+    timestamp = property(lambda s: format_time(s.record.timestamp))
+    recorded_at = property(lambda s: format_time(s.record.recorded_at))
+    agent_id = property(lambda s: s.record.agent_id.hex() if s.record.agent_id else None)
+    signature = property(lambda s: s.record.signature.hex() if s.record.signature else None)
+    timestamp_us = property(lambda s: s.record.timestamp)
+    recorded_at_us = property(lambda s: s.record.recorded_at)
+    source_rank = property(lambda s: s.record.source_class)
+
+    @property
+    def value_key(self) -> bytes:
+        """Canonical JSON of the value: equal values have equal keys."""
+        if self._value_key is None:
+            n, fast = normalize(self.record.value)
+            self._value_key = dumps_normalized(n, fast)
+        return self._value_key
+
+    def to_dict(self) -> dict:
+        d = {
+            "hash": self.hash, "seq": self.seq, "concept_path": self.concept_path,
+            "predicate": self.predicate, "value": self.value, "confidence": self.confidence,
+            "source": self.source, "source_class": self.source_class,
+            "lifecycle": self.lifecycle, "parent_hash": self.parent_hash,
+            "derived_from": self.derived_from, "epoch": self.epoch,
+            "timestamp": self.timestamp, "agent_id": self.agent_id,
+            "signature": self.signature, "recorded_at": self.recorded_at,
+            "status": self.status,
+        }
+        if self.retraction is not None:
+            d["retraction"] = self.retraction
+        return d
+
+    def __repr__(self) -> str:
+        return (f"Assertion({self.concept_path!r}, {self.predicate!r}, {self.value!r}, "
+                f"confidence={self.confidence}, seq={self.seq}, status={self.status!r})")
+
+    def __eq__(self, other):
+        return isinstance(other, Assertion) and other.record == self.record and other.seq == self.seq
+
+    def __hash__(self):
+        return hash(self.record.hash)
