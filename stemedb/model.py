@@ -52,22 +52,26 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
-class AssertionRecord(msgspec.Struct, array_like=True, frozen=True):
-    """An assertion as stored in the WAL (msgpack, positional)."""
+class AssertionRecord(msgspec.Struct, frozen=True):
+    """An assertion as stored (see docs/format.md for its bytes).
+
+    ``value_json`` is the value's RFC 8785 canonical JSON: what was hashed,
+    what is stored, and the key that groups equal values.
+    """
 
     hash: bytes
     recorded_at: int
-    concept_path: str
-    predicate: str
-    value: Any
+    timestamp: int
     confidence: float
-    source: str | None
     source_class: int
     lifecycle: int
-    timestamp: int
+    concept_path: str
+    predicate: str
+    value_json: bytes
+    source: str | None = None
+    epoch: str | None = None
     parent_hash: bytes | None = None
     derived_from: list[bytes] | None = None
-    epoch: str | None = None
     agent_id: bytes | None = None
     signature: bytes | None = None
 
@@ -258,7 +262,7 @@ def prepare_assertion(body, *, default_time_us: int | None = None,
         verify_signature(agent_id, signature, digest, "signature")
     return AssertionRecord(
         hash=digest, recorded_at=0, concept_path=concept_path, predicate=predicate,
-        value=value, confidence=confidence, source=source,
+        value_json=value_json, confidence=confidence, source=source,
         source_class=SOURCE_CLASS_RANK[source_class], lifecycle=LIFECYCLE_RANK[lifecycle],
         timestamp=timestamp,
         parent_hash=bytes.fromhex(parent_hash) if parent_hash is not None else None,
@@ -301,7 +305,9 @@ class Assertion:
     JSON form.
     """
 
-    __slots__ = ("record", "seq", "status", "retraction", "_value_key")
+    __slots__ = ("record", "seq", "status", "retraction", "_value")
+
+    _UNSET = object()
 
     def __init__(self, record: AssertionRecord, seq: int, status: str = "active",
                  retraction: dict | None = None):
@@ -309,13 +315,12 @@ class Assertion:
         self.seq = seq
         self.status = status
         self.retraction = retraction
-        self._value_key = None
+        self._value = Assertion._UNSET
 
     # The JSON names, computed from the record (cheap, and keeps objects small).
     hash = property(lambda s: s.record.hash.hex())
     concept_path = property(lambda s: s.record.concept_path)
     predicate = property(lambda s: s.record.predicate)
-    value = property(lambda s: s.record.value)
     confidence = property(lambda s: s.record.confidence)
     source = property(lambda s: s.record.source)
     source_class = property(lambda s: SOURCE_CLASSES[s.record.source_class])
@@ -333,12 +338,15 @@ class Assertion:
     source_rank = property(lambda s: s.record.source_class)
 
     @property
+    def value(self):
+        if self._value is Assertion._UNSET:
+            self._value = orjson.loads(self.record.value_json)
+        return self._value
+
+    @property
     def value_key(self) -> bytes:
         """Canonical JSON of the value: equal values have equal keys."""
-        if self._value_key is None:
-            n, fast = normalize(self.record.value)
-            self._value_key = dumps_normalized(n, fast)
-        return self._value_key
+        return self.record.value_json
 
     def to_dict(self) -> dict:
         d = {

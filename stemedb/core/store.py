@@ -1,13 +1,53 @@
 """Store: the only thing the server, the tools and embedded users import.
 
-SKELETON: signatures and contracts are fixed; bodies are being written.
+Threading: ``_wmu`` serializes the short critical section of a write
+(validation against state, seq assignment, enqueue); the fsync happens
+outside it through the WAL's group commit.  ``_ilock`` guards the in-memory
+state: the group commit leader takes it to apply a durable group, readers
+take it to gather candidates, then decode records outside it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import fcntl
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
 
-from ..model import Assertion
+import msgspec
+import orjson
+
+from .. import __version__
+from ..errors import (
+    ChecksumMismatch, Conflict, CorruptionError, NotFound, StoreClosed, StoreFaulted,
+    StoreLocked, UnknownReference, ValidationError,
+)
+from ..model import (
+    Assertion, AssertionRecord, check_concept_path, check_confidence, check_hash, check_name,
+    check_source, prepare_assertion, verify_signature, vote_hash,
+)
+from ..timeutil import format_time, now_us
+from . import codec, fast, snapshot
+from .audit import AuditLog
+from .fileio import FileSystem
+from .format import (
+    FLAG_MORE, FORMAT_MAJOR, FORMAT_MINOR, FRAME, FRAME_SIZE, REC_ASSERT, REC_EPOCH,
+    REC_OUTCOME, REC_RETRACT, REC_VOTE,
+)
+from .index import unpack_loc
+from .state import State
+from .wal import WAL, Request
+
+log = logging.getLogger("stemedb")
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder()
+
+
+def implementation() -> str:
+    from . import fast
+    return "compiled" if fast.COMPILED else "pure"
 
 
 @dataclass(frozen=True)
@@ -20,80 +60,631 @@ class PutResult:
     def status(self) -> str:
         return "created" if self.created else "exists"
 
+    def to_dict(self) -> dict:
+        return {"hash": self.hash, "status": self.status, "seq": self.seq}
+
 
 @dataclass(frozen=True)
 class RetractResult:
     retracted: int         # newly retracted assertions (already-retracted ones not counted)
     hashes: list[str]
-    seq: int               # seq of the retraction record (0 when nothing was retracted)
-
-
-@dataclass
-class QueryResult:
-    concept_path: str
-    lens: str
-    results: list[dict]    # [{"concept_path","predicate","winner": Assertion|None,"confidence","conflict_score","candidates_count", ...}]
-    assertions: list[Assertion]
-    next_cursor: str | None = None
+    seq: int               # seq of the retraction record
 
     def to_dict(self) -> dict:
-        """The JSON answer of POST /v1/query."""
-        raise NotImplementedError
+        return {"retracted": self.retracted, "hashes": self.hashes, "seq": self.seq}
 
 
 class Store:
     """A StemeDB data directory, owned by this process while open.
 
-    Thread-safe: many reader and writer threads.  Writes return after their
-    records are durable (per the durability mode).
+    Thread-safe for many reader and writer threads.  Writes return after
+    their records are durable (``fsync`` and ``batch`` modes; ``none`` only
+    hands them to the OS).  Use :func:`open_store`.
     """
 
-    # --- writes (durable on return) -----------------------------------
-    def put(self, assertion: dict, *, require_signatures: bool = False) -> PutResult: ...
+    def __init__(self, path: str, *, durability: str = "fsync",
+                 segment_size: int = 64 * 1024 * 1024, lock_timeout: float = 0.0,
+                 batch_delay_ms: float = 2.0, snapshot_interval: int = 100_000,
+                 fs: FileSystem | None = None, clock: Callable[[], int] = now_us,
+                 audit: bool = True):
+        from ..config import Settings  # validates the values the same way as the server
+        Settings(durability=durability, segment_size=segment_size, batch_delay_ms=batch_delay_ms)
+        self.path = os.path.abspath(path)
+        self.fs = fs or FileSystem()
+        self.clock = clock
+        self.snapshot_interval = snapshot_interval
+        self.fault_reason: str | None = None
+        self._closed = True
+        self._wmu = threading.Lock()
+        self._ilock = threading.RLock()
+        self._snap_lock = threading.Lock()
+        self._pending: dict[bytes, tuple[int, Request]] = {}
+        self._started = time.monotonic()
+        self._observer = None
+        self.rebuilt = False
+        self.replayed = 0
+        self.fs.makedirs(self.path)
+        self._lock_fd = _acquire_lock(os.path.join(self.path, "LOCK"), lock_timeout)
+        try:
+            self.wal = WAL(os.path.join(self.path, "wal"), fs=self.fs, segment_size=segment_size,
+                           durability=durability, batch_delay=batch_delay_ms / 1000.0)
+            self._recover()
+            self.wal.apply = self._apply_group
+            self.wal.start_appending()
+            self._next_seq = self.state.last_seq + 1
+            self._since_snapshot = 0
+            self.audit = AuditLog(os.path.join(self.path, "audit")) if audit else None
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._closed = False
+        if self.rebuilt or not os.path.exists(os.path.join(self.path, "metadata.json")):
+            self.snapshot()
+        log.info("Startup complete")
+
+    # ------------------------------------------------------------ recovery
+    def _recover(self) -> None:
+        log.info("Starting WAL recovery...")
+        wal = self.wal
+        wal.open()
+        if not wal.segments:
+            if self._has_metadata_for_existing_log():
+                raise CorruptionError(
+                    f"{self.wal.dir} holds no segments but metadata.json says the store has "
+                    f"data; restore the WAL from a backup (see docs/operations)")
+            wal.create_first()
+            self.state = State()
+            log.info("Replayed 0 entries from WAL")
+            return
+        state, start = self._load_snapshot()
+        t0 = time.monotonic()
+        if state is None:
+            log.info("Rebuilding indexes...")
+            state = State()
+            start = (wal.segments[0].number, None)
+            self.rebuilt = True
+        self.state = state
+        from . import fast
+        n = fast.replay(self, start)
+        self.replayed = n
+        log.info("Replayed %d entries from WAL", n)
+        if self.rebuilt:
+            log.info("Index rebuild complete in %.3fs", time.monotonic() - t0)
+
+    def _has_metadata_for_existing_log(self) -> bool:
+        try:
+            with open(os.path.join(self.path, "metadata.json"), "rb") as f:
+                return orjson.loads(f.read()).get("last_seq", 0) > 0
+        except (OSError, ValueError):
+            return False
+
+    def _load_snapshot(self):
+        path = snapshot.snapshot_path(os.path.join(self.path, "db"))
+        if not os.path.exists(path):
+            return None, None
+        try:
+            state, pos = snapshot.read(path)
+        except (CorruptionError, ValueError, KeyError, msgspec.DecodeError) as exc:
+            log.warning("Index snapshot unusable (%s); rebuilding from the WAL", exc)
+            return None, None
+        reason = self._snapshot_mismatch(pos)
+        if reason:
+            log.warning("Index snapshot does not match the WAL (%s); rebuilding from the WAL",
+                        reason)
+            return None, None
+        return state, (pos["segment"], pos["offset"])
+
+    def _snapshot_mismatch(self, pos: dict) -> str | None:
+        wal = self.wal
+        if bytes(pos.get("log_id", b"")) != wal.log_id:
+            return "it belongs to another log"
+        numbers = [s.number for s in wal.segments]
+        if pos["segment"] not in numbers:
+            return f"segment {pos['segment']} is not in the WAL"
+        last = pos.get("last_record")
+        if last is None:
+            return None if pos["segment"] == numbers[0] else "no record to anchor it"
+        seg_no, off, seq, crc = last
+        if seg_no not in numbers:
+            return f"segment {seg_no} is not in the WAL"
+        seg = wal.segment(seg_no)
+        size = os.path.getsize(seg.path)
+        if off + FRAME_SIZE > size or pos["offset"] > os.path.getsize(wal.segment(pos["segment"]).path):
+            return "the WAL is shorter than the snapshot"
+        head = seg.read(off, FRAME_SIZE)
+        length, fcrc, _t, _f, _r, fseq = FRAME.unpack_from(head)
+        if fseq != seq or fcrc != crc:
+            return "the record it ends at differs"
+        return None
+
+    def _replay_segment(self, seg, start, last: bool) -> int:
+        """Apply every record of ``seg`` from ``start`` (pure reference path)."""
+        buf, offsets, types, flags, seqs = self.wal.scan(seg, start, last=last)
+        st = self.state
+        n = 0
+        prev = st.last_seq
+        for off, rtype, seq in zip(offsets, types, seqs):
+            if seq <= prev:
+                raise ChecksumMismatch(
+                    f"Checksum mismatch in WAL segment {seg.path} at offset {off} "
+                    f"(seq {seq} does not follow {prev})", file=seg.path, offset=off)
+            prev = seq
+            self._apply_record(rtype, seq, seg.number, off, buf)
+            n += 1
+        return n
+
+    def _apply_record(self, rtype: int, seq: int, segno: int, off: int, buf) -> None:
+        st = self.state
+        if rtype == REC_ASSERT:
+            st.apply_assert(seq, segno, off, fast.index_fields(buf, off + FRAME_SIZE))
+            return
+        length = int.from_bytes(buf[off:off + 4], "little")
+        body = _dec.decode(buf[off + FRAME_SIZE:off + FRAME_SIZE + length])
+        if rtype == REC_RETRACT:
+            st.apply_retract(seq, body)
+        elif rtype == REC_VOTE:
+            st.apply_vote(seq, body)
+        elif rtype == REC_EPOCH:
+            st.apply_epoch(seq, body)
+        elif rtype == REC_OUTCOME:
+            st.apply_outcome(seq, body)
+        else:
+            raise CorruptionError(f"unknown record type {rtype} in WAL segment {segno} "
+                                  f"at offset {off}", offset=off)
+
+    # ------------------------------------------------------------ writing
+    def _apply_group(self, group: list[Request]) -> None:
+        """Run by the group commit leader after fsync, in seq order."""
+        with self._ilock:
+            for req in group:
+                for (segno, off), (rtype, seq, payload) in zip(req.locs, req.apply_arg):
+                    if rtype == REC_ASSERT:
+                        self.state.apply_assert(seq, segno, off, payload)
+                    elif rtype == REC_RETRACT:
+                        self.state.apply_retract(seq, payload)
+                    elif rtype == REC_VOTE:
+                        self.state.apply_vote(seq, payload)
+                    elif rtype == REC_EPOCH:
+                        self.state.apply_epoch(seq, payload)
+                    elif rtype == REC_OUTCOME:
+                        self.state.apply_outcome(seq, payload)
+            self._since_snapshot += sum(len(r.apply_arg) for r in group)
+        if self._since_snapshot >= self.snapshot_interval and self.snapshot_interval > 0:
+            self._since_snapshot = 0
+            threading.Thread(target=self._background_snapshot, daemon=True,
+                             name="stemedb-snapshot").start()
+
+    def _background_snapshot(self) -> None:
+        try:
+            self.snapshot()
+        except Exception:
+            log.exception("periodic snapshot failed (the WAL still holds everything)")
+
+    def _writable(self) -> None:
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        if self.wal.fault:
+            raise StoreFaulted(f"writes are stopped after a storage fault: {self.wal.fault}; "
+                               f"restart the server to recover from disk")
+
+    def _stamp(self) -> tuple[int, int]:
+        """Next seq and a recorded_at that never goes backwards (call under _wmu)."""
+        seq = self._next_seq
+        self._next_seq += 1
+        rec = max(self.clock(), self._last_stamp)
+        self._last_stamp = rec
+        return seq, rec
+
+    @property
+    def _last_stamp(self) -> int:
+        return getattr(self, "_stamp_us", self.state.last_recorded_at)
+
+    @_last_stamp.setter
+    def _last_stamp(self, v: int) -> None:
+        self._stamp_us = v
+
+    def _commit(self, records: list[tuple[int, int, bytes, object]]) -> Request:
+        """Frame, enqueue (under _wmu).  records: (type, seq, payload bytes, apply payload)."""
+        frames, sizes, apply_arg = [], [], []
+        last = len(records) - 1
+        for i, (rtype, seq, payload, arg) in enumerate(records):
+            fr = codec.encode_frame(rtype, FLAG_MORE if i < last else 0, seq, payload)
+            frames.append(fr)
+            sizes.append(len(fr))
+            apply_arg.append((rtype, seq, arg))
+        req = Request(b"".join(frames), sizes, apply_arg)
+        self.wal.enqueue(req)
+        return req
+
+    def put(self, assertion: dict, *, require_signatures: bool = False) -> PutResult:
+        """Store one assertion; returns after it is durable.  O(1) amortized."""
+        rec = prepare_assertion(assertion, require_signatures=require_signatures)
+        return self._put_records([rec], batch=False)[0]
+
     def put_batch(self, assertions: list[dict], *, require_signatures: bool = False) -> list[PutResult]:
-        """Atomic. A bad item raises ValidationError with field 'assertions[i].<field>'."""
+        """Store assertions atomically: after any crash all or none are present.
+
+        A bad item raises ValidationError with field ``assertions[i].<field>``.
+        """
+        if not isinstance(assertions, (list, tuple)) or not 1 <= len(assertions) <= 10_000:
+            raise ValidationError("assertions must be a list of 1 to 10,000 assertions",
+                                  field="assertions")
+        recs = []
+        for i, a in enumerate(assertions):
+            try:
+                recs.append(prepare_assertion(a, require_signatures=require_signatures))
+            except ValidationError as exc:
+                raise exc.prefixed(f"assertions[{i}]") from None
+        return self._put_records(recs, batch=True)
+
+    def _put_records(self, recs: list[AssertionRecord], batch: bool) -> list[PutResult]:
+        results: list[PutResult | None] = [None] * len(recs)
+        waits: list[Request] = []
+        with self._wmu:
+            self._writable()
+            st = self.state
+            fresh: dict[bytes, int] = {}
+            new = []
+            with self._ilock:
+                for i, r in enumerate(recs):
+                    o = st.ordinal(r.hash)
+                    if o is not None:
+                        results[i] = PutResult(r.hash.hex(), int(st.cols.seq[o]), False)
+                        continue
+                    pend = self._pending.get(r.hash)
+                    if pend is not None and pend[1].error is None:
+                        results[i] = PutResult(r.hash.hex(), pend[0], False)
+                        waits.append(pend[1])
+                        continue
+                    if r.hash in fresh:
+                        results[i] = PutResult(r.hash.hex(), fresh[r.hash], False)
+                        continue
+                    self._check_refs(r, fresh, i if batch else None)
+                    seq, stamp = self._stamp()
+                    r = _with_stamp(r, stamp)
+                    fresh[r.hash] = seq
+                    new.append((i, r, seq))
+            if new:
+                recs_out = [(REC_ASSERT, seq, codec.encode_assert(r),
+                             (r.hash, r.recorded_at, r.timestamp, r.lifecycle, r.concept_path,
+                              r.predicate, r.source, r.epoch, r.parent_hash, r.derived_from))
+                            for _, r, seq in new]
+                req = self._commit(recs_out)
+                for _, r, seq in new:
+                    self._pending[r.hash] = (seq, req)
+        try:
+            if new:
+                self.wal.wait(req)
+                for i, r, seq in new:
+                    results[i] = PutResult(r.hash.hex(), seq, True)
+            for w in waits:
+                self.wal.wait(w)
+        finally:
+            if new:
+                with self._wmu:
+                    for _, r, _s in new:
+                        self._pending.pop(r.hash, None)
+        return results
+
+    def _check_refs(self, r: AssertionRecord, fresh: dict, index: int | None) -> None:
+        def exists(h: bytes) -> bool:
+            return (h in fresh or self.state.ordinal(h) is not None
+                    or (h in self._pending and self._pending[h][1].error is None))
+
+        def fail(field: str, msg: str):
+            err = UnknownReference(msg, field=field)
+            raise err.prefixed(f"assertions[{index}]") if index is not None else err
+
+        if r.parent_hash is not None and not exists(r.parent_hash):
+            fail("parent_hash", f"parent_hash {r.parent_hash.hex()} names no stored assertion")
+        if r.derived_from is not None:
+            for j, h in enumerate(r.derived_from):
+                if not exists(h):
+                    fail(f"derived_from[{j}]", f"derived_from[{j}] {h.hex()} names no stored assertion")
+        if r.epoch is not None and r.epoch not in self.state.epochs:
+            fail("epoch", f"epoch {r.epoch!r} does not exist; create it with POST /v1/epoch first")
+
+    def _write_meta(self, rtype: int, body_fn) -> tuple[int, dict]:
+        """Write one non-assertion record; body_fn(recorded_at) -> body dict."""
+        with self._wmu:
+            self._writable()
+            seq, stamp = self._stamp()
+            body = body_fn(stamp)
+            req = self._commit([(rtype, seq, _enc.encode(body), body)])
+        self.wal.wait(req)
+        return seq, body
+
     def retract(self, *, hash: str | None = None, concept_path: str | None = None,
                 source: str | None = None, reason: str, cascade: bool = False,
-                by: str | None = None) -> RetractResult: ...
+                by: str | None = None) -> RetractResult:
+        """Retract by exactly one target; with ``cascade``, follow dependents.
+
+        Time proportional to what it touches (the dependents and source
+        indexes), never a scan.  Durable on return.
+        """
+        from .query import retraction_targets
+        given = [n for n, v in (("hash", hash), ("concept_path", concept_path),
+                                ("source", source)) if v is not None]
+        if len(given) != 1:
+            raise ValidationError("give exactly one of hash, concept_path or source to retract",
+                                  field=given[1] if len(given) > 1 else "hash")
+        if type(reason) is not str or not 1 <= len(reason) <= 256:
+            raise ValidationError("reason must be 1 to 256 characters", field="reason")
+        if type(cascade) is not bool:
+            raise ValidationError("cascade must be true or false", field="cascade")
+        if hash is not None:
+            check_hash(hash, "hash")
+            target = {"hash": hash}
+        elif concept_path is not None:
+            check_concept_path(concept_path)
+            target = {"concept_path": concept_path}
+        else:
+            check_source(source)
+            target = {"source": source}
+        with self._wmu:
+            self._writable()
+            with self._ilock:
+                ords = retraction_targets(self, target, cascade)
+                st = self.state
+                newly = sorted(o for o in ords if o not in st.retracted)
+                hashes = [st.cols.hash_of(o) for o in newly]
+            seq, stamp = self._stamp()
+            body = {"recorded_at": stamp, "reason": reason, "by": by, "target": target,
+                    "cascade": cascade, "hashes": hashes}
+            req = self._commit([(REC_RETRACT, seq, _enc.encode(body), body)])
+        self.wal.wait(req)
+        return RetractResult(len(hashes), [h.hex() for h in hashes], seq)
+
     def vote(self, assertion_hash: str, weight: float, *, agent_id: str | None = None,
              signature: str | None = None) -> int:
-        """Returns the vote record's seq. NotFound for an unknown assertion."""
+        """Record a vote; returns its seq.  NotFound for an unknown assertion."""
+        check_hash(assertion_hash, "assertion_hash")
+        weight = check_confidence(weight, "weight")
+        if agent_id is not None:
+            check_hash(agent_id, "agent_id")
+        if (agent_id is None) != (signature is None) and signature is not None:
+            from ..errors import InvalidSignature
+            raise InvalidSignature("a vote signature needs agent_id", field="agent_id")
+        if signature is not None:
+            verify_signature(agent_id, signature, vote_hash(assertion_hash, weight, agent_id),
+                             "signature")
+        h = bytes.fromhex(assertion_hash)
+        with self._ilock:
+            if self.state.ordinal(h) is None:
+                raise NotFound(f"no assertion with hash {assertion_hash}", field="assertion_hash")
+        seq, _ = self._write_meta(REC_VOTE, lambda rec: {
+            "recorded_at": rec, "assertion_hash": h, "weight": weight, "agent_id": agent_id})
+        return seq
+
     def create_epoch(self, name: str, *, supersedes: list[str] | None = None,
                      description: str | None = None) -> int:
-        """Returns the seq. Conflict when the name exists; UnknownReference for supersedes."""
+        """Create an epoch; O(len(supersedes)) whatever the epochs hold."""
+        check_name(name, "name", "epoch name")
+        if supersedes is not None:
+            if type(supersedes) not in (list, tuple):
+                raise ValidationError("supersedes must be a list of epoch names", field="supersedes")
+            for i, s in enumerate(supersedes):
+                check_name(s, f"supersedes[{i}]", "epoch name")
+        if description is not None and (type(description) is not str or len(description) > 4096):
+            raise ValidationError("description must be a string of at most 4096 characters",
+                                  field="description")
+
+        def body(rec):
+            if name in self.state.epochs:
+                raise Conflict(f"epoch {name!r} already exists; epochs are immutable, pick "
+                               f"another name", field="name")
+            for i, s in enumerate(supersedes or []):
+                if s not in self.state.epochs:
+                    raise UnknownReference(f"supersedes[{i}] names unknown epoch {s!r}",
+                                           field=f"supersedes[{i}]")
+            return {"recorded_at": rec, "name": name, "supersedes": list(supersedes or []),
+                    "description": description}
+        seq, _ = self._write_meta(REC_EPOCH, body)
+        return seq
+
     def record_outcome(self, agent_id: str, accurate: bool) -> float:
-        """Records a trust outcome; returns the agent's trust rank now."""
+        """Record whether an agent's claim proved accurate; returns its trust rank."""
+        check_hash(agent_id, "agent_id")
+        if type(accurate) is not bool:
+            raise ValidationError("accurate must be true or false", field="accurate")
+        self._write_meta(REC_OUTCOME, lambda rec: {
+            "recorded_at": rec, "agent_id": agent_id, "accurate": accurate})
+        return self.trust_rank(agent_id)
 
-    # --- reads ----------------------------------------------------------
-    def get(self, hash: str) -> Assertion | None: ...
-    def query(self, concept_path: str, *, predicate: str | None = None,
-              include_descendants: bool = False, lens: str = "recency", as_of=None,
-              known_at=None, since=None, lifecycle: str | None = None, epoch: str | None = None,
-              decay: bool = False, include_retracted: bool = False, limit: int = 100,
-              cursor: str | None = None, agent: str | None = None) -> QueryResult:
-        """Times are RFC 3339 strings or Unix seconds. ``agent`` is who asked (audit)."""
+    # ------------------------------------------------------------ reading
+    def _read_record(self, o: int) -> AssertionRecord:
+        """Decode the assertion at ordinal ``o`` from its segment, CRC checked."""
+        segno, off = unpack_loc(int(self.state.cols.loc[o]))
+        head = self.wal.read(segno, off, FRAME_SIZE)
+        length, crc = FRAME.unpack_from(head)[:2]
+        body = self.wal.read(segno, off + 8, FRAME_SIZE - 8 + length)
+        if codec.crc32c(body) != crc:
+            raise ChecksumMismatch(
+                f"Checksum mismatch in WAL segment {self.wal.segment(segno).path} at offset {off}",
+                file=self.wal.segment(segno).path, offset=off)
+        return codec.decode_assert(body, FRAME_SIZE - 8)
+
+    def _assertion(self, o: int, known_at: int | None = None) -> Assertion:
+        st = self.state
+        rec = self._read_record(o)
+        ridx = st.retracted.get(o)
+        if ridx is not None:
+            r = st.retractions[ridx]
+            if known_at is None or r.recorded_at <= known_at:
+                return Assertion(rec, int(st.cols.seq[o]), "retracted", {
+                    "reason": r.reason, "retracted_at": format_time(r.recorded_at),
+                    "seq": r.seq, "by": r.by})
+        return Assertion(rec, int(st.cols.seq[o]))
+
+    def get(self, hash: str) -> Assertion | None:
+        """The stored assertion with this hash, or None.  O(log n)."""
+        check_hash(hash, "hash")
+        with self._ilock:
+            o = self.state.ordinal(bytes.fromhex(hash))
+            if o is None:
+                return None
+            return self._assertion(o)
+
+    def query(self, concept_path: str, **params):
+        """Resolve claims at ``concept_path`` through a lens (see docs/semantics)."""
+        from .query import run_query
+        return run_query(self, concept_path, **params)
+
     def skeptic(self, concept_path: str, predicate: str, **filters) -> dict:
-        """{"status","conflict_score","claims":[{"value","weight","share","support","hashes"}]}"""
-    def trace(self, hash: str) -> dict | None: ...
-    def trust_rank(self, agent_id: str) -> float: ...
-    def audit_queries(self, *, limit: int = 100, agent: str | None = None,
-                      from_=None, to=None) -> list[dict]: ...
-    def audit_query(self, id: str) -> dict | None: ...
+        from .query import run_skeptic
+        return run_skeptic(self, concept_path, predicate, **filters)
 
-    # --- state ----------------------------------------------------------
-    count: int             # stored assertions, retracted included
-    last_seq: int
-    wal_segments: int
-    implementation: str    # "compiled" or "pure"
-    fault: str | None      # reason writes stopped, or None
+    def trace(self, hash: str) -> dict | None:
+        from .query import run_trace
+        return run_trace(self, hash)
+
+    def trust_rank(self, agent_id: str) -> float:
+        from .lens import trust_rank
+        with self._ilock:
+            outcomes = list(self.state.outcomes.get(agent_id, ()))
+        return trust_rank(outcomes, self.clock())
+
+    def audit_queries(self, *, limit: int = 100, agent: str | None = None,
+                      from_=None, to=None) -> list[dict]:
+        from ..timeutil import parse_time
+        if self.audit is None:
+            return []
+        return [_public_audit(e) for e in self.audit.read(
+            limit=limit, agent=agent,
+            from_us=parse_time(from_, "from") if from_ is not None else None,
+            to_us=parse_time(to, "to") if to is not None else None)]
+
+    def audit_query(self, id: str) -> dict | None:
+        if self.audit is None:
+            return None
+        e = self.audit.get(id)
+        return _public_audit(e) if e else None
+
+    # ------------------------------------------------------------ state
+    @property
+    def count(self) -> int:
+        """Stored assertions, retracted included."""
+        return self.state.count
+
+    @property
+    def last_seq(self) -> int:
+        return self.state.last_seq
+
+    @property
+    def wal_segments(self) -> int:
+        return len(self.wal.segments)
+
+    @property
+    def implementation(self) -> str:
+        return implementation()
+
+    @property
+    def fault(self) -> str | None:
+        return self.wal.fault
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
+
     def set_commit_observer(self, fn: Callable[[int, float], None]) -> None:
         """fn(records_in_group, fsync_seconds) after each durable group commit."""
-    def snapshot(self) -> None: ...
-    def close(self) -> None: ...
-    def __enter__(self): return self
-    def __exit__(self, *exc): self.close()
+        self.wal.observer = fn
+
+    def metadata(self) -> dict:
+        return {
+            "version": __version__,
+            "format_version": f"{FORMAT_MAJOR}.{FORMAT_MINOR}",
+            "assertion_count": self.count,
+            "last_seq": self.last_seq,
+            "wal_segment_count": len(self.wal.segment_files()),
+            "log_id": self.wal.log_id.hex(),
+            "segment_size": self.wal.segment_size,
+            "updated_at": format_time(self.clock()),
+        }
+
+    def snapshot(self) -> None:
+        """Write the index snapshot and metadata.json (atomically, fsynced)."""
+        with self._snap_lock:
+            with self._ilock:
+                data = snapshot.encode(self.state, self._position())
+                meta = self.metadata()
+            snapshot.write(self.fs, os.path.join(self.path, "db"), data)
+            self.fs.write_atomic(os.path.join(self.path, "metadata.json"),
+                                 orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+
+    def _position(self) -> dict:
+        """The log position the state covers (call under _ilock)."""
+        segno, size = self.wal.position
+        return {"segment": segno, "offset": size, "last_seq": self.state.last_seq,
+                "log_id": self.wal.log_id, "last_record": self.wal.last_frame}
+
+    def check(self) -> list[str]:
+        with self._ilock:
+            return self.state.check()
+
+    def close(self) -> None:
+        """Flush, snapshot, write metadata.json, release LOCK.  Idempotent."""
+        if self._closed:
+            return
+        with self._wmu:
+            self._closed = True
+        try:
+            if not self.wal.fault:
+                self.snapshot()
+        finally:
+            if self.audit is not None:
+                self.audit.close()
+            self.wal.close()
+            os.close(self._lock_fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
-def open_store(path: str, *, durability: str = "fsync", segment_size: int = 64 * 1024 * 1024,
-               lock_timeout: float = 0.0, **settings) -> Store:
-    raise NotImplementedError
+def _with_stamp(r: AssertionRecord, stamp: int) -> AssertionRecord:
+    return msgspec.structs.replace(r, recorded_at=stamp)
+
+
+def _public_audit(e: dict) -> dict:
+    return {k: v for k, v in e.items() if k != "at_us"}
+
+
+def _acquire_lock(path: str, timeout: float) -> int:
+    """flock LOCK for the store's life; a second opener learns the holder's PID."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                try:
+                    pid = int(os.pread(fd, 32, 0).decode().strip() or 0)
+                except ValueError:
+                    pid = 0
+                os.close(fd)
+                raise StoreLocked(f"Store is locked by PID {pid}: {path} is held by another "
+                                  f"process; stop it or open another data directory",
+                                  pid=pid) from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def open_store(path: str = "data", *, durability: str = "fsync",
+               segment_size: int = 64 * 1024 * 1024, lock_timeout: float = 0.0,
+               **settings) -> Store:
+    """Create or open the store at ``path`` (holds ``path/LOCK`` until closed)."""
+    return Store(path, durability=durability, segment_size=segment_size,
+                 lock_timeout=lock_timeout, **settings)
+
+
+__all__ = ["Store", "open_store", "PutResult", "RetractResult"]
+
+from .query import QueryResult  # noqa: E402  (re-exported: part of the store's interface)
+__all__.append("QueryResult")

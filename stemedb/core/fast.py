@@ -1,0 +1,45 @@
+"""Chooses the compiled twin (``_fast``) or the pure-Python reference.
+
+``STEMEDB_PURE_PYTHON=1`` forces the pure path; ``STEMEDB_REQUIRE_FAST=1``
+makes a missing compiled build fatal (CI runs the suite both ways).  Both
+paths give the same answers (tests/unit/test_codec_parity.py).
+"""
+from __future__ import annotations
+
+import os
+
+from . import codec
+from .format import SEGMENT_HEADER_SIZE
+
+_pure = os.environ.get("STEMEDB_PURE_PYTHON", "0") not in ("", "0")
+_require = os.environ.get("STEMEDB_REQUIRE_FAST", "0") not in ("", "0")
+if _pure and _require:
+    raise ImportError("STEMEDB_PURE_PYTHON=1 and STEMEDB_REQUIRE_FAST=1 contradict each other")
+
+_fast = None
+if not _pure:
+    try:
+        from . import _fast  # type: ignore[no-redef]
+    except ImportError as exc:
+        if _require:
+            raise ImportError(
+                "STEMEDB_REQUIRE_FAST=1 but the compiled extension stemedb.core._fast is "
+                "missing; build it with `pip install -e .` (needs Cython and a C compiler)"
+            ) from exc
+        _fast = None
+
+COMPILED = _fast is not None
+scan_frames = _fast.scan_frames if COMPILED else codec.scan_frames
+index_fields = _fast.index_fields if COMPILED else codec.index_fields
+
+
+def replay(store, start) -> int:
+    """Apply every record from ``start`` = (segment number, offset or None)."""
+    wal = store.wal
+    segno, offset = start
+    n = 0
+    segs = [s for s in wal.segments if s.number >= segno]
+    for i, seg in enumerate(segs):
+        off = offset if (seg.number == segno and offset is not None) else SEGMENT_HEADER_SIZE
+        n += store._replay_segment(seg, off, last=(i == len(segs) - 1))
+    return n

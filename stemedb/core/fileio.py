@@ -1,0 +1,84 @@
+"""The file layer, injectable so tests can fail an fsync or drop unsynced
+bytes without monkey-patching (STYLE principle 8).
+
+The engine writes only through a :class:`FileSystem`; the default is the
+real one.  Reads of sealed segments go straight to mmap (a read cannot lose
+data).
+"""
+from __future__ import annotations
+
+import os
+
+
+class File:
+    """An open file for appending."""
+
+    def __init__(self, fs: "FileSystem", path: str, fd: int):
+        self.fs = fs
+        self.path = path
+        self.fd = fd
+
+    def write(self, data) -> None:
+        """Write all of ``data`` at the end of the file (not yet durable)."""
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    def sync(self) -> None:
+        """Make everything written so far durable (fdatasync)."""
+        os.fdatasync(self.fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+        os.lseek(self.fd, size, os.SEEK_SET)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class FileSystem:
+    """The operations the engine uses to change files."""
+
+    file_class = File
+
+    def open_append(self, path: str) -> File:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.lseek(fd, 0, os.SEEK_END)
+        return self.file_class(self, path, fd)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """Replace ``path`` with ``data`` so that a crash leaves old or new.
+
+        Written to a temp file, fsynced, renamed over, directory fsynced.
+        """
+        tmp = path + ".tmp"
+        f = self.open_append(tmp)
+        try:
+            f.truncate(0)
+            f.write(data)
+            f.sync()
+        finally:
+            f.close()
+        self.rename(tmp, path)
+        self.fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    def makedirs(self, path: str) -> None:
+        if not os.path.isdir(path):
+            os.makedirs(path, exist_ok=True)
+            self.fsync_dir(os.path.dirname(os.path.abspath(path)))

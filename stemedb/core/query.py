@@ -1,0 +1,397 @@
+"""The read side: gather candidates, filter them (time travel, lifecycle,
+epochs, revisions, retractions), resolve them through a lens; skeptic
+reports, traces and retraction target sets.
+
+Filters read only the numpy columns and sparse dicts under the index lock;
+records are decoded afterwards, and only for the candidates that survive.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import NotFound, UnknownReference, ValidationError
+from ..model import LIFECYCLE_RANK, LIFECYCLES, Assertion, check_concept_path, check_hash, check_name
+from ..timeutil import format_time, parse_time
+from .index import PRED_BITS, str64
+
+DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review", "approved"))
+TRACE_LIMIT = 100
+
+
+@dataclass
+class QueryResult:
+    concept_path: str
+    lens: str
+    results: list[dict]
+    assertions: list[Assertion]
+    next_cursor: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON answer of POST /v1/query."""
+        return {
+            "concept_path": self.concept_path, "lens": self.lens,
+            "results": [_jsonable(r) for r in self.results],
+            "assertions": [a.to_dict() for a in self.assertions],
+            "next_cursor": self.next_cursor,
+        }
+
+
+def _jsonable(v):
+    if isinstance(v, Assertion):
+        return v.to_dict()
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+@dataclass
+class Filters:
+    as_of: int | None = None
+    known_at: int | None = None
+    since: int | None = None
+    lifecycles: tuple | None = DEFAULT_LIFECYCLES   # None = any
+    epoch: str | None = None
+    decay: bool = False
+    include_retracted: bool = False
+    seq_bound: int | None = None
+
+
+def _bool(v, name):
+    if type(v) is not bool:
+        raise ValidationError(f"{name} must be true or false", field=name)
+    return v
+
+
+def parse_filters(as_of=None, known_at=None, since=None, lifecycle=None, epoch=None,
+                  decay=False, include_retracted=False) -> Filters:
+    f = Filters()
+    f.as_of = parse_time(as_of, "as_of") if as_of is not None else None
+    f.known_at = parse_time(known_at, "known_at") if known_at is not None else None
+    f.since = parse_time(since, "since") if since is not None else None
+    if lifecycle is not None:
+        if lifecycle == "any":
+            f.lifecycles = None
+        elif lifecycle in LIFECYCLE_RANK:
+            f.lifecycles = (LIFECYCLE_RANK[lifecycle],)
+        else:
+            raise ValidationError(f"lifecycle must be one of {', '.join(LIFECYCLES)} or any, "
+                                  f"got {lifecycle!r}", field="lifecycle")
+    if epoch is not None:
+        check_name(epoch, "epoch", "epoch name")
+    f.epoch = epoch
+    f.decay = _bool(decay, "decay")
+    f.include_retracted = _bool(include_retracted, "include_retracted")
+    return f
+
+
+def _retraction_visible(r, f: Filters) -> bool:
+    return ((f.known_at is None or r.recorded_at <= f.known_at)
+            and (f.as_of is None or r.recorded_at <= f.as_of))
+
+
+def gather(store, paths: list[str], predicate: str | None, f: Filters):
+    """Ordinals that pass every filter, split (active, retracted).  Call under _ilock."""
+    st = store.state
+    ords: list[int] = []
+    pid_pred = st.pred_ids.get(predicate) if predicate is not None else None
+    if predicate is not None and pid_pred is None:
+        return [], []
+    for p in paths:
+        pid = st.path_ids.get(p)
+        if pid is None:
+            continue
+        if predicate is None:
+            ords.extend(st.by_path.get(pid))
+        else:
+            ords.extend(st.by_key.get((pid << PRED_BITS) | pid_pred))
+    if not ords:
+        return [], []
+    arr = np.fromiter(ords, dtype=np.int64, count=len(ords))
+    c = st.cols
+    mask = None
+
+    def both(m):
+        return m if mask is None else (mask & m)
+    if f.as_of is not None:
+        mask = both(c.ts[arr] <= f.as_of)
+    if f.known_at is not None:
+        mask = both(c.rec[arr] <= f.known_at)
+    if f.since is not None:
+        mask = both(c.ts[arr] > f.since)
+    if f.seq_bound is not None:
+        mask = both(c.seq[arr] <= f.seq_bound)
+    if f.lifecycles is not None:
+        mask = both(np.isin(c.lc[arr], f.lifecycles))
+    if f.epoch is not None:
+        e = st.epochs.get(f.epoch)
+        if e is None:
+            raise UnknownReference(f"epoch {f.epoch!r} does not exist", field="epoch")
+        mask = both(c.epoch[arr] == e.id)
+    else:
+        gone = store.state.superseded_epoch_ids(f.known_at)
+        if gone:
+            mask = both(~np.isin(c.epoch[arr], list(gone)))
+    if mask is not None:
+        arr = arr[mask]
+    active, retracted = [], []
+    rmap, rlist, revisions = st.retracted, st.retractions, st.revisions
+    for o in arr.tolist():
+        ridx = rmap.get(o)
+        if ridx is not None and _retraction_visible(rlist[ridx], f):
+            retracted.append(o)
+            continue
+        revs = revisions.get(o)
+        if revs and any(_revision_visible(st, r, f) for r in revs):
+            continue
+        active.append(o)
+    return active, retracted
+
+
+def _revision_visible(st, o: int, f: Filters) -> bool:
+    c = st.cols
+    if f.as_of is not None and c.ts[o] > f.as_of:
+        return False
+    if f.known_at is not None and c.rec[o] > f.known_at:
+        return False
+    if f.seq_bound is not None and c.seq[o] > f.seq_bound:
+        return False
+    ridx = st.retracted.get(o)
+    return ridx is None or not _retraction_visible(st.retractions[ridx], f)
+
+
+def _context(store, f: Filters, cands: list[Assertion], ords: list[int]):
+    from .lens import LensContext, trust_rank
+    st = store.state
+    at = f.as_of if f.as_of is not None else store.clock()
+    votes = {}
+    for a, o in zip(cands, ords):
+        vs = st.votes.get(o)
+        if not vs:
+            continue
+        latest: dict = {}
+        for agent, weight, rec, seq in vs:
+            if f.known_at is not None and rec > f.known_at:
+                continue
+            latest[agent if agent is not None else ("anon", seq)] = weight
+        if latest:
+            votes[a.hash] = sum(sorted(latest.values()))
+    outcomes = st.outcomes
+    ranks: dict = {}
+
+    def trust(agent):
+        if agent is None:
+            return 0.5
+        r = ranks.get(agent)
+        if r is None:
+            hist = outcomes.get(agent, ())
+            if f.known_at is not None:
+                hist = [h for h in hist if h[0] <= f.known_at]
+            r = ranks[agent] = trust_rank(list(hist), at)
+        return r
+    return LensContext(at_us=at, decay=f.decay, votes=votes, trust=trust)
+
+
+def _cursor(offset: int, bound: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{offset}:{bound}".encode()).decode().rstrip("=")
+
+
+def _uncursor(cursor) -> tuple[int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        v, off, bound = raw.split(":")
+        if v != "v1" or int(off) < 0:
+            raise ValueError
+        return int(off), int(bound)
+    except (ValueError, TypeError, UnicodeDecodeError, AttributeError):
+        raise ValidationError("cursor is not one this server returned; pass next_cursor "
+                              "from the previous page unchanged", field="cursor") from None
+
+
+def run_query(store, concept_path, *, predicate=None, include_descendants=False,
+              lens="recency", as_of=None, known_at=None, since=None, lifecycle=None,
+              epoch=None, decay=False, include_retracted=False, limit=100, cursor=None,
+              agent=None) -> QueryResult:
+    from .lens import get_lens
+    check_concept_path(concept_path)
+    if predicate is not None:
+        check_name(predicate, "predicate", "predicate")
+    _bool(include_descendants, "include_descendants")
+    if type(lens) is not str:
+        raise ValidationError("lens must be a string", field="lens")
+    lens_obj = get_lens(lens)
+    if type(limit) is not int or not 1 <= limit <= 1000:
+        raise ValidationError("limit must be an integer from 1 to 1000", field="limit")
+    f = parse_filters(as_of, known_at, since, lifecycle, epoch, decay, include_retracted)
+    offset = 0
+    with store._ilock:
+        if cursor is not None:
+            if type(cursor) is not str:
+                raise ValidationError("cursor must be a string", field="cursor")
+            offset, f.seq_bound = _uncursor(cursor)
+        else:
+            f.seq_bound = store.state.last_seq
+        paths = [concept_path]
+        if include_descendants:
+            paths += store.state.descendant_paths(concept_path)
+        active, retracted = gather(store, paths, predicate, f)
+        cands = [store._assertion(o) for o in active]
+        rcands = [store._assertion(o) for o in retracted] if f.include_retracted else []
+        ctx = _context(store, f, cands, active)
+    groups: dict[tuple, list[Assertion]] = {}
+    for a in cands:
+        groups.setdefault((a.concept_path, a.predicate), []).append(a)
+    if predicate is not None and not include_descendants and not groups:
+        groups[(concept_path, predicate)] = []
+    results, resolutions = [], []
+    for (path, pred) in sorted(groups):
+        res = lens_obj.resolve(groups[(path, pred)], ctx)
+        resolutions.append(res)
+        entry = {"concept_path": path, "predicate": pred, "winner": res.winner,
+                 "confidence": res.confidence, "conflict_score": res.conflict_score,
+                 "candidates_count": len(groups[(path, pred)])}
+        entry.update(res.extra)
+        results.append(entry)
+    if len(resolutions) == 1:
+        ordered = resolutions[0].ordered
+    elif resolutions:
+        ordered = lens_obj.resolve(cands, ctx).ordered
+    else:
+        ordered = []
+    if rcands:
+        ordered = ordered + sorted(rcands, key=lambda a: (-a.timestamp_us, -a.seq))
+    page = ordered[offset:offset + limit]
+    nxt = _cursor(offset + limit, f.seq_bound) if offset + limit < len(ordered) else None
+    out = QueryResult(concept_path, lens, results, page, nxt)
+    if store.audit is not None:
+        params = {"concept_path": concept_path, "predicate": predicate,
+                  "include_descendants": include_descendants, "lens": lens, "as_of": as_of,
+                  "known_at": known_at, "since": since, "lifecycle": lifecycle, "epoch": epoch,
+                  "decay": decay, "include_retracted": include_retracted, "limit": limit,
+                  "cursor": cursor}
+        _audit(store, agent, params, results, groups, ctx)
+    return out
+
+
+def _audit(store, agent, params, results, groups, ctx):
+    from .lens import effective_confidence
+    at = store.clock()
+    qid = store.audit.new_id(at)
+
+    def entry():
+        contributing = []
+        for cands in groups.values():
+            for a in cands:
+                contributing.append({"hash": a.hash, "weight": effective_confidence(
+                    a, at_us=ctx.at_us, decay=ctx.decay)})
+        return {"id": qid, "at": format_time(at), "at_us": at, "agent": agent,
+                "params": {k: v for k, v in params.items() if v is not None},
+                "result_hashes": [r["winner"].hash for r in results if r["winner"] is not None],
+                "contributing": contributing}
+    store.audit.add(entry)
+
+
+def run_skeptic(store, concept_path, predicate, *, include_descendants=False, as_of=None,
+                known_at=None, since=None, lifecycle=None, epoch=None, decay=False,
+                include_retracted=False, agent=None, **_ignored) -> dict:
+    from .lens import conflict_analysis
+    check_concept_path(concept_path)
+    check_name(predicate, "predicate", "predicate")
+    f = parse_filters(as_of, known_at, since, lifecycle, epoch, decay, include_retracted)
+    with store._ilock:
+        paths = [concept_path]
+        if include_descendants:
+            paths += store.state.descendant_paths(concept_path)
+        active, _ = gather(store, paths, predicate, f)
+        cands = [store._assertion(o) for o in active]
+        ctx = _context(store, f, cands, active)
+    return conflict_analysis(cands, ctx)
+
+
+def run_trace(store, hash: str) -> dict | None:
+    check_hash(hash, "hash")
+    st = store.state
+    with store._ilock:
+        o = st.ordinal(bytes.fromhex(hash))
+        if o is None:
+            return None
+        a = store._assertion(o)
+        parents, seen, cur = [], {o}, a
+        while cur.parent_hash is not None and len(parents) < TRACE_LIMIT:
+            po = st.ordinal(bytes.fromhex(cur.parent_hash))
+            if po is None or po in seen:
+                break
+            seen.add(po)
+            cur = store._assertion(po)
+            parents.append(cur)
+        derived = []
+        for h in a.derived_from or ():
+            do = st.ordinal(bytes.fromhex(h))
+            if do is not None:
+                derived.append(store._assertion(do))
+        deps = st.dependents.get(o, [])
+        dependents = [store._assertion(d) for d in deps[-TRACE_LIMIT:][::-1]]
+        source = None
+        if a.source is not None:
+            pid = st.path_ids.get(a.source)
+            at_src = len(st.by_path.get(pid)) if pid is not None else 0
+            source = {"source": a.source, "source_class": a.source_class,
+                      "assertions_at_source": at_src}
+    return {"assertion": a.to_dict(), "parents": [p.to_dict() for p in parents],
+            "derived_from": [d.to_dict() for d in derived],
+            "dependents": [d.to_dict() for d in dependents],
+            "dependents_count": len(deps), "source": source, "retraction": a.retraction}
+
+
+def retraction_targets(store, target: dict, cascade: bool) -> set[int]:
+    """Ordinals a retraction reaches (call under _ilock).
+
+    O(what it touches): the seeds come from one index lookup, and the
+    cascade walks the dependents index and the source index, following
+    already-retracted assertions too.
+    """
+    st = store.state
+
+    def citing(path: str) -> list[int]:
+        return [o for o in st.by_source.get(str64(path)) if store._read_record(o).source == path]
+
+    if "hash" in target:
+        o = st.ordinal(bytes.fromhex(target["hash"]))
+        if o is None:
+            raise NotFound(f"no assertion with hash {target['hash']}", field="hash")
+        seeds = [o]
+    elif "concept_path" in target:
+        pid = st.path_ids.get(target["concept_path"])
+        seeds = st.by_path.get(pid) if pid is not None else []
+    else:
+        seeds = citing(target["source"])
+    reached = set(seeds)
+    if not cascade:
+        return reached
+    queue = list(seeds)
+    visited_paths: set[str] = set()
+    if "concept_path" in target:
+        visited_paths.add(target["concept_path"])
+        for d in citing(target["concept_path"]):
+            if d not in reached:
+                reached.add(d)
+                queue.append(d)
+    while queue:
+        o = queue.pop()
+        for d in st.dependents.get(o, ()):
+            if d not in reached:
+                reached.add(d)
+                queue.append(d)
+        path = st.path_names[int(st.cols.path[o])]
+        if path not in visited_paths:
+            visited_paths.add(path)
+            for d in citing(path):
+                if d not in reached:
+                    reached.add(d)
+                    queue.append(d)
+    return reached

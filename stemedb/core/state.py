@@ -1,0 +1,206 @@
+"""The store's in-memory state: indexes plus the sparse facts (retractions,
+votes, epochs, outcomes, dependency edges), and how each log record changes
+it.  Applying the log from the start, in order, rebuilds it exactly; a
+snapshot is a copy of it taken at a known log position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sortedcontainers import SortedList
+
+from .index import PRED_BITS, Columns, MultiMap, h64, pack_loc, str64
+
+
+@dataclass
+class Epoch:
+    id: int
+    name: str
+    seq: int
+    recorded_at: int
+    supersedes: list[str] = field(default_factory=list)
+    description: str | None = None
+
+
+@dataclass
+class Retraction:
+    seq: int
+    recorded_at: int
+    reason: str
+    by: str | None
+    target: dict
+    count: int = 0
+
+
+class State:
+    def __init__(self):
+        self.cols = Columns()
+        self.by_hash = MultiMap(np.uint64)
+        self.by_key = MultiMap(np.int64)
+        self.by_path = MultiMap(np.int64)
+        self.by_source = MultiMap(np.uint64)
+        self.path_ids: dict[str, int] = {}
+        self.path_names: list[str] = []
+        self.sorted_paths = SortedList()
+        self.pred_ids: dict[str, int] = {}
+        self.pred_names: list[str] = []
+        self.epochs: dict[str, Epoch] = {}
+        self.epoch_names: list[str | None] = [None]      # id 0: no epoch
+        self.dependents: dict[int, list[int]] = {}       # ord -> ords citing it
+        self.revisions: dict[int, list[int]] = {}        # ord -> ords revising it
+        self.retracted: dict[int, int] = {}              # ord -> retraction index
+        self.retractions: list[Retraction] = []
+        self.votes: dict[int, list[tuple]] = {}          # ord -> [(agent, weight, rec, seq)]
+        self.outcomes: dict[str, list[tuple[int, bool]]] = {}
+        self.last_seq = 0
+        self.last_recorded_at = 0
+        self.records = 0                                 # log records applied
+
+    # ------------------------------------------------------------ lookups
+    @property
+    def count(self) -> int:
+        return self.cols.n
+
+    def ordinal(self, h: bytes) -> int | None:
+        """The ordinal of the assertion with full hash ``h``, or None."""
+        for o in self.by_hash.get(h64(h)):
+            if self.cols.hash_of(o) == h:
+                return o
+        return None
+
+    def path_id(self, path: str) -> int:
+        pid = self.path_ids.get(path)
+        if pid is None:
+            pid = len(self.path_names)
+            self.path_ids[path] = pid
+            self.path_names.append(path)
+            self.sorted_paths.add(path)
+        return pid
+
+    def pred_id(self, pred: str) -> int:
+        pid = self.pred_ids.get(pred)
+        if pid is None:
+            pid = len(self.pred_names)
+            self.pred_ids[pred] = pid
+            self.pred_names.append(pred)
+        return pid
+
+    def descendant_paths(self, path: str) -> list[str]:
+        """Stored concept paths strictly below ``path``; O(log n + k)."""
+        prefix = path + "/"
+        sp = self.sorted_paths
+        out = []
+        for i in range(sp.bisect_left(prefix), len(sp)):
+            p = sp[i]
+            if not p.startswith(prefix):
+                break
+            out.append(p)
+        return out
+
+    # ------------------------------------------------------------ applying
+    def _note(self, seq: int, rec: int) -> None:
+        self.last_seq = seq
+        if rec > self.last_recorded_at:
+            self.last_recorded_at = rec
+        self.records += 1
+
+    def apply_assert(self, seq: int, segment: int, offset: int, fields) -> int:
+        h, rec, ts, lc, path, pred, src, ep, parent, derived = fields
+        pid = self.path_id(path)
+        key = (pid << PRED_BITS) | self.pred_id(pred)
+        eid = self.epochs[ep].id if ep is not None else 0
+        o = self.cols.append(seq, pack_loc(segment, offset), ts, rec, key, pid, eid, lc, h)
+        self.by_hash.add(h64(h), o)
+        self.by_key.add(key, o)
+        self.by_path.add(pid, o)
+        if src is not None:
+            self.by_source.add(str64(src), o)
+        if parent is not None:
+            p = self.ordinal(parent)
+            if p is not None:
+                self.revisions.setdefault(p, []).append(o)
+                self.dependents.setdefault(p, []).append(o)
+        if derived is not None:
+            for d in derived:
+                p = self.ordinal(d)
+                if p is not None:
+                    lst = self.dependents.setdefault(p, [])
+                    if not lst or lst[-1] != o:
+                        lst.append(o)
+        self._note(seq, rec)
+        return o
+
+    def apply_retract(self, seq: int, body: dict) -> list[int]:
+        """Mark the listed hashes retracted (first retraction wins)."""
+        r = Retraction(seq=seq, recorded_at=body["recorded_at"], reason=body["reason"],
+                       by=body.get("by"), target=body["target"])
+        idx = len(self.retractions)
+        self.retractions.append(r)
+        newly = []
+        for h in body["hashes"]:
+            o = self.ordinal(h)
+            if o is not None and o not in self.retracted:
+                self.retracted[o] = idx
+                newly.append(o)
+        r.count = len(newly)
+        self._note(seq, r.recorded_at)
+        return newly
+
+    def apply_vote(self, seq: int, body: dict) -> None:
+        o = self.ordinal(body["assertion_hash"])
+        if o is not None:
+            self.votes.setdefault(o, []).append(
+                (body.get("agent_id"), body["weight"], body["recorded_at"], seq))
+        self._note(seq, body["recorded_at"])
+
+    def apply_epoch(self, seq: int, body: dict) -> None:
+        e = Epoch(id=len(self.epoch_names), name=body["name"], seq=seq,
+                  recorded_at=body["recorded_at"], supersedes=list(body.get("supersedes") or []),
+                  description=body.get("description"))
+        self.epochs[e.name] = e
+        self.epoch_names.append(e.name)
+        self._note(seq, e.recorded_at)
+
+    def apply_outcome(self, seq: int, body: dict) -> None:
+        self.outcomes.setdefault(body["agent_id"], []).append(
+            (body["recorded_at"], bool(body["accurate"])))
+        self._note(seq, body["recorded_at"])
+
+    # ------------------------------------------------------------ epochs
+    def superseded_epoch_ids(self, known_at: int | None = None) -> set[int]:
+        """Ids of epochs superseded (transitively) by some epoch, at known_at."""
+        out: set[int] = set()
+        stack = []
+        for e in self.epochs.values():
+            if known_at is not None and e.recorded_at > known_at:
+                continue
+            stack.extend(e.supersedes)
+        while stack:
+            name = stack.pop()
+            e = self.epochs.get(name)
+            if e is None or e.id in out:
+                continue
+            out.add(e.id)
+            stack.extend(e.supersedes)
+        return out
+
+    # ------------------------------------------------------------ checking
+    def check(self) -> list[str]:
+        """Invariants of the in-memory state (empty list when consistent)."""
+        out = []
+        n = self.cols.n
+        for name, m in (("hash", self.by_hash), ("key", self.by_key), ("path", self.by_path)):
+            out += m.check(name)
+            if len(m) != n:
+                out.append(f"index {name}: {len(m)} entries for {n} assertions")
+        if n > 1 and bool(np.any(np.diff(self.cols.seq[:n]) <= 0)):
+            out.append("assertion seqs are not strictly increasing in log order")
+        if n and int(self.cols.seq[n - 1]) > self.last_seq:
+            out.append("an assertion's seq is beyond the last applied seq")
+        if len(self.path_names) != len(self.sorted_paths):
+            out.append("sorted concept paths disagree with the path table")
+        for o in self.retracted:
+            if not 0 <= o < n:
+                out.append(f"retraction marks unknown ordinal {o}")
+        return out

@@ -1,0 +1,298 @@
+"""The write-ahead log: segments, rotation, group commit, fail-stop, replay.
+
+Group commit (leader/follower): a writer enqueues its framed records, in seq
+order, under the store's write mutex, then waits.  The first waiter with no
+leader in office becomes the leader: it takes every pending request, writes
+them with one ``write`` and one ``fdatasync``, lets the store apply them to
+the indexes in seq order, and wakes everyone.  So N concurrent writers cost
+one fsync, and a writer returns only after its records are durable.
+
+Fail-stop: if a write or fsync raises, the whole group fails (nothing in it
+is acknowledged), the log records the fault and refuses every later write.
+A failed fsync is never retried: after it the kernel may have dropped the
+dirty pages and a retry could report success for data that is gone
+(PostgreSQL's "fsyncgate").  Reopening the store recovers from what is on
+disk.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from ..errors import BadMagic, ChecksumMismatch, CorruptionError, StoreFaulted
+from . import codec, fast
+from .fileio import FileSystem
+from .format import FLAG_MORE, FRAME_SIZE, SEGMENT_HEADER_SIZE
+from .segment import Segment, new_log_id, read_header
+
+log = logging.getLogger("stemedb")
+
+
+class Request:
+    """One atomic group of records on its way to disk."""
+
+    __slots__ = ("data", "sizes", "done", "error", "locs", "payload", "apply_arg")
+
+    def __init__(self, data: bytes, sizes: list[int], apply_arg=None):
+        self.data = data          # concatenated frames
+        self.sizes = sizes        # frame sizes, to compute each record's offset
+        self.done = False
+        self.error: BaseException | None = None
+        self.locs: list[tuple[int, int]] = []
+        self.apply_arg = apply_arg
+
+
+class WAL:
+    def __init__(self, wal_dir: str, *, fs: FileSystem | None = None,
+                 segment_size: int = 64 * 1024 * 1024, durability: str = "fsync",
+                 batch_delay: float = 0.002,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.dir = wal_dir
+        self.fs = fs or FileSystem()
+        self.segment_size = segment_size
+        self.durability = durability
+        self.batch_delay = batch_delay
+        self.clock = clock
+        self.segments: list[Segment] = []
+        self.log_id: bytes | None = None
+        self.fault: str | None = None
+        self._file = None                 # the active segment's append handle
+        self._cv = threading.Condition(threading.Lock())
+        self._queue: list[Request] = []
+        self._leader = False
+        self.apply: Callable[[list[Request]], None] = lambda group: None
+        self.observer: Callable[[int, float], None] | None = None
+        self.quarantined: list[str] = []
+        # [segment, offset, seq, crc] of the last durable frame: anchors snapshots
+        self.last_frame: list[int] | None = None
+
+    # ------------------------------------------------------------ opening
+    def segment_files(self) -> list[str]:
+        names = sorted(n for n in os.listdir(self.dir)
+                       if n.startswith("segment-") and n.endswith(".log"))
+        return [os.path.join(self.dir, n) for n in names]
+
+    def open(self) -> None:
+        """Read every segment header (nothing is changed on error)."""
+        self.fs.makedirs(self.dir)
+        paths = self.segment_files()
+        prev = None
+        for path in paths:
+            number, first_seq, log_id = read_header(path)
+            if self.log_id is None:
+                self.log_id = log_id
+            elif log_id != self.log_id:
+                raise CorruptionError(
+                    f"WAL segment {path} belongs to another store (log id differs); "
+                    f"a WAL directory must hold one store's segments only", file=path)
+            if prev is not None and number != prev + 1:
+                raise CorruptionError(
+                    f"WAL segment {path} follows segment {prev}: segments are missing",
+                    file=path)
+            prev = number
+            seg = Segment(path, number, first_seq, log_id, os.path.getsize(path))
+            self.segments.append(seg)
+
+    def create_first(self, log_id: bytes | None = None) -> None:
+        self.log_id = log_id or new_log_id()
+        self.segments.append(Segment.create(self.fs, self.dir, 1, 1, self.log_id))
+
+    def scan(self, seg: Segment, start: int, *, last: bool):
+        """Scan ``seg`` from ``start``; cut a torn tail when ``last``.
+
+        Returns ``(buf, offsets, types, flags, seqs)`` for every complete
+        record.  Raises ChecksumMismatch for damage anywhere but the tail.
+        """
+        buf = seg.read(0, os.path.getsize(seg.path)) if last else None
+        if buf is None:
+            seg.size = os.path.getsize(seg.path)
+            seg.seal()
+            buf = seg.buffer()
+        end = len(buf)
+        offsets, types, flags, seqs, stop, reason = fast.scan_frames(buf, start, end)
+        if reason == codec.STOP_CHECKSUM:
+            length = int.from_bytes(buf[stop:stop + 4], "little")
+            ends_at_eof = stop + FRAME_SIZE + length == end
+            if not (last and ends_at_eof):
+                raise ChecksumMismatch(
+                    f"Checksum mismatch in WAL segment {seg.path} at offset {stop}",
+                    file=seg.path, offset=stop)
+        elif reason != codec.STOP_END and not last:
+            raise ChecksumMismatch(
+                f"Checksum mismatch in WAL segment {seg.path} at offset {stop} "
+                f"(record runs past the end of a sealed segment)", file=seg.path, offset=stop)
+        # An atomic group whose closing record is missing is part of the torn tail.
+        cut = stop
+        n = len(offsets)
+        while n and flags[n - 1] & FLAG_MORE:
+            n -= 1
+        if n < len(offsets):
+            if not last:
+                raise ChecksumMismatch(
+                    f"Checksum mismatch in WAL segment {seg.path} at offset {offsets[n]} "
+                    f"(an atomic batch is cut short inside a sealed segment)",
+                    file=seg.path, offset=offsets[n])
+            cut = offsets[n]
+            del offsets[n:], types[n:], flags[n:], seqs[n:]
+        if cut < end:
+            self._cut_tail(seg, buf, cut, end)
+        seg.size = cut
+        if offsets:
+            o = offsets[-1]
+            self.last_frame = [seg.number, o, seqs[-1], int.from_bytes(buf[o + 4:o + 8], "little")]
+        return buf, offsets, types, flags, seqs
+
+    def _cut_tail(self, seg: Segment, buf, cut: int, end: int) -> None:
+        """Move the torn bytes aside (durably) and truncate the segment."""
+        qdir = os.path.join(self.dir, "quarantine")
+        self.fs.makedirs(qdir)
+        qpath = os.path.join(qdir, f"{seg.name}.{cut}.torn")
+        f = self.fs.open_append(qpath)
+        try:
+            f.truncate(0)
+            f.write(bytes(buf[cut:end]))
+            f.sync()
+        finally:
+            f.close()
+        self.fs.fsync_dir(qdir)
+        f = self.fs.open_append(seg.path)
+        try:
+            f.truncate(cut)
+            f.sync()
+        finally:
+            f.close()
+        self.quarantined.append(qpath)
+        log.warning("Truncated torn write at end of WAL segment %s: %d bytes moved to %s",
+                    seg.path, end - cut, qpath)
+
+    def start_appending(self) -> None:
+        """After recovery: seal all but the last segment and open it for appends."""
+        for seg in self.segments[:-1]:
+            if not seg.sealed:
+                seg.size = os.path.getsize(seg.path)
+                seg.seal()
+        active = self.segments[-1]
+        self._file = self.fs.open_append(active.path)
+        if self._file.size() != active.size:
+            self._file.truncate(active.size)
+
+    # ------------------------------------------------------------ writing
+    @property
+    def position(self) -> tuple[int, int]:
+        """(segment number, byte offset) just past the last durable record."""
+        seg = self.segments[-1]
+        return seg.number, seg.size
+
+    def enqueue(self, req: Request) -> None:
+        """Queue a request; call in seq order (the store's write mutex)."""
+        with self._cv:
+            if self.fault:
+                raise StoreFaulted(f"writes are stopped after a storage fault: {self.fault}")
+            self._queue.append(req)
+
+    def wait(self, req: Request) -> None:
+        """Return once ``req`` is durable and applied; raise if its group failed."""
+        cv = self._cv
+        with cv:
+            while not req.done:
+                if self._leader:
+                    cv.wait()
+                    continue
+                self._leader = True
+                if self.durability == "batch" and self.batch_delay > 0:
+                    cv.wait(self.batch_delay)   # let more writers join this group
+                group, self._queue = self._queue, []
+                cv.release()
+                try:
+                    self._commit(group)
+                finally:
+                    cv.acquire()
+                    self._leader = False
+                    cv.notify_all()
+        if req.error is not None:
+            raise req.error
+
+    def _commit(self, group: list[Request]) -> None:
+        if not group:
+            return
+        if self.fault:
+            self._fail(group, StoreFaulted(f"writes are stopped after a storage fault: {self.fault}"))
+            return
+        data = b"".join(r.data for r in group) if len(group) > 1 else group[0].data
+        try:
+            seg = self.segments[-1]
+            if seg.size > SEGMENT_HEADER_SIZE and seg.size + len(data) > self.segment_size:
+                seg = self._rotate(group[0])
+            t0 = self.clock()
+            self._file.write(data)
+            if self.durability != "none":
+                self._file.sync()
+            elapsed = self.clock() - t0
+        except OSError as exc:
+            self.fault = f"{type(exc).__name__}: {exc}"
+            log.error("WAL write failed, writes stopped: %s", self.fault)
+            self._fail(group, StoreFaulted(
+                f"the write was not made durable ({self.fault}); writes are stopped "
+                f"until the store is reopened"))
+            return
+        pos = seg.size
+        for r in group:
+            locs = []
+            for size in r.sizes:
+                locs.append((seg.number, pos))
+                pos += size
+            r.locs = locs
+        seg.size = pos
+        tail = group[-1]
+        o = pos - tail.sizes[-1]
+        k = len(tail.data) - tail.sizes[-1]
+        self.last_frame = [seg.number, o, int.from_bytes(tail.data[k + 12:k + 20], "little"),
+                           int.from_bytes(tail.data[k + 4:k + 8], "little")]
+        try:
+            self.apply(group)
+        except BaseException as exc:  # an apply bug must not strand the waiters
+            self.fault = f"index update failed: {exc!r}"
+            log.exception("index update failed; writes stopped")
+            self._fail(group, StoreFaulted(self.fault))
+            return
+        for r in group:
+            r.done = True
+        if self.observer is not None:
+            self.observer(sum(len(r.sizes) for r in group), elapsed)
+
+    def _fail(self, group, error) -> None:
+        for r in group:
+            r.error = error
+            r.done = True
+
+    def _rotate(self, first: Request) -> Segment:
+        """Seal the active segment and start the next one."""
+        old = self.segments[-1]
+        self._file.close()
+        first_seq = int.from_bytes(first.data[12:20], "little")
+        new = Segment.create(self.fs, self.dir, old.number + 1, first_seq, self.log_id)
+        old.seal()
+        self.segments.append(new)
+        self._file = self.fs.open_append(new.path)
+        return new
+
+    def read(self, segment_number: int, offset: int, length: int):
+        seg = self.segments[segment_number - self.segments[0].number]
+        return seg.read(offset, length)
+
+    def segment(self, number: int) -> Segment:
+        return self.segments[number - self.segments[0].number]
+
+    def close(self) -> None:
+        if self._file is not None:
+            try:
+                if self.durability != "none" and not self.fault:
+                    self._file.sync()
+            finally:
+                self._file.close()
+                self._file = None
+        for seg in self.segments:
+            seg.close()
