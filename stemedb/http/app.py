@@ -1,0 +1,147 @@
+"""The WSGI application: ``create_app(store, settings)`` and the gunicorn entry.
+
+``create_app`` takes an open store (or a :class:`StoreHandle` that is still
+opening) and settings, and holds no global state, so tests can build as many
+apps as they like.  ``get_app()`` is what gunicorn loads in its worker: it
+reads the ``STEMEDB_*`` settings, opens the store in the worker (never before
+the fork) and returns one WSGI callable that serves the API on
+``STEMEDB_BIND`` and the dashboard on ``STEMEDB_DASHBOARD_BIND``; gunicorn
+listens on both and the callable routes by the listening socket's port
+(``SERVER_PORT``, which gunicorn takes from the socket, not the Host header).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import falcon
+
+from ..config import Settings
+from . import errors as http_errors
+from .auth import KeyRing, bind_host
+from .handle import StoreHandle
+from .logs import configure_logging
+from .metrics import Metrics
+from .middleware import Authenticate, Limit, Observe, parse_proxies
+from .openapi import openapi_bytes
+from .ratelimit import CircuitBreaker, RateLimiter, parse_rate_limits
+from .resources import ROUTES, OpenAPIResource, RecentWrites
+
+log = logging.getLogger("stemedb.http")
+
+# How long a worker started by a reload (HUP) or a respawn waits for the
+# previous worker to finish its graceful shutdown and release LOCK.
+RELOAD_LOCK_WAIT = 30.0
+WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts when a worker exits with this
+
+
+class StemeApp(falcon.App):
+    """A Falcon app that carries its :class:`ServerState` as ``app.state``."""
+
+    state: "ServerState"
+
+
+class ServerState:
+    """What the resources and middleware share; one per app."""
+
+    def __init__(self, handle: StoreHandle, settings: Settings, keyring: KeyRing,
+                 metrics: Metrics, limiter, breaker, started_at: float):
+        self.handle = handle
+        self.settings = settings
+        self.keyring = keyring
+        self.metrics = metrics
+        self.limiter = limiter
+        self.breaker = breaker
+        self.started_at = started_at
+        self.recent = RecentWrites()
+
+
+def create_app(store, settings: Settings | None = None, *, keyring: KeyRing | None = None,
+               breaker: CircuitBreaker | None = None, limiter: RateLimiter | None = None,
+               started_at: float | None = None) -> falcon.App:
+    """The API as a Falcon app.  ``store`` is an open Store or a StoreHandle.
+
+    Keys come from ``settings.api_keys_file`` unless ``keyring`` is given;
+    rate limits from ``settings.rate_limits``.  Raises ``ConfigError`` for bad
+    settings (a bad keys file, an unparsable rate limit).
+    """
+    settings = settings or Settings()
+    handle = store if isinstance(store, StoreHandle) else StoreHandle(store)
+    started_at = time.monotonic() if started_at is None else started_at
+    keyring = keyring if keyring is not None else KeyRing(settings.api_keys_file)
+    limiter = limiter if limiter is not None else RateLimiter(parse_rate_limits(settings.rate_limits))
+    breaker = breaker if breaker is not None else CircuitBreaker()
+    metrics = Metrics(handle, settings.data_dir, started_at)
+    state = ServerState(handle, settings, keyring, metrics, limiter, breaker, started_at)
+    handle.when_ready(lambda s: s.set_commit_observer(metrics.commit_observer))
+
+    app = StemeApp(middleware=[
+        Observe(metrics, parse_proxies(settings.trusted_proxies)),
+        Authenticate(keyring),
+        Limit(limiter, breaker, metrics),
+    ])
+    app.req_options.strip_url_path_trailing_slash = True
+    http_errors.register(app)
+    for path, resource in ROUTES:
+        app.add_route(path, resource(state))
+    app.add_route("/openapi.json", OpenAPIResource(state, openapi_bytes()))
+    app.state = state
+    return app
+
+
+class PortRouter:
+    """One WSGI callable for two listening sockets: the dashboard's port goes to
+    the dashboard app, everything else to the API."""
+
+    def __init__(self, api, dashboard, dashboard_bind: str, api_bind: str):
+        self.api = api
+        self.dashboard = dashboard
+        self.state = api.state
+        self.port = dashboard_bind.rsplit(":", 1)[-1]
+        same_port = api_bind.rsplit(":", 1)[-1] == self.port
+        # Same port on two addresses: tell them apart by the address too.
+        self.host = bind_host(dashboard_bind) if same_port else None
+
+    def __call__(self, environ, start_response):
+        if environ.get("SERVER_PORT") == self.port and (
+                self.host is None or environ.get("SERVER_NAME") == self.host):
+            return self.dashboard(environ, start_response)
+        return self.api(environ, start_response)
+
+
+def build_wsgi(handle: StoreHandle, settings: Settings, started_at: float | None = None):
+    """The API and the dashboard behind one :class:`PortRouter`."""
+    from .dashboard import create_dashboard_app
+    api = create_app(handle, settings, started_at=started_at)
+    dashboard = create_dashboard_app(api.state)
+    return PortRouter(api, dashboard, settings.dashboard_bind, settings.bind)
+
+
+def open_store_for(settings: Settings, lock_timeout: float):
+    from ..core.store import open_store
+    return open_store(settings.data_dir, durability=settings.durability,
+                      segment_size=settings.segment_size, lock_timeout=lock_timeout)
+
+
+def get_app():
+    """The gunicorn entry (``stemedb.http.app:get_app()``), called in the worker.
+
+    The store opens in a background thread (see :mod:`stemedb.http.handle`);
+    if it cannot open, the worker exits with gunicorn's boot-error status, so
+    the whole server stops with a non-zero exit and the reason on stderr.
+    """
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    respawn = os.environ.get("STEMEDB_WORKER_RESPAWN") == "1"
+    lock_timeout = max(settings.lock_timeout, RELOAD_LOCK_WAIT) if respawn else settings.lock_timeout
+    started_at = time.monotonic()
+
+    def fail(exc):
+        sys.stderr.flush()
+        os._exit(WORKER_BOOT_ERROR)
+
+    handle = StoreHandle.open_in_background(lambda: open_store_for(settings, lock_timeout),
+                                            on_failure=fail)
+    return build_wsgi(handle, settings, started_at)

@@ -1,0 +1,181 @@
+"""Falcon middleware: request ids and metrics, authentication, limits.
+
+Resources declare what the middleware needs as class attributes:
+
+* ``scope``: the key scope a method needs (``{"GET": "read"}``), None for
+  endpoints anyone may call (health, the OpenAPI document);
+* ``limit_name``: the ``STEMEDB_RATE_LIMITS`` endpoint, None for exempt ones;
+* ``writes``: the methods that write (they feed the circuit breaker).
+
+Order matters: :class:`Observe` first (so even a refused request gets a
+request id, a metric and a log line), then :class:`Authenticate` (the rate
+limit key is the key id when there is one), then :class:`Limit`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import time
+import uuid
+
+from .errors import forbidden, too_many, unauthorized
+
+log = logging.getLogger("stemedb.http")
+_RID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}\Z")
+
+
+def parse_proxies(text: str | None) -> list:
+    """``STEMEDB_TRUSTED_PROXIES`` -> networks (a bare address is a /32 or /128)."""
+    nets = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if part:
+            nets.append(ipaddress.ip_network(part, strict=False))
+    return nets
+
+
+def client_address(remote: str | None, forwarded: str | None, proxies: list) -> str:
+    """The client's address: ``X-Forwarded-For`` is believed only from a trusted proxy.
+
+    The header is read right to left (each proxy appends the address it saw)
+    and the first address that is not itself a trusted proxy is the client.
+    """
+    remote = remote or "unknown"
+    if not proxies or not forwarded or not _trusted(remote, proxies):
+        return remote
+    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return remote  # a garbled header: do not believe any of it
+        if not _trusted(hop, proxies):
+            return hop
+    return hops[0] if hops else remote
+
+
+def _trusted(addr: str, proxies: list) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in proxies)
+
+
+class Observe:
+    """Request id (echoed in ``X-Request-Id``), metrics by route template, log lines."""
+
+    def __init__(self, metrics, proxies: list, prefix: str = ""):
+        self.metrics = metrics
+        self.proxies = proxies
+        self.prefix = prefix
+
+    def process_request(self, req, resp):
+        ctx = req.context
+        ctx.t0 = time.perf_counter()
+        rid = req.get_header("X-Request-Id")
+        ctx.request_id = rid if rid and _RID_RE.match(rid) else uuid.uuid4().hex
+        ctx.client = client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
+                                    self.proxies)
+        ctx.key_id = None
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        ctx = req.context
+        rid = getattr(ctx, "request_id", None) or uuid.uuid4().hex
+        resp.set_header("X-Request-Id", rid)
+        seconds = time.perf_counter() - getattr(ctx, "t0", time.perf_counter())
+        status = resp.status_code
+        route = self.prefix + (req.uri_template or "unmatched")
+        if self.metrics is not None:
+            self.metrics.observe_request(route, req.method, status, seconds)
+        if status >= 500:
+            level = logging.ERROR
+        elif status in (401, 403):
+            level = logging.INFO  # an audit trail of refused keys
+        else:
+            level = logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "request", extra={
+                "request_id": rid, "method": req.method, "route": route, "status": status,
+                "ms": round(seconds * 1000, 3), "client": getattr(ctx, "client", None),
+                "key": getattr(ctx, "key_id", None),
+                "code": getattr(resp.context, "error_code", None)})
+
+
+def required_scope(resource, method: str) -> str | None:
+    scope = getattr(resource, "scope", None)
+    if isinstance(scope, dict):
+        return scope.get(method, scope.get("*"))
+    return scope
+
+
+def presented_key(req) -> str | None:
+    auth = req.get_header("Authorization")
+    if auth:
+        kind, _, token = auth.strip().partition(" ")
+        if kind.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = req.get_header("X-API-Key")
+    return key.strip() if key else None
+
+
+class Authenticate:
+    """401 without a valid key (when keys are configured), 403 without the scope."""
+
+    def __init__(self, keyring):
+        self.keyring = keyring
+
+    def process_resource(self, req, resp, resource, params):
+        scope = required_scope(resource, req.method)
+        if scope is None or not self.keyring.configured:
+            return
+        presented = presented_key(req)
+        if presented is None:
+            raise unauthorized("an API key is required: send Authorization: Bearer <key> "
+                               "or X-API-Key: <key>")
+        key = self.keyring.authenticate(presented)
+        if key is None:
+            raise unauthorized("the API key is not valid")
+        req.context.key_id = key.id
+        if not key.allows(scope):
+            raise forbidden(f"the key {key.id!r} lacks the {scope!r} scope this endpoint needs "
+                            f"(it has {', '.join(sorted(key.scopes))})")
+
+
+class Limit:
+    """Per-endpoint, per-client rate limits, and the per-client write circuit."""
+
+    def __init__(self, limiter, breaker, metrics):
+        self.limiter = limiter
+        self.breaker = breaker
+        self.metrics = metrics
+
+    def process_resource(self, req, resp, resource, params):
+        endpoint = getattr(resource, "limit_name", None)
+        if endpoint is None:
+            return
+        ctx = req.context
+        client = ctx.key_id or ctx.client
+        if self.breaker is not None and req.method in getattr(resource, "writes", ()):
+            wait = self.breaker.allow(client)
+            if wait is not None:
+                self._count(endpoint, "circuit_open")
+                raise too_many(f"too many rejected writes from this client; writes are paused "
+                               f"for {wait} s (fix the requests that got 4xx answers)",
+                               wait, code="circuit_open")
+            ctx.breaker_client = client
+        if self.limiter is not None:
+            wait = self.limiter.check(endpoint, client)
+            if wait is not None:
+                self._count(endpoint, "rate_limit")
+                raise too_many(f"rate limit for {endpoint} exceeded; retry in {wait} s", wait)
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        client = getattr(req.context, "breaker_client", None)
+        if client is not None:
+            self.breaker.record(client, resp.status_code)
+
+    def _count(self, endpoint: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.ratelimited.labels(endpoint, reason).inc()
