@@ -80,6 +80,19 @@ class MultiMap:
             out = out + r if out else list(r)
         return out
 
+    def extend(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Add many (key, ordinal) pairs whose ordinals exceed every stored one."""
+        self.merge()
+        order = np.argsort(keys, kind="stable")
+        ks = np.ascontiguousarray(keys[order], dtype=self.dtype)
+        vs = np.ascontiguousarray(vals[order], dtype=np.int32)
+        if not len(self.keys):
+            self.keys, self.vals = ks, vs
+            return
+        pos = self.keys.searchsorted(ks, "right")
+        self.keys = np.insert(self.keys, pos, ks)
+        self.vals = np.insert(self.vals, pos, vs)
+
     def merge(self) -> None:
         if not self.recent:
             return

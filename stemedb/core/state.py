@@ -100,7 +100,8 @@ class State:
 
     # ------------------------------------------------------------ applying
     def _note(self, seq: int, rec: int) -> None:
-        self.last_seq = seq
+        if seq > self.last_seq:
+            self.last_seq = seq
         if rec > self.last_recorded_at:
             self.last_recorded_at = rec
         self.records += 1
@@ -130,6 +131,102 @@ class State:
                         lst.append(o)
         self._note(seq, rec)
         return o
+
+    # ------------------------------------------------------------ bulk replay
+    def bulk_replay(self, records) -> None:
+        """Apply many records at once: the rebuild path.
+
+        ``records`` yields ``(rtype, seq, segment, offset, fields_or_body)``.
+        Assertion fields are collected into lists and the columns and sorted
+        runs are built once at the end (numpy argsort), instead of one
+        insert per index per record.  Retractions and votes need ordinals,
+        so they are applied after the assertions, in their log order (they
+        only name earlier assertions, so the result is the same); epochs and
+        outcomes apply at once (assertions need epoch ids).
+        """
+        from .format import REC_ASSERT, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
+        seqs, locs, tss, recs, keys, pids, eids, lcs, hashes = ([] for _ in range(9))
+        sources, edges, deferred = [], [], []
+        path_ids, pred_ids, epochs = self.path_ids, self.pred_ids, self.epochs
+        first = self.cols.n
+        for rtype, seq, segno, off, f in records:
+            if rtype != REC_ASSERT:
+                if rtype in (REC_RETRACT, REC_VOTE):
+                    deferred.append((rtype, seq, f))
+                elif rtype == REC_EPOCH:
+                    self.apply_epoch(seq, f)
+                elif rtype == REC_OUTCOME:
+                    self.apply_outcome(seq, f)
+                continue
+            h, rec, ts, lc, path, pred, src, ep, parent, derived = f
+            pid = path_ids.get(path)
+            if pid is None:
+                pid = self.path_id(path)
+            qid = pred_ids.get(pred)
+            if qid is None:
+                qid = self.pred_id(pred)
+            o = first + len(seqs)
+            seqs.append(seq)
+            locs.append((segno << 40) | off)
+            tss.append(ts)
+            recs.append(rec)
+            keys.append((pid << PRED_BITS) | qid)
+            pids.append(pid)
+            eids.append(epochs[ep].id if ep is not None else 0)
+            lcs.append(lc)
+            hashes.append(h)
+            if src is not None:
+                sources.append((str64(src), o))
+            if parent is not None or derived is not None:
+                edges.append((o, parent, derived))
+            if seq > self.last_seq:
+                self.last_seq = seq
+            if rec > self.last_recorded_at:
+                self.last_recorded_at = rec
+            self.records += 1
+        if seqs:
+            self._bulk_columns(first, seqs, locs, tss, recs, keys, pids, eids, lcs, hashes, sources)
+        for o, parent, derived in edges:
+            if parent is not None:
+                p = self.ordinal(parent)
+                if p is not None:
+                    self.revisions.setdefault(p, []).append(o)
+                    self.dependents.setdefault(p, []).append(o)
+            for d in derived or ():
+                p = self.ordinal(d)
+                if p is not None:
+                    lst = self.dependents.setdefault(p, [])
+                    if not lst or lst[-1] != o:
+                        lst.append(o)
+        for rtype, seq, body in deferred:
+            (self.apply_retract if rtype == REC_RETRACT else self.apply_vote)(seq, body)
+
+    def _bulk_columns(self, first, seqs, locs, tss, recs, keys, pids, eids, lcs, hashes,
+                      sources) -> None:
+        n = len(seqs)
+        c = self.cols
+        if c.n + n > c.cap:
+            c._grow(c.n + n)
+        sl = slice(c.n, c.n + n)
+        c.seq[sl] = seqs
+        c.loc[sl] = locs
+        c.ts[sl] = tss
+        c.rec[sl] = recs
+        c.key[sl] = keys
+        c.path[sl] = pids
+        c.epoch[sl] = eids
+        c.lc[sl] = lcs
+        hb = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32)
+        c.hashes[sl] = hb
+        c.n += n
+        ords = np.arange(first, first + n, dtype=np.int32)
+        h64s = hb[:, :8].copy().view("<u8").reshape(n)
+        self.by_hash.extend(h64s, ords)
+        self.by_key.extend(c.key[sl], ords)
+        self.by_path.extend(c.path[sl].astype(np.int64), ords)
+        if sources:
+            self.by_source.extend(np.fromiter((k for k, _ in sources), dtype=np.uint64, count=len(sources)),
+                                  np.fromiter((o for _, o in sources), dtype=np.int32, count=len(sources)))
 
     def apply_retract(self, seq: int, body: dict) -> list[int]:
         """Mark the listed hashes retracted (first retraction wins)."""

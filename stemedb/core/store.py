@@ -172,6 +172,7 @@ class Store:
             log.warning("Index snapshot does not match the WAL (%s); rebuilding from the WAL",
                         reason)
             return None, None
+        self.wal.last_frame = pos.get("last_record")
         return state, (pos["segment"], pos["offset"])
 
     def _snapshot_mismatch(self, pos: dict) -> str | None:
@@ -198,39 +199,34 @@ class Store:
         return None
 
     def _replay_segment(self, seg, start, last: bool) -> int:
-        """Apply every record of ``seg`` from ``start`` (pure reference path)."""
+        """Apply every record of ``seg`` from ``start``, checking every CRC."""
         buf, offsets, types, flags, seqs = self.wal.scan(seg, start, last=last)
-        st = self.state
-        n = 0
-        prev = st.last_seq
-        for off, rtype, seq in zip(offsets, types, seqs):
+        prev = self.state.last_seq
+        for off, seq in zip(offsets, seqs):
             if seq <= prev:
                 raise ChecksumMismatch(
                     f"Checksum mismatch in WAL segment {seg.path} at offset {off} "
                     f"(seq {seq} does not follow {prev})", file=seg.path, offset=off)
             prev = seq
-            self._apply_record(rtype, seq, seg.number, off, buf)
-            n += 1
-        return n
+        fields = fast.index_fields
+        segno = seg.number
 
-    def _apply_record(self, rtype: int, seq: int, segno: int, off: int, buf) -> None:
-        st = self.state
-        if rtype == REC_ASSERT:
-            st.apply_assert(seq, segno, off, fast.index_fields(buf, off + FRAME_SIZE))
-            return
-        length = int.from_bytes(buf[off:off + 4], "little")
-        body = _dec.decode(buf[off + FRAME_SIZE:off + FRAME_SIZE + length])
-        if rtype == REC_RETRACT:
-            st.apply_retract(seq, body)
-        elif rtype == REC_VOTE:
-            st.apply_vote(seq, body)
-        elif rtype == REC_EPOCH:
-            st.apply_epoch(seq, body)
-        elif rtype == REC_OUTCOME:
-            st.apply_outcome(seq, body)
-        else:
+        def records():
+            for off, rtype, seq in zip(offsets, types, seqs):
+                if rtype == REC_ASSERT:
+                    yield rtype, seq, segno, off, fields(buf, off + FRAME_SIZE)
+                else:
+                    yield rtype, seq, segno, off, self._decode_meta(rtype, buf, off, segno)
+        self.state.bulk_replay(records())
+        return len(offsets)
+
+    @staticmethod
+    def _decode_meta(rtype: int, buf, off: int, segno: int) -> dict:
+        if rtype not in (REC_RETRACT, REC_VOTE, REC_EPOCH, REC_OUTCOME):
             raise CorruptionError(f"unknown record type {rtype} in WAL segment {segno} "
                                   f"at offset {off}", offset=off)
+        length = int.from_bytes(buf[off:off + 4], "little")
+        return _dec.decode(buf[off + FRAME_SIZE:off + FRAME_SIZE + length])
 
     # ------------------------------------------------------------ writing
     def _apply_group(self, group: list[Request]) -> None:
