@@ -107,6 +107,7 @@ class SkepticIn(Struct, **_REQ):
 
     concept_path: ConceptPath
     predicate: Name
+    include_descendants: bool = False
     as_of: Time | None = None
     known_at: Time | None = None
     since: Time | None = None
