@@ -11,8 +11,11 @@ try:
 except ImportError:  # a build without Cython: pure Python only
     ext_modules = []
 else:
+    import numpy
     ext_modules = cythonize(
-        [Extension("stemedb.core._fast", ["stemedb/core/_fast.pyx"])],
+        [Extension("stemedb.core._fast", ["stemedb/core/_fast.pyx"],
+                   include_dirs=[numpy.get_include()],
+                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])],
         compiler_directives={"language_level": "3", "boundscheck": False,
                              "wraparound": False, "cdivision": True},
     )

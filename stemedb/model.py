@@ -297,6 +297,9 @@ def vote_hash(assertion_hash: str, weight: float, agent_id: str | None) -> bytes
 
 # ------------------------------------------------------------ read objects
 
+_ASSERTION_KEYS = ASSERTION_FIELDS | {"hash", "seq", "recorded_at", "status", "retraction"}
+
+
 class Assertion:
     """A stored assertion as handed back: the JSON field names as attributes.
 
@@ -362,6 +365,18 @@ class Assertion:
         if self.retraction is not None:
             d["retraction"] = self.retraction
         return d
+
+    def __getitem__(self, name: str):
+        """``a["value"]`` reads like the JSON form (same as ``a.value``)."""
+        if name in _ASSERTION_KEYS:
+            return getattr(self, name)
+        raise KeyError(name)
+
+    def get(self, name: str, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
 
     def __repr__(self) -> str:
         return (f"Assertion({self.concept_path!r}, {self.predicate!r}, {self.value!r}, "

@@ -6,7 +6,7 @@ functions in codec.py are the reference.  CRC32C is google-crc32c's, called
 once per record; only the framing walk and the field extraction are ours.
 """
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 import google_crc32c
@@ -30,6 +30,20 @@ cdef inline uint16_t rd16(const uint8_t* p) nogil:
     cdef uint16_t v
     memcpy(&v, p, 2)
     return v
+
+cdef inline uint64_t fnv1a(const uint8_t* p, Py_ssize_t n) nogil:
+    cdef uint64_t h = 0xCBF29CE484222325ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ p[i]) * 0x100000001B3ULL
+    return h
+
+
+def fnv1a64(s):
+    """See index.str64."""
+    b = s.encode("utf-8", "surrogatepass")
+    return fnv1a(<const uint8_t*><const char*>b, len(b))
+
 
 cdef inline int64_t rd64(const uint8_t* p) nogil:
     cdef int64_t v
@@ -91,3 +105,95 @@ def index_fields(buf, Py_ssize_t off):
     if fields & F_DERIVED:
         derived = [(<const char*>(q + 32 * i))[:32] for i in range(nd)]
     return h, rec, ts, lc, path, pred, src, ep, parent, derived
+
+
+cimport numpy as cnp
+import numpy as np
+cnp.import_array()
+
+
+def extract_segment(buf, offsets, types, seqs, long segno, long first_ord,
+                    dict path_ids, list path_names, dict pred_ids, list pred_names,
+                    dict epoch_ids):
+    """See codec.extract_segment."""
+    cdef const uint8_t[:] mv = buf
+    cdef const uint8_t* base = &mv[0] if mv.shape[0] else NULL
+    cdef Py_ssize_t total = len(offsets), n = 0, k, i = 0
+    for k in range(total):
+        if types[k] == 1:
+            n += 1
+    seq_o = np.empty(n, np.int64); loc_o = np.empty(n, np.int64)
+    ts_o = np.empty(n, np.int64); rec_o = np.empty(n, np.int64)
+    key_o = np.empty(n, np.int64); path_o = np.empty(n, np.int32)
+    ep_o = np.empty(n, np.int32); lc_o = np.empty(n, np.int8)
+    hb_o = np.empty((n, 32), np.uint8)
+    cdef int64_t[:] seq_a = seq_o, loc_a = loc_o, ts_a = ts_o, rec_a = rec_o, key_a = key_o
+    cdef int32_t[:] path_a = path_o, ep_a = ep_o
+    cdef int8_t[:] lc_a = lc_o
+    cdef uint8_t[:, :] hb_a = hb_o
+    cdef const uint8_t* p
+    cdef const uint8_t* q
+    cdef Py_ssize_t off, lpath, lpred, lsrc, lep, nd, j
+    cdef int fields
+    cdef long pid, qid
+    cdef Py_ssize_t ns = 0
+    src_k = np.empty(n, np.uint64); src_o = np.empty(n, np.int32)
+    cdef uint64_t[:] sk = src_k
+    cdef int32_t[:] so = src_o
+    edges, metas = [], []
+    for k in range(total):
+        off = offsets[k]
+        if types[k] != 1:
+            metas.append((types[k], seqs[k], off))
+            continue
+        p = base + off + FRAME_SIZE
+        fields = p[58]
+        lpath = rd16(p + 60); lpred = rd16(p + 62); lsrc = rd16(p + 64)
+        lep = rd16(p + 66); nd = rd16(p + 68)
+        q = p + HEAD_SIZE
+        path = PyUnicode_DecodeUTF8(<const char*>q, lpath, NULL); q += lpath
+        pred = PyUnicode_DecodeUTF8(<const char*>q, lpred, NULL); q += lpred
+        o = path_ids.get(path)
+        if o is None:
+            pid = len(path_names)
+            path_ids[path] = pid
+            path_names.append(path)
+        else:
+            pid = o
+        o = pred_ids.get(pred)
+        if o is None:
+            qid = len(pred_names)
+            pred_ids[pred] = qid
+            pred_names.append(pred)
+        else:
+            qid = o
+        seq_a[i] = <int64_t>seqs[k]
+        loc_a[i] = (<int64_t>segno << 40) | off
+        rec_a[i] = rd64(p + 32)
+        ts_a[i] = rd64(p + 40)
+        key_a[i] = (<int64_t>pid << 24) | qid
+        path_a[i] = pid
+        lc_a[i] = p[57]
+        for j in range(32):
+            hb_a[i, j] = p[j]
+        if fields & F_SOURCE:
+            sk[ns] = fnv1a(q, lsrc)
+            so[ns] = first_ord + i
+            ns += 1
+            q += lsrc
+        if fields & F_EPOCH:
+            ep_a[i] = epoch_ids[PyUnicode_DecodeUTF8(<const char*>q, lep, NULL)]
+            q += lep
+        else:
+            ep_a[i] = 0
+        if fields & (F_PARENT | F_DERIVED):
+            parent = derived = None
+            if fields & F_PARENT:
+                parent = (<const char*>q)[:32]; q += 32
+            if fields & F_DERIVED:
+                derived = [(<const char*>(q + 32 * j))[:32] for j in range(nd)]
+            edges.append((first_ord + i, parent, derived))
+        i += 1
+    cols = {"seq": seq_o, "loc": loc_o, "ts": ts_o, "rec": rec_o, "key": key_o,
+            "path": path_o, "epoch": ep_o, "lc": lc_o, "hashes": hb_o}
+    return cols, (src_k[:ns], src_o[:ns]), edges, metas

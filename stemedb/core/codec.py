@@ -148,3 +148,57 @@ def index_fields(buf, payload_off: int):
     if fields & F_DERIVED:
         derived = [bytes(buf[p + 32 * i:p + 32 * i + 32]) for i in range(nd)]
     return h, rec, ts, lc, path, pred, src, ep, parent, derived
+
+
+def extract_segment(buf, offsets, types, seqs, segno: int, first_ord: int,
+                    path_ids: dict, path_names: list, pred_ids: dict, pred_names: list,
+                    epoch_ids: dict):
+    """Columns for every assertion record of one scanned segment: the rebuild path.
+
+    Interns new concept paths and predicates into the given tables (ids in
+    order of first appearance).  Returns ``(cols, sources, edges, metas)``:
+    ``cols`` a dict of numpy arrays (seq, loc, ts, rec, key, path, epoch, lc,
+    hashes), ``sources`` a pair of arrays (str64 of each source, its ordinal), ``edges`` a list of
+    ``(ordinal, parent_hash, derived_from)``, ``metas`` the ``(type, seq,
+    offset)`` of every other record.  O(records).
+    """
+    import numpy as np
+    from .index import PRED_BITS, str64
+    n = sum(1 for t in types if t == 1)
+    seq_a = np.empty(n, np.int64); loc_a = np.empty(n, np.int64)
+    ts_a = np.empty(n, np.int64); rec_a = np.empty(n, np.int64)
+    key_a = np.empty(n, np.int64); path_a = np.empty(n, np.int32)
+    ep_a = np.empty(n, np.int32); lc_a = np.empty(n, np.int8)
+    hashes = []
+    sources, edges, metas = [], [], []
+    i = 0
+    for off, rtype, seq in zip(offsets, types, seqs):
+        if rtype != 1:
+            metas.append((rtype, seq, off))
+            continue
+        h, rec, ts, lc, path, pred, src, ep, parent, derived = index_fields(buf, off + FRAME_SIZE)
+        pid = path_ids.get(path)
+        if pid is None:
+            pid = path_ids[path] = len(path_names)
+            path_names.append(path)
+        qid = pred_ids.get(pred)
+        if qid is None:
+            qid = pred_ids[pred] = len(pred_names)
+            pred_names.append(pred)
+        seq_a[i] = seq; loc_a[i] = (segno << 40) | off; ts_a[i] = ts; rec_a[i] = rec
+        key_a[i] = (pid << PRED_BITS) | qid; path_a[i] = pid
+        ep_a[i] = epoch_ids[ep] if ep is not None else 0
+        lc_a[i] = lc
+        hashes.append(h)
+        if src is not None:
+            sources.append((str64(src), first_ord + i))
+        if parent is not None or derived is not None:
+            edges.append((first_ord + i, parent, derived))
+        i += 1
+    hb = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32) if n else \
+        np.empty((0, 32), np.uint8)
+    cols = {"seq": seq_a, "loc": loc_a, "ts": ts_a, "rec": rec_a, "key": key_a,
+            "path": path_a, "epoch": ep_a, "lc": lc_a, "hashes": hb}
+    src = (np.fromiter((k for k, _ in sources), np.uint64, len(sources)),
+           np.fromiter((o for _, o in sources), np.int32, len(sources)))
+    return cols, src, edges, metas

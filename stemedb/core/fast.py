@@ -31,6 +31,7 @@ if not _pure:
 COMPILED = _fast is not None
 scan_frames = _fast.scan_frames if COMPILED else codec.scan_frames
 index_fields = _fast.index_fields if COMPILED else codec.index_fields
+extract_segment = _fast.extract_segment if COMPILED else codec.extract_segment
 
 
 def replay(store, start) -> int:

@@ -21,6 +21,19 @@ DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review
 TRACE_LIMIT = 100
 
 
+class Result(dict):
+    """One resolved (concept_path, predicate): a dict with the JSON keys,
+    readable as attributes too (``r["winner"]`` or ``r.winner``)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 @dataclass
 class QueryResult:
     concept_path: str
@@ -252,9 +265,9 @@ def run_query(store, concept_path, *, predicate=None, include_descendants=False,
     for (path, pred) in sorted(groups):
         res = lens_obj.resolve(groups[(path, pred)], ctx)
         resolutions.append(res)
-        entry = {"concept_path": path, "predicate": pred, "winner": res.winner,
-                 "confidence": res.confidence, "conflict_score": res.conflict_score,
-                 "candidates_count": len(groups[(path, pred)])}
+        entry = Result(concept_path=path, predicate=pred, winner=res.winner,
+                       confidence=res.confidence, conflict_score=res.conflict_score,
+                       candidates_count=len(groups[(path, pred)]))
         entry.update(res.extra)
         results.append(entry)
     if len(resolutions) == 1:

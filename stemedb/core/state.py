@@ -133,59 +133,38 @@ class State:
         return o
 
     # ------------------------------------------------------------ bulk replay
-    def bulk_replay(self, records) -> None:
-        """Apply many records at once: the rebuild path.
+    def bulk_segment(self, buf, offsets, types, seqs, segno: int, extract, decode_meta) -> None:
+        """Apply one scanned segment's records at once: the rebuild path.
 
-        ``records`` yields ``(rtype, seq, segment, offset, fields_or_body)``.
-        Assertion fields are collected into lists and the columns and sorted
-        runs are built once at the end (numpy argsort), instead of one
-        insert per index per record.  Retractions and votes need ordinals,
-        so they are applied after the assertions, in their log order (they
-        only name earlier assertions, so the result is the same); epochs and
-        outcomes apply at once (assertions need epoch ids).
+        ``extract`` (codec.extract_segment or its compiled twin) turns the
+        assertion records into column arrays; each sorted run is then
+        extended once (numpy argsort + insert) instead of one insert per
+        record per index.  Epoch records are applied first (assertions name
+        them; ids follow log order either way); retractions and votes after
+        the assertions, in log order (they name only earlier assertions, so
+        the result equals record-by-record replay).
         """
-        from .format import REC_ASSERT, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
-        seqs, locs, tss, recs, keys, pids, eids, lcs, hashes = ([] for _ in range(9))
-        sources, edges, deferred = [], [], []
-        path_ids, pred_ids, epochs = self.path_ids, self.pred_ids, self.epochs
+        from .format import REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
+        if not offsets:
+            return
+        if REC_EPOCH in types:
+            for off, rtype, seq in zip(offsets, types, seqs):
+                if rtype == REC_EPOCH:
+                    self.apply_epoch(seq, decode_meta(rtype, buf, off, segno))
         first = self.cols.n
-        for rtype, seq, segno, off, f in records:
-            if rtype != REC_ASSERT:
-                if rtype in (REC_RETRACT, REC_VOTE):
-                    deferred.append((rtype, seq, f))
-                elif rtype == REC_EPOCH:
-                    self.apply_epoch(seq, f)
-                elif rtype == REC_OUTCOME:
-                    self.apply_outcome(seq, f)
-                continue
-            h, rec, ts, lc, path, pred, src, ep, parent, derived = f
-            pid = path_ids.get(path)
-            if pid is None:
-                pid = self.path_id(path)
-            qid = pred_ids.get(pred)
-            if qid is None:
-                qid = self.pred_id(pred)
-            o = first + len(seqs)
-            seqs.append(seq)
-            locs.append((segno << 40) | off)
-            tss.append(ts)
-            recs.append(rec)
-            keys.append((pid << PRED_BITS) | qid)
-            pids.append(pid)
-            eids.append(epochs[ep].id if ep is not None else 0)
-            lcs.append(lc)
-            hashes.append(h)
-            if src is not None:
-                sources.append((str64(src), o))
-            if parent is not None or derived is not None:
-                edges.append((o, parent, derived))
-            if seq > self.last_seq:
-                self.last_seq = seq
-            if rec > self.last_recorded_at:
-                self.last_recorded_at = rec
-            self.records += 1
-        if seqs:
-            self._bulk_columns(first, seqs, locs, tss, recs, keys, pids, eids, lcs, hashes, sources)
+        n_paths = len(self.path_names)
+        epoch_ids = {name: e.id for name, e in self.epochs.items()}
+        cols, sources, edges, metas = extract(buf, offsets, types, seqs, segno, first,
+                                              self.path_ids, self.path_names, self.pred_ids,
+                                              self.pred_names, epoch_ids)
+        if len(self.path_names) > n_paths:
+            self.sorted_paths.update(self.path_names[n_paths:])
+        n = len(cols["seq"])
+        if n:
+            self._bulk_columns(first, n, cols, sources)
+            self.last_recorded_at = max(self.last_recorded_at, int(cols["rec"].max()))
+        self.last_seq = max(self.last_seq, int(seqs[-1]))
+        self.records += len(offsets)
         for o, parent, derived in edges:
             if parent is not None:
                 p = self.ordinal(parent)
@@ -198,35 +177,34 @@ class State:
                     lst = self.dependents.setdefault(p, [])
                     if not lst or lst[-1] != o:
                         lst.append(o)
-        for rtype, seq, body in deferred:
-            (self.apply_retract if rtype == REC_RETRACT else self.apply_vote)(seq, body)
+        records = self.records
+        for rtype, seq, off in metas:
+            if rtype == REC_RETRACT:
+                self.apply_retract(seq, decode_meta(rtype, buf, off, segno))
+            elif rtype == REC_VOTE:
+                self.apply_vote(seq, decode_meta(rtype, buf, off, segno))
+            elif rtype == REC_OUTCOME:
+                self.apply_outcome(seq, decode_meta(rtype, buf, off, segno))
+            elif rtype != REC_EPOCH:
+                decode_meta(rtype, buf, off, segno)  # raises for an unknown type
+        self.records = records
 
-    def _bulk_columns(self, first, seqs, locs, tss, recs, keys, pids, eids, lcs, hashes,
-                      sources) -> None:
-        n = len(seqs)
+    def _bulk_columns(self, first: int, n: int, cols: dict, sources: list) -> None:
         c = self.cols
         if c.n + n > c.cap:
             c._grow(c.n + n)
         sl = slice(c.n, c.n + n)
-        c.seq[sl] = seqs
-        c.loc[sl] = locs
-        c.ts[sl] = tss
-        c.rec[sl] = recs
-        c.key[sl] = keys
-        c.path[sl] = pids
-        c.epoch[sl] = eids
-        c.lc[sl] = lcs
-        hb = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32)
+        for name in Columns.SPEC:
+            getattr(c, name)[sl] = cols[name]
+        hb = cols["hashes"]
         c.hashes[sl] = hb
         c.n += n
         ords = np.arange(first, first + n, dtype=np.int32)
-        h64s = hb[:, :8].copy().view("<u8").reshape(n)
-        self.by_hash.extend(h64s, ords)
-        self.by_key.extend(c.key[sl], ords)
-        self.by_path.extend(c.path[sl].astype(np.int64), ords)
-        if sources:
-            self.by_source.extend(np.fromiter((k for k, _ in sources), dtype=np.uint64, count=len(sources)),
-                                  np.fromiter((o for _, o in sources), dtype=np.int32, count=len(sources)))
+        self.by_hash.extend(np.ascontiguousarray(hb[:, :8]).view("<u8").reshape(n), ords)
+        self.by_key.extend(cols["key"], ords)
+        self.by_path.extend(cols["path"].astype(np.int64), ords)
+        if len(sources[0]):
+            self.by_source.extend(sources[0], sources[1])
 
     def apply_retract(self, seq: int, body: dict) -> list[int]:
         """Mark the listed hashes retracted (first retraction wins)."""

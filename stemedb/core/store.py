@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import msgspec
+import numpy as np
 import orjson
 
 from .. import __version__
@@ -202,22 +203,16 @@ class Store:
         """Apply every record of ``seg`` from ``start``, checking every CRC."""
         buf, offsets, types, flags, seqs = self.wal.scan(seg, start, last=last)
         prev = self.state.last_seq
-        for off, seq in zip(offsets, seqs):
-            if seq <= prev:
-                raise ChecksumMismatch(
-                    f"Checksum mismatch in WAL segment {seg.path} at offset {off} "
-                    f"(seq {seq} does not follow {prev})", file=seg.path, offset=off)
-            prev = seq
-        fields = fast.index_fields
-        segno = seg.number
-
-        def records():
-            for off, rtype, seq in zip(offsets, types, seqs):
-                if rtype == REC_ASSERT:
-                    yield rtype, seq, segno, off, fields(buf, off + FRAME_SIZE)
-                else:
-                    yield rtype, seq, segno, off, self._decode_meta(rtype, buf, off, segno)
-        self.state.bulk_replay(records())
+        arr = np.fromiter(seqs, dtype=np.int64, count=len(seqs))
+        if len(arr) and (arr[0] <= prev or bool(np.any(arr[1:] <= arr[:-1]))):
+            for off, seq in zip(offsets, seqs):
+                if seq <= prev:
+                    raise ChecksumMismatch(
+                        f"Checksum mismatch in WAL segment {seg.path} at offset {off} "
+                        f"(seq {seq} does not follow {prev})", file=seg.path, offset=off)
+                prev = seq
+        self.state.bulk_segment(buf, offsets, types, seqs, seg.number, fast.extract_segment,
+                                self._decode_meta)
         return len(offsets)
 
     @staticmethod
