@@ -1,0 +1,1030 @@
+"""Run StemeDB and its peers through the same workloads in one run.
+
+    python -m bench.run                      # 200,000 assertions, every workload
+    python -m bench.run --quick              # the CI smoke: about 2 minutes
+    python -m bench.run --only W1,R1         # some workloads
+    python -m bench.run --n 1000000          # the million-assertion figures
+
+Writes ``bench/results/engine-<date>[-quick|-n<N>].md`` and ``.json``.  The
+engines run in-process, interleaved repetition by repetition (rep 1 of every
+engine, then rep 2...) so that a noisy neighbour hits them alike; only
+ratios measured in the same run are compared.  StemeDB's pure-Python path
+runs afterwards in a subprocess with ``STEMEDB_PURE_PYTHON=1`` (StemeDB only;
+its ratios use the peers' figures from this run).  See ``bench/README.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+
+from . import lens_bench
+from .peers import ENGINES, PEERS, SqliteAdapter, StemeAdapter, open_engine
+from .suite import (REPO_DIR, disk_usage, fsync_probe, latency_summary, median, memory_probe,
+                    r1_candidates, r2_prefix, recovery_peer, recovery_stemedb, summarize_runs,
+                    w1_single_writer, w2_threads, w3_bulk)
+from .workload import SEED, encoded_size_stats, generate
+
+WORKLOADS = ("W1", "W2", "W3", "R1", "R2", "DISK", "REC", "MEM", "Q1", "C1", "E1")
+NEEDS_LOAD = {"R1", "R2", "DISK", "REC", "MEM", "Q1", "C1", "E1"}
+DESCRIPTIONS = {
+    "W1": "one writer, one durable record per commit",
+    "W2": "8 writer threads, one durable record per commit each",
+    "W3": "bulk load in durable batches of 1,000",
+    "R1": "all candidates of a (concept_path, predicate), decoded",
+    "R2": "all assertions under a domain/entity/ prefix, decoded",
+    "DISK": "bytes on disk per assertion (allocated blocks, store closed)",
+    "REC": "reopen until the first answer",
+    "MEM": "RSS per stored assertion in a fresh process",
+    "Q1": "resolved query of one (concept_path, predicate) vs sqlite indexed SELECT",
+    "C1": "retraction cascade over dependents",
+    "E1": "superseding a large epoch",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Counts of every workload: what the report says each figure is made of."""
+
+    n: int = 200_000                # assertions loaded by W3 (and read by R1/R2...)
+    w1_count: int = 3_000           # durable commits in W1, per run
+    w2_count: int = 4_000           # durable commits in W2, per run (all threads)
+    w2_threads: int = 8
+    w3_batch: int = 1_000
+    r1_keys: int = 5_000            # (concept_path, predicate) queries per R1 run
+    r2_prefixes: int = 200          # domain/entity/ scans per R2 run
+    reps: int = 3                   # runs per throughput figure (median)
+    rec_reps: int = 3
+    q1_keys: int = 2_000
+    q1_hot_reps: int = 50
+    c1_dependents: int = 10_000
+    c1_reps: int = 3
+    e1_size: int = 100_000
+    e1_reps: int = 3
+    budget_s: float = 180.0         # time bound of one run of one workload
+
+    @classmethod
+    def quick(cls, n: int | None = None) -> "Config":
+        return cls(n=n or 20_000, w1_count=300, w2_count=800, r1_keys=1_000, r2_prefixes=50,
+                   reps=3, rec_reps=1, q1_keys=300, q1_hot_reps=10, c1_dependents=1_000,
+                   c1_reps=1, e1_size=10_000, e1_reps=3, budget_s=20.0)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ header
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", "-C", REPO_DIR, *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_header() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in _read("/proc/cpuinfo").splitlines()
+                if ln.startswith("model name")), platform.processor() or "unknown")
+    mem = next((int(ln.split()[1]) * 1024 for ln in _read("/proc/meminfo").splitlines()
+                if ln.startswith("MemTotal:")), 0)
+    versions = {}
+    import sqlite3
+    versions["sqlite"] = sqlite3.sqlite_version
+    try:
+        import lmdb
+        versions["lmdb"] = f"{'.'.join(map(str, lmdb.version()))} (py-lmdb {lmdb.__version__})"
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import version
+        versions["rocksdict"] = version("rocksdict")
+    except Exception:  # noqa: BLE001
+        pass
+    commit = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=all", "--", "stemedb"))
+    return {
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpu": cpu, "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_bytes": mem, "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(), "python_impl": platform.python_implementation(),
+        "git_commit": commit, "git_engine_dirty": dirty,
+        "git_describe": _git("describe", "--always", "--dirty"),
+        "versions": versions, "loadavg_start": os.getloadavg(),
+        "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+class Runner:
+    """One run: engines x workloads, results in ``self.results[label][workload]``."""
+
+    def __init__(self, cfg: Config, engines: list[str], only: set[str], workdir: str,
+                 label_suffix: str = ""):
+        self.cfg = cfg
+        self.engines = engines
+        self.only = only
+        self.workdir = workdir
+        self.suffix = label_suffix
+        self.results: dict[str, dict] = {}
+        self.checks: list[dict] = []
+        self.diagnostics: dict = {}
+        self.loaded: dict[str, object] = {}
+        self.paths: dict[str, str] = {}
+        self.w = None
+
+    def label(self, name: str) -> str:
+        return name + self.suffix if name == "stemedb" else name
+
+    def put(self, name: str, wl: str, value) -> None:
+        self.results.setdefault(self.label(name), {})[wl] = value
+
+    def check(self, name: str, what: str, ok: bool, detail: str) -> None:
+        self.checks.append({"engine": self.label(name), "check": what, "ok": bool(ok),
+                            "detail": detail})
+        if not ok:
+            log(f"CHECK FAILED {self.label(name)}: {what}: {detail}")
+
+    def fail(self, name: str, wl: str, exc: BaseException) -> None:
+        log(f"{wl} {self.label(name)} failed: {type(exc).__name__}: {exc}")
+        traceback.print_exc(file=sys.stderr)
+        self.put(name, wl, {"error": f"{type(exc).__name__}: {exc}"})
+
+    def fresh(self, name: str, tag: str):
+        path = os.path.join(self.workdir, name, tag)
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return open_engine(name, path), path
+
+    # -- write workloads, interleaved by repetition -------------------------
+    def _write_workload(self, wl: str, fn, items: list[dict], **kw) -> None:
+        runs: dict[str, list] = {e: [] for e in self.engines}
+        groups: dict[str, list] = {e: [] for e in self.engines}
+        dead: set[str] = set()
+        for rep in range(self.cfg.reps):
+            for name in self.engines:
+                if name in dead:
+                    continue
+                try:
+                    eng, path = self.fresh(name, f"{wl.lower()}-{rep}")
+                    obs = _observe_commits(eng)
+                    r = fn(eng, items, budget_s=self.cfg.budget_s, **kw)
+                    if obs is not None:
+                        groups[name].extend(obs)
+                    n = eng.count()
+                    eng.close()
+                    shutil.rmtree(path, ignore_errors=True)
+                    self.check(name, f"{wl} run {rep + 1} stored every record",
+                               n == r["ops"], f"count {n}, wrote {r['ops']}")
+                    runs[name].append(r)
+                    log(f"{wl} {self.label(name)} run {rep + 1}/{self.cfg.reps}: "
+                        f"{r['throughput']:,.0f} {r['unit']}")
+                except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                    self.fail(name, wl, exc)
+                    dead.add(name)
+        for name in self.engines:
+            if name not in dead and runs[name]:
+                s = summarize_runs(runs[name])
+                s["count"] = len(items)
+                if groups[name]:
+                    s["group_commit"] = _group_summary(groups[name])
+                self.put(name, wl, s)
+
+    def load(self, with_w3: bool) -> None:
+        """W3 (timed, repeated) or one plain load; the last load stays open."""
+        reps = self.cfg.reps if with_w3 else 1
+        runs: dict[str, list] = {e: [] for e in self.engines}
+        for rep in range(reps):
+            last = rep == reps - 1
+            for name in self.engines:
+                if name in self.results.get(self.label(name), {}).get("_dead", ()):
+                    continue
+                try:
+                    eng, path = self.fresh(name, f"load-{rep}")
+                    r = w3_bulk(eng, self.w.assertions, batch=self.cfg.w3_batch,
+                                budget_s=max(self.cfg.budget_s, 60.0) * 4)
+                    runs[name].append(r)
+                    log(f"W3 {self.label(name)} run {rep + 1}/{reps}: "
+                        f"{r['throughput']:,.0f} records/s ({r['ops']:,} records)")
+                    if last:
+                        self.loaded[name], self.paths[name] = eng, path
+                        n = eng.count()
+                        self.check(name, "the loaded store counts every assertion",
+                                   n == self.w.n, f"count {n}, loaded {self.w.n}")
+                    else:
+                        eng.close()
+                        shutil.rmtree(path, ignore_errors=True)
+                except Exception as exc:  # noqa: BLE001
+                    self.fail(name, "W3", exc)
+                    self.loaded.pop(name, None)
+                    self.results.setdefault(self.label(name), {}).setdefault("_dead", []).append(1)
+        if with_w3:
+            for name in self.engines:
+                if runs[name] and not self.results.get(self.label(name), {}).get("_dead"):
+                    s = summarize_runs(runs[name])
+                    s["count"] = self.w.n
+                    self.put(name, "W3", s)
+        for label in self.results.values():
+            label.pop("_dead", None)
+
+    def reads(self, wl: str) -> None:
+        cfg, w = self.cfg, self.w
+        if wl == "R1":
+            args = w.r1_keys(cfg.r1_keys)
+            fn, expected = r1_candidates, w.expected_r1
+        else:
+            args = w.r2_prefixes(cfg.r2_prefixes)
+            fn, expected = r2_prefix, w.expected_r2
+        runs: dict[str, list] = {e: [] for e in self.loaded}
+        for name, eng in self.loaded.items():        # warm-up: the same pass, untimed
+            try:
+                fn(eng, args[: max(1, len(args) // 5)], budget_s=cfg.budget_s)
+            except Exception as exc:  # noqa: BLE001
+                self.fail(name, wl, exc)
+                runs.pop(name)
+        for rep in range(cfg.reps):
+            for name in list(runs):
+                try:
+                    r = fn(self.loaded[name], args, budget_s=cfg.budget_s)
+                except Exception as exc:  # noqa: BLE001
+                    self.fail(name, wl, exc)
+                    runs.pop(name)
+                    continue
+                want = expected(args[: r["ops"]])
+                self.check(name, f"{wl} run {rep + 1} returned every stored record",
+                           r["records"] == want, f"got {r['records']}, expected {want}")
+                runs[name].append(r)
+                log(f"{wl} {self.label(name)} run {rep + 1}/{cfg.reps}: "
+                    f"{r['throughput']:,.0f} records/s, {r['queries_per_s']:,.0f} queries/s")
+        for name, rs in runs.items():
+            if rs:
+                s = summarize_runs(rs)
+                s["count"] = len(args)
+                self.put(name, wl, s)
+
+    def close_loaded(self) -> None:
+        for name, eng in list(self.loaded.items()):
+            try:
+                eng.close()
+            except Exception as exc:  # noqa: BLE001
+                self.fail(name, "close", exc)
+        self.loaded.clear()
+
+    def space_and_recovery(self) -> None:
+        cfg, w = self.cfg, self.w
+        probe_key = w.r1_keys(1, seed=9)[0]
+        for name, path in self.paths.items():
+            if "DISK" in self.only:
+                try:
+                    d = disk_usage(name, path, w.n)
+                    self.put(name, "DISK", d)
+                    log(f"DISK {self.label(name)}: {d['bytes_per_assertion']:,.0f} bytes/assertion")
+                except Exception as exc:  # noqa: BLE001
+                    self.fail(name, "DISK", exc)
+        for name, path in self.paths.items():
+            if "REC" not in self.only:
+                break
+            try:
+                if name == "stemedb":
+                    r = recovery_stemedb(path, probe_key, reps=cfg.rec_reps, expected=w.n)
+                    for note in r["notes"]:
+                        self.check(name, "recovery", False, note)
+                    log(f"REC {self.label(name)}: rebuild {r['rebuild_median_s']:.2f}s "
+                        f"({r['rebuild_records_per_s']:,.0f} records/s), "
+                        f"snapshot open {r['snapshot_median_s']:.3f}s")
+                else:
+                    r = recovery_peer(name, path, probe_key, reps=cfg.rec_reps)
+                    log(f"REC {name}: reopen {r['reopen_median_s'] * 1e3:.1f} ms")
+                self.put(name, "REC", r)
+            except Exception as exc:  # noqa: BLE001
+                self.fail(name, "REC", exc)
+        for name, path in self.paths.items():
+            if "MEM" not in self.only:
+                break
+            try:
+                m = memory_probe(name, path, probe_key, n=w.n,
+                                 pure=self.suffix == "-pure", timeout=max(600, cfg.budget_s * 4))
+                self.check(name, "MEM: the fresh process counts every assertion",
+                           m["count"] == w.n, f"count {m['count']}, stored {w.n}")
+                self.put(name, "MEM", m)
+                log(f"MEM {self.label(name)}: {m['rss_bytes_per_assertion']:,.0f} bytes/assertion "
+                    f"RSS ({m['anon_bytes_per_assertion']:,.0f} anonymous)")
+            except Exception as exc:  # noqa: BLE001
+                self.fail(name, "MEM", exc)
+
+    def issue3(self) -> None:
+        """Q1, C1, E1 on the loaded StemeDB store (and sqlite for Q1)."""
+        cfg, w = self.cfg, self.w
+        if "stemedb" not in self.paths:
+            for wl in ("Q1", "C1", "E1"):
+                if wl in self.only and "stemedb" in self.engines:
+                    self.put("stemedb", wl, {"skipped": "no loaded StemeDB store"})
+            return
+        want = [wl for wl in ("Q1", "C1", "E1") if wl in self.only]
+        if not want:
+            return
+        missing = {wl: lens_bench.feature_missing(f)
+                   for wl, f in (("Q1", "query"), ("C1", "cascade"), ("E1", "epoch"))
+                   if wl in want}
+        for wl, why in missing.items():
+            if why:
+                log(f"{wl} skipped: {why}")
+                self.put("stemedb", wl, {"skipped": why})
+        steme = sqlite = None
+        try:
+            steme = StemeAdapter(self.paths["stemedb"])
+            store = steme.store
+            if "Q1" in want and not missing["Q1"]:
+                if "sqlite" in self.paths:
+                    sqlite = SqliteAdapter(self.paths["sqlite"])
+                self._q1(store, sqlite)
+            if "C1" in want and not missing["C1"]:
+                try:
+                    runs = []
+                    for rep in range(cfg.c1_reps):
+                        r = lens_bench.c1_cascade(store, dependents=cfg.c1_dependents,
+                                                  tag=f"{self.suffix or 'c'}{rep}",
+                                                  budget_s=cfg.budget_s)
+                        self.check("stemedb", f"C1 run {rep + 1} retracted the whole cascade",
+                                   r["correct"], r["note"] or f"{r['retracted']} retracted")
+                        log(f"C1 {self.label('stemedb')} run {rep + 1}: {r['seconds'] * 1e3:.1f} ms "
+                            f"for {r['dependents']:,} dependents")
+                        runs.append(r)
+                    self.put("stemedb", "C1", {
+                        "runs": runs, "dependents": runs[0]["dependents"],
+                        "median_s": median([r["seconds"] for r in runs]),
+                        "latency": latency_summary([r["seconds"] for r in runs])})
+                except lens_bench.Skip as s:
+                    self.put("stemedb", "C1", {"skipped": str(s)})
+                except Exception as exc:  # noqa: BLE001
+                    self.fail("stemedb", "C1", exc)
+            if "E1" in want and not missing["E1"]:
+                try:
+                    r = lens_bench.e1_epoch(store, size=cfg.e1_size, reps=cfg.e1_reps,
+                                            tag=self.suffix.strip("-") or "c",
+                                            budget_s=cfg.budget_s * 2)
+                    self.check("stemedb", "E1: the superseded epoch left default queries "
+                               "and stays reachable by name", r["correct"], r["note"] or "ok")
+                    log(f"E1 {self.label('stemedb')}: supersede {r['size']:,} in "
+                        f"{r['big_median_s'] * 1e3:.2f} ms, {r['small']} in "
+                        f"{r['small_median_s'] * 1e3:.2f} ms")
+                    self.put("stemedb", "E1", r)
+                except lens_bench.Skip as s:
+                    self.put("stemedb", "E1", {"skipped": str(s)})
+                except Exception as exc:  # noqa: BLE001
+                    self.fail("stemedb", "E1", exc)
+        except Exception as exc:  # noqa: BLE001
+            self.fail("stemedb", "Q1/C1/E1", exc)
+        finally:
+            for eng in (sqlite, steme):
+                if eng is not None:
+                    eng.close()
+
+    def _q1(self, store, sqlite) -> None:
+        cfg, w = self.cfg, self.w
+        try:
+            hot = lens_bench.hot_key_assertions()
+            store.put_batch(hot)
+            if sqlite is not None:
+                sqlite.put_batch(hot)
+            keys = w.r1_keys(cfg.q1_keys, seed=3)
+            hot_keys = [(lens_bench.HOT_PATH, lens_bench.HOT_PREDICATE)] * cfg.q1_hot_reps
+            variants = lens_bench.q1_variants(store)
+            fns = {f"stemedb:{k}": v for k, v in variants.items()}
+            if sqlite is not None:
+                fns["sqlite:select"] = sqlite.candidates
+            out: dict = {}
+            for kind, ks in (("keys", keys), ("hot", hot_keys)):
+                runs: dict[str, list] = {k: [] for k in fns}
+                for name, fn in fns.items():      # warm-up
+                    lens_bench.q1_resolved_query(fn, ks[: max(1, len(ks) // 5)],
+                                                 budget_s=cfg.budget_s)
+                for _rep in range(cfg.reps):
+                    for name, fn in fns.items():
+                        runs[name].append(lens_bench.q1_resolved_query(fn, ks,
+                                                                       budget_s=cfg.budget_s))
+                out[kind] = {name: summarize_runs(rs) for name, rs in runs.items()}
+                for name, s in out[kind].items():
+                    log(f"Q1 {kind} {name}: {s['throughput_median']:,.0f} queries/s, "
+                        f"p99 {s['latency']['p99_ms']:.3f} ms")
+            hot_winner = store.query(lens_bench.HOT_PATH, predicate=lens_bench.HOT_PREDICATE,
+                                     lens="authority", decay=True).results
+            winner = hot_winner[0].get("winner") if hot_winner else None
+            ws = getattr(winner, "source_class", None)
+            self.check("stemedb", "Q1: authority picks a regulatory claim for the hot key",
+                       ws == "regulatory", f"winner source_class {ws!r}")
+            out["keys_count"], out["hot_candidates"] = len(keys), len(hot)
+            self.put("stemedb", "Q1", out)
+        except Exception as exc:  # noqa: BLE001
+            self.fail("stemedb", "Q1", exc)
+
+    def diagnose(self) -> None:
+        """Where StemeDB's write time goes before any I/O: validation + hash."""
+        if "stemedb" not in self.engines:
+            return
+        try:
+            from stemedb.model import prepare_assertion
+            items = self.w.assertions[:20_000]
+            t0 = time.perf_counter()
+            for a in items:
+                prepare_assertion(a)
+            per = (time.perf_counter() - t0) / len(items)
+            self.diagnostics["prepare_assertion_us"] = per * 1e6
+            self.diagnostics["prepare_ceiling_records_per_s"] = 1 / per
+            from .peers import encode_record
+            t0 = time.perf_counter()
+            for a in items:
+                encode_record(a)
+            self.diagnostics["peer_encode_us"] = (time.perf_counter() - t0) / len(items) * 1e6
+        except Exception as exc:  # noqa: BLE001
+            self.diagnostics["prepare_error"] = f"{type(exc).__name__}: {exc}"
+
+    def run(self) -> None:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        log(f"generating {cfg.n:,} assertions (seed {SEED})")
+        self.w = generate(cfg.n)
+        self.diagnostics["workload_bytes"] = encoded_size_stats(self.w)
+        self.diagnostics["workload_keys"] = len(self.w.key_counts)
+        self.diagnostics["generate_s"] = time.perf_counter() - t0
+        self.diagnose()
+        try:
+            self.diagnostics["fsync"] = fsync_probe(self.workdir)
+        except OSError as exc:
+            self.diagnostics["fsync"] = {"error": str(exc)}
+        if "W1" in self.only:
+            self._write_workload("W1", w1_single_writer, self.w.assertions[: cfg.w1_count])
+        if "W2" in self.only:
+            self._write_workload("W2", w2_threads, self.w.assertions[: cfg.w2_count],
+                                 threads=cfg.w2_threads)
+        if "W3" in self.only or self.only & NEEDS_LOAD:
+            self.load(with_w3="W3" in self.only)
+            for wl in ("R1", "R2"):
+                if wl in self.only:
+                    self.reads(wl)
+            self.close_loaded()
+            self.space_and_recovery()
+            self.issue3()
+        self.diagnostics["seconds"] = time.perf_counter() - t0
+
+
+def _observe_commits(eng) -> list | None:
+    """StemeDB only: collect (records_in_group, fsync_s) of each group commit."""
+    store = getattr(eng, "store", None)
+    if store is None or not hasattr(store, "set_commit_observer"):
+        return None
+    groups: list = []
+    try:
+        store.set_commit_observer(lambda n, s: groups.append((n, s)))
+    except Exception:  # noqa: BLE001 - the observer is a diagnostic only
+        return None
+    return groups
+
+
+def _group_summary(groups: list) -> dict:
+    sizes = sorted(n for n, _ in groups)
+    return {"commits": len(groups), "records": sum(sizes),
+            "records_per_commit_p50": sizes[len(sizes) // 2], "records_per_commit_max": sizes[-1],
+            "records_per_commit_mean": sum(sizes) / len(sizes),
+            "fsync": latency_summary([s for _, s in groups])}
+
+
+# ----------------------------------------------------------- the targets
+
+def _thr(res, wl):
+    return (res.get(wl) or {}).get("throughput_median")
+
+
+TARGETS = (
+    # id, figure, kind, getter, peer/limit, unit, note
+    {"id": "W1", "what": "W1 one writer, durable commit per record", "kind": "ratio",
+     "get": lambda r: _thr(r, "W1"), "peer": "sqlite", "min": 1.0},
+    {"id": "W2", "what": "W2 8 threads, durable commit per record", "kind": "ratio",
+     "get": lambda r: _thr(r, "W2"), "peer": "sqlite", "min": 3.0},
+    {"id": "W2-p99", "what": "W2 p99 latency per put", "kind": "max",
+     "get": lambda r: ((r.get("W2") or {}).get("latency") or {}).get("p99_ms"),
+     "max": 2.0, "unit": "ms"},
+    {"id": "W3", "what": "W3 bulk load, durable batches of 1,000", "kind": "ratio",
+     "get": lambda r: _thr(r, "W3"), "peer": "rocksdb", "min": 1.0},
+    {"id": "R1", "what": "R1 candidates of a (concept_path, predicate)", "kind": "ratio",
+     "get": lambda r: _thr(r, "R1"), "peer": "lmdb", "min": 1.0},
+    {"id": "R2", "what": "R2 assertions under domain/entity/", "kind": "ratio",
+     "get": lambda r: _thr(r, "R2"), "peer": "lmdb", "min": 1.0},
+    {"id": "REC-rebuild", "what": "full rebuild from the WAL (db/indexes/ deleted)", "kind": "min",
+     "get": lambda r: (r.get("REC") or {}).get("rebuild_records_per_s"), "min": 1_000_000,
+     "unit": "records/s", "compiled_only": True},
+    {"id": "REC-snapshot", "what": "open from a snapshot", "kind": "max",
+     "get": lambda r: (r.get("REC") or {}).get("snapshot_median_s"), "max": 2.0, "unit": "s",
+     "at_n": 1_000_000},
+    {"id": "MEM", "what": "RSS per stored assertion", "kind": "max",
+     "get": lambda r: (r.get("MEM") or {}).get("rss_bytes_per_assertion"), "max": 300,
+     "unit": "bytes", "at_n": 1_000_000},
+    {"id": "DISK", "what": "disk per assertion", "kind": "ratio_max",
+     "get": lambda r: (r.get("DISK") or {}).get("bytes_per_assertion"), "peer": "sqlite",
+     "max": 1.2},
+    {"id": "Q1-recency", "what": "resolved query, recency, vs sqlite SELECT", "kind": "q1",
+     "variant": "stemedb:recency", "min": 1.0, "at_n": 1_000_000},
+    {"id": "Q1-authority", "what": "resolved query, authority + decay, vs sqlite SELECT",
+     "kind": "q1", "variant": "stemedb:authority_decay", "min": 1.0, "at_n": 1_000_000},
+    {"id": "C1", "what": "retraction cascade over 10,000 dependents", "kind": "max",
+     "get": lambda r: ((r.get("C1") or {}).get("median_s") or float("nan")) * 1e3
+     if (r.get("C1") or {}).get("median_s") is not None else None,
+     "max": 100.0, "unit": "ms", "at_n": 1_000_000},
+    {"id": "E1", "what": "superseding an epoch of 100,000 assertions", "kind": "max",
+     "get": lambda r: ((r.get("E1") or {}).get("big_median_s") or float("nan")) * 1e3
+     if (r.get("E1") or {}).get("big_median_s") is not None else None,
+     "max": 10.0, "unit": "ms", "at_n": 1_000_000},
+)
+
+
+def _fmt(x, unit: str = "") -> str:
+    if x is None or x != x:
+        return "—"
+    if unit == "ms":
+        return f"{x:.2f} ms"
+    if unit == "s":
+        return f"{x:.3f} s"
+    if abs(x) >= 100:
+        return f"{x:,.0f}" + (f" {unit}" if unit else "")
+    return f"{x:.3g}" + (f" {unit}" if unit else "")
+
+
+def verdicts(results: dict, cfg: Config, label: str, implementation: str | None) -> list[dict]:
+    """One row per target for StemeDB result set ``label``."""
+    mine = results.get(label) or {}
+    out = []
+    for t in TARGETS:
+        row = {"id": t["id"], "what": t["what"], "label": label, "value": None,
+               "verdict": "n/a", "detail": ""}
+        kind = t["kind"]
+        if kind in ("ratio", "ratio_max"):
+            v, p = t["get"](mine), t["get"](results.get(t["peer"]) or {})
+            if v is None or p is None or not p:
+                row["detail"] = "not measured" if v is None else f"no {t['peer']} figure"
+            else:
+                ratio = v / p
+                row["value"] = ratio
+                if kind == "ratio":
+                    ok = ratio >= t["min"]
+                    row["target"] = f">= {t['min']:g}x {t['peer']}"
+                    row["detail"] = f"{ratio:.2f}x ({_fmt(v)} vs {_fmt(p)})"
+                    if not ok:
+                        row["detail"] += f"; {1 - ratio / t['min']:.0%} short of the target"
+                else:
+                    ok = ratio <= t["max"]
+                    row["target"] = f"<= {t['max']:g}x {t['peer']}"
+                    row["detail"] = f"{ratio:.2f}x ({_fmt(v)} vs {_fmt(p)} bytes)"
+                    if not ok:
+                        row["detail"] += f"; {ratio / t['max'] - 1:.0%} over the target"
+                row["verdict"] = "PASS" if ok else "MISS"
+        elif kind == "q1":
+            q = mine.get("Q1") or {}
+            base = results.get("stemedb", {}).get("Q1") or {}
+            row["target"] = f">= {t['min']:g}x sqlite SELECT"
+            parts, oks = [], []
+            for kind_ in ("keys", "hot"):
+                v = ((q.get(kind_) or {}).get(t["variant"]) or {}).get("throughput_median")
+                p = ((base.get(kind_) or {}).get("sqlite:select") or {}).get("throughput_median")
+                if v and p:
+                    parts.append(f"{kind_}: {v / p:.2f}x ({_fmt(v)} vs {_fmt(p)} q/s)")
+                    oks.append(v / p >= t["min"])
+                    if kind_ == "keys":
+                        row["value"] = v / p
+            if oks:
+                row["verdict"] = "PASS" if all(oks) else "MISS"
+            row["detail"] = "; ".join(parts) or (q.get("skipped") or q.get("error")
+                                                 or "not measured")
+        else:
+            v = t["get"](mine)
+            unit = t.get("unit", "")
+            if v is None:
+                w = t["id"].split("-")[0]
+                m = mine.get(w) or {}
+                row["detail"] = m.get("skipped") or m.get("error") or "not measured"
+            else:
+                row["value"] = v
+                if kind == "min":
+                    ok = v >= t["min"]
+                    row["target"] = f">= {_fmt(t['min'], unit)}"
+                    row["detail"] = _fmt(v, unit) + ("" if ok else
+                                                     f"; {1 - v / t['min']:.0%} short")
+                else:
+                    ok = v <= t["max"]
+                    row["target"] = f"<= {_fmt(t['max'], unit)}"
+                    row["detail"] = _fmt(v, unit) + ("" if ok else
+                                                     f"; {v / t['max'] - 1:.0%} over")
+                row["verdict"] = "PASS" if ok else "MISS"
+                if t.get("compiled_only") and implementation != "compiled":
+                    row["verdict"] = "(info)"
+                    row["detail"] += " (the target is for the compiled path)"
+        if t.get("at_n") and cfg.n != t["at_n"] and row["verdict"] in ("PASS", "MISS"):
+            row["verdict"] += "*"
+        row.setdefault("target", "")
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------- the report
+
+def _engine_rows(results: dict, wl: str, peer: str | None, labels: list[str]) -> list[str]:
+    rows = []
+    base = _thr(results.get(peer) or {}, wl) if peer else None
+    for label in labels:
+        r = (results.get(label) or {}).get(wl)
+        if r is None:
+            continue
+        if "throughput_median" not in r:
+            rows.append(f"| {label} | {r.get('skipped') or r.get('error') or '—'} | | | | | |")
+            continue
+        lat = r["latency"]
+        ratio = f"{r['throughput_median'] / base:.2f}x" if base else "—"
+        extra = ""
+        if "queries_per_s_median" in r:
+            extra = f" ({r['queries_per_s_median']:,.0f} q/s)"
+        runs = ", ".join(f"{x:,.0f}" for x in r["throughputs"])
+        rows.append(f"| {label} | {r['throughput_median']:,.0f}{extra} | {runs} | "
+                    f"{lat['p50_ms']:.3f} | {lat['p99_ms']:.3f} | {lat['max_ms']:.3f} | {ratio} |"
+                    + (" truncated by the time bound |" if r.get("truncated") else ""))
+    return rows
+
+
+def render_markdown(doc: dict) -> str:
+    h, cfg, res = doc["header"], Config(**doc["config"]), doc["results"]
+    diag = doc["diagnostics"]
+    labels = [x for x in ("sqlite", "lmdb", "rocksdb", "stemedb", "stemedb-pure") if x in res]
+    impl = doc.get("implementation") or {}
+    L = []
+    title = f"# StemeDB engine benchmarks, {h['date_utc'][:10]}"
+    if doc.get("quick"):
+        title += " (--quick smoke: small counts, not for comparison)"
+    L += [title, ""]
+    wb = diag.get("workload_bytes") or {}
+    fs = diag.get("fsync") or {}
+    L += ["| | |", "|---|---|",
+          f"| machine | {h['cpu']}, {h['cores']} cores ({h.get('cores_usable')} usable), "
+          f"{h['ram_bytes'] / 2**30:.1f} GiB RAM, {h['os']} |",
+          f"| Python | {h['python']} ({h['python_impl']}) |",
+          f"| StemeDB | commit `{h['git_commit'][:12]}`"
+          + (" (stemedb/ had uncommitted changes)" if h.get("git_engine_dirty") else "")
+          + f"; in-process implementation **{impl.get('stemedb', 'unavailable')}**"
+          + (f", second pass **{impl.get('stemedb-pure', '?')}** (STEMEDB_PURE_PYTHON=1, subprocess)"
+             if "stemedb-pure" in impl else "") + " |",
+          f"| peers | " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()) + " |",
+          f"| disk | fdatasync of 250 B: p50 {fs.get('p50_ms', float('nan')):.3f} ms, "
+          f"p99 {fs.get('p99_ms', float('nan')):.3f} ms, max {fs.get('max_ms', float('nan')):.3f} ms |",
+          f"| load average | start {'/'.join(f'{x:.2f}' for x in h['loadavg_start'])}, "
+          f"end {'/'.join(f'{x:.2f}' for x in h.get('loadavg_end', (0, 0, 0)))} |",
+          f"| workload | {cfg.n:,} assertions (seed {SEED}), {wb.get('mean', 0):.0f} bytes mean "
+          f"as JSON, {diag.get('workload_keys', 0):,} (concept_path, predicate) keys over 10,000 "
+          f"paths and 50 predicates |",
+          f"| command | `{h['command']}` ({diag.get('seconds', 0):.0f} s) |", ""]
+    L += ["Counts: " + f"W1 {cfg.w1_count:,} durable commits per run; W2 {cfg.w2_count:,} "
+          f"({cfg.w2_threads} threads x {cfg.w2_count // cfg.w2_threads}); W3 {cfg.n:,} in "
+          f"batches of {cfg.w3_batch:,}; R1 {cfg.r1_keys:,} keys; R2 {cfg.r2_prefixes:,} "
+          f"prefixes; {cfg.reps} runs per throughput figure (median), latency p50/p99/max over "
+          f"every sample of every run; reopen x{cfg.rec_reps}; Q1 {cfg.q1_keys:,} keys + hot key "
+          f"({lens_bench.HOT_CANDIDATES:,} candidates) x{cfg.q1_hot_reps}; C1 "
+          f"{cfg.c1_dependents:,} dependents x{cfg.c1_reps}; E1 epoch of {cfg.e1_size:,} "
+          f"x{cfg.e1_reps}.", ""]
+
+    vs = doc.get("verdicts") or {}
+    steme_labels = [x for x in labels if x.startswith("stemedb")]
+    L += ["## Targets (issues 2 and 3)", ""]
+    if steme_labels:
+        L += ["| figure | target | " + " | ".join(f"{x} ({impl.get(x, '?')}) | verdict"
+                                                  for x in steme_labels) + " |",
+              "|---|---|" + "---|---|" * len(steme_labels)]
+        for i, t in enumerate(TARGETS):
+            cells = []
+            target = ""
+            for lab in steme_labels:
+                row = vs[lab][i]
+                target = row.get("target") or target
+                cells.append(f"{row['detail']} | {row['verdict']}")
+            L.append(f"| {t['what']} | {target} | " + " | ".join(cells) + " |")
+    else:
+        why = (doc.get("unavailable") or {}).get("stemedb", "not selected (--engines)")
+        L.append(f"StemeDB did not run: {why}. The peers' figures below stand alone.")
+    L.append("")
+    if steme_labels and cfg.n != 1_000_000:
+        L += ["`*` the target is stated at 1,000,000 assertions; this run had "
+              f"{cfg.n:,}, so the verdict is indicative only.", ""]
+    L += ["Ratios compare figures of this run only.", ""]
+
+    bad = [c for c in doc.get("checks", []) if not c["ok"]]
+    L += ["## Correctness checks", ""]
+    if bad:
+        L += [f"- **FAILED** {c['engine']}: {c['check']}: {c['detail']}" for c in bad]
+    else:
+        L.append(f"All {len(doc.get('checks', []))} checks passed (every engine stored every "
+                 "record and returned every expected candidate).")
+    L.append("")
+
+    peers_for = {"W1": "sqlite", "W2": "sqlite", "W3": "rocksdb", "R1": "lmdb", "R2": "lmdb"}
+    L += ["## Throughput and latency", ""]
+    for wl, peer in peers_for.items():
+        if not any(wl in (res.get(x) or {}) for x in labels):
+            continue
+        unit = "records/s"
+        lat_of = "per put" if wl in ("W1", "W2") else ("per batch of 1,000" if wl == "W3"
+                                                      else "per query")
+        L += [f"### {wl}: {DESCRIPTIONS[wl]}", "",
+              f"| engine | {unit} (median) | each run | p50 ms | p99 ms | max ms | vs {peer} |",
+              "|---|---|---|---|---|---|---|", *_engine_rows(res, wl, peer, labels), "",
+              f"Latency {lat_of}."]
+        for lab in steme_labels:
+            g = ((res.get(lab) or {}).get(wl) or {}).get("group_commit")
+            if g:
+                L.append(f"{lab} group commit: {g['commits']:,} fsyncs for {g['records']:,} "
+                         f"records (records per commit p50 {g['records_per_commit_p50']}, "
+                         f"mean {g['records_per_commit_mean']:.1f}, max "
+                         f"{g['records_per_commit_max']}); fsync p50 "
+                         f"{g['fsync']['p50_ms']:.3f} ms, p99 {g['fsync']['p99_ms']:.3f} ms.")
+        L.append("")
+
+    if any("REC" in (res.get(x) or {}) for x in labels):
+        L += ["## Recovery: reopen until the first answer", "",
+              "| engine | reopen (median) | each run | rebuild from WAL (records/s) |",
+              "|---|---|---|---|"]
+        for lab in labels:
+            r = (res.get(lab) or {}).get("REC")
+            if not r:
+                continue
+            if "error" in r:
+                L.append(f"| {lab} | {r['error']} | | |")
+            elif "snapshot_median_s" in r:
+                L.append(f"| {lab} (snapshot) | {r['snapshot_median_s']:.3f} s | "
+                         + ", ".join(f"{x:.3f}" for x in r["snapshot_s"]) + " | |")
+                eng = r.get("rebuild_engine_records_per_s")
+                L.append(f"| {lab} (rebuild, db/indexes/ deleted) | {r['rebuild_median_s']:.3f} s"
+                         " | " + ", ".join(f"{x:.3f}" for x in r["rebuild_s"])
+                         + f" | {r['rebuild_records_per_s']:,.0f}"
+                         + (f" (engine log: {eng:,.0f}, without the snapshot written at open)"
+                            if eng else "") + " |")
+            else:
+                L.append(f"| {lab} | {r['reopen_median_s']:.3f} s | "
+                         + ", ".join(f"{x:.3f}" for x in r["reopen_s"]) + " | |")
+        L.append("")
+
+    if any("MEM" in (res.get(x) or {}) or "DISK" in (res.get(x) or {}) for x in labels):
+        L += ["## Memory and disk", "",
+              "| engine | RSS bytes/assertion | anonymous | file-backed (total) | peak | "
+              "disk bytes/assertion | disk vs sqlite |", "|---|---|---|---|---|---|---|"]
+        sq = ((res.get("sqlite") or {}).get("DISK") or {}).get("bytes_per_assertion")
+        for lab in labels:
+            m = (res.get(lab) or {}).get("MEM") or {}
+            d = (res.get(lab) or {}).get("DISK") or {}
+            if not m and not d:
+                continue
+            mcells = (f"{m['rss_bytes_per_assertion']:,.0f} | {m['anon_bytes_per_assertion']:,.0f}"
+                      f" | {m['file_delta']:,} | {m['peak_bytes_per_assertion']:,.0f}"
+                      if "rss_delta" in m else f"{m.get('error', '—')} | | |")
+            dcell = f"{d['bytes_per_assertion']:,.0f}" if "bytes_per_assertion" in d else \
+                d.get("error", "—")
+            if "wal_bytes" in d:
+                dcell += (f" (wal {d['wal_bytes'] / cfg.n:,.0f} + db {d['db_bytes'] / cfg.n:,.0f};"
+                          f" audit log {d.get('audit_bytes', 0):,} bytes not counted)")
+            ratio = f"{d['bytes_per_assertion'] / sq:.2f}x" if sq and "bytes_per_assertion" in d \
+                else "—"
+            L.append(f"| {lab} | {mcells} | {dcell} | {ratio} |")
+        L += ["", "RSS: a fresh process imports everything, reads VmRSS, opens the store, "
+              "answers one R1 query, reads VmRSS again; the difference divided by the stored "
+              "assertions. Peers keep their data in the page cache or mmap, so their RSS "
+              "is small by design; the 300-byte target is StemeDB's. Disk: allocated blocks "
+              "of the closed store's directory; StemeDB's query audit log (`audit/`, written by "
+          "every query) is left out.", ""]
+
+    q = {lab: (res.get(lab) or {}).get("Q1") for lab in steme_labels}
+    if any(q.values()):
+        L += ["## Q1: resolved query vs sqlite indexed SELECT of the same candidates", "",
+              "| engine / query | keys: queries/s (median) | p50 ms | p99 ms | max ms | "
+              "hot key: queries/s | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|---|"]
+        for lab, qq in q.items():
+            if not qq:
+                continue
+            if "keys" not in qq:
+                L.append(f"| {lab} | {qq.get('skipped') or qq.get('error')} | | | | | | | |")
+                continue
+            for name in qq["keys"]:
+                if name.startswith("sqlite") and lab != "stemedb":
+                    continue
+                k, hh = qq["keys"][name], qq["hot"][name]
+                L.append(f"| {lab if not name.startswith('sqlite') else 'sqlite'} {name.split(':')[1]}"
+                         f" | {k['throughput_median']:,.0f} | {k['latency']['p50_ms']:.3f} | "
+                         f"{k['latency']['p99_ms']:.3f} | {k['latency']['max_ms']:.3f} | "
+                         f"{hh['throughput_median']:,.0f} | {hh['latency']['p50_ms']:.3f} | "
+                         f"{hh['latency']['p99_ms']:.3f} | {hh['latency']['max_ms']:.3f} |")
+        L.append("")
+    for wl, title in (("C1", "C1: retraction cascade"), ("E1", "E1: superseding an epoch")):
+        rows = {lab: (res.get(lab) or {}).get(wl) for lab in steme_labels}
+        if not any(rows.values()):
+            continue
+        L += [f"## {title}", ""]
+        for lab, r in rows.items():
+            if not r:
+                continue
+            if "skipped" in r or "error" in r:
+                L.append(f"- {lab}: skipped: {r.get('skipped') or r.get('error')}")
+            elif wl == "C1":
+                L.append(f"- {lab}: retract(cascade=True) of a root with {r['dependents']:,} "
+                         f"dependents (two levels): median {r['median_s'] * 1e3:.1f} ms, runs "
+                         + ", ".join(f"{x['seconds'] * 1e3:.1f}" for x in r["runs"]) + " ms")
+            else:
+                L.append(f"- {lab}: create_epoch(supersedes=[epoch of {r['size']:,}]): median "
+                         f"{r['big_median_s'] * 1e3:.2f} ms (runs "
+                         + ", ".join(f"{x * 1e3:.2f}" for x in r["big_s"])
+                         + f"); of an epoch of {r['small']}: {r['small_median_s'] * 1e3:.2f} ms")
+        L.append("")
+
+    L += ["## What bounds the figures", ""]
+    if fs.get("p50_ms"):
+        L.append(f"- Durable single-record commits wait for an fdatasync: p50 "
+                 f"{fs['p50_ms']:.3f} ms on this disk, so one writer cannot exceed about "
+                 f"{1e3 / fs['p50_ms']:,.0f} commits/s on any engine; only group commit "
+                 f"(several records per fsync) goes past it (W2).")
+    if "prepare_assertion_us" in diag:
+        L.append(f"- StemeDB's validation + canonical JSON + BLAKE3 "
+                 f"(`prepare_assertion`) costs {diag['prepare_assertion_us']:.1f} us per "
+                 f"record in this process: a ceiling of "
+                 f"{diag['prepare_ceiling_records_per_s']:,.0f} records/s for W3 before any I/O; "
+                 f"a peer's serialize + hash costs {diag.get('peer_encode_us', 0):.1f} us.")
+    L.append("- StemeDB's reads go through `query`, which also resolves the lens (a winner "
+             "and conflict score per key); the peers only fetch and decode.")
+    for lab in steme_labels:
+        for row in vs.get(lab, ()):
+            if row["verdict"].startswith("MISS"):
+                L.append(f"- {lab} misses {row['id']}: {row['detail']}.")
+    L.append("")
+    skipped = [(lab, wl, r.get("skipped") or r.get("error"))
+               for lab in labels for wl, r in (res.get(lab) or {}).items()
+               if isinstance(r, dict) and ("skipped" in r or "error" in r)]
+    skipped += [(e, "all", why) for e, why in (doc.get("unavailable") or {}).items()]
+    if skipped:
+        L += ["## Skipped or failed", ""]
+        L += [f"- {lab} {wl}: {why}" for lab, wl, why in skipped]
+        L.append("")
+    L += ["How to read this: `bench/README.md`. The JSON next to this file holds every "
+          "sample summary.", ""]
+    return "\n".join(L)
+
+
+# ------------------------------------------------------------------- main
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=None, help="assertions to load (default 200,000; "
+                    "20,000 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="the CI smoke: small counts, ~2 min")
+    ap.add_argument("--only", default="", help="comma-separated workloads: " + ",".join(WORKLOADS))
+    ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated engines")
+    ap.add_argument("--out", default=os.path.join("bench", "results"),
+                    help="directory of the .md and .json results")
+    ap.add_argument("--reps", type=int, default=None, help="runs per throughput figure")
+    ap.add_argument("--workdir", default=None, help="where the stores go (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the stores after the run")
+    ap.add_argument("--no-pure", action="store_true",
+                    help="skip the second StemeDB pass with STEMEDB_PURE_PYTHON=1")
+    ap.add_argument("--worker-json", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = Config.quick(args.n) if args.quick else Config(n=args.n or Config.n)
+    if args.reps:
+        cfg = replace(cfg, reps=args.reps)
+    only = set(WORKLOADS) if not args.only else {x.strip().upper() for x in args.only.split(",")
+                                                  if x.strip()}
+    unknown = only - set(WORKLOADS)
+    if unknown:
+        print(f"unknown workload(s) {', '.join(sorted(unknown))}; the workloads are "
+              f"{', '.join(WORKLOADS)}", file=sys.stderr)
+        return 2
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for e in engines:
+        if e not in ENGINES:
+            print(f"unknown engine {e!r}; the engines are {', '.join(ENGINES)}", file=sys.stderr)
+            return 2
+    worker = args.worker_json is not None
+    header = None if worker else machine_header()
+    unavailable = {}
+    for e in list(engines):
+        why = ENGINES[e].available()
+        if why:
+            log(f"{e} skipped: {why}")
+            unavailable[e] = why
+            engines.remove(e)
+    implementation = {}
+    if "stemedb" in engines:
+        from .peers import stemedb_implementation
+        implementation["stemedb-pure" if worker else "stemedb"] = stemedb_implementation()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="stemedb-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    runner = Runner(cfg, engines, only, os.path.join(workdir, "pure" if worker else "main"),
+                    label_suffix="-pure" if worker else "")
+    os.makedirs(runner.workdir, exist_ok=True)
+    try:
+        runner.run()
+        if worker:
+            with open(args.worker_json, "w") as f:
+                json.dump({"results": runner.results, "checks": runner.checks,
+                           "diagnostics": runner.diagnostics,
+                           "implementation": implementation}, f, default=str)
+            return 0
+        pure_diag = None
+        if "stemedb" in engines and not args.no_pure:
+            pure_diag = _run_pure(args, cfg, only, workdir, runner, implementation)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif not worker:
+            log(f"stores kept in {workdir}")
+    header["loadavg_end"] = os.getloadavg()
+    doc = {"header": header, "config": asdict(cfg), "quick": args.quick,
+           "only": sorted(only), "implementation": implementation,
+           "results": _strip(runner.results), "checks": runner.checks,
+           "diagnostics": runner.diagnostics, "pure_diagnostics": pure_diag,
+           "unavailable": unavailable}
+    doc["verdicts"] = {lab: verdicts(doc["results"], cfg, lab, implementation.get(lab))
+                       for lab in ("stemedb", "stemedb-pure") if lab in doc["results"]}
+    os.makedirs(args.out, exist_ok=True)
+    stem = f"engine-{header['date_utc'][:10]}"
+    if args.quick:
+        stem += "-quick"
+    elif cfg.n != Config.n:
+        stem += f"-n{cfg.n}"
+    md_path = os.path.join(args.out, stem + ".md")
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+        f.write("\n")
+    with open(md_path, "w") as f:
+        f.write(render_markdown(doc))
+    log(f"wrote {md_path} and .json")
+    print(md_path)
+    failed = [c for c in runner.checks if not c["ok"]]
+    return 1 if failed else 0
+
+
+def _run_pure(args, cfg, only, workdir, runner, implementation) -> dict | None:
+    """The StemeDB-only second pass with STEMEDB_PURE_PYTHON=1."""
+    out = os.path.join(workdir, "pure.json")
+    cmd = [sys.executable, "-m", "bench.run", "--engines", "stemedb", "--worker-json", out,
+           "--only", ",".join(sorted(only)), "--workdir", workdir, "--keep", "--no-pure",
+           "--reps", str(cfg.reps)]
+    if args.quick:
+        cmd.append("--quick")
+    if args.n:
+        cmd += ["--n", str(args.n)]
+    env = dict(os.environ, STEMEDB_PURE_PYTHON="1")
+    env["PYTHONPATH"] = REPO_DIR + os.pathsep + env.get("PYTHONPATH", "")
+    log("second pass: StemeDB with STEMEDB_PURE_PYTHON=1 in a subprocess")
+    timeout = 3600 * 6 if not args.quick else 600
+    try:
+        p = subprocess.run(cmd, env=env, cwd=REPO_DIR, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        runner.results["stemedb-pure"] = {"W1": {"error": f"pure pass exceeded {timeout}s"}}
+        return None
+    if p.returncode != 0 or not os.path.exists(out):
+        runner.results["stemedb-pure"] = {"W1": {"error": f"pure pass exited {p.returncode}"}}
+        return None
+    with open(out) as f:
+        sub = json.load(f)
+    runner.results.update(sub["results"])
+    runner.checks.extend(sub["checks"])
+    implementation.update(sub["implementation"])
+    return sub["diagnostics"]
+
+
+def _strip(results: dict) -> dict:
+    """Drop raw samples (kept only as summaries) before writing JSON."""
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if k != "latencies"}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+    return clean(results)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
