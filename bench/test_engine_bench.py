@@ -198,7 +198,9 @@ def test_recovery_reopen(benchmark, engine_name, workload, tmp_path):
         e.close()
 
     benchmark.pedantic(reopen, setup=setup, rounds=ROUNDS, iterations=1)
-    assert counts == [workload.n] * ROUNDS, f"{engine_name}: reopen must find every record"
+    # (--benchmark-disable runs it once, so not ROUNDS counts)
+    assert counts and set(counts) == {workload.n}, \
+        f"{engine_name}: reopen must find every record, counted {counts}"
 
 
 def test_stemedb_rebuild_and_snapshot_open(workload, tmp_path):
