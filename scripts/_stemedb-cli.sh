@@ -14,3 +14,9 @@ else
   echo "$(basename "$0"): cannot find the stemedb command; set STEMEDB_CLI=/path/to/venv/bin/stemedb" >&2
   exit 2
 fi
+# the Python of the same installation, for `python -m stemedb...` tools
+if [ -x "$(dirname "${STEMEDB[0]}")/python" ]; then
+  STEMEDB_PYTHON="$(dirname "${STEMEDB[0]}")/python"
+else
+  STEMEDB_PYTHON=python3
+fi
