@@ -71,8 +71,9 @@ def create_app(store, settings: Settings | None = None, *, keyring: KeyRing | No
     handle = store if isinstance(store, StoreHandle) else StoreHandle(store)
     started_at = time.monotonic() if started_at is None else started_at
     keyring = keyring if keyring is not None else KeyRing(settings.api_keys_file)
-    limiter = limiter if limiter is not None else RateLimiter(parse_rate_limits(settings.rate_limits))
-    breaker = breaker if breaker is not None else CircuitBreaker()
+    rules = parse_rate_limits(settings.rate_limits)
+    limiter = limiter if limiter is not None else RateLimiter(rules)
+    breaker = breaker if breaker is not None else CircuitBreaker.from_rules(rules)
     metrics = Metrics(handle, settings.data_dir, started_at)
     state = ServerState(handle, settings, keyring, metrics, limiter, breaker, started_at)
     handle.when_ready(lambda s: s.set_commit_observer(metrics.commit_observer))

@@ -120,6 +120,10 @@ def build_openapi() -> dict:
         for status, schema, desc in successes:
             op["responses"][str(status)] = {"description": desc, "content": {
                 "application/json": {"schema": {"$ref": REF.format(name=schema.__name__)}}}}
+            if op_id == "assert":  # what a client does next with the hash it got
+                op["responses"][str(status)]["links"] = {
+                    name: {"operationId": target, "parameters": {"hash": "$response.body#/hash"}}
+                    for name, target in (("GetAssertion", "getAssertion"), ("Trace", "trace"))}
         errors = [503]
         if scope is not None:
             errors += [401, 403, 429]

@@ -5,7 +5,8 @@ Rate limits come from ``STEMEDB_RATE_LIMITS``: ``;``-separated
 ``batch``, ``query``, ``retract``, ``vote`` and ``default`` (everything else
 except health and metrics, which are never limited).  Endpoints not named keep
 the defaults of :data:`stemedb.config.DEFAULT_RATE_LIMITS`; ``endpoint=off``
-lifts a limit (benchmarks).  Counting is a fixed window per client in memory,
+lifts a limit (benchmarks).  ``circuit=N/period`` (default ``5/minute``) sets
+the circuit breaker below; ``circuit=off`` disables it.  Counting is a fixed window per client in memory,
 through the ``limits`` library: one worker process owns the store, so an
 in-process counter sees every request.
 
@@ -31,6 +32,10 @@ from ..config import DEFAULT_RATE_LIMITS
 from ..errors import ConfigError
 
 ENDPOINTS = ("assert", "batch", "query", "retract", "vote", "default")
+# Not an endpoint: the circuit breaker's threshold, "N rejected writes per
+# period" (default 5/minute); "circuit=off" disables it.
+CIRCUIT = "circuit"
+DEFAULT_CIRCUIT = "5/minute"
 _ITEM = {"second": limits.RateLimitItemPerSecond, "minute": limits.RateLimitItemPerMinute,
          "hour": limits.RateLimitItemPerHour}
 _RULE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)s?\s*$", re.I)
@@ -42,7 +47,7 @@ def parse_rate_limits(text: str | None) -> dict:
     Endpoints not named keep their defaults.  Raises ``ConfigError`` naming
     the bad part.
     """
-    rules = _parse(DEFAULT_RATE_LIMITS)
+    rules = _parse(DEFAULT_RATE_LIMITS + f";{CIRCUIT}={DEFAULT_CIRCUIT}")
     if text:
         rules.update(_parse(text))
     return rules
@@ -55,10 +60,11 @@ def _parse(text: str) -> dict:
             continue
         name, sep, rule = part.partition("=")
         name = name.strip().lower()
-        if not sep or name not in ENDPOINTS:
+        if not sep or (name not in ENDPOINTS and name != CIRCUIT):
             raise ConfigError(
                 f"STEMEDB_RATE_LIMITS: {part.strip()!r} is not endpoint=N/period; endpoints are "
-                f"{', '.join(ENDPOINTS)}, e.g. assert=2000/second;retract=10/minute",
+                f"{', '.join(ENDPOINTS)} (and {CIRCUIT} for the write circuit breaker), "
+                f"e.g. assert=2000/second;retract=10/minute",
                 field="rate_limits")
         if rule.strip().lower() in ("off", "none", "unlimited"):
             out[name] = None
@@ -94,6 +100,14 @@ class CircuitBreaker:
     """Per-client state: recent rejection times, open-until, probe in flight."""
 
     MAX_CLIENTS = 100_000  # bound on tracked clients; idle ones are dropped first
+
+    @classmethod
+    def from_rules(cls, rules: dict, clock=time.monotonic) -> "CircuitBreaker | None":
+        """The breaker ``circuit=N/period`` asks for (None when ``off``)."""
+        item = rules.get(CIRCUIT)
+        if item is None:
+            return None
+        return cls(threshold=item.amount, window=float(item.get_expiry()), clock=clock)
 
     def __init__(self, threshold: int = 5, window: float = 60.0, open_for: float = 30.0,
                  clock=time.monotonic):

@@ -47,8 +47,12 @@ ConceptPath = Annotated[str, Meta(
 Source = Annotated[str, Meta(min_length=1, max_length=1024,
                              description="a URI (fda://label/2024-03) or a concept path")]
 Confidence = Annotated[float, Meta(ge=0.0, le=1.0)]
-Time = Annotated[str | int | float, Meta(
-    description="RFC 3339 time (2024-03-01T12:00:00Z) or Unix seconds")]
+# Unix seconds are bounded to the years 1..9999 (what RFC 3339 can write):
+# beyond that a float times 1e6 overflows to infinity.
+_MIN_S, _MAX_S = -62135596800, 253402300799
+Time = Annotated[
+    str | Annotated[int, Meta(ge=_MIN_S, le=_MAX_S)] | Annotated[float, Meta(ge=_MIN_S, le=_MAX_S)],
+    Meta(description="RFC 3339 time (2024-03-01T12:00:00Z) or Unix seconds (years 1 to 9999)")]
 RespTime = Annotated[str, Meta(description="RFC 3339 UTC with microseconds")]
 SourceClass = Literal[SOURCE_CLASSES]  # type: ignore[valid-type]
 Lifecycle = Literal[LIFECYCLES]  # type: ignore[valid-type]

@@ -75,6 +75,9 @@ def gunicorn_options(settings: Settings) -> dict:
         "errorlog": "-",
         "loglevel": settings.log_level,
         "proc_name": "stemedb",
+        # gunicorn >= 24 opens a control socket at one fixed per-user path:
+        # two servers (tests, several stores) would fight over it.
+        "control_socket_disable": True,
         "pre_fork": pre_fork,
         "post_fork": post_fork,
         "worker_exit": worker_exit,
@@ -108,7 +111,8 @@ def serve(settings: Settings) -> int:
     class StemeApplication(BaseApplication):
         def load_config(self):
             for key, value in options.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:  # options newer than this gunicorn are skipped
+                    self.cfg.set(key, value)
 
         def load(self):
             from .app import get_app

@@ -50,6 +50,8 @@ def test_400_malformed_json(client):
     ({"concept_path": "a/../b"}, "concept_path"),
     ({"value": 2 ** 60}, "value"),
     ({"timestamp": "yesterday"}, "timestamp"),
+    ({"timestamp": 1.7976931348623157e308}, "timestamp"),   # overflowed to inf once
+    ({"timestamp": -10 ** 30}, "timestamp"),
     ({"parent_hash": "ABC"}, "parent_hash"),
     ({"derived_from": []}, "derived_from"),
     ({"lifecycle": "final"}, "lifecycle"),
@@ -62,6 +64,14 @@ def test_400_names_the_field(client, mutation, field):
         else:
             b[k] = v
     is_error(client.simulate_post("/v1/assert", json=b), 400, field=field)
+
+
+def test_400_huge_times_in_queries(client):
+    for name in ("as_of", "known_at", "since"):
+        r = client.simulate_post("/v1/query", json={"concept_path": "a", name: 1.7e308})
+        is_error(r, 400, field=name)
+        r = client.simulate_get("/v1/query", params={"concept_path": "a", name: "1e300"})
+        is_error(r, 400, field=name)
 
 
 def test_400_signature_errors(client):

@@ -13,7 +13,8 @@ from .conftest import body
 SEED = 20260211
 ROUNDS = 1500  # bounded: about two seconds
 
-WEIRD = [None, True, False, 0, -1, 1.5, -0.0, 2 ** 53, 2 ** 64, 10 ** 400, 1e308, "", " ",
+WEIRD = [None, True, False, 0, -1, 1.5, -0.0, 2 ** 53, 2 ** 64, 10 ** 400, 1e308, -1e308,
+         1.7976931348623157e308, 253402300800, "9999-12-31T23:59:59Z", "", " ",
          "a" * 5000, "\x00", "\u202e", "\U0001F600", "\ud800", "../..", "/", "a//b", [], [1, 2], {},
          {"a": {"b": None}}, "2024-13-45T99:00:00Z", "NaN", "-Infinity", "0" * 64, "g" * 64]
 
@@ -23,7 +24,8 @@ def valid_bodies(rng, known_hash):
         "/v1/assert": body(value=rng.randint(0, 10 ** 6)),
         "/v1/assert/batch": {"assertions": [body(value=rng.randint(0, 10 ** 6)) for _ in range(3)]},
         "/v1/query": {"concept_path": "drugs/semaglutide", "lens": "consensus",
-                      "include_descendants": True, "limit": 5},
+                      "include_descendants": True, "limit": 5, "as_of": 1700000000,
+                      "known_at": "2024-03-01T12:00:00Z", "since": 0},
         "/v1/retract": {"hash": known_hash, "reason": "fuzz"},
         "/v1/vote": {"assertion_hash": known_hash, "weight": 0.5},
         "/v1/epoch": {"name": f"e{rng.randint(0, 10 ** 9)}", "supersedes": []},

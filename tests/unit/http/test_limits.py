@@ -19,6 +19,22 @@ def test_parse_rate_limits_merges_with_defaults():
     assert parse_rate_limits("vote=3/hour")["vote"].GRANULARITY.name == "hour"
 
 
+def test_circuit_setting():
+    from stemedb.http.ratelimit import CircuitBreaker
+    b = CircuitBreaker.from_rules(parse_rate_limits(None))
+    assert (b.threshold, b.window, b.open_for) == (5, 60.0, 30.0), "5 in 60 s, open 30 s"
+    b = CircuitBreaker.from_rules(parse_rate_limits("circuit=20/hour"))
+    assert (b.threshold, b.window) == (20, 3600.0)
+    assert CircuitBreaker.from_rules(parse_rate_limits("circuit=off")) is None
+
+
+def test_circuit_off_through_the_app(make_client):
+    c = make_client(rate_limits="circuit=off")
+    for _ in range(8):
+        assert c.simulate_post("/v1/assert", json=body(confidence=7)).status_code == 400
+    assert c.simulate_post("/v1/assert", json=body()).status_code == 201
+
+
 @pytest.mark.parametrize("text", ["assert", "nope=1/second", "assert=0/second",
                                   "assert=ten/second", "assert=1/fortnight"])
 def test_bad_rate_limits_are_refused(text):
