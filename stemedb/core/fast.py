@@ -32,6 +32,10 @@ COMPILED = _fast is not None
 scan_frames = _fast.scan_frames if COMPILED else codec.scan_frames
 index_fields = _fast.index_fields if COMPILED else codec.index_fields
 extract_segment = _fast.extract_segment if COMPILED else codec.extract_segment
+if COMPILED:
+    str64 = _fast.fnv1a64
+else:
+    from .index import str64  # noqa: F401
 
 
 def replay(store, start) -> int:

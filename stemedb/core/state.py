@@ -69,6 +69,29 @@ class State:
                 return o
         return None
 
+    def ordinals(self, hashes: list[bytes]) -> list[int | None]:
+        """:meth:`ordinal` for many hashes: one vectorized search of the run."""
+        n = len(hashes)
+        if n < 8:
+            return [self.ordinal(h) for h in hashes]
+        arr = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32)
+        keys64 = np.ascontiguousarray(arr[:, :8]).view("<u8").reshape(n)
+        out: list[int | None] = [None] * n
+        run = self.by_hash.keys
+        if len(run):
+            pos = run.searchsorted(keys64, "left")
+            inside = pos < len(run)
+            hit = np.zeros(n, dtype=bool)
+            hit[inside] = run[pos[inside]] == keys64[inside]
+            for i in np.flatnonzero(hit).tolist():
+                out[i] = self.ordinal(hashes[i])   # full-hash check (and any h64 twins)
+        recent = self.by_hash.recent
+        if recent:
+            for i, k in enumerate(keys64.tolist()):
+                if out[i] is None and k in recent:
+                    out[i] = self.ordinal(hashes[i])
+        return out
+
     def path_id(self, path: str) -> int:
         pid = self.path_ids.get(path)
         if pid is None:
@@ -105,6 +128,69 @@ class State:
         if rec > self.last_recorded_at:
             self.last_recorded_at = rec
         self.records += 1
+
+    def apply_asserts(self, items: list) -> None:
+        """Apply a durable group's assertions: ``(seq, segment, offset, fields)``.
+
+        Columns are filled by slice and the maps take their keys through the
+        small recent dicts, so a group of k costs O(k) plus one amortized merge.
+        """
+        from . import fast
+        n = len(items)
+        c = self.cols
+        if c.n + n > c.cap:
+            c._grow(c.n + n)
+        first = c.n
+        seqs, locs, tss, recs, keys, pids, eids, lcs, hashes = ([] for _ in range(9))
+        by_hash, by_key, by_path, by_source = self.by_hash, self.by_key, self.by_path, self.by_source
+        str64_ = fast.str64
+        edges = []
+        for k, (seq, segment, offset, f) in enumerate(items):
+            h, rec, ts, lc, path, pred, src, ep, parent, derived = f
+            pid = self.path_ids.get(path)
+            if pid is None:
+                pid = self.path_id(path)
+            qid = self.pred_ids.get(pred)
+            if qid is None:
+                qid = self.pred_id(pred)
+            key = (pid << PRED_BITS) | qid
+            o = first + k
+            seqs.append(seq); locs.append(pack_loc(segment, offset)); tss.append(ts)
+            recs.append(rec); keys.append(key); pids.append(pid)
+            eids.append(self.epochs[ep].id if ep is not None else 0); lcs.append(lc)
+            hashes.append(h)
+            by_hash.add(h64(h), o)
+            by_key.add(key, o)
+            by_path.add(pid, o)
+            if src is not None:
+                by_source.add(str64_(src), o)
+            if parent is not None or derived is not None:
+                edges.append((o, parent, derived))
+            if rec > self.last_recorded_at:
+                self.last_recorded_at = rec
+        sl = slice(first, first + n)
+        c.seq[sl] = seqs; c.loc[sl] = locs; c.ts[sl] = tss; c.rec[sl] = recs
+        c.key[sl] = keys; c.path[sl] = pids; c.epoch[sl] = eids; c.lc[sl] = lcs
+        c.hashes[sl] = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32)
+        c.n = first + n
+        self._link(edges)
+        self.last_seq = max(self.last_seq, seqs[-1])
+        self.records += n
+
+    def _link(self, edges) -> None:
+        """Record parent_hash / derived_from edges: ``(ordinal, parent, derived)``."""
+        for o, parent, derived in edges:
+            if parent is not None:
+                p = self.ordinal(parent)
+                if p is not None:
+                    self.revisions.setdefault(p, []).append(o)
+                    self.dependents.setdefault(p, []).append(o)
+            for d in derived or ():
+                p = self.ordinal(d)
+                if p is not None:
+                    lst = self.dependents.setdefault(p, [])
+                    if not lst or lst[-1] != o:
+                        lst.append(o)
 
     def apply_assert(self, seq: int, segment: int, offset: int, fields) -> int:
         h, rec, ts, lc, path, pred, src, ep, parent, derived = fields
@@ -165,18 +251,7 @@ class State:
             self.last_recorded_at = max(self.last_recorded_at, int(cols["rec"].max()))
         self.last_seq = max(self.last_seq, int(seqs[-1]))
         self.records += len(offsets)
-        for o, parent, derived in edges:
-            if parent is not None:
-                p = self.ordinal(parent)
-                if p is not None:
-                    self.revisions.setdefault(p, []).append(o)
-                    self.dependents.setdefault(p, []).append(o)
-            for d in derived or ():
-                p = self.ordinal(d)
-                if p is not None:
-                    lst = self.dependents.setdefault(p, [])
-                    if not lst or lst[-1] != o:
-                        lst.append(o)
+        self._link(edges)
         records = self.records
         for rtype, seq, off in metas:
             if rtype == REC_RETRACT:

@@ -228,10 +228,15 @@ class Store:
         """Run by the group commit leader after fsync, in seq order."""
         with self._ilock:
             for req in group:
+                asserts = []
                 for (segno, off), (rtype, seq, payload) in zip(req.locs, req.apply_arg):
                     if rtype == REC_ASSERT:
-                        self.state.apply_assert(seq, segno, off, payload)
-                    elif rtype == REC_RETRACT:
+                        asserts.append((seq, segno, off, payload))
+                        continue
+                    if asserts:
+                        self.state.apply_asserts(asserts)
+                        asserts = []
+                    if rtype == REC_RETRACT:
                         self.state.apply_retract(seq, payload)
                     elif rtype == REC_VOTE:
                         self.state.apply_vote(seq, payload)
@@ -239,6 +244,8 @@ class Store:
                         self.state.apply_epoch(seq, payload)
                     elif rtype == REC_OUTCOME:
                         self.state.apply_outcome(seq, payload)
+                if asserts:
+                    self.state.apply_asserts(asserts)
             self._since_snapshot += sum(len(r.apply_arg) for r in group)
         if self._since_snapshot >= self.snapshot_interval and self.snapshot_interval > 0:
             self._since_snapshot = 0
@@ -289,7 +296,8 @@ class Store:
 
     def put(self, assertion: dict, *, require_signatures: bool = False) -> PutResult:
         """Store one assertion; returns after it is durable.  O(1) amortized."""
-        rec = prepare_assertion(assertion, require_signatures=require_signatures)
+        rec = prepare_assertion(assertion, default_time_us=self.clock(),
+                                require_signatures=require_signatures)
         return self._put_records([rec], batch=False)[0]
 
     def put_batch(self, assertions: list[dict], *, require_signatures: bool = False) -> list[PutResult]:
@@ -301,9 +309,11 @@ class Store:
             raise ValidationError("assertions must be a list of 1 to 10,000 assertions",
                                   field="assertions")
         recs = []
+        received = self.clock()  # one receive time for the batch's untimed claims
         for i, a in enumerate(assertions):
             try:
-                recs.append(prepare_assertion(a, require_signatures=require_signatures))
+                recs.append(prepare_assertion(a, default_time_us=received,
+                                              require_signatures=require_signatures))
             except ValidationError as exc:
                 raise exc.prefixed(f"assertions[{i}]") from None
         return self._put_records(recs, batch=True)
@@ -317,8 +327,9 @@ class Store:
             fresh: dict[bytes, int] = {}
             new = []
             with self._ilock:
+                stored = st.ordinals([r.hash for r in recs])
                 for i, r in enumerate(recs):
-                    o = st.ordinal(r.hash)
+                    o = stored[i]
                     if o is not None:
                         results[i] = PutResult(r.hash.hex(), int(st.cols.seq[o]), False)
                         continue
