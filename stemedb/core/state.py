@@ -233,6 +233,9 @@ class State:
         from .format import REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
         if not offsets:
             return
+        # apply_* count the records they apply; this path counts each record
+        # once, here, whatever its type
+        records = self.records + len(offsets)
         if REC_EPOCH in types:
             for off, rtype, seq in zip(offsets, types, seqs):
                 if rtype == REC_EPOCH:
@@ -250,9 +253,7 @@ class State:
             self._bulk_columns(first, n, cols, sources)
             self.last_recorded_at = max(self.last_recorded_at, int(cols["rec"].max()))
         self.last_seq = max(self.last_seq, int(seqs[-1]))
-        self.records += len(offsets)
         self._link(edges)
-        records = self.records
         for rtype, seq, off in metas:
             if rtype == REC_RETRACT:
                 self.apply_retract(seq, decode_meta(rtype, buf, off, segno))
