@@ -115,3 +115,83 @@ def backup_meta(path: str) -> dict:
 
 
 PY = sys.executable
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0, **kw):
+    import ssl
+    import urllib.request
+    ctx = ssl._create_unverified_context() if url.startswith("https") else None
+    req = urllib.request.Request(url, **kw)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Server:
+    """``stemedb serve`` on loopback ports, stopped with SIGTERM (then SIGKILL)."""
+
+    def __init__(self, data_dir: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        full = dict(os.environ)
+        full.update({"STEMEDB_DATA_DIR": data_dir, "STEMEDB_BIND": f"127.0.0.1:{self.port}",
+                     "STEMEDB_DASHBOARD_BIND": f"127.0.0.1:{free_port()}",
+                     "STEMEDB_RATE_LIMITS": "assert=off;batch=off;query=off;retract=off;"
+                                            "vote=off;default=off"})
+        full.update(env or {})
+        self.log = open(os.path.join(os.path.dirname(data_dir), f"serve-{self.port}.log"), "w+")
+        self.proc = subprocess.Popen([os.path.join(VENV_BIN, "stemedb"), "serve"], env=full,
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 40.0) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return None
+            try:
+                status, data = http_get(self.url + "/v1/health", timeout=2)
+                if status == 200:
+                    return json.loads(data)
+            except OSError:
+                pass
+            time.sleep(0.2)
+        return None
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        import signal
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=35)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A running server, or a skip when `stemedb serve` cannot start here."""
+    srv = Server(str(tmp_path / "srvdata"))
+    if srv.wait_healthy() is None:
+        out = srv.output()
+        srv.stop()
+        pytest.skip(f"stemedb serve did not start: {out[-500:]}")
+    yield srv
+    srv.stop()
