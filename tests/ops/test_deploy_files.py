@@ -238,7 +238,9 @@ def test_requests_through_nginx_reach_the_server(tmp_path, server):
             "plain HTTP is redirected to HTTPS"
         c.close()
         status, _ = http_get(base + "/metrics")
-        assert status == 403, "metrics are not published through the proxy"
+        assert status == 200, "metrics answer loopback through the proxy (others get 403)"
+        assert re.search(r"location = /metrics \{[^}]*deny all;", open(conf.replace(
+            "nginx.conf", "stemedb.conf")).read()), "metrics are denied to everyone else"
     finally:
         ng.terminate()
         ng.wait(timeout=10)
