@@ -19,7 +19,10 @@ import orjson
 
 from .canonical import NotJSON, dumps_normalized, normalize
 from .errors import InvalidSignature, SignatureRequired, ValidationError
-from .timeutil import format_time, now_us, parse_time
+from .timeutil import format_time as _format_time_py
+from .timeutil import now_us, parse_time
+
+format_time = _format_time_py
 
 SOURCE_CLASSES = ("regulatory", "clinical", "observational", "expert", "community", "anecdotal")
 SOURCE_CLASS_RANK = {name: i for i, name in enumerate(SOURCE_CLASSES)}
@@ -287,6 +290,13 @@ def verify_signature(agent_id: str, signature: str, message: bytes, field: str) 
         raise InvalidSignature(
             f"{field} does not verify: it must be the Ed25519 signature by agent_id over "
             f"the 32 bytes of the hash", field=field) from None
+
+
+def _use_compiled_time_format() -> None:
+    """Swap in the compiled time formatter (called once the engine loads)."""
+    global format_time
+    from .timeutil import _compiled_format
+    format_time = _compiled_format() or _format_time_py
 
 
 def vote_hash(assertion_hash: str, weight: float, agent_id: str | None) -> bytes:

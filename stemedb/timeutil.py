@@ -58,6 +58,15 @@ def format_time(us: int) -> str:
         if secs >= 0 else _slow_format(us)
 
 
+def _compiled_format():
+    """The compiled twin of format_time when the extension is there."""
+    try:
+        from .core import fast
+    except ImportError:
+        return None
+    return fast._fast.format_time if fast.COMPILED else None
+
+
 def _slow_format(us: int) -> str:
     from datetime import timedelta
     dt = _EPOCH + timedelta(microseconds=us)

@@ -197,3 +197,60 @@ def extract_segment(buf, offsets, types, seqs, long segno, long first_ord,
     cols = {"seq": seq_o, "loc": loc_o, "ts": ts_o, "rec": rec_o, "key": key_o,
             "path": path_o, "epoch": ep_o, "lc": lc_o, "hashes": hb_o}
     return cols, (src_k[:ns], src_o[:ns]), edges, metas
+
+
+from libc.time cimport time_t
+from ..model import AssertionRecord as _Record
+
+DEF F_SIGNED = 0x10
+
+
+cdef extern from "<time.h>" nogil:
+    struct tm:
+        int tm_sec, tm_min, tm_hour, tm_mday, tm_mon, tm_year
+    tm* gmtime_r(const time_t* t, tm* out)
+
+
+def decode_assert(buf, Py_ssize_t off):
+    """See codec.decode_assert."""
+    cdef const uint8_t[:] mv = buf
+    cdef const uint8_t* p = &mv[off]
+    cdef int fields = p[58]
+    cdef Py_ssize_t lpath = rd16(p + 60), lpred = rd16(p + 62), lsrc = rd16(p + 64)
+    cdef Py_ssize_t lep = rd16(p + 66), nd = rd16(p + 68), lval = rd32(p + 72), j
+    cdef double conf
+    memcpy(&conf, p + 48, 8)
+    cdef const uint8_t* q = p + HEAD_SIZE
+    path = PyUnicode_DecodeUTF8(<const char*>q, lpath, NULL); q += lpath
+    pred = PyUnicode_DecodeUTF8(<const char*>q, lpred, NULL); q += lpred
+    src = ep = parent = derived = agent = sig = None
+    if fields & F_SOURCE:
+        src = PyUnicode_DecodeUTF8(<const char*>q, lsrc, NULL); q += lsrc
+    if fields & F_EPOCH:
+        ep = PyUnicode_DecodeUTF8(<const char*>q, lep, NULL); q += lep
+    if fields & F_PARENT:
+        parent = (<const char*>q)[:32]; q += 32
+    if fields & F_DERIVED:
+        derived = [(<const char*>(q + 32 * j))[:32] for j in range(nd)]
+        q += 32 * nd
+    if fields & F_SIGNED:
+        agent = (<const char*>q)[:32]; sig = (<const char*>(q + 32))[:64]; q += 96
+    return _Record((<const char*>p)[:32], rd64(p + 32), rd64(p + 40), conf, p[56], p[57],
+                   path, pred, (<const char*>q)[:lval], src, ep, parent, derived, agent, sig)
+
+
+def format_time(int64_t us):
+    """See timeutil.format_time."""
+    if us < 0:
+        from ..timeutil import _slow_format
+        return _slow_format(us)
+    cdef int64_t secs = us // 1000000
+    cdef int64_t frac = us - secs * 1000000
+    cdef time_t t = secs
+    cdef tm out
+    if gmtime_r(&t, &out) == NULL:
+        from ..timeutil import _slow_format
+        return _slow_format(us)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (
+        out.tm_year + 1900, out.tm_mon + 1, out.tm_mday, out.tm_hour, out.tm_min,
+        out.tm_sec, frac)

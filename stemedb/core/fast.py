@@ -32,10 +32,16 @@ COMPILED = _fast is not None
 scan_frames = _fast.scan_frames if COMPILED else codec.scan_frames
 index_fields = _fast.index_fields if COMPILED else codec.index_fields
 extract_segment = _fast.extract_segment if COMPILED else codec.extract_segment
+decode_assert = _fast.decode_assert if COMPILED else codec.decode_assert
 if COMPILED:
     str64 = _fast.fnv1a64
 else:
     from .index import str64  # noqa: F401
+
+
+if COMPILED:
+    from .. import model as _model
+    _model._use_compiled_time_format()
 
 
 def replay(store, start) -> int:

@@ -497,14 +497,17 @@ class Store:
     def _read_record(self, o: int) -> AssertionRecord:
         """Decode the assertion at ordinal ``o`` from its segment, CRC checked."""
         segno, off = unpack_loc(int(self.state.cols.loc[o]))
-        head = self.wal.read(segno, off, FRAME_SIZE)
-        length, crc = FRAME.unpack_from(head)[:2]
-        body = self.wal.read(segno, off + 8, FRAME_SIZE - 8 + length)
+        # One read covers most records; a longer one takes a second read.
+        raw = self.wal.read(segno, off, 512)
+        length, crc = FRAME.unpack_from(raw)[:2]
+        if FRAME_SIZE + length > len(raw):
+            raw = self.wal.read(segno, off, FRAME_SIZE + length)
+        body = raw[8:FRAME_SIZE + length]
         if codec.crc32c(body) != crc:
             raise ChecksumMismatch(
                 f"Checksum mismatch in WAL segment {self.wal.segment(segno).path} at offset {off}",
                 file=self.wal.segment(segno).path, offset=off)
-        return codec.decode_assert(body, FRAME_SIZE - 8)
+        return fast.decode_assert(body, FRAME_SIZE - 8)
 
     def _assertion(self, o: int, known_at: int | None = None) -> Assertion:
         st = self.state

@@ -85,3 +85,16 @@ def test_index_fields_and_extract_segment_match_reference():
 @pytest.mark.parametrize("s", ["", "pubmed://38012345", "source/bad_source", "é✓😀" * 40])
 def test_source_key_is_the_same_in_both(s):
     assert _fast.fnv1a64(s) == str64(s)
+
+
+def test_decode_assert_matches_reference():
+    for _body, r in _records(80, seed=11):
+        payload = codec.encode_assert(r)
+        assert _fast.decode_assert(payload, 0) == codec.decode_assert(payload, 0) == r
+
+
+@pytest.mark.parametrize("us", [0, 1, 999_999, 1_709_294_400_000_000, 1_709_294_400_123_456,
+                                253402300799_999_999, -1, -62135596800_000_000])
+def test_format_time_matches_reference(us):
+    from stemedb.timeutil import format_time
+    assert _fast.format_time(us) == format_time(us)
