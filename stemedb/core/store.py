@@ -115,13 +115,27 @@ class Store:
             self._next_seq = self.state.last_seq + 1
             self._since_snapshot = 0
             self.audit = AuditLog(os.path.join(self.path, "audit")) if audit else None
+            if self.rebuilt or not os.path.exists(os.path.join(self.path, "metadata.json")):
+                self.snapshot()
         except BaseException:
-            os.close(self._lock_fd)
+            self._abort_open()
             raise
         self._closed = False
-        if self.rebuilt or not os.path.exists(os.path.join(self.path, "metadata.json")):
-            self.snapshot()
         log.info("Startup complete")
+
+    def _abort_open(self) -> None:
+        """Free what a failed open holds, writing nothing (no sync, no snapshot),
+        so that a retry in this process does not find LOCK held by itself."""
+        wal = getattr(self, "wal", None)
+        if wal is not None:
+            if wal._file is not None:
+                wal._file.close()
+                wal._file = None
+            for seg in wal.segments:
+                seg.close()
+        if getattr(self, "audit", None) is not None:
+            self.audit.close()
+        os.close(self._lock_fd)
 
     # ------------------------------------------------------------ recovery
     def _recover(self) -> None:
