@@ -107,6 +107,26 @@ class MultiMap:
         self.keys = np.insert(self.keys, pos, ks)
         self.vals = np.insert(self.vals, pos, vs)
 
+    def get_many(self, keys: list[int]) -> list[int]:
+        """Ordinals under any of ``keys`` (unordered): one vectorized search."""
+        out: list[int] = []
+        if not keys:
+            return out
+        run = self.keys
+        if len(run):
+            ks = np.fromiter(keys, dtype=self.dtype, count=len(keys))
+            lo = run.searchsorted(ks, "left")
+            hi = run.searchsorted(ks, "right")
+            for a, b in zip(lo[hi > lo].tolist(), hi[hi > lo].tolist()):
+                out.extend(self.vals[a:b].tolist())
+        recent = self.recent
+        if recent:
+            for k in keys:
+                lst = recent.get(k)
+                if lst:
+                    out.extend(lst)
+        return out
+
     def merge(self) -> None:
         if not self.recent:
             return

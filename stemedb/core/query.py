@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import NotFound, UnknownReference, ValidationError
 from ..model import LIFECYCLE_RANK, LIFECYCLES, Assertion, check_concept_path, check_hash, check_name
 from ..timeutil import format_time, parse_time
-from .index import PRED_BITS, str64
+from .fast import str64
+from .index import PRED_BITS
 
 DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review", "approved"))
 TRACE_LIMIT = 100
@@ -389,14 +390,19 @@ def run_trace(store, hash: str) -> dict | None:
 def retraction_targets(store, target: dict, cascade: bool) -> set[int]:
     """Ordinals a retraction reaches (call under _ilock).
 
-    O(what it touches): the seeds come from one index lookup, and the
-    cascade walks the dependents index and the source index, following
+    O(what it touches): the seeds come from one index lookup; the cascade
+    walks level by level through the dependents index (``derived_from`` and
+    ``parent_hash`` edges) and, with one vectorized source-index search per
+    level, the assertions citing a reached concept path.  It follows
     already-retracted assertions too.
     """
     st = store.state
 
-    def citing(path: str) -> list[int]:
-        return [o for o in st.by_source.get(str64(path)) if store._read_record(o).source == path]
+    def citing(paths) -> list[int]:
+        """Assertions whose source is one of ``paths`` (the full string is compared)."""
+        paths = set(paths)
+        hits = st.by_source.get_many([str64(p) for p in paths])
+        return [o for o in hits if store._read_record(o).source in paths]
 
     if "hash" in target:
         o = st.ordinal(bytes.fromhex(target["hash"]))
@@ -407,29 +413,30 @@ def retraction_targets(store, target: dict, cascade: bool) -> set[int]:
         pid = st.path_ids.get(target["concept_path"])
         seeds = st.by_path.get(pid) if pid is not None else []
     else:
-        seeds = citing(target["source"])
+        seeds = citing([target["source"]])
     reached = set(seeds)
     if not cascade:
         return reached
-    queue = list(seeds)
-    visited_paths: set[str] = set()
+    frontier = list(seeds)
+    seen_paths: set[str] = set()
     if "concept_path" in target:
-        visited_paths.add(target["concept_path"])
-        for d in citing(target["concept_path"]):
-            if d not in reached:
-                reached.add(d)
-                queue.append(d)
-    while queue:
-        o = queue.pop()
-        for d in st.dependents.get(o, ()):
-            if d not in reached:
-                reached.add(d)
-                queue.append(d)
-        path = st.path_names[int(st.cols.path[o])]
-        if path not in visited_paths:
-            visited_paths.add(path)
-            for d in citing(path):
+        seen_paths.add(target["concept_path"])
+        frontier += [d for d in citing(seen_paths) if d not in reached]
+        reached.update(frontier)
+    deps, names, path_col = st.dependents, st.path_names, st.cols.path
+    while frontier:
+        nxt = []
+        for o in frontier:
+            for d in deps.get(o, ()):
                 if d not in reached:
                     reached.add(d)
-                    queue.append(d)
+                    nxt.append(d)
+        paths = {names[p] for p in path_col[frontier].tolist()} - seen_paths
+        if paths:
+            seen_paths |= paths
+            for d in citing(paths):
+                if d not in reached:
+                    reached.add(d)
+                    nxt.append(d)
+        frontier = nxt
     return reached

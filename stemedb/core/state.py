@@ -83,13 +83,22 @@ class State:
             inside = pos < len(run)
             hit = np.zeros(n, dtype=bool)
             hit[inside] = run[pos[inside]] == keys64[inside]
-            for i in np.flatnonzero(hit).tolist():
-                out[i] = self.ordinal(hashes[i])   # full-hash check (and any h64 twins)
+            idx = np.flatnonzero(hit)
+            if len(idx):
+                cand = self.by_hash.vals[pos[idx]]
+                same = np.all(self.cols.hashes[cand] == arr[idx], axis=1)
+                for i, o, ok in zip(idx.tolist(), cand.tolist(), same.tolist()):
+                    # a 64-bit prefix twin is rare; the scalar path sorts it out
+                    out[i] = o if ok else self.ordinal(hashes[i])
         recent = self.by_hash.recent
         if recent:
+            hb = self.cols.hashes
             for i, k in enumerate(keys64.tolist()):
-                if out[i] is None and k in recent:
-                    out[i] = self.ordinal(hashes[i])
+                if out[i] is None:
+                    for o in recent.get(k, ()):
+                        if hb[o].tobytes() == hashes[i]:
+                            out[i] = o
+                            break
         return out
 
     def path_id(self, path: str) -> int:
@@ -289,8 +298,7 @@ class State:
         idx = len(self.retractions)
         self.retractions.append(r)
         newly = []
-        for h in body["hashes"]:
-            o = self.ordinal(h)
+        for o in self.ordinals(list(body["hashes"])):
             if o is not None and o not in self.retracted:
                 self.retracted[o] = idx
                 newly.append(o)
