@@ -1,0 +1,318 @@
+"""WAL archival to S3-compatible storage, and point-in-time restore from it.
+
+    python -m stemedb.ops.archive push [--to BUCKET/PREFIX] [--once] [--interval 60]
+    stemedb restore --from-s3 BUCKET/PREFIX [--until TIME|seq:N]
+
+Layout: ``<prefix>/<log id hex>/wal/segment-NNNNN.log`` (sealed segments,
+byte for byte) and ``<prefix>/<log id hex>/snapshots/<sha256>.idx``.  Every
+object carries ``x-amz-meta-sha256`` and its seq range.
+
+Only sealed segments are archived (the active one is still growing): the
+archive's RPO is at most one segment (``STEMEDB_SEGMENT_SIZE``) plus the
+push interval; backups cover the rest.  Uploads use ``If-None-Match: *`` so
+nothing is ever overwritten: an object that exists with the same sha256 is
+already archived (idempotent retry); with another sha256 it belongs to a
+diverged history (a store restored to an earlier point keeps its log id) and
+the push stops with an error -- point ``STEMEDB_ARCHIVE_S3`` at a new prefix
+after a point-in-time restore.  Transient errors are retried with
+exponential backoff and jitter.  ``<data_dir>/archive-state.json`` holds the
+lag (``lag_segments``, ``lag_seconds``) and failure count.
+
+Settings: ``STEMEDB_ARCHIVE_S3`` (bucket/prefix), ``STEMEDB_S3_ENDPOINT_URL``
+(non-AWS storage), credentials the usual boto3 way.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import sys
+import tempfile
+import time
+
+from ..errors import StemeError
+from .files import fsync_dir, read_json, write_durable, write_json_atomic
+from .walcut import cut_segment, read_all, segment_paths
+
+STATE_NAME = "archive-state.json"
+RETRYABLE = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "Throttling",
+             "ThrottlingException", "RequestTimeTooSkewed", "503", "500", "502", "504"}
+
+
+class ArchiveError(StemeError, RuntimeError):
+    code = "archive_failed"
+
+
+def split_target(spec: str) -> tuple[str, str]:
+    spec = spec.removeprefix("s3://").strip("/")
+    bucket, _, prefix = spec.partition("/")
+    if not bucket:
+        raise ArchiveError(f"S3 target {spec!r} must be BUCKET or BUCKET/PREFIX")
+    return bucket, prefix
+
+
+def client(endpoint_url: str | None = None):
+    import boto3
+    from botocore.config import Config
+    return boto3.client("s3", endpoint_url=endpoint_url or None,
+                        config=Config(retries={"mode": "standard", "max_attempts": 3},
+                                      connect_timeout=10, read_timeout=60,
+                                      s3={"addressing_style": "path"}))
+
+
+def _code(exc) -> str:
+    resp = getattr(exc, "response", None) or {}
+    return str(resp.get("Error", {}).get("Code") or resp.get("ResponseMetadata", {})
+               .get("HTTPStatusCode", ""))
+
+
+def with_retries(fn, *, attempts: int = 6, base: float = 0.5, cap: float = 30.0,
+                 sleep=time.sleep):
+    """Call ``fn``; retry transient failures with exponential backoff and full jitter."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    for i in range(attempts):
+        try:
+            return fn()
+        except ClientError as exc:
+            if _code(exc) not in RETRYABLE or i == attempts - 1:
+                raise
+        except BotoCoreError:    # connection refused/reset, timeouts
+            if i == attempts - 1:
+                raise
+        sleep(random.uniform(0, min(cap, base * 2 ** i)))
+    raise AssertionError("unreachable")
+
+
+def put_once(s3, bucket: str, key: str, data: bytes, meta: dict) -> str:
+    """Upload unless present; returns ``uploaded`` or ``present``; raises on a different object."""
+    from botocore.exceptions import ClientError
+    digest = meta["sha256"]
+    try:
+        with_retries(lambda: s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
+                                           Metadata={k: str(v) for k, v in meta.items()}))
+    except ClientError as exc:
+        if _code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            raise
+        head = with_retries(lambda: s3.head_object(Bucket=bucket, Key=key))
+        if head.get("Metadata", {}).get("sha256") != digest:
+            raise ArchiveError(
+                f"s3://{bucket}/{key} exists with different content: this store's history "
+                f"diverged from the archive (restored to an earlier point?). Nothing was "
+                f"overwritten; archive to a new prefix (STEMEDB_ARCHIVE_S3)") from None
+        return "present"
+    head = with_retries(lambda: s3.head_object(Bucket=bucket, Key=key))
+    if head["ContentLength"] != len(data) or head.get("Metadata", {}).get("sha256") != digest:
+        raise ArchiveError(f"s3://{bucket}/{key} does not read back as uploaded")
+    return "uploaded"
+
+
+def push(data_dir: str, target: str, *, s3=None, endpoint_url: str | None = None,
+         now=time.time) -> dict:
+    """Archive every sealed segment not yet archived, and the current snapshot."""
+    s3 = s3 or client(endpoint_url)
+    bucket, prefix = split_target(target)
+    state_path = os.path.join(data_dir, STATE_NAME)
+    try:
+        state = read_json(state_path)
+    except (OSError, ValueError):
+        state = {}
+    paths = segment_paths(os.path.join(data_dir, "wal"))
+    sealed = paths[:-1]
+    done = int(state.get("last_archived_segment", 0))
+    uploaded = 0
+    prev_seq = 0
+    try:
+        for path in sealed:
+            buf = read_all(path)
+            cut = cut_segment(path, buf, active=False, after_seq=prev_seq)
+            prev_seq = cut.last_seq or prev_seq
+            if cut.number <= done:
+                continue
+            root = f"{prefix}/{cut.log_id.hex()}" if prefix else cut.log_id.hex()
+            meta = {"sha256": hashlib.sha256(buf).hexdigest(), "first-seq": cut.first_seq_kept,
+                    "last-seq": cut.last_seq, "records": cut.records,
+                    "assertions": cut.assertions, "last-recorded-at-us": cut.last_recorded_at}
+            if put_once(s3, bucket, f"{root}/wal/{os.path.basename(path)}", buf, meta) == "uploaded":
+                uploaded += 1
+            done = cut.number
+            state.update({"last_archived_segment": done, "last_archived_seq": cut.last_seq,
+                          "last_archived_recorded_at_us": cut.last_recorded_at,
+                          "log_id": cut.log_id.hex()})
+            write_json_atomic(state_path, state)
+        snap = os.path.join(data_dir, "db", "indexes", "snapshot.idx")
+        if os.path.exists(snap) and state.get("log_id"):
+            data = read_all(snap)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != state.get("last_snapshot_sha256"):
+                root = f"{prefix}/{state['log_id']}" if prefix else state["log_id"]
+                put_once(s3, bucket, f"{root}/snapshots/{digest}.idx", data, {"sha256": digest})
+                state["last_snapshot_sha256"] = digest
+        state["last_success_ts"] = now()
+    except Exception as exc:
+        state["failures"] = int(state.get("failures", 0)) + 1
+        state["last_error"] = str(exc)[:1000]
+        raise
+    finally:
+        pending = [p for p in sealed if int(os.path.basename(p)[8:13]) > done]
+        state["lag_segments"] = len(pending)
+        lag = 0.0
+        if pending:   # how old the oldest unarchived record is
+            try:
+                c = cut_segment(pending[0], read_all(pending[0]), active=False)
+                first = c.last_recorded_at  # the segment's newest record bounds it from below
+                lag = max(0.0, now() - first / 1e6) if first else 0.0
+            except Exception:  # noqa: BLE001 -- the lag is advisory
+                lag = -1.0
+        state["lag_seconds"] = lag
+        state["updated_ts"] = now()
+        try:
+            write_json_atomic(state_path, state)
+        except OSError:
+            pass
+    state["uploaded"] = uploaded
+    return state
+
+
+# ---------------------------------------------------------------- point in time
+def parse_until(text: str | None) -> tuple[int | None, int | None]:
+    """``(until_seq, until_us)`` from ``seq:N``, a bare integer (a seq), RFC 3339 or ``unix:S``."""
+    from ..timeutil import parse_time
+    if text is None:
+        return None, None
+    t = text.strip()
+    if t.startswith("seq:"):
+        return int(t[4:]), None
+    if t.isdigit():
+        return int(t), None
+    if t.startswith("unix:"):
+        return None, parse_time(float(t[5:]), "until")
+    try:
+        return None, parse_time(float(t), "until")
+    except ValueError:
+        return None, parse_time(t, "until")
+
+
+def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None,
+                endpoint_url: str | None = None, log_id: str | None = None) -> dict:
+    """Download archived segments into ``dest_wal``, cut at ``until``; returns counts."""
+    s3 = s3 or client(endpoint_url)
+    bucket, prefix = split_target(target)
+    until_seq, until_us = parse_until(until)
+    base = f"{prefix}/" if prefix else ""
+    keys = []
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=base):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    logs = sorted({k[len(base):].split("/")[0] for k in keys if "/wal/segment-" in k})
+    if log_id:
+        logs = [x for x in logs if x == log_id]
+    if len(logs) != 1:
+        raise ArchiveError(f"s3://{bucket}/{base} holds {len(logs)} logs ({', '.join(logs) or 'none'}); "
+                           f"expected one")
+    seg_keys = sorted(k for k in keys if k.startswith(f"{base}{logs[0]}/wal/segment-"))
+    os.makedirs(dest_wal, exist_ok=True)
+    info = {"segments": 0, "records": 0, "assertions": 0, "last_seq": 0,
+            "last_recorded_at_us": 0, "log_id": logs[0]}
+    expect = 1
+    for key in seg_keys:
+        name = key.rsplit("/", 1)[1]
+        number = int(name[8:13])
+        if number != expect:
+            raise ArchiveError(f"the archive lacks segment {expect} (next is {key}); cannot "
+                               f"restore past the gap")
+        obj = with_retries(lambda: s3.get_object(Bucket=bucket, Key=key))
+        data = obj["Body"].read()
+        want = obj.get("Metadata", {}).get("sha256")
+        if hashlib.sha256(data).hexdigest() != want:
+            raise ArchiveError(f"s3://{bucket}/{key} fails its sha256 checksum")
+        path = os.path.join(dest_wal, name)
+        with open(path, "wb") as f:   # cut_segment reads the header from the file
+            f.write(data)
+        cut = cut_segment(path, data, active=False, until_seq=until_seq, until_us=until_us,
+                          after_seq=info["last_seq"])
+        if cut.records == 0 and number > 1 and cut.reached_limit:
+            os.unlink(path)           # nothing of this segment is wanted
+            break
+        write_durable(path, data[:cut.end])
+        info["segments"] += 1
+        info["records"] += cut.records
+        info["assertions"] += cut.assertions
+        if cut.records:
+            info["last_seq"] = cut.last_seq
+            info["last_recorded_at_us"] = cut.last_recorded_at
+        expect += 1
+        if cut.reached_limit:
+            break
+    if not info["segments"]:
+        raise ArchiveError(f"no archived segments under s3://{bucket}/{base}{logs[0]}/wal/")
+    fsync_dir(dest_wal)
+    return info
+
+
+def restore_from_s3(target: str, data_dir: str, *, until: str | None, endpoint_url=None,
+                    systemd=None, ask=None, bind=None, s3=None) -> dict:
+    """Point-in-time restore: fetch, cut, then swap in like a backup (indexes rebuilt)."""
+    from .. import __version__
+    from ..core.format import FORMAT_MAJOR, FORMAT_MINOR
+    from ..timeutil import format_time
+    from .restore import Systemd, confirm, install
+    data_dir = os.path.abspath(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pitr-", dir=data_dir) as tmp:
+        print(f"Fetching the WAL archive from s3://{target} (until {until or 'the end'})...",
+              flush=True)
+        info = fetch_until(target, os.path.join(tmp, "wal"), until=until, s3=s3,
+                           endpoint_url=endpoint_url)
+        os.makedirs(os.path.join(tmp, "db"))
+        meta = {"version": __version__, "format_version": f"{FORMAT_MAJOR}.{FORMAT_MINOR}",
+                "timestamp": format_time(info["last_recorded_at_us"]) if info["last_recorded_at_us"] else None,
+                "backup_type": "point_in_time", "assertion_count": info["assertions"],
+                "record_count": info["records"], "last_seq": info["last_seq"],
+                "wal_segment_count": info["segments"], "log_id": info["log_id"],
+                "restored_from": f"s3://{target}", "until": until}
+        print(f"Archive cut at seq {info['last_seq']} "
+              f"({meta['timestamp']}): {info['assertions']} assertions in "
+              f"{info['segments']} segments", flush=True)
+        install(tmp, data_dir, meta, wal_only=False, systemd=systemd or Systemd(),
+                ask=ask or confirm, bind=bind)
+    print("The indexes are rebuilt from the WAL at the next start. Point STEMEDB_ARCHIVE_S3 "
+          "at a new prefix before archiving again: this store's history now diverges from "
+          "the archive.", flush=True)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..config import Settings
+    p = argparse.ArgumentParser(prog="python -m stemedb.ops.archive", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ps = sub.add_parser("push", help="archive sealed segments and the snapshot")
+    ps.add_argument("--to", default=os.environ.get("STEMEDB_ARCHIVE_S3"),
+                    help="BUCKET/PREFIX (default STEMEDB_ARCHIVE_S3)")
+    ps.add_argument("--data-dir")
+    ps.add_argument("--endpoint-url", default=os.environ.get("STEMEDB_S3_ENDPOINT_URL"))
+    ps.add_argument("--once", action="store_true", help="one pass, then exit")
+    ps.add_argument("--interval", type=float, default=60.0, help="seconds between passes")
+    args = p.parse_args(argv)
+    if not args.to:
+        print("archive: no target: set STEMEDB_ARCHIVE_S3=bucket/prefix or pass --to", file=sys.stderr)
+        return 2
+    data_dir = args.data_dir or Settings.from_env().data_dir
+    s3 = client(args.endpoint_url)
+    while True:
+        try:
+            st = push(data_dir, args.to, s3=s3)
+            print(f"archive: {st['uploaded']} segment(s) uploaded, archived through segment "
+                  f"{st.get('last_archived_segment', 0)} (seq {st.get('last_archived_seq', 0)}), "
+                  f"lag {st['lag_segments']} segment(s)", flush=True)
+            rc = 0
+        except Exception as exc:  # noqa: BLE001 -- a daemon logs and tries again
+            print(f"archive: FAILED: {exc}", file=sys.stderr, flush=True)
+            rc = 1
+        if args.once:
+            return rc
+        time.sleep(max(1.0, args.interval))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
