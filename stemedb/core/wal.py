@@ -271,6 +271,10 @@ class WAL:
     def _rotate(self, first: Request) -> Segment:
         """Seal the active segment and start the next one."""
         old = self.segments[-1]
+        if self.durability == "none":
+            # Groups were not synced; a sealed segment must never end torn
+            # (recovery would call that corruption), so flush it once, here.
+            self._file.sync()
         self._file.close()
         first_seq = int.from_bytes(first.data[12:20], "little")
         new = Segment.create(self.fs, self.dir, old.number + 1, first_seq, self.log_id)
