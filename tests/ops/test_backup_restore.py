@@ -22,7 +22,10 @@ SHOW_META = 'jq \'{timestamp, assertion_count, last_seq, wal_segment_count}\' "$
 VERIFY = 'python -m stemedb.core.verify "$BACKUP_DIR"'
 RESTORE = './scripts/restore-stemedb.sh "$BACKUP_DIR"'
 WAL_ONLY = './scripts/restore-stemedb.sh "$BACKUP_DIR" --wal-only'
-RUNBOOK_COMMANDS = [BACKUP, LATEST, SHOW_META, VERIFY, RESTORE, WAL_ONLY]
+RUNBOOK_COMMANDS = [BACKUP, LATEST, SHOW_META, VERIFY, RESTORE, WAL_ONLY,
+                    # run by test_fsync_check.py, test_dr_drill.py, test_deploy_files.py
+                    'stemedb fsync-check "$STEMEDB_DATA_DIR"', "./scripts/dr-drill.sh",
+                    "promtool check rules stemedb-alerts.yml", "promtool test rules stemedb-alerts.test.yml"]
 
 
 def take_backup(env: dict) -> str:
