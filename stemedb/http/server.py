@@ -71,6 +71,10 @@ def gunicorn_options(settings: Settings) -> dict:
         "timeout": 30,
         "keepalive": 5,
         "backlog": 2048,
+        # GET /v1/query carries its parameters in the request line; gunicorn's
+        # default 4094 bytes is short for a 512-byte UTF-8 concept path
+        # percent-encoded.  8190 is its maximum short of "unlimited".
+        "limit_request_line": 8190,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": settings.log_level,
