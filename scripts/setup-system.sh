@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite drives for real: chromium (the
 # dashboard in a headless browser), nginx (the reverse-proxy config),
-# prometheus (promtool checks the alert rules). Skipped when they are already
+# prometheus (promtool checks the alert rules), jq and openssl (runbooks,
+# TLS test certificates). Skipped when they are already
 # there, or when this is not a root shell on Debian (the tests that need them
 # then skip and say why).
 set -u
@@ -9,6 +10,8 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v jq >/dev/null 2>&1 || need+=(jq)          # the runbooks use it
+command -v openssl >/dev/null 2>&1 || need+=(openssl) # the nginx TLS test makes a certificate
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "setup-system: not root on Debian; not installing ${need[*]} (their tests will skip)" >&2

@@ -40,6 +40,8 @@ class Settings:
     trusted_proxies: str | None = field(default=None, metadata={"unit": "comma-separated addresses"})
     metrics_require_key: bool = field(default=False, metadata={"unit": "0|1"})
     backup_dir: str = field(default="./backups", metadata={"unit": "path"})
+    archive_s3: str | None = field(default=None, metadata={"unit": "bucket/prefix"})
+    s3_endpoint_url: str | None = field(default=None, metadata={"unit": "URL"})
     threads: int = field(default=16, metadata={"unit": "threads"})
     graceful_timeout: int = field(default=25, metadata={"unit": "seconds"})
     max_body_bytes: int = field(default=1024 * 1024, metadata={"unit": "bytes"})
