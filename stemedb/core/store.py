@@ -340,26 +340,33 @@ class Store:
             st = self.state
             fresh: dict[bytes, int] = {}
             new = []
-            with self._ilock:
-                stored = st.ordinals([r.hash for r in recs])
-                for i, r in enumerate(recs):
-                    o = stored[i]
-                    if o is not None:
-                        results[i] = PutResult(r.hash.hex(), int(st.cols.seq[o]), False)
-                        continue
-                    pend = self._pending.get(r.hash)
-                    if pend is not None and pend[1].error is None:
-                        results[i] = PutResult(r.hash.hex(), pend[0], False)
-                        waits.append(pend[1])
-                        continue
-                    if r.hash in fresh:
-                        results[i] = PutResult(r.hash.hex(), fresh[r.hash], False)
-                        continue
-                    self._check_refs(r, fresh, i if batch else None)
-                    seq, stamp = self._stamp()
-                    r = _with_stamp(r, stamp)
-                    fresh[r.hash] = seq
-                    new.append((i, r, seq))
+            mark = (self._next_seq, self._last_stamp)
+            try:
+                with self._ilock:
+                    stored = st.ordinals([r.hash for r in recs])
+                    for i, r in enumerate(recs):
+                        o = stored[i]
+                        if o is not None:
+                            results[i] = PutResult(r.hash.hex(), int(st.cols.seq[o]), False)
+                            continue
+                        pend = self._pending.get(r.hash)
+                        if pend is not None and pend[1].error is None:
+                            results[i] = PutResult(r.hash.hex(), pend[0], False)
+                            waits.append(pend[1])
+                            continue
+                        if r.hash in fresh:
+                            results[i] = PutResult(r.hash.hex(), fresh[r.hash], False)
+                            continue
+                        self._check_refs(r, fresh, i if batch else None)
+                        seq, stamp = self._stamp()
+                        r = _with_stamp(r, stamp)
+                        fresh[r.hash] = seq
+                        new.append((i, r, seq))
+            except BaseException:
+                # a refused batch (an unknown reference in item i) writes nothing,
+                # so the seqs given to items before i must not be used up
+                self._next_seq, self._last_stamp = mark
+                raise
             if new:
                 recs_out = [(REC_ASSERT, seq, codec.encode_assert(r),
                              (r.hash, r.recorded_at, r.timestamp, r.lifecycle, r.concept_path,
@@ -404,8 +411,13 @@ class Store:
         """Write one non-assertion record; body_fn(recorded_at) -> body dict."""
         with self._wmu:
             self._writable()
+            mark = (self._next_seq, self._last_stamp)
             seq, stamp = self._stamp()
-            body = body_fn(stamp)
+            try:
+                body = body_fn(stamp)
+            except BaseException:
+                self._next_seq, self._last_stamp = mark   # refused (e.g. Conflict): no seq used
+                raise
             req = self._commit([(rtype, seq, _enc.encode(body), body)])
         self.wal.wait(req)
         return seq, body
