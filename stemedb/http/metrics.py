@@ -76,12 +76,20 @@ class Metrics:
             "stemedb_wal_batch_size", "Records per WAL group commit",
             buckets=BATCH_BUCKETS, registry=r)
         r.register(_StoreCollector(self))
+        self._children: dict = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        method = method if method in METHODS else "OTHER"
-        labels = (route, method, str(status))
-        self.http_requests.labels(*labels).inc()
-        self.http_duration.labels(*labels).observe(seconds)
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            # labels() costs a lock and a tuple hash per call: resolve each
+            # (route, method, status) once.  Bounded: routes are templates,
+            # methods a fixed set, statuses a few dozen.
+            labels = (route, method if method in METHODS else "OTHER", str(status))
+            children = (self.http_requests.labels(*labels), self.http_duration.labels(*labels))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def commit_observer(self, records: int, fsync_seconds: float) -> None:
         """Passed to ``store.set_commit_observer``; called after each durable group."""

@@ -16,8 +16,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+import os
 import time
-import uuid
 
 from .errors import forbidden, too_many, unauthorized
 
@@ -75,14 +75,14 @@ class Observe:
         ctx = req.context
         ctx.t0 = time.perf_counter()
         rid = req.get_header("X-Request-Id")
-        ctx.request_id = rid if rid and _RID_RE.match(rid) else uuid.uuid4().hex
+        ctx.request_id = rid if rid and _RID_RE.match(rid) else os.urandom(16).hex()
         ctx.client = client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
                                     self.proxies)
         ctx.key_id = None
 
     def process_response(self, req, resp, resource, req_succeeded):
         ctx = req.context
-        rid = getattr(ctx, "request_id", None) or uuid.uuid4().hex
+        rid = getattr(ctx, "request_id", None) or os.urandom(16).hex()
         resp.set_header("X-Request-Id", rid)
         seconds = time.perf_counter() - getattr(ctx, "t0", time.perf_counter())
         status = resp.status_code
@@ -90,7 +90,8 @@ class Observe:
         if self.metrics is not None:
             self.metrics.observe_request(route, req.method, status, seconds)
         if status >= 500:
-            level = logging.ERROR
+            # 503 is a state the server reports (starting, storage fault), not a bug.
+            level = logging.WARNING if status == 503 else logging.ERROR
         elif status in (401, 403):
             level = logging.INFO  # an audit trail of refused keys
         else:

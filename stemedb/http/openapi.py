@@ -141,6 +141,13 @@ def build_openapi() -> dict:
             errors.append(409)
         for status in sorted(set(errors)):
             op["responses"][str(status)] = _error(status)
+        if query is not None:
+            # gunicorn refuses a request line over limit_request_line itself,
+            # before the app, with an HTML body.
+            op["responses"]["414"] = {
+                "description": "request line over 8190 bytes, refused by gunicorn (HTML body); "
+                               "send long queries as POST /v1/query",
+                "content": {"text/html": {"schema": {"type": "string"}}}}
         if op_id == "health":
             op["responses"]["503"] = {"description": "degraded (storage fault) or starting",
                                       "content": {"application/json": {"schema": {

@@ -87,8 +87,7 @@ def read_body(req, max_bytes: int) -> bytes:
 def _too_large(max_bytes: int) -> HTTPProblem:
     return HTTPProblem(413, "payload_too_large",
                        f"the body is over the {max_bytes // (1024 * 1024)} MiB limit of this "
-                       f"endpoint; split it into smaller requests",
-                       headers={"Connection": "close"})
+                       f"endpoint; split it into smaller requests")
 
 
 def decode(data: bytes, schema):

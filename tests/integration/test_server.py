@@ -200,6 +200,13 @@ def test_crud_over_http(servers):
     assert 'route="/v1/assertions/{hash}"' in metrics
     assert "stemedb_wal_fsync_latency_seconds_count" in metrics
     assert c.openapi()["openapi"].startswith("3.1")
+    big = urllib.request.Request(s.url + "/v1/assert", data=b"x" * (2 * 1024 * 1024),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(big)
+    assert e.value.code == 413
+    assert json.loads(e.value.read())["error"]["code"] == "payload_too_large"
+    assert c.health()["assertion_count"] == 3
     with urllib.request.urlopen(s.dashboard_url + "/") as page:
         assert b"StemeDB" in page.read()
     assert s.terminate() == 0
