@@ -44,7 +44,7 @@ def rich_store(path, **kw):
     s.retract(hash=hs[5], reason="r1")
     s.retract(concept_path="drugs/d2/risk", reason="r2", cascade=True)
     s.vote(hs[6], 0.3)
-    s.vote(hs[6], 0.9, )
+    s.vote(hs[6], 0.9)
     s.record_outcome(AGENT, True)
     s.record_outcome(AGENT, False)
     s.put(body(50, source="source/bad", parent_hash=hs[7]))
