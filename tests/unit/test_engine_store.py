@@ -481,3 +481,20 @@ def test_a_refused_write_uses_no_seq(opener):
     s.close()
     s = opener()
     assert s.put(body(5)).seq == 4
+
+
+def test_snapshots_are_taken_periodically(opener, data):
+    s = opener(snapshot_interval=10)
+    meta = os.path.join(data, "metadata.json")
+    for i in range(25):
+        s.put(body(i))
+    deadline = time.monotonic() + 10
+    count = 0
+    while time.monotonic() < deadline:
+        with open(meta) as f:
+            count = json.load(f)["assertion_count"]
+        if count >= 20:
+            break
+        time.sleep(0.02)
+    assert count >= 20, "a snapshot (and metadata.json) follows every snapshot_interval records"
+    s.close()
