@@ -262,15 +262,52 @@ def median_run(runs: list[dict]) -> dict:
 
 # ------------------------------------------------------------------ main
 
-def build_query_store(data_dir: str, n: int) -> list:
-    """A store of ``n`` workload assertions (embedded API); the query keys."""
+def build_query_store(data_dir: str, n: int, duration: float) -> tuple[list, dict]:
+    """A store of ``n`` workload assertions (embedded API), the query keys, and
+    the engine's own query rate on it (no HTTP), for comparison."""
     from bench.workload import generate
     from stemedb.core.store import open_store
     w = generate(n)
+    keys = w.r1_keys(5000)
     with open_store(data_dir, durability="none") as s:
         for i in range(0, n, 5000):
             s.put_batch(w.assertions[i:i + 5000])
-    return w.r1_keys(5000)
+        done, end = 0, time.monotonic() + duration
+        while time.monotonic() < end:
+            path, pred = keys[done % len(keys)]
+            s.query(path, predicate=pred, lens="consensus")
+            done += 1
+    return keys, {"rps": done / duration}
+
+
+def engine_writes(data_dir: str, duration: float) -> dict:
+    """The engine alone, same shapes as the HTTP workloads: 16 threads of
+    single durable puts, then one thread of 1,000-item batches."""
+    import orjson
+    from stemedb.core.store import open_store
+    out = {}
+    with open_store(data_dir, durability="fsync") as s:
+        counts = [0] * 16
+        end = time.monotonic() + duration
+
+        def writer(t):
+            bodies = _bodies("assert", t, None, 1)
+            while time.monotonic() < end:
+                s.put(orjson.loads(next(bodies)))
+                counts[t] += 1
+        ts = [threading.Thread(target=writer, args=(t,)) for t in range(16)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        out["assert_rps"] = sum(counts) / duration
+        bodies = _bodies("batch", 99, None, 2)
+        n, t0 = 0, time.monotonic()
+        while time.monotonic() < t0 + duration:
+            s.put_batch(orjson.loads(next(bodies))["assertions"])
+            n += 1000
+        out["batch_assertions_per_s"] = n / (time.monotonic() - t0)
+    return out
 
 
 def header(impl: str) -> dict:
@@ -335,8 +372,12 @@ def main(argv=None) -> int:
             srv.stop()
         shutil.rmtree(os.path.join(tmp, "w"), ignore_errors=True)
 
+        engine = engine_writes(os.path.join(tmp, "e"), duration)
+        shutil.rmtree(os.path.join(tmp, "e"), ignore_errors=True)
+        print("engine", engine, flush=True)
         t0 = time.monotonic()
-        keys = build_query_store(os.path.join(tmp, "q"), size)
+        keys, eq = build_query_store(os.path.join(tmp, "q"), size, duration)
+        engine["query_rps"] = eq["rps"]
         build_s = time.monotonic() - t0
         srv = start_stemedb(os.path.join(tmp, "q"), tmp)
         try:
@@ -351,7 +392,7 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     doc = {"header": header(impl), "settings": {"duration_s": duration, "repeats": repeats,
                                                  "store_size": size, "store_build_s": build_s},
-           "results": results}
+           "results": results, "engine_alone": engine}
     write(doc, out)
     return 0
 
@@ -386,6 +427,18 @@ def write(doc: dict, out: str) -> None:
     for name, x, res, target in rows:
         lines.append(f"| {name} | {x['rps']:,.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | "
                      f"{x['max_ms']:.1f} | {res} | {target} |")
+    e = doc.get("engine_alone", {})
+    if e:
+        lines += ["", "The engine alone in the same run (embedded API, no HTTP, no load "
+                  "generator), the ceiling for the rows above:", "",
+                  "| workload | engine alone | over HTTP | HTTP / engine |", "|---|---:|---:|---:|",
+                  f"| 16 threads of single durable puts | {e['assert_rps']:,.0f}/s | "
+                  f"{r['assert']['rps']:,.0f}/s | {r['assert']['rps'] / e['assert_rps']:.2f} |",
+                  f"| batches of 1,000 (assertions) | {e['batch_assertions_per_s']:,.0f}/s | "
+                  f"{r['batch']['assertions_per_s']:,.0f}/s | "
+                  f"{r['batch']['assertions_per_s'] / e['batch_assertions_per_s']:.2f} |",
+                  f"| consensus query, one thread | {e['query_rps']:,.0f}/s | "
+                  f"{r['query']['rps']:,.0f}/s | {r['query']['rps'] / e['query_rps']:.2f} |"]
     lines += ["", "Targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in met.items()),
               "", "Runs (req/s): " + "; ".join(f"{k} {v['runs_rps']}" for k, v in r.items()),
               f"Errors (non-2xx): " + ", ".join(f"{k} {v['errors']}" for k, v in r.items()), ""]
