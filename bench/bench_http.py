@@ -462,7 +462,7 @@ def write(doc: dict, out: str) -> None:
                     f"generator) does {e[k + '_rps']:,.0f}/s; over HTTP {r[k]['rps'] / e[k + '_rps']:.2f} "
                     f"of that, with the load generator sharing the 2 cores. The no-op floor is "
                     f"{noop:,.0f} req/s, so the store's own cost per request "
-                    f"({1000 / e[k + '_rps']:.2f} ms of CPU) is larger than the whole no-op "
+                    f"({1000 / e[k + '_rps']:.2f} ms per call at that rate) exceeds a whole no-op "
                     f"request: no HTTP-layer change can reach the ratio; the store's per-call "
                     f"cost has to drop.")
     lines += ["", "Targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in met.items()),
