@@ -8,9 +8,11 @@ from datetime import datetime, timezone
 from .errors import ValidationError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# Year 1 .. 9999, the range RFC 3339 can write.
-MIN_US = -62135596800 * 1_000_000
-MAX_US = 253402300799 * 1_000_000 + 999_999
+# Year 1 .. 9999 (what RFC 3339 can write), and within +/-(2^53-1)
+# microseconds (about the years 1684 to 2255), because the timestamp is
+# hashed as a JSON integer and JCS cannot carry larger ones exactly.
+MIN_US = max(-62135596800 * 1_000_000, -(2**53 - 1))
+MAX_US = min(253402300799 * 1_000_000 + 999_999, 2**53 - 1)
 
 
 def now_us() -> int:
@@ -47,7 +49,9 @@ def parse_time(value, field: str) -> int:
             f"{field} must be an RFC 3339 string or Unix seconds, got {t.__name__}",
             field=field)
     if not MIN_US <= us <= MAX_US:
-        raise ValidationError(f"{field} is outside the years 1 to 9999", field=field)
+        raise ValidationError(
+            f"{field} is outside the range StemeDB can hash exactly: "
+            f"{format_time(MIN_US)} to {format_time(MAX_US)}", field=field)
     return us
 
 

@@ -470,9 +470,15 @@ class Store:
         weight = check_confidence(weight, "weight")
         if agent_id is not None:
             check_hash(agent_id, "agent_id")
-        if (agent_id is None) != (signature is None) and signature is not None:
+        if (agent_id is None) != (signature is None):
+            # As for assertions: an agent_id is a claim of identity, and since
+            # an agent's latest vote replaces its earlier one, an unsigned one
+            # would let anyone overwrite another agent's vote.
             from ..errors import InvalidSignature
-            raise InvalidSignature("a vote signature needs agent_id", field="agent_id")
+            missing = "agent_id" if agent_id is None else "signature"
+            raise InvalidSignature(
+                f"agent_id and signature go together on a vote; {missing} is missing (sign "
+                f"the vote hash with the agent's Ed25519 key, or send neither)", field=missing)
         if signature is not None:
             verify_signature(agent_id, signature, vote_hash(assertion_hash, weight, agent_id),
                              "signature")

@@ -22,6 +22,7 @@ from ..errors import CorruptionError
 from . import codec, fast, snapshot
 from .format import FLAG_MORE, FRAME, FRAME_SIZE, REC_ASSERT, SEGMENT_HEADER_SIZE
 from .segment import read_header
+from .wal import torn_checksum
 
 
 class Report:
@@ -90,8 +91,7 @@ def check_wal(wal_dir: str, rep: Report) -> dict:
         offsets, types, flags, seqs, stop, reason = fast.scan_frames(buf, SEGMENT_HEADER_SIZE, len(buf))
         torn = False
         if reason == codec.STOP_CHECKSUM:
-            length = int.from_bytes(buf[stop:stop + 4], "little")
-            if last and stop + FRAME_SIZE + length == len(buf):
+            if last and torn_checksum(buf, stop, len(buf)):
                 torn = True
             else:
                 rep.error(f"Checksum mismatch in WAL segment {path} at offset {stop}")

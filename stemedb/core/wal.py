@@ -31,6 +31,19 @@ from .segment import Segment, new_log_id, read_header
 log = logging.getLogger("stemedb")
 
 
+def torn_checksum(buf, stop: int, end: int) -> bool:
+    """Is a CRC failure at ``stop`` a torn tail rather than corruption?
+
+    Yes when the failing record ends exactly at the end of the file (its
+    write was cut), or when every byte from it to the end is zero (a file
+    system that extended the file but lost the data after a power cut).
+    """
+    length = int.from_bytes(buf[stop:stop + 4], "little")
+    if stop + FRAME_SIZE + length == end:
+        return True
+    return not any(buf[stop:end])
+
+
 class Request:
     """One atomic group of records on its way to disk."""
 
@@ -114,9 +127,7 @@ class WAL:
         end = len(buf)
         offsets, types, flags, seqs, stop, reason = fast.scan_frames(buf, start, end)
         if reason == codec.STOP_CHECKSUM:
-            length = int.from_bytes(buf[stop:stop + 4], "little")
-            ends_at_eof = stop + FRAME_SIZE + length == end
-            if not (last and ends_at_eof):
+            if not (last and torn_checksum(buf, stop, end)):
                 raise ChecksumMismatch(
                     f"Checksum mismatch in WAL segment {seg.path} at offset {stop}",
                     file=seg.path, offset=stop)

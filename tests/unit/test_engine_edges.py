@@ -1,0 +1,56 @@
+"""Edge rules decided after the engine tests found them (see docs/format.md
+and docs/semantics.md)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stemedb import open_store
+from stemedb.errors import InvalidSignature, ValidationError
+from tests.conftest import NoFsyncFS, abandon, body
+
+
+def test_zero_filled_tail_is_cut_as_torn(tmp_path, caplog):
+    """After a power cut some file systems leave the file longer, filled with
+    zeros: that is a torn tail, not corruption, and the store must start."""
+    s = open_store(tmp_path, fs=NoFsyncFS())
+    hashes = [s.put(body(i)).hash for i in range(5)]
+    abandon(s)
+    seg = tmp_path / "wal" / "segment-00001.log"
+    with open(seg, "ab") as f:
+        f.write(b"\0" * 4096)
+    with open_store(tmp_path) as s2:
+        assert [s2.get(h) is not None for h in hashes] == [True] * 5, "acknowledged writes survive"
+    assert any("Truncated torn write" in r.getMessage() for r in caplog.records)
+    assert any(n.endswith(".torn") for n in os.listdir(tmp_path / "wal" / "quarantine"))
+
+
+def test_nonzero_garbage_before_the_end_is_still_corruption(tmp_path):
+    s = open_store(tmp_path, fs=NoFsyncFS())
+    for i in range(3):
+        s.put(body(i))
+    abandon(s)
+    seg = tmp_path / "wal" / "segment-00001.log"
+    with open(seg, "ab") as f:
+        f.write(b"\0" * 64 + b"\x01" + b"\0" * 64)
+    out = subprocess.run([sys.executable, "-m", "stemedb.core.verify", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "Checksum mismatch" in out.stdout, out.stdout
+
+
+def test_vote_with_agent_id_must_be_signed(tmp_path):
+    with open_store(tmp_path, fs=NoFsyncFS()) as s:
+        h = s.put(body(1)).hash
+        with pytest.raises(InvalidSignature) as exc:
+            s.vote(h, 0.9, agent_id="ab" * 32)
+        assert exc.value.field == "signature"
+        s.vote(h, 0.9)   # an anonymous vote stays possible
+
+
+@pytest.mark.parametrize("ts", [2**53 / 1e6 + 1, "2300-01-01T00:00:00Z", "1600-01-01T00:00:00Z"])
+def test_timestamp_beyond_exact_json_integers_is_refused(tmp_path, ts):
+    with open_store(tmp_path, fs=NoFsyncFS()) as s:
+        with pytest.raises(ValidationError) as exc:
+            s.put(body(1, timestamp=ts))
+        assert exc.value.field == "timestamp"
