@@ -303,6 +303,8 @@ class HealthResource(_Base):
         doc, status = health(self.state)
         send(resp, status, doc)
 
+    on_head = on_get  # load balancers probe with HEAD; Falcon drops the body
+
 
 def health(state) -> tuple[dict, int]:
     """The health document and its status (shared with the dashboard)."""

@@ -33,7 +33,8 @@ def free_port() -> int:
 class Server:
     """One `stemedb serve` process group on 127.0.0.1."""
 
-    def __init__(self, data_dir: str, **env):
+    def __init__(self, data_dir: str, argv: list[str] | None = None, **env):
+        self.argv = argv or [sys.executable, "-m", "stemedb.cli", "serve"]
         self.data_dir = str(data_dir)
         self.port, self.dport = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("STEMEDB_")}
@@ -57,8 +58,7 @@ class Server:
 
     def start(self, wait: bool = True) -> "Server":
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "stemedb.cli", "serve"],
-                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         if wait:
             self.wait_healthy()
@@ -111,8 +111,8 @@ class Server:
 def servers(tmp_path):
     started = []
 
-    def make(data_dir=None, **env):
-        s = Server(data_dir or (tmp_path / "data"), **env)
+    def make(data_dir=None, argv=None, **env):
+        s = Server(data_dir or (tmp_path / "data"), argv, **env)
         started.append(s)
         return s
     yield make
@@ -325,3 +325,19 @@ def test_public_bind_allowed_with_keys_or_anonymous_flag(servers, tmp_path):
     s.env["STEMEDB_BIND"] = f"0.0.0.0:{s.port}"
     s.start()
     assert Client(s.url).health()["status"] == "healthy"
+
+
+def test_ops_gunicorn_conf_runs_the_same_server(servers, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    conf = os.path.join(root, "ops", "gunicorn.conf.py")
+    s = servers(argv=[sys.executable, "-m", "gunicorn", "-c", conf]).start()
+    c = Client(s.url)
+    assert c.put(body(1))["status"] == "created"
+    with urllib.request.urlopen(s.dashboard_url + "/") as page:
+        assert b"StemeDB" in page.read()
+    req = urllib.request.Request(s.url + "/v1/health", method="HEAD")
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 200 and r.read() == b""
+    assert s.terminate() == 0
+    meta = json.loads((tmp_path / "data" / "metadata.json").read_text())
+    assert meta["assertion_count"] == 1, "worker_exit closed the store (metadata.json)"
