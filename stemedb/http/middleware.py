@@ -13,6 +13,7 @@ limit key is the key id when there is one), then :class:`Limit`.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -144,6 +145,17 @@ class Authenticate:
                             f"(it has {', '.join(sorted(key.scopes))})")
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_loopback(address: str) -> bool:
+    """Loopback clients without a key share one identity (127.0.0.1): the
+    breaker would let one bad local script, or a user trying the error
+    messages, pause every local writer, so it skips them (docs/http.md)."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
 class Limit:
     """Per-endpoint, per-client rate limits, and the per-client write circuit."""
 
@@ -158,7 +170,8 @@ class Limit:
             return
         ctx = req.context
         client = ctx.key_id or ctx.client
-        if self.breaker is not None and req.method in getattr(resource, "writes", ()):
+        if (self.breaker is not None and req.method in getattr(resource, "writes", ())
+                and (ctx.key_id is not None or not _is_loopback(ctx.client))):
             wait = self.breaker.allow(client)
             if wait is not None:
                 self._count(endpoint, "circuit_open")

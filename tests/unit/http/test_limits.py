@@ -141,6 +141,9 @@ def test_breaker_window_is_sixty_seconds():
     assert b.allow("c") is None, "old rejections fall out of the window"
 
 
+REMOTE = "203.0.113.7"  # a documentation address: a remote client
+
+
 def test_breaker_through_the_app(make_client):
     from stemedb.http.ratelimit import CircuitBreaker as CB
     clock = Clock()
@@ -153,13 +156,29 @@ def test_breaker_through_the_app(make_client):
                      breaker=CB(clock=clock))
     t = falcon.testing.TestClient(app)
     for _ in range(5):
-        assert t.simulate_post("/v1/assert", json=body(confidence=7)).status_code == 400
-    r = t.simulate_post("/v1/assert", json=body())
+        assert t.simulate_post("/v1/assert", json=body(confidence=7), remote_addr=REMOTE).status_code == 400
+    r = t.simulate_post("/v1/assert", json=body(), remote_addr=REMOTE)
     assert r.status_code == 429 and r.json["error"]["code"] == "circuit_open"
     assert int(r.headers["retry-after"]) == 30
-    assert t.simulate_post("/v1/query", json={"concept_path": "a"}).status_code == 200, \
+    assert t.simulate_post("/v1/query", json={"concept_path": "a"}, remote_addr=REMOTE).status_code == 200, \
         "reads are not affected"
     clock.t += 30
-    assert t.simulate_post("/v1/assert", json=body()).status_code == 201, "the probe"
-    assert t.simulate_post("/v1/assert", json=body(value=9)).status_code == 201, "closed again"
+    assert t.simulate_post("/v1/assert", json=body(), remote_addr=REMOTE).status_code == 201, "the probe"
+    assert t.simulate_post("/v1/assert", json=body(value=9), remote_addr=REMOTE).status_code == 201, "closed again"
     assert 'reason="circuit_open"' in t.simulate_get("/metrics").text
+
+
+def test_breaker_skips_keyless_loopback_clients(make_client):
+    """Every local tool shares 127.0.0.1: a person trying error messages with
+    curl must keep getting 400s that name the field, not a 429."""
+    from stemedb.config import Settings
+    from stemedb.http.app import create_app
+    from stemedb.http.ratelimit import CircuitBreaker as CB
+    import falcon.testing
+    c = make_client()
+    app = create_app(c.app_.state.handle, Settings(rate_limits="assert=off"), breaker=CB())
+    t = falcon.testing.TestClient(app)
+    for _ in range(12):
+        r = t.simulate_post("/v1/assert", json=body(confidence=7), remote_addr="127.0.0.1")
+        assert r.status_code == 400 and r.json["error"]["field"] == "confidence"
+    assert t.simulate_post("/v1/assert", json=body(), remote_addr="::1").status_code == 201
