@@ -24,10 +24,11 @@ import time
 import urllib.parse
 from typing import Any
 
-import orjson
 from nacl.signing import SigningKey
 
-from .model import LIFECYCLES, SOURCE_CLASSES, hash_object, prepare_assertion, vote_hash
+from .errors import ValidationError
+from .model import assertion_hash as _model_assertion_hash
+from .model import vote_hash
 
 __all__ = ["Client", "APIError", "assertion_hash", "sign_assertion", "sign_vote",
            "SigningKey", "signing_key"]
@@ -57,29 +58,13 @@ def assertion_hash(body: dict) -> str:
 
     ``body`` needs a ``timestamp``: without one the server uses its receive
     time, which cannot be known in advance (:func:`sign_assertion` sets it).
-    Validation is the server's own (:func:`stemedb.model.prepare_assertion`),
-    so a body this accepts is one the server accepts, up to references.
+    Validation is the server's own (:func:`stemedb.model.assertion_hash`), so
+    a body this accepts is one the server accepts, up to references.
     """
-    if body.get("timestamp") is None:
-        raise ValueError("assertion_hash needs a timestamp in the body: without one the server "
-                         "stamps its receive time, so the hash is known only after the write")
-    agent_id = body.get("agent_id")
-    if agent_id is None:
-        return prepare_assertion(_without(body, "signature")).hash.hex()
-    # With agent_id the model insists on a signature, which a signer does not
-    # have yet: validate and resolve the rest with the model, then hash the
-    # contract's hashed object, agent_id included.
-    if type(agent_id) is not str or not _HEX64.match(agent_id):
-        raise ValueError("agent_id must be 64 lower-case hex characters")
-    rec = prepare_assertion(_without(body, "agent_id", "signature"))
-    obj = {"concept_path": rec.concept_path, "predicate": rec.predicate,
-           "value": orjson.loads(rec.value_json), "confidence": rec.confidence,
-           "timestamp": rec.timestamp, "source_class": SOURCE_CLASSES[rec.source_class],
-           "lifecycle": LIFECYCLES[rec.lifecycle], "agent_id": agent_id}
-    for name in ("source", "parent_hash", "derived_from", "epoch"):
-        if body.get(name) is not None:
-            obj[name] = list(body[name]) if name == "derived_from" else body[name]
-    return hash_object(obj).hex()
+    try:
+        return _model_assertion_hash(body)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _without(body: dict, *names: str) -> dict:

@@ -11,7 +11,6 @@ exist) are the store's.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import blake3
 import msgspec
@@ -162,8 +161,22 @@ def hash_object(obj: dict) -> bytes:
     return blake3.blake3(dumps_normalized(n, fast)).digest()
 
 
+def assertion_hash(body) -> str:
+    """The hex hash the store gives ``body``, for a signer.
+
+    Validates like a write, but a signer has ``agent_id`` and no signature
+    yet, so the signature is neither required nor checked.  ``body`` needs a
+    ``timestamp`` (without one the store stamps its receive time).
+    """
+    if not isinstance(body, dict) or body.get("timestamp") is None:
+        raise ValidationError("assertion_hash needs a timestamp in the body: without one the "
+                              "store stamps its receive time", field="timestamp")
+    return prepare_assertion({k: v for k, v in body.items() if k != "signature"},
+                             _signing=True).hash.hex()
+
+
 def prepare_assertion(body, *, default_time_us: int | None = None,
-                      require_signatures: bool = False) -> AssertionRecord:
+                      require_signatures: bool = False, _signing: bool = False) -> AssertionRecord:
     """Validate a request dict and return the record to store (hash included).
 
     ``recorded_at`` is left 0; the log sets it when it assigns the seq.
@@ -227,7 +240,7 @@ def prepare_assertion(body, *, default_time_us: int | None = None,
                               field="agent_id")
     if signature is not None and (type(signature) is not str or not _SIG_RE.match(signature)):
         raise InvalidSignature("signature must be 128 lower-case hex characters", field="signature")
-    if (agent_id is None) != (signature is None):
+    if (agent_id is None) != (signature is None) and not _signing:
         missing = "agent_id" if agent_id is None else "signature"
         raise InvalidSignature(f"agent_id and signature go together; {missing} is missing",
                                field=missing)

@@ -29,6 +29,9 @@ def parse_time(value, field: str) -> int:
     if t is int or t is float:
         if value != value or value in (float("inf"), float("-inf")):
             raise ValidationError(f"{field} must be a finite number of Unix seconds", field=field)
+        if not -1e13 < value < 1e13:   # far outside any year we can write; avoids overflow
+            raise ValidationError(f"{field} is outside the range StemeDB can hash exactly: "
+                                  f"{format_time(MIN_US)} to {format_time(MAX_US)}", field=field)
         us = round(value * 1_000_000) if t is float else value * 1_000_000
     elif t is str:
         s = value.strip()

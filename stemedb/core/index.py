@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import SOURCE_CLASSES  # noqa: F401  (re-exported for the store)
 
 MERGE_AT = 65536
 PRED_BITS = 24

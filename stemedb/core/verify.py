@@ -20,7 +20,7 @@ import orjson
 
 from ..errors import CorruptionError
 from . import codec, fast, snapshot
-from .format import FLAG_MORE, FRAME, FRAME_SIZE, REC_ASSERT, SEGMENT_HEADER_SIZE
+from .format import FLAG_MORE, FRAME, REC_ASSERT, SEGMENT_HEADER_SIZE
 from .segment import read_header
 from .wal import torn_checksum
 

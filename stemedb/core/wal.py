@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable
 
-from ..errors import BadMagic, ChecksumMismatch, CorruptionError, StoreFaulted
+from ..errors import ChecksumMismatch, CorruptionError, StoreFaulted
 from . import codec, fast
 from .fileio import FileSystem
 from .format import FLAG_MORE, FRAME_SIZE, SEGMENT_HEADER_SIZE

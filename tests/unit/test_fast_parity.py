@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from stemedb.core import codec
-from stemedb.core.format import FLAG_MORE, REC_ASSERT, REC_EPOCH, REC_RETRACT, SEGMENT_HEADER_SIZE
+from stemedb.core.format import FLAG_MORE, REC_ASSERT, REC_RETRACT, SEGMENT_HEADER_SIZE
 from stemedb.core.index import str64
 from stemedb.model import prepare_assertion
 
