@@ -254,3 +254,103 @@ def format_time(int64_t us):
     return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (
         out.tm_year + 1900, out.tm_mon + 1, out.tm_mday, out.tm_hour, out.tm_min,
         out.tm_sec, frac)
+
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+
+DEF FLAG_MORE = 0x01
+
+
+cdef inline void wr16(uint8_t* p, uint16_t v) nogil:
+    memcpy(p, &v, 2)
+
+cdef inline void wr32(uint8_t* p, uint32_t v) nogil:
+    memcpy(p, &v, 4)
+
+cdef inline void wr64(uint8_t* p, int64_t v) nogil:
+    memcpy(p, &v, 8)
+
+
+cdef inline Py_ssize_t put(uint8_t* p, const char* src, Py_ssize_t n) nogil:
+    memcpy(p, src, n)
+    return n
+
+
+def encode_assert_frames(records, seqs):
+    """See codec.encode_assert_frames."""
+    cdef Py_ssize_t n = len(records), k, lpath, lpred, lsrc, lep, nd, lval, size, j
+    cdef const char* cpath
+    cdef const char* cpred
+    cdef const char* csrc
+    cdef const char* cep
+    cdef uint8_t* f
+    cdef uint8_t* q
+    cdef int fields
+    cdef double conf
+    frames = []
+    sizes = []
+    for k in range(n):
+        r = records[k]
+        cpath = PyUnicode_AsUTF8AndSize(r.concept_path, &lpath)
+        cpred = PyUnicode_AsUTF8AndSize(r.predicate, &lpred)
+        fields = 0
+        lsrc = lep = nd = 0
+        src, ep, parent, derived, sig = r.source, r.epoch, r.parent_hash, r.derived_from, r.signature
+        if src is not None:
+            fields |= F_SOURCE
+            csrc = PyUnicode_AsUTF8AndSize(src, &lsrc)
+        if ep is not None:
+            fields |= F_EPOCH
+            cep = PyUnicode_AsUTF8AndSize(ep, &lep)
+        if parent is not None:
+            fields |= F_PARENT
+        if derived is not None:
+            fields |= F_DERIVED
+            nd = len(derived)
+        if sig is not None:
+            fields |= F_SIGNED
+        value = r.value_json
+        lval = len(value)
+        size = (FRAME_SIZE + HEAD_SIZE + lpath + lpred + lsrc + lep
+                + (32 if parent is not None else 0) + 32 * nd + (96 if sig is not None else 0) + lval)
+        frame = PyBytes_FromStringAndSize(NULL, size)
+        f = <uint8_t*>PyBytes_AS_STRING(frame)
+        # frame head: length, crc (filled below), type, flags, reserved, seq
+        wr32(f, <uint32_t>(size - FRAME_SIZE))
+        f[8] = 1
+        f[9] = FLAG_MORE if k < n - 1 else 0
+        wr16(f + 10, 0)
+        wr64(f + 12, <int64_t>seqs[k])
+        q = f + FRAME_SIZE
+        memcpy(q, PyBytes_AS_STRING(r.hash), 32)
+        wr64(q + 32, <int64_t>r.recorded_at)
+        wr64(q + 40, <int64_t>r.timestamp)
+        conf = r.confidence
+        memcpy(q + 48, &conf, 8)
+        q[56] = <uint8_t>r.source_class
+        q[57] = <uint8_t>r.lifecycle
+        q[58] = fields
+        q[59] = 0
+        wr16(q + 60, <uint16_t>lpath); wr16(q + 62, <uint16_t>lpred); wr16(q + 64, <uint16_t>lsrc)
+        wr16(q + 66, <uint16_t>lep); wr16(q + 68, <uint16_t>nd); wr16(q + 70, 0)
+        wr32(q + 72, <uint32_t>lval)
+        q += HEAD_SIZE
+        q += put(q, cpath, lpath)
+        q += put(q, cpred, lpred)
+        if fields & F_SOURCE:
+            q += put(q, csrc, lsrc)
+        if fields & F_EPOCH:
+            q += put(q, cep, lep)
+        if fields & F_PARENT:
+            q += put(q, PyBytes_AS_STRING(parent), 32)
+        for j in range(nd):
+            q += put(q, PyBytes_AS_STRING(derived[j]), 32)
+        if fields & F_SIGNED:
+            q += put(q, PyBytes_AS_STRING(r.agent_id), 32)
+            q += put(q, PyBytes_AS_STRING(sig), 64)
+        q += put(q, PyBytes_AS_STRING(value), lval)
+        wr32(f + 4, <uint32_t>_crc(frame[8:]))
+        frames.append(frame)
+        sizes.append(size)
+    return b"".join(frames), sizes

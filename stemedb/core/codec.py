@@ -202,3 +202,17 @@ def extract_segment(buf, offsets, types, seqs, segno: int, first_ord: int,
     src = (np.fromiter((k for k, _ in sources), np.uint64, len(sources)),
            np.fromiter((o for _, o in sources), np.int32, len(sources)))
     return cols, src, edges, metas
+
+
+def encode_assert_frames(records, seqs) -> tuple[bytes, list[int]]:
+    """Frame a group of assertion records: ``(bytes, frame sizes)``.
+
+    Every frame but the last carries ``FLAG_MORE``, so the group is atomic on
+    replay.  The compiled twin builds each frame in place.
+    """
+    from .format import FLAG_MORE, REC_ASSERT
+    frames = []
+    last = len(records) - 1
+    for i, (r, seq) in enumerate(zip(records, seqs)):
+        frames.append(encode_frame(REC_ASSERT, FLAG_MORE if i < last else 0, seq, encode_assert(r)))
+    return b"".join(frames), [len(f) for f in frames]

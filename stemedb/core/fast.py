@@ -33,6 +33,7 @@ scan_frames = _fast.scan_frames if COMPILED else codec.scan_frames
 index_fields = _fast.index_fields if COMPILED else codec.index_fields
 extract_segment = _fast.extract_segment if COMPILED else codec.extract_segment
 decode_assert = _fast.decode_assert if COMPILED else codec.decode_assert
+encode_assert_frames = _fast.encode_assert_frames if COMPILED else codec.encode_assert_frames
 if COMPILED:
     str64 = _fast.fnv1a64
 else:

@@ -368,11 +368,14 @@ class Store:
                 self._next_seq, self._last_stamp = mark
                 raise
             if new:
-                recs_out = [(REC_ASSERT, seq, codec.encode_assert(r),
-                             (r.hash, r.recorded_at, r.timestamp, r.lifecycle, r.concept_path,
-                              r.predicate, r.source, r.epoch, r.parent_hash, r.derived_from))
-                            for _, r, seq in new]
-                req = self._commit(recs_out)
+                data, sizes = fast.encode_assert_frames([r for _, r, _s in new],
+                                                        [seq for _, _r, seq in new])
+                apply_arg = [(REC_ASSERT, seq,
+                              (r.hash, r.recorded_at, r.timestamp, r.lifecycle, r.concept_path,
+                               r.predicate, r.source, r.epoch, r.parent_hash, r.derived_from))
+                             for _, r, seq in new]
+                req = Request(data, sizes, apply_arg)
+                self.wal.enqueue(req)
                 for _, r, seq in new:
                     self._pending[r.hash] = (seq, req)
         try:

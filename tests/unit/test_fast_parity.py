@@ -98,3 +98,10 @@ def test_decode_assert_matches_reference():
 def test_format_time_matches_reference(us):
     from stemedb.timeutil import format_time
     assert _fast.format_time(us) == format_time(us)
+
+
+def test_encode_assert_frames_matches_reference():
+    recs = [r for _b, r in _records(50, seed=5)]
+    seqs = list(range(100, 150))
+    assert _fast.encode_assert_frames(recs, seqs) == codec.encode_assert_frames(recs, seqs)
+    assert _fast.encode_assert_frames(recs[:1], seqs[:1]) == codec.encode_assert_frames(recs[:1], seqs[:1])
