@@ -117,8 +117,9 @@ def _query_loop(fn, keys, budget_s: float) -> dict:
         if e > deadline:
             break
     wall = perf_counter() - t0
-    return {"ops": len(lat), "throughput": len(lat) / wall, "unit": "queries/s",
-            "latencies": lat, "truncated": len(lat) < len(keys)}
+    return {"ops": len(lat), "seconds": wall, "throughput": len(lat) / wall,
+            "unit": "queries/s", "latency_of": "query", "latencies": lat,
+            "truncated": len(lat) < len(keys)}
 
 
 def q1_variants(store) -> dict:
