@@ -9,6 +9,7 @@ close.  Reads scan the file newest first.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import threading
 
@@ -25,15 +26,14 @@ class AuditLog:
         self._queue: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
-        self._counter = 0
+        self._ids = itertools.count(1)
         self._file = open(self.path, "ab")
         self._thread = threading.Thread(target=self._run, name="stemedb-audit", daemon=True)
         self._thread.start()
 
     def new_id(self, at_us: int) -> str:
-        with self._cv:
-            self._counter += 1
-            return f"q{at_us:x}{self._counter % 0x10000:04x}"
+        # itertools.count is atomic under the GIL: no lock on the query path
+        return f"q{at_us:x}{next(self._ids) % 0x10000:04x}"
 
     def add(self, entry_fn) -> None:
         """Queue ``entry_fn`` (called later, off the query path, to build the entry)."""

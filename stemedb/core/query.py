@@ -17,6 +17,7 @@ from ..model import LIFECYCLE_RANK, LIFECYCLES, Assertion, check_concept_path, c
 from ..timeutil import format_time, parse_time
 from .fast import str64
 from .index import PRED_BITS
+from .lens import LensContext, conflict_analysis, effective_confidence, get_lens, trust_rank
 
 DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review", "approved"))
 TRACE_LIMIT = 100
@@ -204,12 +205,11 @@ def _revision_visible(st, o: int, f: Filters) -> bool:
     return ridx is None or not _retraction_visible(st.retractions[ridx], f)
 
 
-def _context(store, f: Filters, cands: list[Assertion], ords: list[int]):
-    from .lens import LensContext, trust_rank
+def _context(store, f: Filters, cands: list[Assertion], ords: list[int], need_votes=True):
     st = store.state
     at = f.as_of if f.as_of is not None else store.clock()
     votes = {}
-    for a, o in zip(cands, ords):
+    for a, o in zip(cands, ords) if need_votes and st.votes else ():
         vs = st.votes.get(o)
         if not vs:
             continue
@@ -256,7 +256,6 @@ def run_query(store, concept_path, *, predicate=None, include_descendants=False,
               lens="recency", as_of=None, known_at=None, since=None, lifecycle=None,
               epoch=None, decay=False, include_retracted=False, limit=100, cursor=None,
               agent=None) -> QueryResult:
-    from .lens import get_lens
     check_concept_path(concept_path)
     if predicate is not None:
         check_name(predicate, "predicate", "predicate")
@@ -281,7 +280,7 @@ def run_query(store, concept_path, *, predicate=None, include_descendants=False,
         active, retracted = gather(store, paths, predicate, f)
         cands = [store._assertion(o) for o in active]
         rcands = [store._assertion(o) for o in retracted] if f.include_retracted else []
-        ctx = _context(store, f, cands, active)
+        ctx = _context(store, f, cands, active, need_votes=lens_obj.name == "vote")
     groups: dict[tuple, list[Assertion]] = {}
     for a in cands:
         groups.setdefault((a.concept_path, a.predicate), []).append(a)
@@ -318,7 +317,6 @@ def run_query(store, concept_path, *, predicate=None, include_descendants=False,
 
 
 def _audit(store, agent, params, results, groups, ctx):
-    from .lens import effective_confidence
     at = store.clock()
     qid = store.audit.new_id(at)
 
@@ -338,7 +336,6 @@ def _audit(store, agent, params, results, groups, ctx):
 def run_skeptic(store, concept_path, predicate, *, include_descendants=False, as_of=None,
                 known_at=None, since=None, lifecycle=None, epoch=None, decay=False,
                 include_retracted=False, agent=None, **_ignored) -> dict:
-    from .lens import conflict_analysis
     check_concept_path(concept_path)
     check_name(predicate, "predicate", "predicate")
     f = parse_filters(as_of, known_at, since, lifecycle, epoch, decay, include_retracted)
