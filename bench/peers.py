@@ -331,7 +331,7 @@ class RocksAdapter(Adapter):
     @classmethod
     def available(cls):
         try:
-            import rocksdict  # noqa: F401
+            import rocksdict  # noqa: F401 - only whether it imports
         except ImportError as e:
             return f"rocksdict not installed ({e})"
         return None
@@ -368,7 +368,6 @@ class RocksAdapter(Adapter):
         hashes = []
         it = self.db.iter()
         it.seek(p)
-        n = len(p)
         while it.valid():
             k = it.key()
             if not k.startswith(p):

@@ -421,7 +421,7 @@ class Runner:
 
     def issue3(self) -> None:
         """Q1, C1, E1 on the loaded StemeDB store (and sqlite for Q1)."""
-        cfg, w = self.cfg, self.w
+        cfg = self.cfg
         if "stemedb" not in self.paths:
             for wl in ("Q1", "C1", "E1"):
                 if wl in self.only and "stemedb" in self.engines:
@@ -765,10 +765,14 @@ def verdicts(results: dict, cfg: Config, label: str, implementation: str | None)
 
 # ------------------------------------------------------------- the report
 
-def _engine_rows(results: dict, wl: str, peer: str | None, labels: list[str]) -> list[str]:
+def _engine_rows(results: dict, wl: str, peer: str | None, labels: list[str],
+                 pure_peers: dict | None = None) -> list[str]:
+    """One table row per engine; the pure pass's row is divided by the peer
+    figure of its own pass (``pure_peers``), like its verdicts."""
     rows = []
-    base = _thr(results.get(peer) or {}, wl) if peer else None
     for label in labels:
+        src = (pure_peers or {}) if label == "stemedb-pure" else results
+        base = _thr(src.get(peer) or {}, wl) if peer else None
         r = (results.get(label) or {}).get(wl)
         if r is None:
             continue
@@ -809,7 +813,7 @@ def render_markdown(doc: dict) -> str:
           + f"; in-process implementation **{impl.get('stemedb', 'unavailable')}**"
           + (f", second pass **{impl.get('stemedb-pure', '?')}** (STEMEDB_PURE_PYTHON=1, subprocess)"
              if "stemedb-pure" in impl else "") + " |",
-          f"| peers | " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()) + " |",
+          "| peers | " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()) + " |",
           f"| disk | fdatasync of 250 B: p50 {fs.get('p50_ms', float('nan')):.3f} ms, "
           f"p99 {fs.get('p99_ms', float('nan')):.3f} ms, max {fs.get('max_ms', float('nan')):.3f} ms |",
           f"| load average | start {'/'.join(f'{x:.2f}' for x in h['loadavg_start'])}, "
@@ -846,7 +850,8 @@ def render_markdown(doc: dict) -> str:
     L.append("")
     if "stemedb-pure" in steme_labels:
         L += ["The pure-Python column's ratios divide by the peers' figures of the pure "
-              "pass (the same subprocess run), not by the tables below.", ""]
+              "pass (the same subprocess run; in the JSON under `pure_pass_peers`), in the "
+              "tables below too.", ""]
     if steme_labels and cfg.n != 1_000_000:
         L += ["`*` the target is stated at 1,000,000 assertions; this run had "
               f"{cfg.n:,}, so the verdict is indicative only.", ""]
@@ -871,7 +876,8 @@ def render_markdown(doc: dict) -> str:
                                                       else "per query")
         L += [f"### {wl}: {DESCRIPTIONS[wl]}", "",
               f"| engine | {unit} (median) | each run | p50 ms | p99 ms | max ms | vs {peer} |",
-              "|---|---|---|---|---|---|---|", *_engine_rows(res, wl, peer, labels), "",
+              "|---|---|---|---|---|---|---|",
+              *_engine_rows(res, wl, peer, labels, doc.get("pure_pass_peers")), "",
               f"Latency {lat_of}."]
         for lab in steme_labels:
             g = ((res.get(lab) or {}).get(wl) or {}).get("group_commit")
