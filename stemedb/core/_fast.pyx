@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Compiled twins of codec.scan_frames and codec.index_fields.
+"""Compiled twins of codec's measured hot loops: scan_frames, extract_segment,
+decode_assert, encode_assert_frames (and timeutil.format_time, index.str64).
 
-Same arguments, same answers (tests/unit/test_codec_parity.py); the pure
+Same arguments, same answers (tests/unit/test_fast_parity.py); the pure
 functions in codec.py are the reference.  CRC32C is google-crc32c's, called
 once per record; only the framing walk and the field extraction are ours.
 """
@@ -81,30 +82,6 @@ def scan_frames(buf, Py_ssize_t start, Py_ssize_t end):
         seqs.append(<uint64_t>rd64(base + pos + 12))
         pos = stop
     return offsets, types, flags, seqs, pos, reason
-
-
-def index_fields(buf, Py_ssize_t off):
-    """See codec.index_fields."""
-    cdef const uint8_t[:] mv = buf
-    cdef const uint8_t* p = &mv[off]
-    cdef int64_t rec = rd64(p + 32), ts = rd64(p + 40)
-    cdef int lc = p[57], fields = p[58]
-    cdef Py_ssize_t lpath = rd16(p + 60), lpred = rd16(p + 62), lsrc = rd16(p + 64)
-    cdef Py_ssize_t lep = rd16(p + 66), nd = rd16(p + 68), i
-    h = (<const char*>p)[:32]
-    cdef const uint8_t* q = p + HEAD_SIZE
-    path = PyUnicode_DecodeUTF8(<const char*>q, lpath, NULL); q += lpath
-    pred = PyUnicode_DecodeUTF8(<const char*>q, lpred, NULL); q += lpred
-    src = ep = parent = derived = None
-    if fields & F_SOURCE:
-        src = PyUnicode_DecodeUTF8(<const char*>q, lsrc, NULL); q += lsrc
-    if fields & F_EPOCH:
-        ep = PyUnicode_DecodeUTF8(<const char*>q, lep, NULL); q += lep
-    if fields & F_PARENT:
-        parent = (<const char*>q)[:32]; q += 32
-    if fields & F_DERIVED:
-        derived = [(<const char*>(q + 32 * i))[:32] for i in range(nd)]
-    return h, rec, ts, lc, path, pred, src, ep, parent, derived
 
 
 cimport numpy as cnp

@@ -1,7 +1,8 @@
 """Record encoding, decoding and log scanning: the pure-Python reference.
 
-``_fast.pyx`` implements :func:`scan_frames` and :func:`index_fields` again
-for speed; ``tests/unit/test_codec_parity.py`` holds the two to the same
+``_fast.pyx`` implements :func:`scan_frames`, :func:`extract_segment`,
+:func:`decode_assert` and :func:`encode_assert_frames` again
+for speed; ``tests/unit/test_fast_parity.py`` holds the two to the same
 answers.  Everything here follows docs/format.md.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``STEMEDB_PURE_PYTHON=1`` forces the pure path; ``STEMEDB_REQUIRE_FAST=1``
 makes a missing compiled build fatal (CI runs the suite both ways).  Both
-paths give the same answers (tests/unit/test_codec_parity.py).
+paths give the same answers (tests/unit/test_fast_parity.py).
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ if not _pure:
 
 COMPILED = _fast is not None
 scan_frames = _fast.scan_frames if COMPILED else codec.scan_frames
-index_fields = _fast.index_fields if COMPILED else codec.index_fields
 extract_segment = _fast.extract_segment if COMPILED else codec.extract_segment
 decode_assert = _fast.decode_assert if COMPILED else codec.decode_assert
 encode_assert_frames = _fast.encode_assert_frames if COMPILED else codec.encode_assert_frames

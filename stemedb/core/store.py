@@ -34,8 +34,8 @@ from . import codec, fast, snapshot
 from .audit import AuditLog
 from .fileio import FileSystem
 from .format import (
-    FLAG_MORE, FORMAT_MAJOR, FORMAT_MINOR, FRAME, FRAME_SIZE, REC_ASSERT, REC_EPOCH,
-    REC_OUTCOME, REC_RETRACT, REC_VOTE,
+    FLAG_MORE, FORMAT_MAJOR, FORMAT_MINOR, FRAME, FRAME_SIZE, REC_ASSERT, REC_EPOCH, REC_OUTCOME,
+    REC_RETRACT, REC_VOTE, SEGMENT_HEADER_SIZE,
 )
 from .index import unpack_loc
 from .state import State
@@ -47,7 +47,6 @@ _dec = msgspec.msgpack.Decoder()
 
 
 def implementation() -> str:
-    from . import fast
     return "compiled" if fast.COMPILED else "pure"
 
 
@@ -158,13 +157,45 @@ class Store:
             state = State()
             start = (wal.segments[0].number, None)
             self.rebuilt = True
+        else:
+            self._check_covered(start, state.last_seq)
         self.state = state
-        from . import fast
         n = fast.replay(self, start)
         self.replayed = n
         log.info("Replayed %d entries from WAL", n)
         if self.rebuilt:
             log.info("Index rebuild complete in %.3fs", time.monotonic() - t0)
+
+    def _check_covered(self, start: tuple[int, int], snapshot_seq: int) -> None:
+        """Check every CRC (and seq order) of the log the snapshot covers.
+
+        Replay after a snapshot reads only the tail, but damage anywhere in
+        the log must refuse the start, not wait for a read to trip on it:
+        one scan, ~0.4 s per million records compiled, nothing written.
+        """
+        segno, offset = start
+        prev = 0
+        for seg in self.wal.segments:
+            if seg.number > segno:
+                break
+            end = offset if seg.number == segno else os.path.getsize(seg.path)
+            buf = seg.read(0, end)
+            offsets, _t, _f, seqs, stop, _reason = fast.scan_frames(buf, SEGMENT_HEADER_SIZE, end)
+            if stop != end:
+                raise ChecksumMismatch(
+                    f"Checksum mismatch in WAL segment {seg.path} at offset {stop}",
+                    file=seg.path, offset=stop)
+            arr = np.fromiter(seqs, dtype=np.int64, count=len(seqs))
+            if len(arr) and (arr[0] <= prev or bool(np.any(arr[1:] <= arr[:-1]))):
+                raise ChecksumMismatch(
+                    f"Checksum mismatch in WAL segment {seg.path}: seqs out of order",
+                    file=seg.path)
+            if len(arr):
+                prev = int(arr[-1])
+        if prev != snapshot_seq:
+            raise CorruptionError(
+                f"the index snapshot ends at seq {snapshot_seq} but the WAL it covers ends at "
+                f"{prev}; delete {os.path.join(self.path, 'db', 'indexes')} to rebuild")
 
     def _has_metadata_for_existing_log(self) -> bool:
         try:

@@ -54,3 +54,24 @@ def test_timestamp_beyond_exact_json_integers_is_refused(tmp_path, ts):
         with pytest.raises(ValidationError) as exc:
             s.put(body(1, timestamp=ts))
         assert exc.value.field == "timestamp"
+
+
+def test_damage_under_a_snapshot_still_refuses_the_start(tmp_path):
+    """A clean shutdown leaves a snapshot covering the whole log; a flipped
+    byte in the middle must still refuse the start, naming file and offset,
+    and change nothing."""
+    from stemedb.errors import ChecksumMismatch
+    from tests.conftest import tree_bytes
+    with open_store(tmp_path, fs=NoFsyncFS()) as s:
+        for i in range(20):
+            s.put(body(i))
+    seg = tmp_path / "wal" / "segment-00001.log"
+    raw = bytearray(seg.read_bytes())
+    raw[300] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    before = {k: v for k, v in tree_bytes(tmp_path).items() if k != "LOCK"}
+    with pytest.raises(ChecksumMismatch) as exc:
+        open_store(tmp_path)
+    assert str(exc.value).startswith(f"Checksum mismatch in WAL segment {seg} at offset ")
+    after = {k: v for k, v in tree_bytes(tmp_path).items() if k != "LOCK"}
+    assert after == before, "a refused start changes no file"
