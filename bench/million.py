@@ -1,0 +1,106 @@
+"""The million-assertion figures of issue 2, in minutes rather than the hour
+``python -m bench.run --n 1000000`` takes: open from a snapshot, RSS per
+assertion, full rebuild rate, disk per assertion.
+
+    python -m bench.million [--n 1000000] [--dir DIR]
+
+Loads N assertions (the workload's shape: 10,000 paths, 50 predicates, ~250
+bytes) in durable batches of 1,000, closes the store, then measures each
+figure in a fresh subprocess (so RSS is the store's, not the loader's):
+open with the snapshot, then open after deleting ``db/indexes`` (rebuild).
+Prints one line per figure; the implementation is the one the environment
+selects (``STEMEDB_PURE_PYTHON=1`` for the pure path).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+PROBE = r"""
+import gc, json, os, resource, sys, time
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+import numpy, sortedcontainers, msgspec, orjson, blake3, google_crc32c  # noqa: F401
+from stemedb import open_store
+import stemedb.core.store, stemedb.core.lens, stemedb.core.query  # noqa: F401
+gc.collect(); base = rss()
+t = time.perf_counter(); s = open_store(sys.argv[1], audit=False); el = time.perf_counter() - t
+gc.collect(); used = rss() - base
+print(json.dumps({"open_s": el, "rebuilt": s.rebuilt, "count": s.count, "records": s.replayed,
+                  "rss_bytes": used, "implementation": s.implementation,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}))
+s.close()
+"""
+
+
+def load(path: str, n: int) -> float:
+    from stemedb import open_store
+    rnd = random.Random(20260211)
+    t = time.perf_counter()
+    with open_store(path, audit=False) as s:
+        batch = []
+        for i in range(n):
+            batch.append({
+                "concept_path": f"dom{i % 10}/ent{(i // 10) % 100}/asp{(i // 1000) % 10}",
+                "predicate": f"pred{rnd.randrange(50)}",
+                "value": {"level": rnd.choice(["rare", "common", "none"]), "n": i,
+                          "note": "x" * rnd.randrange(40, 80)},
+                "confidence": round(rnd.random(), 3), "source": f"pubmed://{rnd.randrange(10**8)}",
+                "timestamp": 1_700_000_000 + i})
+            if len(batch) == 1000:
+                s.put_batch(batch)
+                batch = []
+        if batch:
+            s.put_batch(batch)
+    return time.perf_counter() - t
+
+
+def probe(path: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE, path], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def du(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dir", default=None, help="where the store goes (default: a temp dir)")
+    args = ap.parse_args(argv)
+    root = args.dir or tempfile.mkdtemp(prefix="stemedb-million-")
+    path = os.path.join(root, "data")
+    try:
+        el = load(path, args.n)
+        print(f"load: {args.n:,} assertions in durable batches of 1,000: {el:.1f} s "
+              f"({args.n / el:,.0f}/s)")
+        wal, db = du(os.path.join(path, "wal")), du(os.path.join(path, "db"))
+        print(f"disk: WAL {wal / args.n:.0f} + snapshot {db / args.n:.0f} = "
+              f"{(wal + db) / args.n:.0f} bytes/assertion")
+        p = probe(path)
+        print(f"open from snapshot ({p['implementation']}): {p['open_s']:.2f} s, "
+              f"RSS {p['rss_bytes'] / p['count']:.0f} bytes/assertion "
+              f"({p['rss_bytes'] / 1e6:.0f} MB for {p['count']:,})")
+        shutil.rmtree(os.path.join(path, "db", "indexes"))
+        p = probe(path)
+        print(f"rebuild from WAL ({p['implementation']}): {p['open_s']:.2f} s for "
+              f"{p['records']:,} records = {p['records'] / p['open_s']:,.0f} records/s "
+              f"(open time, snapshot write included)")
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
