@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 from . import codec
-from .format import SEGMENT_HEADER_SIZE
 
 _pure = os.environ.get("STEMEDB_PURE_PYTHON", "0") not in ("", "0")
 _require = os.environ.get("STEMEDB_REQUIRE_FAST", "0") not in ("", "0")
@@ -42,15 +41,3 @@ else:
 if COMPILED:
     from .. import model as _model
     _model._use_compiled_time_format()
-
-
-def replay(store, start) -> int:
-    """Apply every record from ``start`` = (segment number, offset or None)."""
-    wal = store.wal
-    segno, offset = start
-    n = 0
-    segs = [s for s in wal.segments if s.number >= segno]
-    for i, seg in enumerate(segs):
-        off = offset if (seg.number == segno and offset is not None) else SEGMENT_HEADER_SIZE
-        n += store._replay_segment(seg, off, last=(i == len(segs) - 1))
-    return n

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import msgspec
-import numpy as np
 import orjson
 
 from .. import __version__
 from ..errors import (
-    ChecksumMismatch, Conflict, CorruptionError, NotFound, StoreClosed, StoreFaulted,
+    ChecksumMismatch, Conflict, NotFound, StoreClosed, StoreFaulted,
     StoreLocked, UnknownReference, ValidationError,
 )
 from ..model import (
@@ -30,15 +29,14 @@ from ..model import (
     check_source, prepare_assertion, verify_signature, vote_hash,
 )
 from ..timeutil import format_time, now_us
-from . import codec, fast, snapshot
+from . import codec, fast, recovery, snapshot
 from .audit import AuditLog
 from .fileio import FileSystem
 from .format import (
     FLAG_MORE, FORMAT_MAJOR, FORMAT_MINOR, FRAME, FRAME_SIZE, REC_ASSERT, REC_EPOCH, REC_OUTCOME,
-    REC_RETRACT, REC_VOTE, SEGMENT_HEADER_SIZE,
+    REC_RETRACT, REC_VOTE,
 )
 from .index import unpack_loc
-from .state import State
 from .wal import WAL, Request
 
 log = logging.getLogger("stemedb")
@@ -108,7 +106,7 @@ class Store:
         try:
             self.wal = WAL(os.path.join(self.path, "wal"), fs=self.fs, segment_size=segment_size,
                            durability=durability, batch_delay=batch_delay_ms / 1000.0)
-            self._recover()
+            recovery.recover(self)
             self.wal.apply = self._apply_group
             self.wal.start_appending()
             self._next_seq = self.state.last_seq + 1
@@ -135,138 +133,6 @@ class Store:
         if getattr(self, "audit", None) is not None:
             self.audit.close()
         os.close(self._lock_fd)
-
-    # ------------------------------------------------------------ recovery
-    def _recover(self) -> None:
-        log.info("Starting WAL recovery...")
-        wal = self.wal
-        wal.open()
-        if not wal.segments:
-            if self._has_metadata_for_existing_log():
-                raise CorruptionError(
-                    f"{self.wal.dir} holds no segments but metadata.json says the store has "
-                    f"data; restore the WAL from a backup (see docs/operations)")
-            wal.create_first()
-            self.state = State()
-            log.info("Replayed 0 entries from WAL")
-            return
-        state, start = self._load_snapshot()
-        t0 = time.monotonic()
-        if state is None:
-            log.info("Rebuilding indexes...")
-            state = State()
-            start = (wal.segments[0].number, None)
-            self.rebuilt = True
-        else:
-            self._check_covered(start, state.last_seq)
-        self.state = state
-        n = fast.replay(self, start)
-        self.replayed = n
-        log.info("Replayed %d entries from WAL", n)
-        if self.rebuilt:
-            log.info("Index rebuild complete in %.3fs", time.monotonic() - t0)
-
-    def _check_covered(self, start: tuple[int, int], snapshot_seq: int) -> None:
-        """Check every CRC (and seq order) of the log the snapshot covers.
-
-        Replay after a snapshot reads only the tail, but damage anywhere in
-        the log must refuse the start, not wait for a read to trip on it:
-        one scan, ~0.4 s per million records compiled, nothing written.
-        """
-        segno, offset = start
-        prev = 0
-        for seg in self.wal.segments:
-            if seg.number > segno:
-                break
-            end = offset if seg.number == segno else os.path.getsize(seg.path)
-            buf = seg.read(0, end)
-            offsets, _t, _f, seqs, stop, _reason = fast.scan_frames(buf, SEGMENT_HEADER_SIZE, end)
-            if stop != end:
-                raise ChecksumMismatch(
-                    f"Checksum mismatch in WAL segment {seg.path} at offset {stop}",
-                    file=seg.path, offset=stop)
-            arr = np.fromiter(seqs, dtype=np.int64, count=len(seqs))
-            if len(arr) and (arr[0] <= prev or bool(np.any(arr[1:] <= arr[:-1]))):
-                raise ChecksumMismatch(
-                    f"Checksum mismatch in WAL segment {seg.path}: seqs out of order",
-                    file=seg.path)
-            if len(arr):
-                prev = int(arr[-1])
-        if prev != snapshot_seq:
-            raise CorruptionError(
-                f"the index snapshot ends at seq {snapshot_seq} but the WAL it covers ends at "
-                f"{prev}; delete {os.path.join(self.path, 'db', 'indexes')} to rebuild")
-
-    def _has_metadata_for_existing_log(self) -> bool:
-        try:
-            with open(os.path.join(self.path, "metadata.json"), "rb") as f:
-                return orjson.loads(f.read()).get("last_seq", 0) > 0
-        except (OSError, ValueError):
-            return False
-
-    def _load_snapshot(self):
-        path = snapshot.snapshot_path(os.path.join(self.path, "db"))
-        if not os.path.exists(path):
-            return None, None
-        try:
-            state, pos = snapshot.read(path)
-        except (CorruptionError, ValueError, KeyError, msgspec.DecodeError) as exc:
-            log.warning("Index snapshot unusable (%s); rebuilding from the WAL", exc)
-            return None, None
-        reason = self._snapshot_mismatch(pos)
-        if reason:
-            log.warning("Index snapshot does not match the WAL (%s); rebuilding from the WAL",
-                        reason)
-            return None, None
-        self.wal.last_frame = pos.get("last_record")
-        return state, (pos["segment"], pos["offset"])
-
-    def _snapshot_mismatch(self, pos: dict) -> str | None:
-        wal = self.wal
-        if bytes(pos.get("log_id", b"")) != wal.log_id:
-            return "it belongs to another log"
-        numbers = [s.number for s in wal.segments]
-        if pos["segment"] not in numbers:
-            return f"segment {pos['segment']} is not in the WAL"
-        last = pos.get("last_record")
-        if last is None:
-            return None if pos["segment"] == numbers[0] else "no record to anchor it"
-        seg_no, off, seq, crc = last
-        if seg_no not in numbers:
-            return f"segment {seg_no} is not in the WAL"
-        seg = wal.segment(seg_no)
-        size = os.path.getsize(seg.path)
-        if off + FRAME_SIZE > size or pos["offset"] > os.path.getsize(wal.segment(pos["segment"]).path):
-            return "the WAL is shorter than the snapshot"
-        head = seg.read(off, FRAME_SIZE)
-        length, fcrc, _t, _f, _r, fseq = FRAME.unpack_from(head)
-        if fseq != seq or fcrc != crc:
-            return "the record it ends at differs"
-        return None
-
-    def _replay_segment(self, seg, start, last: bool) -> int:
-        """Apply every record of ``seg`` from ``start``, checking every CRC."""
-        buf, offsets, types, flags, seqs = self.wal.scan(seg, start, last=last)
-        prev = self.state.last_seq
-        arr = np.fromiter(seqs, dtype=np.int64, count=len(seqs))
-        if len(arr) and (arr[0] <= prev or bool(np.any(arr[1:] <= arr[:-1]))):
-            for off, seq in zip(offsets, seqs):
-                if seq <= prev:
-                    raise ChecksumMismatch(
-                        f"Checksum mismatch in WAL segment {seg.path} at offset {off} "
-                        f"(seq {seq} does not follow {prev})", file=seg.path, offset=off)
-                prev = seq
-        self.state.bulk_segment(buf, offsets, types, seqs, seg.number, fast.extract_segment,
-                                self._decode_meta)
-        return len(offsets)
-
-    @staticmethod
-    def _decode_meta(rtype: int, buf, off: int, segno: int) -> dict:
-        if rtype not in (REC_RETRACT, REC_VOTE, REC_EPOCH, REC_OUTCOME):
-            raise CorruptionError(f"unknown record type {rtype} in WAL segment {segno} "
-                                  f"at offset {off}", offset=off)
-        length = int.from_bytes(buf[off:off + 4], "little")
-        return _dec.decode(buf[off + FRAME_SIZE:off + FRAME_SIZE + length])
 
     # ------------------------------------------------------------ writing
     def _apply_group(self, group: list[Request]) -> None:
