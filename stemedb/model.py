@@ -182,8 +182,11 @@ def prepare_assertion(body, *, default_time_us: int | None = None,
     ``recorded_at`` is left 0; the log sets it when it assigns the seq.
     Raises ``ValidationError`` (or a subclass) naming the field at fault.
     """
-    if not isinstance(body, dict):
-        raise ValidationError("an assertion must be a JSON object", field=None)
+    if isinstance(body, Assertion):
+        body = body.request_dict()
+    elif not isinstance(body, dict):
+        raise ValidationError("an assertion must be a JSON object (a dict) or an Assertion",
+                              field=None)
     unknown = body.keys() - ASSERTION_FIELDS
     if unknown:
         name = sorted(unknown)[0]
@@ -373,6 +376,11 @@ class Assertion:
     def value_key(self) -> bytes:
         """Canonical JSON of the value: equal values have equal keys."""
         return self.record.value_json
+
+    def request_dict(self) -> dict:
+        """The request fields, as a body that stores (and hashes) to this assertion."""
+        d = {name: getattr(self, name) for name in ASSERTION_FIELDS}
+        return {k: v for k, v in d.items() if v is not None or k == "value"}
 
     def to_dict(self) -> dict:
         d = {

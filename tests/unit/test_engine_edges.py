@@ -75,3 +75,14 @@ def test_damage_under_a_snapshot_still_refuses_the_start(tmp_path):
     assert str(exc.value).startswith(f"Checksum mismatch in WAL segment {seg} at offset ")
     after = {k: v for k, v in tree_bytes(tmp_path).items() if k != "LOCK"}
     assert after == before, "a refused start changes no file"
+
+
+def test_put_takes_the_librarys_own_assertion_type(tmp_path):
+    """The contract: assertions go in as dicts or as the library's own type."""
+    with open_store(tmp_path / "a", fs=NoFsyncFS()) as a, \
+            open_store(tmp_path / "b", fs=NoFsyncFS()) as b:
+        src = a.get(a.put(body(3, source="fda://x", value=None)).hash)
+        copied = b.put(src)
+        assert copied.created and copied.hash == src.hash, "same claim, same hash elsewhere"
+        assert b.get(src.hash).value is None
+        assert b.put_batch([src])[0].created is False
