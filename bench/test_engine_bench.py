@@ -75,8 +75,8 @@ def test_peer_key_is_blake3_of_sorted_json():
 
 # --------------------------------------------------------------- writes
 
-def test_w1_single_writer(benchmark, engine_name, workload, fresh):
-    items = workload.assertions[:W1_COUNT]
+def _write_rounds(benchmark, engine_name, fresh, items, write, what):
+    """Each round writes ``items`` into a fresh store; every store must hold them all."""
     engines, results = [], []
 
     def setup():
@@ -85,48 +85,30 @@ def test_w1_single_writer(benchmark, engine_name, workload, fresh):
         return (eng,), {}
 
     def run(eng):
-        results.append(w1_single_writer(eng, items, budget_s=30))
+        results.append(write(eng, items))
 
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
     _info(benchmark, results[-1])
     for eng in engines:
-        assert eng.count() == W1_COUNT, f"{engine_name}: W1 must store every durable record"
+        assert eng.count() == len(items), f"{engine_name}: {what}"
+
+
+def test_w1_single_writer(benchmark, engine_name, workload, fresh):
+    _write_rounds(benchmark, engine_name, fresh, workload.assertions[:W1_COUNT],
+                  lambda eng, items: w1_single_writer(eng, items, budget_s=30),
+                  "W1 must store every durable record")
 
 
 def test_w2_eight_threads(benchmark, engine_name, workload, fresh):
-    items = workload.assertions[:W2_COUNT]
-    engines, results = [], []
-
-    def setup():
-        eng = fresh(engine_name)
-        engines.append(eng)
-        return (eng,), {}
-
-    def run(eng):
-        results.append(w2_threads(eng, items, threads=8, budget_s=30))
-
-    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
-    _info(benchmark, results[-1])
-    for eng in engines:
-        assert eng.count() == W2_COUNT, f"{engine_name}: W2 must store every thread's records"
+    _write_rounds(benchmark, engine_name, fresh, workload.assertions[:W2_COUNT],
+                  lambda eng, items: w2_threads(eng, items, threads=8, budget_s=30),
+                  "W2 must store every thread's records")
 
 
 def test_w3_bulk_batches(benchmark, engine_name, workload, fresh):
-    items = workload.assertions[:W3_COUNT]
-    engines, results = [], []
-
-    def setup():
-        eng = fresh(engine_name)
-        engines.append(eng)
-        return (eng,), {}
-
-    def run(eng):
-        results.append(w3_bulk(eng, items, batch=1000, budget_s=60))
-
-    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
-    _info(benchmark, results[-1])
-    for eng in engines:
-        assert eng.count() == W3_COUNT, f"{engine_name}: W3 must store every batch"
+    _write_rounds(benchmark, engine_name, fresh, workload.assertions[:W3_COUNT],
+                  lambda eng, items: w3_bulk(eng, items, batch=1000, budget_s=60),
+                  "W3 must store every batch")
 
 
 # ---------------------------------------------------------------- reads
