@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from time import perf_counter
 
-from .suite import latency_summary, median
+from .suite import latency_summary, median, timed_calls
 
 HOT_PATH = "bench/hot/claim"
 HOT_PREDICATE = "verdict"
@@ -106,17 +106,7 @@ def hot_key_assertions(n: int = HOT_CANDIDATES) -> list[dict]:
 
 
 def _query_loop(fn, keys, budget_s: float) -> dict:
-    lat = []
-    deadline = perf_counter() + budget_s
-    t0 = perf_counter()
-    for k in keys:
-        s = perf_counter()
-        fn(*k)
-        e = perf_counter()
-        lat.append(e - s)
-        if e > deadline:
-            break
-    wall = perf_counter() - t0
+    lat, wall, _ = timed_calls(fn, keys, budget_s)
     return {"ops": len(lat), "seconds": wall, "throughput": len(lat) / wall,
             "unit": "queries/s", "latency_of": "query", "latencies": lat,
             "truncated": len(lat) < len(keys)}

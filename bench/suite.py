@@ -49,22 +49,32 @@ def median(values: list[float]) -> float:
     return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
 
 
+def timed_calls(fn, args_list, budget_s: float, count=None) -> tuple[list[float], float, int]:
+    """Call ``fn(*args)`` for each args until done or ``budget_s`` is spent.
+
+    Returns (latency per call, wall seconds, sum of ``count(result)``).
+    """
+    lat = []
+    total = 0
+    deadline = perf_counter() + budget_s
+    t0 = perf_counter()
+    for args in args_list:
+        s = perf_counter()
+        got = fn(*args)
+        e = perf_counter()
+        if count is not None:
+            total += count(got)
+        lat.append(e - s)
+        if e > deadline:
+            break
+    return lat, perf_counter() - t0, total
+
+
 # -------------------------------------------------------------- writes
 
 def w1_single_writer(adapter, assertions: list[dict], *, budget_s: float = 60.0) -> dict:
     """W1: one writer, one durable record per commit.  ops/s = records/s."""
-    lat = []
-    put = adapter.put
-    deadline = perf_counter() + budget_s
-    t0 = perf_counter()
-    for a in assertions:
-        s = perf_counter()
-        put(a)
-        e = perf_counter()
-        lat.append(e - s)
-        if e > deadline:
-            break
-    wall = perf_counter() - t0
+    lat, wall, _ = timed_calls(adapter.put, [(a,) for a in assertions], budget_s)
     return {"ops": len(lat), "seconds": wall, "throughput": len(lat) / wall,
             "unit": "records/s", "latencies": lat, "truncated": len(lat) < len(assertions)}
 
@@ -143,19 +153,7 @@ def w3_bulk(adapter, assertions: list[dict], *, batch: int = 1000,
 # --------------------------------------------------------------- reads
 
 def _reads(fn, args_list, budget_s: float) -> dict:
-    lat = []
-    records = 0
-    deadline = perf_counter() + budget_s
-    t0 = perf_counter()
-    for args in args_list:
-        s = perf_counter()
-        got = fn(*args)
-        e = perf_counter()
-        records += len(got)
-        lat.append(e - s)
-        if e > deadline:
-            break
-    wall = perf_counter() - t0
+    lat, wall, records = timed_calls(fn, args_list, budget_s, count=len)
     return {"ops": len(lat), "records": records, "seconds": wall,
             "throughput": records / wall, "unit": "records/s",
             "queries_per_s": len(lat) / wall, "latencies": lat,
