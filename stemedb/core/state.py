@@ -11,7 +11,7 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from . import fast
-from .index import PRED_BITS, Columns, MultiMap, h64, pack_loc, str64
+from .index import PRED_BITS, Columns, MultiMap, h64, pack_loc
 
 
 @dataclass
@@ -212,32 +212,6 @@ class State:
                     lst = self.dependents.setdefault(p, [])
                     if not lst or lst[-1] != o:
                         lst.append(o)
-
-    def apply_assert(self, seq: int, segment: int, offset: int, fields) -> int:
-        h, rec, ts, lc, path, pred, src, ep, parent, derived = fields
-        pid = self.path_id(path)
-        key = (pid << PRED_BITS) | self.pred_id(pred)
-        eid = self.epochs[ep].id if ep is not None else 0
-        o = self.cols.append(seq, pack_loc(segment, offset), ts, rec, key, pid, eid, lc, h)
-        self.by_hash.add(h64(h), o)
-        self.by_key.add(key, o)
-        self.by_path.add(pid, o)
-        if src is not None:
-            self.by_source.add(str64(src), o)
-        if parent is not None:
-            p = self.ordinal(parent)
-            if p is not None:
-                self.revisions.setdefault(p, []).append(o)
-                self.dependents.setdefault(p, []).append(o)
-        if derived is not None:
-            for d in derived:
-                p = self.ordinal(d)
-                if p is not None:
-                    lst = self.dependents.setdefault(p, [])
-                    if not lst or lst[-1] != o:
-                        lst.append(o)
-        self._note(seq, rec)
-        return o
 
     # ------------------------------------------------------------ bulk replay
     def bulk_segment(self, buf, offsets, types, seqs, segno: int, extract, decode_meta) -> None:
