@@ -1,42 +1,62 @@
 # StemeDB: `make serve` runs the server, `make test` runs the tests.
-# Both do all the set-up first (a virtualenv in .venv with every Python
-# package, the Cython build, and the Debian packages the tests drive).
+#
+# Each does its own set-up first, once (a virtualenv in .venv):
+#   setup-serve  what serving needs: the runtime Python packages and the
+#                Cython build of stemedb/core/_fast.pyx. Nothing else.
+#   setup-test   setup-serve, then the test extras (pytest, the S3 client,
+#                the benchmark peers) and the Debian packages the tests drive
+#                (chromium, nginx, prometheus, jq, openssl: see
+#                scripts/setup-test-system.sh). Only `make test` and the
+#                targets after it need these.
+#   setup        = setup-test (CI runs `make setup`).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.stamp-setup
+STAMP_SERVE := $(VENV)/.stamp-serve
+STAMP_TEST  := $(VENV)/.stamp-test
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-pure test-fast bench bench-smoke clean-build
+.PHONY: setup setup-serve setup-test serve test test-pure test-fast bench bench-smoke clean-build
 
-setup: $(STAMP)
+setup: setup-test
+setup-serve: $(STAMP_SERVE)
+setup-test: $(STAMP_TEST)
 
-$(STAMP): pyproject.toml setup.py stemedb/core/_fast.pyx scripts/setup-system.sh
-	bash scripts/setup-system.sh
+$(STAMP_SERVE): pyproject.toml setup.py stemedb/core/_fast.pyx scripts/setup-system.sh
+	PYTHON=$(PYTHON) bash scripts/setup-system.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel "Cython>=3.0"
-	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/python -c "import stemedb.core._fast" || (echo "the Cython extension did not build" >&2; exit 1)
+	$(BIN)/pip install --quiet -e .
+	@$(BIN)/python -c "import stemedb.core._fast" || { \
+	  echo "setup: the Cython extension stemedb.core._fast did not build (a C compiler and the" >&2; \
+	  echo "Python headers are needed: Debian: apt-get install gcc python3-dev). To run on the" >&2; \
+	  echo "slower pure-Python path instead: STEMEDB_PURE_PYTHON=1 $(BIN)/stemedb serve" >&2; \
+	  exit 1; }
 	touch $@
 
-serve: $(STAMP)
+$(STAMP_TEST): $(STAMP_SERVE) scripts/setup-test-system.sh
+	bash scripts/setup-test-system.sh
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+serve: $(STAMP_SERVE)
 	$(BIN)/stemedb serve
 
-test: $(STAMP)
+test: $(STAMP_TEST)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP_TEST)
 	STEMEDB_REQUIRE_FAST=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-pure: $(STAMP)
+test-pure: $(STAMP_TEST)
 	STEMEDB_PURE_PYTHON=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP_TEST)
 	$(BIN)/python -m bench.run
 
-bench-smoke: $(STAMP)
+bench-smoke: $(STAMP_TEST)
 	$(BIN)/python -m bench.run --quick
 
 clean-build:
-	rm -rf build stemedb/core/_fast.c stemedb/core/_fast*.so $(STAMP)
+	rm -rf build stemedb/core/_fast.c stemedb/core/_fast*.so $(STAMP_SERVE) $(STAMP_TEST)

@@ -1,30 +1,19 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite drives for real: chromium (the
-# dashboard in a headless browser), nginx (the reverse-proxy config),
-# prometheus (promtool checks the alert rules), jq and openssl (runbooks,
-# TLS test certificates). Skipped when they are already
-# there, or when this is not a root shell on Debian (the tests that need them
-# then skip and say why).
+# What serving needs from the system, checked before `make setup-serve`
+# builds the virtualenv: Python 3.11 or newer with venv, and a C compiler
+# with the Python headers for the compiled extension (stemedb/core/_fast.pyx).
+# Installs nothing and touches no service; it says what is missing and how
+# to get it. The test-only packages are scripts/setup-test-system.sh's.
 set -u
-need=()
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-command -v jq >/dev/null 2>&1 || need+=(jq)          # the runbooks use it
-command -v openssl >/dev/null 2>&1 || need+=(openssl) # the nginx TLS test makes a certificate
-[ ${#need[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "setup-system: not root on Debian; not installing ${need[*]} (their tests will skip)" >&2
-  exit 0
+PYTHON=${PYTHON:-python3}
+ok=1
+if ! "$PYTHON" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup-system: $PYTHON is missing, older than 3.11, or lacks venv (Debian: apt-get install python3 python3-venv)" >&2
+  ok=0
 fi
-echo "setup-system: installing ${need[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null && \
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || \
-  echo "setup-system: apt-get failed for ${need[*]}; their tests will skip" >&2
-# nginx and prometheus start services on install; the tests run their own.
-for svc in nginx prometheus; do
-  (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || true
-  pkill -x "$svc" 2>/dev/null || true
-done
-exit 0
+if ! command -v "${CC:-cc}" >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
+  echo "setup-system: no C compiler: the compiled extension cannot be built (Debian: apt-get install gcc)" >&2
+elif ! "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+  echo "setup-system: no Python headers (Python.h) for $PYTHON: the compiled extension cannot be built (Debian: apt-get install python3-dev)" >&2
+fi
+[ "$ok" = 1 ]

@@ -21,6 +21,8 @@ OPS_COMMANDS = {
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stemedb", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="store_true",
+                   help="print the version and the implementation in use (compiled or pure)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser("serve", help="run the API and the dashboard under gunicorn")
     s.add_argument("--bind", help="API address (STEMEDB_BIND)")
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_ops(argv[0], argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.version:
+        return _version()
     if args.command == "serve":
         return _serve(args)
     if args.command == "keys":
@@ -55,6 +59,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(["keys", "--help"])
     parser.print_help()
     return 2
+
+
+def _version() -> int:
+    """``stemedb --version``: the version and the implementation in use."""
+    from . import __version__
+    try:
+        from .core.implementation import describe
+        name, detail = describe()
+    except ImportError as exc:  # STEMEDB_REQUIRE_FAST=1 without a build, or a contradiction
+        print(f"stemedb {__version__} (implementation: unavailable)")
+        print(f"stemedb: {exc}", file=sys.stderr)
+        return 2
+    print(f"stemedb {__version__} (implementation: {name})")
+    if name == "pure":
+        print(f"stemedb: {detail}", file=sys.stderr)
+    return 0
 
 
 def _run_ops(name: str, argv: list[str]) -> int:

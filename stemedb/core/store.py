@@ -118,6 +118,8 @@ class Store:
             self._abort_open()
             raise
         self._closed = False
+        from .implementation import log_startup
+        log_startup(log)
         log.info("Startup complete")
 
     def _abort_open(self) -> None:

@@ -52,9 +52,23 @@ def split_target(spec: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+S3_EXTRA_HINT = "pip install 'stemedb[s3]'"
+
+
+class S3Unavailable(ArchiveError):
+    """boto3, the S3 client, is an optional extra that is not installed."""
+
+    code = "s3_unavailable"
+
+
 def client(endpoint_url: str | None = None):
-    import boto3
-    from botocore.config import Config
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError as exc:
+        raise S3Unavailable(
+            f"the S3 archive needs boto3, which is not installed ({exc}); install it with "
+            f"{S3_EXTRA_HINT}") from None
     return boto3.client("s3", endpoint_url=endpoint_url or None,
                         config=Config(retries={"mode": "standard", "max_attempts": 3},
                                       connect_timeout=10, read_timeout=60,
@@ -298,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         print("archive: no target: set STEMEDB_ARCHIVE_S3=bucket/prefix or pass --to", file=sys.stderr)
         return 2
     data_dir = args.data_dir or Settings.from_env().data_dir
-    s3 = client(args.endpoint_url)
+    try:
+        s3 = client(args.endpoint_url)
+    except S3Unavailable as exc:
+        print(f"archive: {exc}", file=sys.stderr)
+        return 2
     while True:
         try:
             st = push(data_dir, args.to, s3=s3)
