@@ -29,6 +29,7 @@ from nacl.signing import SigningKey
 from .errors import ValidationError
 from .model import assertion_hash as _model_assertion_hash
 from .model import vote_hash
+from .timeutil import format_time, now_us, parse_time
 
 __all__ = ["Client", "APIError", "assertion_hash", "sign_assertion", "sign_vote",
            "SigningKey", "signing_key"]
@@ -99,12 +100,22 @@ def sign_assertion(body: dict, key) -> dict:
     return out
 
 
-def sign_vote(assertion_hash_hex: str, weight: float, key) -> dict:
-    """A vote body signed over the vote hash (so the weight cannot be replayed)."""
+def sign_vote(assertion_hash_hex: str, weight: float, key, timestamp=None) -> dict:
+    """A vote body with ``timestamp`` (now, if absent), ``agent_id`` and
+    ``signature``: Ed25519 by ``key`` over the vote hash, which covers the
+    weight and the time, so the vote can be neither reused with another
+    weight nor replayed to undo this agent's newer vote (the server refuses
+    a vote not newer than the agent's stored one with 409 ``stale_vote``)."""
+    if timestamp is None:
+        timestamp = format_time(now_us())   # exact microseconds, whatever the JSON encoder
+    try:
+        ts_us = parse_time(timestamp, "timestamp")
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
     agent = agent_id_of(key)
-    digest = vote_hash(assertion_hash_hex, weight, agent)
-    return {"assertion_hash": assertion_hash_hex, "weight": weight, "agent_id": agent,
-            "signature": key.sign(digest).signature.hex()}
+    digest = vote_hash(assertion_hash_hex, weight, agent, ts_us)
+    return {"assertion_hash": assertion_hash_hex, "weight": weight, "timestamp": timestamp,
+            "agent_id": agent, "signature": key.sign(digest).signature.hex()}
 
 
 # ---------------------------------------------------------------- the client
@@ -225,9 +236,16 @@ class Client:
     def trace(self, hash: str) -> dict:
         return self.request("GET", f"/v1/trace/{hash}")
 
-    def vote(self, assertion_hash_hex: str, weight: float, *, sign: bool = False) -> dict:
-        body = (sign_vote(assertion_hash_hex, weight, self._key()) if sign
-                else {"assertion_hash": assertion_hash_hex, "weight": weight})
+    def vote(self, assertion_hash_hex: str, weight: float, *, sign: bool = False,
+             timestamp=None) -> dict:
+        """POST /v1/vote; ``timestamp`` defaults to now when signing, else to
+        the server's receive time."""
+        if sign:
+            body = sign_vote(assertion_hash_hex, weight, self._key(), timestamp)
+        else:
+            body = {"assertion_hash": assertion_hash_hex, "weight": weight}
+            if timestamp is not None:
+                body["timestamp"] = timestamp
         return self.request("POST", "/v1/vote", body)
 
     def create_epoch(self, name: str, *, supersedes: list[str] | None = None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "StemeError", "ValidationError", "InvalidSignature", "SignatureRequired",
-    "UnknownReference", "NotFound", "Conflict", "StoreClosed", "StoreLocked",
+    "UnknownReference", "NotFound", "Conflict", "StaleVote", "StoreClosed", "StoreLocked",
     "StoreFaulted", "CorruptionError", "ChecksumMismatch", "BadMagic",
     "UnsupportedFormat", "ConfigError",
 ]
@@ -73,6 +73,13 @@ class Conflict(StemeError):
 
     code = "conflict"
     status = 409
+
+
+class StaleVote(Conflict):
+    """An agent's vote that is not newer than the vote it already has on that
+    assertion (so an old signed vote cannot be replayed to undo a newer one)."""
+
+    code = "stale_vote"
 
 
 class StoreClosed(StemeError):

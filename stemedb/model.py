@@ -315,10 +315,26 @@ def _use_compiled_time_format() -> None:
     format_time = _compiled_format() or _format_time_py
 
 
-def vote_hash(assertion_hash: str, weight: float, agent_id: str | None) -> bytes:
-    """The 32 bytes a vote's signature covers (see the contract)."""
+def vote_hash(assertion_hash: str, weight: float, agent_id: str | None,
+              timestamp_us: int) -> bytes:
+    """The 32 bytes a vote's signature covers: BLAKE3-256 of the JCS form of
+    ``{"assertion_hash", "weight", "agent_id", "timestamp"}``, the timestamp
+    as integer microseconds since the Unix epoch, as in the assertion hash
+    (``parse_time`` turns a body's RFC 3339 or Unix-seconds time into them).
+    Covering the time lets the store refuse a replayed older vote."""
+    if type(timestamp_us) is not int:
+        raise ValidationError("the vote hash takes the timestamp as integer microseconds "
+                              "(use stemedb.timeutil.parse_time on a body's time)",
+                              field="timestamp")
     return hash_object({"assertion_hash": assertion_hash, "weight": weight,
-                        "agent_id": agent_id})
+                        "agent_id": agent_id, "timestamp": timestamp_us})
+
+
+def check_signature(value, field: str = "signature") -> str:
+    if type(value) is not str or not _SIG_RE.match(value):
+        raise InvalidSignature(f"{field} must be an Ed25519 signature: 128 lower-case hex "
+                               f"characters", field=field)
+    return value
 
 
 # ------------------------------------------------------------ read objects

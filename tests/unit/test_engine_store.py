@@ -252,7 +252,7 @@ def test_epochs_and_votes_are_stored(opener):
     s = opener()
     assert set(s.state.epochs) == {"e1", "e2"} and s.state.epochs["e2"].supersedes == ["e1"]
     o = s.state.ordinal(bytes.fromhex(h))
-    assert [(w, q) for _a, w, _r, q in s.state.votes[o]] == [(0.7, seq)], "votes survive reopen"
+    assert [(w, q) for _a, w, _r, q, *_ in s.state.votes[o]] == [(0.7, seq)], "votes survive reopen"
 
 
 # ------------------------------------------------------------------ lifecycle of the store

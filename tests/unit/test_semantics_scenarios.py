@@ -121,9 +121,9 @@ def test_votes_and_trust(store):
     b = store.put(claim("drugs/v", "b", 0.5, 1))
     key = SigningKey.generate()
     agent = key.verify_key.encode().hex()
-    for w in (0.9, 0.1):   # an agent's latest vote replaces its earlier one
-        sig = key.sign(vote_hash(a.hash, w, agent)).signature.hex()
-        store.vote(a.hash, w, agent_id=agent, signature=sig)
+    for t, w in ((1, 0.9), (2, 0.1)):   # an agent's newer vote replaces its earlier one
+        sig = key.sign(vote_hash(a.hash, w, agent, t * 1_000_000)).signature.hex()
+        store.vote(a.hash, w, agent_id=agent, signature=sig, timestamp=t)
     store.vote(b.hash, 0.3)
     res = store.query("drugs/v", predicate="risk", lens="vote").results[0]
     assert res["winner"].value == "b" and res["confidence"] == pytest.approx(0.3 / 0.4)
