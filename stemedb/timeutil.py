@@ -8,11 +8,15 @@ from datetime import datetime, timezone
 from .errors import ValidationError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# Year 1 .. 9999 (what RFC 3339 can write), and within +/-(2^53-1)
-# microseconds (about the years 1684 to 2255), because the timestamp is
-# hashed as a JSON integer and JCS cannot carry larger ones exactly.
-MIN_US = max(-62135596800 * 1_000_000, -(2**53 - 1))
-MAX_US = min(253402300799 * 1_000_000 + 999_999, 2**53 - 1)
+# Every instant RFC 3339 can write in UTC: 0001-01-01T00:00:00Z to
+# 9999-12-31T23:59:59.999999Z.  Time filters (as_of, known_at, since, the
+# audit's from/to) take all of it: they are only compared, never hashed.
+FIRST_US = -62135596800 * 1_000_000
+LAST_US = 253402300799 * 1_000_000 + 999_999
+# A stored timestamp is hashed as a JSON integer of microseconds, and JCS
+# carries integers exactly only within +/-(2^53-1): about the years 1684 to 2255.
+MIN_US = max(FIRST_US, -(2**53 - 1))
+MAX_US = min(LAST_US, 2**53 - 1)
 
 
 def now_us() -> int:
@@ -20,7 +24,36 @@ def now_us() -> int:
 
 
 def parse_time(value, field: str) -> int:
-    """RFC 3339 string or Unix seconds (int or float) -> microseconds."""
+    """A time to store and hash (an assertion's ``timestamp``): RFC 3339
+    string or Unix seconds (int or float) -> microseconds, within the range
+    the hash carries exactly (MIN_US..MAX_US).  O(1)."""
+    us = _to_us(value, field)
+    if us is None or not MIN_US <= us <= MAX_US:
+        raise ValidationError(
+            f"{field} must be from {format_time(MIN_US)} to {format_time(MAX_US)}: it is "
+            f"hashed as an integer count of microseconds, which canonical JSON (RFC 8785) "
+            f"carries exactly only within +/-(2^53-1); got {value!r}", field=field)
+    return us
+
+
+def parse_filter_time(value, field: str) -> int:
+    """A time to compare against (``as_of``, ``known_at``, ``since``, the
+    audit's ``from``/``to``): any RFC 3339 time of the years 0001-9999, or
+    Unix seconds inside those years -> microseconds.  O(1)."""
+    us = _to_us(value, field)
+    # A string parsed, so its years are 0001-9999 as written (an offset may
+    # move the instant up to a day past them, which compares just as well).
+    if us is None or (type(value) is not str and not FIRST_US <= us <= LAST_US):
+        raise ValidationError(
+            f"{field} in Unix seconds must fall in the years 0001 to 9999: from "
+            f"{FIRST_US // 1_000_000} to {LAST_US // 1_000_000}.999999; got {value!r}",
+            field=field)
+    return us
+
+
+def _to_us(value, field: str) -> int | None:
+    """RFC 3339 string or Unix seconds -> microseconds; None for a number
+    so large it would be costly to multiply out (far outside any year)."""
     t = type(value)
     if t is bool or value is None:
         raise ValidationError(
@@ -29,33 +62,26 @@ def parse_time(value, field: str) -> int:
     if t is int or t is float:
         if value != value or value in (float("inf"), float("-inf")):
             raise ValidationError(f"{field} must be a finite number of Unix seconds", field=field)
-        if not -1e13 < value < 1e13:   # far outside any year we can write; avoids overflow
-            raise ValidationError(f"{field} is outside the range StemeDB can hash exactly: "
-                                  f"{format_time(MIN_US)} to {format_time(MAX_US)}", field=field)
-        us = round(value * 1_000_000) if t is float else value * 1_000_000
-    elif t is str:
-        s = value.strip()
-        try:
-            dt = datetime.fromisoformat(s)
-        except ValueError:
-            raise ValidationError(
-                f"{field} is not an RFC 3339 time: {value!r}; write it like "
-                f"2024-03-01T12:00:00Z", field=field) from None
-        if dt.tzinfo is None or len(s) < 20:
-            raise ValidationError(
-                f"{field} needs a date, a time and a time zone (Z or +hh:mm), "
-                f"got {value!r}", field=field)
-        delta = dt - _EPOCH
-        us = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-    else:
+        if not -1e13 < value < 1e13:
+            return None
+        return round(value * 1_000_000) if t is float else value * 1_000_000
+    if t is not str:
         raise ValidationError(
             f"{field} must be an RFC 3339 string or Unix seconds, got {t.__name__}",
             field=field)
-    if not MIN_US <= us <= MAX_US:
+    s = value.strip()
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
         raise ValidationError(
-            f"{field} is outside the range StemeDB can hash exactly: "
-            f"{format_time(MIN_US)} to {format_time(MAX_US)}", field=field)
-    return us
+            f"{field} is not an RFC 3339 time of the years 0001-9999: {value!r}; write it "
+            f"like 2024-03-01T12:00:00Z", field=field) from None
+    if dt.tzinfo is None or len(s) < 20:
+        raise ValidationError(
+            f"{field} needs a date, a time and a time zone (Z or +hh:mm), "
+            f"got {value!r}", field=field)
+    delta = dt - _EPOCH    # exact for any offset; no out-of-range datetime is built
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def format_time(us: int) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import NotFound, UnknownReference, ValidationError
 from ..model import LIFECYCLE_RANK, LIFECYCLES, Assertion, check_concept_path, check_hash, check_name
-from ..timeutil import format_time, parse_time
+from ..timeutil import format_time, parse_filter_time
 from .fast import str64
 from .index import PRED_BITS
 from .lens import LensContext, conflict_analysis, effective_confidence, get_lens, trust_rank
@@ -75,7 +75,20 @@ class Filters:
     epoch: str | None = None
     decay: bool = False
     include_retracted: bool = False
+    # The pinned view (a query's first page, carried by its cursor): records
+    # with a higher seq are not seen; trust outcomes, which carry no seq in
+    # memory, are pinned by recorded_at; at_us is the "now" decay and trust
+    # are measured at when there is no as_of.
     seq_bound: int | None = None
+    rec_bound: int | None = None
+    at_us: int | None = None
+
+    @property
+    def retraction_cut(self) -> int | None:
+        """Retractions recorded after this are not seen (known_at, and as_of)."""
+        if self.as_of is None:
+            return self.known_at
+        return self.as_of if self.known_at is None else min(self.as_of, self.known_at)
 
 
 def _bool(v, name):
@@ -87,9 +100,9 @@ def _bool(v, name):
 def parse_filters(as_of=None, known_at=None, since=None, lifecycle=None, epoch=None,
                   decay=False, include_retracted=False) -> Filters:
     f = Filters()
-    f.as_of = parse_time(as_of, "as_of") if as_of is not None else None
-    f.known_at = parse_time(known_at, "known_at") if known_at is not None else None
-    f.since = parse_time(since, "since") if since is not None else None
+    f.as_of = parse_filter_time(as_of, "as_of") if as_of is not None else None
+    f.known_at = parse_filter_time(known_at, "known_at") if known_at is not None else None
+    f.since = parse_filter_time(since, "since") if since is not None else None
     if lifecycle is not None:
         if lifecycle == "any":
             f.lifecycles = None
@@ -107,8 +120,15 @@ def parse_filters(as_of=None, known_at=None, since=None, lifecycle=None, epoch=N
 
 
 def _retraction_visible(r, f: Filters) -> bool:
-    return ((f.known_at is None or r.recorded_at <= f.known_at)
-            and (f.as_of is None or r.recorded_at <= f.as_of))
+    cut = f.retraction_cut
+    return ((cut is None or r.recorded_at <= cut)
+            and (f.seq_bound is None or r.seq <= f.seq_bound))
+
+
+def shown(store, o: int, f: Filters) -> Assertion:
+    """The assertion at ordinal ``o`` as the view ``f`` sees it: its status
+    and retraction as of the time cut and the pinned seq."""
+    return store._assertion(o, known_at=f.retraction_cut, seq_bound=f.seq_bound)
 
 
 def gather(store, paths: list[str], predicate: str | None, f: Filters):
@@ -144,7 +164,7 @@ def gather(store, paths: list[str], predicate: str | None, f: Filters):
         ep_ok = [False] * len(st.epoch_names)
         ep_ok[e.id] = True
     else:
-        gone = st.superseded_epoch_ids(f.known_at)
+        gone = st.superseded_epoch_ids(f.known_at, f.seq_bound)
         if gone:
             ep_ok = [i not in gone for i in range(len(st.epoch_names))]
     if len(ords) <= SMALL:
@@ -207,15 +227,17 @@ def _revision_visible(st, o: int, f: Filters) -> bool:
 
 def _context(store, f: Filters, cands: list[Assertion], ords: list[int], need_votes=True):
     st = store.state
-    at = f.as_of if f.as_of is not None else store.clock()
+    at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None else store.clock()
     votes = {}
     for a, o in zip(cands, ords) if need_votes and st.votes else ():
         vs = st.votes.get(o)
         if not vs:
             continue
         latest: dict = {}
-        for agent, weight, rec, seq, *_ts in vs:   # apply_vote keeps only newer agent votes
+        for agent, weight, rec, seq in vs:
             if f.known_at is not None and rec > f.known_at:
+                continue
+            if f.seq_bound is not None and seq > f.seq_bound:
                 continue
             latest[agent if agent is not None else ("anon", seq)] = weight
         if latest:
@@ -229,24 +251,38 @@ def _context(store, f: Filters, cands: list[Assertion], ords: list[int], need_vo
         r = ranks.get(agent)
         if r is None:
             hist = outcomes.get(agent, ())
-            if f.known_at is not None:
-                hist = [h for h in hist if h[0] <= f.known_at]
+            bound = min((b for b in (f.known_at, f.rec_bound) if b is not None), default=None)
+            if bound is not None:
+                hist = [h for h in hist if h[0] <= bound]
             r = ranks[agent] = trust_rank(list(hist), at)
         return r
     return LensContext(at_us=at, decay=f.decay, votes=votes, trust=trust)
 
 
-def _cursor(offset: int, bound: int) -> str:
-    return base64.urlsafe_b64encode(f"v1:{offset}:{bound}".encode()).decode().rstrip("=")
+def _cursor(offset: int, f: Filters) -> str:
+    """The next page's cursor: its offset and the first page's view."""
+    raw = f"v2:{offset}:{f.seq_bound}:{f.rec_bound}:{f.at_us}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _uncursor(cursor) -> tuple[int, int]:
+def _uncursor(cursor, f: Filters) -> int:
+    """Set the pinned view in ``f`` from ``cursor``; returns the offset.
+
+    A ``v1`` cursor (from before v1.1) pinned only the assertions' seq; it is
+    still read, and the rest of its view is the present one.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        v, off, bound = raw.split(":")
-        if v != "v1" or int(off) < 0:
+        parts = raw.split(":")
+        if parts[0] == "v2" and len(parts) == 5:
+            off, f.seq_bound, f.rec_bound, f.at_us = (int(x) for x in parts[1:])
+        elif parts[0] == "v1" and len(parts) == 3:
+            off, f.seq_bound = int(parts[1]), int(parts[2])
+        else:
             raise ValueError
-        return int(off), int(bound)
+        if off < 0:
+            raise ValueError
+        return off
     except (ValueError, TypeError, UnicodeDecodeError, AttributeError):
         raise ValidationError("cursor is not one this server returned; pass next_cursor "
                               "from the previous page unchanged", field="cursor") from None
@@ -271,15 +307,17 @@ def run_query(store, concept_path, *, predicate=None, include_descendants=False,
         if cursor is not None:
             if type(cursor) is not str:
                 raise ValidationError("cursor must be a string", field="cursor")
-            offset, f.seq_bound = _uncursor(cursor)
+            offset = _uncursor(cursor, f)
         else:
             f.seq_bound = store.state.last_seq
+            f.rec_bound = store.state.last_recorded_at
+            f.at_us = store.clock()
         paths = [concept_path]
         if include_descendants:
             paths += store.state.descendant_paths(concept_path)
         active, retracted = gather(store, paths, predicate, f)
-        cands = [store._assertion(o) for o in active]
-        rcands = [store._assertion(o) for o in retracted] if f.include_retracted else []
+        cands = [shown(store, o, f) for o in active]
+        rcands = [shown(store, o, f) for o in retracted] if f.include_retracted else []
         ctx = _context(store, f, cands, active, need_votes=lens_obj.name == "vote")
     groups: dict[tuple, list[Assertion]] = {}
     for a in cands:
@@ -304,7 +342,7 @@ def run_query(store, concept_path, *, predicate=None, include_descendants=False,
     if rcands:
         ordered = ordered + sorted(rcands, key=lambda a: (-a.timestamp_us, -a.seq))
     page = ordered[offset:offset + limit]
-    nxt = _cursor(offset + limit, f.seq_bound) if offset + limit < len(ordered) else None
+    nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
     if store.audit is not None:
         params = {"concept_path": concept_path, "predicate": predicate,
@@ -344,7 +382,7 @@ def run_skeptic(store, concept_path, predicate, *, include_descendants=False, as
         if include_descendants:
             paths += store.state.descendant_paths(concept_path)
         active, _ = gather(store, paths, predicate, f)
-        cands = [store._assertion(o) for o in active]
+        cands = [shown(store, o, f) for o in active]
         ctx = _context(store, f, cands, active)
     return conflict_analysis(cands, ctx)
 

@@ -97,7 +97,6 @@ class Store:
         self._ilock = threading.RLock()
         self._snap_lock = threading.Lock()
         self._pending: dict[bytes, tuple[int, Request]] = {}
-        self._vote_pending: dict[tuple, tuple[int, Request]] = {}   # see _write_vote
         self._started = time.monotonic()
         self._observer = None
         self.rebuilt = False
@@ -367,90 +366,30 @@ class Store:
         return RetractResult(len(hashes), [h.hex() for h in hashes], seq)
 
     def vote(self, assertion_hash: str, weight: float, *, agent_id: str | None = None,
-             signature: str | None = None, timestamp=None,
-             require_signatures: bool = False) -> int:
-        """Record a vote; returns its seq once durable.
-
-        ``timestamp`` is a time as for assertions (RFC 3339 or Unix seconds;
-        the receive time when absent).  An agent's vote replaces its earlier
-        vote on the assertion only when its timestamp is later: otherwise
-        StaleVote (409), and nothing is written, no seq used.  The signature
-        covers the timestamp (:func:`stemedb.model.vote_hash`), so an old
-        signed vote cannot be replayed to undo a newer one.  NotFound for an
-        unknown assertion; SignatureRequired for an unsigned vote when
-        ``require_signatures``.  Votes without ``agent_id`` each count.
-        """
-        from ..errors import InvalidSignature, SignatureRequired
-        from ..model import check_signature
-        from ..timeutil import parse_time
+             signature: str | None = None) -> int:
+        """Record a vote; returns its seq.  NotFound for an unknown assertion."""
         check_hash(assertion_hash, "assertion_hash")
         weight = check_confidence(weight, "weight")
         if agent_id is not None:
             check_hash(agent_id, "agent_id")
-        if signature is not None:
-            check_signature(signature)
-        ts = self.clock() if timestamp is None else parse_time(timestamp, "timestamp")
         if (agent_id is None) != (signature is None):
             # As for assertions: an agent_id is a claim of identity, and since
-            # an agent's newer vote replaces its earlier one, an unsigned one
+            # an agent's latest vote replaces its earlier one, an unsigned one
             # would let anyone overwrite another agent's vote.
+            from ..errors import InvalidSignature
             missing = "agent_id" if agent_id is None else "signature"
             raise InvalidSignature(
                 f"agent_id and signature go together on a vote; {missing} is missing (sign "
                 f"the vote hash with the agent's Ed25519 key, or send neither)", field=missing)
-        if require_signatures and signature is None:
-            raise SignatureRequired(
-                "this server requires signed votes: add agent_id, timestamp and signature "
-                "(Ed25519 over the vote hash)", field="signature")
         if signature is not None:
-            try:
-                verify_signature(agent_id, signature,
-                                 vote_hash(assertion_hash, weight, agent_id, ts), "signature")
-            except InvalidSignature as exc:
-                if timestamp is None:   # the hash then holds a receive time no signer knew
-                    raise InvalidSignature(
-                        exc.message + "; a signed vote must carry the timestamp it signed",
-                        field="signature") from None
-                raise
-        return self._write_vote(assertion_hash, weight, agent_id, ts)
-
-    def _write_vote(self, assertion_hash: str, weight: float, agent_id: str | None,
-                    ts: int) -> int:
-        """Decide staleness and enqueue under ``_wmu``, so of two racing votes
-        by one agent only a newer one can follow the other; ``_vote_pending``
-        holds the enqueued, not yet applied ones for that decision."""
-        from ..errors import StaleVote
+            verify_signature(agent_id, signature, vote_hash(assertion_hash, weight, agent_id),
+                             "signature")
         h = bytes.fromhex(assertion_hash)
-        key = (h, agent_id)
-        with self._wmu:
-            self._writable()
-            with self._ilock:
-                o = self.state.ordinal(h)
-                if o is None:
-                    raise NotFound(f"no assertion with hash {assertion_hash}",
-                                   field="assertion_hash")
-                prev = self.state.vote_time(o, agent_id) if agent_id is not None else None
-            pend = self._vote_pending.get(key) if agent_id is not None else None
-            if pend is not None and pend[1].error is None and (prev is None or pend[0] > prev):
-                prev = pend[0]
-            if prev is not None and ts <= prev:
-                raise StaleVote(
-                    f"agent {agent_id} already has a vote on {assertion_hash} with timestamp "
-                    f"{format_time(prev)}; a vote replaces it only with a later timestamp "
-                    f"(this one has {format_time(ts)})", field="timestamp")
-            seq, stamp = self._stamp()
-            body = {"recorded_at": stamp, "assertion_hash": h, "weight": weight,
-                    "agent_id": agent_id, "timestamp": ts}
-            req = self._commit([(REC_VOTE, seq, _enc.encode(body), body)])
-            if agent_id is not None:
-                self._vote_pending[key] = (ts, req)
-        try:
-            self.wal.wait(req)
-        finally:
-            if agent_id is not None:
-                with self._wmu:
-                    if self._vote_pending.get(key, (0, None))[1] is req:
-                        del self._vote_pending[key]
+        with self._ilock:
+            if self.state.ordinal(h) is None:
+                raise NotFound(f"no assertion with hash {assertion_hash}", field="assertion_hash")
+        seq, _ = self._write_meta(REC_VOTE, lambda rec: {
+            "recorded_at": rec, "assertion_hash": h, "weight": weight, "agent_id": agent_id})
         return seq
 
     def create_epoch(self, name: str, *, supersedes: list[str] | None = None,
@@ -504,13 +443,17 @@ class Store:
                 file=self.wal.segment(segno).path, offset=off)
         return fast.decode_assert(body, FRAME_SIZE - 8)
 
-    def _assertion(self, o: int, known_at: int | None = None) -> Assertion:
+    def _assertion(self, o: int, known_at: int | None = None,
+                   seq_bound: int | None = None) -> Assertion:
+        """The assertion at ordinal ``o``, retracted only by a retraction
+        recorded at or before ``known_at`` with a seq at or below ``seq_bound``."""
         st = self.state
         rec = self._read_record(o)
         ridx = st.retracted.get(o)
         if ridx is not None:
             r = st.retractions[ridx]
-            if known_at is None or r.recorded_at <= known_at:
+            if ((known_at is None or r.recorded_at <= known_at)
+                    and (seq_bound is None or r.seq <= seq_bound)):
                 return Assertion(rec, int(st.cols.seq[o]), "retracted", {
                     "reason": r.reason, "retracted_at": format_time(r.recorded_at),
                     "seq": r.seq, "by": r.by})
@@ -546,13 +489,13 @@ class Store:
 
     def audit_queries(self, *, limit: int = 100, agent: str | None = None,
                       from_=None, to=None) -> list[dict]:
-        from ..timeutil import parse_time
+        from ..timeutil import parse_filter_time
+        from_us = parse_filter_time(from_, "from") if from_ is not None else None
+        to_us = parse_filter_time(to, "to") if to is not None else None
         if self.audit is None:
             return []
         return [_public_audit(e) for e in self.audit.read(
-            limit=limit, agent=agent,
-            from_us=parse_time(from_, "from") if from_ is not None else None,
-            to_us=parse_time(to, "to") if to is not None else None)]
+            limit=limit, agent=agent, from_us=from_us, to_us=to_us)]
 
     def audit_query(self, id: str) -> dict | None:
         if self.audit is None:

@@ -51,7 +51,8 @@ Confidence = Annotated[float, Meta(ge=0.0, le=1.0)]
 # beyond that a float times 1e6 overflows to infinity.
 _MIN_S, _MAX_S = -62135596800, 253402300799
 Time = Annotated[
-    str | Annotated[int, Meta(ge=_MIN_S, le=_MAX_S)] | Annotated[float, Meta(ge=_MIN_S, le=_MAX_S)],
+    str | Annotated[int, Meta(ge=_MIN_S, le=_MAX_S)]
+    | Annotated[float, Meta(ge=_MIN_S, lt=_MAX_S + 1)],   # up to 9999-12-31T23:59:59.999999Z
     Meta(description="RFC 3339 time (2024-03-01T12:00:00Z) or Unix seconds (years 1 to 9999)")]
 RespTime = Annotated[str, Meta(description="RFC 3339 UTC with microseconds")]
 SourceClass = Literal[SOURCE_CLASSES]  # type: ignore[valid-type]
