@@ -234,7 +234,7 @@ def _context(store, f: Filters, cands: list[Assertion], ords: list[int], need_vo
         if not vs:
             continue
         latest: dict = {}
-        for agent, weight, rec, seq in vs:
+        for agent, weight, rec, seq, *_ts in vs:   # apply_vote keeps only newer agent votes
             if f.known_at is not None and rec > f.known_at:
                 continue
             if f.seq_bound is not None and seq > f.seq_bound:

@@ -55,7 +55,7 @@ class State:
         self.revisions: dict[int, list[int]] = {}        # ord -> ords revising it
         self.retracted: dict[int, int] = {}              # ord -> retraction index
         self.retractions: list[Retraction] = []
-        self.votes: dict[int, list[tuple]] = {}          # ord -> [(agent, weight, rec, seq)]
+        self.votes: dict[int, list[tuple]] = {}          # ord -> [(agent, weight, rec, seq, ts)]
         self.outcomes: dict[str, list[tuple[int, bool]]] = {}
         self.last_seq = 0
         self.last_recorded_at = 0
@@ -292,12 +292,53 @@ class State:
         self._note(seq, r.recorded_at)
         return newly
 
-    def apply_vote(self, seq: int, body: dict) -> None:
+    def apply_vote(self, seq: int, body: dict) -> bool:
+        """Add a vote, unless its agent already has one on that assertion
+        with the same or a later ``timestamp`` (then the record changes
+        nothing).  This is the rule ``Store.vote`` checks before writing, so
+        live writes and replay build the same state.  A record from before
+        votes had a timestamp counts its ``recorded_at`` as one and, as it
+        did then, replaces an equally old vote (recorded_at never goes
+        backwards, so log order decides).  Votes without ``agent_id`` all
+        count.  Returns whether the vote was added."""
+        rec = body["recorded_at"]
+        ts = body.get("timestamp")
+        legacy = ts is None
+        if legacy:
+            ts = rec
         o = self.ordinal(body["assertion_hash"])
+        added = False
         if o is not None:
-            self.votes.setdefault(o, []).append(
-                (body.get("agent_id"), body["weight"], body["recorded_at"], seq))
-        self._note(seq, body["recorded_at"])
+            agent = body.get("agent_id")
+            if agent is not None:
+                prev = self.vote_time(o, agent)
+                if prev is not None and (ts < prev or (ts == prev and not legacy)):
+                    self._note(seq, rec)
+                    return False
+                self._vote_times[(o, agent)] = ts
+            self.votes.setdefault(o, []).append((agent, body["weight"], rec, seq, ts))
+            added = True
+        self._note(seq, rec)
+        return added
+
+    def vote_time(self, o: int, agent: str) -> int | None:
+        """The ``timestamp`` of ``agent``'s current vote on ordinal ``o``.
+
+        Derived from ``votes`` (built on first use, then kept by apply_vote),
+        so a state loaded from a snapshot needs nothing more; an entry of a
+        snapshot from before votes had a timestamp counts its recorded_at.
+        """
+        vt = self.__dict__.get("_vote_times")
+        if vt is None:
+            vt = {}
+            for k, vs in self.votes.items():
+                for v in vs:
+                    if v[0] is not None:
+                        t = v[4] if len(v) > 4 else v[2]
+                        if t >= vt.get((k, v[0]), t):
+                            vt[(k, v[0])] = t
+            self._vote_times = vt
+        return vt.get((o, agent))
 
     def apply_epoch(self, seq: int, body: dict) -> None:
         e = Epoch(id=len(self.epoch_names), name=body["name"], seq=seq,

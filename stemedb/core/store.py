@@ -97,6 +97,7 @@ class Store:
         self._ilock = threading.RLock()
         self._snap_lock = threading.Lock()
         self._pending: dict[bytes, tuple[int, Request]] = {}
+        self._vote_pending: dict[tuple, tuple[int, Request]] = {}   # see _write_vote
         self._started = time.monotonic()
         self._observer = None
         self.rebuilt = False
@@ -366,30 +367,90 @@ class Store:
         return RetractResult(len(hashes), [h.hex() for h in hashes], seq)
 
     def vote(self, assertion_hash: str, weight: float, *, agent_id: str | None = None,
-             signature: str | None = None) -> int:
-        """Record a vote; returns its seq.  NotFound for an unknown assertion."""
+             signature: str | None = None, timestamp=None,
+             require_signatures: bool = False) -> int:
+        """Record a vote; returns its seq once durable.
+
+        ``timestamp`` is a time as for assertions (RFC 3339 or Unix seconds;
+        the receive time when absent).  An agent's vote replaces its earlier
+        vote on the assertion only when its timestamp is later: otherwise
+        StaleVote (409), and nothing is written, no seq used.  The signature
+        covers the timestamp (:func:`stemedb.model.vote_hash`), so an old
+        signed vote cannot be replayed to undo a newer one.  NotFound for an
+        unknown assertion; SignatureRequired for an unsigned vote when
+        ``require_signatures``.  Votes without ``agent_id`` each count.
+        """
+        from ..errors import InvalidSignature, SignatureRequired
+        from ..model import check_signature
+        from ..timeutil import parse_time
         check_hash(assertion_hash, "assertion_hash")
         weight = check_confidence(weight, "weight")
         if agent_id is not None:
             check_hash(agent_id, "agent_id")
+        if signature is not None:
+            check_signature(signature)
+        ts = self.clock() if timestamp is None else parse_time(timestamp, "timestamp")
         if (agent_id is None) != (signature is None):
             # As for assertions: an agent_id is a claim of identity, and since
-            # an agent's latest vote replaces its earlier one, an unsigned one
+            # an agent's newer vote replaces its earlier one, an unsigned one
             # would let anyone overwrite another agent's vote.
-            from ..errors import InvalidSignature
             missing = "agent_id" if agent_id is None else "signature"
             raise InvalidSignature(
                 f"agent_id and signature go together on a vote; {missing} is missing (sign "
                 f"the vote hash with the agent's Ed25519 key, or send neither)", field=missing)
+        if require_signatures and signature is None:
+            raise SignatureRequired(
+                "this server requires signed votes: add agent_id, timestamp and signature "
+                "(Ed25519 over the vote hash)", field="signature")
         if signature is not None:
-            verify_signature(agent_id, signature, vote_hash(assertion_hash, weight, agent_id),
-                             "signature")
+            try:
+                verify_signature(agent_id, signature,
+                                 vote_hash(assertion_hash, weight, agent_id, ts), "signature")
+            except InvalidSignature as exc:
+                if timestamp is None:   # the hash then holds a receive time no signer knew
+                    raise InvalidSignature(
+                        exc.message + "; a signed vote must carry the timestamp it signed",
+                        field="signature") from None
+                raise
+        return self._write_vote(assertion_hash, weight, agent_id, ts)
+
+    def _write_vote(self, assertion_hash: str, weight: float, agent_id: str | None,
+                    ts: int) -> int:
+        """Decide staleness and enqueue under ``_wmu``, so of two racing votes
+        by one agent only a newer one can follow the other; ``_vote_pending``
+        holds the enqueued, not yet applied ones for that decision."""
+        from ..errors import StaleVote
         h = bytes.fromhex(assertion_hash)
-        with self._ilock:
-            if self.state.ordinal(h) is None:
-                raise NotFound(f"no assertion with hash {assertion_hash}", field="assertion_hash")
-        seq, _ = self._write_meta(REC_VOTE, lambda rec: {
-            "recorded_at": rec, "assertion_hash": h, "weight": weight, "agent_id": agent_id})
+        key = (h, agent_id)
+        with self._wmu:
+            self._writable()
+            with self._ilock:
+                o = self.state.ordinal(h)
+                if o is None:
+                    raise NotFound(f"no assertion with hash {assertion_hash}",
+                                   field="assertion_hash")
+                prev = self.state.vote_time(o, agent_id) if agent_id is not None else None
+            pend = self._vote_pending.get(key) if agent_id is not None else None
+            if pend is not None and pend[1].error is None and (prev is None or pend[0] > prev):
+                prev = pend[0]
+            if prev is not None and ts <= prev:
+                raise StaleVote(
+                    f"agent {agent_id} already has a vote on {assertion_hash} with timestamp "
+                    f"{format_time(prev)}; a vote replaces it only with a later timestamp "
+                    f"(this one has {format_time(ts)})", field="timestamp")
+            seq, stamp = self._stamp()
+            body = {"recorded_at": stamp, "assertion_hash": h, "weight": weight,
+                    "agent_id": agent_id, "timestamp": ts}
+            req = self._commit([(REC_VOTE, seq, _enc.encode(body), body)])
+            if agent_id is not None:
+                self._vote_pending[key] = (ts, req)
+        try:
+            self.wal.wait(req)
+        finally:
+            if agent_id is not None:
+                with self._wmu:
+                    if self._vote_pending.get(key, (0, None))[1] is req:
+                        del self._vote_pending[key]
         return seq
 
     def create_epoch(self, name: str, *, supersedes: list[str] | None = None,
