@@ -64,7 +64,8 @@ _ERRORS = {
     401: "keys are configured and the request has none, or a wrong one",
     403: "the key lacks the scope",
     404: "unknown path or hash",
-    409: "duplicate epoch name",
+    409: "duplicate epoch name (conflict), or a vote whose agent already has one as new or "
+         "newer on that assertion (stale_vote)",
     413: "body over the limit (16 MiB for batches, 1 MiB otherwise)",
     415: "Content-Type missing or not JSON on a request with a body",
     429: "rate limited or circuit open; Retry-After says when to retry",
@@ -137,7 +138,7 @@ def build_openapi() -> dict:
             errors += [413, 415]
         if "{" in path or op_id in ("retract", "vote"):
             errors.append(404)
-        if op_id == "createEpoch":
+        if op_id in ("createEpoch", "vote"):
             errors.append(409)
         for status in sorted(set(errors)):
             op["responses"][str(status)] = _error(status)

@@ -4,6 +4,7 @@ the schema, call the store, serialize.  Every error goes through
 """
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections import deque
@@ -110,11 +111,19 @@ def from_params(req, schema):
             raise bad_request(f"{name} is given {len(value)} times; give it once", name)
         if name in _TIME_PARAMS and _NUMBER_RE.match(value):
             value = float(value) if any(c in value for c in ".eE") else int(value)
+        elif name in _bool_fields(schema) and value not in ("true", "false"):
+            # msgspec's lax conversion would also take 1, 0 and any case of true
+            raise bad_request(f"{name} must be true or false (lower case), got {value!r}", name)
         raw[name] = value
     try:
         return msgspec.convert(raw, schema, strict=False)
     except (msgspec.ValidationError, RecursionError) as exc:
         raise from_msgspec(exc) from None
+
+
+@functools.cache
+def _bool_fields(schema) -> frozenset:
+    return frozenset(f.encode_name for f in msgspec.structs.fields(schema) if f.type is bool)
 
 
 def check_hash(value: str, field: str = "hash") -> str:
@@ -249,7 +258,8 @@ class VoteResource(_Base):
     def on_post(self, req, resp):
         v = self.body(req, S.VoteIn)
         seq = self.store.vote(v.assertion_hash, v.weight, agent_id=v.agent_id,
-                              signature=v.signature)
+                              signature=v.signature, timestamp=v.timestamp,
+                              require_signatures=self.state.settings.require_signatures)
         send(resp, 201, {"seq": seq})
 
 

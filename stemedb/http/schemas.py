@@ -108,7 +108,8 @@ class QueryIn(Struct, **_REQ):
 
 
 class SkepticIn(Struct, **_REQ):
-    """``GET /v1/skeptic`` parameters."""
+    """``GET /v1/skeptic`` parameters: the query filters.  ``include_retracted``
+    is accepted and changes nothing (retracted claims never count)."""
 
     concept_path: ConceptPath
     predicate: Name
@@ -119,6 +120,7 @@ class SkepticIn(Struct, **_REQ):
     lifecycle: LifecycleFilter | None = None
     epoch: Name | None = None
     decay: bool = False
+    include_retracted: bool = False
 
 
 class RetractIn(Struct, **_REQ):
@@ -132,8 +134,11 @@ class RetractIn(Struct, **_REQ):
 
 
 class VoteIn(Struct, **_REQ):
+    """A vote; signed over the vote hash, which covers ``timestamp``."""
+
     assertion_hash: Hash
     weight: Confidence
+    timestamp: Time | None = None
     agent_id: AgentId | None = None
     signature: Signature | None = None
 
