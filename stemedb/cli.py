@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -16,6 +17,9 @@ OPS_COMMANDS = {
     "restore": ("stemedb.ops.restore", "restore a backup: stemedb restore BACKUP_DIR"),
     "fsync-check": ("stemedb.ops.fsync_check",
                     "check that the file system honours fsync: stemedb fsync-check [DIR] [--json]"),
+    "salvage": ("stemedb.ops.salvage",
+                "cut a damaged WAL at its first bad record, quarantining the rest: "
+                "stemedb salvage DATA_DIR [--dry-run]"),
 }
 
 
@@ -91,16 +95,33 @@ def _run_ops(name: str, argv: list[str]) -> int:
 
 
 def _serve(args) -> int:
-    from .config import Settings
+    # .env first, before anything imports the engine: STEMEDB_PURE_PYTHON and
+    # STEMEDB_REQUIRE_FAST are read when stemedb.core.fast is imported.
+    from .config import Settings, load_env_file, unknown_variables
     from .errors import ConfigError
-    from .http.server import serve
+    env_file = os.path.join(os.getcwd(), ".env")
+    try:
+        from_file = load_env_file(env_file)  # the environment wins over the file
+    except (ConfigError, OSError, UnicodeDecodeError) as exc:
+        print(f"stemedb serve: cannot read {env_file}: {exc}", file=sys.stderr)
+        return 2
     overrides = {k: v for k, v in (("bind", args.bind), ("dashboard_bind", args.dashboard_bind),
                                    ("data_dir", args.data_dir)) if v}
     try:
         settings = Settings.from_env(**overrides)
     except ConfigError as exc:
-        print(f"stemedb serve: {exc}", file=sys.stderr)
+        name = Settings.env_name(exc.field) if exc.field else None
+        where = f" (set in {env_file})" if name in from_file else ""
+        print(f"stemedb serve: {exc}{where}", file=sys.stderr)
         return 2
+    from .http.logs import configure_logging
+    from .http.server import serve
+    configure_logging(settings.log_level)
+    log = logging.getLogger("stemedb")
+    if from_file:
+        log.info(f"Read {len(from_file)} variables from {env_file} (the environment wins over it)")
+    for warning in unknown_variables():
+        log.warning(warning)
     return serve(settings)
 
 

@@ -30,7 +30,8 @@ from ..model import (
 )
 from ..timeutil import format_time, now_us
 from . import codec, fast, recovery, snapshot
-from .audit import AuditLog
+from .audit import MAX_BYTES as AUDIT_MAX_BYTES
+from .audit import AuditLog, trail_bytes
 from .fileio import FileSystem
 from .format import (
     FLAG_MORE, FORMAT_MAJOR, FORMAT_MINOR, FRAME, FRAME_SIZE, REC_ASSERT, REC_EPOCH, REC_OUTCOME,
@@ -84,9 +85,11 @@ class Store:
                  segment_size: int = 64 * 1024 * 1024, lock_timeout: float = 0.0,
                  batch_delay_ms: float = 2.0, snapshot_interval: int = 100_000,
                  fs: FileSystem | None = None, clock: Callable[[], int] = now_us,
-                 audit: bool = True):
+                 audit: bool | str = True, audit_max_bytes: int = AUDIT_MAX_BYTES):
         from ..config import Settings  # validates the values the same way as the server
-        Settings(durability=durability, segment_size=segment_size, batch_delay_ms=batch_delay_ms)
+        Settings(durability=durability, segment_size=segment_size, batch_delay_ms=batch_delay_ms,
+                 snapshot_interval=snapshot_interval, lock_timeout=lock_timeout)
+        audit = _audit_on(audit, audit_max_bytes)
         self.path = os.path.abspath(path)
         self.fs = fs or FileSystem()
         self.clock = clock
@@ -105,14 +108,20 @@ class Store:
         self.fs.makedirs(self.path)
         self._lock_fd = _acquire_lock(os.path.join(self.path, "LOCK"), lock_timeout)
         try:
+            _note_segment_size(self.path, segment_size)
             self.wal = WAL(os.path.join(self.path, "wal"), fs=self.fs, segment_size=segment_size,
-                           durability=durability, batch_delay=batch_delay_ms / 1000.0)
+                           durability=durability, batch_delay=batch_delay_ms / 1000.0,
+                           on_durable=self._apply_group)
             recovery.recover(self)
-            self.wal.apply = self._apply_group
             self.wal.start_appending()
+            segno, size = self.wal.position
+            # the log position the state covers, moved with it under _ilock
+            self._anchor = {"segment": segno, "offset": size,
+                            "last_record": self.wal.last_frame}
             self._next_seq = self.state.last_seq + 1
             self._since_snapshot = 0
-            self.audit = AuditLog(os.path.join(self.path, "audit")) if audit else None
+            self.audit = AuditLog(os.path.join(self.path, "audit"), max_bytes=audit_max_bytes,
+                                  fs=self.fs) if audit else None
             if self.rebuilt or not os.path.exists(os.path.join(self.path, "metadata.json")):
                 self.snapshot()
         except BaseException:
@@ -138,9 +147,15 @@ class Store:
         os.close(self._lock_fd)
 
     # ------------------------------------------------------------ writing
-    def _apply_group(self, group: list[Request]) -> None:
-        """Run by the group commit leader after fsync, in seq order."""
+    def _apply_group(self, group: list[Request], anchor: dict) -> None:
+        """Run by the group commit leader after fsync, in seq order.
+
+        The state and the log position it covers change together under
+        ``_ilock``, so a snapshot (which reads both under it) is a
+        consistent cut.
+        """
         with self._ilock:
+            self._anchor = anchor
             for req in group:
                 asserts = []
                 for (segno, off), (rtype, seq, payload) in zip(req.locs, req.apply_arg):
@@ -564,6 +579,14 @@ class Store:
         e = self.audit.get(id)
         return _public_audit(e) if e else None
 
+    def audit_stats(self) -> dict:
+        """``{"bytes", "dropped"}``: the audit trail's size on disk (files an
+        earlier run left count too when the audit is off) and the entries
+        dropped since open (disk full, or the writer too far behind)."""
+        if self.audit is None:
+            return {"bytes": trail_bytes(os.path.join(self.path, "audit")), "dropped": 0}
+        return {"bytes": self.audit.size_bytes, "dropped": self.audit.dropped}
+
     # ------------------------------------------------------------ state
     @property
     def count(self) -> int:
@@ -612,15 +635,15 @@ class Store:
             with self._ilock:
                 data = snapshot.encode(self.state, self._position())
                 meta = self.metadata()
+            # durability=none: the records the snapshot counts reach the disk first
+            self.wal.flush()
             snapshot.write(self.fs, os.path.join(self.path, "db"), data)
             self.fs.write_atomic(os.path.join(self.path, "metadata.json"),
                                  orjson.dumps(meta, option=orjson.OPT_INDENT_2))
 
     def _position(self) -> dict:
         """The log position the state covers (call under _ilock)."""
-        segno, size = self.wal.position
-        return {"segment": segno, "offset": size, "last_seq": self.state.last_seq,
-                "log_id": self.wal.log_id, "last_record": self.wal.last_frame}
+        return {**self._anchor, "last_seq": self.state.last_seq, "log_id": self.wal.log_id}
 
     def check(self) -> list[str]:
         with self._ilock:
@@ -656,6 +679,16 @@ def _public_audit(e: dict) -> dict:
     return {k: v for k, v in e.items() if k != "at_us"}
 
 
+def _audit_on(audit, max_bytes) -> bool:
+    """``audit`` (a bool, or the setting's ``"on"``/``"off"``) as a bool,
+    checked with ``max_bytes`` as the server checks STEMEDB_AUDIT*."""
+    from ..config import Settings
+    if type(audit) is bool:
+        audit = "on" if audit else "off"
+    Settings(audit=audit, audit_max_bytes=max_bytes)   # ConfigError naming the field
+    return audit == "on"
+
+
 def _acquire_lock(path: str, timeout: float) -> int:
     """flock LOCK for the store's life; a second opener learns the holder's PID."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -680,12 +713,46 @@ def _acquire_lock(path: str, timeout: float) -> int:
     return fd
 
 
-def open_store(path: str = "data", *, durability: str = "fsync",
-               segment_size: int = 64 * 1024 * 1024, lock_timeout: float = 0.0,
-               **settings) -> Store:
-    """Create or open the store at ``path`` (holds ``path/LOCK`` until closed)."""
-    return Store(path, durability=durability, segment_size=segment_size,
-                 lock_timeout=lock_timeout, **settings)
+def _note_segment_size(path: str, segment_size: int) -> None:
+    """Warn when ``segment_size`` differs from the one in ``metadata.json``.
+
+    A change is allowed, not refused: a segment's length is not part of the
+    byte format (every segment is read whole, whatever its size), so the new
+    size only decides when the active segment and later ones are sealed.
+    """
+    try:
+        with open(os.path.join(path, "metadata.json"), "rb") as f:
+            recorded = orjson.loads(f.read()).get("segment_size")
+    except (OSError, ValueError, AttributeError):
+        return  # a new store, or a damaged metadata.json: recovery and verify judge that
+    if isinstance(recorded, int) and recorded != segment_size:
+        log.warning(f"STEMEDB_SEGMENT_SIZE is {segment_size} bytes but this store last ran "
+                    f"with {recorded} (metadata.json): sealed segments keep their size; the "
+                    f"active segment and new ones are sealed at {segment_size} bytes")
+
+
+# The Settings fields that are Store options: open_store(settings=...) passes
+# every one, so the server, the tools and embedded users cannot disagree.
+STORE_SETTINGS = ("durability", "segment_size", "batch_delay_ms", "snapshot_interval",
+                  "lock_timeout", "audit", "audit_max_bytes")
+
+
+def open_store(path: str | os.PathLike | None = None, *, settings=None, **options) -> Store:
+    """Create or open the store at ``path`` (holds ``path/LOCK`` until closed).
+
+    ``settings`` (a :class:`stemedb.config.Settings`, e.g. ``Settings.from_env()``)
+    gives every store setting at once (``STORE_SETTINGS``) and, when ``path``
+    is None, the data directory; ``stemedb serve`` opens its store this way.
+    Keyword arguments set single options and win over ``settings``:
+    ``open_store("data", durability="batch", segment_size=1 << 20)``.  Besides
+    the store settings they take ``fs`` and ``clock`` (see Store).
+    Without ``settings`` the defaults of Settings apply (path ``./data``).
+    """
+    from ..config import Settings
+    settings = Settings() if settings is None else settings
+    kwargs = {name: getattr(settings, name) for name in STORE_SETTINGS}
+    kwargs.update(options)
+    return Store(settings.data_dir if path is None else path, **kwargs)
 
 
 __all__ = ["Store", "open_store", "PutResult", "RetractResult"]

@@ -2,7 +2,8 @@
 
     python -m stemedb.core.verify DATA_DIR
 
-Checks segment headers, every record checksum and seq order, the index
+Checks segment headers, every record checksum and seq order (through the
+same scanner as recovery, so both give one verdict on the same bytes), the index
 snapshot against the WAL, and the counts against ``metadata.json`` (and the
 per-file checksums of a backup's metadata).  Never writes anything.  One
 line per finding on stdout.  Exit 0 when consistent (a torn tail at the end
@@ -19,10 +20,10 @@ import sys
 import orjson
 
 from ..errors import CorruptionError
-from . import codec, fast, snapshot
-from .format import FLAG_MORE, FRAME, REC_ASSERT, SEGMENT_HEADER_SIZE
+from . import snapshot
+from .format import FRAME, REC_ASSERT
+from .scan import durable_floor, scan_segment
 from .segment import read_header
-from .wal import torn_checksum
 
 
 class Report:
@@ -63,8 +64,13 @@ def _check_lock(data_dir: str) -> None:
         os.close(fd)
 
 
-def check_wal(wal_dir: str, rep: Report) -> dict:
-    """Scan every segment; returns counts and the frame index of the log."""
+def check_wal(wal_dir: str, rep: Report, floor_of=lambda log_id: None) -> dict:
+    """Scan every segment through the one scanner; returns counts and the frame index.
+
+    ``floor_of(log_id)`` gives what the snapshot and metadata.json prove
+    durable (:func:`stemedb.core.scan.durable_floor`), so that a log cut
+    below it gets the same verdict here as at start.
+    """
     names = sorted(n for n in os.listdir(wal_dir) if n.startswith("segment-") and n.endswith(".log")) \
         if os.path.isdir(wal_dir) else []
     info = {"segments": len(names), "assertions": 0, "records": 0, "last_seq": 0,
@@ -88,41 +94,32 @@ def check_wal(wal_dir: str, rep: Report) -> dict:
         prev_number = number
         with open(path, "rb") as f:
             buf = f.read()
-        offsets, types, flags, seqs, stop, reason = fast.scan_frames(buf, SEGMENT_HEADER_SIZE, len(buf))
-        torn = False
-        if reason == codec.STOP_CHECKSUM:
-            if last and torn_checksum(buf, stop, len(buf)):
-                torn = True
-            else:
-                rep.error(f"Checksum mismatch in WAL segment {path} at offset {stop}")
-        elif reason != codec.STOP_END:
-            if last:
-                torn = True
-            else:
-                rep.error(f"Checksum mismatch in WAL segment {path} at offset {stop} "
-                          f"(record runs past the end of a sealed segment)")
-        n = len(offsets)
-        while n and flags[n - 1] & FLAG_MORE:
-            n -= 1
-        if n < len(offsets):
-            if last:
-                torn, stop = True, offsets[n]
-            else:
-                rep.error(f"WAL segment {path}: an atomic batch is cut short at offset {offsets[n]}")
-        if torn:
-            rep.warn(f"torn write at end of WAL segment {path}: {len(buf) - stop} bytes after "
-                     f"offset {stop} will be cut off and quarantined at the next start")
-        for off, rtype, seq in zip(offsets[:n], types[:n], seqs[:n]):
-            if seq <= info["last_seq"]:
-                rep.error(f"WAL segment {path} at offset {off}: seq {seq} does not follow "
-                          f"{info['last_seq']}")
-            info["last_seq"] = seq
+        try:
+            v = scan_segment(buf, path, number, last=last, prev_seq=info["last_seq"],
+                             floor=floor_of(log_id) if last else None)
+        except CorruptionError as exc:
+            rep.error(str(exc))
+            continue
+        if v.torn:
+            rep.warn(f"torn write at end of WAL segment {path}: {v.torn_bytes} bytes after "
+                     f"offset {v.end} will be cut off and quarantined at the next start")
+        for off, rtype, seq in zip(v.offsets, v.types, v.seqs):
             info["records"] += 1
             if rtype == REC_ASSERT:
                 info["assertions"] += 1
             info["frames"][(number, off)] = (seq, FRAME.unpack_from(buf, off)[1], info["assertions"])
+        info["last_seq"] = v.last_seq
         info["log_id"] = log_id
     return info
+
+
+def snapshot_position(data_dir: str) -> dict | None:
+    """The position block of the index snapshot, when it can be read."""
+    path = snapshot.snapshot_path(os.path.join(data_dir, "db"))
+    try:
+        return snapshot.read(path)[1] if os.path.exists(path) else None
+    except (CorruptionError, ValueError, KeyError):
+        return None
 
 
 def check_snapshot(data_dir: str, wal: dict, rep: Report) -> None:
@@ -214,7 +211,8 @@ def verify(data_dir: str, out=sys.stdout) -> int:
     if not os.path.isdir(wal_dir):
         print(f"error: {wal_dir} does not exist; is {data_dir} a StemeDB data directory?", file=out)
         return 2
-    wal = check_wal(wal_dir, rep)
+    pos = snapshot_position(data_dir)
+    wal = check_wal(wal_dir, rep, lambda log_id: durable_floor(data_dir, log_id, pos))
     if not rep.errors:
         rep.ok(f"WAL: {wal['segments']} segments, {wal['records']} records, "
                f"{wal['assertions']} assertions, last seq {wal['last_seq']}, every checksum valid")

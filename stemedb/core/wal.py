@@ -22,26 +22,12 @@ import threading
 import time
 from typing import Callable
 
-from ..errors import ChecksumMismatch, CorruptionError, StoreFaulted
-from . import codec, fast
+from ..errors import CorruptionError, StoreFaulted
 from .fileio import FileSystem
-from .format import FLAG_MORE, FRAME_SIZE, SEGMENT_HEADER_SIZE
+from .format import SEGMENT_HEADER_SIZE
 from .segment import Segment, new_log_id, read_header
 
 log = logging.getLogger("stemedb")
-
-
-def torn_checksum(buf, stop: int, end: int) -> bool:
-    """Is a CRC failure at ``stop`` a torn tail rather than corruption?
-
-    Yes when the failing record ends exactly at the end of the file (its
-    write was cut), or when every byte from it to the end is zero (a file
-    system that extended the file but lost the data after a power cut).
-    """
-    length = int.from_bytes(buf[stop:stop + 4], "little")
-    if stop + FRAME_SIZE + length == end:
-        return True
-    return not any(buf[stop:end])
 
 
 class Request:
@@ -62,7 +48,8 @@ class WAL:
     def __init__(self, wal_dir: str, *, fs: FileSystem | None = None,
                  segment_size: int = 64 * 1024 * 1024, durability: str = "fsync",
                  batch_delay: float = 0.002,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter,
+                 on_durable: Callable[[list, dict], None] = lambda group, anchor: None):
         self.dir = wal_dir
         self.fs = fs or FileSystem()
         self.segment_size = segment_size
@@ -76,10 +63,13 @@ class WAL:
         self._cv = threading.Condition(threading.Lock())
         self._queue: list[Request] = []
         self._leader = False
-        self.apply: Callable[[list[Request]], None] = lambda group: None
+        # Run by the leader after each durable group, in seq order, with the log
+        # position just past it: the caller applies the group and takes the
+        # position together, so a snapshot never claims a group it lacks.
+        self.on_durable = on_durable
         self.observer: Callable[[int, float], None] | None = None
         self.quarantined: list[str] = []
-        # [segment, offset, seq, crc] of the last durable frame: anchors snapshots
+        # [segment, offset, seq, crc] of the last record recovery found
         self.last_frame: list[int] | None = None
 
     # ------------------------------------------------------------ opening
@@ -113,51 +103,19 @@ class WAL:
         self.log_id = log_id or new_log_id()
         self.segments.append(Segment.create(self.fs, self.dir, 1, 1, self.log_id))
 
-    def scan(self, seg: Segment, start: int, *, last: bool):
-        """Scan ``seg`` from ``start``; cut a torn tail when ``last``.
+    def segment_bytes(self, seg: Segment, *, last: bool):
+        """Every byte of ``seg`` for the scanner: the last segment read (it may
+        be cut), a sealed one mapped."""
+        if last:
+            return seg.read(0, os.path.getsize(seg.path))
+        seg.size = os.path.getsize(seg.path)
+        seg.seal()
+        return seg.buffer()
 
-        Returns ``(buf, offsets, types, flags, seqs)`` for every complete
-        record.  Raises ChecksumMismatch for damage anywhere but the tail.
-        """
-        buf = seg.read(0, os.path.getsize(seg.path)) if last else None
-        if buf is None:
-            seg.size = os.path.getsize(seg.path)
-            seg.seal()
-            buf = seg.buffer()
+    def cut_tail(self, seg: Segment, buf, cut: int) -> None:
+        """Move the torn bytes ``buf[cut:]`` aside (durably) and truncate the
+        segment there.  Only recovery calls this, on the scanner's verdict."""
         end = len(buf)
-        offsets, types, flags, seqs, stop, reason = fast.scan_frames(buf, start, end)
-        if reason == codec.STOP_CHECKSUM:
-            if not (last and torn_checksum(buf, stop, end)):
-                raise ChecksumMismatch(
-                    f"Checksum mismatch in WAL segment {seg.path} at offset {stop}",
-                    file=seg.path, offset=stop)
-        elif reason != codec.STOP_END and not last:
-            raise ChecksumMismatch(
-                f"Checksum mismatch in WAL segment {seg.path} at offset {stop} "
-                f"(record runs past the end of a sealed segment)", file=seg.path, offset=stop)
-        # An atomic group whose closing record is missing is part of the torn tail.
-        cut = stop
-        n = len(offsets)
-        while n and flags[n - 1] & FLAG_MORE:
-            n -= 1
-        if n < len(offsets):
-            if not last:
-                raise ChecksumMismatch(
-                    f"Checksum mismatch in WAL segment {seg.path} at offset {offsets[n]} "
-                    f"(an atomic batch is cut short inside a sealed segment)",
-                    file=seg.path, offset=offsets[n])
-            cut = offsets[n]
-            del offsets[n:], types[n:], flags[n:], seqs[n:]
-        if cut < end:
-            self._cut_tail(seg, buf, cut, end)
-        seg.size = cut
-        if offsets:
-            o = offsets[-1]
-            self.last_frame = [seg.number, o, seqs[-1], int.from_bytes(buf[o + 4:o + 8], "little")]
-        return buf, offsets, types, flags, seqs
-
-    def _cut_tail(self, seg: Segment, buf, cut: int, end: int) -> None:
-        """Move the torn bytes aside (durably) and truncate the segment."""
         qdir = os.path.join(self.dir, "quarantine")
         self.fs.makedirs(qdir)
         qpath = os.path.join(qdir, f"{seg.name}.{cut}.torn")
@@ -246,8 +204,10 @@ class WAL:
             self.fault = f"{type(exc).__name__}: {exc}"
             log.error("WAL write failed, writes stopped: %s", self.fault)
             self._fail(group, StoreFaulted(
-                f"the write was not made durable ({self.fault}); writes are stopped "
-                f"until the store is reopened"))
+                f"the outcome of this write is unknown: the log failed ({self.fault}) while "
+                f"writing it, so it may or may not be on disk. Writes are stopped until the "
+                f"store is reopened; then retrying is safe (an assertion already stored "
+                f"answers with the same hash and status exists)"))
             return
         pos = seg.size
         for r in group:
@@ -260,10 +220,11 @@ class WAL:
         tail = group[-1]
         o = pos - tail.sizes[-1]
         k = len(tail.data) - tail.sizes[-1]
-        self.last_frame = [seg.number, o, int.from_bytes(tail.data[k + 12:k + 20], "little"),
-                           int.from_bytes(tail.data[k + 4:k + 8], "little")]
+        anchor = {"segment": seg.number, "offset": pos, "last_record": [
+            seg.number, o, int.from_bytes(tail.data[k + 12:k + 20], "little"),
+            int.from_bytes(tail.data[k + 4:k + 8], "little")]}
         try:
-            self.apply(group)
+            self.on_durable(group, anchor)
         except BaseException as exc:  # an apply bug must not strand the waiters
             self.fault = f"index update failed: {exc!r}"
             log.exception("index update failed; writes stopped")
@@ -300,6 +261,34 @@ class WAL:
 
     def segment(self, number: int) -> Segment:
         return self.segments[number - self.segments[0].number]
+
+    def flush(self) -> None:
+        """Make every record written so far durable.
+
+        A no-op unless ``durability=none``, whose groups are not synced one
+        by one: a snapshot calls this before it records a log position as
+        durable (recovery refuses a log shorter than that position).  Takes
+        the leader's office so that no group is being written meanwhile.
+        """
+        if self.durability != "none":
+            return
+        with self._cv:
+            while self._leader:
+                self._cv.wait()
+            self._leader = True
+        try:
+            if self._file is not None and not self.fault:
+                try:
+                    self._file.sync()
+                except OSError as exc:
+                    self.fault = f"{type(exc).__name__}: {exc}"
+                    log.error("WAL sync failed, writes stopped: %s", self.fault)
+                    raise StoreFaulted(f"writes are stopped after a storage fault: "
+                                       f"{self.fault}") from exc
+        finally:
+            with self._cv:
+                self._leader = False
+                self._cv.notify_all()
 
     def close(self) -> None:
         if self._file is not None:

@@ -39,7 +39,10 @@ import time
 from dataclasses import dataclass
 
 from .. import __version__
+from ..core import snapshot
 from ..core.format import FORMAT_MAJOR, FORMAT_MINOR
+from ..core.scan import Floor, durable_floor
+from ..core.segment import read_header
 from ..errors import StemeError
 from . import backupstate
 from .files import (
@@ -97,13 +100,15 @@ def _copy_wal(data_dir: str, dest: str, files: dict) -> dict:
     if not paths:
         raise BackupError(f"{src} holds no WAL segments: is {data_dir} a StemeDB data "
                           f"directory? (set STEMEDB_DATA_DIR or pass --data-dir)")
+    floor = _floor(data_dir, dest, paths[0])
     out = os.path.join(dest, "wal")
     os.makedirs(out)
     info = {"segments": 0, "records": 0, "assertions": 0, "last_seq": 0,
             "last_recorded_at": 0, "log_id": None, "end": None}
     for i, path in enumerate(paths):
         buf = read_all(path)
-        cut = cut_segment(path, buf, active=(i == len(paths) - 1), after_seq=info["last_seq"])
+        cut = cut_segment(path, buf, active=(i == len(paths) - 1), after_seq=info["last_seq"],
+                          floor=floor)
         for note in cut.notes:
             _say(f"backup: {note}")
         if info["log_id"] is None:
@@ -122,6 +127,27 @@ def _copy_wal(data_dir: str, dest: str, files: dict) -> dict:
         info["end"] = {"segment": cut.number, "offset": cut.end}
     fsync_dir(out)
     return info
+
+
+def _floor(data_dir: str, dest: str, first_segment: str) -> Floor:
+    """What the copied snapshot and the live metadata.json prove durable.
+
+    Both were written after the records they count reached the log, and
+    both are read before the log is, so the copy of the log must reach
+    them; a shorter log has lost acknowledged writes and is refused.
+    """
+    try:
+        log_id = read_header(first_segment)[2]
+    except StemeError:
+        return Floor()   # the scan of that segment reports the bad header
+    pos = None
+    path = snapshot.snapshot_path(os.path.join(dest, "db"))
+    if os.path.exists(path):
+        try:
+            pos = snapshot.read(path)[1]
+        except (StemeError, ValueError, KeyError):
+            pos = None
+    return durable_floor(data_dir, log_id, pos)
 
 
 def check_files(path: str, meta: dict) -> list[str]:

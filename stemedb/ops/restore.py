@@ -16,9 +16,11 @@
    ``*.backup.YYYYMMDD-HHMMSS`` (UTC) -- never deleted -- and the staged
    copies renamed into place; the data directory is fsynced.
 
-``--wal-only`` replaces ``wal/`` and keeps ``db/``: the engine notices at
-start that the index snapshot does not match the WAL and rebuilds it
-(``Rebuilding indexes...``).  Confirmation is asked only when stdin is a
+``--wal-only`` replaces ``wal/`` and keeps ``db/``, but renames the index
+snapshot in it aside (``snapshot.idx.backup.<time>``): a snapshot newer than
+the restored WAL would tell the engine that acknowledged records are
+missing, and it would rightly refuse to start.  The engine rebuilds the
+indexes from the restored WAL (``Rebuilding indexes...``).  Confirmation is asked only when stdin is a
 terminal.  Exit 0 on success, 1 on failure or refusal, 2 on bad usage.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ import sys
 import time
 import urllib.request
 
+from ..core import snapshot
 from ..errors import StemeError
 from .backup import verify_backup
 from .files import copy_durable, fsync_dir, read_json, utc_stamp, write_json_atomic
@@ -146,6 +149,19 @@ def confirm(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def set_aside_snapshot(data_dir: str, stamp: str) -> str | None:
+    """Rename ``db/indexes/snapshot.idx`` aside (never deleting); its new path."""
+    cur = snapshot.snapshot_path(os.path.join(data_dir, "db"))
+    if not os.path.exists(cur):
+        return None
+    aside = f"{cur}.backup.{stamp}"
+    _say(f"Renaming the index snapshot {cur} to {aside} (it counts records the restored "
+         f"WAL does not hold)")
+    os.rename(cur, aside)
+    fsync_dir(os.path.dirname(cur))
+    return aside
+
+
 def swap_in(staged: dict[str, str], data_dir: str, meta: dict, stamp: str) -> list[str]:
     """Rename the current parts aside (never deleting) and the staged ones in.
 
@@ -230,6 +246,8 @@ def install(source: str, data_dir: str, meta: dict, *, wal_only: bool, systemd: 
         staging = os.path.join(data_dir, f".restore-{stamp}-{os.getpid()}")
         parts = ["wal"] if wal_only else ["wal", "db"]
         staged = {}
+        if wal_only:
+            set_aside_snapshot(data_dir, stamp)
         try:
             for part in parts:
                 src = os.path.join(source, part)
@@ -249,8 +267,8 @@ def install(source: str, data_dir: str, meta: dict, *, wal_only: bool, systemd: 
     if kept:
         _say("Previous data kept at: " + ", ".join(kept))
     if wal_only:
-        _say("db/ was kept: the index snapshot will be checked against the restored WAL at "
-             "start and rebuilt if it does not match")
+        _say("db/ was kept, its index snapshot renamed aside: the indexes are rebuilt from "
+             "the restored WAL at start")
     if stopped:
         _say(f"Starting {systemd.service}...")
         systemd.run("start")

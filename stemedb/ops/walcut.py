@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ..core import codec, fast
 from ..core.format import FLAG_MORE, FRAME, FRAME_SIZE, REC_ASSERT, SEGMENT_HEADER_SIZE
+from ..core.scan import Floor, scan_segment
 from ..core.segment import read_header
-from ..errors import CorruptionError
 
 _dec = msgspec.msgpack.Decoder()
 # recorded_at is the int64 right after the 32-byte hash in an assertion payload
@@ -74,35 +73,30 @@ class Cut:
 
 
 def cut_segment(path: str, buf, *, active: bool, until_seq: int | None = None,
-                until_us: int | None = None, after_seq: int = 0) -> Cut:
+                until_us: int | None = None, after_seq: int = 0,
+                floor: Floor | None = None) -> Cut:
     """Find the consistent prefix of segment ``path`` whose bytes are ``buf``.
 
-    ``active``: the segment may still be written to, so an incomplete or
-    unverifiable tail is an in-flight write and is left out; in a sealed
-    segment any damage is corruption and raises CorruptionError naming the
-    file and offset.  With ``until_seq`` / ``until_us`` the prefix ends after
-    the last whole atomic group whose last record is at or before the limit.
-    ``after_seq`` is the last seq of the previous segment (seq must increase).
-    O(bytes).
+    The bytes are judged by the one scanner (:func:`stemedb.core.scan.scan_segment`),
+    exactly as recovery and ``verify`` judge them: ``active`` (the last
+    segment, perhaps still being written) may end in a torn tail, which is
+    an in-flight write and is left out; anything else (damage before the
+    tail, a valid record after a bad one, a cut below ``floor``) raises
+    ChecksumMismatch naming the file and offset, so no shorter copy is ever
+    published as a consistent one.  With ``until_seq`` / ``until_us`` the
+    prefix ends after the last whole atomic group whose last record is at or
+    before the limit.  ``after_seq`` is the last seq of the previous
+    segment.  O(bytes).
     """
     number, first_seq, log_id = read_header(path)
-    end = len(buf)
-    offsets, types, flags, seqs, stop, reason = fast.scan_frames(buf, SEGMENT_HEADER_SIZE, end)
-    cut = Cut(path, number, first_seq, log_id, SEGMENT_HEADER_SIZE, end)
-    if reason != codec.STOP_END:
-        if not active:
-            raise CorruptionError(f"Checksum mismatch in WAL segment {path} at offset {stop} "
-                                  f"(a sealed segment must be whole)", file=path, offset=stop)
-        cut.notes.append(f"{path}: {end - stop} bytes after offset {stop} are an in-flight "
+    v = scan_segment(buf, path, number, last=active, prev_seq=after_seq, floor=floor)
+    cut = Cut(path, number, first_seq, log_id, SEGMENT_HEADER_SIZE, len(buf))
+    if v.torn:
+        cut.notes.append(f"{path}: {v.torn_bytes} bytes after offset {v.end} are an in-flight "
                          f"write and were left out")
-    prev = after_seq
     group_records = group_asserts = 0
     group_first = 0
-    for off, rtype, flag, seq in zip(offsets, types, flags, seqs):
-        if seq <= prev:
-            raise CorruptionError(f"Checksum mismatch in WAL segment {path} at offset {off} "
-                                  f"(seq {seq} does not follow {prev})", file=path, offset=off)
-        prev = seq
+    for off, rtype, flag, seq in zip(v.offsets, v.types, v.flags, v.seqs):
         if group_records == 0:
             group_first = seq
         group_records += 1
@@ -126,13 +120,4 @@ def cut_segment(path: str, buf, *, active: bool, until_seq: int | None = None,
         cut.last_seq = seq
         cut.last_recorded_at = rec
         group_records = group_asserts = 0
-    else:
-        if group_records:
-            if not active:
-                raise CorruptionError(
-                    f"Checksum mismatch in WAL segment {path} at offset {cut.end} "
-                    f"(an atomic batch is cut short inside a sealed segment)",
-                    file=path, offset=cut.end)
-            cut.notes.append(f"{path}: an atomic batch of {group_records} records at offset "
-                             f"{cut.end} is still being written and was left out")
     return cut

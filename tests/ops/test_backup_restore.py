@@ -22,7 +22,9 @@ SHOW_META = 'jq \'{timestamp, assertion_count, last_seq, wal_segment_count}\' "$
 VERIFY = 'python -m stemedb.core.verify "$BACKUP_DIR"'
 RESTORE = './scripts/restore-stemedb.sh "$BACKUP_DIR"'
 WAL_ONLY = './scripts/restore-stemedb.sh "$BACKUP_DIR" --wal-only'
-RUNBOOK_COMMANDS = [BACKUP, LATEST, SHOW_META, VERIFY, RESTORE, WAL_ONLY,
+SALVAGE_DRY = 'stemedb salvage "$STEMEDB_DATA_DIR" --dry-run'
+SALVAGE = 'stemedb salvage "$STEMEDB_DATA_DIR"'
+RUNBOOK_COMMANDS = [BACKUP, LATEST, SHOW_META, VERIFY, RESTORE, WAL_ONLY, SALVAGE_DRY, SALVAGE,
                     # run by test_fsync_check.py, test_dr_drill.py, test_deploy_files.py
                     'stemedb fsync-check "$STEMEDB_DATA_DIR"', "./scripts/dr-drill.sh",
                     "promtool check rules stemedb-alerts.yml", "promtool test rules stemedb-alerts.test.yml"]
@@ -211,10 +213,11 @@ def test_wal_only_restore_is_detected_and_indexes_rebuilt(dirs):
         for i in range(40, 90):
             s.put(body(i))
     run(WAL_ONLY, dict(dirs["env"], BACKUP_DIR=path), check=True)
-    assert os.path.exists(os.path.join(dirs["data"], "db", "indexes", "snapshot.idx")), \
-        "--wal-only keeps the old db/"
+    idx = os.path.join(dirs["data"], "db", "indexes")
+    assert any(n.startswith("snapshot.idx.backup.") for n in os.listdir(idx)), \
+        "--wal-only keeps db/, its snapshot renamed aside, never deleted"
     with open_store(dirs["data"], durability="none") as s:
-        assert s.rebuilt, "a snapshot newer than the WAL must be detected and rebuilt"
+        assert s.rebuilt, "the indexes are rebuilt from the restored WAL"
         assert s.count == 40, "never served stale: the count is the restored WAL's"
         assert s.query("drugs/d1", include_descendants=False).results is not None
 
@@ -228,8 +231,12 @@ def test_manual_wal_replacement_from_the_runbook_rebuilds(dirs):
     with open_store(dirs["data"], durability="none") as s:
         for i in range(40, 60):
             s.put(body(i))
-    cmd = ('mv "$STEMEDB_DATA_DIR/wal" "$STEMEDB_DATA_DIR/wal.corrupted.$(date +%Y%m%d-%H%M%S)" && '
+    cmd = ('stamp=$(date +%Y%m%d-%H%M%S) && '
+           'mv "$STEMEDB_DATA_DIR/wal" "$STEMEDB_DATA_DIR/wal.corrupted.$stamp" && '
+           'mv "$STEMEDB_DATA_DIR/db" "$STEMEDB_DATA_DIR/db.stale.$stamp" && '
+           'mv "$STEMEDB_DATA_DIR/metadata.json" "$STEMEDB_DATA_DIR/metadata.json.stale.$stamp" && '
            'cp -r "$BACKUP_DIR/wal" "$STEMEDB_DATA_DIR/wal"')
+    assert cmd in runbook_text(), "the test runs the runbook's command verbatim"
     run(cmd, dict(dirs["env"], BACKUP_DIR=path), check=True)
     with open_store(dirs["data"], durability="none") as s:
         assert s.rebuilt and s.count == 40
@@ -256,7 +263,7 @@ def test_restore_usage_errors(dirs):
     assert r.returncode == 1 and "not a directory" in r.stderr
 
 
-def test_runbook_commands_are_documented():
+def runbook_text() -> str:
     docs = os.path.join(ROOT, "docs", "operations")
     text = ""
     for root, _d, names in os.walk(docs):
@@ -264,5 +271,37 @@ def test_runbook_commands_are_documented():
             if n.endswith(".md"):
                 with open(os.path.join(root, n)) as f:
                     text += f.read()
+    return text
+
+
+def test_runbook_commands_are_documented():
+    text = runbook_text()
     missing = [c for c in RUNBOOK_COMMANDS if c not in text]
     assert not missing, f"runbook commands the tests run are not in docs/operations: {missing}"
+
+
+def test_salvage_from_the_runbook(dirs):
+    """server-wont-start.md: a damaged log refuses the start; the two salvage
+    commands show, then make, the cut; the store starts with what precedes it."""
+    with open_store(dirs["data"], durability="none") as s:
+        for i in range(30):
+            s.put(body(i))
+    seg = os.path.join(dirs["data"], "wal", "segment-00001.log")
+    offs, pos = [], 40
+    with open(seg, "rb") as f:
+        raw = f.read()
+    while pos + 20 <= len(raw):
+        offs.append(pos)
+        pos += 20 + int.from_bytes(raw[pos:pos + 4], "little")
+    with open(seg, "r+b") as f:         # one flipped bit in the 3rd byte of a length field
+        f.seek(offs[15] + 2)
+        f.write(bytes([raw[offs[15] + 2] ^ 0x10]))
+    r = run(VERIFY.replace("$BACKUP_DIR", "$STEMEDB_DATA_DIR"), dirs["env"])
+    assert r.returncode == 1 and f"Checksum mismatch in WAL segment {seg} at offset {offs[15]}" \
+        in r.stdout, r.stdout
+    r = run(SALVAGE_DRY, dirs["env"])
+    assert r.returncode == 1 and "valid records after them (seqs 17-30)" in r.stdout, r.stdout
+    r = run(SALVAGE, dirs["env"], check=True)
+    assert "kept: 15 records, up to seq 15" in r.stdout, r.stdout
+    with open_store(dirs["data"], durability="none") as s:
+        assert s.count == 15

@@ -109,7 +109,11 @@ def test_open_from_snapshot_replays_only_the_tail(data, caplog):
     s.close()
 
 
-def test_wal_only_restore_is_detected_and_rebuilt(data, caplog):
+def test_wal_only_restore_is_refused_until_the_loss_is_accepted(data, caplog):
+    """Putting an older copy of wal/ back under a newer snapshot and metadata.json
+    looks exactly like a log that lost its end: start refuses (it used to
+    rebuild and reuse the lost seqs), and `stemedb salvage` accepts the loss."""
+    from stemedb.ops import salvage
     s = op(data)
     fill(s, 10)
     s.close()
@@ -120,10 +124,12 @@ def test_wal_only_restore_is_detected_and_rebuilt(data, caplog):
     s.close()                      # the snapshot now covers 25 assertions
     shutil.rmtree(os.path.join(data, "wal"))
     shutil.copytree(backup, os.path.join(data, "wal"))
+    with pytest.raises(CorruptionError, match="ends at seq 10, but seq 25 is durable"):
+        op(data)
+    assert salvage.main([data]) == 0
     caplog.set_level(logging.INFO, logger="stemedb")
     s = op(data)
     msgs = messages(caplog)
-    assert any(m.startswith("Index snapshot does not match the WAL") for m in msgs)
     assert "Rebuilding indexes..." in msgs and any(
         m.startswith("Index rebuild complete in") for m in msgs)
     assert s.count == 10 and s.last_seq == 10, "counts come from the restored WAL"
@@ -147,6 +153,9 @@ def test_snapshot_from_another_history_is_not_trusted(data, caplog):
     shutil.copy(snap, data + ".snap")
     shutil.rmtree(os.path.join(data, "wal"))
     shutil.copytree(wal_then, os.path.join(data, "wal"))
+    # a proper WAL-only restore sets aside what counts the newer records
+    shutil.rmtree(os.path.join(data, "db"))
+    os.remove(os.path.join(data, "metadata.json"))
     s = op(data)
     other = fill(s, 5, start=20)            # same sizes, other content
     s.close()
