@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 DURABILITY_MODES = ("fsync", "batch", "none")
+MIN_AUDIT_MAX_BYTES = 64 * 1024
 
 DEFAULT_RATE_LIMITS = (
     "assert=2000/second;batch=100/second;query=2000/second;"
@@ -49,6 +50,8 @@ class Settings:
     log_level: str = field(default="info", metadata={"unit": "debug|info|warning|error"})
     pure_python: bool = field(default=False, metadata={"unit": "0|1"})
     require_fast: bool = field(default=False, metadata={"unit": "0|1"})
+    audit: str = field(default="on", metadata={"unit": "on|off"})
+    audit_max_bytes: int = field(default=1024 * 1024 * 1024, metadata={"unit": "bytes"})
 
     def __post_init__(self):
         if self.durability not in DURABILITY_MODES:
@@ -61,6 +64,14 @@ class Settings:
                 field="segment_size")
         if self.batch_delay_ms < 0:
             raise ConfigError("STEMEDB_BATCH_DELAY_MS must be >= 0", field="batch_delay_ms")
+        if self.audit not in ("on", "off"):
+            raise ConfigError(f"STEMEDB_AUDIT must be on or off, got {self.audit!r}",
+                              field="audit")
+        if type(self.audit_max_bytes) is not int or self.audit_max_bytes < MIN_AUDIT_MAX_BYTES:
+            raise ConfigError(
+                f"STEMEDB_AUDIT_MAX_BYTES must be a whole number of bytes, at least "
+                f"{MIN_AUDIT_MAX_BYTES} (64 KiB), got {self.audit_max_bytes!r}; to keep no "
+                f"audit trail at all, set STEMEDB_AUDIT=off", field="audit_max_bytes")
 
     @staticmethod
     def env_name(name: str) -> str:

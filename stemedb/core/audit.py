@@ -2,13 +2,30 @@
 
 Entries are queued by the query path and written by a background thread to
 ``<data>/audit/queries-NNNNNN.log`` (JSON lines), at least once a second.
-A file is closed and a new one started at ``ROTATE_AT`` bytes; nothing is
-deleted (prune old files by hand or by policy: they are plain text).  It is
-not fsynced per query (a crash may lose the last second of audit entries,
-never an assertion); it is fsynced at rotation and at close.
 
-The query thread only queues a closure; the writer builds entries in chunks
-of ``CHUNK`` and yields the GIL between chunks, so a busy reader never waits
+Bounded three ways, so read-only traffic can never fill the disk or the
+memory (issue 8, items 8 and 15):
+
+* an entry is small: the query path queues only the winners' hashes and the
+  lens's top ``TOP_CONTRIBUTORS`` candidates with a count of the rest
+  (see ``query._audit``), never every candidate;
+* the trail is capped: past ``max_bytes`` (``STEMEDB_AUDIT_MAX_BYTES``) the
+  oldest whole files are deleted.  A file is closed and a new one started at
+  ``rotate_at`` bytes, at most an eighth of the cap, so the trail keeps
+  between 7/8 of the cap and the cap;
+* the queue is capped at ``max_queue`` entries: when the writer cannot keep
+  up, new entries are dropped (and counted) instead of piling up in memory.
+
+The writer survives a full disk or any other ``OSError``: the entries it
+could not write are dropped and counted (``dropped``, the metric
+``stemedb_audit_dropped_entries_total``), one log line says so at most every
+``LOG_EVERY`` seconds, and the next write tries again.  A failed write is cut
+back off the file, so no torn line is left between two good ones.
+
+It is not fsynced per query (a crash may lose the last second of audit
+entries, never an assertion); it is fsynced at rotation and at close.  The
+query thread only queues a closure; the writer builds entries in chunks of
+``CHUNK`` and yields the GIL between chunks, so a busy reader never waits
 for a whole backlog to be serialized.  Reads go newest file first and stop
 at the limit, so they cost what they return, not the whole history.
 """
@@ -16,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import os
 import re
 import threading
@@ -23,25 +41,77 @@ import time
 
 import orjson
 
+from .fileio import FileSystem
+
+log = logging.getLogger("stemedb")
+
 FLUSH_EVERY = 1.0
 CHUNK = 64
 ROTATE_AT = 64 * 1024 * 1024
+MAX_BYTES = 1024 * 1024 * 1024          # STEMEDB_AUDIT_MAX_BYTES default
+MIN_ROTATE = 4096
+MAX_QUEUE = 10_000                      # entries waiting for the writer
+LOG_EVERY = 60.0                        # seconds between two "dropped" log lines
 _NAME = re.compile(r"queries-(\d{6})\.log\Z")
 
 
+def file_numbers(directory: str) -> list[int]:
+    """The numbers of the audit files in ``directory``, oldest first."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1)) for n in names if (m := _NAME.match(n)))
+
+
+def trail_bytes(directory: str) -> int:
+    """Bytes of the audit files in ``directory`` (0 when there is none)."""
+    total = 0
+    for number in file_numbers(directory):
+        try:
+            total += os.path.getsize(os.path.join(directory, f"queries-{number:06d}.log"))
+        except OSError:
+            continue
+    return total
+
+
 class AuditLog:
-    def __init__(self, directory: str, rotate_at: int = ROTATE_AT):
-        os.makedirs(directory, exist_ok=True)
+    def __init__(self, directory: str, *, max_bytes: int = MAX_BYTES,
+                 rotate_at: int | None = None, fs: FileSystem | None = None,
+                 max_queue: int = MAX_QUEUE, clock=time.monotonic):
         self.dir = directory
-        self.rotate_at = rotate_at
+        self.fs = fs or FileSystem()
+        self.max_bytes = max_bytes
+        self.rotate_at = rotate_at if rotate_at is not None else min(
+            ROTATE_AT, max(max_bytes // 8, MIN_ROTATE))
+        self.max_queue = max_queue
+        self._clock = clock
         self._queue: collections.deque = collections.deque()
         self._cv = threading.Condition()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()     # the file, the sizes, the drop counts
         self._closed = False
         self._ids = itertools.count(1)
-        numbers = self._numbers()
-        self._number = numbers[-1] if numbers else 1
-        self._file = open(self._path(self._number), "ab")
+        self._dropped = 0
+        self._unlogged = 0                      # drops not yet in a log line
+        self._last_log = None
+        self._file = None                       # opened at the first write
+        self._torn = False                      # the file may end in a partial line
+        self._failing = False                   # the last write failed
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:                    # the writer retries at its first write
+            self._note_drop(0, e)
+        # Sizes of the files on disk, oldest first; the last one is appended to.
+        self._sizes: dict[int, int] = {}
+        for number in file_numbers(directory):
+            try:
+                self._sizes[number] = os.path.getsize(self._path(number))
+            except OSError:
+                continue
+        self._number = max(self._sizes, default=1)
+        self._sizes.setdefault(self._number, 0)
+        with self._write_lock:
+            self._prune()                       # a lowered cap applies at once
         self._thread = threading.Thread(target=self._run, name="stemedb-audit", daemon=True)
         self._thread.start()
 
@@ -50,18 +120,38 @@ class AuditLog:
         return os.path.join(self.dir, f"queries-{number:06d}.log")
 
     def _numbers(self) -> list[int]:
-        return sorted(int(m.group(1)) for n in os.listdir(self.dir) if (m := _NAME.match(n)))
+        return file_numbers(self.dir)
 
     @property
     def path(self) -> str:
         return self._path(self._number)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the audit trail on disk (as this writer left it)."""
+        return sum(self._sizes.values())
+
+    @property
+    def dropped(self) -> int:
+        """Entries dropped since open: not written (disk full, I/O error), not
+        built, or not queued because the writer was ``max_queue`` behind."""
+        return self._dropped
 
     def new_id(self, at_us: int) -> str:
         # itertools.count is atomic under the GIL: no lock on the query path
         return f"q{at_us:x}{next(self._ids) % 0x10000:04x}"
 
     def add(self, entry_fn) -> None:
-        """Queue ``entry_fn`` (called later, off the query path, to build the entry)."""
+        """Queue ``entry_fn`` (called later, off the query path, to build the entry).
+
+        O(1).  When the writer is ``max_queue`` entries behind, the entry is
+        dropped and counted instead: memory stays bounded whatever the load.
+        """
+        if len(self._queue) >= self.max_queue:
+            with self._write_lock:
+                self._note_drop(1, "the audit writer is more than "
+                                   f"{self.max_queue} entries behind")
+            return
         self._queue.append(entry_fn)
 
     def _run(self) -> None:
@@ -70,50 +160,151 @@ class AuditLog:
                 if not self._closed:
                     self._cv.wait(FLUSH_EVERY)
                 closed = self._closed
-            self._drain(pause=not closed)
+            try:
+                self._drain(pause=not closed)
+            except Exception as e:  # noqa: BLE001 - the writer thread must not die
+                with self._write_lock:
+                    self._note_drop(0, e)
             if closed:
                 return
 
     def _drain(self, pause: bool = False) -> None:
         q = self._queue
         while q:
-            lines = []
+            lines, failed, error = [], 0, None
             for _ in range(CHUNK):
                 if not q:
                     break
                 fn = q.popleft()
                 try:
                     lines.append(orjson.dumps(fn()) + b"\n")
-                except Exception:  # an audit entry must never break the store
-                    continue
+                except Exception as e:  # noqa: BLE001 - an audit entry must never break the store
+                    failed, error = failed + 1, e
+            if failed:
+                with self._write_lock:
+                    self._note_drop(failed, f"an audit entry could not be built: {error!r}")
             if lines:
-                self._write(b"".join(lines))
+                self._write(lines)
             if pause:
                 time.sleep(0)  # let the query threads run between chunks
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, lines: list[bytes]) -> None:
+        """Append ``lines``, starting a new file before one would pass
+        ``rotate_at`` (so no file, and no write, outgrows the cap's share)."""
         with self._write_lock:
+            i = 0
+            while i < len(lines):
+                used = self._sizes[self._number]
+                j, size = i, 0
+                while j < len(lines) and (used + size + len(lines[j]) <= self.rotate_at
+                                          or used + size == 0):
+                    size += len(lines[j])
+                    j += 1
+                if j == i:          # the next line does not fit in this file
+                    self._rotate()
+                    continue
+                self._append(b"".join(lines[i:j]), j - i)
+                i = j
+                if self._sizes[self._number] >= self.rotate_at:
+                    self._rotate()
+            self._prune()
+
+    def _append(self, data: bytes, entries: int) -> None:
+        """Write ``entries`` lines to the current file (call under _write_lock)."""
+        try:
+            if self._file is None:
+                os.makedirs(self.dir, exist_ok=True)
+                self._file = self.fs.open_append(self.path)
+                self._sizes[self._number] = self._file.size()
+            if self._torn:
+                # an earlier failed write left a partial line that could
+                # not be cut off: end it, so this entry starts a line
+                data = b"\n" + data
             self._file.write(data)
-            self._file.flush()
-            if self._file.tell() >= self.rotate_at:
-                os.fsync(self._file.fileno())
-                self._file.close()
-                self._number += 1
-                self._file = open(self._path(self._number), "ab")
+        except OSError as e:
+            self._unwrite()
+            self._note_drop(entries, e)
+            self._failing = True
+            return
+        if self._failing:
+            self._failing = False
+            self._note_drop(0, "writing again after a failure")
+        self._torn = False
+        self._sizes[self._number] += len(data)
+
+    def _unwrite(self) -> None:
+        """Cut a failed write's partial bytes off the file (call under _write_lock)."""
+        if self._file is None:
+            return
+        try:
+            self._file.truncate(self._sizes[self._number])
+            self._torn = False
+        except OSError:
+            self._torn = True
+
+    def _rotate(self) -> None:
+        """Seal the current file and start the next (call under _write_lock)."""
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.sync()
+            except OSError as e:  # the entries are in the page cache; nothing to retry
+                self._note_drop(0, e)
+            finally:
+                f.close()
+        self._number += 1
+        self._sizes[self._number] = 0  # opened by the next write
+
+    def _prune(self) -> None:
+        """Delete the oldest whole files while the trail is over ``max_bytes``
+        (never the file being written; call under _write_lock)."""
+        total = sum(self._sizes.values())
+        for number in sorted(self._sizes):
+            if total <= self.max_bytes or number == self._number:
+                break
+            try:
+                os.remove(self._path(number))
+            except FileNotFoundError:
+                pass                    # removed by hand: it no longer counts
+            except OSError as e:
+                self._note_drop(0, e)
+                break
+            total -= self._sizes.pop(number)
+
+    def _note_drop(self, entries: int, reason) -> None:
+        """Count ``entries`` dropped entries and log at most one line every
+        ``LOG_EVERY`` seconds (call under _write_lock, or in __init__)."""
+        self._dropped += entries
+        self._unlogged += entries
+        now = self._clock()
+        if self._last_log is not None and now - self._last_log < LOG_EVERY:
+            return
+        self._last_log = now
+        log.error("query audit in %s: %s; %d entries dropped since the last report "
+                  "(%d since start); the audit goes on with the next entries and the "
+                  "store is unaffected; free disk space (see the disk-full runbook) or "
+                  "set STEMEDB_AUDIT=off; next report in %.0f s at most",
+                  self.dir, reason, self._unlogged, self._dropped, LOG_EVERY)
+        self._unlogged = 0
 
     def flush(self) -> None:
         self._drain()
 
     # ------------------------------------------------------------ reading
+    def _lines(self, number: int) -> list[bytes]:
+        try:
+            with open(self._path(number), "rb") as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []           # pruned while we were reading
+
     def _entries_newest_first(self):
         for number in reversed(self._numbers()):
-            with open(self._path(number), "rb") as f:
-                lines = f.read().splitlines()
-            for line in reversed(lines):
+            for line in reversed(self._lines(number)):
                 try:
                     yield orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    continue  # a torn last line after a crash
+                    continue  # a torn line after a crash or a full disk
 
     def read(self, *, limit: int = 100, agent: str | None = None,
              from_us: int | None = None, to_us: int | None = None) -> list[dict]:
@@ -136,13 +327,12 @@ class AuditLog:
         self.flush()
         needle = f'"id":"{id}"'.encode()
         for number in reversed(self._numbers()):
-            with open(self._path(number), "rb") as f:
-                for line in f:
-                    if needle in line:
-                        try:
-                            return orjson.loads(line)
-                        except orjson.JSONDecodeError:
-                            continue
+            for line in self._lines(number):
+                if needle in line:
+                    try:
+                        return orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        continue
         return None
 
     def close(self) -> None:
@@ -152,6 +342,12 @@ class AuditLog:
         self._thread.join(timeout=5)
         self._drain()
         with self._write_lock:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            f, self._file = self._file, None
+            if f is None:
+                return
+            try:
+                f.sync()
+            except OSError as e:
+                self._note_drop(0, e)
+            finally:
+                f.close()

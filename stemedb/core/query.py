@@ -350,24 +350,43 @@ def run_query(store, concept_path, *, predicate=None, include_descendants=False,
                   "known_at": known_at, "since": since, "lifecycle": lifecycle, "epoch": epoch,
                   "decay": decay, "include_retracted": include_retracted, "limit": limit,
                   "cursor": cursor}
-        _audit(store, agent, params, results, groups, ctx)
+        _audit(store, agent, params, results, groups, ctx, ordered)
     return out
 
 
-def _audit(store, agent, params, results, groups, ctx):
+AUDIT_CONTRIBUTORS = 20   # candidates an audit entry names; the rest are counted
+AUDIT_RESULTS = 100       # winners an audit entry names; the rest are counted
+
+
+def _audit(store, agent, params, results, groups, ctx, ordered):
+    """Queue the query's audit entry; O(len(results)) here, whatever the candidates.
+
+    The entry names the winners (``result_hashes``, at most AUDIT_RESULTS,
+    ``result_hashes_more`` counts the rest) and the lens's best-ranked
+    candidates (``contributing``: the first AUDIT_CONTRIBUTORS of ``ordered``
+    that are not retracted, each with its effective confidence as weight;
+    ``contributing_more`` counts the rest).  Listing every candidate cost a
+    ``limit=1`` query over 10,000 candidates 900 KB of audit (issue 8,
+    item 15).  Only those few assertions and scalars are kept until the
+    writer thread builds the entry, so a backlog holds no candidate lists.
+    """
     at = store.clock()
     qid = store.audit.new_id(at)
+    active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
+    top = ordered[:min(AUDIT_CONTRIBUTORS, active)]
+    winners = [w for r in results if (w := r["winner"]) is not None]
+    more_winners = max(0, len(winners) - AUDIT_RESULTS)
+    winners = winners[:AUDIT_RESULTS]
+    at_us, decay = ctx.at_us, ctx.decay
 
     def entry():
-        contributing = []
-        for cands in groups.values():
-            for a in cands:
-                contributing.append({"hash": a.hash, "weight": effective_confidence(
-                    a, at_us=ctx.at_us, decay=ctx.decay)})
         return {"id": qid, "at": format_time(at), "at_us": at, "agent": agent,
                 "params": {k: v for k, v in params.items() if v is not None},
-                "result_hashes": [r["winner"].hash for r in results if r["winner"] is not None],
-                "contributing": contributing}
+                "result_hashes": [w.hash for w in winners],
+                "result_hashes_more": more_winners,
+                "contributing": [{"hash": a.hash, "weight": effective_confidence(
+                    a, at_us=at_us, decay=decay)} for a in top],
+                "contributing_more": active - len(top)}
     store.audit.add(entry)
 
 

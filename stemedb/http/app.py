@@ -123,7 +123,8 @@ def build_wsgi(handle: StoreHandle, settings: Settings, started_at: float | None
 def open_store_for(settings: Settings, lock_timeout: float):
     from ..core.store import open_store
     return open_store(settings.data_dir, durability=settings.durability,
-                      segment_size=settings.segment_size, lock_timeout=lock_timeout)
+                      segment_size=settings.segment_size, lock_timeout=lock_timeout,
+                      audit=settings.audit, audit_max_bytes=settings.audit_max_bytes)
 
 
 def get_app():

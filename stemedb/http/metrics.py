@@ -19,6 +19,11 @@ stemedb_build_info                         gauge      version, implementation (c
 stemedb_last_backup_timestamp_seconds      gauge      Unix time of the latest successful
                                                       backup; 0 when none is recorded
 stemedb_backup_failures_total              counter    failed backups
+stemedb_audit_bytes                        gauge      bytes of the query audit trail on disk
+stemedb_audit_dropped_entries_total        counter    audit entries dropped (disk full or
+                                                      another write error, or the writer
+                                                      too far behind) since the worker
+                                                      started
 =========================================  =========  =====================================
 
 The store-derived values are read at scrape time.  The two backup metrics
@@ -153,6 +158,7 @@ class _StoreCollector:
                                       "1 when a storage fault has stopped writes")
             fault.add_metric([], 1.0 if getattr(store, "fault", None) else 0.0)
             yield fault
+            yield from _audit_metrics(store)
             info = GaugeMetricFamily("stemedb_build_info", "Version and implementation",
                                      labels=["version", "implementation"])
             info.add_metric([__version__, str(getattr(store, "implementation", "unknown"))], 1.0)
@@ -166,3 +172,21 @@ class _StoreCollector:
                                     "Failed backups of this data directory")
         fails.add_metric([], state["failures"])
         yield fails
+
+
+def _audit_metrics(store):
+    """The audit trail's size and dropped entries (see stemedb.core.audit)."""
+    try:
+        stats = store.audit_stats()
+    except Exception:  # noqa: BLE001 - a closed or broken store: skip the audit metrics
+        return
+    size = GaugeMetricFamily("stemedb_audit_bytes",
+                             "Bytes of the query audit trail on disk (capped by "
+                             "STEMEDB_AUDIT_MAX_BYTES)")
+    size.add_metric([], float(stats["bytes"]))
+    yield size
+    dropped = CounterMetricFamily("stemedb_audit_dropped_entries",
+                                  "Query audit entries dropped (write error such as a full "
+                                  "disk, or the writer too far behind)")
+    dropped.add_metric([], float(stats["dropped"]))
+    yield dropped
