@@ -97,7 +97,8 @@ class FakeStore:
         self.last_seq += 1
         return RetractResult(0, [], self.last_seq)
 
-    def vote(self, assertion_hash, weight, *, agent_id=None, signature=None):
+    def vote(self, assertion_hash, weight, *, agent_id=None, signature=None, timestamp=None,
+             require_signatures=False):
         self._check()
         if assertion_hash not in self._by_hash:
             raise NotFound("unknown assertion", field="assertion_hash")
