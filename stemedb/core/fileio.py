@@ -7,7 +7,20 @@ data).
 """
 from __future__ import annotations
 
+import errno
 import os
+
+
+def no_space(path: str, need: int) -> OSError:
+    """ENOSPC that names the file, the bytes it needed and the bytes free."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        free = f"{st.f_bavail * st.f_frsize:,} bytes are free there"
+    except OSError:
+        free = "the free space could not be read"
+    return OSError(errno.ENOSPC, f"No space left on device writing {path}: it needs "
+                                 f"{need:,} bytes and {free}; free space on that file "
+                                 f"system (see docs/operations/runbooks/disk-full.md)", path)
 
 
 class File:
@@ -73,6 +86,10 @@ class FileSystem:
             f.truncate(0)
             f.write(data)
             f.sync()
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise no_space(path, len(data)) from exc
+            raise
         finally:
             f.close()
         self.rename(tmp, path)

@@ -86,3 +86,34 @@ def test_put_takes_the_librarys_own_assertion_type(tmp_path):
         assert copied.created and copied.hash == src.hash, "same claim, same hash elsewhere"
         assert b.get(src.hash).value is None
         assert b.put_batch([src])[0].created is False
+
+
+def test_a_start_on_a_full_disk_names_the_file_and_the_space(tmp_path):
+    """Issue 8 item 21: a restart while the disk is still full logged only
+    ``[Errno 28]``; it must name the file, the bytes needed and the bytes free."""
+    import errno
+    import shutil
+
+    from stemedb.core.fileio import File, FileSystem
+
+    with open_store(tmp_path, fs=NoFsyncFS()) as s:
+        for i in range(20):
+            s.put(body(i))
+    shutil.rmtree(tmp_path / "db")            # the start must write a new snapshot
+
+    class FullFile(File):
+        def write(self, data):
+            if self.path.endswith(".tmp"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().write(data)
+
+    class FullFS(FileSystem):
+        file_class = FullFile
+
+    with pytest.raises(OSError) as exc:
+        open_store(tmp_path, fs=FullFS())
+    msg = str(exc.value)
+    assert exc.value.errno == errno.ENOSPC
+    assert "snapshot.idx" in msg and "bytes are free there" in msg and "it needs" in msg, msg
+    with open_store(tmp_path, fs=NoFsyncFS()) as s:   # nothing was half-written
+        assert s.count == 20
