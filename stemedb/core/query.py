@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import NotFound, UnknownReference, ValidationError
 from ..model import LIFECYCLE_RANK, LIFECYCLES, Assertion, check_concept_path, check_hash, check_name
-from ..timeutil import format_time, parse_filter_time
+from ..timeutil import FIRST_US, LAST_US, format_time, parse_filter_time
 from .fast import str64
 from .index import PRED_BITS
 from .lens import LensContext, conflict_analysis, effective_confidence, get_lens, trust_rank
@@ -280,7 +280,11 @@ def _uncursor(cursor, f: Filters) -> int:
             off, f.seq_bound = int(parts[1]), int(parts[2])
         else:
             raise ValueError
-        if off < 0:
+        # An edited cursor must not reach the lenses with numbers no answer
+        # holds (a huge "now" overflows the decay's float division).
+        if not (0 <= off < 2**63 and 0 <= f.seq_bound < 2**63
+                and (f.rec_bound is None or FIRST_US <= f.rec_bound <= LAST_US)
+                and (f.at_us is None or FIRST_US <= f.at_us <= LAST_US)):
             raise ValueError
         return off
     except (ValueError, TypeError, UnicodeDecodeError, AttributeError):

@@ -236,13 +236,15 @@ def test_a_cursor_from_before_v11_still_reads(store):
 
 
 @pytest.mark.parametrize("raw", ["v2:2:6:1", "v2:-1:6:1:1", "v3:2:6:1:1", "v2:2:6:None:1",
-                                 "v1:2", "garbage"])
+                                 "v1:2", "garbage", "v2:0:6:1:" + "9" * 400,
+                                 "v2:0:6:-" + "9" * 30 + ":1", "v2:0:" + "9" * 30 + ":1:1",
+                                 "v1:0:" + "9" * 30, "v2:0:-6:1:1"])
 def test_a_cursor_the_server_did_not_write_is_400(store, raw):
     six(store)
     cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
     with pytest.raises(ValidationError) as exc:
-        store.query("g", predicate="r", cursor=cursor)
-    assert exc.value.field == "cursor"
+        store.query("g", predicate="r", cursor=cursor, lens="confidence", decay=True)
+    assert exc.value.field == "cursor", "an edited cursor is a 400 on cursor, never a crash"
 
 
 def test_http_cursor_pins_the_view(client, store):
