@@ -282,6 +282,23 @@ def test_time_filters_take_the_years_0001_to_9999(store, q, n):
     assert len(res.assertions) == n and res.results[0]["candidates_count"] == n
 
 
+@pytest.mark.parametrize("q,n", EXTREMES)
+def test_time_filters_at_the_extremes_over_many_candidates(store, q, n):
+    # past query.SMALL candidates the filters run as numpy masks
+    store.put_batch([claim(i, i) for i in range(1, 61)])
+    res = store.query("g", predicate="r", limit=1000, **q)
+    assert len(res.assertions) == n * 10 and res.results[0]["candidates_count"] == n * 10
+
+
+def test_paging_many_candidates_with_retractions_between_pages(store):
+    store.put_batch([claim(i, i) for i in range(1, 61)])
+    first = store.query("g", predicate="r", limit=25)
+    tick(store)
+    store.retract(concept_path="g", reason="all withdrawn")
+    got = [v for p in pages(store, first, limit=25) for v in p]
+    assert got == list(range(60, 0, -1)), "every candidate exactly once, in the first page's order"
+
+
 @pytest.mark.parametrize("field", ["as_of", "known_at", "since"])
 @pytest.mark.parametrize("value", [-62135596801, 253402300800, 253402300800.0, 10**30, -1e300])
 def test_unix_seconds_outside_the_years_are_refused(store, field, value):
