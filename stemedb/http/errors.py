@@ -180,9 +180,85 @@ def _log_bug(req, exc: BaseException) -> None:
         "method": req.method, "path": req.path})
 
 
+# ------------------------------------------------ errors below the application
+
+class ClientTimeout(TimeoutError):
+    """The client did not send its request (head or body) within the time allowed."""
+
+
+REQUEST_TIMEOUT_MESSAGE = ("the request was not received within {seconds:g} s; send the "
+                           "request line, the headers and the body without pausing")
+
+# gunicorn's parse errors by class name (names, not classes: the set differs
+# between gunicorn versions): status, code, message prefix.
+_LINE = (400, "bad_request", "the request line is not valid HTTP/1.1 (METHOD /path HTTP/1.1)")
+_HEADER = (400, "invalid_header", "a request header is not valid")
+_FRAMING = (400, "bad_framing", "the chunked request body is malformed; send valid chunked "
+                                "encoding or a Content-Length")
+_EDGE = {
+    "InvalidRequestLine": _LINE, "InvalidRequestMethod": _LINE, "InvalidHTTPVersion": _LINE,
+    "InvalidH2CPreface": _LINE, "InvalidProxyLine": _LINE, "InvalidProxyHeader": _LINE,
+    "InvalidHeader": _HEADER, "InvalidHeaderName": _HEADER, "ObsoleteFolding": _HEADER,
+    "InvalidSchemeHeaders": _HEADER,
+    "InvalidChunkSize": _FRAMING, "ChunkMissingTerminator": _FRAMING,
+    "InvalidChunkExtension": _FRAMING,
+    "LimitRequestLine": (414, "uri_too_long", "the request line is too long; send long "
+                                              "queries as POST /v1/query with a JSON body"),
+    "LimitRequestHeaders": (431, "headers_too_large", "the request headers are too large or "
+                                                      "too many"),
+    "UnsupportedTransferCoding": (501, "unsupported_transfer_coding",
+                                  "the only Transfer-Encoding accepted is chunked"),
+    "ExpectationFailed": (417, "expectation_failed", "the only Expect accepted is 100-continue"),
+    "ForbiddenProxyRequest": (403, "forbidden", "PROXY protocol is not accepted from this address"),
+}
+# The application's own faults that gunicorn reports (a bad response header).
+_APP_FAULTS = ("InvalidResponseHeader", "InvalidResponseHeaderName", "ConfigurationProblem")
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
+
+
+def edge_problem(exc: BaseException) -> HTTPProblem:
+    """The error answer for an exception raised below the application: a
+    gunicorn parse error (request line, headers, framing), a read timeout,
+    anything else (500)."""
+    if isinstance(exc, ClientTimeout):
+        return HTTPProblem(408, "request_timeout", str(exc))
+    names = [k.__name__ for k in type(exc).__mro__]
+    if not any(n in _APP_FAULTS for n in names):
+        for name in names:
+            if name in _EDGE:
+                status, code, message = _EDGE[name]
+                detail = str(exc).strip()
+                if len(detail) > 200:  # it may quote a whole request line
+                    detail = detail[:200] + "..."
+                field = None
+                if code == "invalid_header":
+                    hdr = getattr(exc, "hdr", None)
+                    field = hdr.title() if isinstance(hdr, str) and _TOKEN.match(hdr) else None
+                return HTTPProblem(status, code, f"{message}: {detail}" if detail else message,
+                                   field=field)
+    return HTTPProblem(500, "internal_error", "an internal error occurred; it has been logged")
+
+
+def handle_edge(req, resp, exc: Exception, params):
+    """A parse error or a timeout while the application reads the body."""
+    problem = edge_problem(exc)
+    if problem.status >= 500:
+        return handle_unexpected(req, resp, exc, params)
+    if problem.status != 408:
+        log.info("refused request: %s", exc)
+    handle_problem(req, resp, problem, params)
+
+
 def register(app: falcon.App) -> None:
     """Register every handler on ``app``; Falcon picks the most specific by MRO."""
     app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(ClientTimeout, handle_edge)
+    try:
+        from gunicorn.http.errors import ParseException
+    except ImportError:  # pragma: no cover - gunicorn is a dependency; embedded use may lack it
+        pass
+    else:
+        app.add_error_handler(ParseException, handle_edge)
     app.add_error_handler(falcon.HTTPError, handle_falcon)
     app.add_error_handler(StemeError, handle_steme)
     app.add_error_handler(HTTPProblem, handle_problem)

@@ -55,6 +55,23 @@ def worker_exit(server, worker):
             log.exception("closing the store at shutdown failed")
 
 
+def worker_class() -> str:
+    """gthread with the contract's error JSON and slow-client protection
+    (:mod:`stemedb.http.worker`), or plain gthread on a gunicorn too old for it."""
+    from .worker import supported
+    if supported():
+        return "stemedb.http.worker.StemeWorker"
+    log.warning("gunicorn %s lacks the gthread structure stemedb.http.worker builds on; "
+                "using plain gthread (errors before the app are HTML, slow clients hold "
+                "threads); install gunicorn >= 24", _gunicorn_version())
+    return "gthread"
+
+
+def _gunicorn_version() -> str:
+    import gunicorn
+    return getattr(gunicorn, "__version__", "?")
+
+
 def gunicorn_options(settings: Settings) -> dict:
     """The gunicorn settings of ``stemedb serve`` (also ``ops/gunicorn.conf.py``)."""
     binds = [settings.bind]
@@ -63,7 +80,7 @@ def gunicorn_options(settings: Settings) -> dict:
     return {
         "bind": binds,
         "workers": 1,
-        "worker_class": "gthread",
+        "worker_class": worker_class(),
         "threads": settings.threads,
         "preload_app": False,
         "max_requests": 0,

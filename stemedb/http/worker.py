@@ -1,0 +1,292 @@
+"""The gunicorn worker of ``stemedb serve``: ``gthread`` plus two edges.
+
+**Error JSON below the application.** gunicorn answers a request it cannot
+parse (a malformed request line, 414, 431, bad framing) itself, with an HTML
+page written by ``Worker.handle_error``; it has no setting for the page
+(benoitc/gunicorn#993).  :meth:`StemeWorker.handle_error` writes the
+contract's ``{"error": {"code", "message", "field"?}}`` instead, with the
+status gunicorn would have chosen (:func:`stemedb.http.errors.edge_problem`).
+
+**Slow clients hold no thread.** The stock gthread worker gives a connection
+to a pool thread as soon as one byte has arrived, and the thread then blocks
+until the whole request head is in: ``threads`` clients trickling their
+headers stall every other request, ``/v1/health`` included.  Here a request
+head, and a body of at most :data:`GATHER_BODY_MAX` bytes with a
+``Content-Length``, are read by the worker's event loop without blocking and
+handed to a thread only once complete.  The head must be complete within
+:data:`HEADER_TIMEOUT` seconds of its first byte being awaited (else 408 and
+the connection is closed; an idle new connection is closed silently) and a
+gathered body within :data:`BODY_TIMEOUT` after the head.  A larger or
+chunked body is read by the thread under the same deadline
+(:class:`DeadlineSocket`): past it the read raises
+:class:`~stemedb.http.errors.ClientTimeout`, answered 408.  TLS terminated by
+gunicorn itself, and HTTP/2, take gunicorn's own path (nginx or envoy in
+front is the documented set-up; see docs/http.md).
+
+The worker relies on gthread's structure from gunicorn 24 on (connections
+handed to the pool through ``enqueue_req`` on the event-loop thread, the
+``method_queue`` and ``murder_pending`` of its loop); :func:`supported` says
+whether the installed gunicorn has it, and ``gunicorn_options`` falls back to
+plain ``gthread`` when it does not.
+"""
+from __future__ import annotations
+
+import re
+import selectors
+import socket
+import time
+from collections import deque
+from functools import partial
+
+from gunicorn import http, util
+from gunicorn.workers.gthread import ThreadWorker
+
+from .errors import REQUEST_TIMEOUT_MESSAGE, ClientTimeout, edge_problem, error_body
+
+HEADER_TIMEOUT = 10.0  # seconds for a request head, from when it is awaited
+BODY_TIMEOUT = 60.0  # seconds for the body, after the head
+GATHER_BODY_MAX = 64 * 1024  # bodies up to this size are read before a thread is taken
+HEAD_MAX = 1024 * 1024  # a head still incomplete at this size goes to gunicorn's parser (431)
+READ_CHUNK = 64 * 1024
+
+_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,12})[ \t]*\r?$", re.I | re.M)
+_NEEDS_THREAD = re.compile(rb"^(?:transfer-encoding|expect)[ \t]*:", re.I | re.M)
+
+
+def supported() -> bool:
+    """Whether the installed gunicorn's gthread worker has what this one builds on."""
+    return all(hasattr(ThreadWorker, name) for name in
+               ("enqueue_req", "murder_pending", "finish_request", "handle_error"))
+
+
+class DeadlineSocket:
+    """The socket as gunicorn's parser reads it: every ``recv`` ends by
+    ``deadline`` (``time.monotonic()``), else :class:`ClientTimeout`.
+
+    Writes go to the real socket (``TConn.sock``), so only reads are bounded.
+    """
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.deadline: float | None = None
+        self.seconds = BODY_TIMEOUT
+
+    def start(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def recv(self, size: int, *flags) -> bytes:
+        if self.deadline is None:
+            return self.sock.recv(size, *flags)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise ClientTimeout(REQUEST_TIMEOUT_MESSAGE.format(seconds=self.seconds))
+        prior = self.sock.gettimeout()
+        self.sock.settimeout(remaining if prior is None else min(prior, remaining))
+        try:
+            return self.sock.recv(size, *flags)
+        except socket.timeout:
+            if prior is not None and prior < remaining:
+                raise  # the caller's own, shorter timeout (gunicorn's body drain)
+            raise ClientTimeout(REQUEST_TIMEOUT_MESSAGE.format(seconds=self.seconds)) from None
+        finally:
+            try:
+                self.sock.settimeout(prior)
+            except OSError:
+                pass
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def _body_to_gather(head: bytes) -> int:
+    """Bytes of body to read before a thread is taken: the ``Content-Length``
+    when it is small and the only framing, else 0 (the thread reads it)."""
+    if _NEEDS_THREAD.search(head):
+        return 0
+    lengths = _CONTENT_LENGTH.findall(head)
+    if len(lengths) != 1:
+        return 0  # none, or several: gunicorn's parser decides
+    n = int(lengths[0])
+    return n if n <= GATHER_BODY_MAX else 0
+
+
+def _head_end(buf: bytearray, start: int) -> int:
+    """The index just past the blank line that ends the head, or -1."""
+    i = buf.find(b"\r\n\r\n", start)
+    j = buf.find(b"\n\n", start)
+    ends = [k + (4 if k == i else 2) for k in (i, j) if k >= 0]
+    return min(ends) if ends else -1
+
+
+class _Gather:
+    __slots__ = ("buf", "scanned", "head_end", "need", "deadline", "seconds")
+
+    def __init__(self, buf: bytes):
+        self.buf = bytearray(buf)
+        self.scanned = 0
+        self.head_end = -1
+        self.need = 0
+        self.seconds = HEADER_TIMEOUT
+        self.deadline = time.monotonic() + HEADER_TIMEOUT
+
+    def complete(self) -> bool:
+        if self.head_end < 0:
+            end = _head_end(self.buf, max(0, self.scanned - 3))
+            self.scanned = len(self.buf)
+            if end < 0:
+                return len(self.buf) > HEAD_MAX
+            self.head_end = end
+            self.need = end + _body_to_gather(bytes(self.buf[:end]))
+            if self.need > end:
+                self.seconds = BODY_TIMEOUT
+                self.deadline = time.monotonic() + BODY_TIMEOUT
+        return len(self.buf) >= self.need
+
+
+class StemeWorker(ThreadWorker):
+    """gthread with error JSON and request heads read off the thread pool."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gathering: deque = deque()  # connections whose request is being read
+
+    # -- error JSON ----------------------------------------------------------
+
+    def handle_error(self, req, client, addr, exc):
+        problem = edge_problem(exc)
+        ip = (addr or ("",))[0]
+        if problem.status >= 500:
+            self.log.exception("Error handling request from ip=%s", ip)
+        else:
+            self.log.warning("Invalid request from ip=%s: %s", ip, exc)
+        try:
+            util.write_nonblock(client, _raw_answer(problem.status, problem.code,
+                                                    problem.message, problem.field))
+        except Exception:  # noqa: BLE001 - the client is gone; nothing left to tell it
+            self.log.debug("Failed to send error message.")
+
+    # -- gathering request heads in the event loop ----------------------------
+
+    def _can_gather(self, conn) -> bool:
+        if self.cfg.is_ssl or getattr(conn, "is_http2", False):
+            return False
+        try:
+            from gunicorn.http2 import negotiation
+            return not negotiation.prior_knowledge_allowed(self.cfg, conn.client)
+        except (ImportError, AttributeError):
+            return True
+
+    def enqueue_req(self, conn):
+        if getattr(conn, "steme_ready", False) or not self._can_gather(conn):
+            conn.steme_ready = False
+            return super().enqueue_req(conn)
+        # This runs on the event-loop thread: an error here must cost one
+        # connection, never the worker.
+        try:
+            self._gather(conn)
+        except Exception:  # noqa: BLE001
+            self.log.exception("reading a request head failed")
+            self._stop_gathering(conn)
+            self.nr_conns -= 1
+            conn.close()
+
+    def _gather(self, conn):
+        ahead = b""
+        if conn.parser is not None:  # read-ahead left by the previous request
+            ahead = conn.parser.unreader.buf.getvalue()
+            conn.parser.unreader.buf = type(conn.parser.unreader.buf)()
+        g = conn.steme_gather = _Gather(ahead)
+        if g.complete():
+            return self._dispatch(conn)
+        conn.sock.setblocking(False)
+        self.gathering.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
+
+    def _readable(self, conn, _fileobj):
+        try:
+            self._read_some(conn)
+        except Exception:  # noqa: BLE001 - see enqueue_req
+            self.log.exception("reading a request head failed")
+            self._stop_gathering(conn)
+            self.nr_conns -= 1
+            conn.close()
+
+    def _read_some(self, conn):
+        try:
+            data = conn.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self._stop_gathering(conn)
+            self.nr_conns -= 1
+            conn.close()
+            return
+        g = conn.steme_gather
+        g.buf += data
+        if g.complete():
+            self._stop_gathering(conn)
+            self._dispatch(conn)
+
+    def _stop_gathering(self, conn) -> None:
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        try:
+            self.gathering.remove(conn)
+        except ValueError:
+            pass
+
+    def _dispatch(self, conn) -> None:
+        g, conn.steme_gather = conn.steme_gather, None
+        if conn.parser is None:
+            conn.deadline_sock = DeadlineSocket(conn.sock)
+            conn.parser = http.get_parser(self.cfg, conn.deadline_sock, conn.client)
+        proxy = getattr(conn, "deadline_sock", None)
+        if proxy is not None:
+            proxy.start(BODY_TIMEOUT)
+        conn.parser.unreader.unread(bytes(g.buf))
+        conn.data_ready = True  # the bytes are buffered: no wait for the socket
+        conn.steme_ready = True
+        conn.sock.setblocking(True)
+        self.enqueue_req(conn)
+
+    def murder_pending(self):
+        super().murder_pending()
+        if not self.gathering:
+            return
+        now = time.monotonic()
+        # At most worker_connections entries, once a second: a scan is cheap,
+        # and a body's longer deadline keeps the deque from being sorted.
+        for conn in [c for c in self.gathering
+                     if c.steme_gather.deadline <= now or not self.alive]:
+            g = conn.steme_gather
+            self._stop_gathering(conn)
+            self.nr_conns -= 1
+            if g.buf.strip():  # a request was begun: say why it ends
+                try:
+                    util.write_nonblock(conn.sock, _raw_answer(
+                        408, "request_timeout",
+                        REQUEST_TIMEOUT_MESSAGE.format(seconds=g.seconds)))
+                except OSError:
+                    pass
+            conn.close()
+
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout",
+            414: "URI Too Long", 417: "Expectation Failed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            501: "Not Implemented"}
+
+
+def _raw_answer(status: int, code: str, message: str, field: str | None = None) -> bytes:
+    body = error_body(code, message, field)
+    head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Connection: close\r\n"
+            f"Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"X-Content-Type-Options: nosniff\r\n\r\n")
+    return head.encode("latin-1") + body
