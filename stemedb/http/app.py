@@ -24,7 +24,8 @@ from .auth import KeyRing, bind_host
 from .handle import StoreHandle
 from .logs import configure_logging
 from .metrics import Metrics
-from .middleware import Authenticate, Limit, Observe, parse_proxies
+from .middleware import (NOSNIFF, Authenticate, HostGuard, Limit, Observe, SecurityHeaders,
+                         parse_proxies)
 from .openapi import openapi_bytes
 from .ratelimit import CircuitBreaker, RateLimiter, parse_rate_limits
 from .resources import ROUTES, OpenAPIResource, RecentWrites
@@ -80,8 +81,9 @@ def create_app(store, settings: Settings | None = None, *, keyring: KeyRing | No
 
     app = StemeApp(middleware=[
         Observe(metrics, parse_proxies(settings.trusted_proxies)),
-        Authenticate(keyring),
+        Authenticate(keyring, limiter, metrics),
         Limit(limiter, breaker, metrics),
+        SecurityHeaders(NOSNIFF),
     ])
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.register(app)
@@ -117,7 +119,9 @@ def build_wsgi(handle: StoreHandle, settings: Settings, started_at: float | None
     from .dashboard import create_dashboard_app
     api = create_app(handle, settings, started_at=started_at)
     dashboard = create_dashboard_app(api.state)
-    return PortRouter(api, dashboard, settings.dashboard_bind, settings.bind)
+    # A keyless server answers only loopback Host names (DNS rebinding).
+    return HostGuard(PortRouter(api, dashboard, settings.dashboard_bind, settings.bind),
+                     api.state.keyring, settings.allow_anonymous)
 
 
 def open_store_for(settings: Settings, lock_timeout: float):

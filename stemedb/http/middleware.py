@@ -20,7 +20,7 @@ import re
 import os
 import time
 
-from .errors import forbidden, too_many, unauthorized
+from .errors import error_body, forbidden, too_many, unauthorized
 
 log = logging.getLogger("stemedb.http")
 _RID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}\Z")
@@ -123,10 +123,19 @@ def presented_key(req) -> str | None:
 
 
 class Authenticate:
-    """401 without a valid key (when keys are configured), 403 without the scope."""
+    """401 without a valid key (when keys are configured), 403 without the scope.
 
-    def __init__(self, keyring):
+    Wrong keys are counted per client address (``STEMEDB_RATE_LIMITS``
+    ``auth=N/period``, default 30/minute): past the limit every request from
+    that address that presents a key gets 429 until the window ends, the
+    right key included, so that the answers say nothing about guesses.
+    Requests without a key are not counted (they guess nothing).
+    """
+
+    def __init__(self, keyring, limiter=None, metrics=None):
         self.keyring = keyring
+        self.limiter = limiter
+        self.metrics = metrics
 
     def process_resource(self, req, resp, resource, params):
         scope = required_scope(resource, req.method)
@@ -136,13 +145,110 @@ class Authenticate:
         if presented is None:
             raise unauthorized("an API key is required: send Authorization: Bearer <key> "
                                "or X-API-Key: <key>")
+        client = req.context.client
+        if self.limiter is not None:
+            wait = self.limiter.exhausted(AUTH_FAILURES, client)
+            if wait is not None:
+                raise self._throttled(wait)
         key = self.keyring.authenticate(presented)
         if key is None:
+            wait = self.limiter.check(AUTH_FAILURES, client) if self.limiter is not None else None
+            if wait is not None:
+                raise self._throttled(wait)
             raise unauthorized("the API key is not valid")
         req.context.key_id = key.id
         if not key.allows(scope):
             raise forbidden(f"the key {key.id!r} lacks the {scope!r} scope this endpoint needs "
                             f"(it has {', '.join(sorted(key.scopes))})")
+
+    def _throttled(self, wait: int):
+        if self.metrics is not None:
+            self.metrics.ratelimited.labels(AUTH_FAILURES, "auth_failures").inc()
+        return too_many(f"too many wrong API keys from this address; retry in {wait} s "
+                        f"with a valid key", wait)
+
+
+AUTH_FAILURES = "auth"  # the STEMEDB_RATE_LIMITS name of the wrong-key limit
+
+
+class SecurityHeaders:
+    """Fixed response headers on every answer (``X-Content-Type-Options``,
+    the dashboard's ``Content-Security-Policy`` and ``X-Frame-Options``)."""
+
+    def __init__(self, headers: dict):
+        self.headers = list(headers.items())
+
+    def process_response(self, req, resp, resource, req_succeeded):
+        for name, value in self.headers:
+            resp.set_header(name, value)
+
+
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
+def loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback: ``localhost``,
+    ``127.x.x.x`` or ``[::1]``, each with or without a port."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        name, rest = host[1:end], host[end + 1:]
+        if end < 0 or (rest and not _PORT_RE.match(rest)):
+            return False
+        try:
+            return ipaddress.IPv6Address(name).is_loopback
+        except ValueError:
+            return False
+    name, sep, port = host.partition(":")
+    if sep and not _PORT_RE.match(sep + port):
+        return False
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:
+        return False
+
+
+_PORT_RE = re.compile(r":[0-9]{1,5}\Z")
+
+
+class HostGuard:
+    """DNS rebinding protection for a server without keys (WSGI, around both apps).
+
+    A web page can make a browser send requests to ``127.0.0.1`` under its
+    own host name (DNS rebinding); without keys nothing else stops it.  So
+    while no keys are configured (and ``STEMEDB_ALLOW_ANONYMOUS`` is off) a
+    request whose ``Host`` is not loopback (:func:`loopback_host`) is
+    refused with 400 ``invalid_host``.  A request without ``Host`` (HTTP/1.0)
+    is let through: browsers always send one.
+    """
+
+    def __init__(self, app, keyring, allow_anonymous: bool = False):
+        self.app = app
+        self.keyring = keyring
+        self.allow_anonymous = allow_anonymous
+        self.state = getattr(app, "state", None)
+
+    def __call__(self, environ, start_response):
+        host = environ.get("HTTP_HOST")
+        if (host is None or self.allow_anonymous or loopback_host(host)
+                or self.keyring.configured):
+            return self.app(environ, start_response)
+        body = error_body(
+            "invalid_host",
+            f"Host {host[:100]!r} is not accepted: this server has no API keys, so it answers "
+            f"only requests addressed to localhost, 127.0.0.1 or [::1] (protection against "
+            f"DNS rebinding); configure keys (STEMEDB_API_KEYS_FILE) to serve other names",
+            "Host")
+        rid = os.urandom(16).hex()
+        log.info("request", extra={"request_id": rid, "method": environ.get("REQUEST_METHOD"),
+                                   "route": "host_guard", "status": 400, "code": "invalid_host",
+                                   "client": environ.get("REMOTE_ADDR")})
+        start_response("400 Bad Request", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+            ("X-Request-Id", rid), *NOSNIFF.items()])
+        return [body]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -6,7 +6,9 @@ Rate limits come from ``STEMEDB_RATE_LIMITS``: ``;``-separated
 except health and metrics, which are never limited).  Endpoints not named keep
 the defaults of :data:`stemedb.config.DEFAULT_RATE_LIMITS`; ``endpoint=off``
 lifts a limit (benchmarks).  ``circuit=N/period`` (default ``5/minute``) sets
-the circuit breaker below; ``circuit=off`` disables it.  Counting is a fixed window per client in memory,
+the circuit breaker below; ``circuit=off`` disables it.  ``auth=N/period``
+(default ``30/minute``) limits wrong API keys per client address
+(``auth=off`` lifts it).  Counting is a fixed window per client in memory,
 through the ``limits`` library: one worker process owns the store, so an
 in-process counter sees every request.
 
@@ -36,6 +38,10 @@ ENDPOINTS = ("assert", "batch", "query", "retract", "vote", "default")
 # period" (default 5/minute); "circuit=off" disables it.
 CIRCUIT = "circuit"
 DEFAULT_CIRCUIT = "5/minute"
+# Not an endpoint either: wrong API keys per client address (default 30/minute);
+# past it, requests with a key from that address get 429 (middleware.Authenticate).
+AUTH = "auth"
+DEFAULT_AUTH = "30/minute"
 _ITEM = {"second": limits.RateLimitItemPerSecond, "minute": limits.RateLimitItemPerMinute,
          "hour": limits.RateLimitItemPerHour}
 _RULE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)s?\s*$", re.I)
@@ -47,7 +53,7 @@ def parse_rate_limits(text: str | None) -> dict:
     Endpoints not named keep their defaults.  Raises ``ConfigError`` naming
     the bad part.
     """
-    rules = _parse(DEFAULT_RATE_LIMITS + f";{CIRCUIT}={DEFAULT_CIRCUIT}")
+    rules = _parse(DEFAULT_RATE_LIMITS + f";{CIRCUIT}={DEFAULT_CIRCUIT};{AUTH}={DEFAULT_AUTH}")
     if text:
         rules.update(_parse(text))
     return rules
@@ -60,10 +66,11 @@ def _parse(text: str) -> dict:
             continue
         name, sep, rule = part.partition("=")
         name = name.strip().lower()
-        if not sep or (name not in ENDPOINTS and name != CIRCUIT):
+        if not sep or (name not in ENDPOINTS and name not in (CIRCUIT, AUTH)):
             raise ConfigError(
                 f"STEMEDB_RATE_LIMITS: {part.strip()!r} is not endpoint=N/period; endpoints are "
-                f"{', '.join(ENDPOINTS)} (and {CIRCUIT} for the write circuit breaker), "
+                f"{', '.join(ENDPOINTS)} (and {CIRCUIT} for the write circuit breaker, {AUTH} "
+                f"for wrong API keys per address), "
                 f"e.g. assert=2000/second;retract=10/minute",
                 field="rate_limits")
         if rule.strip().lower() in ("off", "none", "unlimited"):
@@ -92,6 +99,17 @@ class RateLimiter:
             return None
         if self._limiter.hit(item, endpoint, client):
             return None
+        return self._wait(item, endpoint, client)
+
+    def exhausted(self, endpoint: str, client: str) -> int | None:
+        """Like :meth:`check` without counting: seconds to wait when the
+        client has used up ``endpoint``'s limit, else None."""
+        item = self.rules.get(endpoint, self.rules.get("default"))
+        if item is None or self._limiter.test(item, endpoint, client):
+            return None
+        return self._wait(item, endpoint, client)
+
+    def _wait(self, item, endpoint: str, client: str) -> int:
         reset = self._limiter.get_window_stats(item, endpoint, client).reset_time
         return max(1, math.ceil(reset - self._clock()))
 

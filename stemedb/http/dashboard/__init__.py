@@ -3,7 +3,9 @@ and the small JSON API it polls, served on ``STEMEDB_DASHBOARD_BIND``.
 
 It shares the API app's store, metrics and keys: when keys are configured its
 JSON endpoints need a ``read`` key (the page asks for one and keeps it in the
-tab's sessionStorage); the page and its static files need none.
+tab's sessionStorage); the page and its static files need none.  Every answer
+carries a Content-Security-Policy that admits only the page's own files
+(:data:`CSP`), ``X-Frame-Options: DENY`` and ``X-Content-Type-Options: nosniff``.
 
 ``/api/summary`` (polled every 2 s) gives health, counts, the cumulative fsync
 and group-commit histograms (the page turns differences between polls into
@@ -19,7 +21,7 @@ import time
 import falcon
 
 from .. import errors as http_errors
-from ..middleware import Authenticate, Observe, parse_proxies
+from ..middleware import NOSNIFF, Authenticate, Observe, SecurityHeaders, parse_proxies
 from ..resources import check_hash, from_params, health, query_answer, send
 from .. import schemas as S
 from ...errors import NotFound
@@ -27,6 +29,13 @@ from ...errors import NotFound
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC = {"dashboard.css": "text/css; charset=utf-8",
           "dashboard.js": "text/javascript; charset=utf-8"}
+
+
+# The page loads only its own script and style sheet, and fetches only its own
+# JSON; nothing inline, nothing from elsewhere, never inside a frame.
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+HEADERS = {"Content-Security-Policy": CSP, "X-Frame-Options": "DENY", **NOSNIFF}
 
 
 def _read(name: str) -> bytes:
@@ -96,7 +105,8 @@ def create_dashboard_app(state) -> falcon.App:
     app = StemeApp(middleware=[
         Observe(state.metrics, parse_proxies(state.settings.trusted_proxies),
                 prefix="dashboard:"),
-        Authenticate(state.keyring),
+        Authenticate(state.keyring, state.limiter, state.metrics),
+        SecurityHeaders(HEADERS),
     ])
     http_errors.register(app)
     page, api = _Page(state), _Api(state)

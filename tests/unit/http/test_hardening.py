@@ -1,0 +1,297 @@
+"""The HTTP edges, in process: error JSON for what gunicorn refuses, framing
+errors and read timeouts while the app reads a body, the worker's request-head
+gathering and read deadline, the Host check of a keyless server, the wrong-key
+throttle and the security headers.  (The same edges against a real server:
+tests/integration/test_server_edges.py.)"""
+from __future__ import annotations
+
+import json
+import socket
+
+import falcon.testing
+import pytest
+from gunicorn.http import errors as gerr
+
+from stemedb.config import Settings
+from stemedb.http.app import build_wsgi, create_app
+from stemedb.http.dashboard import CSP, create_dashboard_app
+from stemedb.http.errors import ClientTimeout, edge_problem
+from stemedb.http.handle import StoreHandle
+from stemedb.http.middleware import loopback_host
+from stemedb.http.ratelimit import parse_rate_limits
+from stemedb.http.server import gunicorn_options
+from stemedb.http import worker as W
+
+from .conftest import NO_LIMITS, auth, body
+
+
+# ------------------------------------------------------------ error JSON
+
+@pytest.mark.parametrize("exc, status, code", [
+    (gerr.InvalidRequestLine("GARBAGE"), 400, "bad_request"),
+    (gerr.InvalidRequestMethod("G(T"), 400, "bad_request"),
+    (gerr.InvalidHTTPVersion("HTTP/7.0"), 400, "bad_request"),
+    (gerr.InvalidHeader("CONTENT-LENGTH"), 400, "invalid_header"),
+    (gerr.InvalidHeaderName("Bad Header"), 400, "invalid_header"),
+    (gerr.InvalidChunkSize(b"zz"), 400, "bad_framing"),
+    (gerr.ChunkMissingTerminator(b"XX"), 400, "bad_framing"),
+    (gerr.LimitRequestLine(9000, 8190), 414, "uri_too_long"),
+    (gerr.LimitRequestHeaders("limit request headers fields"), 431, "headers_too_large"),
+    (gerr.UnsupportedTransferCoding("br"), 501, "unsupported_transfer_coding"),
+    (gerr.InvalidResponseHeader("X-Bad\n"), 500, "internal_error"),
+    (ClientTimeout("late"), 408, "request_timeout"),
+    (RuntimeError("bug"), 500, "internal_error"),
+])
+def test_edge_problem_maps_gunicorn_errors(exc, status, code):
+    p = edge_problem(exc)
+    assert (p.status, p.code) == (status, code)
+    assert p.message
+    if code == "invalid_header" and isinstance(exc, gerr.InvalidHeader):
+        assert p.field == "Content-Length"
+
+
+def test_edge_problem_quotes_at_most_200_characters():
+    p = edge_problem(gerr.InvalidRequestLine("x" * 9000))
+    assert len(p.message) < 400
+
+
+def test_worker_handle_error_writes_error_json():
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, *a):
+            self.lines.append(a)
+
+        exception = debug = warning
+
+    fake = type("W", (), {"log": Log()})()
+    a, b = socket.socketpair()
+    with a, b:
+        W.StemeWorker.handle_error(fake, None, a, ("10.0.0.1", 5), gerr.LimitRequestLine(9000, 8190))
+        b.settimeout(2)
+        raw = b.recv(65536)
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414 ")
+    assert b"Content-Type: application/json" in head and b"X-Content-Type-Options: nosniff" in head
+    assert json.loads(payload)["error"]["code"] == "uri_too_long"
+    assert fake.log.lines, "the refusal is logged"
+
+
+class _RaisingStream:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def read(self, *a):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc, status, code", [
+    (gerr.InvalidChunkSize(b"zz"), 400, "bad_framing"),
+    (gerr.ChunkMissingTerminator(b"XX"), 400, "bad_framing"),
+    (ClientTimeout("the request was not received within 60 s"), 408, "request_timeout"),
+])
+def test_errors_while_reading_a_chunked_body(client, store, exc, status, code):
+    env = falcon.testing.create_environ(
+        path="/v1/assert", method="POST",
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    env["wsgi.input"] = _RaisingStream(exc)
+    got = {}
+
+    def start_response(status_line, headers, exc_info=None):
+        got["status"], got["headers"] = status_line, dict(headers)
+
+    payload = b"".join(client.app_(env, start_response))
+    assert got["status"].startswith(str(status)), (got, payload)
+    assert json.loads(payload)["error"]["code"] == code
+
+
+# ------------------------------------------------ the worker's read path
+
+def test_body_to_gather():
+    head = b"POST /v1/assert HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n"
+    assert W._body_to_gather(head) == 12
+    assert W._body_to_gather(head.replace(b"12", b"999999999")) == 0, "big bodies: the thread"
+    assert W._body_to_gather(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n") == 0
+    assert W._body_to_gather(head.replace(b"Host: x", b"Expect: 100-continue")) == 0
+    assert W._body_to_gather(head.replace(b"Host: x", b"Content-Length: 12")) == 0, \
+        "two lengths: gunicorn's parser refuses"
+    assert W._body_to_gather(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == 0
+
+
+def test_gather_completes_on_head_and_small_body_across_reads():
+    g = W._Gather(b"")
+    raw = b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n{\"a\"}"[:-1]
+    done_at = None
+    for i in range(len(raw)):  # one byte at a time: the blank line split across reads
+        g.buf += raw[i:i + 1]
+        if g.complete():
+            done_at = i
+            break
+    assert done_at == len(raw) - 1, "complete only with the whole 4-byte body"
+    g2 = W._Gather(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\nGET /next")
+    assert g2.complete(), "read-ahead with a whole head is complete at once"
+    g3 = W._Gather(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+    assert not g3.complete()
+    g3.buf += b"X" * (W.HEAD_MAX + 1)
+    assert g3.complete(), "an oversized head goes to gunicorn's parser, which refuses it"
+
+
+def test_deadline_socket_bounds_every_read():
+    a, b = socket.socketpair()
+    with a, b:
+        d = W.DeadlineSocket(a)
+        b.sendall(b"abc")
+        assert d.recv(10) == b"abc", "no deadline: a plain read"
+        d.start(0.2)
+        b.sendall(b"de")
+        assert d.recv(10) == b"de"
+        assert a.gettimeout() is None, "the socket's own timeout is restored"
+        with pytest.raises(ClientTimeout):
+            d.recv(10)
+        with pytest.raises(ClientTimeout):
+            d.recv(10)  # already past: at once
+        d.start(30)
+        a.settimeout(0.1)  # a caller's shorter timeout (gunicorn's body drain) stays its own
+        with pytest.raises(socket.timeout) as info:
+            d.recv(10)
+        assert not isinstance(info.value, ClientTimeout)
+        assert a.gettimeout() == 0.1
+
+
+def test_serve_uses_the_project_worker():
+    assert W.supported(), "the installed gunicorn has the gthread structure the worker needs"
+    assert gunicorn_options(Settings())["worker_class"] == "stemedb.http.worker.StemeWorker"
+
+
+# ------------------------------------------------------------ Host check
+
+@pytest.mark.parametrize("host, ok", [
+    ("localhost", True), ("LOCALHOST:18180", True), ("127.0.0.1", True),
+    ("127.0.0.1:18180", True), ("127.5.6.7:1", True), ("[::1]", True), ("[::1]:18180", True),
+    ("evil.example", False), ("evil.example:18180", False), ("localhost.evil.example", False),
+    ("127.0.0.1.evil.example", False), ("10.0.0.1", False), ("[::2]:80", False),
+    ("localhost:x", False), ("[::1]x", False), ("[::1", False), ("", False),
+    ("0.0.0.0", False), ("127.0.0.1:99999999", False),
+])
+def test_loopback_host(host, ok):
+    assert loopback_host(host) is ok
+
+
+def _served(store, tmp_path, **over):
+    over.setdefault("rate_limits", NO_LIMITS)
+    over.setdefault("data_dir", str(tmp_path / "data"))
+    return falcon.testing.TestClient(build_wsgi(StoreHandle(store), Settings(**over)))
+
+
+def test_keyless_server_answers_only_loopback_host_names(store, tmp_path):
+    c = _served(store, tmp_path)
+    r = c.simulate_post("/v1/assert", json=body(), headers={"Host": "evil.example"})
+    assert r.status_code == 400, r.text
+    err = r.json["error"]
+    assert (err["code"], err["field"]) == ("invalid_host", "Host") and "DNS rebinding" in err["message"]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert store.query("drugs/semaglutide").assertions == [], "nothing written"
+    for host in ("localhost:18180", "127.0.0.1:18180", "[::1]:18180"):
+        r = c.simulate_post("/v1/assert", json=body(), headers={"Host": host})
+        assert r.status_code in (200, 201), (host, r.text)
+    r = c.simulate_get("/v1/health", headers={"Host": "evil.example"})
+    assert r.status_code == 400, "every endpoint: a rebound page reads nothing either"
+    dash = c.simulate_get("/api/summary", headers={"Host": "evil.example"},
+                          extras={"SERVER_PORT": "18188"})
+    assert dash.status_code == 400 and dash.json["error"]["code"] == "invalid_host"
+
+
+def test_host_check_is_off_with_keys_or_allow_anonymous(store, tmp_path, keys_file):
+    c = _served(store, tmp_path, api_keys_file=keys_file)
+    r = c.simulate_post("/v1/assert", json=body(), headers={"Host": "db.example.com",
+                                                            **auth("writer")})
+    assert r.status_code == 201, r.text
+    c = _served(store, tmp_path, allow_anonymous=True)
+    assert c.simulate_get("/v1/health", headers={"Host": "db.example.com"}).status_code == 200
+
+
+# -------------------------------------------------------- wrong-key throttle
+
+def test_wrong_keys_are_throttled_per_address(make_client, keys_file):
+    c = make_client(api_keys_file=keys_file)
+    path = "/v1/assertions/" + "ab" * 32
+    bad = {"X-API-Key": "wrong"}
+    got = [c.simulate_get(path, headers=bad, remote_addr="10.0.0.5").status_code
+           for _ in range(31)]
+    assert got == [401] * 30 + [429], got
+    r = c.simulate_get(path, headers=auth("reader"), remote_addr="10.0.0.5")
+    assert r.status_code == 429, "the right key waits too: no oracle for guesses"
+    assert int(r.headers["Retry-After"]) >= 1 and r.json["error"]["code"] == "rate_limited"
+    assert c.simulate_get(path, remote_addr="10.0.0.5").status_code == 401, \
+        "no key at all: still 401 (nothing guessed)"
+    assert c.simulate_get(path, headers=auth("reader"), remote_addr="10.0.0.6").status_code == 404
+    assert c.simulate_get(path, headers=bad, remote_addr="10.0.0.6").status_code == 401
+    assert c.simulate_get("/v1/health", remote_addr="10.0.0.5").status_code == 200
+    metrics = c.simulate_get("/metrics").text
+    assert 'endpoint="auth"' in metrics
+
+
+def test_missing_keys_are_not_counted(make_client, keys_file):
+    c = make_client(api_keys_file=keys_file)
+    got = {c.simulate_get("/v1/assertions/" + "ab" * 32, remote_addr="10.0.0.7").status_code
+           for _ in range(40)}
+    assert got == {401}
+
+
+def test_wrong_key_throttle_follows_trusted_proxies(make_client, keys_file):
+    c = make_client(api_keys_file=keys_file, trusted_proxies="10.9.9.9",
+                    rate_limits=NO_LIMITS + ";auth=3/minute")
+    path = "/v1/assertions/" + "ab" * 32
+    bad = {"X-API-Key": "wrong"}
+
+    def from_(client_ip):
+        return c.simulate_get(path, headers={**bad, "X-Forwarded-For": client_ip},
+                              remote_addr="10.9.9.9").status_code
+
+    assert [from_("203.0.113.1") for _ in range(4)] == [401, 401, 401, 429]
+    assert from_("203.0.113.2") == 401, "another client behind the same proxy"
+
+
+def test_wrong_keys_on_the_dashboard_count_too(store, keys_file, tmp_path):
+    api = create_app(store, Settings(api_keys_file=keys_file, rate_limits="auth=2/minute",
+                                     data_dir=str(tmp_path / "data")))
+    dash = falcon.testing.TestClient(create_dashboard_app(api.state))
+    got = [dash.simulate_get("/api/summary", headers={"X-API-Key": "no"}).status_code
+           for _ in range(3)]
+    assert got == [401, 401, 429]
+
+
+def test_auth_limit_setting():
+    rules = parse_rate_limits(None)
+    assert (rules["auth"].amount, rules["auth"].get_expiry()) == (30, 60)
+    assert parse_rate_limits("auth=off")["auth"] is None
+    assert parse_rate_limits("auth=5/second")["auth"].amount == 5
+
+
+def test_auth_off_never_throttles(make_client, keys_file):
+    c = make_client(api_keys_file=keys_file, rate_limits=NO_LIMITS + ";auth=off")
+    got = {c.simulate_get("/v1/assertions/" + "ab" * 32, headers={"X-API-Key": "x"}).status_code
+           for _ in range(40)}
+    assert got == {401}
+
+
+# ------------------------------------------------------------ security headers
+
+def test_api_answers_carry_nosniff(client):
+    for r in (client.simulate_get("/v1/health"), client.simulate_get("/nope"),
+              client.simulate_post("/v1/assert", body="{", content_type="application/json"),
+              client.simulate_get("/openapi.json")):
+        assert r.headers.get("X-Content-Type-Options") == "nosniff", (r.status, r.headers)
+
+
+def test_dashboard_sends_csp_frame_and_nosniff(store, tmp_path):
+    api = create_app(store, Settings(rate_limits=NO_LIMITS, data_dir=str(tmp_path / "data")))
+    dash = falcon.testing.TestClient(create_dashboard_app(api.state))
+    for path in ("/", "/static/dashboard.js", "/api/summary", "/missing"):
+        r = dash.simulate_get(path)
+        assert r.headers.get("Content-Security-Policy") == CSP, path
+        assert r.headers.get("X-Frame-Options") == "DENY", path
+        assert r.headers.get("X-Content-Type-Options") == "nosniff", path
+    assert "script-src 'self'" in CSP and "'unsafe-inline'" not in CSP
+    assert "frame-ancestors 'none'" in CSP
