@@ -258,7 +258,7 @@ def recovery_stemedb(path: str, probe_key: tuple[str, str], *, reps: int,
             e = StemeAdapter(path)
             e.candidates(*probe_key)
             out["snapshot_s"].append(perf_counter() - t0)
-        bad = lg.find(r"(?i)rebuild|unusable|does not match")
+        bad = lg.find(r"Rebuilding indexes|snapshot unusable|does not match the WAL")
         if bad:
             out["notes"].append(f"opening from the snapshot logged: {bad.string!r}")
         m = lg.find(r"Replayed (\d+) entries")
