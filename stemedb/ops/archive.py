@@ -271,6 +271,7 @@ def restore_from_s3(target: str, data_dir: str, *, until: str | None, endpoint_u
     from ..core.format import FORMAT_MAJOR, FORMAT_MINOR
     from ..timeutil import format_time
     from .restore import Systemd, confirm, install
+    s3 = s3 or client(endpoint_url)   # before touching anything: boto3 may be missing
     data_dir = os.path.abspath(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pitr-", dir=data_dir) as tmp:

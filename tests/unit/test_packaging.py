@@ -89,6 +89,7 @@ def test_restore_from_s3_without_boto3_names_the_extra(monkeypatch, capsys, tmp_
                        "--yes", "--systemctl", ""])
     err = capsys.readouterr().err
     assert rc != 0 and "pip install 'stemedb[s3]'" in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists(), "nothing is touched before the S3 client exists"
 
 
 # ------------------------------------------------------------ set-up split
