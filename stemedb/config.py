@@ -8,7 +8,9 @@ keeps the two in step.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -20,6 +22,25 @@ DEFAULT_RATE_LIMITS = (
     "assert=2000/second;batch=100/second;query=2000/second;"
     "retract=10/second;vote=1000/second;default=1000/second"
 )
+
+# ``STEMEDB_*`` variables the project reads that are not Settings fields.  This
+# is the one list: the start-up warning about unknown variables
+# (:func:`unknown_variables`) accepts these and the Settings fields, nothing else.
+OTHER_VARIABLES = {
+    # contract, "Cluster": read by the cluster node, not by a single store
+    "STEMEDB_CLUSTER_NATS": "cluster mode: comma-separated NATS URLs",
+    "STEMEDB_CLUSTER_STREAM": "cluster mode: the JetStream stream's name",
+    "STEMEDB_NODE_ID": "cluster mode: this node's name",
+    "STEMEDB_READ_WAIT_MS": "cluster mode: how long a read with min_seq waits",
+    # internal: set by `stemedb serve`'s post_fork hook for the worker
+    "STEMEDB_WORKER_RESPAWN": "internal: a reloaded worker waits for LOCK",
+    # the shell scripts (scripts/_stemedb-cli.sh)
+    "STEMEDB_CLI": "scripts: the stemedb command to run",
+    "STEMEDB_PYTHON": "scripts: the Python next to that command",
+    # tests and benchmarks
+    "STEMEDB_SCHEMATHESIS_EXAMPLES": "tests: examples per schemathesis operation",
+    "STEMEDB_BENCH_N": "benchmarks: workload size",
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,13 @@ class Settings:
                 f"STEMEDB_AUDIT_MAX_BYTES must be a whole number of bytes, at least "
                 f"{MIN_AUDIT_MAX_BYTES} (64 KiB), got {self.audit_max_bytes!r}; to keep no "
                 f"audit trail at all, set STEMEDB_AUDIT=off", field="audit_max_bytes")
+        if self.snapshot_interval < 0:
+            raise ConfigError(f"STEMEDB_SNAPSHOT_INTERVAL must be >= 0 records (0 = snapshot "
+                              f"only at clean shutdown), got {self.snapshot_interval}",
+                              field="snapshot_interval")
+        if self.lock_timeout < 0:
+            raise ConfigError(f"STEMEDB_LOCK_TIMEOUT must be >= 0 seconds, got "
+                              f"{self.lock_timeout}", field="lock_timeout")
 
     @staticmethod
     def env_name(name: str) -> str:
@@ -109,3 +137,101 @@ def _parse(f: dataclasses.Field, raw: str):
         raise ConfigError(f"{name} must be a {kind} ({f.metadata.get('unit')}), got {raw!r}",
                           field=f.name) from None
     return raw
+
+
+def known_variables() -> set[str]:
+    """Every ``STEMEDB_*`` name the project reads: the Settings and OTHER_VARIABLES."""
+    return {Settings.env_name(f.name) for f in dataclasses.fields(Settings)} | set(OTHER_VARIABLES)
+
+
+def unknown_variables(environ=None) -> list[str]:
+    """One warning per ``STEMEDB_*`` variable that is no setting, with the
+    closest valid name when there is one (a misspelt setting would otherwise
+    be silently ignored and its default used)."""
+    environ = os.environ if environ is None else environ
+    known = known_variables()
+    out = []
+    for name in sorted(environ):
+        if not name.startswith("STEMEDB_") or name in known:
+            continue
+        # Compare the parts after the prefix: every name shares "STEMEDB_",
+        # which would make anything look close to something.
+        close = difflib.get_close_matches(name[8:], sorted(k[8:] for k in known), n=1,
+                                          cutoff=0.6)
+        if close:
+            out.append(f"{name} is not a StemeDB setting; did you mean STEMEDB_{close[0]}?")
+        else:
+            out.append(f"{name} is not a StemeDB setting (.env.example lists them); "
+                       f"it is ignored")
+    return out
+
+
+_ENV_LINE = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)")
+_DQ_ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "$": "$"}
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a ``.env`` file.
+
+    Blank lines and ``#`` comments are skipped; ``export KEY=VALUE`` is
+    accepted; a value may be in single quotes (taken literally) or double
+    quotes (``\\"``, ``\\\\``, ``\\n``, ``\\t`` escapes), and an unquoted value
+    ends at `` #`` (a comment) with surrounding white space trimmed.  No
+    variable expansion, no multi-line values.  Anything else is a ConfigError
+    naming the file and line, never a line silently skipped.
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    out = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        m = _ENV_LINE.fullmatch(text)
+        if not m:
+            raise ConfigError(f"{path}, line {number}: expected KEY=VALUE (a name of letters, "
+                              f"digits and _, then =), got {line!r}")
+        try:
+            out[m.group(1)] = _env_value(m.group(2))
+        except ValueError as exc:
+            raise ConfigError(f"{path}, line {number}: {exc}, got {line!r}",
+                              field=m.group(1)) from None
+    return out
+
+
+def _env_value(raw: str) -> str:
+    if not raw or raw[0] not in "'\"":
+        return re.split(r"\s#", raw, maxsplit=1)[0].rstrip()
+    quote, chars, i = raw[0], [], 1
+    while i < len(raw):
+        c = raw[i]
+        if c == quote:
+            rest = raw[i + 1:].strip()
+            if rest and not rest.startswith("#"):
+                raise ValueError(f"text after the closing {quote} (quote the whole value)")
+            return "".join(chars)
+        if c == "\\" and quote == '"' and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            if nxt not in _DQ_ESCAPES:
+                raise ValueError(f"unknown escape \\{nxt} in a double-quoted value")
+            chars.append(_DQ_ESCAPES[nxt])
+            i += 2
+            continue
+        chars.append(c)
+        i += 1
+    raise ValueError(f"the value opens with {quote} but never closes it")
+
+
+def load_env_file(path: str = ".env", environ=None) -> dict[str, str]:
+    """Read ``path`` when it exists and set each of its variables that the
+    environment does not already have (the environment wins).  Returns what
+    was set.  ConfigError for a malformed line."""
+    environ = os.environ if environ is None else environ
+    if not os.path.isfile(path):
+        return {}
+    applied = {}
+    for key, value in read_env_file(path).items():
+        if key not in environ:
+            environ[key] = value
+            applied[key] = value
+    return applied

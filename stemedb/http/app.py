@@ -125,10 +125,12 @@ def build_wsgi(handle: StoreHandle, settings: Settings, started_at: float | None
 
 
 def open_store_for(settings: Settings, lock_timeout: float):
+    """The store with every store setting of ``settings`` (store.STORE_SETTINGS:
+    durability, segment_size, batch_delay_ms, snapshot_interval, audit, ...);
+    only the LOCK wait differs from ``settings.lock_timeout`` for a reloaded
+    worker (get_app)."""
     from ..core.store import open_store
-    return open_store(settings.data_dir, durability=settings.durability,
-                      segment_size=settings.segment_size, lock_timeout=lock_timeout,
-                      audit=settings.audit, audit_max_bytes=settings.audit_max_bytes)
+    return open_store(settings=settings, lock_timeout=lock_timeout)
 
 
 def get_app():
