@@ -187,11 +187,15 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path):
-    """A running server, or a skip when `stemedb serve` cannot start here."""
+    """A running server.  One that does not start fails the test with its
+    output: a test may skip for a missing external tool, never because our
+    own server failed."""
     srv = Server(str(tmp_path / "srvdata"))
     if srv.wait_healthy() is None:
+        code = srv.proc.poll()
         out = srv.output()
         srv.stop()
-        pytest.skip(f"stemedb serve did not start: {out[-500:]}")
+        state = f"exited {code}" if code is not None else "was not healthy within 40 s"
+        pytest.fail(f"stemedb serve {state}; its output:\n{out[-6000:]}", pytrace=False)
     yield srv
     srv.stop()
