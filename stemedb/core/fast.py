@@ -10,8 +10,14 @@ import os
 
 from . import codec
 
-_pure = os.environ.get("STEMEDB_PURE_PYTHON", "0") not in ("", "0")
-_require = os.environ.get("STEMEDB_REQUIRE_FAST", "0") not in ("", "0")
+
+def _flag(name: str) -> bool:
+    """A 0|1 setting read the way Settings reads booleans (false/no/off are off)."""
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+_pure = _flag("STEMEDB_PURE_PYTHON")
+_require = _flag("STEMEDB_REQUIRE_FAST")
 if _pure and _require:
     raise ImportError("STEMEDB_PURE_PYTHON=1 and STEMEDB_REQUIRE_FAST=1 contradict each other")
 
