@@ -1,48 +1,120 @@
-"""``stemedb``: serve | keys add | backup | restore | fsync-check.
+"""stemedb: one command for the server and every tool.
 
-Settings come from ``STEMEDB_*`` variables (see ``.env.example``); the few
-flags of ``serve`` override them for one run.
+Settings come from STEMEDB_* variables (see .env.example); the few flags of
+serve override them for one run.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import ipaddress
 import logging
 import os
+import re
 import sys
+import textwrap
 
-# Commands whose code lives in stemedb.ops; each module has main(argv) -> int.
+# Exit status of every subcommand (docs/reference/cli.md has the same table).
+EXIT_STATUS = """\
+exit status (every command):
+  0  done; for a check: nothing wrong was found (warnings may be printed)
+  1  a check found a problem, or the operation failed (the message says why)
+  2  cannot run: bad usage, a bad setting or address, a missing directory,
+     the store is locked by a running server
+"""
+
+# Commands whose code lives in a module with main(argv) -> int; the rest of
+# the command line goes to it unchanged.  name -> (module, help[, function]).
 OPS_COMMANDS = {
     "backup": ("stemedb.ops.backup", "take a backup of STEMEDB_DATA_DIR into STEMEDB_BACKUP_DIR"),
-    "restore": ("stemedb.ops.restore", "restore a backup: stemedb restore BACKUP_DIR"),
+    "restore": ("stemedb.ops.restore",
+                "restore a backup (stemedb restore BACKUP_DIR) or a point in time from S3"),
+    "archive": ("stemedb.ops.archive", "copy sealed WAL segments and the snapshot to S3"),
+    "retention": ("stemedb.ops.retention",
+                  "prune old backups, only ever behind a newer one that verifies"),
+    "drill": ("stemedb.ops.drill",
+              "disaster-recovery drill in a scratch directory: backup, destroy, restore"),
     "fsync-check": ("stemedb.ops.fsync_check",
                     "check that the file system honours fsync: stemedb fsync-check [DIR] [--json]"),
     "salvage": ("stemedb.ops.salvage",
                 "cut a damaged WAL at its first bad record, quarantining the rest: "
                 "stemedb salvage DATA_DIR [--dry-run]"),
+    "import": ("stemedb.ops.transfer", "store assertions from a JSON Lines file (server stopped)",
+               "import_main"),
+    "export": ("stemedb.ops.transfer",
+               "write every stored assertion as JSON Lines (server stopped)", "export_main"),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stemedb", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="stemedb", description=__doc__.split("\n")[0],
+                                epilog=EXIT_STATUS,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="store_true",
                    help="print the version and the implementation in use (compiled or pure)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    s = sub.add_parser("serve", help="run the API and the dashboard under gunicorn")
-    s.add_argument("--bind", help="API address (STEMEDB_BIND)")
-    s.add_argument("--dashboard-bind", help="dashboard address (STEMEDB_DASHBOARD_BIND)")
-    s.add_argument("--data-dir", help="data directory (STEMEDB_DATA_DIR)")
-    k = sub.add_parser("keys", help="manage API keys")
+    s = sub.add_parser("serve", help="run the API and the dashboard under gunicorn",
+                       description=_fill("Run the API and the dashboard under gunicorn. Reads "
+                                         ".env in the working directory when there is one (the "
+                                         "environment wins over it); the flags win over both."),
+                       epilog=_settings_help() + "\n" + EXIT_STATUS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--bind", metavar="HOST:PORT", help="API address (STEMEDB_BIND)")
+    s.add_argument("--dashboard-bind", metavar="HOST:PORT",
+                   help="dashboard address (STEMEDB_DASHBOARD_BIND)")
+    s.add_argument("--data-dir", metavar="DIR", help="data directory (STEMEDB_DATA_DIR)")
+    v = sub.add_parser("verify", help="offline check of a stopped store or a backup",
+                       description=_fill("Offline check of a stopped store or a backup: segment "
+                                         "headers, every record checksum and seq order, the "
+                                         "index snapshot against the WAL, the counts against "
+                                         "metadata.json. Writes nothing. One line per finding on "
+                                         "stdout. A torn tail is a warning (exit 0)."),
+                       epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("data_dir", metavar="DATA_DIR", help="a stopped store's data directory, or a "
+                   "backup directory")
+    k = sub.add_parser("keys", help="manage API keys", epilog=EXIT_STATUS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
     add = ksub.add_parser("add", help="create a key; prints it once, stores only its SHA-256")
     add.add_argument("--id", required=True, help="a name for the key, e.g. ingest-service")
     add.add_argument("--scopes", required=True, help="comma-separated: read, write, admin")
     add.add_argument("--file", help="keys file (default: STEMEDB_API_KEYS_FILE)")
     add.add_argument("--force", action="store_true", help="replace a key with the same id")
-    ksub.add_parser("list", help="list key ids and scopes").add_argument("--file")
-    for name, (_, text) in OPS_COMMANDS.items():
+    ksub.add_parser("list", help="list key ids and scopes").add_argument(
+        "--file", help="keys file (default: STEMEDB_API_KEYS_FILE)")
+    for name, (_, text, *_rest) in OPS_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
     return p
+
+
+def _fill(text: str) -> str:
+    return textwrap.fill(text, width=78)
+
+
+def _settings_help() -> str:
+    """The settings table of ``serve --help``: every Settings field."""
+    from .config import Settings
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, bool):
+            shown = "1" if default else "0"
+        else:
+            shown = str(default)
+        rows.append((Settings.env_name(f.name), shown, f.metadata.get("unit", "")))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = min(max(len(r[1]) for r in rows), 24)
+    lines = ["settings (environment variables: name, default, unit):"]
+    for name, shown, unit in rows:
+        if len(shown) > w1:   # the rate limits: on a line of their own
+            lines.append(f"  {name:<{w0}}  {unit}")
+            lines.append(f"      default {shown}")
+        else:
+            lines.append(f"  {name:<{w0}}  {shown:<{w1}}  {unit}")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,13 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         return _version()
     if args.command == "serve":
         return _serve(args)
+    if args.command == "verify":
+        from .core.verify import verify
+        return verify(args.data_dir)
     if args.command == "keys":
         if args.keys_command == "add":
             return _keys_add(args)
         if args.keys_command == "list":
             return _keys_list(args)
         parser.parse_args(["keys", "--help"])
-    parser.print_help()
+    parser.print_help(sys.stderr)
     return 2
 
 
@@ -82,7 +157,7 @@ def _version() -> int:
 
 
 def _run_ops(name: str, argv: list[str]) -> int:
-    module_name = OPS_COMMANDS[name][0]
+    module_name, _help, *rest = OPS_COMMANDS[name]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -91,7 +166,45 @@ def _run_ops(name: str, argv: list[str]) -> int:
                   f"installed)", file=sys.stderr)
             return 2
         raise
-    return int(module.main(argv) or 0)
+    from .errors import ConfigError, StoreLocked
+    try:
+        return int(getattr(module, rest[0] if rest else "main")(argv) or 0)
+    except (ConfigError, StoreLocked) as exc:  # a bad setting, a running server: cannot run
+        print(f"stemedb {name}: {exc}", file=sys.stderr)
+        return 2
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def bind_problem(bind: str) -> str | None:
+    """Why ``bind`` is no address gunicorn can listen on, or None.
+
+    Takes HOST:PORT (a name, an IPv4 address, or [IPv6] in brackets; an
+    empty HOST is every interface), unix:PATH and fd://N.
+    """
+    how = ("give HOST:PORT (e.g. 127.0.0.1:18180), [IPV6]:PORT (e.g. [::1]:18180) or "
+           "unix:PATH")
+    if bind.startswith("unix:"):
+        return None if len(bind) > 5 else f"unix: needs a socket path; {how}"
+    if bind.startswith("fd://"):
+        return None if bind[5:].isdigit() else f"fd:// needs a file descriptor number; {how}"
+    host, sep, port = bind.rpartition(":")
+    if not sep:
+        return f"no port; {how}"
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        return f"the port must be a number from 1 to 65535, got {port!r}; {how}"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{host[1:-1]!r} is no IPv6 address; {how}"
+        return None
+    if ":" in host:
+        return f"an IPv6 address goes in brackets, e.g. [::1]:{port}; {how}"
+    if host and not _HOSTNAME.fullmatch(host):
+        return f"{host!r} is no host name or IP address; {how}"
+    return None
 
 
 def _serve(args) -> int:
@@ -114,6 +227,15 @@ def _serve(args) -> int:
         where = f" (set in {env_file})" if name in from_file else ""
         print(f"stemedb serve: {exc}{where}", file=sys.stderr)
         return 2
+    for name, flag, value in (("bind", "--bind", settings.bind),
+                              ("dashboard_bind", "--dashboard-bind", settings.dashboard_bind)):
+        problem = bind_problem(value) if value else None
+        if problem:
+            where = flag if overrides.get(name) else Settings.env_name(name)
+            if where in from_file:
+                where += f" in {env_file}"
+            print(f"stemedb serve: bad address {value!r} ({where}): {problem}", file=sys.stderr)
+            return 2
     from .http.logs import configure_logging
     from .http.server import serve
     configure_logging(settings.log_level)

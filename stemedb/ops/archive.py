@@ -299,7 +299,8 @@ def restore_from_s3(target: str, data_dir: str, *, until: str | None, endpoint_u
 
 def main(argv: list[str] | None = None) -> int:
     from ..config import Settings
-    p = argparse.ArgumentParser(prog="python -m stemedb.ops.archive", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="stemedb archive", description="WAL archival to "
+                                "S3-compatible storage (restore from it: stemedb restore --from-s3).")
     sub = p.add_subparsers(dest="cmd", required=True)
     ps = sub.add_parser("push", help="archive sealed segments and the snapshot")
     ps.add_argument("--to", default=os.environ.get("STEMEDB_ARCHIVE_S3"),

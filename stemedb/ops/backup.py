@@ -303,7 +303,8 @@ def take_backup(data_dir: str, backup_dir: str, *, open_check: bool = False,
 def main(argv: list[str] | None = None) -> int:
     from ..config import Settings
     from ..errors import ConfigError
-    p = argparse.ArgumentParser(prog="stemedb backup", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="stemedb backup", description="A consistent backup of a "
+                                "running store: no pause, no LOCK taken.")
     p.add_argument("--data-dir", help="data directory (default STEMEDB_DATA_DIR, ./data)")
     p.add_argument("--backup-dir", help="where backups go (default STEMEDB_BACKUP_DIR, ./backups)")
     p.add_argument("--open-check", action="store_true",

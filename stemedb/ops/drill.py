@@ -174,7 +174,7 @@ class Drill:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dr-drill", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="stemedb drill", description=__doc__.split("\n")[0])
     p.add_argument("--dir", help="scratch directory (default: a new temporary one)")
     p.add_argument("--seconds", type=float, default=6.0, help="load duration (default 6)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")

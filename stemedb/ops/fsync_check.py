@@ -160,7 +160,8 @@ def write_cache(device: str, sys_block: str = "/sys/block") -> str | None:
 def check(directory: str, *, count: int = 200, seconds: float = 5.0) -> dict:
     problems: list[str] = []
     warnings: list[str] = []
-    os.makedirs(directory, exist_ok=True)
+    if not os.path.isdir(directory):  # never created here: a typo must not pass the check
+        raise FileNotFoundError(f"{directory} is not a directory")
     scratch = os.path.join(directory, f".stemedb-fsync-check-{os.getpid()}")
     try:
         fsync = measure(scratch, os.fsync, count, seconds / 2)
@@ -220,13 +221,19 @@ def _print(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="stemedb fsync-check", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="stemedb fsync-check", description="Does the file "
+                                "system under DIR keep what fsync promised?")
     p.add_argument("dir", nargs="?", help="directory to test (default STEMEDB_DATA_DIR, ./data)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("--count", type=int, default=200, help="syncs per measurement (default 200)")
     p.add_argument("--seconds", type=float, default=5.0, help="time budget (default 5)")
     args = p.parse_args(argv)
     directory = args.dir or os.environ.get("STEMEDB_DATA_DIR") or "./data"
+    if not os.path.isdir(directory):
+        print(f"stemedb fsync-check: {directory} does not exist or is not a directory; give "
+              f"the directory the data will live in (the data directory, or its parent before "
+              f"the first start). Nothing was created.", file=sys.stderr)
+        return 2
     try:
         r = check(directory, count=max(1, args.count), seconds=max(0.1, args.seconds))
     except OSError as exc:

@@ -280,7 +280,8 @@ def install(source: str, data_dir: str, meta: dict, *, wal_only: bool, systemd: 
 def main(argv: list[str] | None = None) -> int:
     from ..config import Settings
     from ..errors import ConfigError
-    p = argparse.ArgumentParser(prog="stemedb restore", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="stemedb restore", description="Put a verified backup in "
+                                "place of a store's data, deleting nothing.")
     p.add_argument("backup", nargs="?", metavar="BACKUP_DIR",
                    help="a backups/stemedb-backup-YYYYMMDD-HHMMSS directory")
     p.add_argument("--data-dir", help="data directory (default STEMEDB_DATA_DIR, ./data)")

@@ -56,7 +56,7 @@ def plan(backup_dir: str, keep: int, max_age_days: float | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     from ..config import Settings
-    p = argparse.ArgumentParser(prog="prune-backups", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="stemedb retention", description=__doc__.split("\n")[0])
     p.add_argument("--backup-dir", help="default STEMEDB_BACKUP_DIR (./backups)")
     p.add_argument("--keep", type=int, default=7, help="backups to keep, the verified anchor "
                    "included (default 7)")
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print("prune: --keep must be at least 1", file=sys.stderr)
         return 2
     backup_dir = args.backup_dir or Settings.from_env().backup_dir
+    if not os.path.isdir(backup_dir):
+        print(f"prune: {backup_dir} is not a directory; give --backup-dir or set "
+              f"STEMEDB_BACKUP_DIR", file=sys.stderr)
+        return 2
     anchor, doomed = plan(backup_dir, args.keep, args.max_age_days)
     if anchor is None:
         print(f"prune: no verified backup in {backup_dir}; nothing deleted. Take one with "

@@ -14,6 +14,7 @@ CHECK = 'stemedb fsync-check "$STEMEDB_DATA_DIR"'
 
 
 def test_fsync_check_on_the_data_dir(dirs):
+    os.makedirs(dirs["data"])  # fsync-check never creates it
     r = run(CHECK + " --count 50 --seconds 2", dirs["env"])
     assert r.returncode in (0, 1), r.stderr
     assert "verdict:" in r.stdout and "fdatasync" in r.stdout and "read-back:  ok" in r.stdout
@@ -21,6 +22,7 @@ def test_fsync_check_on_the_data_dir(dirs):
 
 
 def test_fsync_check_json(dirs):
+    os.makedirs(dirs["data"])  # fsync-check never creates it
     r = run(CHECK + " --json --count 20 --seconds 1", dirs["env"])
     out = json.loads(r.stdout)
     assert out["verdict"] in ("ok", "warning", "problem")
@@ -34,6 +36,7 @@ def test_fsync_check_json(dirs):
                     reason="/dev/shm is not tmpfs here")
 def test_tmpfs_is_a_problem(tmp_path):
     d = "/dev/shm/stemedb-fsync-test-%d" % os.getpid()
+    os.makedirs(d)  # fsync-check never creates the directory it tests
     try:
         r = run(f"stemedb fsync-check {d} --count 10 --seconds 1", {})
         assert r.returncode == 1 and "tmpfs" in r.stdout and "verdict: problem" in r.stdout
