@@ -421,3 +421,16 @@ def test_sign_vote_signs_the_v11_vote_hash(ts):
 def test_sign_vote_refuses_a_bad_time():
     with pytest.raises(errors.ValidationError, match="timestamp"):
         sign_vote("ab" * 32, 0.5, signing_key(b"\x05" * 32), "yesterday")
+
+
+def test_the_client_modules_are_mypy_clean():
+    # pyproject.toml [tool.mypy] names the files and the strictness.
+    pytest.importorskip("mypy", reason="mypy comes with the test extra")
+    import pathlib
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[3]
+    r = subprocess.run([sys.executable, "-m", "mypy"], cwd=root, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert (root / "stemedb" / "py.typed").exists()
