@@ -317,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data_dir = args.data_dir or settings.data_dir
     backup_dir = args.backup_dir or settings.backup_dir
+    if not os.path.isdir(data_dir):
+        print(f"stemedb backup: {data_dir} is not a directory; give --data-dir or set "
+              f"STEMEDB_DATA_DIR to the data directory (the one holding LOCK, wal/ and db/)",
+              file=sys.stderr)
+        return 2
     try:
         res = take_backup(data_dir, backup_dir, open_check=args.open_check)
     except (StemeError, OSError) as exc:

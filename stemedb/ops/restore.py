@@ -316,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stemedb restore: {exc}", file=sys.stderr)
         return 2
     data_dir = args.data_dir or settings.data_dir
+    if args.backup and not os.path.isdir(args.backup):
+        print(f"stemedb restore: {args.backup} is not a directory; backups are "
+              f"{settings.backup_dir}/stemedb-backup-YYYYMMDD-HHMMSS", file=sys.stderr)
+        return 2
     systemd = Systemd(args.systemctl or None, args.service)
     try:
         if args.from_s3:
@@ -324,15 +328,13 @@ def main(argv: list[str] | None = None) -> int:
                             endpoint_url=args.endpoint_url, systemd=systemd,
                             ask=(lambda q: True) if args.yes else confirm, bind=settings.bind)
         else:
-            if not os.path.isdir(args.backup):
-                raise RestoreError(f"{args.backup} is not a directory; backups are "
-                                   f"{settings.backup_dir}/stemedb-backup-YYYYMMDD-HHMMSS")
             restore_backup(args.backup, data_dir, wal_only=args.wal_only, systemd=systemd,
                            ask=(lambda q: True) if args.yes else confirm, bind=settings.bind,
                            health_timeout=args.health_timeout)
     except (StemeError, OSError, subprocess.SubprocessError) as exc:
         print(f"stemedb restore: FAILED: {exc}", file=sys.stderr)
-        return 1
+        # a running server (take_lock's refusal): cannot run, nothing was changed
+        return 2 if str(exc).startswith("Store is locked by PID") else 1
     return 0
 
 

@@ -120,7 +120,7 @@ def test_restore_refuses_while_the_store_is_open_and_changes_nothing(dirs, store
     before = sorted(os.listdir(dirs["data"]))
     env = dict(dirs["env"], BACKUP_DIR=path)
     r = run(RESTORE + " --systemctl ''", env)
-    assert r.returncode == 1
+    assert r.returncode == 2  # cannot run
     assert f"Store is locked by PID {os.getpid()}" in r.stderr
     assert "systemctl stop stemedb-api" in r.stderr, "the refusal says how to stop the server"
     assert sorted(os.listdir(dirs["data"])) == before, "a refused restore changes nothing"
@@ -260,7 +260,7 @@ def test_restore_asks_only_on_a_terminal(dirs):
 def test_restore_usage_errors(dirs):
     assert run("./scripts/restore-stemedb.sh", dirs["env"]).returncode == 2
     r = run("./scripts/restore-stemedb.sh /nonexistent/stemedb-backup-x", dirs["env"])
-    assert r.returncode == 1 and "not a directory" in r.stderr
+    assert r.returncode == 2 and "not a directory" in r.stderr
 
 
 def runbook_text() -> str:
