@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "verify":
         from .core.verify import verify
-        return verify(args.data_dir)
+        return verify(args.data_dir, out=sys.stdout)
     if args.command == "keys":
         if args.keys_command == "add":
             return _keys_add(args)
         if args.keys_command == "list":
             return _keys_list(args)
-        parser.parse_args(["keys", "--help"])
+        print("stemedb keys: give an action: add or list (stemedb keys --help)", file=sys.stderr)
+        return 2
     parser.print_help(sys.stderr)
     return 2
 

@@ -59,10 +59,10 @@ class BadLine(Exception):
 class Progress:
     """A line on stderr every ``every`` seconds: records, rate, elapsed."""
 
-    def __init__(self, what: str, out: IO[str], every: float = PROGRESS_SECONDS):
+    def __init__(self, what: str, out: IO[str], every: float | None = None):
         self.what = what
         self.out = out
-        self.every = every
+        self.every = PROGRESS_SECONDS if every is None else every
         self.start = self.last = time.monotonic()
 
     def tick(self, records: int, extra: str = "") -> None:
