@@ -245,7 +245,35 @@ def _serve(args) -> int:
         log.info(f"Read {len(from_file)} variables from {env_file} (the environment wins over it)")
     for warning in unknown_variables():
         log.warning(warning)
-    return serve(settings)
+    held = _lock_holder(settings.data_dir)
+    if held is not None:
+        print(f"stemedb serve: Store is locked by PID {held}: another process (a server, an "
+              f"import or export) has {settings.data_dir}; stop it or give another --data-dir",
+              file=sys.stderr)
+        return 2
+    rc = serve(settings)
+    # gunicorn's own statuses (3: the worker failed to boot, e.g. a damaged
+    # store; 4: the app failed to load) are failures: 1, as for every command
+    return rc if rc in (0, 1, 2) else 1
+
+
+def _lock_holder(data_dir: str) -> str | None:
+    """The PID in ``data_dir/LOCK`` when a process holds it, else None (and
+    nothing created): a second server would only fail in its worker."""
+    import fcntl
+    path = os.path.join(data_dir, "LOCK")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)
 
 
 def _keys_file(args) -> str | None:

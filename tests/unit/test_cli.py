@@ -377,3 +377,31 @@ def test_untimed_lines_are_counted_in_a_warning(tmp_path, capsys):
     src.write_text(json.dumps(body) + "\n")
     rc, _, err = call(["import", str(src), "--data-dir", str(tmp_path / "d")], capsys)
     assert rc == 0 and "1 line(s) had no timestamp" in err
+
+
+# ---------------------------------------------------------------- serve's store
+def test_serve_on_a_locked_store_exits_2_before_starting(tmp_path):
+    s = _store(tmp_path / "d")
+    try:
+        r = run(["serve", "--data-dir", str(tmp_path / "d"), "--bind", "127.0.0.1:1",
+                 "--dashboard-bind", "127.0.0.1:2"], cwd=tmp_path)
+        assert r.returncode == 2 and f"Store is locked by PID {os.getpid()}" in r.stderr
+        assert "Booting" not in r.stderr
+    finally:
+        s.close()
+
+
+def test_serve_on_a_damaged_store_exits_1_not_gunicorns_3(tmp_path):
+    import socket
+    _store(tmp_path / "d").close()
+    seg = sorted((tmp_path / "d" / "wal").glob("segment-*"))[0]
+    seg.write_bytes(b"NOTMAGIC" + seg.read_bytes()[8:])
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    r = run(["serve", "--data-dir", str(tmp_path / "d"), "--bind", f"127.0.0.1:{ports[0]}",
+             "--dashboard-bind", f"127.0.0.1:{ports[1]}"], cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "WAL magic byte validation failed" in r.stderr
