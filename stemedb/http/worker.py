@@ -16,9 +16,12 @@ head, and a body of at most :data:`GATHER_BODY_MAX` bytes with a
 handed to a thread only once complete.  The head must be complete within
 :data:`HEADER_TIMEOUT` seconds of its first byte being awaited (else 408 and
 the connection is closed; an idle new connection is closed silently) and a
-gathered body within :data:`BODY_TIMEOUT` after the head.  A larger or
-chunked body is read by the thread under the same deadline
-(:class:`DeadlineSocket`): past it the read raises
+gathered body within :data:`BODY_TIMEOUT` after the head (else 408).
+Chunked bodies are gathered too (their chunk sizes followed, not decoded).
+A body announced with ``Expect: 100-continue``, and one that
+would take the bytes held by all requests being read past
+:data:`GATHER_BUDGET` are read by the thread instead, under the same
+deadline (:class:`DeadlineSocket`): past it the read raises
 :class:`~stemedb.http.errors.ClientTimeout`, answered 408.  TLS terminated by
 gunicorn itself, and HTTP/2, take gunicorn's own path (nginx or envoy in
 front is the documented set-up; see docs/http.md).
@@ -45,12 +48,18 @@ from .errors import REQUEST_TIMEOUT_MESSAGE, ClientTimeout, edge_problem, error_
 
 HEADER_TIMEOUT = 10.0  # seconds for a request head, from when it is awaited
 BODY_TIMEOUT = 60.0  # seconds for the body, after the head
-GATHER_BODY_MAX = 64 * 1024  # bodies up to this size are read before a thread is taken
+# Bodies up to this size (the batch limit) are read before a thread is taken;
+# a bigger one is refused by the app from its Content-Length without reading.
+GATHER_BODY_MAX = 16 * 1024 * 1024
+# Bytes held by all requests being read; past it a request's body is left to
+# its thread (read under BODY_TIMEOUT) rather than held in memory.
+GATHER_BUDGET = 256 * 1024 * 1024
 HEAD_MAX = 1024 * 1024  # a head still incomplete at this size goes to gunicorn's parser (431)
 READ_CHUNK = 64 * 1024
 
 _CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d{1,12})[ \t]*\r?$", re.I | re.M)
-_NEEDS_THREAD = re.compile(rb"^(?:transfer-encoding|expect)[ \t]*:", re.I | re.M)
+_TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:([^\r\n]*)", re.I | re.M)
+_EXPECT = re.compile(rb"^expect[ \t]*:", re.I | re.M)
 
 
 def supported() -> bool:
@@ -99,14 +108,24 @@ class DeadlineSocket:
         return getattr(self.sock, name)
 
 
+CHUNKED = -1  # _body_to_gather: a chunked body, gathered chunk by chunk
+
+
 def _body_to_gather(head: bytes) -> int:
     """Bytes of body to read before a thread is taken: the ``Content-Length``
-    when it is small and the only framing, else 0 (the thread reads it)."""
-    if _NEEDS_THREAD.search(head):
+    when it is the only framing and within :data:`GATHER_BODY_MAX`,
+    :data:`CHUNKED` for ``Transfer-Encoding: chunked`` alone, else 0 (the
+    thread reads whatever body there is; gunicorn's parser judges odd
+    framing)."""
+    if _EXPECT.search(head):
         return 0
+    codings = _TRANSFER_ENCODING.findall(head)
     lengths = _CONTENT_LENGTH.findall(head)
+    if codings:
+        ok = len(codings) == 1 and codings[0].strip().lower() == b"chunked" and not lengths
+        return CHUNKED if ok else 0
     if len(lengths) != 1:
-        return 0  # none, or several: gunicorn's parser decides
+        return 0  # none, or several
     n = int(lengths[0])
     return n if n <= GATHER_BODY_MAX else 0
 
@@ -120,13 +139,20 @@ def _head_end(buf: bytearray, start: int) -> int:
 
 
 class _Gather:
-    __slots__ = ("buf", "scanned", "head_end", "need", "deadline", "seconds")
+    """The bytes of one request read so far, and whether they are complete.
+
+    "Complete" only decides when a thread takes over: a wrong guess (odd
+    framing) costs a thread reading under the deadline, never a wrong parse,
+    since gunicorn's parser reads the same bytes again."""
+
+    __slots__ = ("buf", "scanned", "head_end", "need", "chunk_at", "deadline", "seconds")
 
     def __init__(self, buf: bytes):
         self.buf = bytearray(buf)
         self.scanned = 0
         self.head_end = -1
         self.need = 0
+        self.chunk_at = -1  # chunked: where the next chunk-size line starts
         self.seconds = HEADER_TIMEOUT
         self.deadline = time.monotonic() + HEADER_TIMEOUT
 
@@ -137,11 +163,40 @@ class _Gather:
             if end < 0:
                 return len(self.buf) > HEAD_MAX
             self.head_end = end
-            self.need = end + _body_to_gather(bytes(self.buf[:end]))
-            if self.need > end:
+            body = _body_to_gather(bytes(self.buf[:end]))
+            if body == CHUNKED:
+                self.chunk_at = end
+            self.need = end + max(body, 0)
+            if body:
                 self.seconds = BODY_TIMEOUT
                 self.deadline = time.monotonic() + BODY_TIMEOUT
+        if self.chunk_at >= 0:
+            return self._chunks_complete()
         return len(self.buf) >= self.need
+
+    def _chunks_complete(self) -> bool:
+        buf = self.buf
+        while True:
+            pos = self.chunk_at
+            eol = buf.find(b"\r\n", pos, pos + 1024)
+            if eol < 0:
+                return len(buf) - pos >= 1024  # no size line in 1 KiB: let the parser refuse it
+            try:
+                size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                return True  # malformed: the parser answers 400 bad_framing
+            if size == 0:  # the last chunk, then trailers up to a blank line
+                if len(buf) < eol + 4:
+                    return False
+                return buf[eol + 2:eol + 4] == b"\r\n" or buf.find(b"\r\n\r\n", eol) >= 0
+            nxt = eol + 2 + size + 2
+            if size < 0 or nxt - self.head_end > GATHER_BODY_MAX:
+                return True  # over the limit: the app refuses it while reading
+            if len(buf) < nxt:
+                return False
+            if buf[nxt - 2:nxt] != b"\r\n":
+                return True  # no CRLF after the data: the parser answers 400 bad_framing
+            self.chunk_at = nxt
 
 
 class StemeWorker(ThreadWorker):
@@ -150,6 +205,7 @@ class StemeWorker(ThreadWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.gathering: deque = deque()  # connections whose request is being read
+        self.gathered = 0  # bytes they hold (GATHER_BUDGET)
 
     # -- error JSON ----------------------------------------------------------
 
@@ -226,7 +282,8 @@ class StemeWorker(ThreadWorker):
             return
         g = conn.steme_gather
         g.buf += data
-        if g.complete():
+        self.gathered += len(data)
+        if g.complete() or (g.head_end >= 0 and self.gathered > GATHER_BUDGET):
             self._stop_gathering(conn)
             self._dispatch(conn)
 
@@ -238,7 +295,8 @@ class StemeWorker(ThreadWorker):
         try:
             self.gathering.remove(conn)
         except ValueError:
-            pass
+            return
+        self.gathered -= len(conn.steme_gather.buf)
 
     def _dispatch(self, conn) -> None:
         g, conn.steme_gather = conn.steme_gather, None

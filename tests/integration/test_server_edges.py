@@ -127,26 +127,31 @@ def probe_health(port: int, timeout: float) -> float:
 
 
 def test_slow_clients_do_not_stall_health(servers):  # noqa: F811
-    """100 clients trickling their headers (and 20 trickling a small body) for
-    about 4 s: /v1/health answers within 2 s all along, with 8 threads."""
+    """100 clients trickling their headers, 20 trickling a body with a
+    Content-Length and 20 a chunked body, for about 4 s: /v1/health answers
+    within 2 s all along, with 8 threads."""
     s = servers().start()
     stop = threading.Event()
     socks: list[socket.socket] = []
-    for i in range(120):
+    post = (b"POST /v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n")
+    for i in range(140):
         c = socket.create_connection(("127.0.0.1", s.port), timeout=5)
         if i < 100:
             c.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        elif i < 120:
+            c.sendall(post + b"Content-Length: 200000\r\n\r\n{")
         else:
-            c.sendall(b"POST /v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      b"Content-Type: application/json\r\nContent-Length: 400\r\n\r\n{")
+            c.sendall(post + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n")
         socks.append(c)
+    more = [b"X-Slow: 1\r\n"] * 100 + [b" "] * 20 + [b"1\r\n \r\n"] * 20
 
     def trickle():
         deadline = time.monotonic() + 4.0
         while not stop.is_set() and time.monotonic() < deadline:
-            for i, c in enumerate(socks):
+            for c, data in zip(socks, more):
                 try:
-                    c.sendall(b"X-Slow: 1\r\n" if i < 100 else b" ")
+                    c.sendall(data)
                 except OSError:
                     pass
             stop.wait(0.3)

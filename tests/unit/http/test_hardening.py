@@ -111,8 +111,12 @@ def test_errors_while_reading_a_chunked_body(client, store, exc, status, code):
 def test_body_to_gather():
     head = b"POST /v1/assert HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n"
     assert W._body_to_gather(head) == 12
-    assert W._body_to_gather(head.replace(b"12", b"999999999")) == 0, "big bodies: the thread"
-    assert W._body_to_gather(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n") == 0
+    assert W._body_to_gather(head.replace(b"12", b"16777216")) == 16777216, "a batch's limit"
+    assert W._body_to_gather(head.replace(b"12", b"999999999")) == 0, "over any limit: the app's 413"
+    assert W._body_to_gather(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n") == W.CHUNKED
+    assert W._body_to_gather(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n") == 0
+    assert W._body_to_gather(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                             b"Content-Length: 3\r\n\r\n") == 0, "both: the parser refuses"
     assert W._body_to_gather(head.replace(b"Host: x", b"Expect: 100-continue")) == 0
     assert W._body_to_gather(head.replace(b"Host: x", b"Content-Length: 12")) == 0, \
         "two lengths: gunicorn's parser refuses"
@@ -135,6 +139,36 @@ def test_gather_completes_on_head_and_small_body_across_reads():
     assert not g3.complete()
     g3.buf += b"X" * (W.HEAD_MAX + 1)
     assert g3.complete(), "an oversized head goes to gunicorn's parser, which refuses it"
+
+
+def _feed(raw: bytes) -> int | None:
+    """The index of the byte with which a byte-by-byte feed of ``raw`` completes."""
+    g = W._Gather(b"")
+    for i in range(len(raw)):
+        g.buf += raw[i:i + 1]
+        if g.complete():
+            return i
+    return None
+
+
+CHUNKED_HEAD = b"POST /v1/query HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("chunks", [
+    b"0\r\n\r\n",
+    b"4\r\n{\"a\"\r\n3;ext=1\r\n:1}\r\n0\r\n\r\n",
+    b"a\r\n" + b"\r\n" * 5 + b"\r\n0\r\n\r\n",        # chunk data that looks like framing
+    b"2\r\n{}\r\n0\r\nX-Trailer: 1\r\n\r\n",
+])
+def test_gather_follows_chunk_sizes_to_the_last_chunk(chunks):
+    raw = CHUNKED_HEAD + chunks
+    assert _feed(raw) == len(raw) - 1
+
+
+@pytest.mark.parametrize("chunks", [b"zz\r\n", b"2\r\n{}XX", b"x" * 1100])
+def test_gather_hands_malformed_chunks_to_the_parser_at_once(chunks):
+    """The parser, reading the same bytes, answers 400 bad_framing."""
+    assert W._Gather(CHUNKED_HEAD + chunks).complete()
 
 
 def test_deadline_socket_bounds_every_read():
