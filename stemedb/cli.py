@@ -208,7 +208,7 @@ def bind_problem(bind: str) -> str | None:
     return None
 
 
-def _serve(args) -> int:
+def _serve(args: argparse.Namespace) -> int:
     # .env first, before anything imports the engine: STEMEDB_PURE_PYTHON and
     # STEMEDB_REQUIRE_FAST are read when stemedb.core.fast is imported.
     from .config import Settings, load_env_file, unknown_variables
@@ -276,11 +276,11 @@ def _lock_holder(data_dir: str) -> str | None:
         os.close(fd)
 
 
-def _keys_file(args) -> str | None:
+def _keys_file(args: argparse.Namespace) -> str | None:
     return args.file or os.environ.get("STEMEDB_API_KEYS_FILE") or None
 
 
-def _keys_add(args) -> int:
+def _keys_add(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .http.auth import add_key
     path = _keys_file(args)
@@ -300,7 +300,7 @@ def _keys_add(args) -> int:
     return 0
 
 
-def _keys_list(args) -> int:
+def _keys_list(args: argparse.Namespace) -> int:
     from .errors import ConfigError
     from .http.auth import load_keys_file
     path = _keys_file(args)

@@ -28,9 +28,14 @@ import os
 import sys
 import textwrap
 import time
-from typing import IO, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 import orjson
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..core.state import Epoch
+    from ..core.store import Store
 
 # The fields of a stored assertion that are not request fields.
 STORED_ONLY = ("hash", "seq", "recorded_at", "status", "retraction")
@@ -81,11 +86,11 @@ class Progress:
 
 
 # ---------------------------------------------------------------- export
-def export_lines(store) -> Iterator[bytes]:
+def export_lines(store: Store) -> Iterator[bytes]:
     """Every assertion as the API returns it, and every epoch, in seq order."""
     import numpy as np
     with store._ilock:
-        st = store.state
+        st = store.state  # type: ignore[attr-defined]  # set when the store opens
         n = st.count
         order = np.argsort(st.cols.seq[:n], kind="stable")
         epochs = sorted(st.epochs.values(), key=lambda e: e.seq)
@@ -104,13 +109,13 @@ def export_lines(store) -> Iterator[bytes]:
         yield _epoch_line(ep, format_time)
 
 
-def _epoch_line(ep, format_time) -> bytes:
+def _epoch_line(ep: Epoch, format_time: Callable[[int], str]) -> bytes:
     return orjson.dumps({"epoch": {"name": ep.name, "supersedes": list(ep.supersedes),
                                    "description": ep.description, "seq": ep.seq,
                                    "recorded_at": format_time(ep.recorded_at)}})
 
 
-def export(store, out: IO[bytes], progress: Progress | None = None) -> tuple[int, int]:
+def export(store: Store, out: IO[bytes], progress: Progress | None = None) -> tuple[int, int]:
     """Write the store to ``out``; ``(assertions, epochs)`` written."""
     assertions = epochs = 0
     for line in export_lines(store):
@@ -128,13 +133,13 @@ def export(store, out: IO[bytes], progress: Progress | None = None) -> tuple[int
 class Importer:
     """Stores parsed lines in batches; counts what was created and what existed."""
 
-    def __init__(self, store, *, batch_size: int = 1000, require_signatures: bool = False,
+    def __init__(self, store: Store, *, batch_size: int = 1000, require_signatures: bool = False,
                  progress: Progress | None = None):
         self.store = store
         self.batch_size = batch_size
         self.require_signatures = require_signatures
         self.progress = progress
-        self.pending: list[tuple[int, dict]] = []     # (line number, request body)
+        self.pending: list[tuple[int, dict[str, Any]]] = []     # (line number, request body)
         self.records = self.created = self.existing = 0
         self.epochs_created = self.epochs_existing = 0
         self.untimed = 0
@@ -157,7 +162,7 @@ class Importer:
         if len(self.pending) >= self.batch_size:
             self.flush()
 
-    def _body(self, lineno: int, doc: dict) -> dict:
+    def _body(self, lineno: int, doc: dict[str, Any]) -> dict[str, Any]:
         from ..errors import ValidationError
         from ..model import prepare_assertion
         given = doc.get("hash")
@@ -174,7 +179,7 @@ class Importer:
                                           f"after export, or the hash is not StemeDB's")
         return body
 
-    def _epoch(self, lineno: int, doc: dict) -> None:
+    def _epoch(self, lineno: int, doc: dict[str, Any]) -> None:
         from ..errors import Conflict, StemeError
         if len(doc) != 1:
             raise BadLine(lineno, sorted(k for k in doc if k != "epoch")[0],
@@ -185,7 +190,9 @@ class Importer:
             raise BadLine(lineno, f"epoch.{unknown[0]}", f"unknown field; an epoch line has "
                                                         f"{', '.join(EPOCH_FIELDS)}")
         name = ep.get("name")
-        existing = self.store.state.epochs.get(name) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            raise BadLine(lineno, "epoch.name", "an epoch line needs the epoch's name (a string)")
+        existing = self.store.state.epochs.get(name)  # type: ignore[attr-defined]
         if existing is not None:
             if (list(existing.supersedes) != list(ep.get("supersedes") or [])
                     or existing.description != ep.get("description")):
@@ -277,7 +284,8 @@ def _fill(text: str) -> str:
     return textwrap.fill(text, width=78)
 
 
-def _open(data_dir: str, settings, *, create: bool):
+def _open(data_dir: str, settings: Settings, *,
+          create: bool) -> tuple[Store | None, tuple[int, str] | None]:
     """The store at ``data_dir``, or an exit status and a message."""
     from ..core.store import open_store
     from ..errors import StemeError, StoreLocked
@@ -292,7 +300,7 @@ def _open(data_dir: str, settings, *, create: bool):
         return None, (2, f"cannot open the store at {data_dir}: {exc}")
 
 
-def _settings(data_dir: str | None):
+def _settings(data_dir: str | None) -> Settings:
     from ..config import Settings
     return Settings.from_env(**({"data_dir": data_dir} if data_dir else {}))
 
@@ -315,6 +323,7 @@ def export_main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"stemedb export: {problem[1]}", file=sys.stderr)
         return problem[0]
+    assert store is not None
     progress = Progress("export", sys.stderr)
     to_stdout = args.file in (None, "-")
     tmp = None
@@ -376,6 +385,7 @@ def import_main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"stemedb import: {problem[1]}", file=sys.stderr)
         return problem[0]
+    assert store is not None
     progress = Progress("import", sys.stderr)
     imp = Importer(store, batch_size=args.batch_size,
                    require_signatures=settings.require_signatures, progress=progress)
