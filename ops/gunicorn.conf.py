@@ -4,7 +4,8 @@
 
 Settings come from the STEMEDB_* environment (an EnvironmentFile in the unit);
 the options themselves are stemedb.http.server.gunicorn_options, so this file
-and `stemedb serve` cannot disagree: one gthread worker that owns the store,
+and `stemedb serve` cannot disagree: one worker that owns the store (gthread
+with the contract's error JSON and slow-client protection, stemedb.http.worker),
 no preload_app, max_requests = 0, and hooks that make a reloaded worker wait
 for LOCK and a stopping worker snapshot and close the store.
 

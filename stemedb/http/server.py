@@ -2,7 +2,8 @@
 
 * **one worker**: the store's ``LOCK`` admits one process, and group commit
   only pays when all writers share it; ``gthread`` with ``settings.threads``
-  threads gives the concurrency.
+  threads gives the concurrency, as :class:`stemedb.http.worker.StemeWorker`
+  (error JSON for what gunicorn refuses; slow clients hold no thread).
 * **no preload_app**: a store opened in the master before the fork would be
   shared by accident; ``get_app()`` opens it in the worker.
 * **max_requests = 0**: a recycled worker would close and reopen the store.
