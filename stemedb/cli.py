@@ -228,6 +228,12 @@ def _serve(args: argparse.Namespace) -> int:
         where = f" (set in {env_file})" if name in from_file else ""
         print(f"stemedb serve: {exc}{where}", file=sys.stderr)
         return 2
+    if os.environ.get("STEMEDB_CLUSTER_NATS"):
+        # Documented but not built yet: refusing beats silently running alone
+        # while the operator believes writes are replicated.
+        print("stemedb serve: STEMEDB_CLUSTER_NATS is set, but cluster mode is not in this "
+              "release of StemeDB; unset it to run a single node", file=sys.stderr)
+        return 2
     for name, flag, value in (("bind", "--bind", settings.bind),
                               ("dashboard_bind", "--dashboard-bind", settings.dashboard_bind)):
         problem = bind_problem(value) if value else None

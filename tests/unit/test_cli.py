@@ -405,3 +405,16 @@ def test_serve_on_a_damaged_store_exits_1_not_gunicorns_3(tmp_path):
              "--dashboard-bind", f"127.0.0.1:{ports[1]}"], cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     assert "WAL magic byte validation failed" in r.stderr
+
+
+def test_serve_refuses_cluster_mode_it_does_not_have(tmp_path):
+    """Cluster mode is in the contract but not built: serve must not run alone
+    while the operator believes writes are replicated."""
+    import subprocess
+    import sys
+    env = dict(os.environ, STEMEDB_CLUSTER_NATS="nats://127.0.0.1:4222",
+               STEMEDB_DATA_DIR=str(tmp_path / "data"))
+    r = subprocess.run([sys.executable, "-m", "stemedb", "serve"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "cluster mode is not in this release" in r.stderr, r.stderr
+    assert not (tmp_path / "data").exists()
