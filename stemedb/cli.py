@@ -251,7 +251,9 @@ def _serve(args: argparse.Namespace) -> int:
         log.info(f"Read {len(from_file)} variables from {env_file} (the environment wins over it)")
     for warning in unknown_variables():
         log.warning(warning)
-    held = _lock_holder(settings.data_dir)
+    # With STEMEDB_LOCK_TIMEOUT the server waits for the lock (503 meanwhile),
+    # as during a reload; without it a held lock is a refusal up front.
+    held = _lock_holder(settings.data_dir) if settings.lock_timeout <= 0 else None
     if held is not None:
         print(f"stemedb serve: Store is locked by PID {held}: another process (a server, an "
               f"import or export) has {settings.data_dir}; stop it or give another --data-dir",
