@@ -59,8 +59,11 @@ threading.Event().wait()
 """
 
 
-def run_child(path: str, run: int) -> list[str]:
-    p = subprocess.Popen([sys.executable, "-c", CHILD, path, str(run)], cwd=REPO,
+def run_child(path: str, run: int, child: str = CHILD,
+              seconds: float = WRITE_SECONDS) -> list[str]:
+    """Run ``child`` (a script printing ``READY`` then acknowledgements) on
+    ``path``, SIGKILL it ``seconds`` after READY; its complete output lines."""
+    p = subprocess.Popen([sys.executable, "-c", child, path, str(run)], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     ready = threading.Event()
@@ -76,7 +79,7 @@ def run_child(path: str, run: int) -> list[str]:
     reader.start()
     try:
         assert ready.wait(STARTUP_TIMEOUT), f"child did not start: {p.stderr.read() if p.poll() is not None else ''}"
-        time.sleep(WRITE_SECONDS)
+        time.sleep(seconds)
         assert p.poll() is None, f"child died before the kill: {p.stderr.read()}"
     finally:
         os.kill(p.pid, signal.SIGKILL)

@@ -13,18 +13,13 @@ from __future__ import annotations
 import io
 import os
 import random
-import signal
-import subprocess
-import sys
-import threading
-import time
 
 from stemedb import open_store
 from stemedb.core import verify
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from .test_kill9_engine import run_child
+
 ROUNDS = 6
-STARTUP_TIMEOUT = 60
 
 CHILD = r"""
 import sys, threading
@@ -68,41 +63,13 @@ threading.Event().wait()
 """
 
 
-def run_child(path: str, run: int, seconds: float) -> list[str]:
-    p = subprocess.Popen([sys.executable, "-c", CHILD, path, str(run)], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read():
-        for line in p.stdout:
-            if not line.endswith("\n"):
-                break
-            lines.append(line.rstrip("\n"))
-            if line == "READY\n":
-                ready.set()
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert ready.wait(STARTUP_TIMEOUT), "the child did not start"
-        time.sleep(seconds)
-        assert p.poll() is None, f"the child died before the kill: {p.stderr.read()}"
-    finally:
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(timeout=30)
-        reader.join(timeout=30)
-        p.stdout.close()
-        p.stderr.close()
-    return lines
-
-
 def test_every_restart_after_kill_9_under_periodic_snapshots_succeeds(tmp_path):
     path = str(tmp_path / "data")
     rng = random.Random(1309)
     acked: list[str] = []
     snapshots_seen = 0
     for run in range(ROUNDS):
-        lines = run_child(path, run, rng.uniform(0.4, 1.6))
+        lines = run_child(path, run, CHILD, rng.uniform(0.4, 1.6))
         acked += [h for ln in lines if ln.startswith("A ") for h in ln[2:].split(",")]
         snapshots_seen += os.path.exists(os.path.join(path, "db", "indexes", "snapshot.idx"))
         out = io.StringIO()
