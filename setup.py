@@ -14,6 +14,7 @@ else:
     import numpy
     ext_modules = cythonize(
         [Extension("stemedb.core._fast", ["stemedb/core/_fast.pyx"],
+                   depends=["stemedb/core/crc32c.h"],   # rebuilt when it changes; in the sdist
                    include_dirs=[numpy.get_include()],
                    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])],
         compiler_directives={"language_level": "3", "boundscheck": False,

@@ -37,6 +37,42 @@ class Retraction:
 SMALL_GROUP = 8
 
 
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``, three to eight times faster.
+
+    numpy's stable sort of 64-bit keys is a timsort (29 ms for 200,000
+    random keys here); its default sort is a vectorized introsort (6 ms),
+    and sorting one int64 array, not its argsort, costs 2 ms.  So:
+    non-negative keys that leave room for the index's bits (concept path
+    ids, index keys) sort as one int64 array of ``key << bits | index``;
+    others (hash prefixes, source keys) take the introsort and then, only
+    when keys repeat, one sort of ``run number << 32 | index`` puts each
+    run of equal keys back in index order.  The rebuild sorts every index
+    run this way (State.bulk_segment).
+    """
+    n = len(keys)
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    if n >= 2**32:                      # an index does not fit in 32 bits
+        return np.argsort(keys, kind="stable")
+    bits = (n - 1).bit_length()
+    if keys.dtype.kind in "iu" and int(keys.min()) >= 0 and int(keys.max()) < 2**(63 - bits):
+        comp = (keys.astype(np.int64) << bits) | np.arange(n, dtype=np.int64)
+        comp.sort()
+        return comp & np.int64((1 << bits) - 1)
+    order = np.argsort(keys)
+    ks = keys[order]
+    new_run = ks[1:] != ks[:-1]
+    if bool(new_run.all()):
+        return order
+    run = np.empty(n, dtype=np.int64)
+    run[0] = 0
+    np.cumsum(new_run, out=run[1:])
+    comp = (run << 32) | order
+    comp.sort()
+    return comp & np.int64(0xFFFFFFFF)
+
+
 class State:
     def __init__(self):
         self.cols = Columns()
@@ -271,11 +307,15 @@ class State:
         c.hashes[sl] = hb
         c.n += n
         ords = np.arange(first, first + n, dtype=np.int32)
-        self.by_hash.extend(np.ascontiguousarray(hb[:, :8]).view("<u8").reshape(n), ords)
-        self.by_key.extend(cols["key"], ords)
-        self.by_path.extend(cols["path"].astype(np.int64), ords)
-        if len(sources[0]):
-            self.by_source.extend(sources[0], sources[1])
+        for m, keys, vals in ((self.by_hash, np.ascontiguousarray(hb[:, :8]).view("<u8").reshape(n),
+                               ords),
+                              (self.by_key, cols["key"], ords),
+                              (self.by_path, cols["path"].astype(np.int64), ords),
+                              (self.by_source, sources[0], sources[1])):
+            if len(keys):
+                # handed over in order, extend's own stable sort is one linear pass
+                o = stable_order(keys)
+                m.extend(keys[o], vals[o])
 
     def apply_retract(self, seq: int, body: dict) -> list[int]:
         """Mark the listed hashes retracted (first retraction wins)."""

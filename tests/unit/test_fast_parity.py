@@ -3,8 +3,10 @@
 Runs only where the extension is built (skips in a pure-Python run, where
 there is nothing to compare).
 """
+import mmap
 import random
 
+import google_crc32c
 import msgspec
 import pytest
 
@@ -48,14 +50,63 @@ def _log(n):
     return b"".join(frames)
 
 
-def test_scan_frames_matches_reference_at_every_cut():
+@pytest.fixture(params=["sse4.2", "table"])
+def crc_path(request):
+    """Run the test with the CRC-32C instruction, then with the C table
+    (forced through the test hook), restoring the detected path after."""
+    got = _fast._crc32c_use_hardware(request.param == "sse4.2")
+    try:
+        if got != request.param:
+            pytest.skip(f"this CPU has no {request.param} crc32 instruction")
+        yield got
+    finally:
+        _fast._crc32c_use_hardware(True)
+
+
+def test_crc32c_matches_google_crc32c_at_every_length_and_alignment(crc_path):
+    rnd = random.Random(9)
+    lengths = list(range(0, 80)) + [127, 128, 129, 255, 256, 257, 1000, 4093, 4096, 65537]
+    big = bytearray(rnd.randbytes(65537 + 16))
+    for n in lengths:
+        for align in range(8):
+            view = memoryview(big)[align:align + n]
+            assert _fast.crc32c(view) == google_crc32c.value(bytes(view)), \
+                f"{crc_path}: length {n}, offset {align}"
+    for _ in range(300):
+        b = rnd.randbytes(rnd.randrange(0, 3000))
+        assert _fast.crc32c(b) == google_crc32c.value(b), f"{crc_path}: {len(b)} random bytes"
+    assert _fast.crc32c(b"123456789") == 0xE3069283   # the CRC-32C check value
+
+
+def test_crc32c_takes_bytes_bytearray_memoryview_and_mmap(tmp_path):
+    data = bytes(range(256)) * 3
+    want = google_crc32c.value(data)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        assert _fast.crc32c(m) == want
+    assert _fast.crc32c(data) == _fast.crc32c(bytearray(data)) == want
+    assert _fast.crc32c(memoryview(data)[5:]) == google_crc32c.value(data[5:])
+    assert _fast.crc32c(b"") == google_crc32c.value(b"") == 0
+
+
+def test_crc32c_implementation_names_the_path_in_use():
+    try:
+        assert _fast._crc32c_use_hardware(False) == "table"
+        assert _fast.crc32c_implementation() == "table"
+    finally:
+        _fast._crc32c_use_hardware(True)
+    assert _fast.crc32c_implementation() in ("sse4.2", "table")
+
+
+def test_scan_frames_matches_reference_at_every_cut(crc_path):
     buf = _log(30)
     for end in range(SEGMENT_HEADER_SIZE, len(buf) + 1, 7):
         assert _fast.scan_frames(buf, SEGMENT_HEADER_SIZE, end) == \
             codec.scan_frames(buf, SEGMENT_HEADER_SIZE, end), f"scan differs at end={end}"
 
 
-def test_scan_frames_matches_reference_on_damage():
+def test_scan_frames_matches_reference_on_damage(crc_path):
     buf = bytearray(_log(30))
     rnd = random.Random(3)
     for _ in range(200):
@@ -64,6 +115,51 @@ def test_scan_frames_matches_reference_on_damage():
         b = bytes(b)
         assert _fast.scan_frames(b, SEGMENT_HEADER_SIZE, len(b)) == \
             codec.scan_frames(b, SEGMENT_HEADER_SIZE, len(b)), "damaged log scanned differently"
+
+
+def _damage_cases(buf: bytes):
+    """Damaged copies of a clean log, each kind a torn write or corruption makes."""
+    frames = codec.scan_frames(buf, SEGMENT_HEADER_SIZE, len(buf))[0]
+    rnd = random.Random(5)
+    for off in frames[1::4]:
+        b = bytearray(buf)
+        b[off + 4] ^= 0x10                                    # the stored crc
+        yield "crc field", bytes(b)
+        b = bytearray(buf)
+        b[off + 8] ^= 0x01                                    # the type byte, under the crc
+        yield "type byte", bytes(b)
+        b = bytearray(buf)
+        b[off + rnd.randrange(20, 60)] ^= 0x80                # inside the payload
+        yield "payload", bytes(b)
+        b = bytearray(buf)
+        b[off:off + 4] = (2**28 + 1).to_bytes(4, "little")    # length past MAX_PAYLOAD
+        yield "bad length", bytes(b)
+        b = bytearray(buf)
+        b[off:off + 4] = (10**6).to_bytes(4, "little")        # length past the end
+        yield "long length", bytes(b)
+        yield "torn", buf[:off + rnd.randrange(1, 40)]
+        yield "zeroed tail", buf[:off] + bytes(len(buf) - off)
+
+
+def test_scan_frames_matches_reference_on_each_kind_of_damage(crc_path):
+    buf = _log(40)
+    n = 0
+    for kind, b in _damage_cases(buf):
+        for start in (SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE + 1, len(b) // 2):
+            got = _fast.scan_frames(b, start, len(b))
+            assert got == codec.scan_frames(b, start, len(b)), f"{kind}, start {start}"
+            n += got[5] != codec.STOP_END
+    assert n > 30, "the damage cases must stop the scan"
+
+
+def test_scan_frames_matches_reference_on_a_long_log_through_mmap(crc_path, tmp_path):
+    buf = _log(400)
+    path = tmp_path / "segment"
+    path.write_bytes(buf)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        got = _fast.scan_frames(m, SEGMENT_HEADER_SIZE, len(buf))
+    assert got == codec.scan_frames(buf, SEGMENT_HEADER_SIZE, len(buf))
+    assert got[5] == codec.STOP_END and len(got[0]) > 400
 
 
 def test_extract_segment_matches_reference():
@@ -77,6 +173,74 @@ def test_extract_segment_matches_reference():
         results.append(({k: v.tolist() for k, v in cols.items()}, src[0].tolist(),
                         src[1].tolist(), edges, metas, paths, preds))
     assert results[0] == results[1], "compiled extract_segment differs from the reference"
+
+
+def _extract_both(buf, seed_paths=(), seed_preds=()):
+    offsets, types, _f, seqs, _stop, _r = codec.scan_frames(buf, SEGMENT_HEADER_SIZE, len(buf))
+    results = []
+    for fn in (codec.extract_segment, _fast.extract_segment):
+        paths, preds = list(seed_paths), list(seed_preds)
+        path_ids = {p: i for i, p in enumerate(paths)}
+        pred_ids = {p: i for i, p in enumerate(preds)}
+        cols, src, edges, metas = fn(buf, offsets, types, seqs, 2, 0, path_ids, paths,
+                                     pred_ids, preds, {"e1": 1})
+        results.append(({k: v.tolist() for k, v in cols.items()}, src[0].tolist(),
+                        src[1].tolist(), edges, metas, paths, preds, path_ids, pred_ids))
+    return results
+
+
+def test_extract_segment_interns_thousands_of_names_like_the_reference():
+    """The compiled extract finds a seen path or predicate by its raw bytes in
+    its own table: past its first sizes (1,024 and 256 slots), with names
+    shorter and longer than 8 bytes, non-ASCII paths, sharing prefixes, repeated
+    out of order, and ids already given by earlier segments."""
+    rnd = random.Random(21)
+    names = [f"d/{'é' * (i % 3)}{i}/{'x' * (i % 13)}y" for i in range(2500)]
+    preds = [f"p{i}" if i % 2 else f"predicate_{'long' * (i % 4)}_{i}" for i in range(300)]
+    frames, seq = [b"\0" * SEGMENT_HEADER_SIZE], 0
+    for i in range(6000):
+        body = {"concept_path": names[rnd.randrange(len(names))] if i >= 2500 else names[i],
+                "predicate": rnd.choice(preds), "value": i, "confidence": 0.5,
+                "timestamp": 1_700_000_000 + i}
+        if i % 3:
+            body["source"] = f"pubmed://{rnd.randrange(50)}"
+        r = msgspec.structs.replace(prepare_assertion(body), recorded_at=1 + i)
+        seq += 1
+        frames.append(codec.encode_frame(REC_ASSERT, 0, seq, codec.encode_assert(r)))
+    buf = b"".join(frames)
+    plain, compiled = _extract_both(buf)
+    assert compiled == plain
+    assert len(plain[5]) == 2500 and len(plain[6]) == 300
+    seeded = _extract_both(buf, seed_paths=names[1000:1500][::-1], seed_preds=preds[:7])
+    assert seeded[1] == seeded[0]
+
+
+def test_extract_segment_refuses_bad_utf8_like_the_reference():
+    r = _records(1)[0][1]
+    frame = bytearray(codec.encode_frame(REC_ASSERT, 0, 1, codec.encode_assert(r)))
+    at = 20 + 76 + 1                      # inside the concept path
+    frame[at] = 0xFF
+    buf = b"\0" * SEGMENT_HEADER_SIZE + bytes(frame)
+    offsets, types, seqs = [SEGMENT_HEADER_SIZE], [REC_ASSERT], [1]
+    for fn in (codec.extract_segment, _fast.extract_segment):
+        with pytest.raises(UnicodeDecodeError):
+            fn(buf, offsets, types, seqs, 1, 0, {}, [], {}, [], {})
+
+
+def test_the_rebuilds_index_sort_is_numpys_stable_sort():
+    import numpy as np
+
+    from stemedb.core.state import stable_order
+    rng = np.random.default_rng(4)
+    cases = [rng.integers(0, 5, 1000), rng.integers(0, 2**40, 5000),
+             rng.integers(0, 2**31, 3000, dtype=np.int64),
+             rng.integers(0, 2**63, 4000, dtype=np.uint64),
+             np.repeat(rng.integers(0, 2**63, 300, dtype=np.uint64), 7),
+             rng.integers(0, 100, 2000).astype(np.int32), np.array([-3, 5, -3, 0, 5]),
+             rng.integers(0, 2**46, 70000), rng.integers(2**45, 2**47, 70000),
+             np.array([], dtype=np.int64), np.array([7])]
+    for keys in cases:
+        assert stable_order(keys).tolist() == np.argsort(keys, kind="stable").tolist(), keys.dtype
 
 
 @pytest.mark.parametrize("s", ["", "pubmed://38012345", "source/bad_source", "é✓😀" * 40])
@@ -97,7 +261,7 @@ def test_format_time_matches_reference(us):
     assert _fast.format_time(us) == format_time(us)
 
 
-def test_encode_assert_frames_matches_reference():
+def test_encode_assert_frames_matches_reference(crc_path):
     recs = [r for _b, r in _records(50, seed=5)]
     seqs = list(range(100, 150))
     assert _fast.encode_assert_frames(recs, seqs) == codec.encode_assert_frames(recs, seqs)
