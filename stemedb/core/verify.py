@@ -20,6 +20,7 @@ import sys
 import orjson
 
 from ..errors import CorruptionError
+from ..progress import Progress
 from . import snapshot
 from .format import FRAME, REC_ASSERT
 from .scan import durable_floor, scan_segment
@@ -77,6 +78,9 @@ def check_wal(wal_dir: str, rep: Report, floor_of=lambda log_id: None) -> dict:
             "frames": {}, "asserts_before": []}
     prev_number = None
     log_id = None
+    # progress on stderr, after 2 s: the findings on ``out`` stay as they are
+    progress = Progress(total_bytes=sum(os.path.getsize(os.path.join(wal_dir, n)) for n in names),
+                        what="verify")
     for i, name in enumerate(names):
         path = os.path.join(wal_dir, name)
         last = i == len(names) - 1
@@ -99,7 +103,9 @@ def check_wal(wal_dir: str, rep: Report, floor_of=lambda log_id: None) -> dict:
                              floor=floor_of(log_id) if last else None)
         except CorruptionError as exc:
             rep.error(str(exc))
+            progress.update(bytes=len(buf))
             continue
+        progress.update(records=len(v.offsets), bytes=len(buf))
         if v.torn:
             rep.warn(f"torn write at end of WAL segment {path}: {v.torn_bytes} bytes after "
                      f"offset {v.end} will be cut off and quarantined at the next start")
@@ -110,6 +116,7 @@ def check_wal(wal_dir: str, rep: Report, floor_of=lambda log_id: None) -> dict:
             info["frames"][(number, off)] = (seq, FRAME.unpack_from(buf, off)[1], info["assertions"])
         info["last_seq"] = v.last_seq
         info["log_id"] = log_id
+    progress.done()
     return info
 
 

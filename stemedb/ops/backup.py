@@ -44,6 +44,7 @@ from ..core.format import FORMAT_MAJOR, FORMAT_MINOR
 from ..core.scan import Floor, durable_floor
 from ..core.segment import read_header
 from ..errors import StemeError
+from ..progress import Progress
 from . import backupstate
 from .files import (
     BACKUP_PREFIX, copy_durable, fsync_dir, read_json, rfc3339, sha256_file, utc_stamp,
@@ -69,7 +70,7 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _copy_db(data_dir: str, dest: str, files: dict) -> bool:
+def _copy_db(data_dir: str, dest: str, files: dict, progress: Progress | None = None) -> bool:
     """Copy ``db/`` (skipping temp files of an in-progress snapshot); True if a snapshot came."""
     src_db = os.path.join(data_dir, "db")
     os.makedirs(os.path.join(dest, "db"))
@@ -88,13 +89,15 @@ def _copy_db(data_dir: str, dest: str, files: dict) -> bool:
                 files[rel] = "sha256:" + copy_durable(os.path.join(root, n), os.path.join(dest, rel))
             except FileNotFoundError:   # replaced between listing and opening: harmless
                 continue
+            if progress is not None:
+                progress.update(bytes=os.path.getsize(os.path.join(dest, rel)))
             found = found or n == "snapshot.idx"
     for root, _dirs, _names in os.walk(os.path.join(dest, "db"), topdown=False):
         fsync_dir(root)
     return found
 
 
-def _copy_wal(data_dir: str, dest: str, files: dict) -> dict:
+def _copy_wal(data_dir: str, dest: str, files: dict, progress: Progress | None = None) -> dict:
     src = os.path.join(data_dir, "wal")
     paths = segment_paths(src)
     if not paths:
@@ -118,6 +121,8 @@ def _copy_wal(data_dir: str, dest: str, files: dict) -> dict:
         name = os.path.basename(path)
         files[f"wal/{name}"] = "sha256:" + write_durable(os.path.join(out, name),
                                                          bytes(buf[:cut.end]))
+        if progress is not None:
+            progress.update(records=cut.records, bytes=cut.end)
         info["segments"] += 1
         info["records"] += cut.records
         info["assertions"] += cut.assertions
@@ -127,6 +132,19 @@ def _copy_wal(data_dir: str, dest: str, files: dict) -> dict:
         info["end"] = {"segment": cut.number, "offset": cut.end}
     fsync_dir(out)
     return info
+
+
+def tree_size(top: str, parts: tuple[str, ...]) -> int:
+    """Bytes under ``top/part`` for each part (files that vanish meanwhile count 0)."""
+    total = 0
+    for part in parts:
+        for root, _dirs, names in os.walk(os.path.join(top, part)):
+            for n in names:
+                try:
+                    total += os.path.getsize(os.path.join(root, n))
+                except OSError:
+                    pass
+    return total
 
 
 def _floor(data_dir: str, dest: str, first_segment: str) -> Floor:
@@ -268,8 +286,10 @@ def take_backup(data_dir: str, backup_dir: str, *, open_check: bool = False,
         os.makedirs(partial)
         try:
             files: dict[str, str] = {}
-            has_snapshot = _copy_db(data_dir, partial, files)
-            wal = _copy_wal(data_dir, partial, files)
+            progress = Progress(total_bytes=tree_size(data_dir, ("db", "wal")), what="backup")
+            has_snapshot = _copy_db(data_dir, partial, files, progress)
+            wal = _copy_wal(data_dir, partial, files, progress)
+            progress.done()
             meta = {
                 "version": __version__,
                 "format_version": f"{FORMAT_MAJOR}.{FORMAT_MINOR}",

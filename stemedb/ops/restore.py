@@ -37,7 +37,8 @@ import urllib.request
 
 from ..core import snapshot
 from ..errors import StemeError
-from .backup import verify_backup
+from ..progress import Progress
+from .backup import tree_size, verify_backup
 from .files import copy_durable, fsync_dir, read_json, utc_stamp, write_json_atomic
 
 SERVICE = "stemedb-api"
@@ -127,13 +128,15 @@ def take_lock(data_dir: str, systemd: Systemd) -> tuple[int, bool]:
         raise
 
 
-def _stage(src: str, dst: str) -> None:
+def _stage(src: str, dst: str, progress: Progress | None = None) -> None:
     """Copy the tree ``src`` to a new ``dst`` with every file and directory fsynced."""
     for root, _dirs, names in os.walk(src):
         out = os.path.join(dst, os.path.relpath(root, src))
         os.makedirs(out, exist_ok=True)
         for n in names:
             copy_durable(os.path.join(root, n), os.path.join(out, n))
+            if progress is not None:
+                progress.update(bytes=os.path.getsize(os.path.join(out, n)))
     for root, _dirs, _names in os.walk(dst, topdown=False):
         fsync_dir(root)
 
@@ -248,15 +251,17 @@ def install(source: str, data_dir: str, meta: dict, *, wal_only: bool, systemd: 
         staged = {}
         if wal_only:
             set_aside_snapshot(data_dir, stamp)
+        progress = Progress(total_bytes=tree_size(source, tuple(parts)), what="restore")
         try:
             for part in parts:
                 src = os.path.join(source, part)
                 _say(f"Copying {part}/ from {source}...")
                 if os.path.isdir(src):
-                    _stage(src, os.path.join(staging, part))
+                    _stage(src, os.path.join(staging, part), progress)
                 else:
                     os.makedirs(os.path.join(staging, part))
                 staged[part] = os.path.join(staging, part)
+            progress.done()
             kept = swap_in(staged, data_dir, meta, stamp)
         finally:
             shutil.rmtree(staging, ignore_errors=True)   # empty after a successful swap

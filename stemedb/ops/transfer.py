@@ -27,10 +27,11 @@ import argparse
 import os
 import sys
 import textwrap
-import time
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 import orjson
+
+from ..progress import Progress
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -61,50 +62,19 @@ class BadLine(Exception):
         return f"{where}: {self.message}"
 
 
-class Progress:
-    """A line on stderr every ``every`` seconds: records, rate, elapsed."""
-
-    def __init__(self, what: str, out: IO[str], every: float | None = None):
-        self.what = what
-        self.out = out
-        self.every = PROGRESS_SECONDS if every is None else every
-        self.start = self.last = time.monotonic()
-
-    def tick(self, records: int, extra: str = "") -> None:
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            print(f"{self.what}: {records} records, {self.rate(records)}{extra}, "
-                  f"{now - self.start:.0f}s", file=self.out, flush=True)
-
-    def rate(self, records: int) -> str:
-        elapsed = time.monotonic() - self.start
-        return f"{records / elapsed:.0f}/s" if elapsed > 0 else "-/s"
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-
 # ---------------------------------------------------------------- export
 def export_lines(store: Store) -> Iterator[bytes]:
     """Every assertion as the API returns it, and every epoch, in seq order."""
-    import numpy as np
-    with store._ilock:
-        st = store.state  # type: ignore[attr-defined]  # set when the store opens
-        n = st.count
-        order = np.argsort(st.cols.seq[:n], kind="stable")
-        epochs = sorted(st.epochs.values(), key=lambda e: e.seq)
+    reader = store.reader
+    with reader.lock:
+        epochs = sorted(reader.state.epochs.values(), key=lambda e: e.seq)
     from ..timeutil import format_time
     e = 0
-    for start in range(0, n, 1000):
-        chunk = order[start:start + 1000]
-        with store._ilock:
-            items = [store._assertion(int(o)) for o in chunk]
-        for a in items:
-            while e < len(epochs) and epochs[e].seq < a.seq:
-                yield _epoch_line(epochs[e], format_time)
-                e += 1
-            yield orjson.dumps(a.to_dict())
+    for a in reader.in_seq_order():
+        while e < len(epochs) and epochs[e].seq < a.seq:
+            yield _epoch_line(epochs[e], format_time)
+            e += 1
+        yield orjson.dumps(a.to_dict())
     for ep in epochs[e:]:
         yield _epoch_line(ep, format_time)
 
@@ -120,12 +90,13 @@ def export(store: Store, out: IO[bytes], progress: Progress | None = None) -> tu
     assertions = epochs = 0
     for line in export_lines(store):
         out.write(line + b"\n")
-        if line.startswith(b'{"epoch":{'):
+        is_epoch = line.startswith(b'{"epoch":{')
+        if is_epoch:
             epochs += 1
         else:
             assertions += 1
-            if progress is not None:
-                progress.tick(assertions)
+        if progress is not None:
+            progress.update(records=0 if is_epoch else 1, bytes=len(line) + 1)
     return assertions, epochs
 
 
@@ -144,8 +115,10 @@ class Importer:
         self.epochs_created = self.epochs_existing = 0
         self.untimed = 0
         self.stored_through = 0                       # the last line number stored
+        self.pending_bytes = 0                        # of the lines in pending, for progress
 
     def add_line(self, lineno: int, raw: bytes) -> None:
+        self.pending_bytes += len(raw)
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -238,8 +211,9 @@ class Importer:
         self.records += len(batch)
         self.stored_through = batch[-1][0]
         if self.progress is not None:
-            self.progress.tick(self.records, f", {self.created} created, "
-                                             f"{self.existing} existing")
+            self.progress.update(records=len(batch), bytes=self.pending_bytes,
+                                 note=f"{self.created} created, {self.existing} existing")
+            self.pending_bytes = 0
 
 
 def _item(field: str | None) -> tuple[int | None, str | None]:
@@ -324,7 +298,7 @@ def export_main(argv: list[str] | None = None) -> int:
         print(f"stemedb export: {problem[1]}", file=sys.stderr)
         return problem[0]
     assert store is not None
-    progress = Progress("export", sys.stderr)
+    progress = Progress(what="export", every=PROGRESS_SECONDS)
     to_stdout = args.file in (None, "-")
     tmp = None
     try:
@@ -344,6 +318,7 @@ def export_main(argv: list[str] | None = None) -> int:
         print(f"stemedb export: FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
+        progress.done(summary=False)   # the line below sums it up
         store.close()
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -386,7 +361,8 @@ def import_main(argv: list[str] | None = None) -> int:
         print(f"stemedb import: {problem[1]}", file=sys.stderr)
         return problem[0]
     assert store is not None
-    progress = Progress("import", sys.stderr)
+    size = None if args.file == "-" or not os.path.isfile(args.file) else os.path.getsize(args.file)
+    progress = Progress(total_bytes=size, what="import", every=PROGRESS_SECONDS)
     imp = Importer(store, batch_size=args.batch_size,
                    require_signatures=settings.require_signatures, progress=progress)
     rc = 0
@@ -409,6 +385,7 @@ def import_main(argv: list[str] | None = None) -> int:
         print(f"stemedb import: FAILED after line {imp.stored_through}: {exc}; run it again "
               f"to resume", file=sys.stderr)
     finally:
+        progress.done(summary=False)   # the lines below sum it up
         store.close()
         if src is not sys.stdin.buffer:
             src.close()
