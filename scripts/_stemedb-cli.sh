@@ -1,4 +1,6 @@
-# Sourced by the scripts in this directory: finds the stemedb command.
+# Sourced by the scripts in this directory: finds the stemedb command.  Each
+# script is a thin wrapper: everything it does is a `stemedb` subcommand, so
+# `pip install stemedb` alone can back up, restore, prune and drill.
 # Order: $STEMEDB_CLI, the checkout's .venv, /opt/stemedb/venv, `stemedb` on PATH.
 _here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 _root="$(dirname "$_here")"
@@ -13,10 +15,4 @@ elif command -v stemedb >/dev/null 2>&1; then
 else
   echo "$(basename "$0"): cannot find the stemedb command; set STEMEDB_CLI=/path/to/venv/bin/stemedb" >&2
   exit 2
-fi
-# the Python of the same installation, for `python -m stemedb...` tools
-if [ -x "$(dirname "${STEMEDB[0]}")/python" ]; then
-  STEMEDB_PYTHON="$(dirname "${STEMEDB[0]}")/python"
-else
-  STEMEDB_PYTHON=python3
 fi

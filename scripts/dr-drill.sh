@@ -6,4 +6,4 @@
 #   scripts/dr-drill.sh [--seconds 6] [--dir EMPTY_DIR --keep]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_stemedb-cli.sh"
-exec "$STEMEDB_PYTHON" -m stemedb.ops.drill "$@"
+exec "${STEMEDB[@]}" drill "$@"

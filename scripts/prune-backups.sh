@@ -3,9 +3,9 @@
 #
 #   scripts/prune-backups.sh [--keep 7] [--max-age-days D] [--dry-run]
 #
-# The newest backup that verifies (checksums + python -m stemedb.core.verify)
+# The newest backup that verifies (checksums + stemedb verify)
 # and the --keep newest are never deleted; with no verified backup nothing is
 # deleted and the exit code is 1.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_stemedb-cli.sh"
-exec "$STEMEDB_PYTHON" -m stemedb.ops.retention "$@"
+exec "${STEMEDB[@]}" retention "$@"

@@ -1,12 +1,12 @@
 """Disaster-recovery drill: backup under load, destroy, restore, verify, measure.
 
-    scripts/dr-drill.sh [--dir DRILL_DIR] [--seconds 6] [--keep]
+    stemedb drill [--dir DRILL_DIR] [--seconds 6] [--keep]    (or scripts/dr-drill.sh)
 
 Works only in its own scratch directory (never STEMEDB_DATA_DIR): it starts
 ``stemedb serve`` on a free loopback port, writes through HTTP from several
-threads, takes a backup with ``scripts/backup-stemedb.sh`` while they write,
+threads, takes a backup with ``stemedb backup`` while they write,
 keeps writing (the writes a real disaster would lose), stops the server,
-deletes the data directory, restores with ``scripts/restore-stemedb.sh``,
+deletes the data directory, restores with ``stemedb restore --yes``,
 starts the server again and checks ``/v1/health``'s count and a sample of
 ``GET /v1/assertions/{hash}`` answers.  Prints the measured RTO (restore
 start to a healthy, verified server) and RPO (time and writes between the
@@ -29,8 +29,11 @@ import time
 import urllib.error
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPTS = os.path.join(ROOT, "scripts")
+
+def _cli() -> list[str]:
+    """The ``stemedb`` command of this installation (a checkout is not needed)."""
+    cli = os.path.join(os.path.dirname(sys.executable), "stemedb")
+    return [cli] if os.path.exists(cli) else [sys.executable, "-m", "stemedb"]
 
 
 def _port() -> int:
@@ -73,8 +76,7 @@ class Drill:
         env = dict(self.env, STEMEDB_BIND=f"127.0.0.1:{port}",
                    STEMEDB_DASHBOARD_BIND=f"127.0.0.1:{_port()}")
         log = open(os.path.join(self.base, f"serve-{port}.log"), "w")
-        cli = os.path.join(os.path.dirname(sys.executable), "stemedb")
-        self.proc = subprocess.Popen([cli if os.path.exists(cli) else "stemedb", "serve"],
+        self.proc = subprocess.Popen(_cli() + ["serve"],
                                      env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -124,7 +126,7 @@ class Drill:
         time.sleep(self.seconds / 2)
         self.say(f"backup under load ({len(self.acked)} writes so far)")
         t_backup = time.time()
-        r = subprocess.run([os.path.join(SCRIPTS, "backup-stemedb.sh")], env=self.env,
+        r = subprocess.run(_cli() + ["backup"], env=self.env,
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             self.say(f"FAIL: backup failed: {r.stderr}")
@@ -145,7 +147,7 @@ class Drill:
         shutil.rmtree(self.data)
 
         t0 = time.monotonic()
-        r = subprocess.run([os.path.join(SCRIPTS, "restore-stemedb.sh"), backup, "--yes"],
+        r = subprocess.run(_cli() + ["restore", backup, "--yes"],
                            env=self.env, capture_output=True, text=True, timeout=600,
                            stdin=subprocess.DEVNULL)
         if r.returncode != 0:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     anchor, doomed = plan(backup_dir, args.keep, args.max_age_days)
     if anchor is None:
         print(f"prune: no verified backup in {backup_dir}; nothing deleted. Take one with "
-              f"scripts/backup-stemedb.sh and look at why the others fail to verify.",
+              f"stemedb backup and look at why the others fail to verify.",
               file=sys.stderr)
         return 1
     print(f"prune: newest verified backup: {anchor}")
