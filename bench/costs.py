@@ -271,7 +271,7 @@ def write_section(cfg: Config, bodies: list[dict], workdir: str) -> dict:
 # ------------------------------------------------------------------ query
 
 class _AuditCapture:
-    """Stands in for ``store.audit`` while timing ``_audit``: the real id
+    """Stands in for ``store.reader.audit`` while timing ``_audit``: the real id
     generator, and the entry functions kept for the writer-side timing."""
 
     def __init__(self, real):
@@ -312,8 +312,8 @@ def _lens_stage(store, lens_obj, f, cands, active, concept_path, predicate,
                 include_descendants, limit, offset=0):
     """run_query's lens block: context, groups, resolve per key, the page."""
     from stemedb.core import query as Q
-    with store._ilock:
-        ctx = Q._context(store, f, cands, active, need_votes=lens_obj.name == "vote")
+    with store.reader.lock:
+        ctx = Q._context(store.reader, f, cands, active, need_votes=lens_obj.name == "vote")
     groups: dict = {}
     for a in cands:
         groups.setdefault((a.concept_path, a.predicate), []).append(a)
@@ -377,7 +377,7 @@ def query_section(cfg: Config, store, kinds: dict) -> dict:
 
         def pin():
             for _lens, f in prepared:
-                with store._ilock:
+                with store.reader.lock:
                     f.seq_bound = st.last_seq
                     f.rec_bound = st.last_recorded_at
                     f.at_us = store.clock()
@@ -386,7 +386,7 @@ def query_section(cfg: Config, store, kinds: dict) -> dict:
         def lookup_stage():
             # gather's candidate lookup alone (path ids, then by_key / by_path)
             for (p, kw), (_lens, _f) in zip(qs, prepared):
-                with store._ilock:
+                with store.reader.lock:
                     paths = [p] + (st.descendant_paths(p) if kw.get("include_descendants") else [])
                     pred = kw.get("predicate")
                     qid = st.pred_ids.get(pred) if pred is not None else None
@@ -403,24 +403,24 @@ def query_section(cfg: Config, store, kinds: dict) -> dict:
         def gather_stage():
             gathered.clear()
             for (p, kw), (_lens, f) in zip(qs, prepared):
-                with store._ilock:
+                with store.reader.lock:
                     paths = [p] + (st.descendant_paths(p) if kw.get("include_descendants") else [])
-                    gathered.append(Q.gather(store, paths, kw.get("predicate"), f))
+                    gathered.append(Q.gather(store.reader, paths, kw.get("predicate"), f))
         gather_stage()
         decoded = []
 
         def decode_stage():
             decoded.clear()
             for (active, _r), (_lens, f) in zip(gathered, prepared):
-                with store._ilock:
-                    decoded.append([Q.shown(store, o, f) for o in active])
+                with store.reader.lock:
+                    decoded.append([Q.shown(store.reader, o, f) for o in active])
         decode_stage()
 
         def read_stage():
             for active, _r in gathered:
-                with store._ilock:
+                with store.reader.lock:
                     for o in active:
-                        store._read_record(o)
+                        store.reader.read_record(o)
         lensed = []
 
         def lens_stage():
@@ -440,11 +440,11 @@ def query_section(cfg: Config, store, kinds: dict) -> dict:
                 raise RuntimeError(f"bench.costs: the staged query of {p!r} {kw} answers "
                                    f"differently from store.query; update bench/costs.py to "
                                    f"follow query.run_query")
-        capture = _AuditCapture(store.audit)
+        capture = _AuditCapture(store.reader.audit)
 
         def audit_stage():
             capture.fns.clear()
-            real, store.audit = store.audit, capture
+            real, store.reader.audit = store.reader.audit, capture
             try:
                 for (p, kw), (res, groups, ctx, ordered) in zip(qs, lensed):
                     params = {"concept_path": p, "predicate": kw.get("predicate"),
@@ -454,9 +454,9 @@ def query_section(cfg: Config, store, kinds: dict) -> dict:
                               "epoch": None, "decay": kw.get("decay", False),
                               "include_retracted": False, "limit": kw.get("limit", 100),
                               "cursor": None}
-                    Q._audit(store, None, params, res.results, groups, ctx, ordered)
+                    Q._audit(store.reader, None, params, res.results, groups, ctx, ordered)
             finally:
-                store.audit = real
+                store.reader.audit = real
         audit_stage()
 
         def audit_writer_stage():
@@ -468,19 +468,19 @@ def query_section(cfg: Config, store, kinds: dict) -> dict:
                 serialize(res)
 
         def e2e(audit_on):
-            real = store.audit
+            real = store.reader.audit
             if not audit_on:
-                store.audit = None
+                store.reader.audit = None
             try:
                 for p, kw in qs:
                     store.query(p, **kw)
             finally:
-                store.audit = real
+                store.reader.audit = real
 
         def drain():
             # the audit writer catches up between runs, so no run meets a full queue
-            if store.audit is not None:
-                store.audit.flush()
+            if store.reader.audit is not None:
+                store.reader.audit.flush()
 
         log(f"query: {kind}, {nq:,} queries x{reps}")
         row = {"queries": nq,
@@ -490,7 +490,7 @@ def query_section(cfg: Config, store, kinds: dict) -> dict:
                          ("decode", decode_stage), ("read", read_stage), ("lens", lens_stage),
                          ("audit", audit_stage), ("audit_writer", audit_writer_stage),
                          ("serialize", serialize_stage),
-                         ("run_query", lambda: [Q.run_query(store, p, **kw) for p, kw in qs]),
+                         ("run_query", lambda: [Q.run_query(store.reader, p, **kw) for p, kw in qs]),
                          ("e2e_audit", lambda: e2e(True)), ("e2e_no_audit", lambda: e2e(False))):
             row[name] = timed(fn, reps, before=drain) / nq * 1e6
         row["filter"] = row["gather"] - row["lookup"]
@@ -498,8 +498,8 @@ def query_section(cfg: Config, store, kinds: dict) -> dict:
         row["unaccounted"] = row["run_query"] - sum(row[k] for k in ("args", "gather", "decode",
                                                                       "lens", "audit"))
         out[kind] = row
-        if store.audit is not None:
-            store.audit.flush()
+        if store.reader.audit is not None:
+            store.reader.audit.flush()
     return out
 
 
@@ -569,10 +569,13 @@ def rebuild_section(cfg: Config, path: str) -> dict:
     out["scan_frames"] = us(timed(frames_stage, reps))
     out["extract"] = us(timed(extract_stage, reps))
     out["bulk_segment"] = us(timed(bulk_stage, reps))
+    # what recovery reads: the last segment whole (sealed ones are mapped,
+    # their reads land in the scan)
+    out["read"] = us(timed(lambda: wal.segment_bytes(segs[-1], last=True), reps))
     del bufs, scans
     wal.close()
 
-    opens, open_cpu, engine = [], [], []
+    opens, open_cpu, engine, snaps, snaps_cpu = [], [], [], [], []
     for _ in range(cfg.rebuild_reps):
         shutil.rmtree(os.path.dirname(snapshot_path(os.path.join(path, "db"))), ignore_errors=True)
         h = _Lines()
@@ -590,6 +593,11 @@ def rebuild_section(cfg: Config, path: str) -> dict:
             lg.setLevel(level)
         if not s.rebuilt:
             raise RuntimeError("bench.costs: the open after deleting db/indexes/ was not a rebuild")
+        # the snapshot a rebuilding open writes before it returns, once more
+        t, c = perf(), cpu()
+        s.snapshot()
+        snaps.append(perf() - t)
+        snaps_cpu.append(cpu() - c)
         s.close()
         m = next((re.search(r"Index rebuild complete in ([0-9.]+)s", x) for x in h.lines
                   if "Index rebuild complete" in x), None)
@@ -598,6 +606,8 @@ def rebuild_section(cfg: Config, path: str) -> dict:
     out["open_rebuild"] = us(min(opens))
     out["open_rebuild_cpu"] = us(min(open_cpu))
     out["engine_rebuild"] = us(min(engine)) if engine else None
+    out["snapshot"] = us(min(snaps))
+    out["snapshot_cpu"] = us(min(snaps_cpu))
     return out
 
 
@@ -794,7 +804,7 @@ def render(doc: dict) -> str:
                       row("`Store.query` wrapper", "end to end - `run_query`", (kind, "wrapper"),
                           "query"),
                       row("**end to end**", "`store.query`, audit on", (kind, "e2e_audit"), "query"),
-                      row("end to end, audit off", "`store.query` with `store.audit` None",
+                      row("end to end, audit off", "`store.query` with `store.reader.audit` None",
                           (kind, "e2e_no_audit"), "query"),
                       row("audit writer", "`orjson.dumps` of the entry (writer thread)",
                           (kind, "audit_writer"), "query"),
@@ -807,12 +817,18 @@ def render(doc: dict) -> str:
         lines += [f"## Rebuild from the WAL, us per record ({r0['records']:,} records, "
                   f"{r0['segments']} segment(s), {r0['wal_bytes'] / 1e6:.1f} MB)", "",
                   f"| stage | what is timed | {cols} |", sep,
+                  row("read", "`WAL.segment_bytes` of the last segment (a sealed one is mapped, "
+                      "read during the scan)", "read", "rebuild"),
                   row("scan", "`scan.scan_segment` (frame walk, CRC, seq order, tail rule)",
                       "scan_segment", "rebuild"),
                   row("  of which frame walk + CRC", "`fast.scan_frames`", "scan_frames", "rebuild"),
                   row("extract", "`fast.extract_segment` (records to columns)", "extract",
                       "rebuild"),
                   row("bulk apply", "`State.bulk_segment` (extract + index builds)", "bulk_segment",
+                      "rebuild"),
+                  row("snapshot: CPU", "`Store.snapshot`, which a rebuilding open calls "
+                      "before it returns", "snapshot_cpu", "rebuild"),
+                  row("snapshot: wall", "the same, wall clock (with its fsyncs)", "snapshot",
                       "rebuild"),
                   row("open, rebuilding: CPU", "`open_store` with `db/indexes/` deleted "
                       "(writes a snapshot too)", "open_rebuild_cpu", "rebuild"),
@@ -829,6 +845,18 @@ def render(doc: dict) -> str:
             vals = [p["rebuild"][key] for p in passes]
             lines.append(f"| {label} | " + " | ".join(
                 f"{1e6 / v:,.0f}" if v else "-" for v in vals) + " |")
+        lines.append("")
+        for p in passes:
+            r = p["rebuild"]
+            if r.get("engine_rebuild") is None:
+                continue
+            rest = r["engine_rebuild"] - r["read"] - r["scan_segment"] - r["bulk_segment"]
+            lines.append(
+                f"- {p['implementation']}: a rebuilding open takes {_f(r['open_rebuild'])} us "
+                f"per record: the engine's rebuild {_f(r['engine_rebuild'])} (read "
+                f"{_f(r['read'])}, scan {_f(r['scan_segment'])}, bulk apply "
+                f"{_f(r['bulk_segment'])} of which extract {_f(r['extract'])}, the rest "
+                f"{_f(rest)}), then the snapshot it writes ({_f(r['snapshot'])} by itself).")
         lines.append("")
     return "\n".join(lines)
 

@@ -2,6 +2,8 @@
 epochs, revisions, retractions), resolve them through a lens; skeptic
 reports, traces and retraction target sets.
 
+Everything here reads through a :class:`stemedb.core.reader.Reader` (its
+``state`` under its ``lock``, and records by ordinal), never the store.
 Filters read only the numpy columns and sparse dicts under the index lock;
 records are decoded afterwards, and only for the candidates that survive.
 """
@@ -125,15 +127,15 @@ def _retraction_visible(r, f: Filters) -> bool:
             and (f.seq_bound is None or r.seq <= f.seq_bound))
 
 
-def shown(store, o: int, f: Filters) -> Assertion:
+def shown(reader, o: int, f: Filters) -> Assertion:
     """The assertion at ordinal ``o`` as the view ``f`` sees it: its status
     and retraction as of the time cut and the pinned seq."""
-    return store._assertion(o, known_at=f.retraction_cut, seq_bound=f.seq_bound)
+    return reader.assertion(o, known_at=f.retraction_cut, seq_bound=f.seq_bound)
 
 
-def gather(store, paths: list[str], predicate: str | None, f: Filters):
+def gather(reader, paths: list[str], predicate: str | None, f: Filters):
     """Ordinals that pass every filter, split (active, retracted).  Call under _ilock."""
-    st = store.state
+    st = reader.state
     ords: list[int] = []
     pid_pred = st.pred_ids.get(predicate) if predicate is not None else None
     if predicate is not None and pid_pred is None:
@@ -225,9 +227,9 @@ def _revision_visible(st, o: int, f: Filters) -> bool:
     return ridx is None or not _retraction_visible(st.retractions[ridx], f)
 
 
-def _context(store, f: Filters, cands: list[Assertion], ords: list[int], need_votes=True):
-    st = store.state
-    at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None else store.clock()
+def _context(reader, f: Filters, cands: list[Assertion], ords: list[int], need_votes=True):
+    st = reader.state
+    at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None else reader.clock()
     votes = {}
     for a, o in zip(cands, ords) if need_votes and st.votes else ():
         vs = st.votes.get(o)
@@ -292,7 +294,7 @@ def _uncursor(cursor, f: Filters) -> int:
                               "from the previous page unchanged", field="cursor") from None
 
 
-def run_query(store, concept_path, *, predicate=None, include_descendants=False,
+def run_query(reader, concept_path, *, predicate=None, include_descendants=False,
               lens="recency", as_of=None, known_at=None, since=None, lifecycle=None,
               epoch=None, decay=False, include_retracted=False, limit=100, cursor=None,
               agent=None) -> QueryResult:
@@ -307,22 +309,22 @@ def run_query(store, concept_path, *, predicate=None, include_descendants=False,
         raise ValidationError("limit must be an integer from 1 to 1000", field="limit")
     f = parse_filters(as_of, known_at, since, lifecycle, epoch, decay, include_retracted)
     offset = 0
-    with store._ilock:
+    with reader.lock:
         if cursor is not None:
             if type(cursor) is not str:
                 raise ValidationError("cursor must be a string", field="cursor")
             offset = _uncursor(cursor, f)
         else:
-            f.seq_bound = store.state.last_seq
-            f.rec_bound = store.state.last_recorded_at
-            f.at_us = store.clock()
+            f.seq_bound = reader.state.last_seq
+            f.rec_bound = reader.state.last_recorded_at
+            f.at_us = reader.clock()
         paths = [concept_path]
         if include_descendants:
-            paths += store.state.descendant_paths(concept_path)
-        active, retracted = gather(store, paths, predicate, f)
-        cands = [shown(store, o, f) for o in active]
-        rcands = [shown(store, o, f) for o in retracted] if f.include_retracted else []
-        ctx = _context(store, f, cands, active, need_votes=lens_obj.name == "vote")
+            paths += reader.state.descendant_paths(concept_path)
+        active, retracted = gather(reader, paths, predicate, f)
+        cands = [shown(reader, o, f) for o in active]
+        rcands = [shown(reader, o, f) for o in retracted] if f.include_retracted else []
+        ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
     groups: dict[tuple, list[Assertion]] = {}
     for a in cands:
         groups.setdefault((a.concept_path, a.predicate), []).append(a)
@@ -348,13 +350,13 @@ def run_query(store, concept_path, *, predicate=None, include_descendants=False,
     page = ordered[offset:offset + limit]
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
-    if store.audit is not None:
+    if reader.audit is not None:
         params = {"concept_path": concept_path, "predicate": predicate,
                   "include_descendants": include_descendants, "lens": lens, "as_of": as_of,
                   "known_at": known_at, "since": since, "lifecycle": lifecycle, "epoch": epoch,
                   "decay": decay, "include_retracted": include_retracted, "limit": limit,
                   "cursor": cursor}
-        _audit(store, agent, params, results, groups, ctx, ordered)
+        _audit(reader, agent, params, results, groups, ctx, ordered)
     return out
 
 
@@ -362,7 +364,7 @@ AUDIT_CONTRIBUTORS = 20   # candidates an audit entry names; the rest are counte
 AUDIT_RESULTS = 100       # winners an audit entry names; the rest are counted
 
 
-def _audit(store, agent, params, results, groups, ctx, ordered):
+def _audit(reader, agent, params, results, groups, ctx, ordered):
     """Queue the query's audit entry; O(len(results)) here, whatever the candidates.
 
     The entry names the winners (``result_hashes``, at most AUDIT_RESULTS,
@@ -374,8 +376,8 @@ def _audit(store, agent, params, results, groups, ctx, ordered):
     item 15).  Only those few assertions and scalars are kept until the
     writer thread builds the entry, so a backlog holds no candidate lists.
     """
-    at = store.clock()
-    qid = store.audit.new_id(at)
+    at = reader.clock()
+    qid = reader.audit.new_id(at)
     active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
     top = ordered[:min(AUDIT_CONTRIBUTORS, active)]
     winners = [w for r in results if (w := r["winner"]) is not None]
@@ -391,48 +393,48 @@ def _audit(store, agent, params, results, groups, ctx, ordered):
                 "contributing": [{"hash": a.hash, "weight": effective_confidence(
                     a, at_us=at_us, decay=decay)} for a in top],
                 "contributing_more": active - len(top)}
-    store.audit.add(entry)
+    reader.audit.add(entry)
 
 
-def run_skeptic(store, concept_path, predicate, *, include_descendants=False, as_of=None,
+def run_skeptic(reader, concept_path, predicate, *, include_descendants=False, as_of=None,
                 known_at=None, since=None, lifecycle=None, epoch=None, decay=False,
                 include_retracted=False, agent=None, **_ignored) -> dict:
     check_concept_path(concept_path)
     check_name(predicate, "predicate", "predicate")
     f = parse_filters(as_of, known_at, since, lifecycle, epoch, decay, include_retracted)
-    with store._ilock:
+    with reader.lock:
         paths = [concept_path]
         if include_descendants:
-            paths += store.state.descendant_paths(concept_path)
-        active, _ = gather(store, paths, predicate, f)
-        cands = [shown(store, o, f) for o in active]
-        ctx = _context(store, f, cands, active)
+            paths += reader.state.descendant_paths(concept_path)
+        active, _ = gather(reader, paths, predicate, f)
+        cands = [shown(reader, o, f) for o in active]
+        ctx = _context(reader, f, cands, active)
     return conflict_analysis(cands, ctx)
 
 
-def run_trace(store, hash: str) -> dict | None:
+def run_trace(reader, hash: str) -> dict | None:
     check_hash(hash, "hash")
-    st = store.state
-    with store._ilock:
+    st = reader.state
+    with reader.lock:
         o = st.ordinal(bytes.fromhex(hash))
         if o is None:
             return None
-        a = store._assertion(o)
+        a = reader.assertion(o)
         parents, seen, cur = [], {o}, a
         while cur.parent_hash is not None and len(parents) < TRACE_LIMIT:
             po = st.ordinal(bytes.fromhex(cur.parent_hash))
             if po is None or po in seen:
                 break
             seen.add(po)
-            cur = store._assertion(po)
+            cur = reader.assertion(po)
             parents.append(cur)
         derived = []
         for h in a.derived_from or ():
             do = st.ordinal(bytes.fromhex(h))
             if do is not None:
-                derived.append(store._assertion(do))
+                derived.append(reader.assertion(do))
         deps = st.dependents.get(o, [])
-        dependents = [store._assertion(d) for d in deps[-TRACE_LIMIT:][::-1]]
+        dependents = [reader.assertion(d) for d in deps[-TRACE_LIMIT:][::-1]]
         source = None
         if a.source is not None:
             pid = st.path_ids.get(a.source)
@@ -445,7 +447,7 @@ def run_trace(store, hash: str) -> dict | None:
             "dependents_count": len(deps), "source": source, "retraction": a.retraction}
 
 
-def retraction_targets(store, target: dict, cascade: bool) -> set[int]:
+def retraction_targets(reader, target: dict, cascade: bool) -> set[int]:
     """Ordinals a retraction reaches (call under _ilock).
 
     O(what it touches): the seeds come from one index lookup; the cascade
@@ -454,13 +456,13 @@ def retraction_targets(store, target: dict, cascade: bool) -> set[int]:
     level, the assertions citing a reached concept path.  It follows
     already-retracted assertions too.
     """
-    st = store.state
+    st = reader.state
 
     def citing(paths) -> list[int]:
         """Assertions whose source is one of ``paths`` (the full string is compared)."""
         paths = set(paths)
         hits = st.by_source.get_many([str64(p) for p in paths])
-        return [o for o in hits if store._read_record(o).source in paths]
+        return [o for o in hits if reader.read_record(o).source in paths]
 
     if "hash" in target:
         o = st.ordinal(bytes.fromhex(target["hash"]))

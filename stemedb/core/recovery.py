@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+from dataclasses import dataclass
 import os
 import time
 
@@ -31,7 +32,16 @@ class _SnapshotMismatch(Exception):
     """The snapshot's position is in the log but the log there is not what it covers."""
 
 
-def recover(store) -> None:
+@dataclass
+class Recovered:
+    """What recovery built: the state, and how."""
+
+    state: State
+    rebuilt: bool = False       # the indexes were rebuilt from the WAL
+    replayed: int = 0           # records applied from the WAL
+
+
+def recover(wal, data_dir: str) -> Recovered:
     """Open the WAL, load or rebuild the indexes, replay the tail (docs/design.md).
 
     One pass over the log through the one scanner (:mod:`.scan`): every
@@ -43,18 +53,17 @@ def recover(store) -> None:
     The only change recovery makes is cutting a torn tail, at the end.
     """
     log.info("Starting WAL recovery...")
-    wal = store.wal
     wal.open()
     if not wal.segments:
-        if _has_metadata_for_existing_log(store):
+        if _has_metadata_for_existing_log(data_dir):
             raise CorruptionError(
-                f"{store.wal.dir} holds no segments but metadata.json says the store has "
+                f"{wal.dir} holds no segments but metadata.json says the store has "
                 f"data; restore the WAL from a backup (see docs/operations)")
         wal.create_first()
-        store.state = State()
         log.info("Replayed 0 entries from WAL")
-        return
-    state, pos, floor = _load_snapshot(store)
+        return Recovered(State())
+    state, pos, floor = _load_snapshot(wal, data_dir)
+    rebuilt = False
     t0 = time.monotonic()
     if state is not None:
         try:
@@ -65,16 +74,15 @@ def recover(store) -> None:
     if state is None:
         log.info("Rebuilding indexes...")
         state = State()
-        store.rebuilt = True
+        rebuilt = True
         n, tail = _walk(wal, state, None, floor)
     seg, buf, verdict = tail
     if verdict.torn:
         wal.cut_tail(seg, buf, verdict.end)
-    store.state = state
-    store.replayed = n
     log.info("Replayed %d entries from WAL", n)
-    if store.rebuilt:
+    if rebuilt:
         log.info("Index rebuild complete in %.3fs", time.monotonic() - t0)
+    return Recovered(state, rebuilt, n)
 
 
 def _walk(wal, state: State, pos: dict | None, floor: Floor):
@@ -141,29 +149,28 @@ def _covered_until(v: SegmentScan, offset: int) -> int:
     return k if k < len(v.offsets) and v.offsets[k] == offset else -1
 
 
-def _has_metadata_for_existing_log(store) -> bool:
+def _has_metadata_for_existing_log(data_dir: str) -> bool:
     try:
-        with open(os.path.join(store.path, "metadata.json"), "rb") as f:
+        with open(os.path.join(data_dir, "metadata.json"), "rb") as f:
             return orjson.loads(f.read()).get("last_seq", 0) > 0
     except (OSError, ValueError):
         return False
 
-def _load_snapshot(store):
+def _load_snapshot(wal, data_dir: str):
     """``(state, position, floor)``: the snapshot when it is usable, and the floor.
 
     A snapshot of this log that cannot be used still proves its position
     durable (it was written after the records it counts were); one that
     cannot be read, or belongs to another log, proves nothing.
     """
-    wal = store.wal
-    path = snapshot.snapshot_path(os.path.join(store.path, "db"))
+    path = snapshot.snapshot_path(os.path.join(data_dir, "db"))
     state = pos = None
     if os.path.exists(path):
         try:
             state, pos = snapshot.read(path)
         except (CorruptionError, ValueError, KeyError, msgspec.DecodeError) as exc:
             log.warning("Index snapshot unusable (%s); rebuilding from the WAL", exc)
-    floor = durable_floor(store.path, wal.log_id, pos)
+    floor = durable_floor(data_dir, wal.log_id, pos)
     if state is None:
         return None, None, floor
     if bytes(pos.get("log_id", b"")) != wal.log_id:

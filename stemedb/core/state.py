@@ -11,6 +11,7 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from . import fast
+from .format import REC_ASSERT, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
 from .index import PRED_BITS, Columns, MultiMap, h64, pack_loc
 
 
@@ -261,7 +262,6 @@ class State:
         the assertions, in log order (they name only earlier assertions, so
         the result equals record-by-record replay).
         """
-        from .format import REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
         if not offsets:
             return
         # apply_* count the records they apply; this path counts each record
@@ -286,15 +286,43 @@ class State:
         self.last_seq = max(self.last_seq, int(seqs[-1]))
         self._link(edges)
         for rtype, seq, off in metas:
-            if rtype == REC_RETRACT:
-                self.apply_retract(seq, decode_meta(rtype, buf, off, segno))
-            elif rtype == REC_VOTE:
-                self.apply_vote(seq, decode_meta(rtype, buf, off, segno))
-            elif rtype == REC_OUTCOME:
-                self.apply_outcome(seq, decode_meta(rtype, buf, off, segno))
-            elif rtype != REC_EPOCH:
-                decode_meta(rtype, buf, off, segno)  # raises for an unknown type
+            if rtype != REC_EPOCH:             # epochs went first, above
+                self.apply_meta(rtype, seq, decode_meta(rtype, buf, off, segno))
         self.records = records
+
+    # ------------------------------------------------------------ one dispatch
+    def apply_group(self, items) -> None:
+        """Apply one durable atomic group, in seq order: the live write path.
+
+        ``items`` are ``(type, seq, segment, offset, payload)``; a run of
+        assertions goes to :meth:`apply_asserts` at once, every other record
+        to :meth:`apply_meta`, the dispatch replay uses too.
+        """
+        run = []
+        for rtype, seq, segno, off, payload in items:
+            if rtype == REC_ASSERT:
+                run.append((seq, segno, off, payload))
+                continue
+            if run:
+                self.apply_asserts(run)
+                run = []
+            self.apply_meta(rtype, seq, payload)
+        if run:
+            self.apply_asserts(run)
+
+    def apply_meta(self, rtype: int, seq: int, body: dict) -> None:
+        """The one dispatch of non-assertion records, for live groups and replay."""
+        if rtype == REC_RETRACT:
+            self.apply_retract(seq, body)
+        elif rtype == REC_VOTE:
+            self.apply_vote(seq, body)
+        elif rtype == REC_EPOCH:
+            self.apply_epoch(seq, body)
+        elif rtype == REC_OUTCOME:
+            self.apply_outcome(seq, body)
+        else:
+            from ..errors import CorruptionError
+            raise CorruptionError(f"unknown record type {rtype} at seq {seq}")
 
     def _bulk_columns(self, first: int, n: int, cols: dict, sources: list) -> None:
         c = self.cols

@@ -1,10 +1,18 @@
-"""Store: the only thing the server, the tools and embedded users import.
+"""Store: the facade the server, the tools and embedded users import.
 
-Threading: ``_wmu`` serializes the short critical section of a write
-(validation against state, seq assignment, enqueue); the fsync happens
-outside it through the WAL's group commit.  ``_ilock`` guards the in-memory
-state: the group commit leader takes it to apply a durable group, readers
-take it to gather candidates, then decode records outside it.
+A store is four parts, each in its own module: the WAL (``wal.py``, group
+commit and fail-stop), recovery (``recovery.py``, which returns the state it
+built), the :class:`~stemedb.core.writer.Writer` (every write's critical
+section) and the :class:`~stemedb.core.reader.Reader` (what queries read).
+This module wires them together and owns what spans them: the ``LOCK``
+file, applying each durable group (``_on_durable``), snapshots and
+``metadata.json``, and close.
+
+Threading: the writer's mutex serializes the short critical section of a
+write; the fsync happens outside it through the WAL's group commit.  The
+reader's ``lock`` guards the in-memory state: the group-commit leader takes
+it to apply a durable group, readers take it to gather candidates, then
+decode records outside it.
 """
 from __future__ import annotations
 
@@ -13,64 +21,28 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
-import msgspec
 import orjson
 
 from .. import __version__
-from ..errors import (
-    ChecksumMismatch, Conflict, NotFound, StoreClosed, StoreFaulted,
-    StoreLocked, UnknownReference, ValidationError,
-)
-from ..model import (
-    Assertion, AssertionRecord, check_concept_path, check_confidence, check_hash, check_name,
-    check_source, prepare_assertion, verify_signature, vote_hash,
-)
+from ..errors import StoreLocked
+from ..model import Assertion, check_hash
 from ..timeutil import format_time, now_us
-from . import codec, fast, recovery, snapshot
+from . import fast, recovery, snapshot
 from .audit import MAX_BYTES as AUDIT_MAX_BYTES
 from .audit import AuditLog, trail_bytes
 from .fileio import FileSystem
-from .format import (
-    FLAG_MORE, FORMAT_MAJOR, FORMAT_MINOR, FRAME, FRAME_SIZE, REC_ASSERT, REC_EPOCH, REC_OUTCOME,
-    REC_RETRACT, REC_VOTE,
-)
-from .index import unpack_loc
+from .format import FORMAT_MAJOR, FORMAT_MINOR
+from .reader import Reader
 from .wal import WAL, Request
+from .writer import PutResult, RetractResult, Writer
 
 log = logging.getLogger("stemedb")
-_enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder()
 
 
 def implementation() -> str:
     return "compiled" if fast.COMPILED else "pure"
-
-
-@dataclass(frozen=True)
-class PutResult:
-    hash: str
-    seq: int
-    created: bool          # False when the hash was already stored (seq is the stored one)
-
-    @property
-    def status(self) -> str:
-        return "created" if self.created else "exists"
-
-    def to_dict(self) -> dict:
-        return {"hash": self.hash, "status": self.status, "seq": self.seq}
-
-
-@dataclass(frozen=True)
-class RetractResult:
-    retracted: int         # newly retracted assertions (already-retracted ones not counted)
-    hashes: list[str]
-    seq: int               # seq of the retraction record
-
-    def to_dict(self) -> dict:
-        return {"retracted": self.retracted, "hashes": self.hashes, "seq": self.seq}
 
 
 class Store:
@@ -94,34 +66,28 @@ class Store:
         self.fs = fs or FileSystem()
         self.clock = clock
         self.snapshot_interval = snapshot_interval
-        self.fault_reason: str | None = None
         self._closed = True
-        self._wmu = threading.Lock()
-        self._ilock = threading.RLock()
         self._snap_lock = threading.Lock()
-        self._pending: dict[bytes, tuple[int, Request]] = {}
-        self._vote_pending: dict[tuple, tuple[int, Request]] = {}   # see _write_vote
         self._started = time.monotonic()
-        self._observer = None
-        self.rebuilt = False
-        self.replayed = 0
         self.fs.makedirs(self.path)
         self._lock_fd = _acquire_lock(os.path.join(self.path, "LOCK"), lock_timeout)
         try:
             _note_segment_size(self.path, segment_size)
             self.wal = WAL(os.path.join(self.path, "wal"), fs=self.fs, segment_size=segment_size,
                            durability=durability, batch_delay=batch_delay_ms / 1000.0,
-                           on_durable=self._apply_group)
-            recovery.recover(self)
+                           on_durable=self._on_durable)
+            got = recovery.recover(self.wal, self.path)
+            self.rebuilt, self.replayed = got.rebuilt, got.replayed
             self.wal.start_appending()
             segno, size = self.wal.position
-            # the log position the state covers, moved with it under _ilock
+            # the log position the state covers, moved with it under the index lock
             self._anchor = {"segment": segno, "offset": size,
                             "last_record": self.wal.last_frame}
-            self._next_seq = self.state.last_seq + 1
             self._since_snapshot = 0
             self.audit = AuditLog(os.path.join(self.path, "audit"), max_bytes=audit_max_bytes,
                                   fs=self.fs) if audit else None
+            self.reader = Reader(got.state, self.wal, threading.RLock(), clock, self.audit)
+            self.writer = Writer(self.wal, self.reader, clock)
             if self.rebuilt or not os.path.exists(os.path.join(self.path, "metadata.json")):
                 self.snapshot()
         except BaseException:
@@ -147,36 +113,24 @@ class Store:
         os.close(self._lock_fd)
 
     # ------------------------------------------------------------ writing
-    def _apply_group(self, group: list[Request], anchor: dict) -> None:
-        """Run by the group commit leader after fsync, in seq order.
+    def _on_durable(self, group: list[Request], anchor: dict) -> None:
+        """The WAL's step after each durable group, in seq order: apply it.
 
-        The state and the log position it covers change together under
-        ``_ilock``, so a snapshot (which reads both under it) is a
+        The state and the log position it covers change together under the
+        index lock, so a snapshot (which reads both under it) is a
         consistent cut.
         """
-        with self._ilock:
+        reader = self.reader
+        n = 0
+        with reader.lock:
             self._anchor = anchor
             for req in group:
-                asserts = []
-                for (segno, off), (rtype, seq, payload) in zip(req.locs, req.apply_arg):
-                    if rtype == REC_ASSERT:
-                        asserts.append((seq, segno, off, payload))
-                        continue
-                    if asserts:
-                        self.state.apply_asserts(asserts)
-                        asserts = []
-                    if rtype == REC_RETRACT:
-                        self.state.apply_retract(seq, payload)
-                    elif rtype == REC_VOTE:
-                        self.state.apply_vote(seq, payload)
-                    elif rtype == REC_EPOCH:
-                        self.state.apply_epoch(seq, payload)
-                    elif rtype == REC_OUTCOME:
-                        self.state.apply_outcome(seq, payload)
-                if asserts:
-                    self.state.apply_asserts(asserts)
-            self._since_snapshot += sum(len(r.apply_arg) for r in group)
-        if self._since_snapshot >= self.snapshot_interval and self.snapshot_interval > 0:
+                reader.state.apply_group(
+                    (rtype, seq, segno, off, payload)
+                    for (segno, off), (rtype, seq, payload) in zip(req.locs, req.apply_arg))
+                n += len(req.apply_arg)
+        self._since_snapshot += n
+        if self._since_snapshot >= self.snapshot_interval > 0:
             self._since_snapshot = 0
             threading.Thread(target=self._background_snapshot, daemon=True,
                              name="stemedb-snapshot").start()
@@ -187,379 +141,66 @@ class Store:
         except Exception:
             log.exception("periodic snapshot failed (the WAL still holds everything)")
 
-    def _writable(self) -> None:
-        if self._closed:
-            raise StoreClosed("the store is closed")
-        if self.wal.fault:
-            raise StoreFaulted(f"writes are stopped after a storage fault: {self.wal.fault}; "
-                               f"restart the server to recover from disk")
-
-    def _stamp(self) -> tuple[int, int]:
-        """Next seq and a recorded_at that never goes backwards (call under _wmu)."""
-        seq = self._next_seq
-        self._next_seq += 1
-        rec = max(self.clock(), self._last_stamp)
-        self._last_stamp = rec
-        return seq, rec
-
-    @property
-    def _last_stamp(self) -> int:
-        return getattr(self, "_stamp_us", self.state.last_recorded_at)
-
-    @_last_stamp.setter
-    def _last_stamp(self, v: int) -> None:
-        self._stamp_us = v
-
-    def _commit(self, records: list[tuple[int, int, bytes, object]]) -> Request:
-        """Frame, enqueue (under _wmu).  records: (type, seq, payload bytes, apply payload)."""
-        frames, sizes, apply_arg = [], [], []
-        last = len(records) - 1
-        for i, (rtype, seq, payload, arg) in enumerate(records):
-            fr = codec.encode_frame(rtype, FLAG_MORE if i < last else 0, seq, payload)
-            frames.append(fr)
-            sizes.append(len(fr))
-            apply_arg.append((rtype, seq, arg))
-        req = Request(b"".join(frames), sizes, apply_arg)
-        self.wal.enqueue(req)
-        return req
-
     def put(self, assertion: dict, *, require_signatures: bool = False) -> PutResult:
         """Store one assertion; returns after it is durable.  O(1) amortized."""
-        rec = prepare_assertion(assertion, default_time_us=self.clock(),
-                                require_signatures=require_signatures)
-        return self._put_records([rec], batch=False)[0]
+        return self.writer.put(assertion, require_signatures=require_signatures)
 
-    def put_batch(self, assertions: list[dict], *, require_signatures: bool = False) -> list[PutResult]:
+    def put_batch(self, assertions: list[dict], *,
+                  require_signatures: bool = False) -> list[PutResult]:
         """Store assertions atomically: after any crash all or none are present.
 
         A bad item raises ValidationError with field ``assertions[i].<field>``.
         """
-        if not isinstance(assertions, (list, tuple)) or not 1 <= len(assertions) <= 10_000:
-            raise ValidationError("assertions must be a list of 1 to 10,000 assertions",
-                                  field="assertions")
-        recs = []
-        received = self.clock()  # one receive time for the batch's untimed claims
-        for i, a in enumerate(assertions):
-            try:
-                recs.append(prepare_assertion(a, default_time_us=received,
-                                              require_signatures=require_signatures))
-            except ValidationError as exc:
-                raise exc.prefixed(f"assertions[{i}]") from None
-        return self._put_records(recs, batch=True)
-
-    def _put_records(self, recs: list[AssertionRecord], batch: bool) -> list[PutResult]:
-        results: list[PutResult | None] = [None] * len(recs)
-        waits: list[Request] = []
-        with self._wmu:
-            self._writable()
-            st = self.state
-            fresh: dict[bytes, int] = {}
-            new = []
-            mark = (self._next_seq, self._last_stamp)
-            try:
-                with self._ilock:
-                    stored = st.ordinals([r.hash for r in recs])
-                    for i, r in enumerate(recs):
-                        o = stored[i]
-                        if o is not None:
-                            results[i] = PutResult(r.hash.hex(), int(st.cols.seq[o]), False)
-                            continue
-                        pend = self._pending.get(r.hash)
-                        if pend is not None and pend[1].error is None:
-                            results[i] = PutResult(r.hash.hex(), pend[0], False)
-                            waits.append(pend[1])
-                            continue
-                        if r.hash in fresh:
-                            results[i] = PutResult(r.hash.hex(), fresh[r.hash], False)
-                            continue
-                        self._check_refs(r, fresh, i if batch else None)
-                        seq, stamp = self._stamp()
-                        r = _with_stamp(r, stamp)
-                        fresh[r.hash] = seq
-                        new.append((i, r, seq))
-            except BaseException:
-                # a refused batch (an unknown reference in item i) writes nothing,
-                # so the seqs given to items before i must not be used up
-                self._next_seq, self._last_stamp = mark
-                raise
-            if new:
-                data, sizes = fast.encode_assert_frames([r for _, r, _s in new],
-                                                        [seq for _, _r, seq in new])
-                apply_arg = [(REC_ASSERT, seq,
-                              (r.hash, r.recorded_at, r.timestamp, r.lifecycle, r.concept_path,
-                               r.predicate, r.source, r.epoch, r.parent_hash, r.derived_from))
-                             for _, r, seq in new]
-                req = Request(data, sizes, apply_arg)
-                self.wal.enqueue(req)
-                for _, r, seq in new:
-                    self._pending[r.hash] = (seq, req)
-        try:
-            if new:
-                self.wal.wait(req)
-                for i, r, seq in new:
-                    results[i] = PutResult(r.hash.hex(), seq, True)
-            for w in waits:
-                self.wal.wait(w)
-        finally:
-            if new:
-                with self._wmu:
-                    for _, r, _s in new:
-                        self._pending.pop(r.hash, None)
-        return results
-
-    def _check_refs(self, r: AssertionRecord, fresh: dict, index: int | None) -> None:
-        def exists(h: bytes) -> bool:
-            return (h in fresh or self.state.ordinal(h) is not None
-                    or (h in self._pending and self._pending[h][1].error is None))
-
-        def fail(field: str, msg: str):
-            err = UnknownReference(msg, field=field)
-            raise err.prefixed(f"assertions[{index}]") if index is not None else err
-
-        if r.parent_hash is not None and not exists(r.parent_hash):
-            fail("parent_hash", f"parent_hash {r.parent_hash.hex()} names no stored assertion")
-        if r.derived_from is not None:
-            for j, h in enumerate(r.derived_from):
-                if not exists(h):
-                    fail(f"derived_from[{j}]", f"derived_from[{j}] {h.hex()} names no stored assertion")
-        if r.epoch is not None and r.epoch not in self.state.epochs:
-            fail("epoch", f"epoch {r.epoch!r} does not exist; create it with POST /v1/epoch first")
-
-    def _write_meta(self, rtype: int, body_fn) -> tuple[int, dict]:
-        """Write one non-assertion record; body_fn(recorded_at) -> body dict."""
-        with self._wmu:
-            self._writable()
-            mark = (self._next_seq, self._last_stamp)
-            seq, stamp = self._stamp()
-            try:
-                body = body_fn(stamp)
-            except BaseException:
-                self._next_seq, self._last_stamp = mark   # refused (e.g. Conflict): no seq used
-                raise
-            req = self._commit([(rtype, seq, _enc.encode(body), body)])
-        self.wal.wait(req)
-        return seq, body
+        return self.writer.put_batch(assertions, require_signatures=require_signatures)
 
     def retract(self, *, hash: str | None = None, concept_path: str | None = None,
                 source: str | None = None, reason: str, cascade: bool = False,
                 by: str | None = None) -> RetractResult:
-        """Retract by exactly one target; with ``cascade``, follow dependents.
-
-        Time proportional to what it touches (the dependents and source
-        indexes), never a scan.  Durable on return.
-        """
-        from .query import retraction_targets
-        given = [n for n, v in (("hash", hash), ("concept_path", concept_path),
-                                ("source", source)) if v is not None]
-        if len(given) != 1:
-            raise ValidationError("give exactly one of hash, concept_path or source to retract",
-                                  field=given[1] if len(given) > 1 else "hash")
-        if type(reason) is not str or not 1 <= len(reason) <= 256:
-            raise ValidationError("reason must be 1 to 256 characters", field="reason")
-        if type(cascade) is not bool:
-            raise ValidationError("cascade must be true or false", field="cascade")
-        if hash is not None:
-            check_hash(hash, "hash")
-            target = {"hash": hash}
-        elif concept_path is not None:
-            check_concept_path(concept_path)
-            target = {"concept_path": concept_path}
-        else:
-            check_source(source)
-            target = {"source": source}
-        with self._wmu:
-            self._writable()
-            with self._ilock:
-                ords = retraction_targets(self, target, cascade)
-                st = self.state
-                newly = sorted(o for o in ords if o not in st.retracted)
-                hashes = [st.cols.hash_of(o) for o in newly]
-            seq, stamp = self._stamp()
-            body = {"recorded_at": stamp, "reason": reason, "by": by, "target": target,
-                    "cascade": cascade, "hashes": hashes}
-            req = self._commit([(REC_RETRACT, seq, _enc.encode(body), body)])
-        self.wal.wait(req)
-        return RetractResult(len(hashes), [h.hex() for h in hashes], seq)
+        """Retract by exactly one target; with ``cascade``, follow dependents
+        (time proportional to what it touches).  Durable on return."""
+        return self.writer.retract(hash=hash, concept_path=concept_path, source=source,
+                                   reason=reason, cascade=cascade, by=by)
 
     def vote(self, assertion_hash: str, weight: float, *, agent_id: str | None = None,
              signature: str | None = None, timestamp=None,
              require_signatures: bool = False) -> int:
-        """Record a vote; returns its seq once durable.
-
-        ``timestamp`` is a time as for assertions (RFC 3339 or Unix seconds;
-        the receive time when absent).  An agent's vote replaces its earlier
-        vote on the assertion only when its timestamp is later: otherwise
-        StaleVote (409), and nothing is written, no seq used.  The signature
-        covers the timestamp (:func:`stemedb.model.vote_hash`), so an old
-        signed vote cannot be replayed to undo a newer one.  NotFound for an
-        unknown assertion; SignatureRequired for an unsigned vote when
-        ``require_signatures``.  Votes without ``agent_id`` each count.
-        """
-        from ..errors import InvalidSignature, SignatureRequired
-        from ..model import check_signature
-        from ..timeutil import parse_time
-        check_hash(assertion_hash, "assertion_hash")
-        weight = check_confidence(weight, "weight")
-        if agent_id is not None:
-            check_hash(agent_id, "agent_id")
-        if signature is not None:
-            check_signature(signature)
-        ts = self.clock() if timestamp is None else parse_time(timestamp, "timestamp")
-        if (agent_id is None) != (signature is None):
-            # As for assertions: an agent_id is a claim of identity, and since
-            # an agent's newer vote replaces its earlier one, an unsigned one
-            # would let anyone overwrite another agent's vote.
-            missing = "agent_id" if agent_id is None else "signature"
-            raise InvalidSignature(
-                f"agent_id and signature go together on a vote; {missing} is missing (sign "
-                f"the vote hash with the agent's Ed25519 key, or send neither)", field=missing)
-        if require_signatures and signature is None:
-            raise SignatureRequired(
-                "this server requires signed votes: add agent_id, timestamp and signature "
-                "(Ed25519 over the vote hash)", field="signature")
-        if signature is not None:
-            try:
-                verify_signature(agent_id, signature,
-                                 vote_hash(assertion_hash, weight, agent_id, ts), "signature")
-            except InvalidSignature as exc:
-                if timestamp is None:   # the hash then holds a receive time no signer knew
-                    raise InvalidSignature(
-                        exc.message + "; a signed vote must carry the timestamp it signed",
-                        field="signature") from None
-                raise
-        return self._write_vote(assertion_hash, weight, agent_id, ts)
-
-    def _write_vote(self, assertion_hash: str, weight: float, agent_id: str | None,
-                    ts: int) -> int:
-        """Decide staleness and enqueue under ``_wmu``, so of two racing votes
-        by one agent only a newer one can follow the other; ``_vote_pending``
-        holds the enqueued, not yet applied ones for that decision."""
-        from ..errors import StaleVote
-        h = bytes.fromhex(assertion_hash)
-        key = (h, agent_id)
-        with self._wmu:
-            self._writable()
-            with self._ilock:
-                o = self.state.ordinal(h)
-                if o is None:
-                    raise NotFound(f"no assertion with hash {assertion_hash}",
-                                   field="assertion_hash")
-                prev = self.state.vote_time(o, agent_id) if agent_id is not None else None
-            pend = self._vote_pending.get(key) if agent_id is not None else None
-            if pend is not None and pend[1].error is None and (prev is None or pend[0] > prev):
-                prev = pend[0]
-            if prev is not None and ts <= prev:
-                raise StaleVote(
-                    f"agent {agent_id} already has a vote on {assertion_hash} with timestamp "
-                    f"{format_time(prev)}; a vote replaces it only with a later timestamp "
-                    f"(this one has {format_time(ts)})", field="timestamp")
-            seq, stamp = self._stamp()
-            body = {"recorded_at": stamp, "assertion_hash": h, "weight": weight,
-                    "agent_id": agent_id, "timestamp": ts}
-            req = self._commit([(REC_VOTE, seq, _enc.encode(body), body)])
-            if agent_id is not None:
-                self._vote_pending[key] = (ts, req)
-        try:
-            self.wal.wait(req)
-        finally:
-            if agent_id is not None:
-                with self._wmu:
-                    if self._vote_pending.get(key, (0, None))[1] is req:
-                        del self._vote_pending[key]
-        return seq
+        """Record a vote; returns its seq once durable (see Writer.vote: an
+        older vote by the same agent is StaleVote, 409)."""
+        return self.writer.vote(assertion_hash, weight, agent_id=agent_id, signature=signature,
+                                timestamp=timestamp, require_signatures=require_signatures)
 
     def create_epoch(self, name: str, *, supersedes: list[str] | None = None,
                      description: str | None = None) -> int:
         """Create an epoch; O(len(supersedes)) whatever the epochs hold."""
-        check_name(name, "name", "epoch name")
-        if supersedes is not None:
-            if type(supersedes) not in (list, tuple):
-                raise ValidationError("supersedes must be a list of epoch names", field="supersedes")
-            for i, s in enumerate(supersedes):
-                check_name(s, f"supersedes[{i}]", "epoch name")
-        if description is not None and (type(description) is not str or len(description) > 4096):
-            raise ValidationError("description must be a string of at most 4096 characters",
-                                  field="description")
-
-        def body(rec):
-            if name in self.state.epochs:
-                raise Conflict(f"epoch {name!r} already exists; epochs are immutable, pick "
-                               f"another name", field="name")
-            for i, s in enumerate(supersedes or []):
-                if s not in self.state.epochs:
-                    raise UnknownReference(f"supersedes[{i}] names unknown epoch {s!r}",
-                                           field=f"supersedes[{i}]")
-            return {"recorded_at": rec, "name": name, "supersedes": list(supersedes or []),
-                    "description": description}
-        seq, _ = self._write_meta(REC_EPOCH, body)
-        return seq
+        return self.writer.create_epoch(name, supersedes=supersedes, description=description)
 
     def record_outcome(self, agent_id: str, accurate: bool) -> float:
         """Record whether an agent's claim proved accurate; returns its trust rank."""
-        check_hash(agent_id, "agent_id")
-        if type(accurate) is not bool:
-            raise ValidationError("accurate must be true or false", field="accurate")
-        self._write_meta(REC_OUTCOME, lambda rec: {
-            "recorded_at": rec, "agent_id": agent_id, "accurate": accurate})
+        self.writer.record_outcome(agent_id, accurate)
         return self.trust_rank(agent_id)
 
     # ------------------------------------------------------------ reading
-    def _read_record(self, o: int) -> AssertionRecord:
-        """Decode the assertion at ordinal ``o`` from its segment, CRC checked."""
-        segno, off = unpack_loc(int(self.state.cols.loc[o]))
-        # One read covers most records; a longer one takes a second read.
-        raw = self.wal.read(segno, off, 512)
-        length, crc = FRAME.unpack_from(raw)[:2]
-        if FRAME_SIZE + length > len(raw):
-            raw = self.wal.read(segno, off, FRAME_SIZE + length)
-        body = raw[8:FRAME_SIZE + length]
-        if codec.crc32c(body) != crc:
-            raise ChecksumMismatch(
-                f"Checksum mismatch in WAL segment {self.wal.segment(segno).path} at offset {off}",
-                file=self.wal.segment(segno).path, offset=off)
-        return fast.decode_assert(body, FRAME_SIZE - 8)
-
-    def _assertion(self, o: int, known_at: int | None = None,
-                   seq_bound: int | None = None) -> Assertion:
-        """The assertion at ordinal ``o``, retracted only by a retraction
-        recorded at or before ``known_at`` with a seq at or below ``seq_bound``."""
-        st = self.state
-        rec = self._read_record(o)
-        ridx = st.retracted.get(o)
-        if ridx is not None:
-            r = st.retractions[ridx]
-            if ((known_at is None or r.recorded_at <= known_at)
-                    and (seq_bound is None or r.seq <= seq_bound)):
-                return Assertion(rec, int(st.cols.seq[o]), "retracted", {
-                    "reason": r.reason, "retracted_at": format_time(r.recorded_at),
-                    "seq": r.seq, "by": r.by})
-        return Assertion(rec, int(st.cols.seq[o]))
-
     def get(self, hash: str) -> Assertion | None:
         """The stored assertion with this hash, or None.  O(log n)."""
         check_hash(hash, "hash")
-        with self._ilock:
-            o = self.state.ordinal(bytes.fromhex(hash))
-            if o is None:
-                return None
-            return self._assertion(o)
+        return self.reader.get(bytes.fromhex(hash))
 
     def query(self, concept_path: str, **params):
         """Resolve claims at ``concept_path`` through a lens (see docs/semantics)."""
         from .query import run_query
-        return run_query(self, concept_path, **params)
+        return run_query(self.reader, concept_path, **params)
 
     def skeptic(self, concept_path: str, predicate: str, **filters) -> dict:
         from .query import run_skeptic
-        return run_skeptic(self, concept_path, predicate, **filters)
+        return run_skeptic(self.reader, concept_path, predicate, **filters)
 
     def trace(self, hash: str) -> dict | None:
         from .query import run_trace
-        return run_trace(self, hash)
+        return run_trace(self.reader, hash)
 
     def trust_rank(self, agent_id: str) -> float:
         from .lens import trust_rank
-        with self._ilock:
+        with self.reader.lock:
             outcomes = list(self.state.outcomes.get(agent_id, ()))
         return trust_rank(outcomes, self.clock())
 
@@ -588,6 +229,11 @@ class Store:
         return {"bytes": self.audit.size_bytes, "dropped": self.audit.dropped}
 
     # ------------------------------------------------------------ state
+    @property
+    def state(self):
+        """The in-memory indexes (read them under ``reader.lock``)."""
+        return self.reader.state
+
     @property
     def count(self) -> int:
         """Stored assertions, retracted included."""
@@ -632,7 +278,7 @@ class Store:
     def snapshot(self) -> None:
         """Write the index snapshot and metadata.json (atomically, fsynced)."""
         with self._snap_lock:
-            with self._ilock:
+            with self.reader.lock:
                 data = snapshot.encode(self.state, self._position())
                 meta = self.metadata()
             # durability=none: the records the snapshot counts reach the disk first
@@ -642,19 +288,19 @@ class Store:
                                  orjson.dumps(meta, option=orjson.OPT_INDENT_2))
 
     def _position(self) -> dict:
-        """The log position the state covers (call under _ilock)."""
+        """The log position the state covers (call under ``reader.lock``)."""
         return {**self._anchor, "last_seq": self.state.last_seq, "log_id": self.wal.log_id}
 
     def check(self) -> list[str]:
-        with self._ilock:
+        with self.reader.lock:
             return self.state.check()
 
     def close(self) -> None:
         """Flush, snapshot, write metadata.json, release LOCK.  Idempotent."""
         if self._closed:
             return
-        with self._wmu:
-            self._closed = True
+        self._closed = True
+        self.writer.close()
         try:
             if not self.wal.fault:
                 self.snapshot()
@@ -669,10 +315,6 @@ class Store:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _with_stamp(r: AssertionRecord, stamp: int) -> AssertionRecord:
-    return msgspec.structs.replace(r, recorded_at=stamp)
 
 
 def _public_audit(e: dict) -> dict:

@@ -276,7 +276,7 @@ def test_a_snapshot_that_does_not_match_is_rebuilt_not_refused(tmp_path, caplog)
     s = open_store(data, fs=NoFsyncFS(), audit=False)
     for i in range(5):
         s.put(body(i))
-    with s._ilock:
+    with s.reader.lock:
         pos = s._position()
         pos["last_seq"] -= 2            # the state lags the position it claims
         s.state.last_seq -= 2

@@ -198,9 +198,9 @@ def test_two_racing_votes_of_one_agent_cannot_both_pass(opener):
     t = threading.Thread(target=first)
     t.start()
     deadline = time.monotonic() + 5
-    while not s._vote_pending and time.monotonic() < deadline:
+    while not s.writer._vote_pending and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert s._vote_pending, "the first vote is in flight"
+    assert s.writer._vote_pending, "the first vote is in flight"
     try:
         outcomes.append(("ok", signed(s, a, 0.2, T0 + 7)))
     except StaleVote:
@@ -219,12 +219,12 @@ def test_a_newer_racing_vote_follows_the_pending_one(opener):
     t = threading.Thread(target=signed, args=(s, a, 0.9, T0 + 7))
     t.start()
     deadline = time.monotonic() + 5
-    while not s._vote_pending and time.monotonic() < deadline:
+    while not s.writer._vote_pending and time.monotonic() < deadline:
         time.sleep(0.001)
     signed(s, a, 0.1, T0 + 8)
     t.join(10)
     assert vote_answer(s, "v/x")[0] == b, "the newer (0.1) is the agent's vote"
-    assert not s._vote_pending, "nothing left pending once durable"
+    assert not s.writer._vote_pending, "nothing left pending once durable"
 
 
 # ------------------------------------------------------------------ replay
@@ -242,7 +242,7 @@ def _inject(s, h, weight, agent, ts=None):
         if ts is not None:
             b["timestamp"] = ts
         return b
-    seq, _ = s._write_meta(REC_VOTE, make)
+    seq, _ = s.writer.write_meta(REC_VOTE, make)
     return seq
 
 
