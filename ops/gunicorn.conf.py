@@ -21,7 +21,7 @@ from stemedb.http.logs import configure_logging
 from stemedb.http.server import gunicorn_options, preflight
 
 _settings = Settings.from_env()
-configure_logging(_settings.log_level)
+configure_logging(_settings.log_level, _settings.log_format)
 _problem = preflight(_settings)
 if _problem:
     print(f"stemedb: {_problem}", file=sys.stderr)

@@ -69,6 +69,8 @@ class Settings:
     max_body_bytes: int = field(default=1024 * 1024, metadata={"unit": "bytes"})
     max_batch_body_bytes: int = field(default=16 * 1024 * 1024, metadata={"unit": "bytes"})
     log_level: str = field(default="info", metadata={"unit": "debug|info|warning|error"})
+    log_format: str = field(default="text", metadata={"unit": "text|json"})
+    access_log: str = field(default="on", metadata={"unit": "on|off"})
     pure_python: bool = field(default=False, metadata={"unit": "0|1"})
     require_fast: bool = field(default=False, metadata={"unit": "0|1"})
     audit: str = field(default="on", metadata={"unit": "on|off"})
@@ -88,6 +90,12 @@ class Settings:
         if self.audit not in ("on", "off"):
             raise ConfigError(f"STEMEDB_AUDIT must be on or off, got {self.audit!r}",
                               field="audit")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"STEMEDB_LOG_FORMAT must be text or json, got "
+                              f"{self.log_format!r}", field="log_format")
+        if self.access_log not in ("on", "off"):
+            raise ConfigError(f"STEMEDB_ACCESS_LOG must be on or off, got {self.access_log!r}",
+                              field="access_log")
         if type(self.audit_max_bytes) is not int or self.audit_max_bytes < MIN_AUDIT_MAX_BYTES:
             raise ConfigError(
                 f"STEMEDB_AUDIT_MAX_BYTES must be a whole number of bytes, at least "

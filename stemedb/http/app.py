@@ -22,7 +22,7 @@ from ..config import Settings
 from . import errors as http_errors
 from .auth import KeyRing, bind_host
 from .handle import StoreHandle
-from .logs import configure_logging
+from .logs import AccessContext, configure_logging
 from .metrics import Metrics
 from .middleware import (NOSNIFF, Authenticate, HostGuard, Limit, Observe, SecurityHeaders,
                          parse_proxies)
@@ -75,11 +75,12 @@ def create_app(store, settings: Settings | None = None, *, keyring: KeyRing | No
     rules = parse_rate_limits(settings.rate_limits)
     limiter = limiter if limiter is not None else RateLimiter(rules)
     breaker = breaker if breaker is not None else CircuitBreaker.from_rules(rules)
-    metrics = Metrics(handle, settings.data_dir, started_at)
+    metrics = Metrics(handle, settings.data_dir, started_at, archive=bool(settings.archive_s3))
     state = ServerState(handle, settings, keyring, metrics, limiter, breaker, started_at)
     handle.when_ready(lambda s: s.set_commit_observer(metrics.commit_observer))
 
     app = StemeApp(middleware=[
+        AccessContext(),   # first: its process_response runs last (stemedb.http.logs)
         Observe(metrics, parse_proxies(settings.trusted_proxies)),
         Authenticate(keyring, limiter, metrics),
         Limit(limiter, breaker, metrics),
@@ -141,7 +142,7 @@ def get_app():
     the whole server stops with a non-zero exit and the reason on stderr.
     """
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     respawn = os.environ.get("STEMEDB_WORKER_RESPAWN") == "1"
     lock_timeout = max(settings.lock_timeout, RELOAD_LOCK_WAIT) if respawn else settings.lock_timeout
     started_at = time.monotonic()

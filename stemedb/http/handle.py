@@ -109,3 +109,23 @@ def _close(store) -> None:
     except Exception:  # noqa: BLE001 - close still writes metadata.json and releases LOCK
         log.exception("snapshot at shutdown failed")
     store.close()
+    _log_shutdown(store)
+
+
+def _log_shutdown(store) -> None:
+    """The one line saying what the shutdown flushed (docs/operations/monitoring.md)."""
+    try:
+        seq, count = int(store.last_seq), int(store.count)
+        fault = getattr(store, "fault", None)
+    except Exception:  # noqa: BLE001 - nothing to report from a broken store
+        log.warning("Shutdown complete: the store's state could not be read")
+        return
+    fields = {"last_seq": seq, "assertions": count}
+    if fault:
+        # Store.close writes no snapshot after a storage fault: the WAL is the truth.
+        log.warning(f"Shutdown complete: no snapshot (storage fault: {fault}), metadata.json "
+                    f"not rewritten; the WAL holds {count} assertions up to seq {seq} and "
+                    f"recovery replays it", extra=fields)
+    else:
+        log.info(f"Shutdown complete: snapshot at seq {seq}, metadata.json written, "
+                 f"{count} assertions", extra=fields)

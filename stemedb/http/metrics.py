@@ -24,12 +24,30 @@ stemedb_audit_dropped_entries_total        counter    audit entries dropped (dis
                                                       another write error, or the writer
                                                       too far behind) since the worker
                                                       started
+stemedb_archive_last_success_timestamp_seconds
+                                           gauge      Unix time of the last successful
+                                                      ``stemedb archive push`` pass; 0 when
+                                                      none is recorded
+stemedb_archive_lag_seconds                gauge      age of the oldest sealed WAL segment
+                                                      not yet archived; 0 when none waits
+                                                      or archival is not configured
+stemedb_archive_lag_segments               gauge      sealed segments not yet archived
+process_*                                  various    the worker process (CPU, memory, open
+                                                      files; prometheus_client's
+                                                      ProcessCollector)
+python_info, python_gc_*                   various    the interpreter (PlatformCollector,
+                                                      GCCollector)
 =========================================  =========  =====================================
 
 The store-derived values are read at scrape time.  The two backup metrics
 come from ``<data_dir>/backup-state.json``, which the backup tool writes:
 ``{"last_success_ts": <float Unix seconds>, "failures": <int>}``; when the
-file is missing both are 0.
+file is missing both are 0.  The archive metrics come from
+``<data_dir>/archive-state.json`` (written by ``stemedb archive push``) and
+the WAL directory's listing, as :func:`stemedb.ops.archivestate.current_lag`
+defines them; they are exported when ``STEMEDB_ARCHIVE_S3`` is set or the
+state file exists, and as 0 otherwise (so a store without archival never
+alerts).
 """
 from __future__ import annotations
 
@@ -37,7 +55,8 @@ import json
 import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram,
+                               PlatformCollector, ProcessCollector, disable_created_metrics)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .. import __version__
@@ -58,10 +77,12 @@ METHODS = frozenset(("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 class Metrics:
     """Every metric of one app, in its own :class:`CollectorRegistry`."""
 
-    def __init__(self, handle, data_dir: str | None, started_at: float | None = None):
+    def __init__(self, handle, data_dir: str | None, started_at: float | None = None,
+                 archive: bool = False):
         self.registry = CollectorRegistry(auto_describe=True)
         self.handle = handle
         self.data_dir = data_dir
+        self.archive = archive   # STEMEDB_ARCHIVE_S3 is set
         self.started_at = time.monotonic() if started_at is None else started_at
         r = self.registry
         self.http_requests = Counter(
@@ -81,6 +102,7 @@ class Metrics:
             "stemedb_wal_batch_size", "Records per WAL group commit",
             buckets=BATCH_BUCKETS, registry=r)
         r.register(_StoreCollector(self))
+        _runtime_collectors(r)
         self._children: dict = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -112,6 +134,20 @@ class Metrics:
                     "failures": int(doc.get("failures") or 0)}
         except (OSError, ValueError, TypeError, AttributeError):
             return {"last_success_ts": 0.0, "failures": 0}
+
+    def archive_state(self) -> dict:
+        """The archive metrics' values (zeros when archival is not in use)."""
+        zero = {"last_success_ts": 0.0, "lag_seconds": 0.0, "lag_segments": 0}
+        if not self.data_dir:
+            return zero
+        from ..ops.archivestate import current_lag
+        try:
+            cur = current_lag(self.data_dir)
+        except Exception:  # noqa: BLE001 - a metric never fails the scrape
+            return zero
+        if not (self.archive or cur["state_exists"]):
+            return zero
+        return cur
 
     def histogram_summary(self, hist: Histogram) -> dict:
         """Cumulative count, sum and buckets of an unlabelled histogram (dashboard)."""
@@ -172,6 +208,28 @@ class _StoreCollector:
                                     "Failed backups of this data directory")
         fails.add_metric([], state["failures"])
         yield fails
+        arch = m.archive_state()
+        for name, doc, key in (
+                ("stemedb_archive_last_success_timestamp_seconds",
+                 "Unix time of the last successful WAL archive pass (0: none recorded)",
+                 "last_success_ts"),
+                ("stemedb_archive_lag_seconds",
+                 "Seconds the oldest sealed WAL segment not yet archived has waited "
+                 "(0: none waits, or archival is not configured)", "lag_seconds"),
+                ("stemedb_archive_lag_segments", "Sealed WAL segments not yet archived",
+                 "lag_segments")):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], float(arch[key]))
+            yield g
+
+
+def _runtime_collectors(registry) -> None:
+    """``process_*`` (Linux: /proc) and ``python_*`` series on this registry.
+    Each collector reads the process at scrape time; several apps in one
+    process (tests) each get their own."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
 
 def _audit_metrics(store):

@@ -93,6 +93,9 @@ def gunicorn_options(settings: Settings) -> dict:
         # default 4094 bytes is short for a 512-byte UTF-8 concept path
         # percent-encoded.  8190 is its maximum short of "unlimited".
         "limit_request_line": 8190,
+        # gunicorn's lines in StemeDB's format, and the access log
+        # (STEMEDB_ACCESS_LOG) as stemedb.access lines: stemedb.http.logs
+        "logger_class": "stemedb.http.logs.GunicornLogger",
         "accesslog": None,
         "errorlog": "-",
         "loglevel": settings.log_level,

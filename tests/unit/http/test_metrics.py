@@ -76,3 +76,69 @@ def test_backup_state_file(client, tmp_path):
     assert sample(fams, "stemedb_backup_failures", "_total") == 2.0
     (tmp_path / "data" / "backup-state.json").write_text("{garbage")
     assert client.simulate_get("/metrics").status_code == 200, "a broken file is not a 500"
+
+
+def test_process_and_python_metrics_on_the_app_registry(client):
+    fams = families(client)
+    for name in ("process_cpu_seconds", "process_resident_memory_bytes",
+                 "process_open_fds", "process_start_time_seconds", "python_info"):
+        assert name in fams, f"{name} is missing from /metrics"
+    assert any(n.startswith("python_gc_") for n in fams)
+    assert sample(fams, "process_resident_memory_bytes") > 0
+
+
+def _segments(data_dir, n):
+    import os
+    wal = os.path.join(data_dir, "wal")
+    return sorted(os.path.join(wal, f) for f in os.listdir(wal) if f.startswith("segment-"))[:n]
+
+
+def test_archive_metrics_zero_without_archival(client):
+    fams = families(client)
+    assert sample(fams, "stemedb_archive_lag_seconds") == 0.0
+    assert sample(fams, "stemedb_archive_last_success_timestamp_seconds") == 0.0
+
+
+def test_archive_lag_is_the_age_of_the_oldest_unarchived_sealed_segment(tmp_path, make_client):
+    import os
+    import time
+
+    from stemedb.core.store import open_store
+    data = str(tmp_path / "arch")
+    store = open_store(data, durability="none", segment_size=4096)
+    try:
+        for i in range(60):
+            store.put(body(value=f"v{i}-" + "x" * 200))
+        segs = _segments(data, 10 ** 6)
+        assert len(segs) >= 4, "the test needs several sealed segments"
+        now = time.time()
+        for k, path in enumerate(segs):            # segment k sealed 1000*(len-k) s ago
+            os.utime(path, (now - 1000 * (len(segs) - k), now - 1000 * (len(segs) - k)))
+        # archival configured, nothing archived yet: the oldest sealed segment waits
+        c = make_client(store, data_dir=data, archive_s3="bucket/prefix")
+        fams = families(c)
+        lag = sample(fams, "stemedb_archive_lag_seconds")
+        assert 1000 * len(segs) - 60 <= lag <= 1000 * len(segs) + 60
+        assert sample(fams, "stemedb_archive_lag_segments") == len(segs) - 1
+        # the archiver recorded segments 1 and 2: segment 3 is the oldest waiting
+        state = {"timeline": "", "last_archived_segment": 2, "last_success_ts": 1760000000.0}
+        with open(os.path.join(data, "archive-state.json"), "w") as f:
+            json.dump(state, f)
+        fams = families(c)
+        lag = sample(fams, "stemedb_archive_lag_seconds")
+        assert 1000 * (len(segs) - 2) - 60 <= lag <= 1000 * (len(segs) - 2) + 60
+        assert sample(fams, "stemedb_archive_last_success_timestamp_seconds") == 1760000000.0
+        # everything sealed archived: no lag, however old the records are
+        state["last_archived_segment"] = len(segs) - 1
+        with open(os.path.join(data, "archive-state.json"), "w") as f:
+            json.dump(state, f)
+        assert sample(families(c), "stemedb_archive_lag_seconds") == 0.0
+        # a restore started another timeline: the old progress does not count
+        with open(os.path.join(data, "timeline.json"), "w") as f:
+            json.dump({"timeline": "20260101000000abcd1234"}, f)
+        assert sample(families(c), "stemedb_archive_lag_segments") == len(segs) - 1
+        # without STEMEDB_ARCHIVE_S3 the state file alone turns the metrics on
+        assert sample(families(make_client(store, data_dir=data)),
+                      "stemedb_archive_lag_segments") == len(segs) - 1
+    finally:
+        store.close()
