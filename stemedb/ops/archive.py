@@ -3,20 +3,29 @@
     python -m stemedb.ops.archive push [--to BUCKET/PREFIX] [--once] [--interval 60]
     stemedb restore --from-s3 BUCKET/PREFIX [--until TIME|seq:N]
 
-Layout: ``<prefix>/<log id hex>/wal/segment-NNNNN.log`` (sealed segments,
-byte for byte) and ``<prefix>/<log id hex>/snapshots/<sha256>.idx``.  Every
-object carries ``x-amz-meta-sha256`` and its seq range.
+Layout: ``<root>/wal/segment-NNNNN.log`` (sealed segments, byte for byte)
+and ``<root>/snapshots/<sha256>.idx``, where ``<root>`` is
+``<prefix>/<log id hex>`` for a store's original timeline and
+``<prefix>/<log id hex>/timelines/<timeline>`` after a restore (a restored
+store starts a new timeline, :mod:`stemedb.ops.archivestate`), each root
+self-contained from segment 1.  Every object carries ``x-amz-meta-sha256``
+and its seq range.
 
 Only sealed segments are archived (the active one is still growing): the
 archive's RPO is at most one segment (``STEMEDB_SEGMENT_SIZE``) plus the
 push interval; backups cover the rest.  Uploads use ``If-None-Match: *`` so
 nothing is ever overwritten: an object that exists with the same sha256 is
 already archived (idempotent retry); with another sha256 it belongs to a
-diverged history (a store restored to an earlier point keeps its log id) and
-the push stops with an error -- point ``STEMEDB_ARCHIVE_S3`` at a new prefix
-after a point-in-time restore.  Transient errors are retried with
-exponential backoff and jitter.  ``<data_dir>/archive-state.json`` holds the
-lag (``lag_segments``, ``lag_seconds``) and failure count.
+diverged history (a store whose history was changed outside ``stemedb
+restore``, which starts a new timeline) and the push stops with an error.
+Transient errors are retried with exponential backoff and jitter.
+``<data_dir>/archive-state.json`` holds the timeline, the progress, the lag
+(``lag_segments``, ``lag_seconds``), the last success and the failure count
+(:mod:`stemedb.ops.archivestate`).
+
+A point-in-time restore reads one root: ``--from-s3 BUCKET/PREFIX`` when the
+prefix holds one history, otherwise ``--timeline ID`` (``original`` for the
+first) or the root itself as ``--from-s3 BUCKET/PREFIX/<log id>/timelines/ID``.
 
 Settings: ``STEMEDB_ARCHIVE_S3`` (bucket/prefix), ``STEMEDB_S3_ENDPOINT_URL``
 (non-AWS storage), credentials the usual boto3 way.
@@ -32,10 +41,11 @@ import tempfile
 import time
 
 from ..errors import StemeError
+from . import archivestate
+from .archivestate import STATE_NAME, archive_root
 from .files import fsync_dir, read_json, write_durable, write_json_atomic
 from .walcut import cut_segment, read_all, segment_paths
 
-STATE_NAME = "archive-state.json"
 RETRYABLE = {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "Throttling",
              "ThrottlingException", "RequestTimeTooSkewed", "503", "500", "502", "504"}
 
@@ -131,9 +141,22 @@ def push(data_dir: str, target: str, *, s3=None, endpoint_url: str | None = None
         state = read_json(state_path)
     except (OSError, ValueError):
         state = {}
+    try:
+        tl = archivestate.timeline(data_dir)
+    except ValueError as exc:
+        raise ArchiveError(str(exc)) from None
     paths = segment_paths(os.path.join(data_dir, "wal"))
     sealed = paths[:-1]
-    done = int(state.get("last_archived_segment", 0))
+    done = archivestate.archived_through(state, tl)
+    if str(state.get("timeline") or "") != tl:
+        # A restore started a new timeline: archive it from segment 1 under
+        # its own root; the old timeline's progress is kept for the record.
+        previous = {k: state.pop(k) for k in ("timeline", "last_archived_segment",
+                                               "last_archived_seq", "last_archived_recorded_at_us",
+                                               "last_snapshot_sha256") if k in state}
+        if previous:
+            state["previous_timeline"] = previous
+        state["timeline"] = tl
     uploaded = 0
     prev_seq = 0
     try:
@@ -143,7 +166,7 @@ def push(data_dir: str, target: str, *, s3=None, endpoint_url: str | None = None
             prev_seq = cut.last_seq or prev_seq
             if cut.number <= done:
                 continue
-            root = f"{prefix}/{cut.log_id.hex()}" if prefix else cut.log_id.hex()
+            root = archive_root(prefix, cut.log_id.hex(), tl)
             meta = {"sha256": hashlib.sha256(buf).hexdigest(), "first-seq": cut.first_seq_kept,
                     "last-seq": cut.last_seq, "records": cut.records,
                     "assertions": cut.assertions, "last-recorded-at-us": cut.last_recorded_at}
@@ -159,7 +182,7 @@ def push(data_dir: str, target: str, *, s3=None, endpoint_url: str | None = None
             data = read_all(snap)
             digest = hashlib.sha256(data).hexdigest()
             if digest != state.get("last_snapshot_sha256"):
-                root = f"{prefix}/{state['log_id']}" if prefix else state["log_id"]
+                root = archive_root(prefix, state["log_id"], tl)
                 put_once(s3, bucket, f"{root}/snapshots/{digest}.idx", data, {"sha256": digest})
                 state["last_snapshot_sha256"] = digest
         state["last_success_ts"] = now()
@@ -168,17 +191,8 @@ def push(data_dir: str, target: str, *, s3=None, endpoint_url: str | None = None
         state["last_error"] = str(exc)[:1000]
         raise
     finally:
-        pending = [p for p in sealed if int(os.path.basename(p)[8:13]) > done]
-        state["lag_segments"] = len(pending)
-        lag = 0.0
-        if pending:   # how old the oldest unarchived record is
-            try:
-                c = cut_segment(pending[0], read_all(pending[0]), active=False)
-                first = c.last_recorded_at  # the segment's newest record bounds it from below
-                lag = max(0.0, now() - first / 1e6) if first else 0.0
-            except Exception:  # noqa: BLE001 -- the lag is advisory
-                lag = -1.0
-        state["lag_seconds"] = lag
+        # the same definition as the server's stemedb_archive_lag_seconds
+        state["lag_segments"], state["lag_seconds"] = archivestate.lag(sealed, done, now())
         state["updated_ts"] = now()
         try:
             write_json_atomic(state_path, state)
@@ -207,9 +221,32 @@ def parse_until(text: str | None) -> tuple[int | None, int | None]:
         return None, parse_time(t, "until")
 
 
+def archive_roots(keys: list[str], base: str) -> list[str]:
+    """The histories (roots holding ``wal/segment-*``) among ``keys``, relative
+    to ``base``: ``<log id>``, ``<log id>/timelines/<id>``, or "" when ``base``
+    is itself a root."""
+    roots = set()
+    for k in keys:
+        rel = "/" + k[len(base):]
+        i = rel.rfind("/wal/segment-")
+        if i >= 0:
+            roots.add(rel[1:i])
+    return sorted(roots)
+
+
+def _root_timeline(root: str) -> str:
+    parts = root.split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2] == "timelines" else ""
+
+
 def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None,
-                endpoint_url: str | None = None, log_id: str | None = None) -> dict:
-    """Download archived segments into ``dest_wal``, cut at ``until``; returns counts."""
+                endpoint_url: str | None = None, log_id: str | None = None,
+                timeline: str | None = None) -> dict:
+    """Download archived segments into ``dest_wal``, cut at ``until``; returns counts.
+
+    ``target`` holds one history, or ``timeline`` (``original`` for the
+    first) and ``log_id`` pick one of several.
+    """
     s3 = s3 or client(endpoint_url)
     bucket, prefix = split_target(target)
     until_seq, until_us = parse_until(until)
@@ -218,16 +255,27 @@ def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=base):
         keys += [o["Key"] for o in page.get("Contents", [])]
-    logs = sorted({k[len(base):].split("/")[0] for k in keys if "/wal/segment-" in k})
+    found = archive_roots(keys, base)
+    roots = found
     if log_id:
-        logs = [x for x in logs if x == log_id]
-    if len(logs) != 1:
-        raise ArchiveError(f"s3://{bucket}/{base} holds {len(logs)} logs ({', '.join(logs) or 'none'}); "
-                           f"expected one")
-    seg_keys = sorted(k for k in keys if k.startswith(f"{base}{logs[0]}/wal/segment-"))
+        roots = [r for r in roots if r.split("/")[0] == log_id or r == ""]
+    if timeline:
+        want = "" if timeline == "original" else timeline
+        roots = [r for r in roots if _root_timeline(r) == want and (want or "/" not in r)]
+    if len(roots) != 1:
+        listed = ", ".join(r or "(the prefix itself)" for r in found) or "none"
+        pick = (" Pick one with --timeline ID (original for the first timeline) or give its "
+                "root as --from-s3 BUCKET/PREFIX/<root>." if len(roots) > 1 else "")
+        raise ArchiveError(f"s3://{bucket}/{base} holds {len(found)} archived histories "
+                           f"({listed}); {len(roots)} match"
+                           f"{' timeline ' + timeline if timeline else ''}, expected one.{pick}")
+    root = roots[0]
+    rbase = f"{base}{root}/" if root else base
+    seg_keys = sorted(k for k in keys if k.startswith(f"{rbase}wal/segment-"))
     os.makedirs(dest_wal, exist_ok=True)
     info = {"segments": 0, "records": 0, "assertions": 0, "last_seq": 0,
-            "last_recorded_at_us": 0, "log_id": logs[0]}
+            "last_recorded_at_us": 0, "log_id": root.split("/")[0] or None,
+            "timeline": _root_timeline(root), "root": f"s3://{bucket}/{rbase}"}
     expect = 1
     for key in seg_keys:
         name = key.rsplit("/", 1)[1]
@@ -249,6 +297,7 @@ def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None
             os.unlink(path)           # nothing of this segment is wanted
             break
         write_durable(path, data[:cut.end])
+        info["log_id"] = info["log_id"] or cut.log_id.hex()
         info["segments"] += 1
         info["records"] += cut.records
         info["assertions"] += cut.assertions
@@ -259,13 +308,14 @@ def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None
         if cut.reached_limit:
             break
     if not info["segments"]:
-        raise ArchiveError(f"no archived segments under s3://{bucket}/{base}{logs[0]}/wal/")
+        raise ArchiveError(f"no archived segments under s3://{bucket}/{rbase}wal/")
     fsync_dir(dest_wal)
     return info
 
 
 def restore_from_s3(target: str, data_dir: str, *, until: str | None, endpoint_url=None,
-                    systemd=None, ask=None, bind=None, s3=None) -> dict:
+                    systemd=None, ask=None, bind=None, s3=None,
+                    timeline: str | None = None) -> dict:
     """Point-in-time restore: fetch, cut, then swap in like a backup (indexes rebuilt)."""
     from .. import __version__
     from ..core.format import FORMAT_MAJOR, FORMAT_MINOR
@@ -278,22 +328,24 @@ def restore_from_s3(target: str, data_dir: str, *, until: str | None, endpoint_u
         print(f"Fetching the WAL archive from s3://{target} (until {until or 'the end'})...",
               flush=True)
         info = fetch_until(target, os.path.join(tmp, "wal"), until=until, s3=s3,
-                           endpoint_url=endpoint_url)
+                           endpoint_url=endpoint_url, timeline=timeline)
         os.makedirs(os.path.join(tmp, "db"))
         meta = {"version": __version__, "format_version": f"{FORMAT_MAJOR}.{FORMAT_MINOR}",
                 "timestamp": format_time(info["last_recorded_at_us"]) if info["last_recorded_at_us"] else None,
                 "backup_type": "point_in_time", "assertion_count": info["assertions"],
                 "record_count": info["records"], "last_seq": info["last_seq"],
                 "wal_segment_count": info["segments"], "log_id": info["log_id"],
-                "restored_from": f"s3://{target}", "until": until}
+                "restored_from": info["root"], "until": until,
+                "source_timeline": info["timeline"]}
         print(f"Archive cut at seq {info['last_seq']} "
               f"({meta['timestamp']}): {info['assertions']} assertions in "
               f"{info['segments']} segments", flush=True)
         install(tmp, data_dir, meta, wal_only=False, systemd=systemd or Systemd(),
                 ask=ask or confirm, bind=bind)
-    print("The indexes are rebuilt from the WAL at the next start. Point STEMEDB_ARCHIVE_S3 "
-          "at a new prefix before archiving again: this store's history now diverges from "
-          "the archive.", flush=True)
+    print(f"The indexes are rebuilt from the WAL at the next start. The store now writes "
+          f"timeline {meta.get('timeline')}: the archiver puts it under "
+          f"<prefix>/{info['log_id']}/timelines/{meta.get('timeline')}/, next to the "
+          f"history it came from, which stays as it is.", flush=True)
     return meta
 
 

@@ -12,9 +12,12 @@
    server can start on a half-restored directory.
 3. The backup is copied into a staging directory inside the data directory
    (same file system, so the swap is a rename), fsynced.
-4. The current ``wal/``, ``db/`` and ``metadata.json`` are renamed to
-   ``*.backup.YYYYMMDD-HHMMSS`` (UTC) -- never deleted -- and the staged
-   copies renamed into place; the data directory is fsynced.
+4. The current ``wal/``, ``db/``, ``metadata.json`` and ``timeline.json``
+   are renamed to ``*.backup.YYYYMMDD-HHMMSS`` (UTC) -- never deleted -- and
+   the staged copies renamed into place; the data directory is fsynced.
+5. The store starts a new timeline (``timeline.json``,
+   :mod:`stemedb.ops.archivestate`): the WAL archiver then writes it under a
+   prefix of its own and never mixes it with the history archived before.
 
 ``--wal-only`` replaces ``wal/`` and keeps ``db/``, but renames the index
 snapshot in it aside (``snapshot.idx.backup.<time>``): a snapshot newer than
@@ -38,6 +41,7 @@ import urllib.request
 from ..core import snapshot
 from ..errors import StemeError
 from ..progress import Progress
+from . import archivestate
 from .backup import tree_size, verify_backup
 from .files import copy_durable, fsync_dir, read_json, utc_stamp, write_json_atomic
 
@@ -172,7 +176,14 @@ def swap_in(staged: dict[str, str], data_dir: str, meta: dict, stamp: str) -> li
     Returns the paths the old parts were renamed to.
     """
     kept = []
-    parts = list(staged) + ["metadata.json"]
+    if "source_timeline" in meta:      # a point in time: the archived history it came from
+        parent = meta["source_timeline"]
+    else:                              # a backup: taken of this store, as a rule
+        try:
+            parent = archivestate.timeline(data_dir)
+        except ValueError:
+            parent = None
+    parts = list(staged) + ["metadata.json", archivestate.TIMELINE_NAME]
     for part in parts:
         cur = os.path.join(data_dir, part)
         if os.path.lexists(cur):
@@ -191,6 +202,12 @@ def swap_in(staged: dict[str, str], data_dir: str, meta: dict, stamp: str) -> li
     store_meta = {k: v for k, v in meta.items() if k not in ("files",)}
     store_meta["restored_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_json_atomic(os.path.join(data_dir, "metadata.json"), store_meta)
+    tl = archivestate.new_timeline(data_dir, reason=str(meta.get("backup_type") or "full"),
+                                   source=meta.get("restored_from") or meta.get("source"),
+                                   parent=parent)
+    meta["timeline"] = tl["timeline"]
+    _say(f"New timeline {tl['timeline']} (parent {tl['parent'] or 'original'}): WAL archival "
+         f"continues under a prefix of its own")
     fsync_dir(data_dir)
     return kept
 
@@ -298,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--until", metavar="TIME|SEQ",
                    help="with --from-s3: the last moment (RFC 3339 or Unix seconds) or seq "
                         "to restore, cut at a whole atomic batch (default: everything archived)")
+    p.add_argument("--timeline", metavar="ID",
+                   help="with --from-s3: which archived timeline to restore when the prefix "
+                        "holds several (original for the first; stemedb restore starts a new "
+                        "one each time)")
     p.add_argument("--endpoint-url", default=os.environ.get("STEMEDB_S3_ENDPOINT_URL"),
                    help="S3 endpoint for --from-s3 (default STEMEDB_S3_ENDPOINT_URL or AWS)")
     p.add_argument("--service", default=SERVICE, help="systemd unit to stop and start")
@@ -309,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.backup) == bool(args.from_s3):
         p.print_usage(sys.stderr)
         print("stemedb restore: give either BACKUP_DIR or --from-s3 BUCKET/PREFIX",
+              file=sys.stderr)
+        return 2
+    if args.timeline and not args.from_s3:
+        print("stemedb restore: --timeline needs --from-s3 (it picks an archived history)",
               file=sys.stderr)
         return 2
     if args.until and not args.from_s3:
@@ -331,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             from .archive import restore_from_s3
             restore_from_s3(args.from_s3, data_dir, until=args.until,
                             endpoint_url=args.endpoint_url, systemd=systemd,
+                            timeline=args.timeline,
                             ask=(lambda q: True) if args.yes else confirm, bind=settings.bind)
         else:
             restore_backup(args.backup, data_dir, wal_only=args.wal_only, systemd=systemd,

@@ -148,3 +148,99 @@ def test_archive_push_command_line(s3, dirs):
                STEMEDB_S3_ENDPOINT_URL=s3["endpoint"])
     r = run("python -m stemedb.ops.archive push --once", env)
     assert r.returncode == 0 and "uploaded" in r.stdout, r.stdout + r.stderr
+
+
+def _keys(s3, prefix):
+    out = {}
+    for page in s3["client"].get_paginator("list_objects_v2").paginate(
+            Bucket=s3["bucket"], Prefix=prefix):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = o["ETag"]
+    return out
+
+
+def _wal_keys(keys, root):
+    return sorted(k for k in keys if k.startswith(root + "/wal/segment-"))
+
+
+def test_backup_restore_starts_a_new_timeline_archived_apart(s3, dirs):
+    """After a restore to an earlier backup the archiver must not skip the
+    restored store's segments (its progress counts the old history) nor put
+    them next to the old history's: a new timeline, from segment 1."""
+    from stemedb.ops.backup import take_backup
+    from stemedb.ops.restore import Systemd, restore_backup
+    _fill(dirs["data"], 120)
+    backup = take_backup(dirs["data"], dirs["backups"]).path
+    new_before = _fill(dirs["data"], 300, start=1000)          # history A goes on
+    target = f"{s3['bucket']}/tl1"
+    st = archive.push(dirs["data"], target, s3=s3["client"])
+    log_id = st["log_id"]
+    old = _keys(s3, "tl1/")
+    old_root = f"tl1/{log_id}"
+    assert len(_wal_keys(old, old_root)) == st["last_archived_segment"] >= 4
+    restore_backup(backup, dirs["data"], systemd=Systemd(None), ask=lambda q: True)
+    with open(os.path.join(dirs["data"], "timeline.json")) as f:
+        tl = json.load(f)
+    assert tl["timeline"] and tl["parent"] == "" and tl["reason"] == "full"
+    after = _fill(dirs["data"], 300, start=5000)               # history B differs from A
+    st = archive.push(dirs["data"], target, s3=s3["client"])
+    assert st["timeline"] == tl["timeline"] and st["lag_segments"] == 0
+    keys = _keys(s3, "tl1/")
+    new_root = f"tl1/{log_id}/timelines/{tl['timeline']}"
+    new_wal = _wal_keys(keys, new_root)
+    assert [k.rsplit("-", 1)[1] for k in new_wal] == [
+        f"{n:05d}.log" for n in range(1, st["last_archived_segment"] + 1)], \
+        "the new timeline is archived whole, from segment 1"
+    assert {k: v for k, v in keys.items() if not k.startswith(new_root)} == old, \
+        "the old timeline's objects are untouched"
+    # point-in-time restore: two histories now, so it asks which one
+    env = {"STEMEDB_S3_ENDPOINT_URL": s3["endpoint"], "AWS_ACCESS_KEY_ID": ACCESS,
+           "AWS_SECRET_ACCESS_KEY": SECRET}
+    r = run(f"./scripts/restore-stemedb.sh --from-s3 {target}",
+            dict(env, STEMEDB_DATA_DIR=dirs["restored"]))
+    assert r.returncode == 1 and "--timeline" in r.stderr and "2 archived histories" in r.stderr
+    assert not os.path.exists(os.path.join(dirs["restored"], "wal"))
+    for name, pick, present, absent in (("a", "original", new_before, after),
+                                        ("b", tl["timeline"], after, new_before)):
+        dest = os.path.join(os.path.dirname(dirs["restored"]), f"pitr-{name}")
+        r = run(f"./scripts/restore-stemedb.sh --from-s3 {target} --timeline {pick}",
+                dict(env, STEMEDB_DATA_DIR=dest))
+        assert r.returncode == 0, r.stdout + r.stderr
+        with open_store(dest, durability="none") as s:
+            archived = [h for h in present if s.get(h) is not None]
+            assert archived, f"timeline {pick} restores its own history"
+            assert not any(s.get(h) is not None for h in absent), \
+                f"timeline {pick} holds none of the other history"
+        with open(os.path.join(dest, "timeline.json")) as f:
+            child = json.load(f)
+        assert child["parent"] == ("" if pick == "original" else pick)
+        assert child["timeline"] not in (tl["timeline"], "")
+
+
+def test_point_in_time_restore_then_archive_keeps_both_histories(s3, dirs):
+    _fill(dirs["data"], 300)
+    target = f"{s3['bucket']}/tl2"
+    st = archive.push(dirs["data"], target, s3=s3["client"])
+    old = _keys(s3, "tl2/")
+    env = {"STEMEDB_DATA_DIR": dirs["restored"], "STEMEDB_S3_ENDPOINT_URL": s3["endpoint"],
+           "AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET}
+    r = run(f"./scripts/restore-stemedb.sh --from-s3 {target} --until seq:"
+            f"{st['last_archived_seq'] // 2}", env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(os.path.join(dirs["restored"], "timeline.json")) as f:
+        tl = json.load(f)
+    assert tl["parent"] == "" and tl["reason"] == "point_in_time"
+    _fill(dirs["restored"], 300, start=7000)
+    st2 = archive.push(dirs["restored"], target, s3=s3["client"])
+    assert st2["uploaded"] >= 2
+    keys = _keys(s3, "tl2/")
+    assert {k: v for k, v in keys.items() if k in old} == old and set(old) <= set(keys)
+    assert all(k.startswith(f"tl2/{st['log_id']}/timelines/{tl['timeline']}/")
+               for k in set(keys) - set(old))
+    # the root itself also picks a timeline
+    other = os.path.join(os.path.dirname(dirs["restored"]), "again")
+    r = run(f"./scripts/restore-stemedb.sh --from-s3 {target}/{st['log_id']}/timelines/"
+            f"{tl['timeline']}", dict(env, STEMEDB_DATA_DIR=other))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open_store(other, durability="none") as s:
+        assert s.last_seq == st2["last_archived_seq"]
