@@ -55,8 +55,11 @@ test-pure: $(STAMP_TEST)
 bench: $(STAMP_TEST)
 	$(BIN)/python -m bench.run
 
+# CI's benchmark smoke: bench.run's quick report, then the pytest-benchmark
+# suite at its quick size (bench/conftest.py: --bench-quick; under a minute).
 bench-smoke: $(STAMP_TEST)
 	$(BIN)/python -m bench.run --quick
+	$(BIN)/python -m pytest bench/test_engine_bench.py --bench-quick -q
 
 clean-build:
 	rm -rf build stemedb/core/_fast.c stemedb/core/_fast*.so $(STAMP_SERVE) $(STAMP_TEST)

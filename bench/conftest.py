@@ -5,6 +5,12 @@ minute on two cores: a workload of :data:`BENCH_N` assertions, every
 available engine (StemeDB is skipped with the reason when ``open_store``
 does not work yet).  Timing targets are not asserted here (``bench/run.py``
 reports the ratios); correctness of the answers is.
+
+``--bench-quick`` (CI's smoke, ``make bench-smoke``) runs the same
+benchmarks smaller: a workload of :data:`QUICK_N` and the counts of
+:data:`QUICK_SIZES` in place of the test module's own.  Every benchmark
+still measures (:data:`QUICK_SIZES` keeps three rounds each), unlike
+``--benchmark-disable``, which runs each once as a plain test.
 """
 from __future__ import annotations
 
@@ -18,6 +24,47 @@ from .workload import generate
 
 BENCH_N = int(os.environ.get("STEMEDB_BENCH_N", "20000"))
 
+# --bench-quick: the workload size (STEMEDB_BENCH_N, when set, still wins) and
+# the module constants of test_engine_bench.py it replaces.
+QUICK_N = 10_000
+QUICK_SIZES = {
+    "W1_COUNT": 100,       # durable commits per round
+    "W2_COUNT": 160,       # 8 threads x 20
+    "W3_COUNT": 5000,      # 5 batches of 1,000
+    "R1_KEYS": 500,
+    "R2_PREFIXES": 25,
+    "ROUNDS": 3,           # measured rounds per benchmark (the reads also have a warm-up)
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-quick", action="store_true", default=False,
+                     help="StemeDB benchmarks: small sizes and three rounds each, for CI's "
+                          "smoke (bench/conftest.py QUICK_N, QUICK_SIZES)")
+
+
+def _quick(config) -> bool:
+    return bool(config.getoption("--bench-quick", default=False))
+
+
+def workload_size(config) -> int:
+    if _quick(config) and "STEMEDB_BENCH_N" not in os.environ:
+        return QUICK_N
+    return BENCH_N
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bench_sizes(request):
+    """With --bench-quick, the module's counts replaced by QUICK_SIZES."""
+    if not _quick(request.config):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in QUICK_SIZES.items():
+            if hasattr(request.module, name):
+                mp.setattr(request.module, name, value)
+        yield
+
 _unavailable: dict[str, str | None] = {}
 
 
@@ -28,8 +75,8 @@ def unavailable(name: str) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def workload():
-    w = generate(BENCH_N)
+def workload(request):
+    w = generate(workload_size(request.config))
     gc.collect()
     gc.freeze()         # the harness's data stays out of every engine's GC pauses
     return w
