@@ -85,7 +85,10 @@ def test_verify_unit_command_runs_on_the_latest_backup(dirs):
 CONTRACT_METRICS = {"stemedb_assertions", "stemedb_wal_segments", "stemedb_wal_fsync_latency_seconds",
                     "stemedb_wal_batch_size", "stemedb_http_requests_total",
                     "stemedb_http_request_duration_seconds", "stemedb_ratelimited_requests_total",
-                    "stemedb_last_backup_timestamp_seconds", "stemedb_backup_failures_total"}
+                    "stemedb_last_backup_timestamp_seconds", "stemedb_backup_failures_total",
+                    # the archive's, added with the archive (docs/reference/http.md)
+                    "stemedb_archive_lag_seconds",
+                    "stemedb_archive_last_success_timestamp_seconds"}
 STANDARD = {"up", "node_filesystem_avail_bytes", "node_filesystem_size_bytes"}
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "and", "or", "time",
                 "predict_linear", "deriv", "label_values", "instance", "le", "route", "status",
@@ -134,7 +137,8 @@ def test_alerts_cover_the_failure_modes():
         names = {r["alert"] for g in yaml.safe_load(f)["groups"] for r in g["rules"]}
     for needed in ("StemeDBBackupMissing", "StemeDBBackupFailed", "StemeDBFsyncSlow",
                    "StemeDBDiskFillingUp", "StemeDBWritesStopped", "StemeDBErrorRate",
-                   "StemeDBRateLimitSpike", "StemeDBDown"):
+                   "StemeDBRateLimitSpike", "StemeDBDown", "StemeDBArchiveLagging",
+                   "StemeDBArchiveStalled"):
         assert needed in names
 
 
