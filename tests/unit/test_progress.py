@@ -161,3 +161,60 @@ def test_the_default_stream_is_stderr_and_isatty_decides(capsys):
     p.done()
     err = capsys.readouterr()
     assert err.out == "" and err.err.startswith("rebuild: 1 records of 1")
+
+
+# ------------------------------------------------- the tools that use it
+# With the delay and the interval at 0 every update writes a line, so each
+# tool's progress shows up in a test without waiting seconds.
+
+def _fast_progress(monkeypatch):
+    import stemedb.progress as progress
+    monkeypatch.setattr(progress, "EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "DELAY_SECONDS", 0.0)
+
+
+def _store_with_segments(path, n: int = 300):
+    from stemedb import open_store
+    from tests.conftest import body
+    with open_store(str(path), durability="none", segment_size=16 * 1024) as s:
+        for i in range(0, n, 10):
+            s.put_batch([body(i + j) for j in range(10)])
+    return path
+
+
+def test_verify_reports_progress_on_stderr_and_the_same_findings_on_stdout(tmp_path, capsys,
+                                                                              monkeypatch):
+    from stemedb.core.verify import verify
+    data = _store_with_segments(tmp_path / "data")
+    quiet_out = io.StringIO()
+    assert verify(str(data), out=quiet_out) == 0
+    assert capsys.readouterr().err == "", "a short verify prints no progress"
+    _fast_progress(monkeypatch)
+    out = io.StringIO()
+    assert verify(str(data), out=out) == 0
+    assert out.getvalue() == quiet_out.getvalue(), "progress never changes the findings"
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("verify: ")]
+    segments = len(list((data / "wal").glob("segment-*.log")))
+    assert segments > 2 and len(lines) == segments + 1, lines   # one per segment, then done
+    size = sum(p.stat().st_size for p in (data / "wal").glob("segment-*.log"))
+    assert lines[-1].startswith(f"verify: 300 records, {size / 1000:.1f} KB of "
+                                f"{size / 1000:.1f} KB, "), lines[-1]
+    assert "100%" in lines[-1] and lines[-1].endswith("done"), lines[-1]
+
+
+def test_backup_and_restore_report_their_copies(tmp_path, capsys, monkeypatch):
+    from stemedb.ops.backup import take_backup
+    from stemedb.ops.restore import Systemd, restore_backup
+    data = _store_with_segments(tmp_path / "data")
+    _fast_progress(monkeypatch)
+    res = take_backup(str(data), str(tmp_path / "backups"))
+    err = capsys.readouterr().err
+    backup_lines = [ln for ln in err.splitlines() if ln.startswith("backup: ")]
+    assert backup_lines and backup_lines[-1].endswith("done"), err
+    assert f"{res.metadata['record_count']} records" in backup_lines[-1]
+    restore_backup(res.path, str(tmp_path / "restored"), systemd=Systemd(None), ask=lambda q: True)
+    captured = capsys.readouterr()
+    restore_lines = [ln for ln in captured.err.splitlines() if ln.startswith("restore: ")]
+    assert restore_lines and "100%" in restore_lines[-1], captured.err
+    assert "restore: " not in captured.out, "progress goes to stderr, the messages to stdout"
+    assert "Restore complete" in captured.out
