@@ -72,7 +72,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line; fields keep their JSON types (numbers stay numbers)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": _stamp(record), "level": record.levelname, "logger": record.name,
+        doc: dict[str, object] = {"ts": _stamp(record), "level": record.levelname, "logger": record.name,
                "msg": record.getMessage()}
         for key, value in _fields(record):
             if key in doc:
@@ -104,7 +104,7 @@ def configure_logging(level: str = "info", fmt: str | None = None) -> None:
     handler = next((h for h in logger.handlers if getattr(h, "_stemedb", False)), None)
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler._stemedb = True
+        setattr(handler, "_stemedb", True)
         logger.addHandler(handler)
         logger.propagate = False
     handler.setFormatter(formatter(fmt))

@@ -39,6 +39,7 @@ import random
 import sys
 import tempfile
 import time
+from typing import Any
 
 from ..errors import StemeError
 from . import archivestate
@@ -273,7 +274,8 @@ def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None
     rbase = f"{base}{root}/" if root else base
     seg_keys = sorted(k for k in keys if k.startswith(f"{rbase}wal/segment-"))
     os.makedirs(dest_wal, exist_ok=True)
-    info = {"segments": 0, "records": 0, "assertions": 0, "last_seq": 0,
+    info: dict[str, Any] = {
+            "segments": 0, "records": 0, "assertions": 0, "last_seq": 0,
             "last_recorded_at_us": 0, "log_id": root.split("/")[0] or None,
             "timeline": _root_timeline(root), "root": f"s3://{bucket}/{rbase}"}
     expect = 1
