@@ -244,3 +244,8 @@ def test_point_in_time_restore_then_archive_keeps_both_histories(s3, dirs):
     assert r.returncode == 0, r.stdout + r.stderr
     with open_store(other, durability="none") as s:
         assert s.last_seq == st2["last_archived_seq"]
+
+
+def test_timeline_needs_from_s3(dirs):
+    r = run("python -m stemedb.ops.restore --timeline original /nonexistent", dirs["env"])
+    assert r.returncode == 2 and "--timeline needs --from-s3" in r.stderr
