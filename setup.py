@@ -1,4 +1,4 @@
-"""Builds the optional compiled twin ``stemedb/core/_fast.pyx``.
+"""Builds the optional compiled twins ``stemedb/core/_fast.pyx`` and ``_canon.pyx``.
 
 The extension is optional: without a compiler StemeDB runs on the pure-Python
 reference (``stemedb/core/codec.py``).  ``cythonize()`` drops ``optional=True``
@@ -16,7 +16,9 @@ else:
         [Extension("stemedb.core._fast", ["stemedb/core/_fast.pyx"],
                    depends=["stemedb/core/crc32c.h"],   # rebuilt when it changes; in the sdist
                    include_dirs=[numpy.get_include()],
-                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])],
+                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]),
+         # the assertion hash path: RFC 8785 canonical form (pure twin: canonical.py)
+         Extension("stemedb.core._canon", ["stemedb/core/_canon.pyx"])],
         compiler_directives={"language_level": "3", "boundscheck": False,
                              "wraparound": False, "cdivision": True},
     )

@@ -11,10 +11,20 @@ for three things, which :func:`normalize` detects:
 * floats outside the measured range: handed to ``rfc8785``;
 * object keys with code points above U+D7FF (JCS sorts by UTF-16 code units,
   orjson by code points): handed to ``rfc8785``.
+
+That pure path is the reference.  Its compiled twin, ``stemedb/core/_canon.pyx``,
+writes the same bytes in one pass (no normalized copy, no second library); it
+is chosen the way ``stemedb.core.fast`` chooses ``_fast``: compiled when built,
+``STEMEDB_PURE_PYTHON=1`` forces the pure path, ``STEMEDB_REQUIRE_FAST=1``
+makes a missing build fatal.  The twin answers only "these are the bytes" or
+"ask the reference" (``None``): every refusal, and so every error message,
+comes from :func:`normalize`.  tests/unit/test_canon.py checks it against
+``rfc8785`` and against the pure path.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import orjson
 import rfc8785
@@ -87,7 +97,43 @@ def dumps_normalized(v, fast: bool) -> bytes:
         raise NotJSON(f"cannot be canonicalized: {exc}", "value") from None
 
 
-def canonical_json(v) -> bytes:
-    """RFC 8785 canonical JSON of any JSON value."""
+def canonical_json_py(v) -> bytes:
+    """RFC 8785 canonical JSON of any JSON value (the pure reference)."""
     n, fast = normalize(v)
     return dumps_normalized(n, fast)
+
+
+def _flag(name: str) -> bool:
+    """A 0|1 setting read as ``stemedb.core.fast`` reads it."""
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _load_compiled():
+    """The compiled twin, or None (not built, or STEMEDB_PURE_PYTHON=1)."""
+    if _flag("STEMEDB_PURE_PYTHON"):
+        return None
+    try:
+        from .core import _canon
+    except ImportError as exc:
+        if _flag("STEMEDB_REQUIRE_FAST"):
+            raise ImportError(
+                "STEMEDB_REQUIRE_FAST=1 but the compiled extension stemedb.core._canon is "
+                "missing; build it with `pip install -e .` (needs Cython and a C compiler)"
+            ) from exc
+        return None
+    return _canon
+
+
+_canon = _load_compiled()
+COMPILED = _canon is not None
+
+if COMPILED:
+    _value_json = _canon.value_json
+
+    def canonical_json(v) -> bytes:
+        """RFC 8785 canonical JSON of any JSON value (compiled; the reference
+        decides, and raises, wherever the twin declines)."""
+        out = _value_json(v)
+        return canonical_json_py(v) if out is None else out
+else:
+    canonical_json = canonical_json_py

@@ -16,12 +16,24 @@ import blake3
 import msgspec
 import orjson
 
-from .canonical import NotJSON, dumps_normalized, normalize
+from . import canonical as _canonical
+from .canonical import NotJSON, canonical_json, dumps_normalized, normalize
 from .errors import InvalidSignature, SignatureRequired, ValidationError
 from .timeutil import format_time as _format_time_py
 from .timeutil import now_us, parse_time
 
 format_time = _format_time_py
+
+# The compiled twins (stemedb/core/_canon.pyx) when canonical chose them: a
+# check twin answers True only where the pure check passes (False sends the
+# field to the pure check, which raises); the hashed-object twin answers
+# None where the pure writer must decide.
+if _canonical.COMPILED:
+    _path_ok = _canonical._canon.path_ok
+    _source_ok = _canonical._canon.source_ok
+    _hashed_compiled = _canonical._canon.hashed_assertion
+else:
+    _path_ok = _source_ok = _hashed_compiled = None
 
 SOURCE_CLASSES = ("regulatory", "clinical", "observational", "expert", "community", "anecdotal")
 SOURCE_CLASS_RANK = {name: i for i, name in enumerate(SOURCE_CLASSES)}
@@ -157,8 +169,11 @@ def _enum(value, field: str, allowed: tuple) -> str:
 
 def hash_object(obj: dict) -> bytes:
     """BLAKE3-256 of the canonical JSON of ``obj`` (a small top-level dict)."""
-    n, fast = normalize(obj, "assertion")
-    return blake3.blake3(dumps_normalized(n, fast)).digest()
+    out = _canonical._canon.value_json(obj) if _canonical.COMPILED else None
+    if out is None:   # pure, or the twin declined: the reference writes it (or raises)
+        n, fast = normalize(obj, "assertion")
+        out = dumps_normalized(n, fast)
+    return blake3.blake3(out).digest()
 
 
 def assertion_hash(body) -> str:
@@ -177,49 +192,99 @@ def assertion_hash(body) -> str:
 
 def prepare_assertion(body, *, default_time_us: int | None = None,
                       require_signatures: bool = False, _signing: bool = False) -> AssertionRecord:
-    """Validate a request dict and return the record to store (hash included).
+    """Validate a request and return the record to store (hash included).
 
+    ``body`` is a dict, an :class:`Assertion`, or a msgspec Struct whose
+    fields are assertion fields (the HTTP layer's decoded ``AssertionIn``):
+    a Struct's fields are read as they are, without a round trip through a
+    dict, and its class already rules out unknown and missing fields.  The
+    value checks run for every kind of body (a Struct built in Python is not
+    validated by msgspec, and msgspec's ``$`` lets a trailing newline through
+    a pattern), in the same order, so the errors are the same.
     ``recorded_at`` is left 0; the log sets it when it assigns the seq.
     Raises ``ValidationError`` (or a subclass) naming the field at fault.
     """
-    if isinstance(body, Assertion):
-        body = body.request_dict()
-    elif not isinstance(body, dict):
-        raise ValidationError("an assertion must be a JSON object (a dict) or an Assertion",
-                              field=None)
-    unknown = body.keys() - ASSERTION_FIELDS
-    if unknown:
-        name = sorted(unknown)[0]
+    if type(body) is not dict:
+        if isinstance(body, Assertion):
+            body = body.request_dict()
+        elif _struct_fields(type(body)) is not None:
+            return _prepare(*_struct_values(body), default_time_us, require_signatures, _signing)
+        elif not isinstance(body, dict):
+            raise ValidationError("an assertion must be a JSON object (a dict) or an Assertion",
+                                  field=None)
+    if not ASSERTION_FIELDS.issuperset(body):
+        name = sorted(body.keys() - ASSERTION_FIELDS)[0]
         raise ValidationError(
             f"unknown field {name!r}; an assertion has only {', '.join(sorted(ASSERTION_FIELDS))}",
             field=name)
-    for name in ("concept_path", "predicate", "value", "confidence"):
+    for name in _REQUIRED:
         if name not in body:
             raise ValidationError(f"{name} is required", field=name)
     g = body.get
-    concept_path = check_concept_path(body["concept_path"])
-    predicate = check_name(body["predicate"], "predicate", "predicate")
-    confidence = check_confidence(body["confidence"])
+    return _prepare(body["concept_path"], body["predicate"], body["value"], body["confidence"],
+                    g("source"), g("source_class"), g("lifecycle"), g("parent_hash"),
+                    g("derived_from"), g("epoch"), g("timestamp"), g("agent_id"),
+                    g("signature"), default_time_us, require_signatures, _signing)
+
+
+_REQUIRED = ("concept_path", "predicate", "value", "confidence")
+# The order _prepare takes the fields in.
+_FIELD_ORDER = ("concept_path", "predicate", "value", "confidence", "source", "source_class",
+                "lifecycle", "parent_hash", "derived_from", "epoch", "timestamp", "agent_id",
+                "signature")
+_STRUCT_FIELDS: dict = {}
+
+
+def _struct_fields(cls) -> tuple | None:
+    """``cls.__struct_fields__`` when ``cls`` is a msgspec Struct holding only
+    assertion fields and every required one, else None (cached per class)."""
     try:
-        value, fast = normalize(body["value"])
-        value_json = dumps_normalized(value, fast)
+        return _STRUCT_FIELDS[cls]
+    except KeyError:
+        pass
+    fields = getattr(cls, "__struct_fields__", None) if issubclass(cls, msgspec.Struct) else None
+    if fields is not None and not (ASSERTION_FIELDS.issuperset(fields)
+                                   and set(_REQUIRED).issubset(fields)):
+        fields = None
+    _STRUCT_FIELDS[cls] = fields
+    return fields
+
+
+def _struct_values(body) -> list:
+    """The struct's fields in ``_FIELD_ORDER``; UNSET and absent are None."""
+    out = []
+    for name in _FIELD_ORDER:
+        v = getattr(body, name, None)
+        if v is msgspec.UNSET:
+            if name in _REQUIRED:
+                raise ValidationError(f"{name} is required", field=name)
+            v = None
+        out.append(v)
+    return out
+
+
+def _prepare(concept_path, predicate, value, confidence, source, sc, lc, parent_hash, derived,
+             epoch, ts, agent_id, signature, default_time_us, require_signatures,
+             _signing) -> AssertionRecord:
+    """The checks and the record, from the fields (absent ones are None)."""
+    if _path_ok is None or not _path_ok(concept_path):
+        check_concept_path(concept_path)
+    check_name(predicate, "predicate", "predicate")
+    confidence = check_confidence(confidence)
+    try:
+        value_json = canonical_json(value)
     except NotJSON as exc:
         raise ValidationError(f"{exc.path} {exc}", field="value") from None
     if len(value_json) > MAX_VALUE_BYTES:
         raise ValidationError(
             f"value is {len(value_json)} bytes in canonical JSON; the limit is {MAX_VALUE_BYTES}",
             field="value")
-    source = g("source")
-    if source is not None:
+    if source is not None and (_source_ok is None or not _source_ok(source)):
         check_source(source)
-    sc = g("source_class")
     source_class = infer_source_class(source) if sc is None else _enum(sc, "source_class", SOURCE_CLASSES)
-    lc = g("lifecycle")
     lifecycle = "proposed" if lc is None else _enum(lc, "lifecycle", LIFECYCLES)
-    parent_hash = g("parent_hash")
     if parent_hash is not None:
         check_hash(parent_hash, "parent_hash")
-    derived = g("derived_from")
     if derived is not None:
         if type(derived) not in (list, tuple) or not 1 <= len(derived) <= MAX_DERIVED:
             raise ValidationError(
@@ -231,13 +296,10 @@ def prepare_assertion(body, *, default_time_us: int | None = None,
             raise ValidationError("derived_from lists the same hash twice; list each once",
                                   field="derived_from")
         derived = list(derived)
-    epoch = g("epoch")
     if epoch is not None:
         check_name(epoch, "epoch", "epoch name")
-    ts = g("timestamp")
     timestamp = (now_us() if default_time_us is None else default_time_us) if ts is None \
         else parse_time(ts, "timestamp")
-    agent_id, signature = g("agent_id"), g("signature")
     if agent_id is not None and (type(agent_id) is not str or not _HASH_RE.match(agent_id)):
         raise ValidationError("agent_id must be an Ed25519 public key: 64 lower-case hex characters",
                               field="agent_id")
@@ -252,8 +314,37 @@ def prepare_assertion(body, *, default_time_us: int | None = None,
             "this server requires signed writes: add agent_id and signature "
             "(Ed25519 over the assertion hash)", field="signature")
 
-    # The hashed object, written out in JCS key order by hand: every key is
-    # ASCII and fixed, so only the value needs the general canonicalizer.
+    hashed = None
+    if _hashed_compiled is not None:
+        hashed = _hashed_compiled(agent_id, concept_path, confidence, derived, epoch, lifecycle,
+                                  parent_hash, predicate, source, source_class, timestamp,
+                                  value_json)
+    if hashed is None:   # pure, or the twin declined: the reference writes it (or raises)
+        hashed = _hashed_bytes_py(agent_id, concept_path, confidence, derived, epoch, lifecycle,
+                                  parent_hash, predicate, source, source_class, timestamp,
+                                  value_json)
+    digest = blake3.blake3(hashed).digest()
+
+    if signature is not None:
+        verify_signature(agent_id, signature, digest, "signature")
+    return AssertionRecord(
+        hash=digest, recorded_at=0, concept_path=concept_path, predicate=predicate,
+        value_json=value_json, confidence=confidence, source=source,
+        source_class=SOURCE_CLASS_RANK[source_class], lifecycle=LIFECYCLE_RANK[lifecycle],
+        timestamp=timestamp,
+        parent_hash=bytes.fromhex(parent_hash) if parent_hash is not None else None,
+        derived_from=[bytes.fromhex(h) for h in derived] if derived is not None else None,
+        epoch=epoch,
+        agent_id=bytes.fromhex(agent_id) if agent_id is not None else None,
+        signature=bytes.fromhex(signature) if signature is not None else None)
+
+
+def _hashed_bytes_py(agent_id, concept_path, confidence, derived, epoch, lifecycle, parent_hash,
+                     predicate, source, source_class, timestamp, value_json) -> bytes:
+    """The hashed object of validated fields, written out in JCS key order by
+    hand: every key is ASCII and fixed, so only the value needs the general
+    canonicalizer (``value_json`` is its output).  The pure reference of
+    ``_canon.hashed_assertion``."""
     parts = []
     if agent_id is not None:
         parts.append(b'"agent_id":"' + agent_id.encode() + b'"')
@@ -275,20 +366,7 @@ def prepare_assertion(body, *, default_time_us: int | None = None,
     parts.append(b'"source_class":"' + source_class.encode() + b'"')
     parts.append(b'"timestamp":' + str(timestamp).encode())
     parts.append(b'"value":' + value_json)
-    digest = blake3.blake3(b"{" + b",".join(parts) + b"}").digest()
-
-    if signature is not None:
-        verify_signature(agent_id, signature, digest, "signature")
-    return AssertionRecord(
-        hash=digest, recorded_at=0, concept_path=concept_path, predicate=predicate,
-        value_json=value_json, confidence=confidence, source=source,
-        source_class=SOURCE_CLASS_RANK[source_class], lifecycle=LIFECYCLE_RANK[lifecycle],
-        timestamp=timestamp,
-        parent_hash=bytes.fromhex(parent_hash) if parent_hash is not None else None,
-        derived_from=[bytes.fromhex(h) for h in derived] if derived is not None else None,
-        epoch=epoch,
-        agent_id=bytes.fromhex(agent_id) if agent_id is not None else None,
-        signature=bytes.fromhex(signature) if signature is not None else None)
+    return b"{" + b",".join(parts) + b"}"
 
 
 def _number(x: float) -> bytes:

@@ -3,11 +3,18 @@
 ``STEMEDB_PURE_PYTHON=1`` forces the pure path; ``STEMEDB_REQUIRE_FAST=1``
 makes a missing compiled build fatal (CI runs the suite both ways).  Both
 paths give the same answers (tests/unit/test_fast_parity.py).
+
+The hash path's twin, ``_canon`` (RFC 8785 canonical form, the hashed object,
+the concept path and source checks), is chosen the same way, by
+``stemedb.canonical`` itself: ``model`` needs it and ``codec`` imports
+``model``, so choosing it here would close an import cycle.
+``CANON_COMPILED`` says which one runs (tests/unit/test_canon.py).
 """
 from __future__ import annotations
 
 import os
 
+from .. import canonical as _canonical
 from . import codec
 
 
@@ -34,6 +41,7 @@ if not _pure:
         _fast = None
 
 COMPILED = _fast is not None
+CANON_COMPILED = _canonical.COMPILED
 scan_frames = _fast.scan_frames if COMPILED else codec.scan_frames
 extract_segment = _fast.extract_segment if COMPILED else codec.extract_segment
 decode_assert = _fast.decode_assert if COMPILED else codec.decode_assert

@@ -1,0 +1,480 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled twin of the assertion hash path: RFC 8785 (JCS) canonical JSON.
+
+``value_json(v)`` is ``stemedb.canonical.canonical_json(v)`` for every value
+that function accepts, and ``None`` for every value it refuses (or that this
+module does not handle itself): the caller then runs the pure function, which
+raises the error naming the path.  So errors have one source, the pure
+reference, and the compiled code only ever says "here are the bytes" or "ask
+the reference".  ``hashed_assertion(...)`` writes the hashed object of an
+assertion (``stemedb.model._hashed_bytes_py`` is its pure twin).
+
+Numbers follow ECMAScript's Number.prototype.toString, as RFC 8785 3.2.2.3
+asks: the shortest round-trip digits (CPython's repr, David Gay's dtoa, gives
+the same digits as ECMAScript: the fewest that round-trip, the closest to the
+value among them) laid out as ECMA-262 7.1.12.1 says.  Object keys are sorted
+by UTF-16 code units: for keys with no character above U+FFFF that is code
+point order, so only dicts holding such a key pay for a UTF-16 sort key.
+
+Tested against the ``rfc8785`` package (the oracle) and the pure twin in
+tests/unit/test_canon.py.
+"""
+from libc.math cimport fabs, isfinite
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size)
+    void PyErr_Clear()
+    char* PyOS_double_to_string(double val, char format_code, int precision,
+                                int flags, int* ptype) except NULL
+    void PyMem_Free(void* p)
+    int PyUnicode_KIND(object s)
+    enum: PyUnicode_4BYTE_KIND
+    long long PyLong_AsLongLongAndOverflow(object v, int* overflow) except? -1
+    double PyFloat_AS_DOUBLE(object v)
+
+DEF MAX_DEPTH = 64
+DEF MAX_SAFE = 9007199254740991          # 2**53 - 1
+
+cdef struct Buf:
+    char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int grow(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t cap = b.cap * 2
+    cdef char* q
+    if cap < b.n + extra:
+        cap = b.n + extra + 64
+    q = <char*>realloc(b.p, cap)
+    if q == NULL:
+        raise MemoryError()
+    b.p = q
+    b.cap = cap
+    return 0
+
+
+cdef inline int put(Buf* b, const char* s, Py_ssize_t n) except -1:
+    if b.n + n > b.cap:
+        grow(b, n)
+    memcpy(b.p + b.n, s, n)
+    b.n += n
+    return 0
+
+
+cdef inline int putc(Buf* b, char c) except -1:
+    if b.n + 1 > b.cap:
+        grow(b, 1)
+    b.p[b.n] = c
+    b.n += 1
+    return 0
+
+
+cdef int put_ll(Buf* b, long long x) except -1:
+    """Decimal digits of ``x`` (what ``str(int)`` writes)."""
+    cdef char tmp[24]
+    cdef int i = 24
+    cdef unsigned long long u
+    cdef bint neg = x < 0
+    if neg:
+        u = <unsigned long long>(-(x + 1)) + 1
+    else:
+        u = <unsigned long long>x
+    while True:
+        i -= 1
+        tmp[i] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if neg:
+        i -= 1
+        tmp[i] = b'-'
+    return put(b, tmp + i, 24 - i)
+
+
+cdef const char* HEX = b"0123456789abcdef"
+
+
+cdef int put_str(Buf* b, s) except -1:
+    """A JSON string per RFC 8785 3.2.2.2: '"' and '\\' escaped, control
+    characters as \\b \\t \\n \\f \\r or \\u00xx, everything else as UTF-8.
+    Returns 1 when ``s`` is not valid UTF-8 text (a lone surrogate)."""
+    cdef Py_ssize_t n, i, start = 0
+    cdef const char* u = PyUnicode_AsUTF8AndSize(s, &n)
+    cdef unsigned char c
+    cdef char esc[6]
+    if u == NULL:
+        PyErr_Clear()
+        return 1
+    putc(b, b'"')
+    for i in range(n):
+        c = <unsigned char>u[i]
+        if c >= 0x20 and c != 0x22 and c != 0x5c:
+            continue
+        if i > start:
+            put(b, u + start, i - start)
+        start = i + 1
+        esc[0] = b'\\'
+        if c == 0x22:
+            put(b, b'\\"', 2)
+        elif c == 0x5c:
+            put(b, b'\\\\', 2)
+        elif c == 0x08:
+            put(b, b'\\b', 2)
+        elif c == 0x09:
+            put(b, b'\\t', 2)
+        elif c == 0x0a:
+            put(b, b'\\n', 2)
+        elif c == 0x0c:
+            put(b, b'\\f', 2)
+        elif c == 0x0d:
+            put(b, b'\\r', 2)
+        else:
+            esc[1] = b'u'
+            esc[2] = b'0'
+            esc[3] = b'0'
+            esc[4] = HEX[c >> 4]
+            esc[5] = HEX[c & 15]
+            put(b, esc, 6)
+    if n > start:
+        put(b, u + start, n - start)
+    putc(b, b'"')
+    return 0
+
+
+cdef int put_raw_str(Buf* b, s) except -1:
+    """``"`` + the UTF-8 of ``s`` + ``"``, unescaped: for fields validated to
+    a safe ASCII alphabet (names, hex), as the pure twin writes them."""
+    cdef Py_ssize_t n
+    cdef const char* u = PyUnicode_AsUTF8AndSize(s, &n)
+    if u == NULL:
+        PyErr_Clear()
+        return 1
+    putc(b, b'"')
+    put(b, u, n)
+    putc(b, b'"')
+    return 0
+
+
+cdef int put_double(Buf* b, double d) except -1:
+    """``d`` (finite) as ECMAScript's Number.prototype.toString writes it."""
+    cdef char* r
+    cdef char digits[32]
+    cdef int k = 0, n = 0, e = 0, i, intlen = -1, lead = 0, j
+    cdef bint eneg = False
+    cdef char c
+    if d == 0.0:
+        return putc(b, b'0')
+    if d < 0:
+        putc(b, b'-')
+        d = -d
+    if d <= <double>MAX_SAFE and d == <double>(<long long>d):
+        return put_ll(b, <long long>d)
+    # repr: shortest round-trip digits, as "ddd.ddd" or "d.ddde[+-]xx"
+    r = PyOS_double_to_string(d, b'r', 0, 0, NULL)
+    i = 0
+    while r[i] != 0 and r[i] != b'e':
+        c = r[i]
+        if c == b'.':
+            intlen = k
+        elif k < 32:
+            digits[k] = c
+            k += 1
+        i += 1
+    if intlen < 0:
+        intlen = k
+    if r[i] == b'e':
+        i += 1
+        if r[i] == b'-':
+            eneg = True
+            i += 1
+        elif r[i] == b'+':
+            i += 1
+        while r[i] != 0:
+            e = e * 10 + (r[i] - 48)
+            i += 1
+        if eneg:
+            e = -e
+    PyMem_Free(r)
+    # value = 0.DIGITS x 10^n with n = intlen + e; drop leading and trailing zeros
+    n = intlen + e
+    while lead < k and digits[lead] == b'0':
+        lead += 1
+        n -= 1
+    while k > lead and digits[k - 1] == b'0':
+        k -= 1
+    k -= lead
+    # ECMA-262 7.1.12.1 with digits s (k of them) and exponent n
+    if k <= n <= 21:
+        put(b, digits + lead, k)
+        for j in range(n - k):
+            putc(b, b'0')
+    elif 0 < n <= 21:
+        put(b, digits + lead, n)
+        putc(b, b'.')
+        put(b, digits + lead + n, k - n)
+    elif -6 < n <= 0:
+        put(b, b"0.", 2)
+        for j in range(-n):
+            putc(b, b'0')
+        put(b, digits + lead, k)
+    else:
+        putc(b, digits[lead])
+        if k > 1:
+            putc(b, b'.')
+            put(b, digits + lead + 1, k - 1)
+        if n - 1 >= 0:
+            put(b, b"e+", 2)
+            put_ll(b, n - 1)
+        else:
+            put(b, b"e-", 2)
+            put_ll(b, 1 - n)
+    return 0
+
+
+def _utf16_key(k):
+    return (<str>k).encode("utf-16-be", "surrogatepass")
+
+
+cdef int put_value(Buf* b, v, int depth) except -1:
+    """0 when written, 1 when the pure reference must decide (it refuses the
+    value, or this code does not handle it)."""
+    cdef object t = type(v)
+    cdef int overflow = 0
+    cdef long long x
+    cdef double d
+    cdef Py_ssize_t i, m
+    cdef bint wide = False
+    if depth > MAX_DEPTH:
+        return 1
+    if v is None:
+        return put(b, b"null", 4)
+    if t is str:
+        return put_str(b, v)
+    if t is int:
+        x = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if overflow or x > MAX_SAFE or x < -MAX_SAFE:
+            return 1
+        return put_ll(b, x)
+    if t is float:
+        d = PyFloat_AS_DOUBLE(v)
+        if not isfinite(d):
+            return 1
+        return put_double(b, d)
+    if t is bool:
+        if v:
+            return put(b, b"true", 4)
+        return put(b, b"false", 5)
+    if t is list or t is tuple:
+        putc(b, b'[')
+        i = 0
+        for item in v:
+            if i:
+                putc(b, b',')
+            i += 1
+            if put_value(b, item, depth + 1):
+                return 1
+        return putc(b, b']')
+    if t is dict:
+        keys = list(<dict>v)
+        for k in keys:
+            if type(k) is not str:
+                return 1
+            if PyUnicode_KIND(k) == PyUnicode_4BYTE_KIND:
+                wide = True
+        if wide:
+            keys.sort(key=_utf16_key)
+        else:
+            keys.sort()
+        putc(b, b'{')
+        m = len(keys)
+        for i in range(m):
+            k = keys[i]
+            if i:
+                putc(b, b',')
+            if put_str(b, k):
+                return 1
+            putc(b, b':')
+            if put_value(b, (<dict>v)[k], depth + 1):
+                return 1
+        return putc(b, b'}')
+    return 1
+
+
+def value_json(v):
+    """RFC 8785 canonical JSON of ``v`` as ``canonical.canonical_json`` gives
+    it, or None when the pure reference must decide (it raises NotJSON)."""
+    cdef Buf b
+    b.p = <char*>malloc(256)
+    if b.p == NULL:
+        raise MemoryError()
+    b.n = 0
+    b.cap = 256
+    try:
+        if put_value(&b, v, 0):
+            return None
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        free(b.p)
+
+
+def number_json(double x):
+    """A finite float as JCS writes it (integral values as integers)."""
+    cdef Buf b
+    cdef char tmp[40]
+    if not isfinite(x):
+        return None
+    b.p = tmp
+    b.n = 0
+    b.cap = 40
+    put_double(&b, x)
+    return PyBytes_FromStringAndSize(b.p, b.n)
+
+
+def hashed_assertion(agent_id, str concept_path, double confidence, derived, epoch,
+                     str lifecycle, parent_hash, str predicate, source, str source_class,
+                     timestamp, bytes value_json):
+    """The hashed object of an assertion, in JCS key order, from validated
+    fields (``value_json`` already canonical); None when the pure twin must
+    decide (text that is not valid UTF-8, a timestamp beyond 64 bits)."""
+    cdef Buf b
+    cdef int overflow = 0
+    cdef long long ts
+    cdef Py_ssize_t i, m
+    if type(timestamp) is not int:
+        return None
+    ts = PyLong_AsLongLongAndOverflow(timestamp, &overflow)
+    if overflow or not isfinite(confidence):
+        return None
+    b.p = <char*>malloc(512 + len(value_json))
+    if b.p == NULL:
+        raise MemoryError()
+    b.n = 0
+    b.cap = 512 + len(value_json)
+    try:
+        putc(&b, b'{')
+        if agent_id is not None:
+            put(&b, b'"agent_id":', 11)
+            if put_raw_str(&b, agent_id):
+                return None
+            putc(&b, b',')
+        put(&b, b'"concept_path":', 15)
+        if put_str(&b, concept_path):
+            return None
+        put(&b, b',"confidence":', 14)
+        put_double(&b, confidence)
+        if derived is not None:
+            put(&b, b',"derived_from":[', 17)
+            m = len(derived)
+            for i in range(m):
+                if i:
+                    putc(&b, b',')
+                if put_str(&b, derived[i]):
+                    return None
+            putc(&b, b']')
+        if epoch is not None:
+            put(&b, b',"epoch":', 9)
+            if put_raw_str(&b, epoch):
+                return None
+        put(&b, b',"lifecycle":', 13)
+        if put_raw_str(&b, lifecycle):
+            return None
+        if parent_hash is not None:
+            put(&b, b',"parent_hash":', 15)
+            if put_raw_str(&b, parent_hash):
+                return None
+        put(&b, b',"predicate":', 13)
+        if put_raw_str(&b, predicate):
+            return None
+        if source is not None:
+            put(&b, b',"source":', 10)
+            if put_str(&b, source):
+                return None
+        put(&b, b',"source_class":', 16)
+        if put_raw_str(&b, source_class):
+            return None
+        put(&b, b',"timestamp":', 13)
+        put_ll(&b, ts)
+        put(&b, b',"value":', 9)
+        put(&b, value_json, len(value_json))
+        putc(&b, b'}')
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        free(b.p)
+
+
+# ------------------------------------------------------------- field checks
+# True only when the pure check (stemedb.model.check_concept_path,
+# check_source) passes; False sends the caller to the pure check, which
+# raises the error naming the field.
+
+cdef extern from "Python.h":
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
+    void* PyUnicode_DATA(object s)
+    Py_UCS4 PyUnicode_READ(int kind, void* data, Py_ssize_t i)
+    bint Py_UNICODE_ISSPACE(Py_UCS4 ch)
+
+
+cdef inline bint is_control(Py_UCS4 c):
+    return c < 0x20 or (0x7f <= c <= 0x9f)
+
+
+def path_ok(path):
+    """Whether ``check_concept_path(path)`` accepts ``path``."""
+    cdef Py_ssize_t n, length, i, start = 0
+    cdef int kind
+    cdef void* data
+    cdef Py_UCS4 c
+    if type(path) is not str:
+        return False
+    if PyUnicode_AsUTF8AndSize(path, &n) == NULL:     # a lone surrogate
+        PyErr_Clear()
+        return False
+    if n < 1 or n > 512:
+        return False
+    kind = PyUnicode_KIND(path)
+    data = PyUnicode_DATA(path)
+    length = PyUnicode_GET_LENGTH(path)
+    for i in range(length + 1):
+        c = PyUnicode_READ(kind, data, i) if i < length else 0x2f
+        if c != 0x2f:
+            if is_control(c):
+                return False
+            continue
+        # the segment [start, i)
+        if i == start:
+            return False
+        if PyUnicode_READ(kind, data, start) == 0x2e and (
+                i - start == 1 or (i - start == 2 and PyUnicode_READ(kind, data, start + 1) == 0x2e)):
+            return False
+        if Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, start)) or \
+                Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i - 1)):
+            return False
+        start = i + 1
+    return True
+
+
+def source_ok(source):
+    """Whether ``check_source(source)`` accepts ``source`` and its text is
+    valid UTF-8 (what the hashed object needs)."""
+    cdef Py_ssize_t n, i
+    cdef const unsigned char* u
+    cdef unsigned char c
+    if type(source) is not str:
+        return False
+    u = <const unsigned char*>PyUnicode_AsUTF8AndSize(source, &n)
+    if u == NULL:
+        PyErr_Clear()
+        return False
+    if n < 1 or n > 1024:
+        return False
+    for i in range(n):
+        c = u[i]
+        if c < 0x20 or c == 0x7f:
+            return False
+        if c == 0xc2 and i + 1 < n and 0x80 <= u[i + 1] <= 0x9f:   # U+0080..U+009F
+            return False
+    return True
