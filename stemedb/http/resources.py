@@ -158,7 +158,8 @@ class AssertResource(_Base):
 
     def on_post(self, req, resp):
         item = self.body(req, S.AssertionIn)
-        r = self.store.put(msgspec.to_builtins(item),
+        # The decoded Struct goes to the record builder as it is (no dict round trip).
+        r = self.store.put(item,
                            require_signatures=self.state.settings.require_signatures)
         if r.created:
             self.state.recent.add([(r, item)])
@@ -172,7 +173,7 @@ class BatchResource(_Base):
 
     def on_post(self, req, resp):
         batch = self.body(req, S.BatchIn, self.state.settings.max_batch_body_bytes)
-        results = self.store.put_batch(msgspec.to_builtins(batch.assertions),
+        results = self.store.put_batch(batch.assertions,
                                        require_signatures=self.state.settings.require_signatures)
         tail = RecentWrites.SIZE
         self.state.recent.add([(r, a) for r, a in zip(results[-tail:], batch.assertions[-tail:])
