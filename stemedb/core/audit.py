@@ -365,3 +365,18 @@ class AuditLog:
                 self._note_drop(0, e)
             finally:
                 f.close()
+
+
+def public_entry(e: dict) -> dict:
+    """An entry as the API shows it (without the internal microsecond time)."""
+    return {k: v for k, v in e.items() if k != "at_us"}
+
+
+def audit_enabled(audit, max_bytes) -> bool:
+    """``audit`` (a bool, or the setting's ``"on"``/``"off"``) as a bool,
+    checked with ``max_bytes`` as the server checks STEMEDB_AUDIT*."""
+    from ..config import Settings
+    if type(audit) is bool:
+        audit = "on" if audit else "off"
+    Settings(audit=audit, audit_max_bytes=max_bytes)   # ConfigError naming the field
+    return audit == "on"

@@ -16,7 +16,6 @@ decode records outside it.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -25,15 +24,12 @@ from typing import Callable
 
 import orjson
 
-from .. import __version__
-from ..errors import StoreLocked
 from ..model import Assertion, check_hash
-from ..timeutil import format_time, now_us
-from . import fast, recovery, snapshot
+from ..timeutil import now_us
+from . import datadir, fast, recovery, snapshot
 from .audit import MAX_BYTES as AUDIT_MAX_BYTES
-from .audit import AuditLog, trail_bytes
+from .audit import AuditLog, audit_enabled, public_entry, trail_bytes
 from .fileio import FileSystem
-from .format import FORMAT_MAJOR, FORMAT_MINOR
 from .reader import Reader
 from .wal import WAL, Request
 from .writer import PutResult, RetractResult, Writer
@@ -61,7 +57,7 @@ class Store:
         from ..config import Settings  # validates the values the same way as the server
         Settings(durability=durability, segment_size=segment_size, batch_delay_ms=batch_delay_ms,
                  snapshot_interval=snapshot_interval, lock_timeout=lock_timeout)
-        audit = _audit_on(audit, audit_max_bytes)
+        audit = audit_enabled(audit, audit_max_bytes)
         self.path = os.path.abspath(path)
         self.fs = fs or FileSystem()
         self.clock = clock
@@ -70,9 +66,9 @@ class Store:
         self._snap_lock = threading.Lock()
         self._started = time.monotonic()
         self.fs.makedirs(self.path)
-        self._lock_fd = _acquire_lock(os.path.join(self.path, "LOCK"), lock_timeout)
+        self._lock_fd = datadir.acquire_lock(os.path.join(self.path, "LOCK"), lock_timeout)
         try:
-            _note_segment_size(self.path, segment_size)
+            datadir.note_segment_size(self.path, segment_size)
             self.wal = WAL(os.path.join(self.path, "wal"), fs=self.fs, segment_size=segment_size,
                            durability=durability, batch_delay=batch_delay_ms / 1000.0,
                            on_durable=self._on_durable)
@@ -211,14 +207,14 @@ class Store:
         to_us = parse_filter_time(to, "to") if to is not None else None
         if self.audit is None:
             return []
-        return [_public_audit(e) for e in self.audit.read(
+        return [public_entry(e) for e in self.audit.read(
             limit=limit, agent=agent, from_us=from_us, to_us=to_us)]
 
     def audit_query(self, id: str) -> dict | None:
         if self.audit is None:
             return None
         e = self.audit.get(id)
-        return _public_audit(e) if e else None
+        return public_entry(e) if e else None
 
     def audit_stats(self) -> dict:
         """``{"bytes", "dropped"}``: the audit trail's size on disk (files an
@@ -264,23 +260,16 @@ class Store:
         self.wal.observer = fn
 
     def metadata(self) -> dict:
-        return {
-            "version": __version__,
-            "format_version": f"{FORMAT_MAJOR}.{FORMAT_MINOR}",
-            "assertion_count": self.count,
-            "last_seq": self.last_seq,
-            "wal_segment_count": len(self.wal.segment_files()),
-            "log_id": self.wal.log_id.hex(),
-            "segment_size": self.wal.segment_size,
-            "updated_at": format_time(self.clock()),
-        }
+        """What ``metadata.json`` would say now."""
+        with self.reader.lock:
+            return datadir.metadata(self.state, self.wal, self.clock())
 
     def snapshot(self) -> None:
         """Write the index snapshot and metadata.json (atomically, fsynced)."""
         with self._snap_lock:
             with self.reader.lock:
                 data = snapshot.encode(self.state, self._position())
-                meta = self.metadata()
+                meta = datadir.metadata(self.state, self.wal, self.clock())
             # durability=none: the records the snapshot counts reach the disk first
             self.wal.flush()
             snapshot.write(self.fs, os.path.join(self.path, "db"), data)
@@ -315,62 +304,6 @@ class Store:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _public_audit(e: dict) -> dict:
-    return {k: v for k, v in e.items() if k != "at_us"}
-
-
-def _audit_on(audit, max_bytes) -> bool:
-    """``audit`` (a bool, or the setting's ``"on"``/``"off"``) as a bool,
-    checked with ``max_bytes`` as the server checks STEMEDB_AUDIT*."""
-    from ..config import Settings
-    if type(audit) is bool:
-        audit = "on" if audit else "off"
-    Settings(audit=audit, audit_max_bytes=max_bytes)   # ConfigError naming the field
-    return audit == "on"
-
-
-def _acquire_lock(path: str, timeout: float) -> int:
-    """flock LOCK for the store's life; a second opener learns the holder's PID."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    deadline = time.monotonic() + max(0.0, timeout)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                try:
-                    pid = int(os.pread(fd, 32, 0).decode().strip() or 0)
-                except ValueError:
-                    pid = 0
-                os.close(fd)
-                raise StoreLocked(f"Store is locked by PID {pid}: {path} is held by another "
-                                  f"process; stop it or open another data directory",
-                                  pid=pid) from None
-            time.sleep(0.05)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _note_segment_size(path: str, segment_size: int) -> None:
-    """Warn when ``segment_size`` differs from the one in ``metadata.json``.
-
-    A change is allowed, not refused: a segment's length is not part of the
-    byte format (every segment is read whole, whatever its size), so the new
-    size only decides when the active segment and later ones are sealed.
-    """
-    try:
-        with open(os.path.join(path, "metadata.json"), "rb") as f:
-            recorded = orjson.loads(f.read()).get("segment_size")
-    except (OSError, ValueError, AttributeError):
-        return  # a new store, or a damaged metadata.json: recovery and verify judge that
-    if isinstance(recorded, int) and recorded != segment_size:
-        log.warning(f"STEMEDB_SEGMENT_SIZE is {segment_size} bytes but this store last ran "
-                    f"with {recorded} (metadata.json): sealed segments keep their size; the "
-                    f"active segment and new ones are sealed at {segment_size} bytes")
 
 
 # The Settings fields that are Store options: open_store(settings=...) passes

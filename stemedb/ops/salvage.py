@@ -11,6 +11,8 @@ first bad one and sets the rest aside:
   deleted);
 - the index snapshot and ``metadata.json`` move there too, since they count
   records that are gone; the next start rebuilds the indexes from the log;
+- the store starts a new archive timeline (``timeline.json``), as after a
+  restore, so WAL archival never adds the cut log to the old history;
 - it says exactly how many records, and which seqs, were cut (records found
   in the cut bytes by their checksums; bytes too damaged to hold a valid
   record are counted as bytes).
@@ -32,6 +34,7 @@ from ..core.scan import durable_floor, scan_segment, valid_frames
 from ..core.segment import read_header
 from ..core.verify import CannotRun, _check_lock, snapshot_position
 from ..errors import CorruptionError
+from . import archivestate
 from .files import fsync_dir, utc_stamp
 
 
@@ -166,6 +169,11 @@ def apply(data_dir: str, p: Plan, out=sys.stdout) -> None:
             print(f"salvage: {os.path.basename(later)} moved to {q}", file=out)
         fsync_dir(os.path.join(data_dir, "wal"))
         fsync_dir(qdir)
+    if p.segment is not None:
+        # the history changed: archival must not add this log to the old one
+        tl = archivestate.new_timeline(data_dir, reason="salvage")
+        print(f"salvage: new timeline {tl['timeline']} (parent {tl['parent'] or 'original'}): "
+              f"WAL archival continues under a prefix of its own", file=out)
     for f in p.stale:
         q = os.path.join(qdir, f"{os.path.basename(f)}.salvaged-{stamp}")
         os.rename(f, q)

@@ -75,6 +75,7 @@ def test_deleting_db_indexes_rebuilds_with_the_documented_log_lines(data, caplog
     s.close()
     shutil.rmtree(os.path.join(data, "db", "indexes"))
     caplog.set_level(logging.INFO, logger="stemedb")
+    caplog.clear()      # only this open's lines (an earlier test may have left INFO on)
     s = op(data)
     msgs = messages(caplog)
     assert msgs[0] == "Starting WAL recovery..."

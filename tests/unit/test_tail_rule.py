@@ -212,6 +212,8 @@ def test_salvage_cuts_at_the_first_bad_record_and_the_store_starts(tmp_path, cap
     assert any(n.startswith("segment-00001.log.") and ".salvaged-" in n for n in q), q
     assert any(n.startswith("metadata.json.salvaged-") for n in q), "nothing is deleted"
     assert any(n.startswith("snapshot.idx.salvaged-") for n in q), q
+    from stemedb.ops import archivestate
+    assert archivestate.timeline(str(data)), "a salvage starts a new archive timeline"
     with open_store(data, audit=False) as s:
         assert s.count == 12
         assert all(s.get(h) is not None for h in hashes[:12])
