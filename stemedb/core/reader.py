@@ -7,7 +7,7 @@ for "now" and ``audit`` for the query trail.  Nothing here writes.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import ChecksumMismatch
 from ..model import Assertion, AssertionRecord
@@ -64,7 +64,7 @@ class Reader:
             o = self.state.ordinal(h)
             return None if o is None else self.assertion(o)
 
-    def in_seq_order(self):
+    def in_seq_order(self) -> Iterator[Assertion]:
         """Every assertion stored when called, oldest first (ordinals follow
         seq order; records are decoded outside the lock, as queries do)."""
         with self.lock:

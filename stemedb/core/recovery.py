@@ -19,6 +19,7 @@ import msgspec
 import orjson
 
 from ..errors import CorruptionError
+from ..progress import Progress
 from . import fast, snapshot
 from .format import FRAME, FRAME_SIZE, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
 from .scan import Floor, SegmentScan, durable_floor, scan_segment
@@ -91,6 +92,8 @@ def _walk(wal, state: State, pos: dict | None, floor: Floor):
     Returns ``(records applied, (last segment, its bytes, its verdict))``.
     """
     segs = wal.segments
+    progress = Progress(total_bytes=sum(os.path.getsize(s.path) for s in segs),
+                        what="rebuild" if pos is None else "recovery")
     cover_seg = pos["segment"] if pos is not None else 0
     cover_off = pos["offset"] if pos is not None else 0
     anchor = (pos.get("last_record") if pos is not None else None) or [0, 0, 0, 0]
@@ -124,7 +127,9 @@ def _walk(wal, state: State, pos: dict | None, floor: Floor):
         if v.offsets:
             last_frame = v.last_record(buf)
         prev = v.last_seq
+        progress.update(records=len(v.offsets), bytes=v.size)
         if last:
+            progress.done()
             wal.last_frame = last_frame
             seg.size = v.end
             return applied, (seg, buf, v)
