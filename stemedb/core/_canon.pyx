@@ -478,3 +478,39 @@ def source_ok(source):
         if c == 0xc2 and i + 1 < n and 0x80 <= u[i + 1] <= 0x9f:   # U+0080..U+009F
             return False
     return True
+
+
+def unset_to_none(tuple values, unset, int required):
+    """``values`` as a list with ``unset`` replaced by None, or the index of
+    the first of the leading ``required`` values that is ``unset`` (the
+    twin of the loop in ``stemedb.model._struct_values``)."""
+    cdef Py_ssize_t i, m = len(values)
+    cdef list out = list(values)
+    for i in range(m):
+        if out[i] is unset:
+            if i < required:
+                return i
+            out[i] = None
+    return out
+
+
+def name_ok(s):
+    """Whether ``check_name(s, ...)`` accepts ``s``: 1-128 characters of
+    ``[A-Za-z0-9_.:-]``."""
+    cdef Py_ssize_t n, i
+    cdef const unsigned char* u
+    cdef unsigned char c
+    if type(s) is not str:
+        return False
+    u = <const unsigned char*>PyUnicode_AsUTF8AndSize(s, &n)
+    if u == NULL:
+        PyErr_Clear()
+        return False
+    if n < 1 or n > 128:      # bytes: every allowed character is one byte
+        return False
+    for i in range(n):
+        c = u[i]
+        if not ((0x61 <= c <= 0x7a) or (0x41 <= c <= 0x5a) or (0x30 <= c <= 0x39)
+                or c == 0x5f or c == 0x2e or c == 0x3a or c == 0x2d):
+            return False
+    return True

@@ -198,9 +198,51 @@ def test_source_twin_accepts_exactly_what_the_check_and_utf8_accept(s):
 
 
 @needs_twin
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from(list("aZ09_.:-/ \n\x00é") + ["\U0001F600", "\ud800"]),
+               max_size=10) | st.text(max_size=10))
+@example("a" * 128)
+@example("a" * 129)
+@example("p\n")
+@example("")
+def test_name_twin_accepts_exactly_what_the_check_accepts(s):
+    assert C.name_ok(s) == _passes(lambda v: model.check_name(v, "predicate"), s), repr(s)
+
+
+@needs_twin
 def test_check_twins_refuse_non_strings():
     for v in (None, 5, b"a/b", ["a"]):
-        assert C.path_ok(v) is False and C.source_ok(v) is False
+        assert C.path_ok(v) is False and C.source_ok(v) is False and C.name_ok(v) is False
+
+
+def _source_class_by_pattern(source):
+    """infer_source_class as the pattern defines it (the reference)."""
+    if source:
+        m = model._SCHEME_RE.match(source)
+        if m:
+            return model.SCHEME_CLASS.get(m.group(1).lower(), "anecdotal")
+    return "anecdotal"
+
+
+SCHEMES = sorted(model.SCHEME_CLASS) + ["FDA", "PubMed", "x-y", "1fda", "fda+x", "\u212aa", "http"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.builds(lambda pre, sep, rest: pre + sep + rest,
+                 st.sampled_from(SCHEMES) | st.text(max_size=6),
+                 st.sampled_from([":", "://", "", "/"]), st.text(max_size=6)))
+@example("\u212aoo:x")     # KELVIN SIGN lowers to ASCII k
+@example(":fda")
+@example("fda")
+def test_source_class_lookup_equals_the_pattern(source):
+    assert model.infer_source_class(source) == _source_class_by_pattern(source)
+
+
+@needs_twin
+def test_unset_to_none():
+    u = msgspec.UNSET
+    assert C.unset_to_none(("a", 1, u, None, u), u, 2) == ["a", 1, None, None, None]
+    assert C.unset_to_none(("a", u, u), u, 2) == 1
 
 
 # ------------------------------------------------------------ the hashed object
@@ -237,32 +279,35 @@ def test_hashed_assertion_declines_text_that_is_not_utf8():
     assert C.hashed_assertion(*args) is None
 
 
+TWINS = ("_path_ok", "_source_ok", "_name_ok", "_hashed_compiled", "_unset_to_none",
+         "canonical_json")
+
+
 @contextlib.contextmanager
-def pure_model():
-    """prepare_assertion with every compiled twin switched off."""
-    saved = (model._path_ok, model._source_ok, model._hashed_compiled, model.canonical_json)
-    model._path_ok = model._source_ok = model._hashed_compiled = None
-    model.canonical_json = canonical_json_py
+def _model_with(**twins):
+    saved = {name: getattr(model, name) for name in TWINS}
+    for name, fn in twins.items():
+        setattr(model, name, fn)
     try:
         yield
     finally:
-        model._path_ok, model._source_ok, model._hashed_compiled, model.canonical_json = saved
+        for name, fn in saved.items():
+            setattr(model, name, fn)
 
 
-@contextlib.contextmanager
+def pure_model():
+    """prepare_assertion with every compiled twin switched off."""
+    return _model_with(_path_ok=None, _source_ok=None, _name_ok=None, _hashed_compiled=None,
+                       _unset_to_none=None, canonical_json=canonical_json_py)
+
+
 def compiled_model():
-    saved = (model._path_ok, model._source_ok, model._hashed_compiled, model.canonical_json)
-    model._path_ok, model._source_ok = C.path_ok, C.source_ok
-    model._hashed_compiled = C.hashed_assertion
-
     def canonical_json(v):
         out = C.value_json(v)
         return canonical_json_py(v) if out is None else out
-    model.canonical_json = canonical_json
-    try:
-        yield
-    finally:
-        model._path_ok, model._source_ok, model._hashed_compiled, model.canonical_json = saved
+    return _model_with(_path_ok=C.path_ok, _source_ok=C.source_ok, _name_ok=C.name_ok,
+                       _hashed_compiled=C.hashed_assertion, _unset_to_none=C.unset_to_none,
+                       canonical_json=canonical_json)
 
 
 KEY = SigningKey(bytes(range(32)))
