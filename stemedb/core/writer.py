@@ -67,6 +67,9 @@ class Writer:
         self._stamp_us = reader.state.last_recorded_at   # recorded_at never goes back
         self._pending: dict[bytes, tuple[int, Request]] = {}
         self._vote_pending: dict[tuple, tuple[int, Request]] = {}   # see write_vote
+        # Cluster mode (stemedb/cluster): see submit() and apply_replicated().
+        self.replicate: Callable[[str, tuple], object] | None = None
+        self._replay_at: int | None = None
 
     def close(self) -> None:
         """Refuse every later write; one in its critical section finishes first."""
@@ -84,7 +87,8 @@ class Writer:
         """Next seq and a recorded_at that never goes backwards (call under _wmu)."""
         seq = self._next_seq
         self._next_seq += 1
-        rec = max(self.clock(), self._stamp_us)
+        now = self.clock() if self._replay_at is None else self._replay_at
+        rec = max(now, self._stamp_us)
         self._stamp_us = rec
         return seq, rec
 
@@ -105,7 +109,7 @@ class Writer:
         """Store one assertion; returns after it is durable.  O(1) amortized."""
         rec = prepare_assertion(assertion, default_time_us=self.clock(),
                                 require_signatures=require_signatures)
-        return self.put_records([rec], batch=False)[0]
+        return self.submit("assert", [rec], False)[0]
 
     def put_batch(self, assertions: list[dict], *, require_signatures: bool = False) -> list[PutResult]:
         """Store assertions atomically: after any crash all or none are present.
@@ -123,7 +127,48 @@ class Writer:
                                               require_signatures=require_signatures))
             except ValidationError as exc:
                 raise exc.prefixed(f"assertions[{i}]") from None
-        return self.put_records(recs, batch=True)
+        return self.submit("assert", recs, True)
+
+    # ------------------------------------------------------------ cluster mode
+    def submit(self, kind: str, *args):
+        """Hand a validated write to its state-dependent part: here, or, in
+        cluster mode, through ``replicate(kind, args)`` (stemedb/cluster),
+        which publishes it to the stream and returns what this node's
+        :meth:`apply_replicated` of it returned (or raises what it raised).
+        Validation that needs no state is done before this, once, on the
+        node that took the write; everything that reads the state happens in
+        the ``write_*`` step, at apply time, the same on every node."""
+        if self.replicate is not None:
+            return self.replicate(kind, args)
+        return self._write_step(kind)(*args)
+
+    def _write_step(self, kind: str):
+        return {"assert": self.put_records, "retract": self.write_retract,
+                "vote": self.write_vote, "epoch": self.write_epoch,
+                "outcome": self.write_outcome}[kind]
+
+    def apply_replicated(self, kind: str, args: tuple, first_seq: int, at_us: int):
+        """Apply one replicated write (one stream message) with deterministic stamps.
+
+        The same ``write_*`` step as a local write (checks, stamping, framing,
+        the WAL, ``State.apply_group``), except that seqs start at
+        ``first_seq`` and ``recorded_at`` is ``max(at_us, the last
+        recorded_at)``: both come from the stream and the state, so every
+        node writes the same records.  Returns the step's result; a refusal
+        (409, 400, 404) raises as it would locally and writes nothing.
+        Call from one thread (the cluster node's applier), never beside
+        local writes.
+        """
+        with self._wmu:
+            if first_seq < self._next_seq:
+                raise StoreFaulted(f"replicated seq {first_seq} is not after the last seq "
+                                   f"{self._next_seq - 1}: the local log disagrees with the stream")
+            self._next_seq = first_seq
+            self._replay_at = at_us
+        try:
+            return self._write_step(kind)(*args)
+        finally:
+            self._replay_at = None
 
     def put_records(self, recs: list[AssertionRecord], batch: bool) -> list[PutResult]:
         results: list[PutResult | None] = [None] * len(recs)
@@ -226,7 +271,6 @@ class Writer:
         Time proportional to what it touches (the dependents and source
         indexes), never a scan.  Durable on return.
         """
-        from .query import retraction_targets
         given = [n for n, v in (("hash", hash), ("concept_path", concept_path),
                                 ("source", source)) if v is not None]
         if len(given) != 1:
@@ -245,6 +289,12 @@ class Writer:
         else:
             check_source(source)
             target = {"source": source}
+        return self.submit("retract", target, reason, cascade, by)
+
+    def write_retract(self, target: dict, reason: str, cascade: bool,
+                      by: str | None) -> RetractResult:
+        """The state-dependent part of :meth:`retract`: find the targets, write."""
+        from .query import retraction_targets
         with self._wmu:
             self.writable()
             with self.reader.lock:
@@ -305,7 +355,7 @@ class Writer:
                         exc.message + "; a signed vote must carry the timestamp it signed",
                         field="signature") from None
                 raise
-        return self.write_vote(assertion_hash, weight, agent_id, ts)
+        return self.submit("vote", assertion_hash, weight, agent_id, ts)
 
     def write_vote(self, assertion_hash: str, weight: float, agent_id: str | None,
                     ts: int) -> int:
@@ -358,7 +408,12 @@ class Writer:
         if description is not None and (type(description) is not str or len(description) > 4096):
             raise ValidationError("description must be a string of at most 4096 characters",
                                   field="description")
+        return self.submit("epoch", name, supersedes, description)
 
+    def write_epoch(self, name: str, supersedes: list[str] | None,
+                    description: str | None) -> int:
+        """The state-dependent part of :meth:`create_epoch`: 409 for a taken
+        name, 400 for an unknown superseded epoch, else write."""
         def body(rec):
             if name in self.reader.state.epochs:
                 raise Conflict(f"epoch {name!r} already exists; epochs are immutable, pick "
@@ -377,6 +432,9 @@ class Writer:
         check_hash(agent_id, "agent_id")
         if type(accurate) is not bool:
             raise ValidationError("accurate must be true or false", field="accurate")
+        return self.submit("outcome", agent_id, accurate)
+
+    def write_outcome(self, agent_id: str, accurate: bool) -> int:
         seq, _ = self.write_meta(REC_OUTCOME, lambda rec: {
             "recorded_at": rec, "agent_id": agent_id, "accurate": accurate})
         return seq
