@@ -85,19 +85,29 @@ def _to_us(value, field: str) -> int | None:
 
 
 def format_time(us: int) -> str:
-    """Microseconds since the Unix epoch -> ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    """Microseconds since the Unix epoch -> ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+
+    The compiled twin does the work once the engine has loaded it
+    (:func:`use_compiled_formatter`, called by ``stemedb.core.fast``); this
+    module imports nothing of the engine, so there is no import cycle.
+    """
+    return _format(us)
+
+
+def _format_py(us: int) -> str:
+    """The pure-Python formatter (the reference the compiled twin matches)."""
     secs, frac = divmod(us, 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:06d}Z" \
         if secs >= 0 else _slow_format(us)
 
 
-def _compiled_format():
-    """The compiled twin of format_time when the extension is there."""
-    try:
-        from .core import fast
-    except ImportError:
-        return None
-    return fast._fast.format_time if fast.COMPILED else None
+def use_compiled_formatter(fn) -> None:
+    """Let ``fn`` (the compiled twin, same output) format times from now on."""
+    global _format
+    _format = fn
+
+
+_format = _format_py
 
 
 def _slow_format(us: int) -> str:

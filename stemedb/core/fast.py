@@ -51,7 +51,6 @@ if COMPILED:
 else:
     from .index import str64  # noqa: F401
 
-
 if COMPILED:
-    from .. import model as _model
-    _model._use_compiled_time_format()
+    from .. import timeutil as _timeutil
+    _timeutil.use_compiled_formatter(_fast.format_time)

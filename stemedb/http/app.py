@@ -21,6 +21,8 @@ import falcon
 from ..config import Settings
 from . import errors as http_errors
 from .auth import KeyRing, bind_host
+from .base import StemeApp
+from .dashboard import create_dashboard_app
 from .handle import StoreHandle
 from .logs import AccessContext, configure_logging
 from .metrics import Metrics
@@ -36,12 +38,6 @@ log = logging.getLogger("stemedb.http")
 # previous worker to finish its graceful shutdown and release LOCK.
 RELOAD_LOCK_WAIT = 30.0
 WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts when a worker exits with this
-
-
-class StemeApp(falcon.App):
-    """A Falcon app that carries its :class:`ServerState` as ``app.state``."""
-
-    state: "ServerState"
 
 
 class ServerState:
@@ -117,7 +113,6 @@ class PortRouter:
 
 def build_wsgi(handle: StoreHandle, settings: Settings, started_at: float | None = None):
     """The API and the dashboard behind one :class:`PortRouter`."""
-    from .dashboard import create_dashboard_app
     api = create_app(handle, settings, started_at=started_at)
     dashboard = create_dashboard_app(api.state)
     # A keyless server answers only loopback Host names (DNS rebinding).

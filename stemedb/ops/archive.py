@@ -37,7 +37,6 @@ import hashlib
 import os
 import random
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -313,42 +312,6 @@ def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None
         raise ArchiveError(f"no archived segments under s3://{bucket}/{rbase}wal/")
     fsync_dir(dest_wal)
     return info
-
-
-def restore_from_s3(target: str, data_dir: str, *, until: str | None, endpoint_url=None,
-                    systemd=None, ask=None, bind=None, s3=None,
-                    timeline: str | None = None) -> dict:
-    """Point-in-time restore: fetch, cut, then swap in like a backup (indexes rebuilt)."""
-    from .. import __version__
-    from ..core.format import FORMAT_MAJOR, FORMAT_MINOR
-    from ..timeutil import format_time
-    from .restore import Systemd, confirm, install
-    s3 = s3 or client(endpoint_url)   # before touching anything: boto3 may be missing
-    data_dir = os.path.abspath(data_dir)
-    os.makedirs(data_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pitr-", dir=data_dir) as tmp:
-        print(f"Fetching the WAL archive from s3://{target} (until {until or 'the end'})...",
-              flush=True)
-        info = fetch_until(target, os.path.join(tmp, "wal"), until=until, s3=s3,
-                           endpoint_url=endpoint_url, timeline=timeline)
-        os.makedirs(os.path.join(tmp, "db"))
-        meta = {"version": __version__, "format_version": f"{FORMAT_MAJOR}.{FORMAT_MINOR}",
-                "timestamp": format_time(info["last_recorded_at_us"]) if info["last_recorded_at_us"] else None,
-                "backup_type": "point_in_time", "assertion_count": info["assertions"],
-                "record_count": info["records"], "last_seq": info["last_seq"],
-                "wal_segment_count": info["segments"], "log_id": info["log_id"],
-                "restored_from": info["root"], "until": until,
-                "source_timeline": info["timeline"]}
-        print(f"Archive cut at seq {info['last_seq']} "
-              f"({meta['timestamp']}): {info['assertions']} assertions in "
-              f"{info['segments']} segments", flush=True)
-        install(tmp, data_dir, meta, wal_only=False, systemd=systemd or Systemd(),
-                ask=ask or confirm, bind=bind)
-    print(f"The indexes are rebuilt from the WAL at the next start. The store now writes "
-          f"timeline {meta.get('timeline')}: the archiver puts it under "
-          f"<prefix>/{info['log_id']}/timelines/{meta.get('timeline')}/, next to the "
-          f"history it came from, which stays as it is.", flush=True)
-    return meta
 
 
 def main(argv: list[str] | None = None) -> int:

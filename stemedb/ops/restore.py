@@ -35,6 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -42,6 +43,7 @@ from ..core import snapshot
 from ..errors import StemeError
 from ..progress import Progress
 from . import archivestate
+from .archive import client, fetch_until
 from .backup import tree_size, verify_backup
 from .files import copy_durable, fsync_dir, read_json, utc_stamp, write_json_atomic
 
@@ -299,6 +301,41 @@ def install(source: str, data_dir: str, meta: dict, *, wal_only: bool, systemd: 
     return meta
 
 
+def restore_from_s3(target: str, data_dir: str, *, until: str | None, endpoint_url=None,
+                    systemd=None, ask=None, bind=None, s3=None,
+                    timeline: str | None = None) -> dict:
+    """Point-in-time restore: fetch, cut, then swap in like a backup (indexes rebuilt)."""
+    from .. import __version__
+    from ..core.format import FORMAT_MAJOR, FORMAT_MINOR
+    from ..timeutil import format_time
+    s3 = s3 or client(endpoint_url)   # before touching anything: boto3 may be missing
+    data_dir = os.path.abspath(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pitr-", dir=data_dir) as tmp:
+        print(f"Fetching the WAL archive from s3://{target} (until {until or 'the end'})...",
+              flush=True)
+        info = fetch_until(target, os.path.join(tmp, "wal"), until=until, s3=s3,
+                           endpoint_url=endpoint_url, timeline=timeline)
+        os.makedirs(os.path.join(tmp, "db"))
+        meta = {"version": __version__, "format_version": f"{FORMAT_MAJOR}.{FORMAT_MINOR}",
+                "timestamp": format_time(info["last_recorded_at_us"]) if info["last_recorded_at_us"] else None,
+                "backup_type": "point_in_time", "assertion_count": info["assertions"],
+                "record_count": info["records"], "last_seq": info["last_seq"],
+                "wal_segment_count": info["segments"], "log_id": info["log_id"],
+                "restored_from": info["root"], "until": until,
+                "source_timeline": info["timeline"]}
+        print(f"Archive cut at seq {info['last_seq']} "
+              f"({meta['timestamp']}): {info['assertions']} assertions in "
+              f"{info['segments']} segments", flush=True)
+        install(tmp, data_dir, meta, wal_only=False, systemd=systemd or Systemd(),
+                ask=ask or confirm, bind=bind)
+    print(f"The indexes are rebuilt from the WAL at the next start. The store now writes "
+          f"timeline {meta.get('timeline')}: the archiver puts it under "
+          f"<prefix>/{info['log_id']}/timelines/{meta.get('timeline')}/, next to the "
+          f"history it came from, which stays as it is.", flush=True)
+    return meta
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..config import Settings
     from ..errors import ConfigError
@@ -353,7 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     systemd = Systemd(args.systemctl or None, args.service)
     try:
         if args.from_s3:
-            from .archive import restore_from_s3
             restore_from_s3(args.from_s3, data_dir, until=args.until,
                             endpoint_url=args.endpoint_url, systemd=systemd,
                             timeline=args.timeline,

@@ -24,6 +24,7 @@ from .. import errors as http_errors
 from ..middleware import NOSNIFF, Authenticate, Observe, SecurityHeaders, parse_proxies
 from ..resources import check_hash, from_params, health, query_answer, send
 from .. import schemas as S
+from ..base import StemeApp
 from ...errors import NotFound
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -101,7 +102,6 @@ class _Api:
 
 def create_dashboard_app(state) -> falcon.App:
     """The dashboard app over the API app's shared state."""
-    from ..app import StemeApp
     app = StemeApp(middleware=[
         Observe(state.metrics, parse_proxies(state.settings.trusted_proxies),
                 prefix="dashboard:"),
