@@ -173,6 +173,8 @@ cdef int put_double(Buf* b, double d) except -1:
         d = -d
     if d <= <double>MAX_SAFE and d == <double>(<long long>d):
         return put_ll(b, <long long>d)
+    if short_decimal(d, digits, &k, &n):
+        return put_digits(b, digits, k, n)
     # repr: shortest round-trip digits, as "ddd.ddd" or "d.ddde[+-]xx"
     r = PyOS_double_to_string(d, b'r', 0, 0, NULL)
     i = 0
@@ -207,25 +209,66 @@ cdef int put_double(Buf* b, double d) except -1:
     while k > lead and digits[k - 1] == b'0':
         k -= 1
     k -= lead
-    # ECMA-262 7.1.12.1 with digits s (k of them) and exponent n
+    return put_digits(b, digits + lead, k, n)
+
+
+cdef bint short_decimal(double d, char* digits, int* k_out, int* n_out) noexcept:
+    """The shortest digits of ``d`` (positive, not integral) when they are at
+    most 15 with at most 15 after the point (a confidence such as 0.399):
+    the first p for which some integer m gives m / 10**p == d.  Any decimal
+    of 15 significant digits or fewer round-trips through a double (DBL_DIG),
+    so that m is the only p-place decimal giving d, and no shorter decimal
+    does (it would have fewer places); the division is exact-then-rounded as
+    reading the decimal is, so this is what repr finds, without dtoa."""
+    cdef double p10 = 1.0, x
+    cdef long long m
+    cdef int p, k = 0, i
+    cdef char tmp[20]
+    if d < 1e-7 or d >= 1e15:
+        return False
+    for p in range(1, 16):
+        p10 *= 10.0                 # exact: 10**p is a double for p <= 22
+        x = d * p10
+        if x >= 1e15:
+            return False
+        m = <long long>(x + 0.5)
+        if <double>m / p10 == d:
+            while m > 0:
+                tmp[k] = <char>(48 + m % 10)
+                m //= 10
+                k += 1
+            for i in range(k):
+                digits[i] = tmp[k - 1 - i]
+            n_out[0] = k - p
+            while k > 1 and digits[k - 1] == b'0':   # none at the least p; kept exact anyway
+                k -= 1
+            k_out[0] = k
+            return True
+    return False
+
+
+cdef int put_digits(Buf* b, const char* digits, int k, int n) except -1:
+    """Digits ``s`` (k of them, no leading or trailing zero) of the value
+    0.s x 10**n, laid out as ECMA-262 7.1.12.1 says."""
+    cdef int j
     if k <= n <= 21:
-        put(b, digits + lead, k)
+        put(b, digits, k)
         for j in range(n - k):
             putc(b, b'0')
     elif 0 < n <= 21:
-        put(b, digits + lead, n)
+        put(b, digits, n)
         putc(b, b'.')
-        put(b, digits + lead + n, k - n)
+        put(b, digits + n, k - n)
     elif -6 < n <= 0:
         put(b, b"0.", 2)
         for j in range(-n):
             putc(b, b'0')
-        put(b, digits + lead, k)
+        put(b, digits, k)
     else:
-        putc(b, digits[lead])
+        putc(b, digits[0])
         if k > 1:
             putc(b, b'.')
-            put(b, digits + lead + 1, k - 1)
+            put(b, digits + 1, k - 1)
         if n - 1 >= 0:
             put(b, b"e+", 2)
             put_ll(b, n - 1)

@@ -64,6 +64,10 @@ SPECIAL_FLOATS = [
     float(MAX_SAFE), 123456789012345680.0, 0.1, 1 / 3, 4.35, 0.000123, 100.0, -2.5]
 floats = (st.floats(allow_nan=False, allow_infinity=False)          # subnormals included
           | st.integers(0, 2**64 - 1).map(_bits_to_float).filter(math.isfinite)
+          # short decimals (a confidence such as 0.399), the twin's no-dtoa path, and
+          # their neighbours one ulp away, which must not take it
+          | st.builds(lambda m, p, ulp: math.nextafter(m / 10**p, ulp * math.inf) if ulp else m / 10**p,
+                      st.integers(-10**16, 10**16), st.integers(0, 24), st.sampled_from([0, 0, -1, 1]))
           | st.sampled_from(SPECIAL_FLOATS))
 ints = st.integers(-MAX_SAFE, MAX_SAFE) | st.sampled_from([0, -1, MAX_SAFE, -MAX_SAFE, 2**31, 2**32])
 TRICKY = ['"', "\\", "\x00", "\x01", "\x1f", "\x7f", "\x80", "\x9f", "\b", "\f", "\n", "\r", "\t",
