@@ -9,9 +9,32 @@ so a crash leaves the old snapshot or the new one, never a mix.
 A snapshot is trusted only if its checksum holds, its log id equals the
 WAL's, and the last record it covers is still in the WAL at the same place
 with the same seq and CRC; otherwise the store rebuilds from the WAL.
+
+Reading maps the file (``mmap``, private and copy-on-write): the columns
+and the maps' sorted runs are numpy views over the mapping, not copies in
+the heap, so an open costs what it touches and the pages are the page
+cache's, shared with every process that reads the file.  The views are
+never written in place: a column grows by copying into a new heap array
+(``Columns._grow``), a sorted run by ``np.insert`` (``MultiMap.merge`` /
+``extend``), and rows below ``Columns.n`` are never rewritten; the mapping
+being private, even a stray write would change only this process's copy
+of a page, never the file.  A later snapshot replaces the file by
+rename while this one is still mapped: on Linux (POSIX) the mapping keeps
+the old inode alive and valid until it is unmapped (when the last array
+viewing it goes, at the latest when the store closes), so the disk holds
+the old snapshot's blocks until then.  Writers replace the file, never
+rewrite it in place, which the mapping relies on.
+
+The checksum covers the whole body, so checking it reads every page of
+the file once (from the page cache after a recent write); it is computed
+over the mapping, without a copy into the heap, and the pages are then
+dropped from this process (``MADV_DONTNEED``: nothing was written to them,
+so they are read back from the page cache when touched).  Measured in
+bench/results/snapshot-mmap-*.md.
 """
 from __future__ import annotations
 
+import mmap
 import os
 
 import blake3
@@ -28,6 +51,7 @@ from .state import Epoch, Retraction, State
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _MAPS = ("by_hash", "by_key", "by_path", "by_source")
+ALIGN = 64                  # every array starts on a 64-byte boundary of the file
 
 
 def snapshot_path(db_dir: str) -> str:
@@ -47,6 +71,10 @@ def encode(state: State, position: dict) -> bytes:
     directory, blobs, off = [], [], 0
     for name, arr in arrays:
         raw = np.ascontiguousarray(arr).tobytes()
+        gap = -off % ALIGN
+        if gap:
+            blobs.append(bytes(gap))
+            off += gap
         directory.append([name, arr.dtype.str, list(arr.shape), off, len(raw)])
         blobs.append(raw)
         off += len(raw)
@@ -66,11 +94,26 @@ def encode(state: State, position: dict) -> bytes:
         "last_recorded_at": state.last_recorded_at,
         "records": state.records,
     }
-    meta = _enc.encode({"position": position, "arrays": directory, "sparse": sparse})
+    meta = _aligned_meta({"position": position, "arrays": directory, "sparse": sparse})
     body = meta + b"".join(blobs)
     head = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(meta),
                                 blake3.blake3(body).digest())
     return head + body
+
+
+def _aligned_meta(fields: dict) -> bytes:
+    """The meta map plus a ``pad`` entry (zero bytes) that makes the arrays
+    begin on an ``ALIGN`` boundary of the file, so the views over the
+    mapping are aligned (numpy copies an unaligned array in searchsorted
+    and friends).  Built from the encoded entries, so the padding costs no
+    second encoding of the sparse state; readers ignore ``pad``."""
+    parts = [bytes([0x80 | (len(fields) + 1)])]   # msgpack fixmap: the fields and pad
+    for k, v in fields.items():
+        parts += [_enc.encode(k), _enc.encode(v)]
+    n = SNAPSHOT_HEADER.size + sum(map(len, parts)) + len(_enc.encode("pad")) + 2
+    pad = -n % ALIGN                           # bin 8: 0xc4, length, bytes
+    parts += [_enc.encode("pad"), bytes([0xC4, pad]), bytes(pad)]
+    return b"".join(parts)
 
 
 def write(fs: FileSystem, db_dir: str, data: bytes) -> str:
@@ -82,32 +125,60 @@ def write(fs: FileSystem, db_dir: str, data: bytes) -> str:
     return path
 
 
-def read(path: str) -> tuple[State, dict]:
-    """Load a snapshot; raises CorruptionError when it cannot be trusted."""
-    with open(path, "rb") as f:
-        data = f.read()
+def read(path: str, *, verify: bool = True) -> tuple[State, dict]:
+    """Load a snapshot, its arrays mapped (module doc); raises CorruptionError
+    when it cannot be trusted.  ``verify=False`` skips the checksum (for
+    measuring it; every caller in the store verifies)."""
     hs = SNAPSHOT_HEADER.size
-    if len(data) < hs or data[:8] != SNAPSHOT_MAGIC:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < hs:
+            raise CorruptionError(f"index snapshot {path} has no valid header", file=path)
+        # private and copy-on-write: the file is never written through it
+        data = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+    if data[:8] != SNAPSHOT_MAGIC:
         raise CorruptionError(f"index snapshot {path} has no valid header", file=path)
     _m, major, minor, meta_len, digest = SNAPSHOT_HEADER.unpack_from(data)
     if major != FORMAT_MAJOR:
         raise UnsupportedFormat(f"index snapshot {path} is format {major}.{minor}; "
                                 f"this StemeDB reads {FORMAT_MAJOR}.x", file=path)
-    body = memoryview(data)[hs:]
-    if blake3.blake3(body).digest() != digest:
-        raise CorruptionError(f"index snapshot {path} fails its checksum", file=path)
-    meta = _dec.decode(body[:meta_len])
+    if verify:
+        with memoryview(data) as whole, whole[hs:] as body:
+            ok = blake3.blake3(body, max_threads=blake3.blake3.AUTO).digest() == digest
+        if hasattr(data, "madvise"):
+            # drop the pages the checksum touched from this process's RSS; nothing
+            # was written to them, so a later touch reads them from the page cache
+            data.madvise(mmap.MADV_DONTNEED)
+        if not ok:
+            raise CorruptionError(f"index snapshot {path} fails its checksum", file=path)
+    if hs + meta_len > size:
+        raise CorruptionError(f"index snapshot {path} is shorter than its meta block", file=path)
+    try:
+        meta = _dec.decode(data[hs:hs + meta_len])
+    except msgspec.DecodeError as exc:
+        raise CorruptionError(f"index snapshot {path} has an unreadable meta block: {exc}",
+                              file=path) from None
     base = hs + meta_len
     arrays = {}
     for name, dtype, shape, off, n in meta["arrays"]:
-        arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype), count=n // np.dtype(dtype).itemsize,
-                                     offset=base + off).reshape(shape)
+        dt = np.dtype(dtype)
+        if base + off + n > size:
+            raise CorruptionError(f"index snapshot {path} is shorter than its array {name}",
+                                  file=path)
+        if n == 0:
+            arr = np.empty(0, dtype=dt)
+        else:
+            arr = np.frombuffer(data, dtype=dt, count=n // dt.itemsize, offset=base + off)
+            if not arr.flags.aligned:
+                arr = arr.copy()                # a snapshot written before arrays were aligned
+        arrays[name] = arr.reshape(shape)
     st = State()
-    st.cols = Columns.from_arrays({k[4:]: v.copy() for k, v in arrays.items() if k.startswith("col.")})
+    # views over the mapping: growth copies (Columns._grow, MultiMap.merge/extend)
+    st.cols = Columns.from_arrays({k[4:]: v for k, v in arrays.items() if k.startswith("col.")})
     for name in _MAPS:
         m = MultiMap(getattr(st, name).dtype)
-        m.keys = arrays[name + ".keys"].copy()
-        m.vals = arrays[name + ".vals"].copy()
+        m.keys = arrays[name + ".keys"]
+        m.vals = arrays[name + ".vals"]
         setattr(st, name, m)
     sp = meta["sparse"]
     st.path_names = list(sp["path_names"])
@@ -130,3 +201,15 @@ def read(path: str) -> tuple[State, dict]:
     st.last_recorded_at = sp["last_recorded_at"]
     st.records = sp["records"]
     return st, meta["position"]
+
+
+def mapping_of(arr: np.ndarray) -> mmap.mmap | None:
+    """The snapshot mapping ``arr`` views, or None when it is in the heap."""
+    b = arr
+    while b is not None:
+        if isinstance(b, memoryview):
+            b = b.obj                   # np.frombuffer's base is a memoryview of the map
+        if isinstance(b, mmap.mmap):
+            return b
+        b = getattr(b, "base", None)
+    return None
