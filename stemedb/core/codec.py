@@ -12,7 +12,7 @@ import google_crc32c
 from ..model import AssertionRecord
 from .format import (
     ASSERT_HEAD, ASSERT_HEAD_SIZE, F_DERIVED, F_EPOCH, F_PARENT, F_SIGNED, F_SOURCE,
-    FRAME, FRAME_SIZE, MAX_PAYLOAD,
+    FRAME, FRAME_CRC_FROM, FRAME_SIZE, MAX_PAYLOAD,
 )
 
 crc32c = google_crc32c.value
@@ -30,7 +30,7 @@ STOP_BADLEN = 3       # a length field beyond MAX_PAYLOAD
 
 def encode_frame(rtype: int, flags: int, seq: int, payload: bytes) -> bytes:
     """One framed record: 20-byte frame head then the payload."""
-    body = _pack_frame(len(payload), 0, rtype, flags, 0, seq)[8:] + payload
+    body = _pack_frame(len(payload), 0, rtype, flags, 0, seq)[FRAME_CRC_FROM:] + payload
     return len(payload).to_bytes(4, "little") + crc32c(body).to_bytes(4, "little") + body
 
 
@@ -117,7 +117,7 @@ def scan_frames(buf, start: int, end: int):
         if stop > end:
             reason = STOP_INCOMPLETE
             break
-        if crc32c(buf[pos + 8:stop]) != crc:
+        if crc32c(buf[pos + FRAME_CRC_FROM:stop]) != crc:
             reason = STOP_CHECKSUM
             break
         offsets.append(pos)

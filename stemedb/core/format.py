@@ -26,6 +26,14 @@ FRAME = struct.Struct("<IIBBHQ")
 FRAME_SIZE = FRAME.size  # 20
 assert FRAME_SIZE == 20
 MAX_PAYLOAD = 256 * 1024 * 1024
+# named offsets inside a frame (the only place that knows them)
+FRAME_LENGTH_OFF = 0     # uint32 payload length
+FRAME_CRC_OFF = 4        # uint32 crc32c of the bytes from FRAME_CRC_FROM to the payload's end
+FRAME_CRC_FROM = 8       # the checksum covers type, flags, reserved, seq and payload
+FRAME_TYPE_OFF = 8       # uint8 record type
+FRAME_FLAGS_OFF = 9      # uint8 flags
+FRAME_RESERVED_OFF = 10  # uint16, zero
+FRAME_SEQ_OFF = 12       # uint64 seq
 
 # record types
 REC_ASSERT = 1
@@ -45,6 +53,7 @@ FLAG_MORE = 0x01  # this record belongs to an atomic group that continues
 ASSERT_HEAD = struct.Struct("<32sqqdBBBBHHHHHxxI")
 ASSERT_HEAD_SIZE = ASSERT_HEAD.size
 assert ASSERT_HEAD_SIZE == 76, ASSERT_HEAD_SIZE
+ASSERT_RECORDED_AT_OFF = 32   # int64 recorded_at, right after the 32-byte hash (in the payload)
 F_SOURCE = 0x01
 F_PARENT = 0x02
 F_DERIVED = 0x04

@@ -4,43 +4,187 @@
 through a :class:`Reader`: ``state`` and ``lock`` for the index columns,
 ``assertion``/``read_record`` to decode what survives the filters, ``clock``
 for "now" and ``audit`` for the query trail.  Nothing here writes.
+
+Decoded records and materialized query answers are kept in one
+bytes-bounded LRU, :class:`ReadCache` (``STEMEDB_READ_CACHE_BYTES``; 0 turns
+it off).  A record never changes once written, so its cache entry, keyed by
+its location in the log, needs no invalidation: what a query may change
+about an assertion (retracted or not, as of which cut) is computed in
+:meth:`Reader.assertion` from the state, outside the record.  Answers are
+keyed and checked by ``query.py`` (see ``_answer_key`` there).
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Callable, Iterator
 
 from ..errors import ChecksumMismatch
 from ..model import Assertion, AssertionRecord
 from ..timeutil import format_time
 from . import codec, fast
-from .format import FRAME, FRAME_SIZE
+from .format import FRAME, FRAME_CRC_FROM, FRAME_SIZE
 from .index import unpack_loc
+
+DEFAULT_READ_CACHE_BYTES = 64 * 1024 * 1024
+
+# What one cached record costs in the heap besides the lengths of its
+# variable fields: the msgspec Struct (15 slots + GC head), the hash bytes
+# object, the int/float objects of its numbers, the str/bytes headers of its
+# variable fields and the OrderedDict slot with its key.  Measured with
+# tracemalloc over the bench workload's records (tests/unit/test_read_cache.py
+# checks the estimate is not below what records really take).
+RECORD_OVERHEAD = 560
+ASSERTION_BYTES = 96        # an Assertion (5 slots) and its list slot, in a cached answer
+ANSWER_OVERHEAD = 1024      # an answer's own objects: key, lists, Result dicts
+ANSWER_SHARE = 16           # one answer may take at most 1/16 of the bound
+
+
+def record_size(rec: AssertionRecord) -> int:
+    """Estimated heap bytes of a decoded record held by the cache.  A pure
+    function of the (immutable) record, so adding and evicting agree."""
+    n = RECORD_OVERHEAD + len(rec.concept_path) + len(rec.predicate) + len(rec.value_json)
+    if rec.source is not None:
+        n += len(rec.source) + 56
+    if rec.epoch is not None:
+        n += len(rec.epoch) + 56
+    if rec.parent_hash is not None:
+        n += 72
+    if rec.derived_from is not None:
+        n += 64 + 80 * len(rec.derived_from)
+    if rec.agent_id is not None:
+        n += 72 + 104
+    return n
+
+
+class Answer:
+    """A materialized query answer (see query.run_query): what paging needs,
+    the validity token it was computed under and its estimated size."""
+
+    __slots__ = ("token", "results", "ordered", "active", "size")
+
+    def __init__(self, token, results, ordered, active: int):
+        self.token = token
+        self.results = results
+        self.ordered = ordered
+        self.active = active
+        sample = ordered[:16]
+        per = (sum(record_size(a.record) for a in sample) // len(sample)) if sample else 0
+        self.size = ANSWER_OVERHEAD + 512 * len(results) + len(ordered) * (ASSERTION_BYTES + per)
+
+
+class ReadCache:
+    """A bytes-bounded LRU of decoded records (key: packed log location, an
+    int) and materialized answers (key: a tuple).  Thread-safe: one short
+    lock around each lookup or insert.  ``bytes`` is the estimated heap the
+    entries hold; it never exceeds ``max_bytes`` after an insert returns."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.record_hits = self.record_misses = 0
+        self.answer_hits = self.answer_misses = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def record(self, loc: int):
+        with self._lock:
+            rec = self._d.get(loc)
+            if rec is None:
+                self.record_misses += 1
+                return None
+            self._d.move_to_end(loc)
+            self.record_hits += 1
+            return rec
+
+    def answer(self, key: tuple, token):
+        """The answer under ``key`` if it was computed under ``token``, else None."""
+        with self._lock:
+            ans = self._d.get(key)
+            if ans is None or ans.token != token:
+                self.answer_misses += 1
+                return None
+            self._d.move_to_end(key)
+            self.answer_hits += 1
+            return ans
+
+    def add_record(self, loc: int, rec: AssertionRecord) -> None:
+        self._add(loc, rec, record_size(rec))
+
+    def add_answer(self, key: tuple, ans: Answer) -> None:
+        if ans.size <= self.max_bytes // ANSWER_SHARE:
+            self._add(key, ans, ans.size)
+
+    def _add(self, key, value, size: int) -> None:
+        d = self._d
+        with self._lock:
+            old = d.pop(key, None)
+            if old is not None:
+                self.bytes -= _size(old)
+            d[key] = value
+            self.bytes += size
+            while self.bytes > self.max_bytes and d:
+                _k, v = d.popitem(last=False)
+                self.bytes -= _size(v)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self.bytes = 0
+
+    def stats(self) -> dict:
+        """Counters for /metrics: hits and misses by kind, bytes and entries."""
+        with self._lock:
+            return {"record_hits": self.record_hits, "record_misses": self.record_misses,
+                    "answer_hits": self.answer_hits, "answer_misses": self.answer_misses,
+                    "bytes": self.bytes, "entries": len(self._d), "max_bytes": self.max_bytes}
+
+
+def _size(v) -> int:
+    return v.size if type(v) is Answer else record_size(v)
 
 
 class Reader:
     """Reads of one open store; thread-safe (``lock`` guards ``state``)."""
 
-    def __init__(self, state, wal, lock, clock: Callable[[], int], audit=None):
+    def __init__(self, state, wal, lock, clock: Callable[[], int], audit=None,
+                 cache_bytes: int = DEFAULT_READ_CACHE_BYTES):
         self.state = state          # the in-memory indexes (stemedb.core.state.State)
         self.wal = wal
         self.lock = lock            # held by the group-commit leader while it applies
         self.clock = clock          # microseconds since the epoch
         self.audit = audit          # the query audit trail, or None when it is off
+        self.cache = ReadCache(cache_bytes) if cache_bytes > 0 else None
 
     def read_record(self, o: int) -> AssertionRecord:
-        """Decode the assertion at ordinal ``o`` from its segment, CRC checked."""
-        segno, off = unpack_loc(int(self.state.cols.loc[o]))
+        """Decode the assertion at ordinal ``o`` (from the cache, or from its
+        segment with the CRC checked)."""
+        loc = int(self.state.cols.loc[o])
+        cache = self.cache
+        if cache is None:
+            return self._read(loc)
+        rec = cache.record(loc)
+        if rec is None:
+            rec = self._read(loc)
+            cache.add_record(loc, rec)
+        return rec
+
+    def _read(self, loc: int) -> AssertionRecord:
+        segno, off = unpack_loc(loc)
         # One read covers most records; a longer one takes a second read.
         raw = self.wal.read(segno, off, 512)
         length, crc = FRAME.unpack_from(raw)[:2]
         if FRAME_SIZE + length > len(raw):
             raw = self.wal.read(segno, off, FRAME_SIZE + length)
-        body = raw[8:FRAME_SIZE + length]
+        body = raw[FRAME_CRC_FROM:FRAME_SIZE + length]
         if codec.crc32c(body) != crc:
             path = self.wal.segment(segno).path
             raise ChecksumMismatch(f"Checksum mismatch in WAL segment {path} at offset {off}",
                                    file=path, offset=off)
-        return fast.decode_assert(body, FRAME_SIZE - 8)
+        return fast.decode_assert(body, FRAME_SIZE - FRAME_CRC_FROM)
 
     def assertion(self, o: int, known_at: int | None = None,
                   seq_bound: int | None = None) -> Assertion:

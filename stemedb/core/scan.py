@@ -38,7 +38,9 @@ import orjson
 from ..errors import ChecksumMismatch, CorruptionError
 from . import codec, fast
 from .format import (
-    FLAG_MORE, FRAME, FRAME_SIZE, MAX_PAYLOAD, RECORD_TYPES, SEGMENT_HEADER_SIZE,
+    FLAG_MORE, FRAME, FRAME_CRC_FROM, FRAME_CRC_OFF, FRAME_FLAGS_OFF, FRAME_LENGTH_OFF,
+    FRAME_RESERVED_OFF, FRAME_SEQ_OFF, FRAME_SIZE, FRAME_TYPE_OFF, MAX_PAYLOAD, RECORD_TYPES,
+    SEGMENT_HEADER_SIZE,
 )
 
 
@@ -202,27 +204,27 @@ def find_valid_frame(buf, begin: int, end: int, after_seq: int) -> int | None:
         return None
     a = np.frombuffer(buf, dtype=np.uint8, count=end - begin, offset=begin)
     lo, hi = min(RECORD_TYPES), max(RECORD_TYPES)
-    t = a[8:8 + n]
+    t = a[FRAME_TYPE_OFF:FRAME_TYPE_OFF + n]
     mask = (t >= lo) & (t <= hi)
-    mask &= a[9:9 + n] <= FLAG_MORE
-    mask &= a[10:10 + n] == 0
-    mask &= a[11:11 + n] == 0
+    mask &= a[FRAME_FLAGS_OFF:FRAME_FLAGS_OFF + n] <= FLAG_MORE
+    mask &= a[FRAME_RESERVED_OFF:FRAME_RESERVED_OFF + n] == 0
+    mask &= a[FRAME_RESERVED_OFF + 1:FRAME_RESERVED_OFF + 1 + n] == 0
     cand = np.flatnonzero(mask)
     if not len(cand):
         return None
     length = np.zeros(len(cand), dtype=np.uint64)
     for k in range(4):
-        length |= a[cand + k].astype(np.uint64) << np.uint64(8 * k)
+        length |= a[cand + FRAME_LENGTH_OFF + k].astype(np.uint64) << np.uint64(8 * k)
     seq = np.zeros(len(cand), dtype=np.uint64)
     for k in range(8):
-        seq |= a[cand + 12 + k].astype(np.uint64) << np.uint64(8 * k)
+        seq |= a[cand + FRAME_SEQ_OFF + k].astype(np.uint64) << np.uint64(8 * k)
     fits = (length <= MAX_PAYLOAD) & (cand.astype(np.uint64) + FRAME_SIZE + length
                                       <= np.uint64(end - begin))
     fits &= seq > np.uint64(after_seq)
     for p, ln in zip(cand[fits].tolist(), length[fits].tolist()):
         o = begin + p
-        crc = int.from_bytes(buf[o + 4:o + 8], "little")
-        if codec.crc32c(buf[o + 8:o + FRAME_SIZE + ln]) == crc:
+        crc = int.from_bytes(buf[o + FRAME_CRC_OFF:o + FRAME_CRC_OFF + 4], "little")
+        if codec.crc32c(buf[o + FRAME_CRC_FROM:o + FRAME_SIZE + ln]) == crc:
             return o
     return None
 

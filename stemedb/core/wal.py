@@ -24,7 +24,7 @@ from typing import Callable
 
 from ..errors import CorruptionError, StoreFaulted
 from .fileio import FileSystem
-from .format import SEGMENT_HEADER_SIZE
+from .format import FRAME_CRC_OFF, FRAME_SEQ_OFF, SEGMENT_HEADER_SIZE
 from .segment import Segment, new_log_id, read_header
 
 log = logging.getLogger("stemedb")
@@ -221,8 +221,8 @@ class WAL:
         o = pos - tail.sizes[-1]
         k = len(tail.data) - tail.sizes[-1]
         anchor = {"segment": seg.number, "offset": pos, "last_record": [
-            seg.number, o, int.from_bytes(tail.data[k + 12:k + 20], "little"),
-            int.from_bytes(tail.data[k + 4:k + 8], "little")]}
+            seg.number, o, int.from_bytes(tail.data[k + FRAME_SEQ_OFF:k + FRAME_SEQ_OFF + 8], "little"),
+            int.from_bytes(tail.data[k + FRAME_CRC_OFF:k + FRAME_CRC_OFF + 4], "little")]}
         try:
             self.on_durable(group, anchor)
         except BaseException as exc:  # an apply bug must not strand the waiters

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from ..core.format import FLAG_MORE, FRAME, FRAME_SIZE, REC_ASSERT, SEGMENT_HEADER_SIZE
+from ..core.format import (
+    ASSERT_RECORDED_AT_OFF, FLAG_MORE, FRAME, FRAME_SIZE, REC_ASSERT, SEGMENT_HEADER_SIZE,
+)
 from ..core.scan import Floor, scan_segment
 from ..core.segment import read_header
 
 _dec = msgspec.msgpack.Decoder()
-# recorded_at is the int64 right after the 32-byte hash in an assertion payload
-_RECORDED_AT_OFF = FRAME_SIZE + 32
+_RECORDED_AT_OFF = FRAME_SIZE + ASSERT_RECORDED_AT_OFF   # in a framed assertion
 
 
 def segment_paths(wal_dir: str) -> list[str]:
