@@ -17,6 +17,7 @@ from .errors import ConfigError
 
 DURABILITY_MODES = ("fsync", "batch", "none")
 MIN_AUDIT_MAX_BYTES = 64 * 1024
+MAX_READ_CACHE_BYTES = 1 << 40
 
 DEFAULT_RATE_LIMITS = (
     "assert=2000/second;batch=100/second;query=2000/second;"
@@ -75,6 +76,7 @@ class Settings:
     require_fast: bool = field(default=False, metadata={"unit": "0|1"})
     audit: str = field(default="on", metadata={"unit": "on|off"})
     audit_max_bytes: int = field(default=1024 * 1024 * 1024, metadata={"unit": "bytes"})
+    read_cache_bytes: int = field(default=64 * 1024 * 1024, metadata={"unit": "bytes"})
 
     def __post_init__(self):
         if self.durability not in DURABILITY_MODES:
@@ -101,6 +103,12 @@ class Settings:
                 f"STEMEDB_AUDIT_MAX_BYTES must be a whole number of bytes, at least "
                 f"{MIN_AUDIT_MAX_BYTES} (64 KiB), got {self.audit_max_bytes!r}; to keep no "
                 f"audit trail at all, set STEMEDB_AUDIT=off", field="audit_max_bytes")
+        if (type(self.read_cache_bytes) is not int or self.read_cache_bytes < 0
+                or self.read_cache_bytes > MAX_READ_CACHE_BYTES):
+            raise ConfigError(
+                f"STEMEDB_READ_CACHE_BYTES must be a whole number of bytes from 0 (no read "
+                f"cache) to {MAX_READ_CACHE_BYTES} (1 TiB), got {self.read_cache_bytes!r}",
+                field="read_cache_bytes")
         if self.snapshot_interval < 0:
             raise ConfigError(f"STEMEDB_SNAPSHOT_INTERVAL must be >= 0 records (0 = snapshot "
                               f"only at clean shutdown), got {self.snapshot_interval}",

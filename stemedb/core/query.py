@@ -20,6 +20,8 @@ from ..timeutil import FIRST_US, LAST_US, format_time, parse_filter_time
 from .fast import str64
 from .index import PRED_BITS
 from .lens import LensContext, conflict_analysis, effective_confidence, get_lens, trust_rank
+from .reader import Answer
+from .state import GEN_MASK, GEN_MIX
 
 DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review", "approved"))
 TRACE_LIMIT = 100
@@ -294,6 +296,46 @@ def _uncursor(cursor, f: Filters) -> int:
                               "from the previous page unchanged", field="cursor") from None
 
 
+def _time_bound(f: Filters, lens_name: str) -> bool:
+    """Whether the answer depends on "now": decay, or the trust lens (trust
+    ranks decay toward 0.5), measured at the clock because there is no as_of."""
+    return f.as_of is None and (f.decay or lens_name == "trust")
+
+
+def _answer_key(concept_path, predicate, include_descendants, lens_name, f: Filters,
+                pinned: bool) -> tuple:
+    """What a materialized answer is filed under: every parameter the answer
+    depends on.  A first page's view (its seq, recorded_at and "now" bounds)
+    is left out: while the generations of ``_token`` stand still nothing the
+    answer reads has changed, so the view at any later moment gives the same
+    answer (time-bound queries, whose "now" does matter, are not kept
+    unpinned).  A cursor's page is filed under its pin."""
+    pin = (f.seq_bound, f.rec_bound, f.at_us) if pinned else None
+    return (concept_path, predicate, include_descendants, lens_name, f.as_of, f.known_at,
+            f.since, f.lifecycles, f.epoch, f.decay, f.include_retracted, pin)
+
+
+def _token(st, paths: list[str], predicate: str | None, include_descendants: bool) -> tuple:
+    """The generations an answer over ``paths`` (and ``predicate``) reads
+    (call under the lock; see stemedb.core.state, GEN_SLOTS).  A path or
+    predicate not stored yet contributes the count of paths or predicates,
+    which its first assertion moves."""
+    kg, pg = st.key_gen, st.path_gen
+    qid = st.pred_ids.get(predicate) if predicate is not None else None
+    npaths = len(st.path_names) if include_descendants else -1
+    parts = []
+    for p in paths:
+        pid = st.path_ids.get(p)
+        if pid is None:
+            npaths = len(st.path_names)
+        elif predicate is None:
+            parts.append(pg[pid & GEN_MASK])
+        elif qid is not None:
+            parts.append(kg[(pid * GEN_MIX + qid) & GEN_MASK])
+    npreds = len(st.pred_names) if predicate is not None and qid is None else -1
+    return (st.gen, npaths, npreds, tuple(parts))
+
+
 def run_query(reader, concept_path, *, predicate=None, include_descendants=False,
               lens="recency", as_of=None, known_at=None, since=None, lifecycle=None,
               epoch=None, decay=False, include_retracted=False, limit=100, cursor=None,
@@ -321,10 +363,29 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         paths = [concept_path]
         if include_descendants:
             paths += reader.state.descendant_paths(concept_path)
-        active, retracted = gather(reader, paths, predicate, f)
-        cands = [shown(reader, o, f) for o in active]
-        rcands = [shown(reader, o, f) for o in retracted] if f.include_retracted else []
-        ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
+        cache, ans, akey = reader.cache, None, None
+        if cache is not None and (cursor is not None or not _time_bound(f, lens_obj.name)):
+            akey = _answer_key(concept_path, predicate, include_descendants, lens_obj.name, f,
+                               cursor is not None)
+            token = _token(reader.state, paths, predicate, include_descendants)
+            ans = cache.answer(akey, token)
+        if ans is None:
+            active, retracted = gather(reader, paths, predicate, f)
+            cands = [shown(reader, o, f) for o in active]
+            rcands = [shown(reader, o, f) for o in retracted] if f.include_retracted else []
+            ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
+    if ans is not None:
+        # a materialized answer: what a fresh computation gives (see _answer_key)
+        ordered = ans.ordered
+        results = [Result(r) for r in ans.results]
+        page = ordered[offset:offset + limit]
+        nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
+        out = QueryResult(concept_path, lens, results, page, nxt)
+        if reader.audit is not None:
+            at = f.as_of if f.as_of is not None else f.at_us
+            _audit(reader, agent, _audit_params(locals()), results, None,
+                   LensContext(at_us=at, decay=f.decay), ordered, active=ans.active)
+        return out
     groups: dict[tuple, list[Assertion]] = {}
     for a in cands:
         groups.setdefault((a.concept_path, a.predicate), []).append(a)
@@ -347,38 +408,47 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         ordered = []
     if rcands:
         ordered = ordered + sorted(rcands, key=lambda a: (-a.timestamp_us, -a.seq))
+    if akey is not None:
+        # the cache keeps its own Result dicts: a caller may change the ones it gets
+        cache.add_answer(akey, Answer(token, [Result(r) for r in results], ordered, len(cands)))
     page = ordered[offset:offset + limit]
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
     if reader.audit is not None:
-        params = {"concept_path": concept_path, "predicate": predicate,
-                  "include_descendants": include_descendants, "lens": lens, "as_of": as_of,
-                  "known_at": known_at, "since": since, "lifecycle": lifecycle, "epoch": epoch,
-                  "decay": decay, "include_retracted": include_retracted, "limit": limit,
-                  "cursor": cursor}
-        _audit(reader, agent, params, results, groups, ctx, ordered)
+        _audit(reader, agent, _audit_params(locals()), results, groups, ctx, ordered)
     return out
+
+
+_AUDIT_PARAMS = ("concept_path", "predicate", "include_descendants", "lens", "as_of", "known_at",
+                 "since", "lifecycle", "epoch", "decay", "include_retracted", "limit", "cursor")
+
+
+def _audit_params(args: dict) -> dict:
+    """The query's parameters as its caller gave them (run_query's locals)."""
+    return {k: args[k] for k in _AUDIT_PARAMS}
 
 
 AUDIT_CONTRIBUTORS = 20   # candidates an audit entry names; the rest are counted
 AUDIT_RESULTS = 100       # winners an audit entry names; the rest are counted
 
 
-def _audit(reader, agent, params, results, groups, ctx, ordered):
+def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     """Queue the query's audit entry; O(len(results)) here, whatever the candidates.
 
     The entry names the winners (``result_hashes``, at most AUDIT_RESULTS,
     ``result_hashes_more`` counts the rest) and the lens's best-ranked
     candidates (``contributing``: the first AUDIT_CONTRIBUTORS of ``ordered``
     that are not retracted, each with its effective confidence as weight;
-    ``contributing_more`` counts the rest).  Listing every candidate cost a
+    ``contributing_more`` counts the rest).  ``active`` (the candidates that
+    are not retracted) is counted from ``groups`` unless given.  Listing every candidate cost a
     ``limit=1`` query over 10,000 candidates 900 KB of audit (issue 8,
     item 15).  Only those few assertions and scalars are kept until the
     writer thread builds the entry, so a backlog holds no candidate lists.
     """
     at = reader.clock()
     qid = reader.audit.new_id(at)
-    active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
+    if active is None:
+        active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
     top = ordered[:min(AUDIT_CONTRIBUTORS, active)]
     winners = [w for r in results if (w := r["winner"]) is not None]
     more_winners = max(0, len(winners) - AUDIT_RESULTS)

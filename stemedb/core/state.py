@@ -37,6 +37,24 @@ class Retraction:
 
 SMALL_GROUP = 8
 
+# Generations for the materialized query answers (query.py, ``_token``): an
+# answer is reused only while every generation it was computed under is
+# unchanged.  Each write bumps the slot of the (concept_path, predicate) and
+# of the concept_path it touches; records that can change answers anywhere
+# (retractions, which may bring back what a retracted revision hid, epochs,
+# trust outcomes, a bulk replay) bump ``gen``.  Slots are hashed: two keys
+# sharing one only cost a needless recomputation, never a stale answer.
+GEN_SLOTS = 1 << 16
+GEN_MASK = GEN_SLOTS - 1
+GEN_MIX = 40503                  # odd: distinct paths of one predicate get distinct slots
+_PRED_MASK = (1 << PRED_BITS) - 1
+_state_serial = iter(range(1 << 62))   # each State's gen starts at its own 2**32 multiple
+
+
+def gen_slot(pid: int, qid: int) -> int:
+    """The ``key_gen`` slot of (path id, predicate id)."""
+    return (pid * GEN_MIX + qid) & GEN_MASK
+
 
 def stable_order(keys: np.ndarray) -> np.ndarray:
     """``np.argsort(keys, kind="stable")``, three to eight times faster.
@@ -97,6 +115,11 @@ class State:
         self.last_seq = 0
         self.last_recorded_at = 0
         self.records = 0                                 # log records applied
+        # answer generations (GEN_SLOTS above); never persisted: the
+        # answers they guard live only as long as this object
+        self.gen = next(_state_serial) << 32
+        self.key_gen = [0] * GEN_SLOTS
+        self.path_gen = [0] * GEN_SLOTS
 
     # ------------------------------------------------------------ lookups
     @property
@@ -184,16 +207,20 @@ class State:
 
         Columns are filled by slice and the maps take their keys through the
         small recent dicts, so a group of k costs O(k) plus one amortized merge.
+        Per group, not per record: the loop only resolves names to ids; the
+        hash prefixes and locations are computed over the whole group (numpy
+        when it is larger than ``SMALL_GROUP``) and each map takes the
+        group's keys in one ``MultiMap.add_many``.
         """
         n = len(items)
         c = self.cols
         if c.n + n > c.cap:
             c._grow(c.n + n)
         first = c.n
-        seqs, locs, tss, recs, keys, pids, eids, lcs, hashes = [], [], [], [], [], [], [], [], []
-        by_hash, by_key, by_path, by_source = self.by_hash, self.by_key, self.by_path, self.by_source
+        seqs, segs, offs, tss, recs, keys, pids, eids, lcs, hashes = [], [], [], [], [], [], [], [], [], []
         str64_ = fast.str64
-        edges = []
+        edges, src_keys, src_ords = [], [], []
+        kgen, pgen = self.key_gen, self.path_gen
         for k, (seq, segment, offset, f) in enumerate(items):
             h, rec, ts, lc, path, pred, src, ep, parent, derived = f
             pid = self.path_ids.get(path)
@@ -203,20 +230,33 @@ class State:
             if qid is None:
                 qid = self.pred_id(pred)
             key = (pid << PRED_BITS) | qid
+            kgen[(pid * GEN_MIX + qid) & GEN_MASK] += 1
+            pgen[pid & GEN_MASK] += 1
             o = first + k
-            seqs.append(seq); locs.append(pack_loc(segment, offset)); tss.append(ts)
+            seqs.append(seq); segs.append(segment); offs.append(offset); tss.append(ts)
             recs.append(rec); keys.append(key); pids.append(pid)
             eids.append(self.epochs[ep].id if ep is not None else 0); lcs.append(lc)
             hashes.append(h)
-            by_hash.add(h64(h), o)
-            by_key.add(key, o)
-            by_path.add(pid, o)
             if src is not None:
-                by_source.add(str64_(src), o)
+                src_keys.append(str64_(src))
+                src_ords.append(o)
             if parent is not None or derived is not None:
                 edges.append((o, parent, derived))
-            if rec > self.last_recorded_at:
-                self.last_recorded_at = rec
+        if n <= SMALL_GROUP:
+            hb = None
+            h64s = [h64(h) for h in hashes]
+            locs = [pack_loc(sg, of) for sg, of in zip(segs, offs)]
+        else:
+            hb = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32)
+            h64s = np.ascontiguousarray(hb[:, :8]).view("<u8").reshape(n).tolist()
+            locs = (np.array(segs, dtype=np.int64) << 40) | np.array(offs, dtype=np.int64)
+        ords = range(first, first + n)
+        self.by_hash.add_many(h64s, ords)
+        self.by_key.add_many(keys, ords)
+        self.by_path.add_many(pids, ords)
+        if src_keys:
+            self.by_source.add_many(src_keys, src_ords)
+        self.last_recorded_at = max(self.last_recorded_at, max(recs))
         if n <= SMALL_GROUP:
             # a slice store from a list costs ~2 us per column even for one
             # item; scalar stores cost ~0.1 us (single puts are the common case)
@@ -229,7 +269,7 @@ class State:
             sl = slice(first, first + n)
             c.seq[sl] = seqs; c.loc[sl] = locs; c.ts[sl] = tss; c.rec[sl] = recs
             c.key[sl] = keys; c.path[sl] = pids; c.epoch[sl] = eids; c.lc[sl] = lcs
-            c.hashes[sl] = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32)
+            c.hashes[sl] = hb
         c.n = first + n
         self._link(edges)
         self.last_seq = max(self.last_seq, seqs[-1])
@@ -242,6 +282,7 @@ class State:
                 p = self.ordinal(parent)
                 if p is not None:
                     self.revisions.setdefault(p, []).append(o)
+                    self._touch(p)               # the revised one may hide at another key
                     self.dependents.setdefault(p, []).append(o)
             for d in derived or ():
                 p = self.ordinal(d)
@@ -249,6 +290,12 @@ class State:
                     lst = self.dependents.setdefault(p, [])
                     if not lst or lst[-1] != o:
                         lst.append(o)
+
+    def _touch(self, o: int) -> None:
+        """Bump the answer generations of ordinal ``o``'s key and path."""
+        pid = int(self.cols.path[o])
+        self.key_gen[gen_slot(pid, int(self.cols.key[o]) & _PRED_MASK)] += 1
+        self.path_gen[pid & GEN_MASK] += 1
 
     # ------------------------------------------------------------ bulk replay
     def bulk_segment(self, buf, offsets, types, seqs, segno: int, extract, decode_meta) -> None:
@@ -267,6 +314,7 @@ class State:
         # apply_* count the records they apply; this path counts each record
         # once, here, whatever its type
         records = self.records + len(offsets)
+        self.gen += 1
         if REC_EPOCH in types:
             for off, rtype, seq in zip(offsets, types, seqs):
                 if rtype == REC_EPOCH:
@@ -357,6 +405,7 @@ class State:
                 self.retracted[o] = idx
                 newly.append(o)
         r.count = len(newly)
+        self.gen += 1
         self._note(seq, r.recorded_at)
         return newly
 
@@ -385,6 +434,7 @@ class State:
                     return False
                 self._vote_times[(o, agent)] = ts
             self.votes.setdefault(o, []).append((agent, body["weight"], rec, seq, ts))
+            self._touch(o)
             added = True
         self._note(seq, rec)
         return added
@@ -414,11 +464,13 @@ class State:
                   description=body.get("description"))
         self.epochs[e.name] = e
         self.epoch_names.append(e.name)
+        self.gen += 1
         self._note(seq, e.recorded_at)
 
     def apply_outcome(self, seq: int, body: dict) -> None:
         self.outcomes.setdefault(body["agent_id"], []).append(
             (body["recorded_at"], bool(body["accurate"])))
+        self.gen += 1
         self._note(seq, body["recorded_at"])
 
     # ------------------------------------------------------------ epochs

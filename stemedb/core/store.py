@@ -30,7 +30,7 @@ from . import datadir, fast, recovery, snapshot
 from .audit import MAX_BYTES as AUDIT_MAX_BYTES
 from .audit import AuditLog, audit_enabled, public_entry, trail_bytes
 from .fileio import FileSystem
-from .reader import Reader
+from .reader import DEFAULT_READ_CACHE_BYTES, Reader
 from .wal import WAL, Request
 from .writer import PutResult, RetractResult, Writer
 
@@ -49,14 +49,18 @@ class Store:
     hands them to the OS).  Use :func:`open_store`.
     """
 
+    cluster = None   # the ClusterNode (stemedb/cluster) when this store is a cluster node
+
     def __init__(self, path: str, *, durability: str = "fsync",
                  segment_size: int = 64 * 1024 * 1024, lock_timeout: float = 0.0,
                  batch_delay_ms: float = 2.0, snapshot_interval: int = 100_000,
                  fs: FileSystem | None = None, clock: Callable[[], int] = now_us,
-                 audit: bool | str = True, audit_max_bytes: int = AUDIT_MAX_BYTES):
+                 audit: bool | str = True, audit_max_bytes: int = AUDIT_MAX_BYTES,
+                 read_cache_bytes: int = DEFAULT_READ_CACHE_BYTES):
         from ..config import Settings  # validates the values the same way as the server
         Settings(durability=durability, segment_size=segment_size, batch_delay_ms=batch_delay_ms,
-                 snapshot_interval=snapshot_interval, lock_timeout=lock_timeout)
+                 snapshot_interval=snapshot_interval, lock_timeout=lock_timeout,
+                 read_cache_bytes=read_cache_bytes)
         audit = audit_enabled(audit, audit_max_bytes)
         self.path = os.path.abspath(path)
         self.fs = fs or FileSystem()
@@ -82,7 +86,8 @@ class Store:
             self._since_snapshot = 0
             self.audit = AuditLog(os.path.join(self.path, "audit"), max_bytes=audit_max_bytes,
                                   fs=self.fs) if audit else None
-            self.reader = Reader(got.state, self.wal, threading.RLock(), clock, self.audit)
+            self.reader = Reader(got.state, self.wal, threading.RLock(), clock, self.audit,
+                                 read_cache_bytes)
             self.writer = Writer(self.wal, self.reader, clock)
             if self.rebuilt or not os.path.exists(os.path.join(self.path, "metadata.json")):
                 self.snapshot()
@@ -289,6 +294,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self.cluster is not None:
+            self.cluster.stop()     # stop applying the stream before the writer closes
         self.writer.close()
         try:
             if not self.wal.fault:
@@ -309,7 +316,7 @@ class Store:
 # The Settings fields that are Store options: open_store(settings=...) passes
 # every one, so the server, the tools and embedded users cannot disagree.
 STORE_SETTINGS = ("durability", "segment_size", "batch_delay_ms", "snapshot_interval",
-                  "lock_timeout", "audit", "audit_max_bytes")
+                  "lock_timeout", "audit", "audit_max_bytes", "read_cache_bytes")
 
 
 def open_store(path: str | os.PathLike | None = None, *, settings=None, **options) -> Store:

@@ -24,6 +24,11 @@ stemedb_audit_dropped_entries_total        counter    audit entries dropped (dis
                                                       another write error, or the writer
                                                       too far behind) since the worker
                                                       started
+stemedb_read_cache_hits_total              counter    kind (record, answer): read cache hits
+stemedb_read_cache_misses_total            counter    kind: lookups that read and decoded a
+                                                      record or computed an answer
+stemedb_read_cache_bytes                   gauge      estimated heap bytes the read cache
+                                                      holds (STEMEDB_READ_CACHE_BYTES bounds)
 stemedb_archive_last_success_timestamp_seconds
                                            gauge      Unix time of the last successful
                                                       ``stemedb archive push`` pass; 0 when
@@ -195,6 +200,7 @@ class _StoreCollector:
             fault.add_metric([], 1.0 if getattr(store, "fault", None) else 0.0)
             yield fault
             yield from _audit_metrics(store)
+            yield from _read_cache_metrics(store)
             info = GaugeMetricFamily("stemedb_build_info", "Version and implementation",
                                      labels=["version", "implementation"])
             info.add_metric([__version__, str(getattr(store, "implementation", "unknown"))], 1.0)
@@ -230,6 +236,28 @@ def _runtime_collectors(registry) -> None:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+
+
+def _read_cache_metrics(store):
+    """The read cache's hits, misses and size (stemedb.core.reader.ReadCache);
+    zeros when it is off (STEMEDB_READ_CACHE_BYTES=0)."""
+    cache = getattr(getattr(store, "reader", None), "cache", None)
+    st = cache.stats() if cache is not None else {
+        "record_hits": 0, "record_misses": 0, "answer_hits": 0, "answer_misses": 0, "bytes": 0}
+    for name, doc, what in (
+            ("stemedb_read_cache_hits", "Read cache lookups answered from the cache, by kind "
+             "(record: a decoded record; answer: a materialized query answer)", "hits"),
+            ("stemedb_read_cache_misses", "Read cache lookups that had to read and decode "
+             "(record) or compute (answer), by kind", "misses")):
+        c = CounterMetricFamily(name, doc, labels=["kind"])
+        c.add_metric(["record"], float(st[f"record_{what}"]))
+        c.add_metric(["answer"], float(st[f"answer_{what}"]))
+        yield c
+    size = GaugeMetricFamily("stemedb_read_cache_bytes",
+                             "Estimated heap bytes the read cache holds (bounded by "
+                             "STEMEDB_READ_CACHE_BYTES)")
+    size.add_metric([], float(st["bytes"]))
+    yield size
 
 
 def _audit_metrics(store):
