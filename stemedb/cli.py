@@ -40,6 +40,8 @@ OPS_COMMANDS = {
     "salvage": ("stemedb.ops.salvage",
                 "cut a damaged WAL at its first bad record, quarantining the rest: "
                 "stemedb salvage DATA_DIR [--dry-run]"),
+    "cluster": ("stemedb.cluster.cli", "cluster mode: stemedb cluster init (create or check "
+                "the NATS JetStream stream)"),
     "import": ("stemedb.ops.transfer", "store assertions from a JSON Lines file (server stopped)",
                "import_main"),
     "export": ("stemedb.ops.transfer",
@@ -229,11 +231,18 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"stemedb serve: {exc}{where}", file=sys.stderr)
         return 2
     if os.environ.get("STEMEDB_CLUSTER_NATS"):
-        # Documented but not built yet: refusing beats silently running alone
-        # while the operator believes writes are replicated.
-        print("stemedb serve: STEMEDB_CLUSTER_NATS is set, but cluster mode is not in this "
-              "release of StemeDB; unset it to run a single node", file=sys.stderr)
-        return 2
+        # cluster mode (stemedb/cluster): its settings and client checked up front
+        from .cluster.stream import ClusterSettings
+        try:
+            ClusterSettings.from_env()
+            importlib.import_module("nats")
+        except ConfigError as exc:
+            print(f"stemedb serve: {exc}", file=sys.stderr)
+            return 2
+        except ImportError:
+            print("stemedb serve: STEMEDB_CLUSTER_NATS is set but the NATS client is not "
+                  "installed: pip install 'stemedb[cluster]'", file=sys.stderr)
+            return 2
     for name, flag, value in (("bind", "--bind", settings.bind),
                               ("dashboard_bind", "--dashboard-bind", settings.dashboard_bind)):
         problem = bind_problem(value) if value else None

@@ -74,6 +74,8 @@ def create_app(store, settings: Settings | None = None, *, keyring: KeyRing | No
     metrics = Metrics(handle, settings.data_dir, started_at, archive=bool(settings.archive_s3))
     state = ServerState(handle, settings, keyring, metrics, limiter, breaker, started_at)
     handle.when_ready(lambda s: s.set_commit_observer(metrics.commit_observer))
+    from ..cluster.node import ClusterCollector
+    metrics.registry.register(ClusterCollector(handle))   # stemedb_cluster_* (cluster mode)
 
     app = StemeApp(middleware=[
         AccessContext(),   # first: its process_response runs last (stemedb.http.logs)
@@ -125,8 +127,18 @@ def open_store_for(settings: Settings, lock_timeout: float):
     durability, segment_size, batch_delay_ms, snapshot_interval, audit, ...);
     only the LOCK wait differs from ``settings.lock_timeout`` for a reloaded
     worker (get_app)."""
+    from ..cluster.stream import ClusterSettings
     from ..core.store import open_store
-    return open_store(settings=settings, lock_timeout=lock_timeout)
+    cluster = ClusterSettings.from_env()     # a bad cluster setting fails before the open
+    store = open_store(settings=settings, lock_timeout=lock_timeout)
+    if cluster is not None:                  # cluster mode (stemedb/cluster)
+        from ..cluster.node import ClusterNode
+        try:
+            ClusterNode(store, cluster).start()
+        except BaseException:
+            store.close()
+            raise
+    return store
 
 
 def get_app():

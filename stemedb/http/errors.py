@@ -141,11 +141,13 @@ def handle_problem(req, resp, exc: HTTPProblem, params):
 
 def handle_steme(req, resp, exc: StemeError, params):
     status = getattr(exc, "status", 500) or 500
-    if status >= 500 and exc.code not in ("storage_fault", "store_closed", "store_locked"):
+    if status >= 500 and exc.code not in ("storage_fault", "store_closed", "store_locked",
+                                          "degraded", "not_caught_up", "cluster_mismatch"):
         _log_bug(req, exc)
         _answer(resp, 500, "internal_error", _bug_message(req))
         return
-    headers = {"Retry-After": "1"} if exc.code == "store_closed" else None
+    headers = ({"Retry-After": "1"} if exc.code in ("store_closed", "degraded", "not_caught_up")
+               else None)
     _answer(resp, status, exc.code, exc.message, exc.field, headers)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import re
+
+import falcon
 import time
 from collections import deque
 
@@ -133,6 +135,38 @@ def check_hash(value: str, field: str = "hash") -> str:
     return value
 
 
+def min_seq(state, req, value=None) -> None:
+    """``min_seq`` on a read: answer only once this node has applied that seq.
+
+    In cluster mode the node waits up to ``STEMEDB_READ_WAIT_MS``, else 503
+    ``not_caught_up`` with ``Retry-After``; a single node has applied every
+    seq it answered, so only a seq beyond its last is ``not_caught_up``.
+    GET parameters are taken out here, before the schemas (which forbid
+    unknown fields) see them; ``POST /v1/query`` has it in its body.
+    """
+    if value is None:
+        raw = req.params.pop("min_seq", None)
+        if raw is None:
+            return
+        if isinstance(raw, list) or not raw.isdigit() or len(raw) > 19:
+            raise bad_request("min_seq must be a whole number >= 0 (a seq from a write's "
+                              "answer), given once", "min_seq")
+        value = int(raw)
+    store = state.handle.get()
+    node = getattr(store, "cluster", None)
+    if node is not None:
+        node.wait_for(value)
+    elif value > store.last_seq:
+        from ..cluster.errors import NotCaughtUp
+        raise NotCaughtUp(f"min_seq {value} is beyond this store's last seq {store.last_seq}",
+                          field="min_seq")
+
+
+def _read_barrier(req, resp, resource, params):
+    if req.method in ("GET", "HEAD"):
+        min_seq(resource.state, req)
+
+
 # ------------------------------------------------------------------ resources
 
 class _Base:
@@ -191,6 +225,7 @@ def query_answer(result) -> dict:
                 "next_cursor": result.next_cursor}
 
 
+@falcon.before(_read_barrier)
 class QueryResource(_Base):
     limit_name = "query"
 
@@ -202,11 +237,14 @@ class QueryResource(_Base):
 
     def _answer(self, req, resp, q):
         kwargs = S.to_kwargs(q)
+        if "min_seq" in kwargs:
+            min_seq(self.state, req, kwargs.pop("min_seq"))
         path = kwargs.pop("concept_path")
         result = self.store.query(path, agent=req.context.key_id, **kwargs)
         send(resp, 200, query_answer(result))
 
 
+@falcon.before(_read_barrier)
 class AssertionResource(_Base):
     def on_get(self, req, resp, hash):
         a = self.store.get(check_hash(hash))
@@ -234,6 +272,7 @@ class RetractResource(_Base):
         send(resp, 200, {"retracted": r.retracted, "hashes": r.hashes, "seq": r.seq})
 
 
+@falcon.before(_read_barrier)
 class SkepticResource(_Base):
     limit_name = "query"
 
@@ -243,6 +282,7 @@ class SkepticResource(_Base):
         send(resp, 200, self.store.skeptic(path, predicate, **kwargs))
 
 
+@falcon.before(_read_barrier)
 class TraceResource(_Base):
     def on_get(self, req, resp, hash):
         t = self.store.trace(check_hash(hash))
@@ -287,6 +327,7 @@ class OutcomeResource(_Base):
         send(resp, 201, {"agent_id": agent_id, "trust_rank": rank})
 
 
+@falcon.before(_read_barrier)
 class AuditListResource(_Base):
     scope = {"GET": "admin"}
 
@@ -296,6 +337,7 @@ class AuditListResource(_Base):
         send(resp, 200, {"queries": queries})
 
 
+@falcon.before(_read_barrier)
 class AuditEntryResource(_Base):
     scope = {"GET": "admin"}
 
@@ -334,6 +376,10 @@ def health(state) -> tuple[dict, int]:
                    wal_segments=store.wal_segments, implementation=store.implementation)
     except Exception as exc:  # noqa: BLE001 - a closed store: degraded, never a 500
         fault = fault or f"store unavailable: {exc}"
+    node = getattr(store, "cluster", None)
+    if node is not None:
+        doc["cluster"] = node.status()
+        fault = fault or (f"cluster: {node.fault}" if node.fault else None)
     doc["wal"] = {"segments": doc.get("wal_segments"), "last_seq": doc.get("last_seq"),
                   "durability": state.settings.durability,
                   "writes": "stopped" if fault else "accepting"}

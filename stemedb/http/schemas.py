@@ -105,6 +105,8 @@ class QueryIn(Struct, **_REQ):
     include_retracted: bool = False
     limit: Limit = 100
     cursor: Annotated[str, Meta(max_length=1024)] | None = None
+    # cluster mode: answer once this node has applied this seq (see resources.min_seq)
+    min_seq: Annotated[int, Meta(ge=0)] | None = None
 
 
 class SkepticIn(Struct, **_REQ):

@@ -407,14 +407,23 @@ def test_serve_on_a_damaged_store_exits_1_not_gunicorns_3(tmp_path):
     assert "WAL magic byte validation failed" in r.stderr
 
 
-def test_serve_refuses_cluster_mode_it_does_not_have(tmp_path):
-    """Cluster mode is in the contract but not built: serve must not run alone
-    while the operator believes writes are replicated."""
+def test_serve_refuses_a_bad_cluster_setting_before_opening(tmp_path):
+    """Cluster mode's settings are checked up front: a bad one is exit 2,
+    named, and no data directory is created."""
     import subprocess
     import sys
     env = dict(os.environ, STEMEDB_CLUSTER_NATS="nats://127.0.0.1:4222",
-               STEMEDB_DATA_DIR=str(tmp_path / "data"))
+               STEMEDB_READ_WAIT_MS="soon", STEMEDB_DATA_DIR=str(tmp_path / "data"))
     r = subprocess.run([sys.executable, "-m", "stemedb", "serve"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "cluster mode is not in this release" in r.stderr, r.stderr
+    assert r.returncode == 2 and "STEMEDB_READ_WAIT_MS" in r.stderr, r.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_cluster_init_needs_the_nats_urls(tmp_path):
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "STEMEDB_CLUSTER_NATS"}
+    r = subprocess.run([sys.executable, "-m", "stemedb", "cluster", "init"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "STEMEDB_CLUSTER_NATS" in r.stderr, r.stderr

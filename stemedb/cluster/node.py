@@ -1,0 +1,439 @@
+"""A cluster node: publish this node's writes, apply the stream in order.
+
+One asyncio loop in a thread (``stemedb-cluster``) holds the NATS
+connection.  Request threads call :meth:`ClusterNode.replicate` (installed as
+the writer's ``replicate``): it publishes the validated write with its
+message id, waits for JetStream's acknowledgement (stored on a majority of
+the stream's replicas), then waits until this node has applied that stream
+sequence and answers with what the apply decided.  One consumer task reads
+the stream from the next unapplied sequence (an ephemeral pull consumer,
+recreated after any error) and hands each fetched run of messages to one
+applier thread, which applies them strictly in stream order through
+``Writer.apply_replicated``.
+
+Without a NATS quorum a publish fails or times out: the write answers 503
+(``degraded``) and nothing is acknowledged.  Reads go on from the local
+state.  The consumer retries by itself, so writes resume when the quorum is
+back.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+
+import orjson
+
+from ..errors import StemeError
+from ..timeutil import now_us
+from . import message
+from .errors import ClusterMismatch, ClusterUnavailable, NotCaughtUp
+from .message import SEQ_SPAN
+from .stream import ClusterSettings
+
+log = logging.getLogger("stemedb.cluster")
+
+PUBLISH_TIMEOUT = 5.0     # seconds for JetStream's acknowledgement
+APPLY_TIMEOUT = 30.0      # seconds a write waits for this node to apply what the stream stored
+FETCH_BATCH = 256
+OUTCOMES_KEPT = 65_536    # outcomes of applied messages, for duplicate acks
+
+
+class ClusterNode:
+    def __init__(self, store, settings: ClusterSettings, *, start_timeout: float = 10.0):
+        self.store = store
+        self.settings = settings
+        self.start_timeout = start_timeout
+        self.applied = store.last_seq // SEQ_SPAN    # the WAL is the resume point
+        self.stream_seq = self.applied
+        self.fault: str | None = None
+        self.connected = False
+        self._cv = threading.Condition()
+        self._outcomes: OrderedDict[int, tuple[bool, object]] = OrderedDict()
+        self._stopping = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="stemedb-cluster")
+        self._applier = concurrent.futures.ThreadPoolExecutor(1, "stemedb-apply")
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self.nc = self.js = None
+        self._task = None
+
+    # ------------------------------------------------------------ life
+    def start(self) -> "ClusterNode":
+        """Connect, check the data directory against the stream, start consuming.
+
+        Raises ClusterMismatch when the local log is not this stream's
+        history.  When NATS cannot be reached within ``start_timeout`` the
+        node starts anyway: reads answer, writes are 503 until it connects.
+        """
+        self._thread.start()
+        self._task = asyncio.run_coroutine_threadsafe(self._main(), self._loop)
+        self._ready.wait(self.start_timeout)
+        if self._start_error is not None:
+            self.stop()
+            raise self._start_error
+        if not self._ready.is_set():
+            log.warning("cluster: NATS not reachable at %s yet; reads answer, writes wait for it",
+                        ",".join(self.settings.urls))
+        self.store.writer.replicate = self.replicate
+        self.store.cluster = self
+        return self
+
+    def stop(self) -> None:
+        """Stop consuming and disconnect (the store stays open)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._thread.is_alive():
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+            try:
+                fut.result(10)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._applier.shutdown(wait=True)
+        with self._cv:
+            self._cv.notify_all()
+
+    async def _shutdown(self) -> None:
+        task = getattr(self, "_main_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - cancelled, or it had failed
+                pass
+        if self.nc is not None:
+            try:
+                await self.nc.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    async def _main(self) -> None:
+        import nats
+        self._main_task = asyncio.current_task()
+        cs = self.settings
+        while not self._stopping:
+            try:
+                self.nc = await nats.connect(
+                    servers=cs.urls, name=f"stemedb-{cs.node_id}", connect_timeout=2,
+                    reconnect_time_wait=0.5, max_reconnect_attempts=-1,
+                    allow_reconnect=True, disconnected_cb=self._on_disconnect,
+                    reconnected_cb=self._on_reconnect, error_cb=self._on_error)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried until NATS answers
+                log.warning("cluster: cannot connect to NATS (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+        if self._stopping:
+            return
+        self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        self.connected = True
+        while not self._stopping:
+            try:
+                await self._check_identity()
+                break
+            except ClusterMismatch as exc:
+                self._start_error = exc
+                self.fault = exc.message
+                self._ready.set()
+                return
+            except Exception as exc:  # noqa: BLE001 - no quorum yet: retry
+                log.warning("cluster: stream %s not available (%s); retrying", cs.stream, exc)
+                await asyncio.sleep(1.0)
+        self._ready.set()
+        log.info("cluster: node %s consuming stream %s from seq %d", cs.node_id, cs.stream,
+                 self.applied + 1)
+        await self._consume()
+
+    async def _on_disconnect(self):
+        self.connected = False
+        log.warning("cluster: disconnected from NATS")
+
+    async def _on_reconnect(self):
+        self.connected = True
+        log.info("cluster: reconnected to NATS")
+
+    async def _on_error(self, exc):
+        log.debug("cluster: NATS client error: %s", exc)
+
+    # ------------------------------------------------------------ identity
+    def _identity_path(self) -> str:
+        return os.path.join(self.store.path, "cluster.json")
+
+    async def _check_identity(self) -> None:
+        """The data directory belongs to this stream, and is not ahead of it."""
+        cs = self.settings
+        info = await self.js.stream_info(cs.stream)
+        created = info.created.isoformat() if info.created else ""
+        last = info.state.last_seq
+        self.stream_seq = last
+        path = self._identity_path()
+        try:
+            with open(path, "rb") as f:
+                ident = orjson.loads(f.read())
+        except FileNotFoundError:
+            ident = None
+        if ident is None:
+            if self.store.last_seq > 0:
+                raise ClusterMismatch(
+                    f"{self.store.path} holds a log (last seq {self.store.last_seq}) that did "
+                    f"not come from stream {cs.stream}: a cluster node starts from an empty "
+                    f"data directory (or its own earlier one); move this one aside")
+            self.store.fs.write_atomic(path, orjson.dumps(
+                {"stream": cs.stream, "stream_created": created, "node_id": cs.node_id},
+                option=orjson.OPT_INDENT_2))
+        elif ident.get("stream") != cs.stream or ident.get("stream_created") != created:
+            raise ClusterMismatch(
+                f"{self.store.path} was built from stream {ident.get('stream')} created "
+                f"{ident.get('stream_created')}, but STEMEDB_CLUSTER_STREAM is {cs.stream} "
+                f"created {created}: the log is another history; start this node from an "
+                f"empty data directory")
+        if self.applied > last:
+            raise ClusterMismatch(
+                f"{self.store.path} holds records up to stream seq {self.applied} but stream "
+                f"{cs.stream} ends at {last}: the local log is ahead of the stream (a seq "
+                f"conflict); start this node from an empty data directory")
+        if self.applied > 0:
+            await self._check_last_message()
+
+    async def _check_last_message(self) -> None:
+        """The local log's last assertion, if its message wrote one, is in that message."""
+        st = self.store.state
+        with self.store.reader.lock:
+            n = st.cols.n
+            if not n or int(st.cols.seq[n - 1]) // SEQ_SPAN != self.applied:
+                return
+            h = st.cols.hash_of(n - 1)
+        msg = await self.js.get_msg(self.settings.stream, self.applied)
+        kind = msg.subject.rsplit(".", 1)[-1]
+        ok = False
+        if kind == "assert":
+            (recs, _b), _at = message.decode(kind, msg.data)
+            ok = any(r.hash == h for r in recs)
+        if not ok:
+            raise ClusterMismatch(
+                f"{self.store.path}: the record at seq {int(st.cols.seq[n - 1])} is not what "
+                f"stream {self.settings.stream} holds at seq {self.applied}: the local log "
+                f"is another history; start this node from an empty data directory")
+
+    # ------------------------------------------------------------ consuming
+    async def _consume(self) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        cs = self.settings
+        sub = None
+        last_info = 0.0
+        while not self._stopping and self.fault is None:
+            try:
+                if sub is None:
+                    cfg = ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=self.applied + 1, ack_policy=AckPolicy.NONE,
+                        inactive_threshold=30.0, mem_storage=True, num_replicas=1,
+                        max_waiting=1)
+                    sub = await self.js.pull_subscribe(f"{cs.stream}.>", stream=cs.stream,
+                                                       config=cfg)
+                try:
+                    msgs = await sub.fetch(FETCH_BATCH, timeout=0.5)
+                except NatsTimeout:
+                    msgs = []
+                if msgs:
+                    md = msgs[-1].metadata
+                    self.stream_seq = max(self.stream_seq,
+                                          md.sequence.stream + (md.num_pending or 0))
+                    await self._loop.run_in_executor(self._applier, self._apply, msgs)
+                elif time.monotonic() - last_info > 1.0:
+                    info = await self.js.stream_info(cs.stream)
+                    self.stream_seq = max(self.stream_seq, info.state.last_seq)
+                    last_info = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - recreate the consumer and go on
+                if self._stopping:
+                    return
+                log.warning("cluster: consumer interrupted (%s: %s); resuming from seq %d",
+                            type(exc).__name__, exc, self.applied + 1)
+                if sub is not None:
+                    try:
+                        await sub.unsubscribe()
+                    except Exception:  # noqa: BLE001
+                        pass
+                sub = None
+                await asyncio.sleep(0.5)
+
+    def _apply(self, msgs) -> None:
+        """Apply fetched messages in stream order (the applier thread)."""
+        writer = self.store.writer
+        for m in msgs:
+            s = m.metadata.sequence.stream
+            if s <= self.applied:
+                continue
+            if s != self.applied + 1:
+                self._set_fault(f"stream {self.settings.stream} skips from seq {self.applied} "
+                                f"to {s}: messages are missing, this node cannot apply past "
+                                f"the gap")
+                return
+            kind = m.subject.rsplit(".", 1)[-1]
+            try:
+                args, at = message.decode(kind, m.data)
+                out = (True, writer.apply_replicated(kind, args, s * SEQ_SPAN, at))
+            except StemeError as exc:
+                if exc.status >= 500:
+                    self._set_fault(f"applying stream seq {s} failed: {exc.message}")
+                    return
+                out = (False, exc)       # refused the same way on every node
+            except Exception as exc:  # noqa: BLE001 - never skip a message silently
+                log.exception("cluster: applying stream seq %d failed", s)
+                self._set_fault(f"applying stream seq {s} failed: {exc!r}")
+                return
+            with self._cv:
+                self.applied = s
+                self._outcomes[s] = out
+                while len(self._outcomes) > OUTCOMES_KEPT:
+                    self._outcomes.popitem(last=False)
+                self._cv.notify_all()
+
+    def _set_fault(self, reason: str) -> None:
+        log.error("cluster: %s; this node stops applying (reads answer what it has)", reason)
+        with self._cv:
+            self.fault = reason
+            self._cv.notify_all()
+
+    # ------------------------------------------------------------ writing
+    def replicate(self, kind: str, args: tuple):
+        """Publish a validated write; return (or raise) what this node's apply decided."""
+        if self.fault:
+            raise ClusterUnavailable(f"this node stopped applying the stream: {self.fault}")
+        if self._stopping:
+            from ..errors import StoreClosed
+            raise StoreClosed("the store is closing")
+        payload, msg_id = message.encode(kind, args, now_us())
+        subject = f"{self.settings.stream}.{kind}"
+        if self.js is None:
+            raise ClusterUnavailable(
+                "this node has no NATS connection yet: nothing was written; retry shortly")
+        fut = asyncio.run_coroutine_threadsafe(self._publish(subject, payload, msg_id),
+                                               self._loop)
+        try:
+            ack = fut.result(PUBLISH_TIMEOUT + 1.0)
+        except ClusterUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure: not acknowledged
+            fut.cancel()
+            raise ClusterUnavailable(
+                f"the stream did not acknowledge the write ({type(exc).__name__}: {exc}); "
+                f"without a NATS quorum writes stop. It may or may not be stored: retrying "
+                f"the same write is safe (the stream keeps one copy)") from None
+        ok, value = self._outcome(ack.seq, kind, args)
+        if not ok:
+            raise value
+        if ack.duplicate and kind == "assert":
+            # the stream already held this write (a retry): as on a single
+            # node, a retried assertion answers exists, with the stored seq
+            from ..core.writer import PutResult
+            value = [PutResult(r.hash, r.seq, False) for r in value]
+        return value
+
+    async def _publish(self, subject: str, payload: bytes, msg_id: str):
+        return await self.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT,
+                                     headers={"Nats-Msg-Id": msg_id})
+
+    def _outcome(self, s: int, kind: str, args: tuple) -> tuple[bool, object]:
+        deadline = time.monotonic() + APPLY_TIMEOUT
+        with self._cv:
+            while self.applied < s:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.fault or self._stopping:
+                    raise ClusterUnavailable(
+                        f"the stream stored this write at stream seq {s}, but this node has "
+                        f"not applied it ({self.fault or 'still catching up'}); it will be "
+                        f"applied: read with min_seq={s * SEQ_SPAN} to see it")
+                self._cv.wait(min(left, 1.0))
+            out = self._outcomes.get(s)
+        if out is not None:
+            return out
+        if kind == "assert":      # a duplicate of a write applied long ago
+            recs = args[0]
+            from ..core.writer import PutResult
+            res = []
+            for r in recs:
+                with self.store.reader.lock:
+                    o = self.store.state.ordinal(r.hash)
+                    seq = int(self.store.state.cols.seq[o]) if o is not None else s * SEQ_SPAN
+                res.append(PutResult(r.hash.hex(), seq, False))
+            return True, res
+        raise ClusterUnavailable(f"the stream already held this write (stream seq {s}); "
+                                 f"its answer is no longer known")
+
+    # ------------------------------------------------------------ reading
+    def wait_for(self, min_seq: int, timeout_ms: int | None = None) -> None:
+        """Return once this node has applied the record seq ``min_seq`` (or
+        the stream message holding it), else NotCaughtUp after the wait."""
+        target = min_seq // SEQ_SPAN
+        if self.applied >= target:
+            return
+        wait = (self.settings.read_wait_ms if timeout_ms is None else timeout_ms) / 1000.0
+        deadline = time.monotonic() + wait
+        with self._cv:
+            while self.applied < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    raise NotCaughtUp(
+                        f"this node has applied up to stream seq {self.applied} (record seq "
+                        f"{self.store.last_seq}), not yet min_seq {min_seq}; retry, or ask "
+                        f"another node", field="min_seq")
+                self._cv.wait(min(left, 0.5))
+
+    def status(self) -> dict:
+        applied, stream = self.applied, max(self.stream_seq, self.applied)
+        doc = {"node_id": self.settings.node_id, "applied_seq": applied,
+               "stream_seq": stream, "lag": stream - applied,
+               "connected": self.connected}
+        if self.fault:
+            doc["fault"] = self.fault
+        return doc
+
+
+def start_node(store, settings: ClusterSettings | None = None) -> ClusterNode:
+    """Run ``store`` as a cluster node (settings from the environment by default)."""
+    settings = settings or ClusterSettings.from_env()
+    if settings is None:
+        raise ValueError("STEMEDB_CLUSTER_NATS is not set")
+    return ClusterNode(store, settings).start()
+
+
+class ClusterCollector:
+    """``stemedb_cluster_lag`` (stream messages this node has not applied yet)
+    and ``stemedb_cluster_applied_seq``, read at scrape time; nothing on a
+    single node."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        store = self.handle.peek()
+        node = getattr(store, "cluster", None)
+        if node is None:
+            return
+        st = node.status()
+        for name, doc, key in (
+                ("stemedb_cluster_lag", "Stream messages this node has not applied yet",
+                 "lag"),
+                ("stemedb_cluster_applied_seq", "The last stream seq this node applied",
+                 "applied_seq"),
+                ("stemedb_cluster_stream_seq", "The stream's last seq as this node last saw it",
+                 "stream_seq")):
+            g = GaugeMetricFamily(name, doc, labels=["node_id"])
+            g.add_metric([st["node_id"]], float(st[key]))
+            yield g

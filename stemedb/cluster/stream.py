@@ -1,0 +1,88 @@
+"""The stream: its configuration, and ``stemedb cluster init`` (create or check).
+
+One stream holds the whole history: subjects ``<name>.>``, file storage,
+3 replicas, limits retention with no limit (a message is never dropped: a
+node that starts from an empty data directory replays it from the start),
+deletes and purges refused, a two-minute duplicate window for the message
+ids (a client retry within it writes once).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+DUPLICATE_WINDOW = 120.0        # seconds; JetStream's de-duplication window
+MAX_MSG_SIZE = 32 * 1024 * 1024  # a 16 MiB batch body as msgpack stays well under this
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The cluster variables (contract: "Cluster (several nodes)")."""
+
+    urls: list[str]
+    stream: str = "stemedb"
+    node_id: str = ""
+    read_wait_ms: int = 5000
+    replicas: int = 3
+
+    @classmethod
+    def from_env(cls, env=None) -> "ClusterSettings | None":
+        from ..errors import ConfigError
+        env = os.environ if env is None else env
+        raw = env.get("STEMEDB_CLUSTER_NATS", "").strip()
+        if not raw:
+            return None
+        urls = [u.strip() for u in raw.split(",") if u.strip()]
+        stream = env.get("STEMEDB_CLUSTER_STREAM", "stemedb").strip() or "stemedb"
+        if not all(c.isalnum() or c in "-_" for c in stream):
+            raise ConfigError(f"STEMEDB_CLUSTER_STREAM must be letters, digits, - or _ "
+                              f"(got {stream!r})")
+        try:
+            wait = int(env.get("STEMEDB_READ_WAIT_MS", "5000"))
+            if wait < 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError("STEMEDB_READ_WAIT_MS must be a whole number of milliseconds "
+                              ">= 0") from None
+        return cls(urls=urls, stream=stream,
+                   node_id=env.get("STEMEDB_NODE_ID", "").strip() or socket.gethostname(),
+                   read_wait_ms=wait)
+
+
+def stream_config(name: str, replicas: int = 3):
+    from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+    return StreamConfig(
+        name=name, subjects=[f"{name}.>"], retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE, num_replicas=replicas, max_msgs=-1, max_bytes=-1,
+        max_age=0, discard=DiscardPolicy.OLD, max_msg_size=MAX_MSG_SIZE,
+        duplicate_window=DUPLICATE_WINDOW, deny_delete=True, deny_purge=True,
+        description="StemeDB replicated log (stemedb cluster init)")
+
+
+async def ensure_stream(js, name: str, replicas: int = 3) -> tuple[object, bool]:
+    """``(stream info, created)``: create the stream, or check the existing one.
+
+    Idempotent.  An existing stream with other subjects, storage or replicas
+    is reported, never changed (ValueError naming the difference).
+    """
+    from nats.js.api import StorageType
+    from nats.js.errors import NotFoundError
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        info = await js.add_stream(stream_config(name, replicas))
+        return info, True
+    c = info.config
+    wrong = []
+    if list(c.subjects or []) != [f"{name}.>"]:
+        wrong.append(f"subjects {c.subjects} (want ['{name}.>'])")
+    if c.storage != StorageType.FILE:
+        wrong.append(f"storage {c.storage} (want file)")
+    if (c.num_replicas or 1) != replicas:
+        wrong.append(f"replicas {c.num_replicas} (want {replicas})")
+    if (c.max_age or 0) > 0 or (c.max_msgs or -1) > 0 or (c.max_bytes or -1) > 0:
+        wrong.append("limits that drop messages (max_age/max_msgs/max_bytes must be unlimited)")
+    if wrong:
+        raise ValueError(f"stream {name} exists but differs: " + "; ".join(wrong))
+    return info, False
