@@ -25,8 +25,12 @@ from libc.string cimport memcpy
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 cdef extern from "Python.h":
-    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size)
-    void PyErr_Clear()
+    bint PyUnicode_IS_ASCII(object s)
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
+    void* PyUnicode_DATA(object s)
+    bytes PyUnicode_AsUTF8String(object s)
+    char* PyBytes_AS_STRING(object b)
+    Py_ssize_t PyBytes_GET_SIZE(object b)
     char* PyOS_double_to_string(double val, char format_code, int precision,
                                 int flags, int* ptype) except NULL
     void PyMem_Free(void* p)
@@ -98,16 +102,37 @@ cdef int put_ll(Buf* b, long long x) except -1:
 cdef const char* HEX = b"0123456789abcdef"
 
 
+cdef object utf8(s, const char** u, Py_ssize_t* n):
+    """Point ``u``/``n`` at the UTF-8 of the str ``s``, or ``u`` at NULL when
+    ``s`` is not valid UTF-8 (a lone surrogate).  ASCII text is read in
+    place; other text is encoded into a new bytes object, returned for the
+    caller to hold while it reads ``u`` (PyUnicode_AsUTF8AndSize would cache
+    a copy inside the caller's str for its whole life instead)."""
+    if PyUnicode_IS_ASCII(s):
+        u[0] = <const char*>PyUnicode_DATA(s)
+        n[0] = PyUnicode_GET_LENGTH(s)
+        return None
+    try:
+        b = PyUnicode_AsUTF8String(s)
+    except UnicodeEncodeError:
+        u[0] = NULL
+        n[0] = 0
+        return None
+    u[0] = PyBytes_AS_STRING(b)
+    n[0] = PyBytes_GET_SIZE(b)
+    return b
+
+
 cdef int put_str(Buf* b, s) except -1:
     """A JSON string per RFC 8785 3.2.2.2: '"' and '\\' escaped, control
     characters as \\b \\t \\n \\f \\r or \\u00xx, everything else as UTF-8.
     Returns 1 when ``s`` is not valid UTF-8 text (a lone surrogate)."""
     cdef Py_ssize_t n, i, start = 0
-    cdef const char* u = PyUnicode_AsUTF8AndSize(s, &n)
+    cdef const char* u
     cdef unsigned char c
     cdef char esc[6]
+    keep = utf8(s, &u, &n)
     if u == NULL:
-        PyErr_Clear()
         return 1
     putc(b, b'"')
     for i in range(n):
@@ -149,9 +174,9 @@ cdef int put_raw_str(Buf* b, s) except -1:
     """``"`` + the UTF-8 of ``s`` + ``"``, unescaped: for fields validated to
     a safe ASCII alphabet (names, hex), as the pure twin writes them."""
     cdef Py_ssize_t n
-    cdef const char* u = PyUnicode_AsUTF8AndSize(s, &n)
+    cdef const char* u
+    keep = utf8(s, &u, &n)
     if u == NULL:
-        PyErr_Clear()
         return 1
     putc(b, b'"')
     put(b, u, n)
@@ -455,8 +480,6 @@ def hashed_assertion(agent_id, str concept_path, double confidence, derived, epo
 # raises the error naming the field.
 
 cdef extern from "Python.h":
-    Py_ssize_t PyUnicode_GET_LENGTH(object s)
-    void* PyUnicode_DATA(object s)
     Py_UCS4 PyUnicode_READ(int kind, void* data, Py_ssize_t i)
     bint Py_UNICODE_ISSPACE(Py_UCS4 ch)
 
@@ -473,8 +496,9 @@ def path_ok(path):
     cdef Py_UCS4 c
     if type(path) is not str:
         return False
-    if PyUnicode_AsUTF8AndSize(path, &n) == NULL:     # a lone surrogate
-        PyErr_Clear()
+    cdef const char* u
+    keep = utf8(path, &u, &n)
+    if u == NULL:     # a lone surrogate
         return False
     if n < 1 or n > 512:
         return False
@@ -508,9 +532,8 @@ def source_ok(source):
     cdef unsigned char c
     if type(source) is not str:
         return False
-    u = <const unsigned char*>PyUnicode_AsUTF8AndSize(source, &n)
+    keep = utf8(source, <const char**>&u, &n)
     if u == NULL:
-        PyErr_Clear()
         return False
     if n < 1 or n > 1024:
         return False
@@ -545,9 +568,8 @@ def name_ok(s):
     cdef unsigned char c
     if type(s) is not str:
         return False
-    u = <const unsigned char*>PyUnicode_AsUTF8AndSize(s, &n)
+    keep = utf8(s, <const char**>&u, &n)
     if u == NULL:
-        PyErr_Clear()
         return False
     if n < 1 or n > 128:      # bytes: every allowed character is one byte
         return False

@@ -144,6 +144,19 @@ def test_twin_declines_where_the_reference_refuses_with_the_same_error(v):
 
 
 @needs_twin
+def test_twin_leaves_no_utf8_copy_inside_the_callers_strings():
+    """PyUnicode_AsUTF8AndSize would cache a UTF-8 copy in every non-ASCII str
+    it reads (the concept paths and values a store keeps) for its lifetime."""
+    texts = ["drugs/é" + str(i) for i in range(3)] + ["x\U0001F600"]
+    sizes = [sys.getsizeof(t) for t in texts]
+    C.value_json({texts[3]: texts[0]})
+    C.path_ok(texts[1]), C.source_ok(texts[2]), C.name_ok(texts[0])
+    C.hashed_assertion(None, texts[1], 0.5, None, None, "proposed", None, "p", texts[2],
+                       "anecdotal", 1, b"1")
+    assert [sys.getsizeof(t) for t in texts] == sizes
+
+
+@needs_twin
 def test_depth_limit_is_the_references():
     assert C.value_json(nest(64)) == canonical_json_py(nest(64)) == b"[" * 64 + b"1" + b"]" * 64
     assert C.value_json(nest(65)) is None
