@@ -79,6 +79,22 @@ class MultiMap:
         if self.n_recent >= MERGE_AT:
             self.merge()
 
+    def add_many(self, keys: list[int], ordinals) -> None:
+        """``add(k, o)`` for each pair, ordinals ascending: one durable group
+        in one loop (no method call per pair), then at most one merge."""
+        recent = self.recent
+        n = 0
+        for k, o in zip(keys, ordinals):
+            lst = recent.get(k)
+            if lst is None:
+                recent[k] = [o]
+            else:
+                lst.append(o)
+            n += 1
+        self.n_recent += n
+        if self.n_recent >= MERGE_AT:
+            self.merge()
+
     def get(self, key: int) -> list[int]:
         out = []
         keys = self.keys

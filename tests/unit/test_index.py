@@ -110,3 +110,52 @@ def test_str64_is_fnv1a_64():
     assert index.str64("") == 0xCBF29CE484222325
     assert index.str64("a") == 0xAF63DC4C8601EC8C
     assert index.str64("foobar") == 0x85944171F73967E8
+
+
+def test_add_many_equals_one_add_per_pair(monkeypatch):
+    """A group's keys in one add_many leave the map exactly as one add per
+    (key, ordinal), merges included (MERGE_AT crossed inside a group)."""
+    monkeypatch.setattr(index, "MERGE_AT", 7)
+    rnd = np.random.default_rng(5)
+    one, many = MultiMap(np.int64), MultiMap(np.int64)
+    o = 0
+    for size in (1, 3, 9, 2, 20, 1, 5):
+        keys = rnd.integers(0, 6, size).tolist()
+        for i, k in enumerate(keys):
+            one.add(k, o + i)
+        many.add_many(keys, range(o, o + size))
+        o += size
+    for k in range(6):
+        assert many.get(k) == one.get(k)
+    assert len(many) == len(one) == o
+    assert many.check("m") == []
+    many.merge(), one.merge()
+    assert many.keys.tolist() == one.keys.tolist() and many.vals.tolist() == one.vals.tolist()
+
+
+def test_group_apply_equals_per_record_apply():
+    """State.apply_asserts: one group larger than SMALL_GROUP (the vectorized
+    path) builds exactly the state of the same records one group each."""
+    from stemedb.core.state import SMALL_GROUP, State
+    hs = [bytes([i % 7]) * 4 + i.to_bytes(4, "little") + bytes(24) for i in range(40)]
+    items = [(i + 1, 1 + i // 30, 40 + 100 * i,
+              (hs[i], 1000 + i, 500 + i, 0, f"p/{i % 5}", f"q{i % 3}",
+               f"pubmed://{i % 4}" if i % 3 else None, None,
+               hs[i - 1] if i % 10 == 9 else None, [hs[0], hs[1]] if i == 35 else None))
+             for i in range(40)]
+    grouped, single = State(), State()
+    grouped.apply_asserts(items[:4])
+    grouped.apply_asserts(items[4:])
+    assert len(items) - 4 > SMALL_GROUP
+    for it in items:
+        single.apply_asserts([it])
+    for name in ("by_hash", "by_key", "by_path", "by_source"):
+        a, b = getattr(grouped, name), getattr(single, name)
+        a.merge(), b.merge()
+        assert a.keys.tolist() == b.keys.tolist() and a.vals.tolist() == b.vals.tolist(), name
+    for name, arr in grouped.cols.arrays().items():
+        assert arr.tolist() == single.cols.arrays()[name].tolist(), name
+    for name in ("dependents", "revisions", "last_seq", "last_recorded_at", "records",
+                 "path_names", "pred_names"):
+        assert getattr(grouped, name) == getattr(single, name), name
+    assert grouped.check() == []
