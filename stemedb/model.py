@@ -262,14 +262,17 @@ def _struct_fields(cls) -> tuple | None:
 
 def _struct_values(body) -> list:
     """The struct's fields in ``_FIELD_ORDER``; UNSET and absent are None."""
-    if body.__struct_fields__ == _FIELD_ORDER and _unset_to_none is not None:
-        out = _unset_to_none(msgspec.structs.astuple(body), msgspec.UNSET, len(_REQUIRED))
-        if type(out) is list:
-            return out
-    values = [getattr(body, name, None) for name in _FIELD_ORDER]
     unset = msgspec.UNSET
-    for name, v in zip(_REQUIRED, values):
-        if v is unset:
+    if body.__struct_fields__ == _FIELD_ORDER:      # AssertionIn: one C call
+        values = msgspec.structs.astuple(body)
+        if _unset_to_none is not None:
+            out = _unset_to_none(values, unset, len(_REQUIRED))
+            if type(out) is list:
+                return out
+    else:
+        values = [getattr(body, name, None) for name in _FIELD_ORDER]
+    for i, name in enumerate(_REQUIRED):
+        if values[i] is unset:
             raise ValidationError(f"{name} is required", field=name)
     return [None if v is unset else v for v in values]
 
