@@ -30,7 +30,7 @@ the file once (from the page cache after a recent write); it is computed
 over the mapping, without a copy into the heap, and the pages are then
 dropped from this process (``MADV_DONTNEED``: nothing was written to them,
 so they are read back from the page cache when touched).  Measured in
-bench/results/snapshot-mmap-*.md.
+bench/results/snapshot-mmap-2026-11-26.md.
 """
 from __future__ import annotations
 

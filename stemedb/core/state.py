@@ -211,7 +211,7 @@ class State:
         record: the loop only resolves names to ids, the hash prefixes and
         locations are computed over the whole group with numpy, and each map
         takes the group's keys in one ``MultiMap.add_many`` (1.2x faster on
-        groups of 1,000, bench/results/group-commit-*.md).  Smaller groups
+        groups of 1,000, bench/results/group-commit-2026-11-26.md).  Smaller groups
         (single puts, the few records of a group commit) take the per-record
         adds, whose fixed cost is lower (the group path cost 1.3x on single puts).
         """
