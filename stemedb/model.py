@@ -33,8 +33,11 @@ if _canonical.COMPILED:
     _hashed_compiled = _canonical._canon.hashed_assertion
     _unset_to_none = _canonical._canon.unset_to_none
     _name_ok = _canonical._canon.name_ok
+    _checked = _canonical._canon.checked_fields
+    _signature_ok = _canonical._canon.signature_ok
 else:
     _path_ok = _source_ok = _hashed_compiled = _unset_to_none = _name_ok = None
+    _checked = _signature_ok = None
 
 SOURCE_CLASSES = ("regulatory", "clinical", "observational", "expert", "community", "anecdotal")
 SOURCE_CLASS_RANK = {name: i for i, name in enumerate(SOURCE_CLASSES)}
@@ -280,7 +283,41 @@ def _struct_values(body) -> list:
 def _prepare(concept_path, predicate, value, confidence, source, sc, lc, parent_hash, derived,
              epoch, ts, agent_id, signature, default_time_us, require_signatures,
              _signing) -> AssertionRecord:
-    """The checks and the record, from the fields (absent ones are None)."""
+    """The checks and the record, from the fields (absent ones are None).
+
+    The compiled pass (``_canon.checked_fields``, inline here: a call per
+    assertion costs) goes first and answers only when every check passes,
+    accepting exactly what the pure checks accept (tests/unit/test_canon.py);
+    otherwise the pure checks below run from the start and raise the first
+    error in their order.
+    """
+    if default_time_us is None:   # one receive time, whichever pass answers
+        default_time_us = now_us()
+    if _checked is not None:
+        out = None
+        try:
+            timestamp = default_time_us if ts is None else parse_time(ts, "timestamp")
+        except ValidationError:
+            timestamp = None
+        if timestamp is not None and (
+                (signature is None and not require_signatures
+                 and (agent_id is None or _signing))
+                or (signature is not None and agent_id is not None
+                    and _signature_ok(signature))):
+            out = _checked(concept_path, predicate, value, confidence, source, sc, lc,
+                           parent_hash, derived, epoch, timestamp, agent_id)
+        if out is not None:
+            value_json, hashed, confidence, source_rank, lifecycle_rank, derived = out
+            digest = blake3.blake3(hashed).digest()
+            if signature is not None:   # every other check passed: the pure pass says the same
+                verify_signature(agent_id, signature, digest, "signature")
+            return AssertionRecord(
+                digest, 0, timestamp, confidence, source_rank, lifecycle_rank, concept_path,
+                predicate, value_json, source, epoch,
+                bytes.fromhex(parent_hash) if parent_hash is not None else None,
+                [bytes.fromhex(h) for h in derived] if derived is not None else None,
+                bytes.fromhex(agent_id) if agent_id is not None else None,
+                bytes.fromhex(signature) if signature is not None else None)
     if _path_ok is None or not _path_ok(concept_path):
         check_concept_path(concept_path)
     if _name_ok is None or not _name_ok(predicate):
@@ -517,3 +554,7 @@ class Assertion:
 
     def __hash__(self):
         return hash(self.record.hash)
+
+
+if _checked is not None:
+    _canonical._canon.configure(SCHEME_CLASS, SOURCE_CLASS_RANK, LIFECYCLE_RANK)

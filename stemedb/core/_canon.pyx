@@ -402,9 +402,9 @@ def number_json(double x):
     return PyBytes_FromStringAndSize(b.p, b.n)
 
 
-def hashed_assertion(agent_id, str concept_path, double confidence, derived, epoch,
-                     str lifecycle, parent_hash, str predicate, source, str source_class,
-                     timestamp, bytes value_json):
+cpdef hashed_assertion(agent_id, str concept_path, double confidence, derived, epoch,
+                      str lifecycle, parent_hash, str predicate, source, str source_class,
+                      timestamp, bytes value_json):
     """The hashed object of an assertion, in JCS key order, from validated
     fields (``value_json`` already canonical); None when the pure twin must
     decide (text that is not valid UTF-8, a timestamp beyond 64 bits)."""
@@ -579,3 +579,108 @@ def name_ok(s):
                 or c == 0x5f or c == 0x2e or c == 0x3a or c == 0x2d):
             return False
     return True
+
+
+
+# ---------------------------------------------------- the whole check pass
+# stemedb.model._prepare calls checked_fields first; None sends the fields to
+# its pure checks, which raise the first error in their order.  So this only
+# has to accept exactly a subset of what they accept (the parity tests hold
+# it to exactly the same set), never to name a field.
+
+cdef dict _scheme_class = {}
+cdef dict _source_class_rank = {}
+cdef dict _lifecycle_rank = {}
+DEF MAX_VALUE_BYTES = 65536
+DEF MAX_DERIVED = 256
+
+
+def configure(dict scheme_class, dict source_class_rank, dict lifecycle_rank):
+    """The model's tables (model.SCHEME_CLASS, SOURCE_CLASS_RANK, LIFECYCLE_RANK)."""
+    global _scheme_class, _source_class_rank, _lifecycle_rank
+    _scheme_class, _source_class_rank, _lifecycle_rank = \
+        dict(scheme_class), dict(source_class_rank), dict(lifecycle_rank)
+
+
+cdef bint hex_ok(s, Py_ssize_t want):
+    """``want`` lower-case hex characters (the model's _HASH_RE / _SIG_RE)."""
+    cdef Py_ssize_t i
+    cdef const unsigned char* u
+    cdef unsigned char c
+    if type(s) is not str or not PyUnicode_IS_ASCII(s) or PyUnicode_GET_LENGTH(s) != want:
+        return False
+    u = <const unsigned char*>PyUnicode_DATA(s)
+    for i in range(want):
+        c = u[i]
+        if not ((0x30 <= c <= 0x39) or (0x61 <= c <= 0x66)):
+            return False
+    return True
+
+
+def signature_ok(s):
+    """Whether ``s`` is 128 lower-case hex characters."""
+    return hex_ok(s, 128)
+
+
+def checked_fields(concept_path, predicate, value, confidence, source, sc, lc, parent_hash,
+                   derived, epoch, timestamp, agent_id):
+    """``(value_json, hashed, confidence, source_class_rank, lifecycle_rank,
+    derived)`` when every check of ``model._prepare`` on these fields passes
+    (``timestamp`` already parsed to microseconds), else None."""
+    cdef double conf
+    cdef str sc_name
+    cdef Py_ssize_t i, m
+    if not path_ok(concept_path) or not name_ok(predicate):
+        return None
+    if type(confidence) is float:
+        conf = PyFloat_AS_DOUBLE(confidence)
+        if not (0.0 <= conf <= 1.0):
+            return None
+    elif type(confidence) is int and (confidence == 0 or confidence == 1):
+        conf = 1.0 if confidence == 1 else 0.0
+    else:
+        return None
+    vj = value_json(value)
+    if vj is None or len(<bytes>vj) > MAX_VALUE_BYTES:
+        return None
+    if source is not None and not source_ok(source):
+        return None
+    if sc is None:
+        sc_name = "anecdotal"
+        if source is not None:
+            i = (<str>source).find(":")
+            if i > 0:
+                scheme = (<str>source)[:i]
+                if PyUnicode_IS_ASCII(scheme):
+                    sc_name = _scheme_class.get(scheme.lower(), "anecdotal")
+    elif type(sc) is str and sc in _source_class_rank:
+        sc_name = sc
+    else:
+        return None
+    if lc is None:
+        lc = "proposed"
+    elif type(lc) is not str or lc not in _lifecycle_rank:
+        return None
+    if parent_hash is not None and not hex_ok(parent_hash, 64):
+        return None
+    if derived is not None:
+        if type(derived) is not list and type(derived) is not tuple:
+            return None
+        m = len(derived)
+        if m < 1 or m > MAX_DERIVED:
+            return None
+        for i in range(m):
+            if not hex_ok(derived[i], 64):
+                return None
+        if len(set(derived)) != m:
+            return None
+        derived = list(derived)
+    if epoch is not None and not name_ok(epoch):
+        return None
+    if agent_id is not None and not hex_ok(agent_id, 64):
+        return None
+    hashed = hashed_assertion(agent_id, concept_path, conf, derived, epoch, lc, parent_hash,
+                              predicate, source, sc_name, timestamp, vj)
+    if hashed is None:
+        return None
+    return (vj, hashed, conf, _source_class_rank[sc_name], _lifecycle_rank[lc], derived)

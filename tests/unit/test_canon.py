@@ -297,7 +297,7 @@ def test_hashed_assertion_declines_text_that_is_not_utf8():
 
 
 TWINS = ("_path_ok", "_source_ok", "_name_ok", "_hashed_compiled", "_unset_to_none",
-         "canonical_json")
+         "_checked", "_signature_ok", "canonical_json")
 
 
 @contextlib.contextmanager
@@ -315,15 +315,18 @@ def _model_with(**twins):
 def pure_model():
     """prepare_assertion with every compiled twin switched off."""
     return _model_with(_path_ok=None, _source_ok=None, _name_ok=None, _hashed_compiled=None,
-                       _unset_to_none=None, canonical_json=canonical_json_py)
+                       _unset_to_none=None, _checked=None, _signature_ok=None,
+                       canonical_json=canonical_json_py)
 
 
 def compiled_model():
     def canonical_json(v):
         out = C.value_json(v)
         return canonical_json_py(v) if out is None else out
+    C.configure(model.SCHEME_CLASS, model.SOURCE_CLASS_RANK, model.LIFECYCLE_RANK)
     return _model_with(_path_ok=C.path_ok, _source_ok=C.source_ok, _name_ok=C.name_ok,
                        _hashed_compiled=C.hashed_assertion, _unset_to_none=C.unset_to_none,
+                       _checked=C.checked_fields, _signature_ok=C.signature_ok,
                        canonical_json=canonical_json)
 
 
@@ -334,40 +337,63 @@ segments = st.text(st.sampled_from(["a", "b", "é", " ", ".", '"', "\\", "\U0001
                    min_size=1, max_size=5)
 
 
+def _or_bad(good, *bad):
+    """``good`` nine times in ten, else one of the ``bad`` values (a field the
+    model refuses), so that compiled and pure are compared on refusals too
+    while most bodies still store."""
+    return st.integers(0, 9).flatmap(lambda i: st.sampled_from(bad) if i == 0 else good)
+
+
+good_segments = st.text(st.sampled_from(["a", "b", "é", ".", '"', "\\", "\U0001F600", "-"]),
+                        min_size=1, max_size=5).filter(lambda seg: seg not in (".", ".."))
+
+
 @st.composite
 def assertions(draw):
-    b = {"concept_path": "/".join(draw(st.lists(segments, min_size=1, max_size=4))),
-         "predicate": draw(names), "value": draw(json_values),
-         "confidence": draw(st.floats(0, 1) | st.sampled_from([0, 1]))}
+    path = _or_bad(st.lists(good_segments, min_size=1, max_size=4).map("/".join),
+                   "a//b", "/a", "a/", " a/b", "a/./b", "a/../b", "", "a\x00b", "a\x85", 5)
+    b = {"concept_path": draw(st.one_of(path, path, path,
+                                        st.lists(segments, min_size=1, max_size=4).map("/".join))),
+         "predicate": draw(_or_bad(names, "p\n", "", "a b", "x" * 129, 5, None)),
+         "value": draw(json_values),
+         "confidence": draw(_or_bad(st.floats(0, 1) | st.sampled_from([0, 1]),
+                                    1.0000001, -0.0001, 2, True, math.nan, "0.5", None))}
     opt = {
         "source": st.sampled_from(["fda://a", "forum:x", "source/x", "é:1", 'q"\\']) | texts,
-        "source_class": st.sampled_from(model.SOURCE_CLASSES),
-        "lifecycle": st.sampled_from(model.LIFECYCLES),
-        "parent_hash": HEX,
-        "derived_from": st.lists(HEX, min_size=1, max_size=3, unique=True),
-        "epoch": names,
-        "timestamp": st.integers(-9 * 10**9, 9 * 10**9) | st.floats(-9e9, 9e9)
-        | st.sampled_from(["2024-03-01T12:00:00Z", "2024-03-01T13:00:00.5+01:00"]),
+        "source_class": _or_bad(st.sampled_from(model.SOURCE_CLASSES), "Regulatory", 1, ""),
+        "lifecycle": _or_bad(st.sampled_from(model.LIFECYCLES), "Approved", 0),
+        "parent_hash": _or_bad(HEX, "A" * 64, "a" * 63, "a" * 64 + "\n", 7),
+        "derived_from": _or_bad(st.lists(HEX, min_size=1, max_size=3, unique=True),
+                                [], ["a" * 64, "a" * 64], ["g" * 64], "a" * 64, [None],
+                                ["a" * 64] * 257),
+        "epoch": _or_bad(names, "e\n", "", "e e"),
+        "timestamp": _or_bad(st.integers(-9 * 10**9, 9 * 10**9) | st.floats(-9e9, 9e9)
+                             | st.sampled_from(["2024-03-01T12:00:00Z",
+                                                "2024-03-01T13:00:00.5+01:00"]),
+                             "yesterday", True, 1e20, math.inf),
     }
     for name, strat in opt.items():
         if draw(st.booleans()):
             b[name] = draw(strat)
-    if draw(st.booleans()):
-        b["agent_id"] = AGENT
+    if draw(st.booleans()) and ("timestamp" in b or draw(st.integers(0, 9)) == 0):
+        b["agent_id"] = draw(_or_bad(st.just(AGENT), AGENT.upper(), AGENT[:-1]))
+    if draw(st.integers(0, 9)) == 0:
+        b["signature"] = draw(st.sampled_from(["0" * 128, "0" * 127, "Z" * 128]))
     return b
 
 
-def outcome(body):
+def outcome(body, require_signatures=False):
     """The record, or the error as (class, message, field)."""
     try:
-        rec = prepare_assertion(body, default_time_us=1_700_000_000_000_000)
+        rec = prepare_assertion(body, default_time_us=1_700_000_000_000_000,
+                                require_signatures=require_signatures)
     except ValidationError as exc:
         return (type(exc).__name__, str(exc), exc.field)
     return rec
 
 
 def _sign(b: dict) -> dict:
-    if "agent_id" in b and "timestamp" in b:
+    if "agent_id" in b and "timestamp" in b and "signature" not in b:
         try:
             digest = bytes.fromhex(model.assertion_hash(b))
         except ValidationError:
@@ -396,17 +422,64 @@ def oracle_hash(rec, value) -> bytes:
 
 
 @needs_twin
-@settings(max_examples=300, deadline=None)
-@given(assertions())
-def test_prepare_assertion_compiled_equals_pure(b):
+@settings(max_examples=600, deadline=None)
+@given(assertions(), st.booleans())
+def test_prepare_assertion_compiled_equals_pure(b, required):
     b = _sign(b)
     with pure_model():
-        pure = outcome(b)
+        pure = outcome(b, required)
     with compiled_model():
-        comp = outcome(b)
+        comp = outcome(b, required)
     assert comp == pure, "compiled and pure prepare_assertion must agree, errors included"
     if isinstance(pure, model.AssertionRecord):
         assert pure.hash == oracle_hash(pure, b["value"]), "the hash is BLAKE3 of rfc8785's bytes"
+
+
+ONE_BAD_FIELD = [
+    ("concept_path", v) for v in ("a//b", "/a", "a/", " a/b", "a /b", "a/./b", "a/../b", "",
+                                  "a\x00b", "a\x85", "a\ud800", "é" * 257, 5, None)
+] + [
+    ("predicate", v) for v in ("p\n", "", "a b", "x" * 129, "é", 5, None)
+] + [
+    ("confidence", v) for v in (1.0000001, -0.0001, 2, -1, True, math.nan, math.inf, "0.5",
+                                None, 10**400)
+] + [
+    ("value", v) for v in (2**53, math.nan, "\ud800", nest(65), {1: 2}, {"a": b"x"},
+                           "x" * (64 * 1024))
+] + [
+    ("source", v) for v in ("", "a\x00", "a\x7f", "a\x9f", "x" * 1025, "é" * 513, "a\ud800", 5)
+] + [
+    ("source_class", v) for v in ("Regulatory", "", 1, "x")
+] + [
+    ("lifecycle", v) for v in ("Approved", "", 0)
+] + [
+    ("parent_hash", v) for v in ("A" * 64, "a" * 63, "a" * 65, "a" * 64 + "\n", "g" * 64, 7)
+] + [
+    ("derived_from", v) for v in ([], ["a" * 64, "a" * 64], ["g" * 64], "a" * 64, [None],
+                                  ["%064x" % i for i in range(257)], {"a" * 64})
+] + [
+    ("epoch", v) for v in ("e\n", "", "e e", 5)
+] + [
+    ("timestamp", v) for v in ("yesterday", True, 1e20, math.inf, 10**20)
+] + [
+    ("agent_id", v) for v in (AGENT, AGENT.upper(), AGENT[:-1])
+] + [
+    ("signature", v) for v in ("0" * 128, "0" * 127, "Z" * 128)
+]
+
+
+@needs_twin
+@pytest.mark.parametrize("field,bad", ONE_BAD_FIELD, ids=range(len(ONE_BAD_FIELD)))
+def test_one_bad_field_is_refused_alike_compiled_and_pure(field, bad):
+    body = {"concept_path": "drugs/x", "predicate": "p", "value": {"k": [1, 2.5]},
+            "confidence": 0.5, "timestamp": 1709294400, "source": "fda://x",
+            "derived_from": ["b" * 64], field: bad}
+    with pure_model():
+        pure = outcome(body)
+    with compiled_model():
+        comp = outcome(body)
+    assert not isinstance(pure, model.AssertionRecord)
+    assert comp == pure, "the compiled pass must refuse what the pure checks refuse"
 
 
 # ------------------------------------------------- the decoded Struct (HTTP)
