@@ -9,6 +9,13 @@ reference, and the compiled code only ever says "here are the bytes" or "ask
 the reference".  ``hashed_assertion(...)`` writes the hashed object of an
 assertion (``stemedb.model._hashed_bytes_py`` is its pure twin).
 
+The field checks follow the same rule: ``path_ok``, ``name_ok``,
+``source_ok`` and ``checked_fields`` (every check of ``model._prepare``, the
+value and the hashed object in one call) answer only "accepted"; anything
+else goes to the pure checks in ``stemedb.model``, which raise the error
+naming the field, in their order.  Text is read as UTF-8 without leaving a
+cached copy inside the caller's str objects.
+
 Numbers follow ECMAScript's Number.prototype.toString, as RFC 8785 3.2.2.3
 asks: the shortest round-trip digits (CPython's repr, David Gay's dtoa, gives
 the same digits as ECMAScript: the fewest that round-trip, the closest to the
