@@ -374,17 +374,21 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             cands = [shown(reader, o, f) for o in active]
             rcands = [shown(reader, o, f) for o in retracted] if f.include_retracted else []
             ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
+        else:
+            # a materialized answer: what a fresh computation gives (see
+            # _answer_key); only the page (and the audit's top) is decoded
+            ords = ans.ords
+            page = [shown(reader, o, f) for o in ords[offset:offset + limit]]
+            top = ([shown(reader, o, f) for o in ords[:min(AUDIT_CONTRIBUTORS, ans.active)]]
+                   if reader.audit is not None else None)
     if ans is not None:
-        # a materialized answer: what a fresh computation gives (see _answer_key)
-        ordered = ans.ordered
         results = [Result(r) for r in ans.results]
-        page = ordered[offset:offset + limit]
-        nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
+        nxt = _cursor(offset + limit, f) if offset + limit < len(ans.ords) else None
         out = QueryResult(concept_path, lens, results, page, nxt)
-        if reader.audit is not None:
+        if top is not None:
             at = f.as_of if f.as_of is not None else f.at_us
             _audit(reader, agent, _audit_params(locals()), results, None,
-                   LensContext(at_us=at, decay=f.decay), ordered, active=ans.active)
+                   LensContext(at_us=at, decay=f.decay), top, active=ans.active)
         return out
     groups: dict[tuple, list[Assertion]] = {}
     for a in cands:
@@ -409,8 +413,12 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
     if rcands:
         ordered = ordered + sorted(rcands, key=lambda a: (-a.timestamp_us, -a.seq))
     if akey is not None:
-        # the cache keeps its own Result dicts: a caller may change the ones it gets
-        cache.add_answer(akey, Answer(token, [Result(r) for r in results], ordered, len(cands)))
+        # the cache keeps its own Result dicts (a caller may change the ones
+        # it gets) and the candidates as ordinals
+        where = {id(a): o for a, o in zip(cands, active)}
+        where.update((id(a), o) for a, o in zip(rcands, retracted))
+        cache.add_answer(akey, Answer(token, [Result(r) for r in results],
+                                      [where[id(a)] for a in ordered], len(cands)))
     page = ordered[offset:offset + limit]
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)

@@ -16,6 +16,7 @@ keyed and checked by ``query.py`` (see ``_answer_key`` there).
 from __future__ import annotations
 
 import threading
+from array import array
 from collections import OrderedDict
 from typing import Callable, Iterator
 
@@ -35,8 +36,8 @@ DEFAULT_READ_CACHE_BYTES = 64 * 1024 * 1024
 # tracemalloc over the bench workload's records (tests/unit/test_read_cache.py
 # checks the estimate is not below what records really take).
 RECORD_OVERHEAD = 560
-ASSERTION_BYTES = 96        # an Assertion (5 slots) and its list slot, in a cached answer
-ANSWER_OVERHEAD = 1024      # an answer's own objects: key, lists, Result dicts
+ANSWER_OVERHEAD = 1024      # an answer's own objects: its key, token, lists
+RESULT_BYTES = 640          # a Result dict and its numbers, besides the winners' records
 ANSWER_SHARE = 16           # one answer may take at most 1/16 of the bound
 
 
@@ -58,19 +59,27 @@ def record_size(rec: AssertionRecord) -> int:
 
 
 class Answer:
-    """A materialized query answer (see query.run_query): what paging needs,
+    """A materialized query answer (see query.run_query): the results (one
+    per (concept_path, predicate), with their winners), the ordinals of
+    every candidate in the lens's order (8 bytes each: a page decodes its
+    own few, mostly from the record entries), how many are not retracted,
     the validity token it was computed under and its estimated size."""
 
-    __slots__ = ("token", "results", "ordered", "active", "size")
+    __slots__ = ("token", "results", "ords", "active", "size")
 
-    def __init__(self, token, results, ordered, active: int):
+    def __init__(self, token, results: list, ords: list[int], active: int):
         self.token = token
         self.results = results
-        self.ordered = ordered
+        self.ords = array("q", ords)
         self.active = active
-        sample = ordered[:16]
-        per = (sum(record_size(a.record) for a in sample) // len(sample)) if sample else 0
-        self.size = ANSWER_OVERHEAD + 512 * len(results) + len(ordered) * (ASSERTION_BYTES + per)
+        size = ANSWER_OVERHEAD + 8 * len(ords)
+        for r in results:
+            size += RESULT_BYTES
+            for held in (r, *r.get("layers", ())):
+                w = held.get("winner")
+                if w is not None:
+                    size += 80 + record_size(w.record)
+        self.size = size
 
 
 class ReadCache:

@@ -400,3 +400,19 @@ def test_the_setting_reaches_the_store(tmp_path):
     finally:
         s.close()
     assert Settings.from_env({"STEMEDB_READ_CACHE_BYTES": "0"}).read_cache_bytes == 0
+
+
+def test_an_answer_from_the_cache_is_audited_as_a_fresh_one(store):
+    for i in range(30):
+        store.put(claim(i % 4, ts=i, conf=0.1 + i / 100))
+    kw = {"predicate": "r", "lens": "consensus", "limit": 3}
+    store.query("g", agent="a", **kw)
+    hits = store.reader.cache.answer_hits
+    store.query("g", agent="a", **kw)
+    assert store.reader.cache.answer_hits == hits + 1
+    _uncached(store, lambda: store.query("g", agent="a", **kw))
+    entries = store.audit_queries(limit=3)
+    assert len(entries) == 3
+    same = [{k: v for k, v in e.items() if k not in ("id", "at")} for e in entries]
+    assert same[0] == same[1] == same[2]
+    assert len(same[0]["contributing"]) == 20 and same[0]["contributing_more"] == 10
