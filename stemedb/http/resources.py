@@ -139,8 +139,10 @@ def min_seq(state, req, value=None) -> None:
     """``min_seq`` on a read: answer only once this node has applied that seq.
 
     In cluster mode the node waits up to ``STEMEDB_READ_WAIT_MS``, else 503
-    ``not_caught_up`` with ``Retry-After``; a single node has applied every
-    seq it answered, so only a seq beyond its last is ``not_caught_up``.
+    ``not_caught_up`` with ``Retry-After``.  A single node answers a write
+    only after applying it, so every seq a client can know is applied: one
+    beyond its last seq was never written here, and is a 400 on ``min_seq``
+    (waiting or answering 503 would promise a retry that cannot succeed).
     GET parameters are taken out here, before the schemas (which forbid
     unknown fields) see them; ``POST /v1/query`` has it in its body.
     """
@@ -157,9 +159,9 @@ def min_seq(state, req, value=None) -> None:
     if node is not None:
         node.wait_for(value)
     elif value > store.last_seq:
-        from ..cluster.errors import NotCaughtUp
-        raise NotCaughtUp(f"min_seq {value} is beyond this store's last seq {store.last_seq}",
-                          field="min_seq")
+        raise bad_request(f"min_seq {value} is beyond this store's last seq {store.last_seq}: "
+                          f"this single node answered every seq it wrote, so this one comes "
+                          f"from another store; pass a seq from this store's answers", "min_seq")
 
 
 def _read_barrier(req, resp, resource, params):
