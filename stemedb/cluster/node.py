@@ -25,6 +25,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,6 +35,10 @@ from . import message
 from .errors import ClusterMismatch, ClusterUnavailable, NotCaughtUp
 from .message import SEQ_SPAN
 from .stream import ClusterSettings
+
+if TYPE_CHECKING:       # nats is an extra (stemedb[cluster]), imported where used
+    from nats.aio.client import Client
+    from nats.js import JetStreamContext
 
 log = logging.getLogger("stemedb.cluster")
 
@@ -61,8 +66,9 @@ class ClusterNode:
         self._applier = concurrent.futures.ThreadPoolExecutor(1, "stemedb-apply")
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
-        self.nc = self.js = None
-        self._task = None
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None         # set once connected, never unset
+        self._task: concurrent.futures.Future[None] | None = None
 
     # ------------------------------------------------------------ life
     def start(self) -> "ClusterNode":
@@ -133,6 +139,7 @@ class ClusterNode:
                 await asyncio.sleep(1.0)
         if self._stopping:
             return
+        assert self.nc is not None      # the loop above ends connected, or stopping
         self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT)
         self.connected = True
         while not self._stopping:
@@ -163,6 +170,11 @@ class ClusterNode:
     async def _on_error(self, exc):
         log.debug("cluster: NATS client error: %s", exc)
 
+    def _jetstream(self) -> JetStreamContext:
+        """The JetStream context: the callers run only after _main connected."""
+        assert self.js is not None, "JetStream is used before NATS connected"
+        return self.js
+
     # ------------------------------------------------------------ identity
     def _identity_path(self) -> str:
         return os.path.join(self.store.path, "cluster.json")
@@ -170,7 +182,7 @@ class ClusterNode:
     async def _check_identity(self) -> None:
         """The data directory belongs to this stream, and is not ahead of it."""
         cs = self.settings
-        info = await self.js.stream_info(cs.stream)
+        info = await self._jetstream().stream_info(cs.stream)
         created = info.created.isoformat() if info.created else ""
         last = info.state.last_seq
         self.stream_seq = last
@@ -211,7 +223,8 @@ class ClusterNode:
             if not n or int(st.cols.seq[n - 1]) // SEQ_SPAN != self.applied:
                 return
             h = st.cols.hash_of(n - 1)
-        msg = await self.js.get_msg(self.settings.stream, self.applied)
+        msg = await self._jetstream().get_msg(self.settings.stream, self.applied)
+        assert msg.subject is not None and msg.data is not None     # a stored message has both
         kind = msg.subject.rsplit(".", 1)[-1]
         ok = False
         if kind == "assert":
@@ -238,8 +251,8 @@ class ClusterNode:
                         opt_start_seq=self.applied + 1, ack_policy=AckPolicy.NONE,
                         inactive_threshold=30.0, mem_storage=True, num_replicas=1,
                         max_waiting=1)
-                    sub = await self.js.pull_subscribe(f"{cs.stream}.>", stream=cs.stream,
-                                                       config=cfg)
+                    sub = await self._jetstream().pull_subscribe(
+                        f"{cs.stream}.>", stream=cs.stream, config=cfg)
                 try:
                     msgs = await sub.fetch(FETCH_BATCH, timeout=0.5)
                 except NatsTimeout:
@@ -250,7 +263,7 @@ class ClusterNode:
                                           md.sequence.stream + (md.num_pending or 0))
                     await self._loop.run_in_executor(self._applier, self._apply, msgs)
                 elif time.monotonic() - last_info > 1.0:
-                    info = await self.js.stream_info(cs.stream)
+                    info = await self._jetstream().stream_info(cs.stream)
                     self.stream_seq = max(self.stream_seq, info.state.last_seq)
                     last_info = time.monotonic()
             except asyncio.CancelledError:
@@ -342,10 +355,10 @@ class ClusterNode:
         return value
 
     async def _publish(self, subject: str, payload: bytes, msg_id: str):
-        return await self.js.publish(subject, payload, timeout=PUBLISH_TIMEOUT,
+        return await self._jetstream().publish(subject, payload, timeout=PUBLISH_TIMEOUT,
                                      headers={"Nats-Msg-Id": msg_id})
 
-    def _outcome(self, s: int, kind: str, args: tuple) -> tuple[bool, object]:
+    def _outcome(self, s: int, kind: str, args: tuple) -> tuple[bool, Any]:
         deadline = time.monotonic() + APPLY_TIMEOUT
         with self._cv:
             while self.applied < s:

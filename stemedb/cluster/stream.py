@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:       # nats is an extra (stemedb[cluster]), imported where used
+    from nats.js.api import StreamInfo
 
 DUPLICATE_WINDOW = 120.0        # seconds; JetStream's de-duplication window
 MAX_MSG_SIZE = 32 * 1024 * 1024  # a 16 MiB batch body as msgpack stays well under this
@@ -60,7 +64,7 @@ def stream_config(name: str, replicas: int = 3):
         description="StemeDB replicated log (stemedb cluster init)")
 
 
-async def ensure_stream(js, name: str, replicas: int = 3) -> tuple[object, bool]:
+async def ensure_stream(js, name: str, replicas: int = 3) -> tuple[StreamInfo, bool]:
     """``(stream info, created)``: create the stream, or check the existing one.
 
     Idempotent.  An existing stream with other subjects, storage or replicas

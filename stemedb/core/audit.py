@@ -43,7 +43,7 @@ import time
 
 import orjson
 
-from .fileio import FileSystem
+from .fileio import File, FileSystem
 
 log = logging.getLogger("stemedb")
 
@@ -98,7 +98,7 @@ class AuditLog:
         self._dropped = 0
         self._unlogged = 0                      # drops not yet in a log line
         self._last_log = None
-        self._file = None                       # opened at the first write
+        self._file: File | None = None          # opened at the first write
         self._torn = False                      # the file may end in a partial line
         self._failing = False                   # the last write failed
         try:

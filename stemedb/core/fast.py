@@ -13,6 +13,7 @@ the concept path and source checks), is chosen the same way, by
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .. import canonical as _canonical
 from . import codec
@@ -28,10 +29,11 @@ _require = _flag("STEMEDB_REQUIRE_FAST")
 if _pure and _require:
     raise ImportError("STEMEDB_PURE_PYTHON=1 and STEMEDB_REQUIRE_FAST=1 contradict each other")
 
-_fast = None
+_fast: Any = None       # the compiled module, or None
 if not _pure:
     try:
-        from . import _fast  # type: ignore[no-redef]
+        # a Cython extension: no stubs, so its attributes are typed Any
+        from . import _fast  # type: ignore[attr-defined, no-redef]
     except ImportError as exc:
         if _require:
             raise ImportError(

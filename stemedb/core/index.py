@@ -180,6 +180,15 @@ class Columns:
         "seq": np.int64, "loc": np.int64, "ts": np.int64, "rec": np.int64,
         "key": np.int64, "path": np.int32, "epoch": np.int32, "lc": np.int8,
     }
+    # made by __init__ from SPEC (setattr), declared here for the type checker
+    seq: np.ndarray
+    loc: np.ndarray
+    ts: np.ndarray
+    rec: np.ndarray
+    key: np.ndarray
+    path: np.ndarray
+    epoch: np.ndarray
+    lc: np.ndarray
 
     def __init__(self, capacity: int = 1024):
         self.n = 0

@@ -106,7 +106,7 @@ def _walk(wal, state: State, pos: dict | None, floor: Floor):
         v = scan_segment(buf, seg.path, seg.number, last=last, prev_seq=prev, floor=floor)
         if seg.number == anchor[0]:
             _check_anchor(v, buf, anchor)
-        if seg.number == cover_seg:
+        if pos is not None and seg.number == cover_seg:   # segments count from 1
             k = _covered_until(v, cover_off)   # records [0, k) are covered
             covered_last = v.seqs[k - 1] if k else prev
             if k < 0 or covered_last != pos["last_seq"]:
@@ -178,6 +178,7 @@ def _load_snapshot(wal, data_dir: str):
     floor = durable_floor(data_dir, wal.log_id, pos)
     if state is None:
         return None, None, floor
+    assert pos is not None      # snapshot.read gives both or raises
     if bytes(pos.get("log_id", b"")) != wal.log_id:
         reason = "it belongs to another log"
     elif pos["segment"] not in [s.number for s in wal.segments]:

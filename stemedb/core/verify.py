@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import sys
+from typing import Any
 
 import orjson
 
@@ -74,7 +75,7 @@ def check_wal(wal_dir: str, rep: Report, floor_of=lambda log_id: None) -> dict:
     """
     names = sorted(n for n in os.listdir(wal_dir) if n.startswith("segment-") and n.endswith(".log")) \
         if os.path.isdir(wal_dir) else []
-    info = {"segments": len(names), "assertions": 0, "records": 0, "last_seq": 0,
+    info: dict[str, Any] = {"segments": len(names), "assertions": 0, "records": 0, "last_seq": 0,
             "frames": {}, "asserts_before": []}
     prev_number = None
     log_id = None

@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from ..errors import CorruptionError, StoreFaulted
-from .fileio import FileSystem
+from .fileio import File, FileSystem
 from .format import FRAME_CRC_OFF, FRAME_SEQ_OFF, SEGMENT_HEADER_SIZE
 from .segment import Segment, new_log_id, read_header
 
@@ -59,7 +59,7 @@ class WAL:
         self.segments: list[Segment] = []
         self.log_id: bytes | None = None
         self.fault: str | None = None
-        self._file = None                 # the active segment's append handle
+        self._file: File | None = None    # the active segment's append handle
         self._cv = threading.Condition(threading.Lock())
         self._queue: list[Request] = []
         self._leader = False
@@ -144,9 +144,9 @@ class WAL:
                 seg.size = os.path.getsize(seg.path)
                 seg.seal()
         active = self.segments[-1]
-        self._file = self.fs.open_append(active.path)
-        if self._file.size() != active.size:
-            self._file.truncate(active.size)
+        self._file = f = self.fs.open_append(active.path)
+        if f.size() != active.size:
+            f.truncate(active.size)
 
     # ------------------------------------------------------------ writing
     @property
@@ -196,9 +196,11 @@ class WAL:
             if seg.size > SEGMENT_HEADER_SIZE and seg.size + len(data) > self.segment_size:
                 seg = self._rotate(group[0])
             t0 = self.clock()
-            self._file.write(data)
+            f = self._file
+            assert f is not None, "start_appending() opened the active segment"
+            f.write(data)
             if self.durability != "none":
-                self._file.sync()
+                f.sync()
             elapsed = self.clock() - t0
         except OSError as exc:
             self.fault = f"{type(exc).__name__}: {exc}"
@@ -243,11 +245,13 @@ class WAL:
     def _rotate(self, first: Request) -> Segment:
         """Seal the active segment and start the next one."""
         old = self.segments[-1]
+        f = self._file
+        assert f is not None and self.log_id is not None, "rotating needs an open log"
         if self.durability == "none":
             # Groups were not synced; a sealed segment must never end torn
             # (recovery would call that corruption), so flush it once, here.
-            self._file.sync()
-        self._file.close()
+            f.sync()
+        f.close()
         first_seq = int.from_bytes(first.data[12:20], "little")
         new = Segment.create(self.fs, self.dir, old.number + 1, first_seq, self.log_id)
         old.seal()

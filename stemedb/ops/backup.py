@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from .. import __version__
 from ..core import snapshot
@@ -106,7 +107,7 @@ def _copy_wal(data_dir: str, dest: str, files: dict, progress: Progress | None =
     floor = _floor(data_dir, dest, paths[0])
     out = os.path.join(dest, "wal")
     os.makedirs(out)
-    info = {"segments": 0, "records": 0, "assertions": 0, "last_seq": 0,
+    info: dict[str, Any] = {"segments": 0, "records": 0, "assertions": 0, "last_seq": 0,
             "last_recorded_at": 0, "log_id": None, "end": None}
     for i, path in enumerate(paths):
         buf = read_all(path)

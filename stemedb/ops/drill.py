@@ -62,8 +62,8 @@ class Drill:
         self.env = dict(os.environ, STEMEDB_DATA_DIR=self.data, STEMEDB_BACKUP_DIR=self.backups,
                         STEMEDB_RATE_LIMITS="assert=off;batch=off;query=off;retract=off;"
                                             "vote=off;default=off")
-        self.proc = None
-        self.url = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""                   # set by start()
         self.acked: list[tuple[float, str]] = []
         self._lock = threading.Lock()
 
@@ -76,13 +76,13 @@ class Drill:
         env = dict(self.env, STEMEDB_BIND=f"127.0.0.1:{port}",
                    STEMEDB_DASHBOARD_BIND=f"127.0.0.1:{_port()}")
         log = open(os.path.join(self.base, f"serve-{port}.log"), "w")
-        self.proc = subprocess.Popen(_cli() + ["serve"],
-                                     env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = proc = subprocess.Popen(_cli() + ["serve"],
+                                            env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"stemedb serve exited {self.proc.returncode}; see {log.name}")
+            if proc.poll() is not None:
+                raise RuntimeError(f"stemedb serve exited {proc.returncode}; see {log.name}")
             try:
                 status, body = _req(self.url + "/v1/health", timeout=2)
                 if status == 200:

@@ -113,7 +113,8 @@ def find_mount(path: str, mounts_file: str = "/proc/mounts") -> dict | None:
 
 def mount_findings(m: dict | None) -> tuple[list[str], list[str]]:
     """(problems, warnings) from a mount entry."""
-    problems, warnings = [], []
+    problems: list[str] = []
+    warnings: list[str] = []
     if m is None:
         warnings.append("the mount holding the directory is not visible (/proc/mounts)")
         return problems, warnings
@@ -180,7 +181,7 @@ def check(directory: str, *, count: int = 200, seconds: float = 5.0) -> dict:
     problems += p
     warnings += w
     wc = write_cache(m["device"]) if m else None
-    if wc == "write back":
+    if m and wc == "write back":
         warnings.append(f"{m['device']} has a volatile write-back cache: durable only if the "
                         f"device honours flush/FUA (enterprise SSDs with power-loss protection "
                         f"do; check `hdparm -W` / `nvme id-ctrl` for your model)")

@@ -67,10 +67,10 @@ class Systemd:
         self.service = service
 
     def available(self) -> bool:
-        return bool(self.command) and shutil.which(self.command) is not None
+        return bool(self.command and shutil.which(self.command) is not None)
 
     def is_active(self) -> bool:
-        if not self.available():
+        if self.command is None or not self.available():
             return False
         try:
             return subprocess.run([self.command, "is-active", "--quiet", self.service],
@@ -79,6 +79,7 @@ class Systemd:
             return False
 
     def run(self, verb: str) -> None:
+        assert self.command is not None, "run() follows is_active(), which needs a command"
         r = subprocess.run([self.command, verb, self.service], timeout=120,
                            capture_output=True, text=True)
         if r.returncode != 0:

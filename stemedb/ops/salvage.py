@@ -112,10 +112,10 @@ def plan(data_dir: str) -> Plan:
             p.short_by = (f"the log ends at seq {prev} but seq {floor.seq} is durable "
                           f"according to {floor.source}: seqs {prev + 1}-{floor.seq} are not "
                           f"in this directory (set aside: the files that count them)")
-        for f in (snapshot.snapshot_path(os.path.join(data_dir, "db")),
-                  os.path.join(data_dir, "metadata.json")):
-            if os.path.exists(f):
-                p.stale.append(f)
+        for path in (snapshot.snapshot_path(os.path.join(data_dir, "db")),
+                     os.path.join(data_dir, "metadata.json")):
+            if os.path.exists(path):
+                p.stale.append(path)
     return p
 
 
@@ -174,11 +174,11 @@ def apply(data_dir: str, p: Plan, out=sys.stdout) -> None:
         tl = archivestate.new_timeline(data_dir, reason="salvage")
         print(f"salvage: new timeline {tl['timeline']} (parent {tl['parent'] or 'original'}): "
               f"WAL archival continues under a prefix of its own", file=out)
-    for f in p.stale:
-        q = os.path.join(qdir, f"{os.path.basename(f)}.salvaged-{stamp}")
-        os.rename(f, q)
-        fsync_dir(os.path.dirname(f))
-        print(f"salvage: {f} moved to {q} (it counts records the log no longer holds; "
+    for stale in p.stale:
+        q = os.path.join(qdir, f"{os.path.basename(stale)}.salvaged-{stamp}")
+        os.rename(stale, q)
+        fsync_dir(os.path.dirname(stale))
+        print(f"salvage: {stale} moved to {q} (it counts records the log no longer holds; "
               f"the next start rebuilds it)", file=out)
     fsync_dir(qdir)
 
