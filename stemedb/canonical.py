@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import orjson
 import rfc8785
@@ -66,14 +67,16 @@ def normalize(v, path: str = "value", depth: int = 0):
             return v, False
         return v, abs(v) >= 1e-5
     if t is list or t is tuple:
-        out, fast = [], True
+        items: list[Any] = []
+        fast = True
         for i, item in enumerate(v):
             n, f = normalize(item, f"{path}[{i}]", depth + 1)
-            out.append(n)
+            items.append(n)
             fast = fast and f
-        return out, fast
+        return items, fast
     if t is dict:
-        out, fast = {}, True
+        out: dict[str, Any] = {}
+        fast = True
         for k, item in v.items():
             if type(k) is not str:
                 raise NotJSON(f"has a non-string object key {k!r}", path)

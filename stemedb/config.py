@@ -218,7 +218,8 @@ def read_env_file(path: str) -> dict[str, str]:
 def _env_value(raw: str) -> str:
     if not raw or raw[0] not in "'\"":
         return re.split(r"\s#", raw, maxsplit=1)[0].rstrip()
-    quote, chars, i = raw[0], [], 1
+    quote, i = raw[0], 1
+    chars: list[str] = []
     while i < len(raw):
         c = raw[i]
         if c == quote:

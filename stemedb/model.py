@@ -11,6 +11,7 @@ exist) are the store's.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import blake3
 import msgspec
@@ -221,7 +222,9 @@ def prepare_assertion(body, *, default_time_us: int | None = None,
         if isinstance(body, Assertion):
             body = body.request_dict()
         elif _struct_fields(type(body)) is not None:
-            return _prepare(*_struct_values(body), default_time_us, require_signatures, _signing)
+            # the list holds the 13 fields: mypy takes *list as filling every parameter
+            return _prepare(*_struct_values(body), default_time_us,  # type: ignore[call-arg]
+                            require_signatures, _signing)
         elif not isinstance(body, dict):
             raise ValidationError("an assertion must be a JSON object (a dict) or an Assertion",
                                   field=None)
@@ -266,6 +269,7 @@ def _struct_fields(cls) -> tuple | None:
 def _struct_values(body) -> list:
     """The struct's fields in ``_FIELD_ORDER``; UNSET and absent are None."""
     unset = msgspec.UNSET
+    values: tuple[Any, ...] | list[Any]
     if body.__struct_fields__ == _FIELD_ORDER:      # AssertionIn: one C call
         values = msgspec.structs.astuple(body)
         if _unset_to_none is not None:
@@ -294,7 +298,6 @@ def _prepare(concept_path, predicate, value, confidence, source, sc, lc, parent_
     if default_time_us is None:   # one receive time, whichever pass answers
         default_time_us = now_us()
     if _checked is not None:
-        out = None
         try:
             timestamp = default_time_us if ts is None else parse_time(ts, "timestamp")
         except ValidationError:
@@ -306,18 +309,19 @@ def _prepare(concept_path, predicate, value, confidence, source, sc, lc, parent_
                     and _signature_ok(signature))):
             out = _checked(concept_path, predicate, value, confidence, source, sc, lc,
                            parent_hash, derived, epoch, timestamp, agent_id)
-        if out is not None:
-            value_json, hashed, confidence, source_rank, lifecycle_rank, derived = out
-            digest = blake3.blake3(hashed).digest()
-            if signature is not None:   # every other check passed: the pure pass says the same
-                verify_signature(agent_id, signature, digest, "signature")
-            return AssertionRecord(
-                digest, 0, timestamp, confidence, source_rank, lifecycle_rank, concept_path,
-                predicate, value_json, source, epoch,
-                bytes.fromhex(parent_hash) if parent_hash is not None else None,
-                [bytes.fromhex(h) for h in derived] if derived is not None else None,
-                bytes.fromhex(agent_id) if agent_id is not None else None,
-                bytes.fromhex(signature) if signature is not None else None)
+            if out is not None:
+                value_json, hashed, confidence, source_rank, lifecycle_rank, derived = out
+                digest = blake3.blake3(hashed).digest()
+                if signature is not None:   # every other check passed: the pure pass says the same
+                    assert agent_id is not None     # the condition above: a signature has its key
+                    verify_signature(agent_id, signature, digest, "signature")
+                return AssertionRecord(
+                    digest, 0, timestamp, confidence, source_rank, lifecycle_rank, concept_path,
+                    predicate, value_json, source, epoch,
+                    bytes.fromhex(parent_hash) if parent_hash is not None else None,
+                    [bytes.fromhex(h) for h in derived] if derived is not None else None,
+                    bytes.fromhex(agent_id) if agent_id is not None else None,
+                    bytes.fromhex(signature) if signature is not None else None)
     if _path_ok is None or not _path_ok(concept_path):
         check_concept_path(concept_path)
     if _name_ok is None or not _name_ok(predicate):
@@ -378,6 +382,7 @@ def _prepare(concept_path, predicate, value, confidence, source, sc, lc, parent_
     digest = blake3.blake3(hashed).digest()
 
     if signature is not None:
+        assert agent_id is not None     # checked above: agent_id and signature go together
         verify_signature(agent_id, signature, digest, "signature")
     return AssertionRecord(   # positional, in field order: keywords cost a lookup each
         digest, 0, timestamp, confidence, SOURCE_CLASS_RANK[source_class],

@@ -195,7 +195,7 @@ def add_key(path: str, key_id: str, scopes: list[str], *, force: bool = False) -
     key = new_key()
     doc["keys"] = [k for k in doc["keys"] if k.get("id") != key_id]
     doc["keys"].append({"id": key_id, "sha256": hash_key(key),
-                        "scopes": sorted(set(scopes), key=SCOPE_RANK.get)})
+                        "scopes": sorted(set(scopes), key=SCOPE_RANK.__getitem__)})
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".keys-", dir=directory)

@@ -60,7 +60,7 @@ def parse_rate_limits(text: str | None) -> dict:
 
 
 def _parse(text: str) -> dict:
-    out = {}
+    out: dict[str, limits.RateLimitItem | None] = {}     # None: that endpoint is unlimited
     for part in text.split(";"):
         if not part.strip():
             continue
