@@ -60,6 +60,7 @@ def encode_assert(r: AssertionRecord) -> bytes:
         parts.extend(r.derived_from)
     if r.signature is not None:
         fields |= F_SIGNED
+        assert r.agent_id is not None   # a signed record has its agent_id (model checks)
         parts.append(r.agent_id)
         parts.append(r.signature)
     parts.append(r.value_json)

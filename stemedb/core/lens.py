@@ -60,7 +60,7 @@ TRUST_HALF_LIFE_DAYS = 30
 # The same tables indexed by source rank (0 = regulatory): the per-candidate
 # loop indexes a tuple instead of hashing a class name.  Built at import, so
 # the dicts above are documentation and must not be changed at run time.
-_HALF_LIFE_US = tuple(None if HALF_LIFE_DAYS[c] is None else HALF_LIFE_DAYS[c] * DAY_US
+_HALF_LIFE_US = tuple(None if (days := HALF_LIFE_DAYS[c]) is None else days * DAY_US
                       for c in SOURCE_CLASSES)
 _TIER = tuple(TIER_MULTIPLIER[c] for c in SOURCE_CLASSES)
 _TRUST_HALF_LIFE_US = TRUST_HALF_LIFE_DAYS * DAY_US
@@ -176,7 +176,7 @@ def _rows(cands: Iterable[Assertion], at_us: int, decay: bool) -> list[tuple]:
     are the same numbers as ``timestamp_us``, ``confidence``, ``source_rank``
     and ``value_key``.
     """
-    rows = []
+    rows: list[tuple] = []
     append = rows.append
     for a in cands:
         r = a.record

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from typing import Any
 
 import blake3
 import msgspec
@@ -205,7 +206,7 @@ def read(path: str, *, verify: bool = True) -> tuple[State, dict]:
 
 def mapping_of(arr: np.ndarray) -> mmap.mmap | None:
     """The snapshot mapping ``arr`` views, or None when it is in the heap."""
-    b = arr
+    b: Any = arr
     while b is not None:
         if isinstance(b, memoryview):
             b = b.obj                   # np.frombuffer's base is a memoryview of the map

@@ -51,7 +51,7 @@ class Store:
 
     cluster = None   # the ClusterNode (stemedb/cluster) when this store is a cluster node
 
-    def __init__(self, path: str, *, durability: str = "fsync",
+    def __init__(self, path: str | os.PathLike[str], *, durability: str = "fsync",
                  segment_size: int = 64 * 1024 * 1024, lock_timeout: float = 0.0,
                  batch_delay_ms: float = 2.0, snapshot_interval: int = 100_000,
                  fs: FileSystem | None = None, clock: Callable[[], int] = now_us,
@@ -109,8 +109,9 @@ class Store:
                 wal._file = None
             for seg in wal.segments:
                 seg.close()
-        if getattr(self, "audit", None) is not None:
-            self.audit.close()
+        audit = getattr(self, "audit", None)
+        if audit is not None:
+            audit.close()
         os.close(self._lock_fd)
 
     # ------------------------------------------------------------ writing

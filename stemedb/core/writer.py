@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, cast
 
 import msgspec
 
@@ -228,7 +228,7 @@ class Writer:
                 with self._wmu:
                     for _, r, _s in new:
                         self._pending.pop(r.hash, None)
-        return results
+        return cast("list[PutResult]", results)     # every slot was filled above
 
     def check_refs(self, r: AssertionRecord, fresh: dict, index: int | None) -> None:
         def exists(h: bytes) -> bool:
@@ -287,6 +287,7 @@ class Writer:
             check_concept_path(concept_path)
             target = {"concept_path": concept_path}
         else:
+            assert source is not None   # exactly one of the three was given
             check_source(source)
             target = {"source": source}
         return self.submit("retract", target, reason, cascade, by)
@@ -346,6 +347,7 @@ class Writer:
                 "this server requires signed votes: add agent_id, timestamp and signature "
                 "(Ed25519 over the vote hash)", field="signature")
         if signature is not None:
+            assert agent_id is not None     # checked above: they go together
             try:
                 verify_signature(agent_id, signature,
                                  vote_hash(assertion_hash, weight, agent_id, ts), "signature")
