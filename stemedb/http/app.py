@@ -16,8 +16,6 @@ import os
 import sys
 import time
 
-import falcon
-
 from ..config import Settings
 from . import errors as http_errors
 from .auth import KeyRing, bind_host
@@ -57,7 +55,7 @@ class ServerState:
 
 def create_app(store, settings: Settings | None = None, *, keyring: KeyRing | None = None,
                breaker: CircuitBreaker | None = None, limiter: RateLimiter | None = None,
-               started_at: float | None = None) -> falcon.App:
+               started_at: float | None = None) -> StemeApp:
     """The API as a Falcon app.  ``store`` is an open Store or a StoreHandle.
 
     Keys come from ``settings.api_keys_file`` unless ``keyring`` is given;

@@ -89,6 +89,7 @@ def from_msgspec(exc: Exception) -> HTTPProblem:
     text = str(exc)
     if isinstance(exc, msgspec.ValidationError):
         m = _AT_RE.match(text)
+        assert m is not None    # the pattern matches every string (its path part is optional)
         msg, field = m.group("msg"), field_path(m.group("path"))
         named = _FIELD_IN_MSG.search(msg)
         if named:  # the field is inside the object at `path`

@@ -59,6 +59,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram,
                                PlatformCollector, ProcessCollector, disable_created_metrics)
@@ -156,7 +157,7 @@ class Metrics:
 
     def histogram_summary(self, hist: Histogram) -> dict:
         """Cumulative count, sum and buckets of an unlabelled histogram (dashboard)."""
-        out = {"count": 0, "sum": 0.0, "buckets": []}
+        out: dict[str, Any] = {"count": 0, "sum": 0.0, "buckets": []}
         for metric in hist.collect():
             for s in metric.samples:
                 if s.name.endswith("_count"):

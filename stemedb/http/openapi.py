@@ -16,7 +16,7 @@ from .. import __version__
 from . import schemas as S
 
 REF = "#/components/schemas/{name}"
-_SCOPED_SECURITY = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+_SCOPED_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
 
 # path, method, operationId, summary, scope, body, query params, success (status, schema)
 OPERATIONS = (
