@@ -382,11 +382,13 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             top = ([shown(reader, o, f) for o in ords[:min(AUDIT_CONTRIBUTORS, ans.active)]]
                    if reader.audit is not None else None)
     if ans is not None:
-        results = [Result(r) for r in ans.results]
+        results: list[dict] = [Result(r) for r in ans.results]
         nxt = _cursor(offset + limit, f) if offset + limit < len(ans.ords) else None
         out = QueryResult(concept_path, lens, results, page, nxt)
         if top is not None:
-            at = f.as_of if f.as_of is not None else f.at_us
+            # as _context: a cursor from before v1.1 carries no time
+            at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None \
+                else reader.clock()
             _audit(reader, agent, _audit_params(locals()), results, None,
                    LensContext(at_us=at, decay=f.decay), top, active=ans.active)
         return out
@@ -498,7 +500,8 @@ def run_trace(reader, hash: str) -> dict | None:
         if o is None:
             return None
         a = reader.assertion(o)
-        parents, seen, cur = [], {o}, a
+        parents: list[Assertion] = []
+        seen, cur = {o}, a
         while cur.parent_hash is not None and len(parents) < TRACE_LIMIT:
             po = st.ordinal(bytes.fromhex(cur.parent_hash))
             if po is None or po in seen:

@@ -429,7 +429,7 @@ class State:
         rec = body["recorded_at"]
         ts = body.get("timestamp")
         legacy = ts is None
-        if legacy:
+        if ts is None:
             ts = rec
         o = self.ordinal(body["assertion_hash"])
         added = False
@@ -496,11 +496,11 @@ class State:
             stack.extend(e.supersedes)
         while stack:
             name = stack.pop()
-            e = self.epochs.get(name)
-            if e is None or e.id in out:
+            sup = self.epochs.get(name)
+            if sup is None or sup.id in out:
                 continue
-            out.add(e.id)
-            stack.extend(e.supersedes)
+            out.add(sup.id)
+            stack.extend(sup.supersedes)
         return out
 
     # ------------------------------------------------------------ checking
