@@ -135,6 +135,11 @@ def shown(reader, o: int, f: Filters) -> Assertion:
     return reader.assertion(o, known_at=f.retraction_cut, seq_bound=f.seq_bound)
 
 
+def shown_many(reader, ords: list[int], f: Filters) -> list[Assertion]:
+    """:func:`shown` for many ordinals, their records read as one batch."""
+    return reader.assertions(ords, known_at=f.retraction_cut, seq_bound=f.seq_bound)
+
+
 def gather(reader, paths: list[str], predicate: str | None, f: Filters):
     """Ordinals that pass every filter, split (active, retracted).  Call under _ilock."""
     st = reader.state
@@ -371,15 +376,15 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             ans = cache.answer(akey, token)
         if ans is None:
             active, retracted = gather(reader, paths, predicate, f)
-            cands = [shown(reader, o, f) for o in active]
-            rcands = [shown(reader, o, f) for o in retracted] if f.include_retracted else []
+            cands = shown_many(reader, active, f)
+            rcands = shown_many(reader, retracted, f) if f.include_retracted else []
             ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
         else:
             # a materialized answer: what a fresh computation gives (see
             # _answer_key); only the page (and the audit's top) is decoded
             ords = ans.ords
-            page = [shown(reader, o, f) for o in ords[offset:offset + limit]]
-            top = ([shown(reader, o, f) for o in ords[:min(AUDIT_CONTRIBUTORS, ans.active)]]
+            page = shown_many(reader, ords[offset:offset + limit].tolist(), f)
+            top = (shown_many(reader, ords[:min(AUDIT_CONTRIBUTORS, ans.active)].tolist(), f)
                    if reader.audit is not None else None)
     if ans is not None:
         results: list[dict] = [Result(r) for r in ans.results]

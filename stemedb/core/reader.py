@@ -34,8 +34,11 @@ DEFAULT_READ_CACHE_BYTES = 64 * 1024 * 1024
 # object, the int/float objects of its numbers, the str/bytes headers of its
 # variable fields and the OrderedDict slot with its key.  Measured with
 # tracemalloc over the bench workload's records (tests/unit/test_read_cache.py
-# checks the estimate is not below what records really take).
-RECORD_OVERHEAD = 560
+# checks the estimates are not below what records really take).
+RECORD_OVERHEAD = 560       # record_size: beyond the variable fields' lengths
+RECORD_BASE = 640           # entry_size: beyond the frame body's length
+DERIVED_EXTRA = 48          # per derived_from hash (and the list), beyond its 32 bytes
+SIGNED_EXTRA = 96           # agent_id and signature objects, beyond their 96 bytes
 ANSWER_OVERHEAD = 1024      # an answer's own objects: its key, token, lists
 RESULT_BYTES = 640          # a Result dict and its numbers, besides the winners' records
 ANSWER_SHARE = 16           # one answer may take at most 1/16 of the bound
@@ -101,13 +104,32 @@ class ReadCache:
 
     def record(self, loc: int):
         with self._lock:
-            rec = self._d.get(loc)
-            if rec is None:
+            e = self._d.get(loc)
+            if e is None:
                 self.record_misses += 1
                 return None
             self._d.move_to_end(loc)
             self.record_hits += 1
-            return rec
+            return e[0]
+
+    def records(self, locs: list[int]) -> list:
+        """:meth:`record` for many locations under one lock (None for a miss)."""
+        out: list = []
+        append = out.append
+        d = self._d
+        get, to_end = d.get, d.move_to_end
+        with self._lock:
+            for loc in locs:
+                e = get(loc)
+                if e is None:
+                    append(None)
+                else:
+                    to_end(loc)
+                    append(e[0])
+            misses = out.count(None)
+            self.record_misses += misses
+            self.record_hits += len(locs) - misses
+        return out
 
     def answer(self, key: tuple, token):
         """The answer under ``key`` if it was computed under ``token``, else None."""
@@ -120,8 +142,21 @@ class ReadCache:
             self.answer_hits += 1
             return ans
 
-    def add_record(self, loc: int, rec: AssertionRecord) -> None:
-        self._add(loc, rec, record_size(rec))
+    def add_record(self, loc: int, rec: AssertionRecord, size: int) -> None:
+        """Keep ``rec``; ``size`` from :func:`entry_size`."""
+        self._add(loc, (rec, size), size)
+
+    def add_records(self, entries: list) -> None:
+        """Keep many ``(loc, rec, size)`` under one lock."""
+        d = self._d
+        with self._lock:
+            for loc, rec, size in entries:
+                old = d.pop(loc, None)
+                if old is not None:
+                    self.bytes -= _size(old)
+                d[loc] = (rec, size)
+                self.bytes += size
+            self._evict()
 
     def add_answer(self, key: tuple, ans: Answer) -> None:
         if ans.size <= self.max_bytes // ANSWER_SHARE:
@@ -135,9 +170,13 @@ class ReadCache:
                 self.bytes -= _size(old)
             d[key] = value
             self.bytes += size
-            while self.bytes > self.max_bytes and d:
-                _k, v = d.popitem(last=False)
-                self.bytes -= _size(v)
+            self._evict()
+
+    def _evict(self) -> None:
+        d = self._d
+        while self.bytes > self.max_bytes and d:
+            _k, v = d.popitem(last=False)
+            self.bytes -= _size(v)
 
     def clear(self) -> None:
         with self._lock:
@@ -153,7 +192,20 @@ class ReadCache:
 
 
 def _size(v) -> int:
-    return v.size if type(v) is Answer else record_size(v)
+    return v[1] if type(v) is tuple else v.size
+
+
+def entry_size(rec: AssertionRecord, length: int) -> int:
+    """Estimated heap bytes of a cached record whose frame body is ``length``
+    bytes: O(1), from the length the read already knows.  The heap holds
+    about the frame's bytes again plus the objects' headers; a derived_from
+    hash and a signature take more room as objects than as bytes."""
+    n = RECORD_BASE + length
+    if rec.derived_from is not None:
+        n += DERIVED_EXTRA * (1 + len(rec.derived_from))
+    if rec.agent_id is not None:
+        n += SIGNED_EXTRA
+    return n
 
 
 class Reader:
@@ -174,14 +226,34 @@ class Reader:
         loc = int(self.state.cols.loc[o])
         cache = self.cache
         if cache is None:
-            return self._read(loc)
+            return self._read(loc)[0]
         rec = cache.record(loc)
         if rec is None:
-            rec = self._read(loc)
-            cache.add_record(loc, rec)
+            rec, length = self._read(loc)
+            cache.add_record(loc, rec, entry_size(rec, length))
         return rec
 
-    def _read(self, loc: int) -> AssertionRecord:
+    def read_records(self, ords: list[int]) -> list[AssertionRecord]:
+        """:meth:`read_record` for many ordinals: one cache lock for the
+        lookups and one for the additions, whatever their number."""
+        locs = self.state.cols.loc[ords].tolist() if ords else []
+        cache = self.cache
+        if cache is None:
+            return [self._read(loc)[0] for loc in locs]
+        out = cache.records(locs)
+        if None in out:
+            new = []
+            for i, rec in enumerate(out):
+                if rec is None:
+                    loc = locs[i]
+                    rec, length = self._read(loc)
+                    out[i] = rec
+                    new.append((loc, rec, entry_size(rec, length)))
+            cache.add_records(new)
+        return out
+
+    def _read(self, loc: int) -> tuple[AssertionRecord, int]:
+        """The record at packed location ``loc`` and its frame body's length."""
         segno, off = unpack_loc(loc)
         # One read covers most records; a longer one takes a second read.
         raw = self.wal.read(segno, off, 512)
@@ -193,7 +265,30 @@ class Reader:
             path = self.wal.segment(segno).path
             raise ChecksumMismatch(f"Checksum mismatch in WAL segment {path} at offset {off}",
                                    file=path, offset=off)
-        return fast.decode_assert(body, FRAME_SIZE - FRAME_CRC_FROM)
+        return fast.decode_assert(body, FRAME_SIZE - FRAME_CRC_FROM), length
+
+    def assertions(self, ords: list[int], known_at: int | None = None,
+                   seq_bound: int | None = None) -> list[Assertion]:
+        """:meth:`assertion` for many ordinals (records read as a batch)."""
+        st = self.state
+        recs = self.read_records(ords)
+        seqs = st.cols.seq[ords].tolist() if ords else []
+        rmap = st.retracted
+        if not rmap:
+            return [Assertion(r, q) for r, q in zip(recs, seqs)]
+        out = []
+        for o, rec, seq in zip(ords, recs, seqs):
+            ridx = rmap.get(o)
+            if ridx is not None:
+                r = st.retractions[ridx]
+                if ((known_at is None or r.recorded_at <= known_at)
+                        and (seq_bound is None or r.seq <= seq_bound)):
+                    out.append(Assertion(rec, seq, "retracted", {
+                        "reason": r.reason, "retracted_at": format_time(r.recorded_at),
+                        "seq": r.seq, "by": r.by}))
+                    continue
+            out.append(Assertion(rec, seq))
+        return out
 
     def assertion(self, o: int, known_at: int | None = None,
                   seq_bound: int | None = None) -> Assertion:

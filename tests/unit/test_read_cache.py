@@ -329,23 +329,35 @@ def test_records_are_cached_and_the_bound_holds(tmp_path):
         hits = cache.record_hits
         assert s.reader.read_record(199) is rec
         assert cache.record_hits == hits + 1
-        assert cache.bytes == sum(R.record_size(v) if not isinstance(v, R.Answer) else v.size
-                                  for v in cache._d.values())
+        assert cache.bytes == sum(R._size(v) for v in cache._d.values())
 
 
-def test_the_size_estimate_is_not_below_what_records_take(tmp_path):
-    """RECORD_OVERHEAD is measured: the estimate must not undercount the heap
-    the cached records hold (else the bound is no bound)."""
+def _signed(body):
+    body = dict(body, agent_id=AGENTS[0])
+    body["signature"] = KEYS[0].sign(bytes.fromhex(assertion_hash(body))).signature.hex()
+    return body
+
+
+@pytest.mark.parametrize("shape", ["plain", "signed_derived"])
+def test_the_size_estimate_is_not_below_what_records_take(tmp_path, shape):
+    """RECORD_BASE and the extras are measured: the estimate must not
+    undercount the heap the cached records hold (else the bound is no bound)."""
     clock = Clock()
     with _open(str(tmp_path / "d"), clock, audit=False) as s:
-        s.put_batch([claim({"level": "rare", "n": i, "note": "x" * (40 + i % 40)},
-                           path=f"dom{i % 10}/ent{i % 100}/asp{i % 7}", pred=f"pred{i % 50}",
-                           source=f"pubmed://{i * 7919}", ts=i) for i in range(2000)])
+        roots = [s.put(claim(k, path="root")).hash for k in range(5)]
+        bodies = [claim({"level": "rare", "n": i, "note": "x" * (40 + i % 40)},
+                        path=f"dom{i % 10}/ent{i % 100}/asp{i % 7}", pred=f"pred{i % 50}",
+                        source=f"pubmed://{i * 7919}", ts=i) for i in range(2000)]
+        if shape == "signed_derived":
+            bodies = [_signed(dict(b, derived_from=roots[:1 + i % 5]))
+                      for i, b in enumerate(bodies)]
+        s.put_batch(bodies)
         s.reader.cache = R.ReadCache(1 << 40)
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            for o in range(2000):
+            s.reader.read_records(list(range(5, 1005)))
+            for o in range(1005, 2005):
                 s.reader.read_record(o)
             used = tracemalloc.get_traced_memory()[0] - before
         finally:
