@@ -40,13 +40,36 @@ def _crc32c_use_hardware(bint on):
     stemedb_crc32c_set_hw(on)
     return crc32c_implementation()
 
+# The byte layout, named as in format.py (the only other place that knows
+# it); FORMAT below exposes these so a test holds the two equal.
 DEF FRAME_SIZE = 20
+DEF FRAME_CRC_OFF = 4
+DEF FRAME_CRC_FROM = 8
+DEF FRAME_TYPE_OFF = 8
+DEF FRAME_FLAGS_OFF = 9
+DEF FRAME_RESERVED_OFF = 10
+DEF FRAME_SEQ_OFF = 12
+DEF REC_ASSERT = 1
 DEF HEAD_SIZE = 76
+DEF RECORDED_AT_OFF = 32
+DEF TIMESTAMP_OFF = 40
 DEF MAX_PAYLOAD = 268435456
 DEF F_SOURCE = 0x01
 DEF F_PARENT = 0x02
 DEF F_DERIVED = 0x04
 DEF F_EPOCH = 0x08
+DEF F_SIGNED = 0x10
+DEF FLAG_MORE = 0x01
+
+FORMAT = {"FRAME_SIZE": FRAME_SIZE, "FRAME_CRC_OFF": FRAME_CRC_OFF,
+          "FRAME_CRC_FROM": FRAME_CRC_FROM, "FRAME_TYPE_OFF": FRAME_TYPE_OFF,
+          "FRAME_FLAGS_OFF": FRAME_FLAGS_OFF, "FRAME_RESERVED_OFF": FRAME_RESERVED_OFF,
+          "FRAME_SEQ_OFF": FRAME_SEQ_OFF, "REC_ASSERT": REC_ASSERT,
+          "ASSERT_HEAD_SIZE": HEAD_SIZE, "ASSERT_RECORDED_AT_OFF": RECORDED_AT_OFF,
+          "ASSERT_TIMESTAMP_OFF": TIMESTAMP_OFF, "MAX_PAYLOAD": MAX_PAYLOAD,
+          "F_SOURCE": F_SOURCE, "F_PARENT": F_PARENT, "F_DERIVED": F_DERIVED,
+          "F_EPOCH": F_EPOCH, "F_SIGNED": F_SIGNED, "FLAG_MORE": FLAG_MORE}
+
 
 cdef inline uint32_t rd32(const uint8_t* p) nogil:
     cdef uint32_t v
@@ -91,7 +114,7 @@ def scan_frames(buf, Py_ssize_t start, Py_ssize_t end):
             reason = 1
             break
         length = rd32(base + pos)
-        crc = rd32(base + pos + 4)
+        crc = rd32(base + pos + FRAME_CRC_OFF)
         if length > MAX_PAYLOAD:
             reason = 3
             break
@@ -99,13 +122,13 @@ def scan_frames(buf, Py_ssize_t start, Py_ssize_t end):
         if stop > end:
             reason = 1
             break
-        if stemedb_crc32c(base + pos + 8, <size_t>(stop - pos - 8)) != crc:
+        if stemedb_crc32c(base + pos + FRAME_CRC_FROM, <size_t>(stop - pos - FRAME_CRC_FROM)) != crc:
             reason = 2
             break
         offsets.append(pos)
-        types.append(base[pos + 8])
-        flags.append(base[pos + 9])
-        seqs.append(<uint64_t>rd64(base + pos + 12))
+        types.append(base[pos + FRAME_TYPE_OFF])
+        flags.append(base[pos + FRAME_FLAGS_OFF])
+        seqs.append(<uint64_t>rd64(base + pos + FRAME_SEQ_OFF))
         pos = stop
     return offsets, types, flags, seqs, pos, reason
 
@@ -308,8 +331,8 @@ def extract_segment(buf, offsets, types, seqs, long segno, long first_ord,
             qid = _intern(&preds, q, lpred, pred_ids, pred_names); q += lpred
             seq_a[i] = <int64_t>sqs[k]
             loc_a[i] = (<int64_t>segno << 40) | off
-            rec_a[i] = rd64(p + 32)
-            ts_a[i] = rd64(p + 40)
+            rec_a[i] = rd64(p + RECORDED_AT_OFF)
+            ts_a[i] = rd64(p + TIMESTAMP_OFF)
             key_a[i] = (<int64_t>pid << 24) | qid
             path_a[i] = pid
             lc_a[i] = p[57]
@@ -343,7 +366,6 @@ def extract_segment(buf, offsets, types, seqs, long segno, long first_ord,
 from libc.time cimport time_t
 from ..model import AssertionRecord as _Record
 
-DEF F_SIGNED = 0x10
 
 
 cdef extern from "<time.h>" nogil:
@@ -376,7 +398,7 @@ def decode_assert(buf, Py_ssize_t off):
         q += 32 * nd
     if fields & F_SIGNED:
         agent = (<const char*>q)[:32]; sig = (<const char*>(q + 32))[:64]; q += 96
-    return _Record((<const char*>p)[:32], rd64(p + 32), rd64(p + 40), conf, p[56], p[57],
+    return _Record((<const char*>p)[:32], rd64(p + RECORDED_AT_OFF), rd64(p + TIMESTAMP_OFF), conf, p[56], p[57],
                    path, pred, (<const char*>q)[:lval], src, ep, parent, derived, agent, sig)
 
 
@@ -400,7 +422,6 @@ def format_time(int64_t us):
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
-DEF FLAG_MORE = 0x01
 
 
 cdef inline void wr16(uint8_t* p, uint16_t v) nogil:
@@ -459,14 +480,14 @@ def encode_assert_frames(records, seqs):
         f = <uint8_t*>PyBytes_AS_STRING(frame)
         # frame head: length, crc (filled below), type, flags, reserved, seq
         wr32(f, <uint32_t>(size - FRAME_SIZE))
-        f[8] = 1
-        f[9] = FLAG_MORE if k < n - 1 else 0
-        wr16(f + 10, 0)
-        wr64(f + 12, <int64_t>seqs[k])
+        f[FRAME_TYPE_OFF] = REC_ASSERT
+        f[FRAME_FLAGS_OFF] = FLAG_MORE if k < n - 1 else 0
+        wr16(f + FRAME_RESERVED_OFF, 0)
+        wr64(f + FRAME_SEQ_OFF, <int64_t>seqs[k])
         q = f + FRAME_SIZE
         memcpy(q, PyBytes_AS_STRING(r.hash), 32)
-        wr64(q + 32, <int64_t>r.recorded_at)
-        wr64(q + 40, <int64_t>r.timestamp)
+        wr64(q + RECORDED_AT_OFF, <int64_t>r.recorded_at)
+        wr64(q + TIMESTAMP_OFF, <int64_t>r.timestamp)
         conf = r.confidence
         memcpy(q + 48, &conf, 8)
         q[56] = <uint8_t>r.source_class
@@ -491,7 +512,7 @@ def encode_assert_frames(records, seqs):
             q += put(q, PyBytes_AS_STRING(r.agent_id), 32)
             q += put(q, PyBytes_AS_STRING(sig), 64)
         q += put(q, PyBytes_AS_STRING(value), lval)
-        wr32(f + 4, stemedb_crc32c(f + 8, <size_t>(size - 8)))
+        wr32(f + FRAME_CRC_OFF, stemedb_crc32c(f + FRAME_CRC_FROM, <size_t>(size - FRAME_CRC_FROM)))
         frames.append(frame)
         sizes.append(size)
     return b"".join(frames), sizes

@@ -54,6 +54,7 @@ ASSERT_HEAD = struct.Struct("<32sqqdBBBBHHHHHxxI")
 ASSERT_HEAD_SIZE = ASSERT_HEAD.size
 assert ASSERT_HEAD_SIZE == 76, ASSERT_HEAD_SIZE
 ASSERT_RECORDED_AT_OFF = 32   # int64 recorded_at, right after the 32-byte hash (in the payload)
+ASSERT_TIMESTAMP_OFF = 40     # int64 timestamp, after recorded_at
 F_SOURCE = 0x01
 F_PARENT = 0x02
 F_DERIVED = 0x04

@@ -266,3 +266,14 @@ def test_encode_assert_frames_matches_reference(crc_path):
     seqs = list(range(100, 150))
     assert _fast.encode_assert_frames(recs, seqs) == codec.encode_assert_frames(recs, seqs)
     assert _fast.encode_assert_frames(recs[:1], seqs[:1]) == codec.encode_assert_frames(recs[:1], seqs[:1])
+
+
+def test_compiled_layout_constants_equal_format_py():
+    """format.py is the one description of the byte layout: the compiled
+    module's constants (its DEFs, exported as FORMAT) must say the same."""
+    from stemedb.core import format as F
+    assert _fast.FORMAT, "the compiled module exports its layout constants"
+    for name, value in _fast.FORMAT.items():
+        assert getattr(F, name) == value, f"{name}: _fast.pyx says {value}, format.py {getattr(F, name)}"
+    assert F.FRAME.size == _fast.FORMAT["FRAME_SIZE"]
+    assert F.ASSERT_HEAD.size == _fast.FORMAT["ASSERT_HEAD_SIZE"]
