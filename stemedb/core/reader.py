@@ -27,7 +27,9 @@ from . import codec, fast
 from .format import FRAME, FRAME_CRC_FROM, FRAME_SIZE
 from .index import unpack_loc
 
-DEFAULT_READ_CACHE_BYTES = 64 * 1024 * 1024
+# Settings.read_cache_bytes.  48 MiB keeps RSS per assertion at 1,000,000 under
+# 300 bytes with the cache full (bench/results/read-cache-*.md).
+DEFAULT_READ_CACHE_BYTES = 48 * 1024 * 1024
 
 # What one cached record costs in the heap besides the lengths of its
 # variable fields: the msgspec Struct (15 slots + GC head), the hash bytes
