@@ -428,3 +428,25 @@ def test_an_answer_from_the_cache_is_audited_as_a_fresh_one(store):
     same = [{k: v for k, v in e.items() if k not in ("id", "at")} for e in entries]
     assert same[0] == same[1] == same[2]
     assert len(same[0]["contributing"]) == 20 and same[0]["contributing_more"] == 10
+
+
+def test_a_thrashing_cache_admits_one_miss_in_eight(tmp_path):
+    """Working set above the bound: after a window of mostly misses with the
+    cache full, a batch keeps one miss in ADMIT_EVERY; answers stay right."""
+    clock = Clock()
+    with _open(str(tmp_path / "d"), clock, audit=False, read_cache_bytes=40_000) as s:
+        s.put_batch([claim(i, path=f"p{i % 40}", ts=i) for i in range(2000)])
+        cache = s.reader.cache
+        assert not cache.thrashing
+        ords = list(range(2000))
+        for _ in range(R.WINDOW // 2000 + 1):
+            s.reader.read_records(ords)
+        assert cache.thrashing
+        before = len(cache)
+        cache.clear()
+        s.reader.read_records(list(range(80)))
+        assert before > 20 and len(cache) == 80 // R.ADMIT_EVERY
+        for p in range(40):
+            assert s.query(f"p{p}", predicate="r").to_dict() == _uncached(
+                s, lambda p=p: s.query(f"p{p}", predicate="r")).to_dict()
+        assert cache.bytes <= 40_000
