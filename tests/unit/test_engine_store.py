@@ -22,27 +22,6 @@ from tests.conftest import T0, NoFsyncFS, body
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture
-def data(tmp_path):
-    return str(tmp_path / "data")
-
-
-@pytest.fixture
-def opener(data):
-    """open_store on the test's data dir with the no-flush file layer; closes at the end."""
-    opened = []
-
-    def _open(**kw):
-        kw.setdefault("fs", NoFsyncFS())
-        kw.setdefault("audit", False)
-        s = open_store(data, **kw)
-        opened.append(s)
-        return s
-    yield _open
-    for s in opened:
-        s.close()
-
-
 # ------------------------------------------------------------------ put / get
 
 def test_put_then_get_returns_every_field(opener):

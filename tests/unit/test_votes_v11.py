@@ -13,37 +13,15 @@ import blake3
 import pytest
 from nacl.signing import SigningKey
 
-from stemedb import open_store
 from stemedb.core.format import REC_VOTE
 from stemedb.errors import (
     InvalidSignature, NotFound, SignatureRequired, StaleVote, ValidationError)
 from stemedb.model import vote_hash
 from stemedb.timeutil import format_time, parse_time
-from tests.conftest import T0, NoFsyncFS, body
+from tests.conftest import T0, body
 
 KEY = SigningKey(b"\x07" * 32)
 AGENT = bytes(KEY.verify_key).hex()
-
-
-@pytest.fixture
-def data(tmp_path):
-    return str(tmp_path / "data")
-
-
-@pytest.fixture
-def opener(data):
-    opened = []
-
-    def _open(**kw):
-        kw.setdefault("fs", NoFsyncFS())
-        kw.setdefault("audit", False)
-        s = open_store(data, **kw)
-        opened.append(s)
-        return s
-    yield _open
-    for s in opened:
-        if not s._closed:
-            s.close()
 
 
 def signed(store, h, weight, t, key=KEY):
