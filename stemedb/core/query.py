@@ -382,10 +382,16 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         else:
             # a materialized answer: what a fresh computation gives (see
             # _answer_key); only the page (and the audit's top) is decoded
+            # only the page (and the audit's top) is decoded; a first page
+            # and the top overlap, so they are decoded as one batch
             ords = ans.ords
-            page = shown_many(reader, ords[offset:offset + limit].tolist(), f)
-            top = (shown_many(reader, ords[:min(AUDIT_CONTRIBUTORS, ans.active)].tolist(), f)
-                   if reader.audit is not None else None)
+            ntop = min(AUDIT_CONTRIBUTORS, ans.active) if reader.audit is not None else -1
+            if offset == 0 and ntop >= 0:
+                both = shown_many(reader, ords[:max(limit, ntop)].tolist(), f)
+                page, top = both[:limit], both[:ntop]
+            else:
+                page = shown_many(reader, ords[offset:offset + limit].tolist(), f)
+                top = shown_many(reader, ords[:ntop].tolist(), f) if ntop >= 0 else None
     if ans is not None:
         results: list[dict] = [Result(r) for r in ans.results]
         nxt = _cursor(offset + limit, f) if offset + limit < len(ans.ords) else None
@@ -394,7 +400,10 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             # as _context: a cursor from before v1.1 carries no time
             at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None \
                 else reader.clock()
-            _audit(reader, agent, _audit_params(locals()), results, None,
+            _audit(reader, agent, _audit_params(concept_path, predicate, include_descendants,
+                                                lens, as_of, known_at, since, lifecycle, epoch,
+                                                decay, include_retracted, limit, cursor),
+                   results, None,
                    LensContext(at_us=at, decay=f.decay), top, active=ans.active)
         return out
     groups: dict[tuple, list[Assertion]] = {}
@@ -430,7 +439,10 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
     if reader.audit is not None:
-        _audit(reader, agent, _audit_params(locals()), results, groups, ctx, ordered)
+        _audit(reader, agent, _audit_params(concept_path, predicate, include_descendants, lens,
+                                            as_of, known_at, since, lifecycle, epoch, decay,
+                                            include_retracted, limit, cursor),
+               results, groups, ctx, ordered)
     return out
 
 
@@ -438,9 +450,10 @@ _AUDIT_PARAMS = ("concept_path", "predicate", "include_descendants", "lens", "as
                  "since", "lifecycle", "epoch", "decay", "include_retracted", "limit", "cursor")
 
 
-def _audit_params(args: dict) -> dict:
-    """The query's parameters as its caller gave them (run_query's locals)."""
-    return {k: args[k] for k in _AUDIT_PARAMS}
+def _audit_params(*args) -> dict:
+    """The query's parameters as its caller gave them, in _AUDIT_PARAMS order
+    (passed by position: ``locals()`` cost run_query ~3 us)."""
+    return dict(zip(_AUDIT_PARAMS, args))
 
 
 AUDIT_CONTRIBUTORS = 20   # candidates an audit entry names; the rest are counted

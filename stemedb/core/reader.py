@@ -215,6 +215,19 @@ class ReadCache:
                     "bytes": self.bytes, "entries": len(self._d), "max_bytes": self.max_bytes}
 
 
+SMALL_TAKE = 16   # below this many ordinals, per-element item() beats a fancy index
+
+
+def _take(col, ords: list[int]) -> list[int]:
+    """``col[ords].tolist()``: per element for a few ordinals (a numpy fancy
+    index costs ~0.6 us before its first element, most of a one-candidate
+    query's decode)."""
+    if len(ords) < SMALL_TAKE:
+        item = col.item
+        return [item(o) for o in ords]
+    return col[ords].tolist()
+
+
 def _size(v) -> int:
     return v[1] if type(v) is tuple else v.size
 
@@ -260,7 +273,7 @@ class Reader:
     def read_records(self, ords: list[int]) -> list[AssertionRecord]:
         """:meth:`read_record` for many ordinals: one cache lock for the
         lookups and one for the additions, whatever their number."""
-        locs = self.state.cols.loc[ords].tolist() if ords else []
+        locs = _take(self.state.cols.loc, ords)
         cache = self.cache
         if cache is None:
             return [self._read(loc)[0] for loc in locs]
@@ -296,10 +309,10 @@ class Reader:
         """:meth:`assertion` for many ordinals (records read as a batch)."""
         st = self.state
         recs = self.read_records(ords)
-        seqs = st.cols.seq[ords].tolist() if ords else []
+        seqs = _take(st.cols.seq, ords)
         rmap = st.retracted
         if not rmap:
-            return [Assertion(r, q) for r, q in zip(recs, seqs)]
+            return list(map(Assertion, recs, seqs))
         out = []
         for o, rec, seq in zip(ords, recs, seqs):
             ridx = rmap.get(o)
