@@ -31,7 +31,7 @@ import orjson
 
 from ..errors import StemeError
 from ..timeutil import now_us
-from . import message
+from . import bootstrap, message
 from .errors import ClusterMismatch, ClusterUnavailable, NotCaughtUp
 from .message import SEQ_SPAN
 from .stream import ClusterSettings
@@ -55,6 +55,8 @@ class ClusterNode:
         self.start_timeout = start_timeout
         self.applied = store.last_seq // SEQ_SPAN    # the WAL is the resume point
         self.stream_seq = self.applied
+        self.resumed_from = self.applied + 1          # the first stream seq this run consumes
+        self.messages_applied = 0                     # stream messages this run applied
         self.fault: str | None = None
         self.connected = False
         self._cv = threading.Condition()
@@ -192,15 +194,24 @@ class ClusterNode:
                 ident = orjson.loads(f.read())
         except FileNotFoundError:
             ident = None
+        boot = bootstrap.marker(self.store.path)
         if ident is None:
-            if self.store.last_seq > 0:
+            if self.store.last_seq > 0 and boot is None:
                 raise ClusterMismatch(
                     f"{self.store.path} holds a log (last seq {self.store.last_seq}) that did "
                     f"not come from stream {cs.stream}: a cluster node starts from an empty "
                     f"data directory (or its own earlier one); move this one aside")
-            self.store.fs.write_atomic(path, orjson.dumps(
-                {"stream": cs.stream, "stream_created": created, "node_id": cs.node_id},
-                option=orjson.OPT_INDENT_2))
+            if boot is not None:
+                # installed from the S3 archive (bootstrap.py): this stream's
+                # history only if the stream has its seqs and its last assertion
+                self._check_archive(boot, last)
+                await self._check_last_message()
+            ident = {"stream": cs.stream, "stream_created": created, "node_id": cs.node_id}
+            if boot is not None:
+                ident["bootstrapped_from"] = boot
+            self.store.fs.write_atomic(path, orjson.dumps(ident, option=orjson.OPT_INDENT_2))
+            if boot is not None:
+                bootstrap.clear_marker(self.store.path)
         elif ident.get("stream") != cs.stream or ident.get("stream_created") != created:
             raise ClusterMismatch(
                 f"{self.store.path} was built from stream {ident.get('stream')} created "
@@ -215,15 +226,36 @@ class ClusterNode:
         if self.applied > 0:
             await self._check_last_message()
 
+    def _check_archive(self, boot: dict[str, Any], last: int) -> None:
+        cs = self.settings
+        if self.applied > last:
+            raise ClusterMismatch(
+                f"{self.store.path} was installed from the archive {boot.get('root')}, which "
+                f"holds records up to stream seq {self.applied} (record seq "
+                f"{self.store.last_seq}), but stream {cs.stream} ends at {last}: the archive "
+                f"is not this stream's history (another cluster, or STEMEDB_CLUSTER_STREAM / "
+                f"STEMEDB_ARCHIVE_S3 point at different clusters). Point STEMEDB_ARCHIVE_S3 "
+                f"at this cluster's archive, or unset it to replay the stream, and start "
+                f"from an empty data directory")
+
     async def _check_last_message(self) -> None:
-        """The local log's last assertion, if its message wrote one, is in that message."""
+        """The local log's last assertion is in the stream message of its seq."""
         st = self.store.state
         with self.store.reader.lock:
             n = st.cols.n
-            if not n or int(st.cols.seq[n - 1]) // SEQ_SPAN != self.applied:
+            if not n:
                 return
+            s = int(st.cols.seq[n - 1]) // SEQ_SPAN
             h = st.cols.hash_of(n - 1)
-        msg = await self._jetstream().get_msg(self.settings.stream, self.applied)
+        from nats.js.errors import NotFoundError
+        try:
+            msg = await self._jetstream().get_msg(self.settings.stream, s)
+        except NotFoundError:
+            raise ClusterMismatch(
+                f"{self.store.path}: stream {self.settings.stream} has no message at seq {s}, "
+                f"where the local log's last assertion (record seq {int(st.cols.seq[n - 1])}) "
+                f"comes from: the local log is another history; start this node from an "
+                f"empty data directory") from None
         assert msg.subject is not None and msg.data is not None     # a stored message has both
         kind = msg.subject.rsplit(".", 1)[-1]
         ok = False
@@ -233,7 +265,7 @@ class ClusterNode:
         if not ok:
             raise ClusterMismatch(
                 f"{self.store.path}: the record at seq {int(st.cols.seq[n - 1])} is not what "
-                f"stream {self.settings.stream} holds at seq {self.applied}: the local log "
+                f"stream {self.settings.stream} holds at seq {s}: the local log "
                 f"is another history; start this node from an empty data directory")
 
     # ------------------------------------------------------------ consuming
@@ -308,6 +340,7 @@ class ClusterNode:
                 return
             with self._cv:
                 self.applied = s
+                self.messages_applied += 1
                 self._outcomes[s] = out
                 while len(self._outcomes) > OUTCOMES_KEPT:
                     self._outcomes.popitem(last=False)

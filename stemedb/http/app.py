@@ -128,6 +128,9 @@ def open_store_for(settings: Settings, lock_timeout: float):
     from ..cluster.stream import ClusterSettings
     from ..core.store import open_store
     cluster = ClusterSettings.from_env()     # a bad cluster setting fails before the open
+    if cluster is not None:                  # an empty data directory starts from the archive
+        from ..cluster.bootstrap import bootstrap
+        bootstrap(settings.data_dir, settings.archive_s3, endpoint_url=settings.s3_endpoint_url)
     store = open_store(settings=settings, lock_timeout=lock_timeout)
     if cluster is not None:                  # cluster mode (stemedb/cluster)
         from ..cluster.node import ClusterNode

@@ -65,6 +65,12 @@ def split_target(spec: str) -> tuple[str, str]:
 S3_EXTRA_HINT = "pip install 'stemedb[s3]'"
 
 
+class NoArchive(ArchiveError):
+    """The prefix holds no archived history at all (nothing was pushed there yet)."""
+
+    code = "no_archive"
+
+
 class S3Unavailable(ArchiveError):
     """boto3, the S3 client, is an optional extra that is not installed."""
 
@@ -241,21 +247,29 @@ def _root_timeline(root: str) -> str:
 
 def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None,
                 endpoint_url: str | None = None, log_id: str | None = None,
-                timeline: str | None = None) -> dict:
+                timeline: str | None = None, snapshot_dest: str | None = None) -> dict:
     """Download archived segments into ``dest_wal``, cut at ``until``; returns counts.
 
     ``target`` holds one history, or ``timeline`` (``original`` for the
-    first) and ``log_id`` pick one of several.
+    first) and ``log_id`` pick one of several.  With ``snapshot_dest`` the
+    newest archived snapshot that the fetched segments cover (its log id,
+    segment and last seq within them; sha256 and its own checksum checked)
+    is written there too (``info["snapshot"]`` its key, else None).
     """
     s3 = s3 or client(endpoint_url)
     bucket, prefix = split_target(target)
     until_seq, until_us = parse_until(until)
     base = f"{prefix}/" if prefix else ""
     keys = []
+    modified = {}
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=base):
         keys += [o["Key"] for o in page.get("Contents", [])]
+        modified.update((o["Key"], o.get("LastModified")) for o in page.get("Contents", []))
     found = archive_roots(keys, base)
+    if not found:
+        raise NoArchive(f"s3://{bucket}/{base} holds no archived history (no wal/segment-* "
+                        f"objects)")
     roots = found
     if log_id:
         roots = [r for r in roots if r.split("/")[0] == log_id or r == ""]
@@ -311,7 +325,39 @@ def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None
     if not info["segments"]:
         raise ArchiveError(f"no archived segments under s3://{bucket}/{rbase}wal/")
     fsync_dir(dest_wal)
+    info["snapshot"] = None
+    if snapshot_dest is not None:
+        snaps = [k for k in keys if k.startswith(f"{rbase}snapshots/") and k.endswith(".idx")]
+        snaps.sort(key=lambda k: (modified.get(k) is not None, modified.get(k) or 0, k),
+                   reverse=True)
+        for key in snaps:
+            if _fetch_snapshot(s3, bucket, key, snapshot_dest, info, expect - 1):
+                info["snapshot"] = f"s3://{bucket}/{key}"
+                break
     return info
+
+
+def _fetch_snapshot(s3, bucket: str, key: str, dest: str, info: dict, last_segment: int) -> bool:
+    """Write the snapshot at ``key`` to ``dest`` if it is whole and the fetched
+    segments cover it (recovery would otherwise take it as proof of records
+    the WAL lacks and refuse to start)."""
+    from ..core import snapshot
+    obj = with_retries(lambda: s3.get_object(Bucket=bucket, Key=key))
+    data = obj["Body"].read()
+    if hashlib.sha256(data).hexdigest() != obj.get("Metadata", {}).get("sha256"):
+        raise ArchiveError(f"s3://{bucket}/{key} fails its sha256 checksum")
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    write_durable(dest, data)
+    try:
+        _state, pos = snapshot.read(dest)
+        ok = (bytes(pos.get("log_id", b"")).hex() == info["log_id"]
+              and int(pos["segment"]) <= last_segment
+              and int(pos["last_seq"]) <= info["last_seq"])
+    except Exception:  # noqa: BLE001 - an unreadable snapshot is not used (indexes rebuilt)
+        ok = False
+    if not ok:
+        os.unlink(dest)
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:

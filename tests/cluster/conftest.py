@@ -12,3 +12,15 @@ def nats_cluster(tmp_path_factory):
     c.start()
     yield c
     c.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    from .seaweed import Seaweed
+    pytest.importorskip("boto3")
+    server = Seaweed(str(tmp_path_factory.mktemp("seaweed")))
+    why = server.start()
+    if why:
+        pytest.skip(why)
+    yield server
+    server.stop()
