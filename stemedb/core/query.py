@@ -403,8 +403,7 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             _audit(reader, agent, _audit_params(concept_path, predicate, include_descendants,
                                                 lens, as_of, known_at, since, lifecycle, epoch,
                                                 decay, include_retracted, limit, cursor),
-                   results, None,
-                   LensContext(at_us=at, decay=f.decay), top, active=ans.active)
+                   results, None, _Moment(at, f.decay), top, active=ans.active)
         return out
     groups: dict[tuple, list[Assertion]] = {}
     for a in cands:
@@ -450,10 +449,22 @@ _AUDIT_PARAMS = ("concept_path", "predicate", "include_descendants", "lens", "as
                  "since", "lifecycle", "epoch", "decay", "include_retracted", "limit", "cursor")
 
 
-def _audit_params(*args) -> dict:
-    """The query's parameters as its caller gave them, in _AUDIT_PARAMS order
-    (passed by position: ``locals()`` cost run_query ~3 us)."""
-    return dict(zip(_AUDIT_PARAMS, args))
+def _audit_params(*args) -> tuple:
+    """The query's parameters as its caller gave them, in _AUDIT_PARAMS order.
+    A tuple: the entry's dict is built on the writer thread (``locals()``
+    and a dict here cost run_query ~4 us)."""
+    return args
+
+
+class _Moment:
+    """What :func:`_audit` reads of a LensContext (a materialized answer has
+    no context to hand; a frozen dataclass costs ~1.3 us to build)."""
+
+    __slots__ = ("at_us", "decay")
+
+    def __init__(self, at_us: int, decay: bool):
+        self.at_us = at_us
+        self.decay = decay
 
 
 AUDIT_CONTRIBUTORS = 20   # candidates an audit entry names; the rest are counted
@@ -472,6 +483,7 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     ``limit=1`` query over 10,000 candidates 900 KB of audit (issue 8,
     item 15).  Only those few assertions and scalars are kept until the
     writer thread builds the entry, so a backlog holds no candidate lists.
+    ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
     """
     at = reader.clock()
     qid = reader.audit.new_id(at)
@@ -484,8 +496,9 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     at_us, decay = ctx.at_us, ctx.decay
 
     def entry():
+        given = params.items() if type(params) is dict else zip(_AUDIT_PARAMS, params)
         return {"id": qid, "at": format_time(at), "at_us": at, "agent": agent,
-                "params": {k: v for k, v in params.items() if v is not None},
+                "params": {k: v for k, v in given if v is not None},
                 "result_hashes": [w.hash for w in winners],
                 "result_hashes_more": more_winners,
                 "contributing": [{"hash": a.hash, "weight": effective_confidence(
