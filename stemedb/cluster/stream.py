@@ -2,7 +2,8 @@
 
 One stream holds the whole history: subjects ``<name>.>``, file storage,
 3 replicas, limits retention with no limit (a message is never dropped: a
-node that starts from an empty data directory replays it from the start),
+node that starts from an empty data directory replays it from the start, or
+from the seq after the S3 archive it bootstrapped from, :mod:`.bootstrap`),
 deletes and purges refused, a two-minute duplicate window for the message
 ids (a client retry within it writes once).
 """
