@@ -200,6 +200,9 @@ def _group(rows: list[tuple]) -> list[tuple]:
     Each group is ``(rows newest first, sum of eff, sum of eff x tier)``;
     the sums are ``fsum``s, exact to the last bit whatever the order.  O(n).
     """
+    if len(rows) == 1:      # a key's usual case; the same group the loop builds
+        row = rows[0]
+        return [([row], row[_EFF], row[_TEFF])]
     groups: dict[bytes, list] = {}
     get = groups.get
     for row in rows:
@@ -232,15 +235,19 @@ def _conflict(weights: Sequence[float]) -> float:
     total = fsum(weights)
     if total <= 0.0:
         return 1.0
-    h = -fsum(p * log(p) for p in (w / total for w in weights) if p > 0.0)
+    # lists, not generators: the same numbers in the same order, ~0.4 us less
+    h = -fsum([p * log(p) for p in [w / total for w in weights] if p > 0.0])
     return min(1.0, max(0.0, h / log(k)))
 
 
 def _consensus(groups: list[tuple]) -> tuple[list[tuple], float]:
     """Groups heaviest first by summed effective confidence, and the share of
     the heaviest.  A stable sort: equal weights keep newest-group-first."""
+    if len(groups) == 1:    # one value: fsum of one weight is that weight
+        w = groups[0][_WEIGHT]
+        return [groups[0]], _share(w, w)
     ranked = sorted(groups, key=_by_weight, reverse=True)
-    return ranked, _share(ranked[0][_WEIGHT], fsum(g[_WEIGHT] for g in groups))
+    return ranked, _share(ranked[0][_WEIGHT], fsum([g[_WEIGHT] for g in groups]))
 
 
 def _flatten(ranked_groups: list[tuple]) -> list[Assertion]:
