@@ -160,11 +160,7 @@ def gather(reader, paths: list[str], predicate: str | None, f: Filters):
     c = st.cols
     # Allowed lifecycles and epochs as lookup tables: one index per candidate
     # instead of np.isin, which costs ~100 us even on two elements.
-    lc_ok = None
-    if f.lifecycles is not None:
-        lc_ok = [False] * len(LIFECYCLES)
-        for x in f.lifecycles:
-            lc_ok[x] = True
+    lc_ok = None if f.lifecycles is None else _lifecycle_table(f.lifecycles)
     ep_ok = None
     if f.epoch is not None:
         e = st.epochs.get(f.epoch)
@@ -177,21 +173,27 @@ def gather(reader, paths: list[str], predicate: str | None, f: Filters):
         if gone:
             ep_ok = [i not in gone for i in range(len(st.epoch_names))]
     if len(ords) <= SMALL:
-        kept = []
-        for o in ords:
-            if f.as_of is not None and c.ts[o] > f.as_of:
-                continue
-            if f.known_at is not None and c.rec[o] > f.known_at:
-                continue
-            if f.since is not None and c.ts[o] <= f.since:
-                continue
-            if f.seq_bound is not None and c.seq[o] > f.seq_bound:
-                continue
-            if lc_ok is not None and not lc_ok[c.lc[o]]:
-                continue
-            if ep_ok is not None and not ep_ok[c.epoch[o]]:
-                continue
-            kept.append(o)
+        # .item() gives Python ints: cheaper to take and to compare than
+        # numpy scalars; a filter that is off costs nothing per candidate
+        kept = ords
+        if f.as_of is not None:
+            ts, cut = c.ts.item, f.as_of
+            kept = [o for o in kept if ts(o) <= cut]
+        if f.known_at is not None:
+            rec, cut = c.rec.item, f.known_at
+            kept = [o for o in kept if rec(o) <= cut]
+        if f.since is not None:
+            ts, cut = c.ts.item, f.since
+            kept = [o for o in kept if ts(o) > cut]
+        if f.seq_bound is not None:
+            seq, cut = c.seq.item, f.seq_bound
+            kept = [o for o in kept if seq(o) <= cut]
+        if lc_ok is not None:
+            lc = c.lc.item
+            kept = [o for o in kept if lc_ok[lc(o)]]
+        if ep_ok is not None:
+            ep = c.epoch.item
+            kept = [o for o in kept if ep_ok[ep(o)]]
     else:
         arr = np.fromiter(ords, dtype=np.int64, count=len(ords))
         mask = np.ones(len(arr), dtype=bool)
@@ -220,6 +222,22 @@ def gather(reader, paths: list[str], predicate: str | None, f: Filters):
             continue
         active.append(o)
     return active, retracted
+
+
+_LC_TABLES: dict[tuple, list[bool]] = {}
+
+
+def _lifecycle_table(lifecycles: tuple) -> list[bool]:
+    """Allowed lifecycle ranks as a lookup table, one per distinct tuple
+    (there are at most a few: the default, each single lifecycle)."""
+    t = _LC_TABLES.get(lifecycles)
+    if t is None:
+        t = [False] * len(LIFECYCLES)
+        for x in lifecycles:
+            t[x] = True
+        if len(_LC_TABLES) < 64:
+            _LC_TABLES[lifecycles] = t
+    return t
 
 
 def _revision_visible(st, o: int, f: Filters) -> bool:
@@ -406,10 +424,12 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                    results, None, _Moment(at, f.decay), top, active=ans.active)
         return out
     groups: dict[tuple, list[Assertion]] = {}
-    for a in cands:
-        groups.setdefault((a.concept_path, a.predicate), []).append(a)
-    if predicate is not None and not include_descendants and not groups:
-        groups[(concept_path, predicate)] = []
+    if predicate is not None and not include_descendants:
+        # gather read one (path, predicate) key: every candidate is of it
+        groups[(concept_path, predicate)] = cands
+    else:
+        for a in cands:
+            groups.setdefault((a.concept_path, a.predicate), []).append(a)
     results, resolutions = [], []
     for (path, pred) in sorted(groups):
         res = lens_obj.resolve(groups[(path, pred)], ctx)
