@@ -173,27 +173,23 @@ def gather(reader, paths: list[str], predicate: str | None, f: Filters):
         if gone:
             ep_ok = [i not in gone for i in range(len(st.epoch_names))]
     if len(ords) <= SMALL:
-        # .item() gives Python ints: cheaper to take and to compare than
-        # numpy scalars; a filter that is off costs nothing per candidate
-        kept = ords
-        if f.as_of is not None:
-            ts, cut = c.ts.item, f.as_of
-            kept = [o for o in kept if ts(o) <= cut]
-        if f.known_at is not None:
-            rec, cut = c.rec.item, f.known_at
-            kept = [o for o in kept if rec(o) <= cut]
-        if f.since is not None:
-            ts, cut = c.ts.item, f.since
-            kept = [o for o in kept if ts(o) > cut]
-        if f.seq_bound is not None:
-            seq, cut = c.seq.item, f.seq_bound
-            kept = [o for o in kept if seq(o) <= cut]
-        if lc_ok is not None:
-            lc = c.lc.item
-            kept = [o for o in kept if lc_ok[lc(o)]]
-        if ep_ok is not None:
-            ep = c.epoch.item
-            kept = [o for o in kept if ep_ok[ep(o)]]
+        as_of, known_at, since, seq_bound = f.as_of, f.known_at, f.since, f.seq_bound
+        ts, rec, seq, lc, ep = c.ts, c.rec, c.seq, c.lc, c.epoch
+        kept = []
+        for o in ords:
+            if as_of is not None and ts[o] > as_of:
+                continue
+            if known_at is not None and rec[o] > known_at:
+                continue
+            if since is not None and ts[o] <= since:
+                continue
+            if seq_bound is not None and seq[o] > seq_bound:
+                continue
+            if lc_ok is not None and not lc_ok[lc[o]]:
+                continue
+            if ep_ok is not None and not ep_ok[ep[o]]:
+                continue
+            kept.append(o)
     else:
         arr = np.fromiter(ords, dtype=np.int64, count=len(ords))
         mask = np.ones(len(arr), dtype=bool)
