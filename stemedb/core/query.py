@@ -399,6 +399,7 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             # only the page (and the audit's top) is decoded; a first page
             # and the top overlap, so they are decoded as one batch
             ords = ans.ords
+            top: list[Assertion] | None
             ntop = min(AUDIT_CONTRIBUTORS, ans.active) if reader.audit is not None else -1
             if offset == 0 and ntop >= 0:
                 both = shown_many(reader, ords[:max(limit, ntop)].tolist(), f)

@@ -261,7 +261,7 @@ def fetch_until(target: str, dest_wal: str, *, until: str | None = None, s3=None
     until_seq, until_us = parse_until(until)
     base = f"{prefix}/" if prefix else ""
     keys = []
-    modified = {}
+    modified: dict[str, Any] = {}
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=base):
         keys += [o["Key"] for o in page.get("Contents", [])]
