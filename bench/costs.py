@@ -347,26 +347,8 @@ def _lens_stage(store, lens_obj, f, cands, active, concept_path, predicate,
     from stemedb.core import query as Q
     with store.reader.lock:
         ctx = Q._context(store.reader, f, cands, active, need_votes=lens_obj.name == "vote")
-    groups: dict = {}
-    for a in cands:
-        groups.setdefault((a.concept_path, a.predicate), []).append(a)
-    if predicate is not None and not include_descendants and not groups:
-        groups[(concept_path, predicate)] = []
-    results, resolutions = [], []
-    for (path, pred) in sorted(groups):
-        res = lens_obj.resolve(groups[(path, pred)], ctx)
-        resolutions.append(res)
-        entry = Q.Result(concept_path=path, predicate=pred, winner=res.winner,
-                         confidence=res.confidence, conflict_score=res.conflict_score,
-                         candidates_count=len(groups[(path, pred)]))
-        entry.update(res.extra)
-        results.append(entry)
-    if len(resolutions) == 1:
-        ordered = resolutions[0].ordered
-    elif resolutions:
-        ordered = lens_obj.resolve(cands, ctx).ordered
-    else:
-        ordered = []
+    groups, results, ordered = Q.resolve_groups(lens_obj, cands, ctx, concept_path, predicate,
+                                                include_descendants)
     page = ordered[offset:offset + limit]
     nxt = Q._cursor(offset + limit, f) if offset + limit < len(ordered) else None
     return Q.QueryResult(concept_path, lens_obj.name, results, page, nxt), groups, ctx, ordered

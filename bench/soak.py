@@ -110,6 +110,11 @@ def _writer(port, groups, batch, threads, stop, writes, failures, seed):
             if status >= 300:
                 with failures.get_lock():
                     failures.value += 1
+    _in_threads(run, threads)
+
+
+def _in_threads(run, threads: int) -> None:
+    """``run(thread_index)`` on ``threads`` threads; returns when all end."""
     ts = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
     for t in ts:
         t.start()
@@ -142,11 +147,7 @@ def _reader(port, groups, threads, stop, reads, failures, seed):
             if status >= 300:
                 with failures.get_lock():
                     failures.value += 1
-    ts = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    _in_threads(run, threads)
 
 
 # ------------------------------------------------------------ the soak

@@ -9,10 +9,18 @@ the disk's ~7 ms per fdatasync.  Durability against a crash is tested through
 from __future__ import annotations
 
 import os
+import socket
 
 from stemedb.core.fileio import File, FileSystem
 
 T0 = 1_709_294_400                    # 2024-03-01T12:00:00Z, in Unix seconds
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def body(i: int = 0, **over) -> dict:

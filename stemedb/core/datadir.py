@@ -23,6 +23,17 @@ from .format import FORMAT_MAJOR, FORMAT_MINOR
 log = logging.getLogger("stemedb")
 
 
+def read_metadata(data_dir: str) -> dict | None:
+    """``metadata.json`` of ``data_dir`` as a dict, or None when it is absent
+    or not a JSON object (callers treat an unreadable one as proving nothing)."""
+    try:
+        with open(os.path.join(data_dir, "metadata.json"), "rb") as f:
+            meta = orjson.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def metadata(state, wal, now_us: int) -> dict:
     """The ``metadata.json`` of a store whose state is ``state`` (call under its lock)."""
     return {
@@ -68,11 +79,8 @@ def note_segment_size(path: str, segment_size: int) -> None:
     byte format (every segment is read whole, whatever its size), so the new
     size only decides when the active segment and later ones are sealed.
     """
-    try:
-        with open(os.path.join(path, "metadata.json"), "rb") as f:
-            recorded = orjson.loads(f.read()).get("segment_size")
-    except (OSError, ValueError, AttributeError):
-        return  # a new store, or a damaged metadata.json: recovery and verify judge that
+    # no file (a new store) or a damaged one: recovery and verify judge that
+    recorded = (read_metadata(path) or {}).get("segment_size")
     if isinstance(recorded, int) and recorded != segment_size:
         log.warning(f"STEMEDB_SEGMENT_SIZE is {segment_size} bytes but this store last ran "
                     f"with {recorded} (metadata.json): sealed segments keep their size; the "

@@ -420,6 +420,33 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                                                 decay, include_retracted, limit, cursor),
                    results, None, _Moment(at, f.decay), top, active=ans.active)
         return out
+    groups, results, ordered = resolve_groups(lens_obj, cands, ctx, concept_path, predicate,
+                                              include_descendants)
+    if rcands:
+        ordered = ordered + sorted(rcands, key=lambda a: (-a.timestamp_us, -a.seq))
+    if akey is not None:
+        # the cache keeps its own Result dicts (a caller may change the ones
+        # it gets) and the candidates as ordinals
+        where = {id(a): o for a, o in zip(cands, active)}
+        where.update((id(a), o) for a, o in zip(rcands, retracted))
+        cache.add_answer(akey, Answer(token, [Result(r) for r in results],
+                                      [where[id(a)] for a in ordered], len(cands)))
+    page = ordered[offset:offset + limit]
+    nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
+    out = QueryResult(concept_path, lens, results, page, nxt)
+    if reader.audit is not None:
+        _audit(reader, agent, _audit_params(concept_path, predicate, include_descendants, lens,
+                                            as_of, known_at, since, lifecycle, epoch, decay,
+                                            include_retracted, limit, cursor),
+               results, groups, ctx, ordered)
+    return out
+
+
+def resolve_groups(lens_obj, cands: list[Assertion], ctx, concept_path: str,
+                   predicate: str | None, include_descendants: bool):
+    """Group the candidates by (concept_path, predicate), resolve each group
+    through the lens, and order all candidates: ``(groups, results, ordered)``.
+    The lens stage of :func:`run_query` (``bench.costs`` times it alone)."""
     groups: dict[tuple, list[Assertion]] = {}
     if predicate is not None and not include_descendants:
         # gather read one (path, predicate) key: every candidate is of it
@@ -442,24 +469,7 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         ordered = lens_obj.resolve(cands, ctx).ordered
     else:
         ordered = []
-    if rcands:
-        ordered = ordered + sorted(rcands, key=lambda a: (-a.timestamp_us, -a.seq))
-    if akey is not None:
-        # the cache keeps its own Result dicts (a caller may change the ones
-        # it gets) and the candidates as ordinals
-        where = {id(a): o for a, o in zip(cands, active)}
-        where.update((id(a), o) for a, o in zip(rcands, retracted))
-        cache.add_answer(akey, Answer(token, [Result(r) for r in results],
-                                      [where[id(a)] for a in ordered], len(cands)))
-    page = ordered[offset:offset + limit]
-    nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
-    out = QueryResult(concept_path, lens, results, page, nxt)
-    if reader.audit is not None:
-        _audit(reader, agent, _audit_params(concept_path, predicate, include_descendants, lens,
-                                            as_of, known_at, since, lifecycle, epoch, decay,
-                                            include_retracted, limit, cursor),
-               results, groups, ctx, ordered)
-    return out
+    return groups, results, ordered
 
 
 _AUDIT_PARAMS = ("concept_path", "predicate", "include_descendants", "lens", "as_of", "known_at",

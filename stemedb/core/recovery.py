@@ -16,12 +16,12 @@ import os
 import time
 
 import msgspec
-import orjson
 
 from ..errors import CorruptionError
 from ..progress import Progress
 from . import fast, snapshot
 from .format import FRAME, FRAME_SIZE, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
+from .datadir import read_metadata
 from .scan import Floor, SegmentScan, durable_floor, scan_segment
 from .state import State
 
@@ -155,11 +155,9 @@ def _covered_until(v: SegmentScan, offset: int) -> int:
 
 
 def _has_metadata_for_existing_log(data_dir: str) -> bool:
-    try:
-        with open(os.path.join(data_dir, "metadata.json"), "rb") as f:
-            return orjson.loads(f.read()).get("last_seq", 0) > 0
-    except (OSError, ValueError):
-        return False
+    last = (read_metadata(data_dir) or {}).get("last_seq", 0)
+    return isinstance(last, int) and last > 0
+
 
 def _load_snapshot(wal, data_dir: str):
     """``(state, position, floor)``: the snapshot when it is usable, and the floor.

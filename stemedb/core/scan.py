@@ -29,14 +29,13 @@ same verdict everywhere.  It owns four rules:
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import orjson
 
 from ..errors import ChecksumMismatch, CorruptionError
 from . import codec, fast
+from .datadir import read_metadata
 from .format import (
     FLAG_MORE, FRAME, FRAME_CRC_FROM, FRAME_CRC_OFF, FRAME_FLAGS_OFF, FRAME_LENGTH_OFF,
     FRAME_RESERVED_OFF, FRAME_SEQ_OFF, FRAME_SIZE, FRAME_TYPE_OFF, MAX_PAYLOAD, RECORD_TYPES,
@@ -266,12 +265,3 @@ def durable_floor(data_dir: str, log_id: bytes | None, snapshot_pos: dict | None
         floor.raise_position(int(snapshot_pos["segment"]), int(snapshot_pos["offset"]),
                              "the index snapshot")
     return floor
-
-
-def read_metadata(data_dir: str) -> dict | None:
-    try:
-        with open(os.path.join(data_dir, "metadata.json"), "rb") as f:
-            meta = orjson.loads(f.read())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None

@@ -121,24 +121,34 @@ def check_wal(wal_dir: str, rep: Report, floor_of=lambda log_id: None) -> dict:
     return info
 
 
-def snapshot_position(data_dir: str) -> dict | None:
-    """The position block of the index snapshot, when it can be read."""
-    path = snapshot.snapshot_path(os.path.join(data_dir, "db"))
-    try:
-        return snapshot.read(path)[1] if os.path.exists(path) else None
-    except (CorruptionError, ValueError, KeyError):
-        return None
-
-
-def check_snapshot(data_dir: str, wal: dict, rep: Report) -> None:
+def load_snapshot(data_dir: str):
+    """``(state, position, error)`` of the index snapshot, read once: all None
+    when there is none; ``error`` is why it could not be read."""
     path = snapshot.snapshot_path(os.path.join(data_dir, "db"))
     if not os.path.exists(path):
-        rep.warn(f"no index snapshot at {path}; the store rebuilds its indexes from the WAL at start")
-        return
+        return None, None, None
     try:
         state, pos = snapshot.read(path)
     except (CorruptionError, ValueError, KeyError) as exc:
-        rep.error(f"index snapshot {path} cannot be read: {exc}")
+        return None, None, exc
+    return state, pos, None
+
+
+def snapshot_position(data_dir: str) -> dict | None:
+    """The position block of the index snapshot, when it can be read."""
+    return load_snapshot(data_dir)[1]
+
+
+def check_snapshot(data_dir: str, wal: dict, rep: Report, loaded=None) -> None:
+    """Findings on the snapshot against the WAL; ``loaded`` is what
+    :func:`load_snapshot` gave, when the caller has read it already."""
+    path = snapshot.snapshot_path(os.path.join(data_dir, "db"))
+    state, pos, error = loaded if loaded is not None else load_snapshot(data_dir)
+    if error is not None:
+        rep.error(f"index snapshot {path} cannot be read: {error}")
+        return
+    if state is None:
+        rep.warn(f"no index snapshot at {path}; the store rebuilds its indexes from the WAL at start")
         return
     if wal.get("log_id") is not None and bytes(pos.get("log_id", b"")) != wal["log_id"]:
         rep.error(f"index snapshot {path} belongs to another WAL (log id differs); "
@@ -219,12 +229,13 @@ def verify(data_dir: str, out=sys.stdout) -> int:
     if not os.path.isdir(wal_dir):
         print(f"error: {wal_dir} does not exist; is {data_dir} a StemeDB data directory?", file=out)
         return 2
-    pos = snapshot_position(data_dir)
+    loaded = load_snapshot(data_dir)       # read once: for the floor, then checked
+    pos = loaded[1]
     wal = check_wal(wal_dir, rep, lambda log_id: durable_floor(data_dir, log_id, pos))
     if not rep.errors:
         rep.ok(f"WAL: {wal['segments']} segments, {wal['records']} records, "
                f"{wal['assertions']} assertions, last seq {wal['last_seq']}, every checksum valid")
-    check_snapshot(data_dir, wal, rep)
+    check_snapshot(data_dir, wal, rep, loaded)
     check_metadata(data_dir, wal, rep)
     status = "consistent" if not rep.errors else f"{rep.errors} problem(s) found"
     print(f"{'ok' if not rep.errors else 'error'}: {data_dir}: {status}", file=out)

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,16 +17,11 @@ import urllib.request
 import pytest
 
 from stemedb.client import APIError, Client
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
 NO_LIMITS = "assert=off;batch=off;query=off;retract=off;vote=off;default=off"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -34,7 +34,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ import pytest
 
 from stemedb.client import APIError, Client, sign_assertion, signing_key
 from stemedb.http.auth import add_key
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +54,6 @@ SNAPSHOT_INTERVAL = 40
 SEGMENT_SIZE = 16384
 AUDIT_CAP = 65536
 RATE_LIMITS = "assert=off;batch=off;query=off;vote=off;default=off;retract=2/minute;circuit=off"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

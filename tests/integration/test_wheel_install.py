@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +33,6 @@ INSTALL_TIMEOUT = 600
 STEP_TIMEOUT = 120
 NETWORK_WORDS = ("NewConnectionError", "Temporary failure in name resolution",
                  "No matching distribution found", "Could not find a version that satisfies")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _source_copy(dest: Path) -> Path:
@@ -145,10 +139,10 @@ def test_serve_backup_restore_verify_from_the_wheel(installed):
     bin_dir, work = installed
     stemedb = str(bin_dir / "stemedb")
     data, backups, restored = work / "data", work / "backups", work / "restored"
-    port = _free_port()
+    port = free_port()
     env = _clean_env(STEMEDB_DATA_DIR=str(data), STEMEDB_BACKUP_DIR=str(backups),
                      STEMEDB_BIND=f"127.0.0.1:{port}",
-                     STEMEDB_DASHBOARD_BIND=f"127.0.0.1:{_free_port()}")
+                     STEMEDB_DASHBOARD_BIND=f"127.0.0.1:{free_port()}")
 
     # serve: healthy, takes one assertion, stops cleanly on SIGTERM
     log = open(work / "serve.log", "w+")

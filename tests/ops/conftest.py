@@ -12,6 +12,7 @@ import time
 import pytest
 
 from stemedb import open_store
+from tests.conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
@@ -115,13 +116,6 @@ def backup_meta(path: str) -> dict:
 
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 5.0, **kw):
