@@ -70,6 +70,7 @@ class Writer:
         # Cluster mode (stemedb/cluster): see submit() and apply_replicated().
         self.replicate: Callable[[str, tuple], object] | None = None
         self._replay_at: int | None = None
+        self._replay_first = 0
 
     def close(self) -> None:
         """Refuse every later write; one in its critical section finishes first."""
@@ -83,10 +84,19 @@ class Writer:
             raise StoreFaulted(f"writes are stopped after a storage fault: {self.wal.fault}; "
                                f"restart the server to recover from disk")
 
-    def stamp(self) -> tuple[int, int]:
-        """Next seq and a recorded_at that never goes backwards (call under _wmu)."""
-        seq = self._next_seq
-        self._next_seq += 1
+    def stamp(self, item: int = 0) -> tuple[int, int]:
+        """Next seq and a recorded_at that never goes backwards (call under _wmu).
+
+        A replicated write (:meth:`apply_replicated`) takes the seq of its
+        stream message instead: item ``i`` of a batch was message ``i`` of
+        the stream's atomic batch, so its seq is ``first_seq + i`` on every
+        node, and items that already existed leave their seq unused."""
+        if self._replay_at is not None:
+            seq = self._replay_first + item
+            self._next_seq = seq + 1
+        else:
+            seq = self._next_seq
+            self._next_seq += 1
         now = self.clock() if self._replay_at is None else self._replay_at
         rec = max(now, self._stamp_us)
         self._stamp_us = rec
@@ -148,13 +158,14 @@ class Writer:
                 "outcome": self.write_outcome}[kind]
 
     def apply_replicated(self, kind: str, args: tuple, first_seq: int, at_us: int):
-        """Apply one replicated write (one stream message) with deterministic stamps.
+        """Apply one replicated write (one stream message, or the messages of
+        one atomic batch) with deterministic stamps.
 
         The same ``write_*`` step as a local write (checks, stamping, framing,
-        the WAL, ``State.apply_group``), except that seqs start at
-        ``first_seq`` and ``recorded_at`` is ``max(at_us, the last
-        recorded_at)``: both come from the stream and the state, so every
-        node writes the same records.  Returns the step's result; a refusal
+        the WAL, ``State.apply_group``), except that the seq of item ``i`` is
+        ``first_seq + i`` (the stream sequence of its message) and
+        ``recorded_at`` is ``max(at_us, the last recorded_at)``: both come
+        from the stream and the state, so every node writes the same records.  Returns the step's result; a refusal
         (409, 400, 404) raises as it would locally and writes nothing.
         Call from one thread (the cluster node's applier), never beside
         local writes.
@@ -164,6 +175,7 @@ class Writer:
                 raise StoreFaulted(f"replicated seq {first_seq} is not after the last seq "
                                    f"{self._next_seq - 1}: the local log disagrees with the stream")
             self._next_seq = first_seq
+            self._replay_first = first_seq
             self._replay_at = at_us
         try:
             return self._write_step(kind)(*args)
@@ -196,7 +208,7 @@ class Writer:
                             results[i] = PutResult(r.hash.hex(), fresh[r.hash], False)
                             continue
                         self.check_refs(r, fresh, i if batch else None)
-                        seq, stamp = self.stamp()
+                        seq, stamp = self.stamp(i)
                         r = _with_stamp(r, stamp)
                         fresh[r.hash] = seq
                         new.append((i, r, seq))
