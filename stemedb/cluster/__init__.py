@@ -12,13 +12,11 @@ the state (existing hash, unknown reference, duplicate epoch, stale vote) are
 decided there, the same on every node, and the records go to the node's
 local WAL and ``State.apply_group`` as a single node's do.
 
-Seqs: the records stream message ``S`` writes get seqs ``S * 10000 + k``
-(``k`` = 0, 1, ... in the message's order; a batch holds at most 10,000),
-so seqs strictly increase with the stream and are the same on every node,
-and ``seq // 10000`` is the stream sequence that wrote the record.  The
-local WAL therefore holds its own resume point: a node restarts by replaying
-its WAL, then consumes the stream from ``last_seq // 10000 + 1``.  Messages
-after that which wrote nothing (a refused write, an assertion that already
-existed) are decided again the same way, against the same state.
+Seqs: every record is one stream message, so a record's seq is its stream
+sequence, the same on every node (an assertion batch is one JetStream atomic
+batch: consecutive sequences, stored whole or not at all).  The local WAL
+therefore holds its own resume point: a node restarts by replaying its WAL,
+then consumes the stream from ``last_seq + 1``.  Messages after that which
+wrote nothing (a refused write, an assertion that already existed) are
+decided again the same way, against the same state.
 """
-from .message import SEQ_SPAN, stream_seq_of  # noqa: F401

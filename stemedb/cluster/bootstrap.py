@@ -9,8 +9,8 @@ cover.  They are staged in ``<data_dir>/.bootstrap-*`` and renamed into
 place, with ``bootstrap.json`` naming where they came from; the store then
 opens them as its own (recovery checks them again), and
 :class:`~stemedb.cluster.node.ClusterNode` checks them against the stream
-before it consumes anything: the stream must reach the archive's last
-stream seq (``last record seq // 10000``) and hold the archive's last
+before it consumes anything: the stream must reach the archive's last seq
+(a record's seq is its stream sequence) and hold the archive's last
 assertion in the message of that seq; otherwise the node refuses to start
 with :class:`~stemedb.cluster.errors.ClusterMismatch`.  Accepted, the node
 records the stream in ``cluster.json`` and consumes from the next stream seq.
@@ -103,10 +103,8 @@ def bootstrap(data_dir: str, target: str | None, *, endpoint_url: str | None = N
     # goes under a timeline of its own, never over the segments it came from
     archivestate.new_timeline(data_dir, reason="cluster_bootstrap", source=info["root"],
                               parent=info["timeline"] or None)
-    from .message import stream_seq_of
     log.info("cluster: bootstrapped %s from the archive %s: %d segments, %d records up to "
-             "seq %d (stream seq %d), snapshot %s; the stream is consumed from seq %d",
+             "seq %d, snapshot %s; the stream is consumed from seq %d",
              data_dir, info["root"], info["segments"], info["records"], info["last_seq"],
-             stream_seq_of(info["last_seq"]), info["snapshot"] or "none (indexes rebuilt)",
-             stream_seq_of(info["last_seq"]) + 1)
+             info["snapshot"] or "none (indexes rebuilt)", info["last_seq"] + 1)
     return boot

@@ -2,14 +2,16 @@
 
 One asyncio loop in a thread (``stemedb-cluster``) holds the NATS
 connection.  Request threads call :meth:`ClusterNode.replicate` (installed as
-the writer's ``replicate``): it publishes the validated write with its
+the writer's ``replicate``): it publishes the validated write (one message
+per record, a batch as one JetStream atomic batch, :mod:`.message`) with its
 message id, waits for JetStream's acknowledgement (stored on a majority of
 the stream's replicas), then waits until this node has applied that stream
 sequence and answers with what the apply decided.  One consumer task reads
 the stream from the next unapplied sequence (an ephemeral pull consumer,
 recreated after any error) and hands each fetched run of messages to one
 applier thread, which applies them strictly in stream order through
-``Writer.apply_replicated``.
+``Writer.apply_replicated``, the messages of an atomic batch together as one
+group.  A record's seq is the stream sequence of its message.
 
 Without a NATS quorum a publish fails or times out: the write answers 503
 (``degraded``) and nothing is acknowledged.  Reads go on from the local
@@ -33,7 +35,6 @@ from ..errors import StemeError
 from ..timeutil import now_us
 from . import bootstrap, message
 from .errors import ClusterMismatch, ClusterUnavailable, NotCaughtUp
-from .message import SEQ_SPAN
 from .stream import ClusterSettings
 
 if TYPE_CHECKING:       # nats is an extra (stemedb[cluster]), imported where used
@@ -44,8 +45,12 @@ log = logging.getLogger("stemedb.cluster")
 
 PUBLISH_TIMEOUT = 5.0     # seconds for JetStream's acknowledgement
 APPLY_TIMEOUT = 30.0      # seconds a write waits for this node to apply what the stream stored
-FETCH_BATCH = 256
+FETCH_BATCH = 1024
 OUTCOMES_KEPT = 65_536    # outcomes of applied messages, for duplicate acks
+BATCH_ID = "Nats-Batch-Id"
+BATCH_SEQ = "Nats-Batch-Sequence"
+BATCH_COMMIT = "Nats-Batch-Commit"
+MSG_ID = "Nats-Msg-Id"
 
 
 class ClusterNode:
@@ -53,7 +58,7 @@ class ClusterNode:
         self.store = store
         self.settings = settings
         self.start_timeout = start_timeout
-        self.applied = store.last_seq // SEQ_SPAN    # the WAL is the resume point
+        self.applied = store.last_seq                 # the WAL is the resume point
         self.stream_seq = self.applied
         self.resumed_from = self.applied + 1          # the first stream seq this run consumes
         self.messages_applied = 0                     # stream messages this run applied
@@ -61,6 +66,10 @@ class ClusterNode:
         self.connected = False
         self._cv = threading.Condition()
         self._outcomes: OrderedDict[int, tuple[bool, object]] = OrderedDict()
+        self._batch_ids: OrderedDict[str, int] = OrderedDict()  # batch message id -> seq
+        # the atomic batch being gathered: (batch id, [(seq, args, at_us)]), or
+        # (batch id, None) while skipping one applied before a restart
+        self._group: tuple[str, list | None] | None = None
         self._stopping = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
@@ -231,8 +240,8 @@ class ClusterNode:
         if self.applied > last:
             raise ClusterMismatch(
                 f"{self.store.path} was installed from the archive {boot.get('root')}, which "
-                f"holds records up to stream seq {self.applied} (record seq "
-                f"{self.store.last_seq}), but stream {cs.stream} ends at {last}: the archive "
+                f"holds records up to seq {self.applied}, but stream {cs.stream} ends at "
+                f"{last}: the archive "
                 f"is not this stream's history (another cluster, or STEMEDB_CLUSTER_STREAM / "
                 f"STEMEDB_ARCHIVE_S3 point at different clusters). Point STEMEDB_ARCHIVE_S3 "
                 f"at this cluster's archive, or unset it to replay the stream, and start "
@@ -245,7 +254,7 @@ class ClusterNode:
             n = st.cols.n
             if not n:
                 return
-            s = int(st.cols.seq[n - 1]) // SEQ_SPAN
+            s = int(st.cols.seq[n - 1])
             h = st.cols.hash_of(n - 1)
         from nats.js.errors import NotFoundError
         try:
@@ -253,9 +262,8 @@ class ClusterNode:
         except NotFoundError:
             raise ClusterMismatch(
                 f"{self.store.path}: stream {self.settings.stream} has no message at seq {s}, "
-                f"where the local log's last assertion (record seq {int(st.cols.seq[n - 1])}) "
-                f"comes from: the local log is another history; start this node from an "
-                f"empty data directory") from None
+                f"where the local log's last assertion comes from: the local log is another "
+                f"history; start this node from an empty data directory") from None
         assert msg.subject is not None and msg.data is not None     # a stored message has both
         kind = msg.subject.rsplit(".", 1)[-1]
         ok = False
@@ -264,7 +272,7 @@ class ClusterNode:
             ok = any(r.hash == h for r in recs)
         if not ok:
             raise ClusterMismatch(
-                f"{self.store.path}: the record at seq {int(st.cols.seq[n - 1])} is not what "
+                f"{self.store.path}: the record at seq {s} is not what "
                 f"stream {self.settings.stream} holds at seq {s}: the local log "
                 f"is another history; start this node from an empty data directory")
 
@@ -278,6 +286,7 @@ class ClusterNode:
         while not self._stopping and self.fault is None:
             try:
                 if sub is None:
+                    self._group = None        # a batch is gathered again from its start
                     cfg = ConsumerConfig(
                         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                         opt_start_seq=self.applied + 1, ack_policy=AckPolicy.NONE,
@@ -314,37 +323,97 @@ class ClusterNode:
                 await asyncio.sleep(0.5)
 
     def _apply(self, msgs) -> None:
-        """Apply fetched messages in stream order (the applier thread)."""
-        writer = self.store.writer
+        """Apply fetched messages in stream order (the applier thread).
+
+        A message outside an atomic batch is applied alone.  The messages of
+        an atomic batch are gathered (across fetches) until its commit
+        message and applied as one group, item ``i`` at seq ``first + i``.
+        A consumer that resumes inside a batch (its first message has batch
+        sequence k > 1) resumes after a restart whose log ends inside that
+        batch's seqs: the group was applied whole (a local group commit is
+        atomic), so its remaining messages are passed over.
+        """
         for m in msgs:
             s = m.metadata.sequence.stream
-            if s <= self.applied:
+            gathered = len(self._group[1] or ()) if self._group is not None else 0
+            if s <= self.applied + gathered:
                 continue
-            if s != self.applied + 1:
-                self._set_fault(f"stream {self.settings.stream} skips from seq {self.applied} "
-                                f"to {s}: messages are missing, this node cannot apply past "
-                                f"the gap")
+            if s != self.applied + gathered + 1:
+                self._set_fault(f"stream {self.settings.stream} skips from seq "
+                                f"{self.applied + gathered} to {s}: messages are missing, "
+                                f"this node cannot apply past the gap")
                 return
             kind = m.subject.rsplit(".", 1)[-1]
+            hdr = m.headers or {}
+            bid = hdr.get(BATCH_ID)
             try:
                 args, at = message.decode(kind, m.data)
-                out = (True, writer.apply_replicated(kind, args, s * SEQ_SPAN, at))
-            except StemeError as exc:
-                if exc.status >= 500:
-                    self._set_fault(f"applying stream seq {s} failed: {exc.message}")
-                    return
-                out = (False, exc)       # refused the same way on every node
-            except Exception as exc:  # noqa: BLE001 - never skip a message silently
-                log.exception("cluster: applying stream seq %d failed", s)
-                self._set_fault(f"applying stream seq {s} failed: {exc!r}")
+            except ValueError as exc:
+                self._set_fault(f"stream seq {s}: {exc}")
                 return
-            with self._cv:
-                self.applied = s
-                self.messages_applied += 1
-                self._outcomes[s] = out
-                while len(self._outcomes) > OUTCOMES_KEPT:
-                    self._outcomes.popitem(last=False)
-                self._cv.notify_all()
+            if bid is None:
+                if self._group is not None:
+                    self._set_fault(f"stream seq {s} interrupts atomic batch {self._group[0]}")
+                    return
+                if not self._apply_one(s, s, kind, args, at):
+                    return
+                continue
+            bseq = int(hdr.get(BATCH_SEQ, "0"))
+            if self._group is None:
+                if bseq > 1 and s - (bseq - 1) <= self.applied:
+                    self._group = (bid, None)         # applied before a restart: pass over
+                elif bseq == 1:
+                    self._group = (bid, [])
+                else:
+                    self._set_fault(f"stream seq {s} is item {bseq} of atomic batch {bid} "
+                                    f"whose start this node never saw")
+                    return
+            gid, items = self._group
+            if gid != bid or (items is not None and bseq != len(items) + 1):
+                self._set_fault(f"stream seq {s} (batch {bid}, item {bseq}) breaks atomic "
+                                f"batch {gid}")
+                return
+            if items is None:
+                with self._cv:
+                    self.applied = s
+                    self._cv.notify_all()
+            else:
+                items.append((args, at))
+            if not hdr.get(BATCH_COMMIT):
+                continue
+            self._group = None
+            if MSG_ID in hdr:
+                self._batch_ids[hdr[MSG_ID]] = s
+                while len(self._batch_ids) > OUTCOMES_KEPT:
+                    self._batch_ids.popitem(last=False)
+            if items is None:
+                continue
+            recs = [r for (rs, _b), _at in items for r in rs]
+            (_first, batch), at0 = items[0]
+            if not self._apply_one(s - len(items) + 1, s, "assert", (recs, batch), at0):
+                return
+
+    def _apply_one(self, first: int, s: int, kind: str, args: tuple, at: int) -> bool:
+        """Apply one write (stream seqs ``first``..``s``); False when it stopped the node."""
+        try:
+            out = (True, self.store.writer.apply_replicated(kind, args, first, at))
+        except StemeError as exc:
+            if exc.status >= 500:
+                self._set_fault(f"applying stream seq {s} failed: {exc.message}")
+                return False
+            out = (False, exc)       # refused the same way on every node
+        except Exception as exc:  # noqa: BLE001 - never skip a message silently
+            log.exception("cluster: applying stream seq %d failed", s)
+            self._set_fault(f"applying stream seq {s} failed: {exc!r}")
+            return False
+        with self._cv:
+            self.applied = s
+            self.messages_applied += s - first + 1
+            self._outcomes[s] = out
+            while len(self._outcomes) > OUTCOMES_KEPT:
+                self._outcomes.popitem(last=False)
+            self._cv.notify_all()
+        return True
 
     def _set_fault(self, reason: str) -> None:
         log.error("cluster: %s; this node stops applying (reads answer what it has)", reason)
@@ -360,15 +429,16 @@ class ClusterNode:
         if self._stopping:
             from ..errors import StoreClosed
             raise StoreClosed("the store is closing")
-        payload, msg_id = message.encode(kind, args, now_us())
+        payloads, msg_id = message.encode(kind, args, now_us())
         subject = f"{self.settings.stream}.{kind}"
         if self.js is None:
             raise ClusterUnavailable(
                 "this node has no NATS connection yet: nothing was written; retry shortly")
-        fut = asyncio.run_coroutine_threadsafe(self._publish(subject, payload, msg_id),
-                                               self._loop)
+        coro = (self._publish(subject, payloads[0], msg_id) if len(payloads) == 1
+                else self._publish_batch(subject, payloads, msg_id))
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            ack = fut.result(PUBLISH_TIMEOUT + 1.0)
+            seq, duplicate = fut.result(PUBLISH_TIMEOUT + 1.0)
         except ClusterUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure: not acknowledged
@@ -377,10 +447,12 @@ class ClusterNode:
                 f"the stream did not acknowledge the write ({type(exc).__name__}: {exc}); "
                 f"without a NATS quorum writes stop. It may or may not be stored: retrying "
                 f"the same write is safe (the stream keeps one copy)") from None
-        ok, value = self._outcome(ack.seq, kind, args)
+        if seq is None:            # a batch the stream already holds: find where
+            seq = self._batch_seq(msg_id)
+        ok, value = self._outcome(seq, kind, args)
         if not ok:
             raise value
-        if ack.duplicate and kind == "assert":
+        if duplicate and kind == "assert":
             # the stream already held this write (a retry): as on a single
             # node, a retried assertion answers exists, with the stored seq
             from ..core.writer import PutResult
@@ -388,41 +460,86 @@ class ClusterNode:
         return value
 
     async def _publish(self, subject: str, payload: bytes, msg_id: str):
-        return await self._jetstream().publish(subject, payload, timeout=PUBLISH_TIMEOUT,
-                                     headers={"Nats-Msg-Id": msg_id})
+        ack = await self._jetstream().publish(subject, payload, timeout=PUBLISH_TIMEOUT,
+                                              headers={MSG_ID: msg_id})
+        return ack.seq, bool(ack.duplicate)
 
-    def _outcome(self, s: int, kind: str, args: tuple) -> tuple[bool, Any]:
+    async def _publish_batch(self, subject: str, payloads: list[bytes], msg_id: str):
+        """One JetStream atomic batch: every message, the last one committing.
+
+        ``(last seq, False)`` once stored; ``(None, True)`` when the stream
+        already holds this batch (its id is in the duplicate window).
+        Anything else raises: the stream stored none of it.
+        """
+        nc = self.nc
+        assert nc is not None       # js is set only once connected
+        bid = os.urandom(16).hex()
+        last = len(payloads)
+        for k, p in enumerate(payloads[:-1], 1):
+            await nc.publish(subject, p, headers={BATCH_ID: bid, BATCH_SEQ: str(k)})
+        reply = await nc.request(subject, payloads[-1], timeout=PUBLISH_TIMEOUT, headers={
+            BATCH_ID: bid, BATCH_SEQ: str(last), BATCH_COMMIT: "1", MSG_ID: msg_id})
+        ack = orjson.loads(reply.data)
+        err = ack.get("error")
+        if err:
+            if err.get("err_code") == message.DUPLICATE_IN_BATCH:
+                return None, True
+            raise ClusterUnavailable(f"the stream refused the batch ({err.get('description')}); "
+                                     f"nothing of it was stored: retrying is safe")
+        if ack.get("count") != last:
+            raise ClusterUnavailable(f"the stream acknowledged {ack.get('count')} of the "
+                                     f"batch's {last} messages")
+        return int(ack["seq"]), False
+
+    def _batch_seq(self, msg_id: str) -> int | None:
+        """The stream seq of an applied batch's commit message, once this node
+        has caught up with the stream (None when it is older than this run)."""
+        info = asyncio.run_coroutine_threadsafe(
+            self._jetstream().stream_info(self.settings.stream), self._loop).result(
+                PUBLISH_TIMEOUT)
+        self._wait_applied(info.state.last_seq, "a retried batch")
+        with self._cv:
+            return self._batch_ids.get(msg_id)
+
+    def _wait_applied(self, s: int, what: str) -> None:
         deadline = time.monotonic() + APPLY_TIMEOUT
         with self._cv:
             while self.applied < s:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.fault or self._stopping:
                     raise ClusterUnavailable(
-                        f"the stream stored this write at stream seq {s}, but this node has "
+                        f"the stream stored {what} at stream seq {s}, but this node has "
                         f"not applied it ({self.fault or 'still catching up'}); it will be "
-                        f"applied: read with min_seq={s * SEQ_SPAN} to see it")
+                        f"applied: read with min_seq={s} to see it")
                 self._cv.wait(min(left, 1.0))
-            out = self._outcomes.get(s)
+
+    def _outcome(self, s: int | None, kind: str, args: tuple) -> tuple[bool, Any]:
+        out = None
+        if s is not None:
+            self._wait_applied(s, "this write")
+            with self._cv:
+                out = self._outcomes.get(s)
         if out is not None:
             return out
         if kind == "assert":      # a duplicate of a write applied long ago
-            recs = args[0]
             from ..core.writer import PutResult
             res = []
-            for r in recs:
+            for r in args[0]:
                 with self.store.reader.lock:
                     o = self.store.state.ordinal(r.hash)
-                    seq = int(self.store.state.cols.seq[o]) if o is not None else s * SEQ_SPAN
-                res.append(PutResult(r.hash.hex(), seq, False))
-            return True, res
+                    if o is None:
+                        break
+                    res.append(PutResult(r.hash.hex(), int(self.store.state.cols.seq[o]), False))
+            else:
+                return True, res
         raise ClusterUnavailable(f"the stream already held this write (stream seq {s}); "
                                  f"its answer is no longer known")
 
     # ------------------------------------------------------------ reading
     def wait_for(self, min_seq: int, timeout_ms: int | None = None) -> None:
-        """Return once this node has applied the record seq ``min_seq`` (or
-        the stream message holding it), else NotCaughtUp after the wait."""
-        target = min_seq // SEQ_SPAN
+        """Return once this node has applied seq ``min_seq`` (a record's seq
+        is its stream sequence), else NotCaughtUp after the wait."""
+        target = min_seq
         if self.applied >= target:
             return
         wait = (self.settings.read_wait_ms if timeout_ms is None else timeout_ms) / 1000.0
@@ -432,9 +549,8 @@ class ClusterNode:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stopping:
                     raise NotCaughtUp(
-                        f"this node has applied up to stream seq {self.applied} (record seq "
-                        f"{self.store.last_seq}), not yet min_seq {min_seq}; retry, or ask "
-                        f"another node", field="min_seq")
+                        f"this node has applied up to seq {self.applied}, not yet min_seq "
+                        f"{min_seq}; retry, or ask another node", field="min_seq")
                 self._cv.wait(min(left, 0.5))
 
     def status(self) -> dict:

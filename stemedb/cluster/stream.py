@@ -5,7 +5,9 @@ One stream holds the whole history: subjects ``<name>.>``, file storage,
 node that starts from an empty data directory replays it from the start, or
 from the seq after the S3 archive it bootstrapped from, :mod:`.bootstrap`),
 deletes and purges refused, a two-minute duplicate window for the message
-ids (a client retry within it writes once).
+ids (a client retry within it writes once), and atomic batch publishing
+allowed (an assertion batch is one atomic batch of one message per record,
+:mod:`.message`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ if TYPE_CHECKING:       # nats is an extra (stemedb[cluster]), imported where us
     from nats.js.api import StreamInfo
 
 DUPLICATE_WINDOW = 120.0        # seconds; JetStream's de-duplication window
-MAX_MSG_SIZE = 32 * 1024 * 1024  # a 16 MiB batch body as msgpack stays well under this
+MAX_MSG_SIZE = 32 * 1024 * 1024  # one record's message; a 16 MiB batch body bounds any item
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,16 @@ def stream_config(name: str, replicas: int = 3):
         storage=StorageType.FILE, num_replicas=replicas, max_msgs=-1, max_bytes=-1,
         max_age=0, discard=DiscardPolicy.OLD, max_msg_size=MAX_MSG_SIZE,
         duplicate_window=DUPLICATE_WINDOW, deny_delete=True, deny_purge=True,
-        description="StemeDB replicated log (stemedb cluster init)")
+        allow_atomic=True, description="StemeDB replicated log (stemedb cluster init)")
 
 
 async def ensure_stream(js, name: str, replicas: int = 3) -> tuple[StreamInfo, bool]:
     """``(stream info, created)``: create the stream, or check the existing one.
 
     Idempotent.  An existing stream with other subjects, storage or replicas
-    is reported, never changed (ValueError naming the difference).
+    is reported, never changed (ValueError naming the difference); the one
+    setting it turns on in an existing stream is atomic batch publishing,
+    which only adds a way to write.
     """
     from nats.js.api import StorageType
     from nats.js.errors import NotFoundError
@@ -90,4 +94,7 @@ async def ensure_stream(js, name: str, replicas: int = 3) -> tuple[StreamInfo, b
         wrong.append("limits that drop messages (max_age/max_msgs/max_bytes must be unlimited)")
     if wrong:
         raise ValueError(f"stream {name} exists but differs: " + "; ".join(wrong))
+    if not c.allow_atomic:
+        c.allow_atomic = True
+        info = await js.update_stream(c)
     return info, False

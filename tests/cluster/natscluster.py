@@ -38,6 +38,7 @@ max_payload: 33554432
 jetstream {{
   store_dir: "{store}"
   sync_interval: always
+  limits {{ batch {{ max_msgs: 10000 }} }}
 }}
 cluster {{
   name: stemedb-test

@@ -63,15 +63,19 @@ def test_write_on_one_node_is_read_on_another_with_min_seq(nodes):
     a, na = nodes("a")
     b, nb = nodes("b")
     r = a.put(claim(1))
-    assert r.created and r.seq % 10_000 == 0
+    assert r.created and r.seq == na.applied     # a record's seq is its stream sequence
     nb.wait_for(r.seq)                       # the read barrier of min_seq
     assert b.get(r.hash) is not None and b.get(r.hash).value == 1
     batch = b.put_batch([claim(i) for i in range(2, 6)] + [claim(1)])
     assert [x.created for x in batch] == [True] * 4 + [False]
     assert batch[-1].seq == r.seq                        # exists: the stored seq
-    assert [x.seq for x in batch[:4]] == sorted(x.seq for x in batch[:4])
-    na.wait_for(batch[0].seq)
-    assert a.count == b.count and a.last_seq == b.last_seq
+    # one atomic batch: five messages at consecutive stream seqs, item i at first + i;
+    # the fifth (already stored) wrote nothing locally
+    first = batch[0].seq
+    assert [x.seq for x in batch[:4]] == list(range(first, first + 4))
+    assert nb.applied == first + 4
+    na.wait_for(first + 4)
+    assert a.count == b.count and a.last_seq == b.last_seq == first + 3
     assert [x.hash for x in a.query("c", include_descendants=True, limit=100).assertions] == \
         [x.hash for x in b.query("c", include_descendants=True, limit=100).assertions]
     # state-dependent refusals are decided at apply time, the same everywhere
@@ -86,7 +90,7 @@ def test_write_on_one_node_is_read_on_another_with_min_seq(nodes):
     # a seq nobody wrote yet: not caught up after the bounded wait
     with pytest.raises(NotCaughtUp):
         na.wait_for(a.last_seq + 10_000_000, timeout_ms=200)
-    assert nb.status()["lag"] == 0 and nb.status()["applied_seq"] == seq // 10_000
+    assert nb.status()["lag"] == 0 and nb.status()["applied_seq"] == seq
 
 
 def test_a_retried_publish_writes_once(nodes):
@@ -100,6 +104,44 @@ def test_a_retried_publish_writes_once(nodes):
     assert again[0].seq == first[0].seq and a.count == count
     time.sleep(1.2)                                     # the consumer re-reads stream info
     assert na.status()["stream_seq"] == stream_before
+
+
+def test_a_retried_batch_writes_once(nodes):
+    a, na = nodes("a")
+    recs = [prepare_assertion(claim(1100 + i), default_time_us=1) for i in range(3)]
+    first = na.replicate("assert", (recs, True))
+    stream_before = na.status()["stream_seq"]
+    again = na.replicate("assert", (recs, True))        # the same atomic batch, retried
+    assert [x.created for x in first] == [True] * 3 and [x.created for x in again] == [False] * 3
+    assert [x.seq for x in again] == [x.seq for x in first]
+    time.sleep(1.2)
+    assert na.status()["stream_seq"] == stream_before
+
+
+def test_a_batch_of_ten_thousand_is_one_atomic_batch(nodes):
+    a, na = nodes("a")
+    b, nb = nodes("b")
+    res = a.put_batch([claim(500_000 + i) for i in range(10_000)])
+    seqs = [x.seq for x in res]
+    assert seqs == list(range(seqs[0], seqs[0] + 10_000))
+    nb.wait_for(seqs[-1])
+    assert b.count == a.count and b.last_seq == a.last_seq == seqs[-1]
+
+
+def test_restart_inside_a_batch_passes_over_what_it_applied(nodes):
+    a, na = nodes("a")
+    b, nb = nodes("b")
+    path = b.path
+    kept = b.put(claim(6000))
+    # the batch's last item exists, so b's log ends one seq before the batch does
+    res = b.put_batch([claim(6001), claim(6002), claim(6000)])
+    assert b.last_seq == res[1].seq and nb.applied == res[1].seq + 1 and res[2].seq == kept.seq
+    b.close()
+    b2, nb2 = nodes("b", path)
+    assert nb2.resumed_from == res[1].seq + 1          # inside the batch: passed over
+    later = a.put(claim(6003))
+    nb2.wait_for(later.seq)
+    assert nb2.fault is None and b2.count == a.count and b2.last_seq == a.last_seq == later.seq
 
 
 def test_restart_replays_locally_then_resumes_the_stream(nodes, tmp_path):

@@ -1,5 +1,6 @@
-"""ops/cluster: the NATS configs nats-server accepts, fsync every write and
-take a 16 MiB batch as one message."""
+"""ops/cluster: the NATS configs nats-server accepts, fsync every write,
+take the largest assertion of a 16 MiB batch body as one message and allow
+an atomic batch of 10,000 messages (the API's batch limit)."""
 import os
 import re
 import subprocess
@@ -17,6 +18,8 @@ def test_nats_config_is_valid_and_durable(path):
     text = open(path).read()
     assert re.search(r"^\s*sync_interval:\s*always\b", text, re.M)
     assert int(re.search(r"^max_payload:\s*(\d+)", text, re.M).group(1)) >= 16 * 1024 * 1024
+    batch = re.search(r"limits\s*\{\s*batch\s*\{\s*max_msgs:\s*(\d+)", text)
+    assert batch and int(batch.group(1)) >= 10_000
     binary = nats_server_binary()
     if binary is None:
         pytest.skip("nats-server not installed")
