@@ -35,11 +35,12 @@ from ..errors import StemeError
 from ..timeutil import now_us
 from . import bootstrap, message
 from .errors import ClusterMismatch, ClusterUnavailable, NotCaughtUp
-from .stream import ClusterSettings
+from .stream import ClusterSettings, restored_point
 
 if TYPE_CHECKING:       # nats is an extra (stemedb[cluster]), imported where used
     from nats.aio.client import Client
     from nats.js import JetStreamContext
+    from nats.js.api import StreamInfo
 
 log = logging.getLogger("stemedb.cluster")
 
@@ -198,11 +199,7 @@ class ClusterNode:
         last = info.state.last_seq
         self.stream_seq = last
         path = self._identity_path()
-        try:
-            with open(path, "rb") as f:
-                ident = orjson.loads(f.read())
-        except FileNotFoundError:
-            ident = None
+        ident = self._read_identity()
         boot = bootstrap.marker(self.store.path)
         if ident is None:
             if self.store.last_seq > 0 and boot is None:
@@ -214,7 +211,7 @@ class ClusterNode:
                 # installed from the S3 archive (bootstrap.py): this stream's
                 # history only if the stream has its seqs and its last assertion
                 self._check_archive(boot, last)
-                await self._check_last_message()
+                await self._check_last_message(info)
             ident = {"stream": cs.stream, "stream_created": created, "node_id": cs.node_id}
             if boot is not None:
                 ident["bootstrapped_from"] = boot
@@ -233,7 +230,36 @@ class ClusterNode:
                 f"{cs.stream} ends at {last}: the local log is ahead of the stream (a seq "
                 f"conflict); start this node from an empty data directory")
         if self.applied > 0:
-            await self._check_last_message()
+            await self._check_last_message(info)
+
+    def _check_restored(self, info: StreamInfo) -> None:
+        cs = self.settings
+        point = restored_point(info)
+        first = info.state.first_seq
+        if point is None:
+            raise ClusterMismatch(
+                f"{self.store.path}: stream {cs.stream} starts at seq {first}, after this "
+                f"node's records: the local log is another history; start this node from an "
+                f"empty data directory")
+        root, log_id, last_archived = point
+        boot = bootstrap.marker(self.store.path) or (self._read_identity() or {}).get(
+            "bootstrapped_from") or {}
+        other = boot.get("log_id") != log_id
+        if self.applied < last_archived or other:
+            raise ClusterMismatch(
+                f"{self.store.path}: stream {cs.stream} was restored from the archive "
+                f"{root or '(the prefix)'} and continues it after seq {last_archived}; this "
+                f"node holds seqs up to {self.applied}"
+                f"{' from another archive' if other else ''}: start it from an "
+                f"empty data directory with STEMEDB_ARCHIVE_S3 naming that archive")
+
+    def _read_identity(self) -> dict[str, Any] | None:
+        try:
+            with open(self._identity_path(), "rb") as f:
+                doc: dict[str, Any] = orjson.loads(f.read())
+                return doc
+        except FileNotFoundError:
+            return None
 
     def _check_archive(self, boot: dict[str, Any], last: int) -> None:
         cs = self.settings
@@ -247,8 +273,11 @@ class ClusterNode:
                 f"at this cluster's archive, or unset it to replay the stream, and start "
                 f"from an empty data directory")
 
-    async def _check_last_message(self) -> None:
-        """The local log's last assertion is in the stream message of its seq."""
+    async def _check_last_message(self, info: StreamInfo) -> None:
+        """The local log's last assertion is in the stream message of its seq,
+        or, below the first seq of a stream restored from the S3 archive
+        (``stemedb cluster init --from-archive``), this node holds the whole
+        archived history the stream continues."""
         st = self.store.state
         with self.store.reader.lock:
             n = st.cols.n
@@ -256,6 +285,9 @@ class ClusterNode:
                 return
             s = int(st.cols.seq[n - 1])
             h = st.cols.hash_of(n - 1)
+        if s < info.state.first_seq:
+            self._check_restored(info)
+            return
         from nats.js.errors import NotFoundError
         try:
             msg = await self._jetstream().get_msg(self.settings.stream, s)

@@ -57,9 +57,16 @@ class ClusterSettings:
                    read_wait_ms=wait)
 
 
-def stream_config(name: str, replicas: int = 3):
+# the stream metadata of a stream restored from the S3 archive (restore_stream)
+RESTORED_FROM = "stemedb_restored_from"     # the archive's root under its prefix
+RESTORED_LOG = "stemedb_restored_log_id"    # the archived history's log id
+RESTORED_SEQ = "stemedb_restored_seq"       # the archive's last seq
+
+
+def stream_config(name: str, replicas: int = 3, *, first_seq: int | None = None,
+                  metadata: dict[str, str] | None = None):
     from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-    return StreamConfig(
+    return StreamConfig(first_seq=first_seq, metadata=metadata,
         name=name, subjects=[f"{name}.>"], retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE, num_replicas=replicas, max_msgs=-1, max_bytes=-1,
         max_age=0, discard=DiscardPolicy.OLD, max_msg_size=MAX_MSG_SIZE,
@@ -98,3 +105,39 @@ async def ensure_stream(js, name: str, replicas: int = 3) -> tuple[StreamInfo, b
         c.allow_atomic = True
         info = await js.update_stream(c)
     return info, False
+
+
+def restored_point(info: StreamInfo) -> tuple[str, str, int] | None:
+    """``(archive root, log id, last archived seq)`` of a stream that
+    :func:`restore_stream` created, else None."""
+    md = info.config.metadata or {}
+    if RESTORED_SEQ not in md:
+        return None
+    return md.get(RESTORED_FROM, ""), md.get(RESTORED_LOG, ""), int(md[RESTORED_SEQ])
+
+
+async def restore_stream(js, name: str, replicas: int, root: str, log_id: str,
+                         last_seq: int) -> tuple[StreamInfo, bool]:
+    """``(stream info, created)``: create the lost stream anew to continue the
+    archived history ``root``, which ends at ``last_seq``.
+
+    The new stream starts at ``last_seq + 1`` (JetStream's ``first_seq``),
+    so seqs go on where the archive ends, and names the archive (root, and
+    the log id every archived segment carries) in its metadata: a node bootstrapped from that archive holds every seq below
+    the stream's first and is accepted (:class:`.node.ClusterNode`).
+    Idempotent for the same archive; a stream that exists otherwise is
+    refused (ValueError), never changed.
+    """
+    from nats.js.errors import NotFoundError
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        cfg = stream_config(name, replicas, first_seq=last_seq + 1,
+                            metadata={RESTORED_FROM: root, RESTORED_LOG: log_id,
+                                      RESTORED_SEQ: str(last_seq)})
+        return await js.add_stream(cfg), True
+    if restored_point(info) == (root, log_id, last_seq):
+        return (await ensure_stream(js, name, replicas))[0], False
+    raise ValueError(f"stream {name} exists (last seq {info.state.last_seq}): restoring from "
+                     f"the archive creates a stream that was lost, it never writes over one "
+                     f"that is there")

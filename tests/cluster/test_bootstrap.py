@@ -148,3 +148,82 @@ def test_an_archive_of_another_history_refuses(node, s3, tmp_path):
     assert bootstrap(path, target, endpoint_url=s3.endpoint) is not None
     with pytest.raises(ClusterMismatch, match="is not what stream other holds"):
         node("e", stream="other", path=path)
+
+
+def _delete_stream(urls: list[str], name: str) -> None:
+    import asyncio
+
+    import nats
+
+    async def go():
+        nc = await nats.connect(servers=urls)
+        try:
+            await nc.jetstream(timeout=10).delete_stream(name)
+        finally:
+            await nc.close()
+    asyncio.run(go())
+
+
+def _cluster_init(urls: list[str], stream: str, *args: str, env: dict | None = None):
+    import subprocess
+    import sys
+    e = dict(os.environ, STEMEDB_CLUSTER_NATS=",".join(urls), STEMEDB_CLUSTER_STREAM=stream,
+             **(env or {}))
+    return subprocess.run([sys.executable, "-m", "stemedb", "cluster", "init", "--timeout", "30",
+                           *args], env=e, capture_output=True, text=True, timeout=120)
+
+
+def test_a_lost_stream_is_restored_from_the_archive(node, streams, s3, tmp_path):
+    """docs/operations/cluster.md, "Restore the whole cluster": the stream and
+    every node are lost; the archive is all there is."""
+    target = f"{BUCKET}/cluster-lost"
+    _cluster_init(streams, "lost")
+    a, na = node("a", stream="lost")
+    write(a, 0, 200)
+    state = archive.push(a.path, target, s3=s3.client)
+    archived = state["last_archived_seq"]
+    assert 0 < archived <= a.last_seq
+
+    def held(store):
+        q = store.query("c", include_descendants=True, limit=1000, include_retracted=True)
+        return sorted((x.seq, x.hash) for x in q.assertions)
+    kept = [x for x in held(a) if x[0] <= archived]
+    write(a, 200, 20)                        # acknowledged after the archive: these are lost
+    a.close()
+    _delete_stream(streams, "lost")          # every NATS server lost its JetStream data
+
+    env = {"STEMEDB_S3_ENDPOINT_URL": s3.endpoint}
+    r = _cluster_init(streams, "lost", "--from-archive", target, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "created" in r.stdout and f"after seq {archived}" in r.stdout
+    r = _cluster_init(streams, "lost", "--from-archive", target, env=env)   # idempotent
+    assert r.returncode == 0 and "checked" in r.stdout, r.stderr
+
+    # two nodes from empty data directories bootstrap from the archive
+    restored = []
+    for name in ("b", "c"):
+        path = str(tmp_path / name)
+        assert bootstrap(path, target, endpoint_url=s3.endpoint)["last_seq"] == archived
+        store, n = node(name, stream="lost", path=path)
+        assert store.last_seq == archived and n.resumed_from == archived + 1
+        restored.append((store, n))
+    (b, nb), (c, nc) = restored
+    assert held(b) == kept                   # exactly the archived history
+    # seqs go on after the archive's, and the nodes agree
+    w = b.put(claim(9000))
+    assert w.created and w.seq == archived + 1
+    nc.wait_for(w.seq)
+    assert answers(b) == answers(c)
+
+    # the old node's own directory (another stream's history) is refused
+    with pytest.raises(ClusterMismatch):
+        node("a2", stream="lost", path=a.path)
+    # a plain init never writes over the restored stream; another archive is refused
+    r = _cluster_init(streams, "lost", env=env)
+    assert r.returncode == 0 and "checked" in r.stdout, r.stderr
+    other = f"{BUCKET}/cluster-lost-other"
+    o, _no = node("o", stream="other")
+    write(o, 3000, 200)
+    assert archive.push(o.path, other, s3=s3.client)["last_archived_seq"] > 0
+    r = _cluster_init(streams, "lost", "--from-archive", other, env=env)
+    assert r.returncode == 1 and "never writes over" in r.stderr
