@@ -382,6 +382,10 @@ cdef int put_value(Buf* b, v, int depth) except -1:
 def value_json(v):
     """RFC 8785 canonical JSON of ``v`` as ``canonical.canonical_json`` gives
     it, or None when the pure reference must decide (it raises NotJSON)."""
+    return c_value_json(v)
+
+
+cdef object c_value_json(v):
     cdef Buf b
     b.p = <char*>malloc(256)
     if b.p == NULL:
@@ -497,6 +501,10 @@ cdef inline bint is_control(Py_UCS4 c):
 
 def path_ok(path):
     """Whether ``check_concept_path(path)`` accepts ``path``."""
+    return c_path_ok(path)
+
+
+cdef bint c_path_ok(path) except -1:
     cdef Py_ssize_t n, length, i, start = 0
     cdef int kind
     cdef void* data
@@ -534,6 +542,10 @@ def path_ok(path):
 def source_ok(source):
     """Whether ``check_source(source)`` accepts ``source`` and its text is
     valid UTF-8 (what the hashed object needs)."""
+    return c_source_ok(source)
+
+
+cdef bint c_source_ok(source) except -1:
     cdef Py_ssize_t n, i
     cdef const unsigned char* u
     cdef unsigned char c
@@ -570,6 +582,10 @@ def unset_to_none(tuple values, unset, int required):
 def name_ok(s):
     """Whether ``check_name(s, ...)`` accepts ``s``: 1-128 characters of
     ``[A-Za-z0-9_.:-]``."""
+    return c_name_ok(s)
+
+
+cdef bint c_name_ok(s) except -1:
     cdef Py_ssize_t n, i
     cdef const unsigned char* u
     cdef unsigned char c
@@ -634,10 +650,16 @@ def checked_fields(concept_path, predicate, value, confidence, source, sc, lc, p
     """``(value_json, hashed, confidence, source_class_rank, lifecycle_rank,
     derived)`` when every check of ``model._prepare`` on these fields passes
     (``timestamp`` already parsed to microseconds), else None."""
+    return c_checked_fields(concept_path, predicate, value, confidence, source, sc, lc,
+                            parent_hash, derived, epoch, timestamp, agent_id)
+
+
+cdef object c_checked_fields(concept_path, predicate, value, confidence, source, sc, lc,
+                             parent_hash, derived, epoch, timestamp, agent_id):
     cdef double conf
     cdef str sc_name
     cdef Py_ssize_t i, m
-    if not path_ok(concept_path) or not name_ok(predicate):
+    if not c_path_ok(concept_path) or not c_name_ok(predicate):
         return None
     if type(confidence) is float:
         conf = PyFloat_AS_DOUBLE(confidence)
@@ -647,10 +669,10 @@ def checked_fields(concept_path, predicate, value, confidence, source, sc, lc, p
         conf = 1.0 if confidence == 1 else 0.0
     else:
         return None
-    vj = value_json(value)
+    vj = c_value_json(value)
     if vj is None or len(<bytes>vj) > MAX_VALUE_BYTES:
         return None
-    if source is not None and not source_ok(source):
+    if source is not None and not c_source_ok(source):
         return None
     if sc is None:
         sc_name = "anecdotal"
@@ -682,7 +704,7 @@ def checked_fields(concept_path, predicate, value, confidence, source, sc, lc, p
         if len(set(derived)) != m:
             return None
         derived = list(derived)
-    if epoch is not None and not name_ok(epoch):
+    if epoch is not None and not c_name_ok(epoch):
         return None
     if agent_id is not None and not hex_ok(agent_id, 64):
         return None
@@ -691,3 +713,121 @@ def checked_fields(concept_path, predicate, value, confidence, source, sc, lc, p
     if hashed is None:
         return None
     return (vj, hashed, conf, _source_class_rank[sc_name], _lifecycle_rank[lc], derived)
+
+
+# ------------------------------------------------------ a batch, one call
+# stemedb.model.prepare_batch calls prepare_many once per batch: the field
+# reads, the timestamp, every check, the canonical value and hashed object,
+# BLAKE3 and the record, item after item, without a Python-level call per
+# item.  An item it does not take (a bad field, a signed item, a kind of
+# body it does not read, a time it leaves to the pure parser) is None in the
+# answer: the caller runs prepare_assertion on it, which raises the error
+# naming the field (or builds the record).  So, as for checked_fields, it
+# only has to accept a subset of what prepare_assertion accepts, and give the
+# same record where it does (tests/unit/test_prepare_batch.py).
+
+cdef tuple _FIELDS = ("concept_path", "predicate", "value", "confidence", "source",
+                      "source_class", "lifecycle", "parent_hash", "derived_from", "epoch",
+                      "timestamp", "agent_id", "signature")
+cdef object _ABSENT = object()
+cdef long long _MIN_US = -9007199254740991
+cdef long long _MAX_US = 9007199254740991
+
+cdef extern from "math.h":
+    double rint(double x)
+
+
+cdef int item_fields(item, list into, object struct_type, object astuple,
+                     object unset) except -1:
+    """The 13 fields of ``item`` in ``_FIELDS`` order into ``into`` (absent
+    and UNSET as None): 1 when read, 0 when the item is not one to take here
+    (not a dict nor ``struct_type``, an unknown or a missing required field)."""
+    cdef Py_ssize_t i, seen = 0
+    cdef dict d
+    cdef tuple values
+    if type(item) is dict:
+        d = <dict>item
+        for i in range(13):
+            v = d.get(_FIELDS[i], _ABSENT)
+            if v is _ABSENT:
+                if i < 4:
+                    return 0           # a required field is missing
+                into[i] = None
+            else:
+                seen += 1
+                into[i] = v
+        return 1 if seen == len(d) else 0      # else: an unknown field
+    if struct_type is not None and type(item) is struct_type:
+        values = astuple(item)
+        for i in range(13):
+            v = values[i]
+            if v is unset:
+                if i < 4:
+                    return 0
+                into[i] = None
+            else:
+                into[i] = v
+        return 1
+    return 0
+
+
+cdef bint time_us(ts, long long default_us, long long* out) except -1:
+    """``parse_time(ts)`` for a time given as Unix seconds (int or float),
+    ``default_us`` for None; False for anything else (a string, a bool, out
+    of range), which the pure parser decides."""
+    cdef int overflow = 0
+    cdef long long v
+    cdef double x
+    if ts is None:
+        out[0] = default_us
+        return True
+    if type(ts) is int:
+        v = PyLong_AsLongLongAndOverflow(ts, &overflow)
+        if overflow or v < -9007199254 or v > 9007199254:
+            return False
+        v = v * 1000000
+    elif type(ts) is float:
+        x = PyFloat_AS_DOUBLE(ts)
+        if not isfinite(x) or not (-1e13 < x < 1e13):
+            return False
+        x = rint(x * 1000000.0)      # round(): half to even, as CPython's
+        if not (-9007199254740991.0 <= x <= 9007199254740991.0):
+            return False
+        v = <long long>x
+    else:
+        return False
+    if v < _MIN_US or v > _MAX_US:
+        return False
+    out[0] = v
+    return True
+
+
+def prepare_many(list items, long long default_us, record, hasher, struct_type, astuple,
+                 unset):
+    """Per item of ``items``, the ``record`` (``model.AssertionRecord``) that
+    ``model.prepare_assertion(item, default_time_us=default_us)`` returns, or
+    None where this pass does not decide (see above).  ``hasher`` is
+    ``blake3.blake3``; ``struct_type`` the decoded HTTP Struct whose fields are
+    ``_FIELDS`` in order (read with ``astuple``, ``unset`` its UNSET), or None."""
+    cdef Py_ssize_t i, n = len(items)
+    cdef list out = [None] * n
+    cdef list f = [None] * 13
+    cdef long long ts
+    for i in range(n):
+        if not item_fields(items[i], f, struct_type, astuple, unset):
+            continue
+        if f[11] is not None or f[12] is not None:     # agent_id, signature: the model's
+            continue
+        if not time_us(f[10], default_us, &ts):
+            continue
+        checked = c_checked_fields(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8],
+                                   f[9], ts, None)
+        if checked is None:
+            continue
+        vj, hashed, conf, sc_rank, lc_rank, derived = <tuple>checked
+        parent = f[7]
+        out[i] = record(hasher(hashed).digest(), 0, ts, conf, sc_rank, lc_rank, f[0], f[1], vj, f[4],
+                        f[9], bytes.fromhex(parent) if parent is not None else None,
+                        [bytes.fromhex(h) for h in derived] if derived is not None else None,
+                        None, None)
+    return out

@@ -20,7 +20,7 @@ from ..errors import (
 )
 from ..model import (
     AssertionRecord, check_concept_path, check_confidence, check_hash, check_name,
-    check_source, prepare_assertion, verify_signature, vote_hash,
+    check_source, prepare_assertion, prepare_batch, verify_signature, vote_hash,
 )
 from ..timeutil import format_time
 from . import codec, fast
@@ -30,8 +30,13 @@ from .wal import Request
 _enc = msgspec.msgpack.Encoder()
 
 
-@dataclass(frozen=True)
-class PutResult:
+class PutResult(msgspec.Struct, frozen=True, gc=False):
+    """What a put answers.  A frozen msgspec Struct, not a dataclass: a batch
+    of 1,000 builds 1,000 of them, and a frozen dataclass's ``__init__`` costs
+    ~0.9 us against ~0.05.  Serialize it with :meth:`to_dict` (the contract's
+    ``hash``/``status``/``seq``); msgspec encoding the Struct itself would
+    write ``created`` instead of ``status``."""
+
     hash: str
     seq: int
     created: bool          # False when the hash was already stored (seq is the stored one)
@@ -129,14 +134,9 @@ class Writer:
         if not isinstance(assertions, (list, tuple)) or not 1 <= len(assertions) <= 10_000:
             raise ValidationError("assertions must be a list of 1 to 10,000 assertions",
                                   field="assertions")
-        recs = []
-        received = self.clock()  # one receive time for the batch's untimed claims
-        for i, a in enumerate(assertions):
-            try:
-                recs.append(prepare_assertion(a, default_time_us=received,
-                                              require_signatures=require_signatures))
-            except ValidationError as exc:
-                raise exc.prefixed(f"assertions[{i}]") from None
+        # one receive time for the batch's untimed claims
+        recs = prepare_batch(assertions, default_time_us=self.clock(),
+                             require_signatures=require_signatures)
         return self.submit("assert", recs, True)
 
     # ------------------------------------------------------------ cluster mode
@@ -183,63 +183,92 @@ class Writer:
             self._replay_at = None
 
     def put_records(self, recs: list[AssertionRecord], batch: bool) -> list[PutResult]:
-        results: list[PutResult | None] = [None] * len(recs)
+        """The state-dependent part of a put: dedupe, references, stamps, the WAL.
+
+        Under ``_wmu`` only what must be there: one vectorized lookup of the
+        batch's hashes, the per-record dedupe and reference checks (skipped
+        for a record that names no parent, source assertion or epoch),
+        stamping, one compiled framing call and the enqueue.  Results are
+        built after the lock is released.
+        """
+        n = len(recs)
+        results: list[PutResult | None] = [None] * n
         waits: list[Request] = []
+        new: list[int] = []            # indexes into recs of the records written
+        stamped: list[AssertionRecord] = []
+        seqs: list[int] = []
+        replace = msgspec.structs.replace
         with self._wmu:
             self.writable()
             st = self.reader.state
+            pending = self._pending
             fresh: dict[bytes, int] = {}
-            new = []
             mark = (self._next_seq, self._stamp_us)
+            replay = self._replay_at is not None
+            clock = self.clock
             try:
                 with self.reader.lock:
                     stored = st.ordinals([r.hash for r in recs])
-                    for i, r in enumerate(recs):
+                    for i in range(n):
+                        r = recs[i]
+                        h = r.hash
                         o = stored[i]
                         if o is not None:
-                            results[i] = PutResult(r.hash.hex(), int(st.cols.seq[o]), False)
+                            results[i] = PutResult(h.hex(), int(st.cols.seq[o]), False)
                             continue
-                        pend = self._pending.get(r.hash)
-                        if pend is not None and pend[1].error is None:
-                            results[i] = PutResult(r.hash.hex(), pend[0], False)
-                            waits.append(pend[1])
+                        if pending:
+                            pend = pending.get(h)
+                            if pend is not None and pend[1].error is None:
+                                results[i] = PutResult(h.hex(), pend[0], False)
+                                waits.append(pend[1])
+                                continue
+                        if h in fresh:
+                            results[i] = PutResult(h.hex(), fresh[h], False)
                             continue
-                        if r.hash in fresh:
-                            results[i] = PutResult(r.hash.hex(), fresh[r.hash], False)
-                            continue
-                        self.check_refs(r, fresh, i if batch else None)
-                        seq, stamp = self.stamp(i)
-                        r = _with_stamp(r, stamp)
-                        fresh[r.hash] = seq
-                        new.append((i, r, seq))
+                        if r.parent_hash is not None or r.derived_from is not None \
+                                or r.epoch is not None:
+                            self.check_refs(r, fresh, i if batch else None)
+                        if replay:
+                            seq, stamp = self.stamp(i)
+                        else:           # stamp(), inline: the same seq and recorded_at
+                            seq = self._next_seq
+                            self._next_seq = seq + 1
+                            stamp = clock()
+                            if stamp < self._stamp_us:
+                                stamp = self._stamp_us
+                            self._stamp_us = stamp
+                        fresh[h] = seq
+                        new.append(i)
+                        stamped.append(replace(r, recorded_at=stamp))
+                        seqs.append(seq)
             except BaseException:
                 # a refused batch (an unknown reference in item i) writes nothing,
                 # so the seqs given to items before i must not be used up
                 self._next_seq, self._stamp_us = mark
                 raise
             if new:
-                data, sizes = fast.encode_assert_frames([r for _, r, _s in new],
-                                                        [seq for _, _r, seq in new])
+                data, sizes = fast.encode_assert_frames(stamped, seqs)
                 apply_arg = [(REC_ASSERT, seq,
                               (r.hash, r.recorded_at, r.timestamp, r.lifecycle, r.concept_path,
                                r.predicate, r.source, r.epoch, r.parent_hash, r.derived_from))
-                             for _, r, seq in new]
+                             for r, seq in zip(stamped, seqs)]
                 req = Request(data, sizes, apply_arg)
                 self.wal.enqueue(req)
-                for _, r, seq in new:
-                    self._pending[r.hash] = (seq, req)
+                for r, seq in zip(stamped, seqs):
+                    pending[r.hash] = (seq, req)
         try:
             if new:
                 self.wal.wait(req)
-                for i, r, seq in new:
+                for i, r, seq in zip(new, stamped, seqs):
                     results[i] = PutResult(r.hash.hex(), seq, True)
             for w in waits:
                 self.wal.wait(w)
         finally:
             if new:
                 with self._wmu:
-                    for _, r, _s in new:
-                        self._pending.pop(r.hash, None)
+                    pop = self._pending.pop
+                    for r in stamped:
+                        pop(r.hash, None)
         return cast("list[PutResult]", results)     # every slot was filled above
 
     def check_refs(self, r: AssertionRecord, fresh: dict, index: int | None) -> None:
