@@ -1,16 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Compiled twins of codec's measured hot loops: scan_frames, extract_segment,
-decode_assert, encode_assert_frames (and timeutil.format_time, index.str64).
+"""Compiled twins of the measured hot loops: codec's scan_frames,
+decode_assert, encode_assert_frames; records.index_records (and
+timeutil.format_time, index.str64).
 
-Same arguments, same answers (tests/unit/test_fast_parity.py); the pure
-functions in codec.py are the reference.  CRC32C is computed in C inside the
+Same arguments, same answers (tests/unit/test_fast_parity.py,
+tests/unit/test_index_records.py); the pure functions are the reference.  CRC32C is computed in C inside the
 loops (crc32c.h: the SSE4.2 instruction where the CPU has it, a table
 otherwise), with google-crc32c as the reference in the parity tests.
 """
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy
+
+from ..errors import CorruptionError
 
 cdef extern from "crc32c.h" nogil:
     void stemedb_crc32c_init()
@@ -254,11 +258,15 @@ cdef inline uint64_t _table_hash(const uint8_t* p, Py_ssize_t n) noexcept nogil:
 cdef long _intern(_Interner* t, const uint8_t* q, Py_ssize_t n, dict ids, list names) except -2:
     """The id of the UTF-8 string at ``q``: from this call's table of raw bytes
     when seen before (no str is made), else through ``ids`` (new ids in order
-    of first appearance, as codec.extract_segment gives them)."""
-    cdef uint64_t h = _table_hash(q, n)
-    cdef long v = _it_find(t, h, q, n)
-    if v >= 0:
-        return v
+    of first appearance, as records.index_records gives them).  ``t`` NULL:
+    the dicts only."""
+    cdef uint64_t h = 0
+    cdef long v
+    if t != NULL:
+        h = _table_hash(q, n)
+        v = _it_find(t, h, q, n)
+        if v >= 0:
+            return v
     name = PyUnicode_DecodeUTF8(<const char*>q, n, NULL)
     o = ids.get(name)
     if o is None:
@@ -267,100 +275,171 @@ cdef long _intern(_Interner* t, const uint8_t* q, Py_ssize_t n, dict ids, list n
         names.append(name)
     else:
         v = o
-    _it_add(t, h, q, n, v)
+    if t != NULL:
+        _it_add(t, h, q, n, v)
     return v
 
 
-def extract_segment(buf, offsets, types, seqs, long segno, long first_ord,
-                    dict path_ids, list path_names, dict pred_ids, list pred_names,
-                    dict epoch_ids):
-    """See codec.extract_segment.
+cdef inline void* _column(cnp.ndarray arr, int typenum, Py_ssize_t need, str name) except NULL:
+    """The data pointer of a state column, after checking what C will write."""
+    if (cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or not cnp.PyArray_ISWRITEABLE(arr) or cnp.PyArray_DIM(arr, 0) < need):
+        raise ValueError(f"index_records: column {name} is not a writable contiguous "
+                         f"array of {need} rows of the column's type")
+    return cnp.PyArray_DATA(arr)
+
+
+def index_records(buf, offsets, types, seqs, int64_t loc_base, Py_ssize_t first,
+                  cnp.ndarray seq_c, cnp.ndarray loc_c, cnp.ndarray ts_c, cnp.ndarray rec_c,
+                  cnp.ndarray key_c, cnp.ndarray path_c, cnp.ndarray epoch_c,
+                  cnp.ndarray lc_c, cnp.ndarray hash_c, cnp.ndarray hkey_out,
+                  cnp.ndarray src_out, cnp.ndarray src_ord_out, dict path_ids,
+                  list path_names, dict pred_ids, list pred_names, dict epoch_ids):
+    """See records.index_records.
 
     A concept path or predicate is decoded to ``str`` once per call: later
     records find its id by their raw bytes in a small C table (a hash, then
-    a byte compare), which halves the cost per record of a rebuild.
+    a byte compare), which halves the cost per record of a rebuild.  The
+    rows are written through the columns' data pointers (checked for type,
+    layout and length first), so a call allocates no array: a single put's
+    call costs ~1 us.  Below 8 records no byte table is built (the dicts
+    alone are cheaper than setting one up).
     """
     cdef list offs = offsets if type(offsets) is list else list(offsets)
     cdef list typs = types if type(types) is list else list(types)
     cdef list sqs = seqs if type(seqs) is list else list(seqs)
-    cdef const uint8_t[:] mv = buf
-    cdef const uint8_t* base = &mv[0] if mv.shape[0] else NULL
-    cdef Py_ssize_t total = len(offs), n = 0, k, i = 0
+    cdef Py_ssize_t total = len(offs), n = 0, k, i = 0, r
     for k in range(total):
-        if typs[k] == 1:
+        if typs[k] == REC_ASSERT:
             n += 1
-    seq_o = np.empty(n, np.int64); loc_o = np.empty(n, np.int64)
-    ts_o = np.empty(n, np.int64); rec_o = np.empty(n, np.int64)
-    key_o = np.empty(n, np.int64); path_o = np.empty(n, np.int32)
-    ep_o = np.empty(n, np.int32); lc_o = np.empty(n, np.int8)
-    hb_o = np.empty((n, 32), np.uint8)
-    cdef int64_t[:] seq_a = seq_o, loc_a = loc_o, ts_a = ts_o, rec_a = rec_o, key_a = key_o
-    cdef int32_t[:] path_a = path_o, ep_a = ep_o
-    cdef int8_t[:] lc_a = lc_o
-    cdef uint8_t[:, ::1] hb_a = hb_o
+    if first < 0:
+        raise ValueError("index_records: first must be >= 0")
+    cdef int64_t* seq_a = <int64_t*>_column(seq_c, cnp.NPY_INT64, first + n, "seq")
+    cdef int64_t* loc_a = <int64_t*>_column(loc_c, cnp.NPY_INT64, first + n, "loc")
+    cdef int64_t* ts_a = <int64_t*>_column(ts_c, cnp.NPY_INT64, first + n, "ts")
+    cdef int64_t* rec_a = <int64_t*>_column(rec_c, cnp.NPY_INT64, first + n, "rec")
+    cdef int64_t* key_a = <int64_t*>_column(key_c, cnp.NPY_INT64, first + n, "key")
+    cdef int32_t* path_a = <int32_t*>_column(path_c, cnp.NPY_INT32, first + n, "path")
+    cdef int32_t* ep_a = <int32_t*>_column(epoch_c, cnp.NPY_INT32, first + n, "epoch")
+    cdef int8_t* lc_a = <int8_t*>_column(lc_c, cnp.NPY_INT8, first + n, "lc")
+    if cnp.PyArray_NDIM(hash_c) != 2 or cnp.PyArray_DIM(hash_c, 1) != 32:
+        raise ValueError("index_records: column hashes is not an array of 32-byte rows")
+    cdef uint8_t* hb_a = <uint8_t*>_column(hash_c, cnp.NPY_UINT8, first + n, "hashes")
+    cdef uint64_t* hk = <uint64_t*>_column(hkey_out, cnp.NPY_UINT64, n, "hkey_out")
+    cdef uint64_t* sk = <uint64_t*>_column(src_out, cnp.NPY_UINT64, n, "src_out")
+    cdef int32_t* so = <int32_t*>_column(src_ord_out, cnp.NPY_INT32, n, "src_ord_out")
+    cdef Py_buffer view
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    cdef const uint8_t* base = <const uint8_t*>view.buf
+    cdef Py_ssize_t size = view.len
+    cdef _Interner* tp = NULL
+    cdef _Interner* tq = NULL
     cdef const uint8_t* p
     cdef const uint8_t* q
-    cdef Py_ssize_t off, lpath, lpred, lsrc, lep, nd, j
+    cdef Py_ssize_t off, lpath, lpred, lsrc, lep, nd, lval, j, need, cap
+    cdef int64_t length, rec, max_rec = 0
     cdef int fields, rtype
     cdef long pid, qid
     cdef _Interner paths, preds
     cdef Py_ssize_t ns = 0
-    src_k = np.empty(n, np.uint64); src_o = np.empty(n, np.int32)
-    cdef uint64_t[:] sk = src_k
-    cdef int32_t[:] so = src_o
     edges, metas = [], []
-    _it_init(&paths, 1024)
+    paths.slots = preds.slots = NULL
+    paths.arena = preds.arena = NULL
     try:
-        _it_init(&preds, 256)
-    except MemoryError:
-        _it_free(&paths)
-        raise
-    try:
+        if n >= 8:
+            # a table sized to the call: a group of ten does not clear 8 KB
+            cap = 16
+            while cap < 2 * n and cap < 1024:
+                cap *= 2
+            _it_init(&paths, cap)
+            tp = &paths
+            _it_init(&preds, min(cap, 256))
+            tq = &preds
         for k in range(total):
             off = offs[k]
             rtype = typs[k]
-            if rtype != 1:
+            if rtype != REC_ASSERT:
                 metas.append((rtype, sqs[k], off))
                 continue
+            length = rd32(base + off) if 0 <= off and off + FRAME_SIZE <= size else -1
+            if length < HEAD_SIZE or off + FRAME_SIZE + length > size:
+                raise _overrun(off, length, size)
             p = base + off + FRAME_SIZE
             fields = p[58]
             lpath = rd16(p + 60); lpred = rd16(p + 62); lsrc = rd16(p + 64)
-            lep = rd16(p + 66); nd = rd16(p + 68)
+            lep = rd16(p + 66); nd = rd16(p + 68); lval = rd32(p + 72)
+            need = HEAD_SIZE + lpath + lpred + lval
+            if fields & F_SOURCE:
+                need += lsrc
+            if fields & F_EPOCH:
+                need += lep
+            if fields & F_PARENT:
+                need += 32
+            if fields & F_DERIVED:
+                need += 32 * nd
+            if fields & F_SIGNED:
+                need += 96
+            if need > length:
+                raise _overrun(off, length, size)
             q = p + HEAD_SIZE
-            pid = _intern(&paths, q, lpath, path_ids, path_names); q += lpath
-            qid = _intern(&preds, q, lpred, pred_ids, pred_names); q += lpred
-            seq_a[i] = <int64_t>sqs[k]
-            loc_a[i] = (<int64_t>segno << 40) | off
-            rec_a[i] = rd64(p + RECORDED_AT_OFF)
-            ts_a[i] = rd64(p + TIMESTAMP_OFF)
-            key_a[i] = (<int64_t>pid << 24) | qid
-            path_a[i] = pid
-            lc_a[i] = p[57]
-            memcpy(&hb_a[i, 0], p, 32)
+            pid = _intern(tp, q, lpath, path_ids, path_names); q += lpath
+            qid = _intern(tq, q, lpred, pred_ids, pred_names); q += lpred
+            r = first + i
             if fields & F_SOURCE:
                 sk[ns] = fnv1a(q, lsrc)
-                so[ns] = first_ord + i
+                so[ns] = r
                 ns += 1
                 q += lsrc
             if fields & F_EPOCH:
-                ep_a[i] = epoch_ids[PyUnicode_DecodeUTF8(<const char*>q, lep, NULL)]
+                name = PyUnicode_DecodeUTF8(<const char*>q, lep, NULL)
+                eid = epoch_ids.get(name)
+                if eid is None:
+                    raise CorruptionError(f"the assertion record at offset {off} names epoch "
+                                          f"{name!r}, which no earlier record creates",
+                                          offset=off)
+                ep_a[r] = eid
                 q += lep
             else:
-                ep_a[i] = 0
+                ep_a[r] = 0
             if fields & (F_PARENT | F_DERIVED):
                 parent = derived = None
                 if fields & F_PARENT:
                     parent = (<const char*>q)[:32]; q += 32
                 if fields & F_DERIVED:
                     derived = [(<const char*>(q + 32 * j))[:32] for j in range(nd)]
-                edges.append((first_ord + i, parent, derived))
+                edges.append((r, parent, derived))
+            rec = rd64(p + RECORDED_AT_OFF)
+            if i == 0 or rec > max_rec:
+                max_rec = rec
+            seq_a[r] = <int64_t>sqs[k]
+            loc_a[r] = loc_base + off
+            rec_a[r] = rec
+            ts_a[r] = rd64(p + TIMESTAMP_OFF)
+            key_a[r] = (<int64_t>pid << 24) | qid
+            path_a[r] = pid
+            lc_a[r] = p[57]
+            memcpy(hb_a + 32 * r, p, 32)
+            hk[i] = <uint64_t>rd64(p)
             i += 1
     finally:
         _it_free(&paths)
         _it_free(&preds)
-    cols = {"seq": seq_o, "loc": loc_o, "ts": ts_o, "rec": rec_o, "key": key_o,
-            "path": path_o, "epoch": ep_o, "lc": lc_o, "hashes": hb_o}
-    return cols, (src_k[:ns], src_o[:ns]), edges, metas
+        PyBuffer_Release(&view)
+    return n, ns, max_rec, edges, metas
+
+
+def _overrun(off, length, size):
+    from .records import payload_overrun
+    return payload_overrun(off, length, size)
+
+
+def _extract_segment():
+    from .records import extract_with
+    return extract_with(index_records)
+
+
+# the older one-segment interface, over index_records (records.extract_with)
+extract_segment = _extract_segment()
 
 
 from libc.time cimport time_t

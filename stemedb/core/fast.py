@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from .. import canonical as _canonical
-from . import codec
+from . import codec, records
 
 
 def _flag(name: str) -> bool:
@@ -45,7 +45,9 @@ if not _pure:
 COMPILED = _fast is not None
 CANON_COMPILED = _canonical.COMPILED
 scan_frames = _fast.scan_frames if COMPILED else codec.scan_frames
-extract_segment = _fast.extract_segment if COMPILED else codec.extract_segment
+index_records = _fast.index_records if COMPILED else records.index_records
+# the older one-segment interface over index_records (bench/costs.py's extract stage)
+extract_segment = _fast.extract_segment if COMPILED else records.extract_with(index_records)
 decode_assert = _fast.decode_assert if COMPILED else codec.decode_assert
 encode_assert_frames = _fast.encode_assert_frames if COMPILED else codec.encode_assert_frames
 if COMPILED:

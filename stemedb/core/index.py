@@ -38,10 +38,51 @@ def str64(s: str) -> int:
     it inside its C loop (a Python call per record cost 2 us); the compiled
     twin is ``_fast.fnv1a64``.
     """
+    return bytes64(s.encode("utf-8", "surrogatepass"))
+
+
+def bytes64(b: bytes) -> int:
+    """FNV-1a 64 of raw bytes: :func:`str64` of a source as its record stores it."""
     h = _FNV_OFFSET
-    for b in s.encode("utf-8", "surrogatepass"):
-        h = ((h ^ b) * _FNV_PRIME) & _M64
+    for c in b:
+        h = ((h ^ c) * _FNV_PRIME) & _M64
     return h
+
+
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")``, three to eight times faster.
+
+    numpy's stable sort of 64-bit keys is a timsort (29 ms for 200,000
+    random keys here); its default sort is a vectorized introsort (6 ms),
+    and sorting one int64 array, not its argsort, costs 2 ms.  So:
+    non-negative keys that leave room for the index's bits (concept path
+    ids, index keys) sort as one int64 array of ``key << bits | index``;
+    others (hash prefixes, source keys) take the introsort and then, only
+    when keys repeat, one sort of ``run number << 32 | index`` puts each
+    run of equal keys back in index order.  The rebuild sorts every index
+    run this way (MultiMap.extend).
+    """
+    n = len(keys)
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    if n >= 2**32:                      # an index does not fit in 32 bits
+        return np.argsort(keys, kind="stable")
+    bits = (n - 1).bit_length()
+    if keys.dtype.kind in "iu" and int(keys.min()) >= 0 and int(keys.max()) < 2**(63 - bits):
+        comp = (keys.astype(np.int64) << bits) | np.arange(n, dtype=np.int64)
+        comp.sort()
+        return comp & np.int64((1 << bits) - 1)
+    order = np.argsort(keys)
+    ks = keys[order]
+    new_run = ks[1:] != ks[:-1]
+    if bool(new_run.all()):
+        return order
+    run = np.empty(n, dtype=np.int64)
+    run[0] = 0
+    np.cumsum(new_run, out=run[1:])
+    comp = (run << 32) | order
+    comp.sort()
+    return comp & np.int64(0xFFFFFFFF)
 
 
 class MultiMap:
@@ -95,6 +136,27 @@ class MultiMap:
         if self.n_recent >= MERGE_AT:
             self.merge()
 
+    def add_run(self, keys: np.ndarray, first: int, vals: np.ndarray | None = None) -> None:
+        """Add the pairs of one applied group: ``keys[i]`` to ordinal ``first + i``
+        (or to ``vals[i]``), every ordinal above the stored ones.
+
+        A group that is large next to the map (a replayed segment, a bulk load
+        into a young store) is sorted into the run at once: ``extend``, O(run +
+        k log k).  A smaller one goes to the recent dict, O(k) plus the
+        amortized merge, since inserting it into a long run would copy the run
+        for a few keys (a group of 1,000 into a run of 1,000,000: 12 MB moved).
+        """
+        k = len(keys)
+        if not k:
+            return
+        if k >= MERGE_AT or k * 64 >= len(self.keys) + self.n_recent:
+            if vals is None:
+                vals = np.arange(first, first + k, dtype=np.int32)
+            self.extend(keys, vals)
+        else:
+            self.add_many(keys.tolist(), range(first, first + k) if vals is None
+                          else vals.tolist())
+
     def get(self, key: int) -> list[int]:
         out = []
         keys = self.keys
@@ -112,7 +174,7 @@ class MultiMap:
     def extend(self, keys: np.ndarray, vals: np.ndarray) -> None:
         """Add many (key, ordinal) pairs whose ordinals exceed every stored one."""
         self.merge()
-        order = np.argsort(keys, kind="stable")
+        order = stable_order(keys)
         ks = np.ascontiguousarray(keys[order], dtype=self.dtype)
         vs = np.ascontiguousarray(vals[order], dtype=np.int32)
         if not len(self.keys):

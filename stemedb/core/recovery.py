@@ -19,14 +19,14 @@ import msgspec
 
 from ..errors import CorruptionError
 from ..progress import Progress
-from . import fast, snapshot
-from .format import FRAME, FRAME_SIZE, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
+from . import snapshot
+from .format import FRAME
+from .records import decode_meta  # noqa: F401  (bench/costs.py reads it here)
 from .datadir import read_metadata
 from .scan import Floor, SegmentScan, durable_floor, scan_segment
 from .state import State
 
 log = logging.getLogger("stemedb")
-_dec = msgspec.msgpack.Decoder()
 
 
 class _SnapshotMismatch(Exception):
@@ -121,8 +121,8 @@ def _walk(wal, state: State, pos: dict | None, floor: Floor):
             todo = slice(None)
         offs = v.offsets[todo]
         if offs:
-            state.bulk_segment(buf, offs, v.types[todo], v.seqs[todo], seg.number,
-                               fast.extract_segment, decode_meta)
+            state.apply_group(buf, offs, v.types[todo], v.seqs[todo], seg.number << 40,
+                              seg.number)
             applied += len(offs)
         if v.offsets:
             last_frame = v.last_record(buf)
@@ -188,12 +188,3 @@ def _load_snapshot(wal, data_dir: str):
                     reason)
         return None, None, floor
     return state, pos, floor
-
-
-def decode_meta(rtype: int, buf, off: int, segno: int) -> dict:
-    if rtype not in (REC_RETRACT, REC_VOTE, REC_EPOCH, REC_OUTCOME):
-        raise CorruptionError(f"unknown record type {rtype} in WAL segment {segno} "
-                              f"at offset {off}", offset=off)
-    length = int.from_bytes(buf[off:off + 4], "little")
-    return _dec.decode(buf[off + FRAME_SIZE:off + FRAME_SIZE + length])
-

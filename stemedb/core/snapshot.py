@@ -191,6 +191,7 @@ def read(path: str, *, verify: bool = True) -> tuple[State, dict]:
     for eid, name, seq, rec, sup, desc in sorted(sp["epochs"]):
         st.epochs[name] = Epoch(eid, name, seq, rec, list(sup), desc)
         st.epoch_names.append(name)
+        st.epoch_ids[name] = eid
     st.dependents = {k: list(v) for k, v in sp["dependents"]}
     st.revisions = {k: list(v) for k, v in sp["revisions"]}
     st.retracted = {k: v for k, v in sp["retracted"]}

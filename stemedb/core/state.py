@@ -11,8 +11,9 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from . import fast
-from .format import REC_ASSERT, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
-from .index import PRED_BITS, Columns, MultiMap, h64, pack_loc
+from .format import REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
+from .index import PRED_BITS, Columns, MultiMap, h64, stable_order  # noqa: F401 (re-exported)
+from .records import decode_meta
 
 
 @dataclass
@@ -35,7 +36,9 @@ class Retraction:
     count: int = 0
 
 
-SMALL_GROUP = 8
+# A group of more records bumps ``gen`` once instead of each key's slots.
+GEN_BULK = 4096
+SMALL_GROUP = 8   # the old per-record threshold of apply_asserts; tests size groups past it
 
 # Generations for the materialized query answers (query.py, ``_token``): an
 # answer is reused only while every generation it was computed under is
@@ -56,42 +59,6 @@ def gen_slot(pid: int, qid: int) -> int:
     return (pid * GEN_MIX + qid) & GEN_MASK
 
 
-def stable_order(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")``, three to eight times faster.
-
-    numpy's stable sort of 64-bit keys is a timsort (29 ms for 200,000
-    random keys here); its default sort is a vectorized introsort (6 ms),
-    and sorting one int64 array, not its argsort, costs 2 ms.  So:
-    non-negative keys that leave room for the index's bits (concept path
-    ids, index keys) sort as one int64 array of ``key << bits | index``;
-    others (hash prefixes, source keys) take the introsort and then, only
-    when keys repeat, one sort of ``run number << 32 | index`` puts each
-    run of equal keys back in index order.  The rebuild sorts every index
-    run this way (State.bulk_segment).
-    """
-    n = len(keys)
-    if n < 2:
-        return np.arange(n, dtype=np.int64)
-    if n >= 2**32:                      # an index does not fit in 32 bits
-        return np.argsort(keys, kind="stable")
-    bits = (n - 1).bit_length()
-    if keys.dtype.kind in "iu" and int(keys.min()) >= 0 and int(keys.max()) < 2**(63 - bits):
-        comp = (keys.astype(np.int64) << bits) | np.arange(n, dtype=np.int64)
-        comp.sort()
-        return comp & np.int64((1 << bits) - 1)
-    order = np.argsort(keys)
-    ks = keys[order]
-    new_run = ks[1:] != ks[:-1]
-    if bool(new_run.all()):
-        return order
-    run = np.empty(n, dtype=np.int64)
-    run[0] = 0
-    np.cumsum(new_run, out=run[1:])
-    comp = (run << 32) | order
-    comp.sort()
-    return comp & np.int64(0xFFFFFFFF)
-
-
 class State:
     def __init__(self):
         self.cols = Columns()
@@ -106,6 +73,7 @@ class State:
         self.pred_names: list[str] = []
         self.epochs: dict[str, Epoch] = {}
         self.epoch_names: list[str | None] = [None]      # id 0: no epoch
+        self.epoch_ids: dict[str, int] = {}              # name -> id, kept by apply_epoch
         self.dependents: dict[int, list[int]] = {}       # ord -> ords citing it
         self.revisions: dict[int, list[int]] = {}        # ord -> ords revising it
         self.retracted: dict[int, int] = {}              # ord -> retraction index
@@ -115,6 +83,8 @@ class State:
         self.last_seq = 0
         self.last_recorded_at = 0
         self.records = 0                                 # log records applied
+        self._scratch_arrays = (np.empty(64, np.uint64), np.empty(64, np.uint64),
+                                np.empty(64, np.int32))
         # answer generations (GEN_SLOTS above); never persisted: the
         # answers they guard live only as long as this object
         self.gen = next(_state_serial) << 32
@@ -202,87 +172,6 @@ class State:
             self.last_recorded_at = rec
         self.records += 1
 
-    def apply_asserts(self, items: list) -> None:
-        """Apply a durable group's assertions: ``(seq, segment, offset, fields)``.
-
-        Columns are filled by slice and the maps take their keys through the
-        small recent dicts, so a group of k costs O(k) plus one amortized merge.
-        A group larger than ``SMALL_GROUP`` is applied per group, not per
-        record: the loop only resolves names to ids, the hash prefixes and
-        locations are computed over the whole group with numpy, and each map
-        takes the group's keys in one ``MultiMap.add_many`` (1.2x faster on
-        groups of 1,000, bench/results/group-commit-2026-11-26.md).  Smaller groups
-        (single puts, the few records of a group commit) take the per-record
-        adds, whose fixed cost is lower (the group path cost 1.3x on single puts).
-        """
-        n = len(items)
-        c = self.cols
-        if c.n + n > c.cap:
-            c._grow(c.n + n)
-        first = c.n
-        seqs, segs, offs, tss, recs, keys, pids, eids, lcs, hashes = [], [], [], [], [], [], [], [], [], []
-        str64_ = fast.str64
-        edges, src_keys, src_ords = [], [], []
-        small = n <= SMALL_GROUP
-        by_hash, by_key, by_path, by_source = self.by_hash, self.by_key, self.by_path, self.by_source
-        kgen, pgen = self.key_gen, self.path_gen
-        for k, (seq, segment, offset, f) in enumerate(items):
-            h, rec, ts, lc, path, pred, src, ep, parent, derived = f
-            pid = self.path_ids.get(path)
-            if pid is None:
-                pid = self.path_id(path)
-            qid = self.pred_ids.get(pred)
-            if qid is None:
-                qid = self.pred_id(pred)
-            key = (pid << PRED_BITS) | qid
-            kgen[(pid * GEN_MIX + qid) & GEN_MASK] += 1
-            pgen[pid & GEN_MASK] += 1
-            o = first + k
-            seqs.append(seq); segs.append(segment); offs.append(offset); tss.append(ts)
-            recs.append(rec); keys.append(key); pids.append(pid)
-            eids.append(self.epochs[ep].id if ep is not None else 0); lcs.append(lc)
-            hashes.append(h)
-            if small:
-                by_hash.add(h64(h), o)
-                by_key.add(key, o)
-                by_path.add(pid, o)
-                if src is not None:
-                    by_source.add(str64_(src), o)
-            elif src is not None:
-                src_keys.append(str64_(src))
-                src_ords.append(o)
-            if parent is not None or derived is not None:
-                edges.append((o, parent, derived))
-            if rec > self.last_recorded_at:
-                self.last_recorded_at = rec
-        if not small:
-            hb = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32)
-            ords = range(first, first + n)
-            by_hash.add_many(np.ascontiguousarray(hb[:, :8]).view("<u8").reshape(n).tolist(), ords)
-            by_key.add_many(keys, ords)
-            by_path.add_many(pids, ords)
-            if src_keys:
-                by_source.add_many(src_keys, src_ords)
-        if small:
-            # a slice store from a list costs ~2 us per column even for one
-            # item; scalar stores cost ~0.1 us (single puts are the common case)
-            for k in range(n):
-                i = first + k
-                c.seq[i] = seqs[k]; c.loc[i] = pack_loc(segs[k], offs[k]); c.ts[i] = tss[k]
-                c.rec[i] = recs[k]
-                c.key[i] = keys[k]; c.path[i] = pids[k]; c.epoch[i] = eids[k]; c.lc[i] = lcs[k]
-                c.hashes[i] = np.frombuffer(hashes[k], dtype=np.uint8)
-        else:
-            sl = slice(first, first + n)
-            c.seq[sl] = seqs; c.ts[sl] = tss; c.rec[sl] = recs
-            c.loc[sl] = (np.array(segs, dtype=np.int64) << 40) | np.array(offs, dtype=np.int64)
-            c.key[sl] = keys; c.path[sl] = pids; c.epoch[sl] = eids; c.lc[sl] = lcs
-            c.hashes[sl] = hb
-        c.n = first + n
-        self._link(edges)
-        self.last_seq = max(self.last_seq, seqs[-1])
-        self.records += n
-
     def _link(self, edges) -> None:
         """Record parent_hash / derived_from edges: ``(ordinal, parent, derived)``."""
         for o, parent, derived in edges:
@@ -305,66 +194,137 @@ class State:
         self.key_gen[gen_slot(pid, int(self.cols.key[o]) & _PRED_MASK)] += 1
         self.path_gen[pid & GEN_MASK] += 1
 
-    # ------------------------------------------------------------ bulk replay
-    def bulk_segment(self, buf, offsets, types, seqs, segno: int, extract, decode_meta) -> None:
-        """Apply one scanned segment's records at once: the rebuild path.
+    # ------------------------------------------------------------ one apply
+    def apply_group(self, buf, offsets, types, seqs, loc_base: int, segno: int = 0) -> None:
+        """Apply framed log records, in seq order: every durable group the WAL
+        writes (Store's on-durable step) and every segment recovery replays.
 
-        ``extract`` (codec.extract_segment or its compiled twin) turns the
-        assertion records into column arrays; each sorted run is then
-        extended once (numpy argsort + insert) instead of one insert per
-        record per index.  Epoch records are applied first (assertions name
-        them; ids follow log order either way); retractions and votes after
-        the assertions, in log order (they name only earlier assertions, so
-        the result equals record-by-record replay).
+        ``buf`` holds the frames; ``offsets``, ``types``, ``seqs`` say where
+        each record is and what it is; ``loc_base`` is ``segment << 40`` plus
+        the file offset of ``buf[0]`` (a record's location is ``loc_base +
+        offset``); ``segno`` names the segment in errors.  The assertions
+        go to the one "records to index columns" function,
+        ``fast.index_records`` (compiled, or its pure twin
+        ``records.index_records``), which writes their rows straight into
+        the columns; each map then takes the group's keys at once
+        (``MultiMap.add_run``): the cost is per group plus O(records) in C,
+        not a Python loop per record.  Epoch records are applied first
+        (assertions name them; ids follow log order either way);
+        retractions, votes and outcomes after the assertions, in log order
+        (they name only earlier records, so the result equals record-by-record
+        application).  O(records + new names), plus one sorted insert per
+        map when the group is large next to the map.
         """
         if not offsets:
             return
-        # apply_* count the records they apply; this path counts each record
+        # apply_meta counts the records it applies; this counts each record
         # once, here, whatever its type
         records = self.records + len(offsets)
-        self.gen += 1
         if REC_EPOCH in types:
             for off, rtype, seq in zip(offsets, types, seqs):
                 if rtype == REC_EPOCH:
                     self.apply_epoch(seq, decode_meta(rtype, buf, off, segno))
-        first = self.cols.n
+        c = self.cols
+        first = c.n
+        if first + len(offsets) > c.cap:
+            c._grow(first + len(offsets))
         n_paths = len(self.path_names)
-        epoch_ids = {name: e.id for name, e in self.epochs.items()}
-        cols, sources, edges, metas = extract(buf, offsets, types, seqs, segno, first,
-                                              self.path_ids, self.path_names, self.pred_ids,
-                                              self.pred_names, epoch_ids)
+        hk, sk, so = self._scratch(len(offsets))
+        n, ns, max_rec, edges, metas = fast.index_records(
+            buf, offsets, types, seqs, loc_base, first, c.seq, c.loc, c.ts, c.rec, c.key,
+            c.path, c.epoch, c.lc, c.hashes, hk, sk, so, self.path_ids, self.path_names,
+            self.pred_ids, self.pred_names, self.epoch_ids)
         if len(self.path_names) > n_paths:
-            self.sorted_paths.update(self.path_names[n_paths:])
-        n = len(cols["seq"])
+            new = self.path_names[n_paths:]
+            if len(new) == 1:
+                self.sorted_paths.add(new[0])
+            else:
+                self.sorted_paths.update(new)
         if n:
-            self._bulk_columns(first, n, cols, sources)
-            self.last_recorded_at = max(self.last_recorded_at, int(cols["rec"].max()))
-        self.last_seq = max(self.last_seq, int(seqs[-1]))
-        self._link(edges)
+            c.n = first + n
+            end = first + n
+            if n <= SMALL_GROUP:
+                # a few records (single puts, a small group commit): the maps'
+                # recent dicts directly, without add_run's array handling
+                ords = range(first, end)
+                keys = c.key[first:end].tolist()
+                self.by_hash.add_many(hk[:n].tolist(), ords)
+                self.by_key.add_many(keys, ords)
+                self.by_path.add_many(c.path[first:end].tolist(), ords)
+                if ns:
+                    self.by_source.add_many(sk[:ns].tolist(), so[:ns].tolist())
+            else:
+                keys = c.key[first:end]
+                self.by_hash.add_run(hk[:n], first)
+                self.by_key.add_run(keys, first)
+                self.by_path.add_run(c.path[first:end].astype(np.int64), first)
+                self.by_source.add_run(sk[:ns], 0, so[:ns])
+                keys = keys.tolist() if n <= GEN_BULK else None
+            self._bump(keys)
+            if max_rec > self.last_recorded_at:
+                self.last_recorded_at = max_rec
+        if seqs[-1] > self.last_seq:
+            self.last_seq = int(seqs[-1])
+        if edges:
+            self._link(edges)
         for rtype, seq, off in metas:
             if rtype != REC_EPOCH:             # epochs went first, above
                 self.apply_meta(rtype, seq, decode_meta(rtype, buf, off, segno))
         self.records = records
 
-    # ------------------------------------------------------------ one dispatch
-    def apply_group(self, items) -> None:
-        """Apply one durable atomic group, in seq order: the live write path.
+    def _bump(self, keys: list[int] | None) -> None:
+        """Bump the answer generations of the keys a group wrote: per key and
+        path for a group up to ``GEN_BULK`` records, one ``gen`` bump (every
+        answer) for a larger one (``keys`` None), whose per-key loop would
+        cost more than the recomputation it spares."""
+        if keys is None:
+            self.gen += 1
+            return
+        kgen, pgen = self.key_gen, self.path_gen
+        for key in keys:
+            pid = key >> PRED_BITS
+            kgen[(pid * GEN_MIX + (key & _PRED_MASK)) & GEN_MASK] += 1
+            pgen[pid & GEN_MASK] += 1
 
-        ``items`` are ``(type, seq, segment, offset, payload)``; a run of
-        assertions goes to :meth:`apply_asserts` at once, every other record
-        to :meth:`apply_meta`, the dispatch replay uses too.
+    def _scratch(self, n: int):
+        """Scratch arrays of at least ``n`` rows for index_records' by-products
+        (hash keys, source keys, source ordinals), kept between groups."""
+        sc = self._scratch_arrays
+        if len(sc[0]) < n:
+            sc = self._scratch_arrays = (np.empty(n, np.uint64), np.empty(n, np.uint64),
+                                         np.empty(n, np.int32))
+        return sc
+
+    def apply_asserts(self, items: list) -> None:
+        """Apply assertions given as decoded fields, ``(seq, segment, offset,
+        (hash, recorded_at, timestamp, lifecycle, path, predicate, source,
+        epoch, parent, derived))``: an adapter for callers that hold fields,
+        not frames (tests, bench/costs.py).  It frames them (confidence and
+        value are placeholders: the index reads neither) and goes through
+        :meth:`apply_group`, then sets each row's location, so it costs
+        more than the store's own path, which hands over the WAL's bytes.
         """
-        run = []
-        for rtype, seq, segno, off, payload in items:
-            if rtype == REC_ASSERT:
-                run.append((seq, segno, off, payload))
-                continue
-            if run:
-                self.apply_asserts(run)
-                run = []
-            self.apply_meta(rtype, seq, payload)
-        if run:
-            self.apply_asserts(run)
+        from ..model import AssertionRecord
+        from .codec import encode_assert, encode_frame
+        from .format import REC_ASSERT
+        frames, offsets, types, seqs, locs, pos = [], [], [], [], [], 0
+        for seq, segment, offset, f in items:
+            h, rec, ts, lc, path, pred, src, ep, parent, derived = f
+            fr = encode_frame(REC_ASSERT, 0, seq, encode_assert(AssertionRecord(
+                h, rec, ts, 0.0, 0, lc, path, pred, b"0", src, ep, parent, derived)))
+            frames.append(fr); offsets.append(pos); types.append(REC_ASSERT); seqs.append(seq)
+            locs.append((segment << 40) | offset)
+            pos += len(fr)
+        first = self.cols.n
+        self.apply_group(b"".join(frames), offsets, types, seqs, 0)
+        self.cols.loc[first:first + len(locs)] = locs
+
+    def bulk_segment(self, buf, offsets, types, seqs, segno: int, extract=None,
+                     decode=None) -> None:
+        """:meth:`apply_group` of one whole segment (the older replay entry,
+        kept for bench/costs.py; ``extract`` and ``decode`` are ignored: the
+        one function is ``fast.index_records``)."""
+        self.apply_group(buf, offsets, types, seqs, segno << 40, segno)
 
     def apply_meta(self, rtype: int, seq: int, body: dict) -> None:
         """The one dispatch of non-assertion records, for live groups and replay."""
@@ -379,27 +339,6 @@ class State:
         else:
             from ..errors import CorruptionError
             raise CorruptionError(f"unknown record type {rtype} at seq {seq}")
-
-    def _bulk_columns(self, first: int, n: int, cols: dict, sources: list) -> None:
-        c = self.cols
-        if c.n + n > c.cap:
-            c._grow(c.n + n)
-        sl = slice(c.n, c.n + n)
-        for name in Columns.SPEC:
-            getattr(c, name)[sl] = cols[name]
-        hb = cols["hashes"]
-        c.hashes[sl] = hb
-        c.n += n
-        ords = np.arange(first, first + n, dtype=np.int32)
-        for m, keys, vals in ((self.by_hash, np.ascontiguousarray(hb[:, :8]).view("<u8").reshape(n),
-                               ords),
-                              (self.by_key, cols["key"], ords),
-                              (self.by_path, cols["path"].astype(np.int64), ords),
-                              (self.by_source, sources[0], sources[1])):
-            if len(keys):
-                # handed over in order, extend's own stable sort is one linear pass
-                o = stable_order(keys)
-                m.extend(keys[o], vals[o])
 
     def apply_retract(self, seq: int, body: dict) -> list[int]:
         """Mark the listed hashes retracted (first retraction wins)."""
@@ -472,6 +411,7 @@ class State:
                   description=body.get("description"))
         self.epochs[e.name] = e
         self.epoch_names.append(e.name)
+        self.epoch_ids[e.name] = e.id
         self.gen += 1
         self._note(seq, e.recorded_at)
 

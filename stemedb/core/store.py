@@ -123,14 +123,20 @@ class Store:
         consistent cut.
         """
         reader = self.reader
-        n = 0
+        first = group[0]
+        buf = first.data if len(group) == 1 else b"".join(r.data for r in group)
+        offsets, types, seqs, pos = [], [], [], 0
+        for req in group:
+            for size, (rtype, seq, _arg) in zip(req.sizes, req.apply_arg):
+                offsets.append(pos)
+                types.append(rtype)
+                seqs.append(seq)
+                pos += size
+        segno, at = first.locs[0]        # the WAL writes a group contiguously, in one segment
         with reader.lock:
             self._anchor = anchor
-            for req in group:
-                reader.state.apply_group(
-                    (rtype, seq, segno, off, payload)
-                    for (segno, off), (rtype, seq, payload) in zip(req.locs, req.apply_arg))
-                n += len(req.apply_arg)
+            reader.state.apply_group(buf, offsets, types, seqs, (segno << 40) + at, segno)
+        n = len(offsets)
         self._since_snapshot += n
         if self._since_snapshot >= self.snapshot_interval > 0:
             self._since_snapshot = 0

@@ -1,0 +1,175 @@
+"""Log records to index columns: the one function live writes and replay share.
+
+:func:`index_records` reads the framed records of a buffer (one durable
+group as the WAL wrote it, or a whole scanned segment) and writes each
+assertion's row straight into the state's columns; ``State.apply_group``
+calls it for every group the WAL makes durable and for every segment
+recovery replays, so both build the same state by construction.  This is
+the pure-Python reference; ``_fast.index_records`` is its compiled twin
+(``fast.index_records`` chooses), held to the same answers, damaged input
+included, by tests/unit/test_index_records.py.
+
+It trusts nothing in a payload it is given: a record whose variable parts
+do not fit inside its frame, or that names an epoch the state does not
+know, is refused with :class:`~stemedb.errors.CorruptionError` naming the
+offset (a frame whose CRC holds can still have been written by a bug).
+"""
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+
+from ..errors import CorruptionError
+from .format import (
+    ASSERT_HEAD, ASSERT_HEAD_SIZE, F_DERIVED, F_EPOCH, F_PARENT, F_SIGNED, F_SOURCE,
+    FRAME_SIZE, REC_ASSERT, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE,
+)
+from .index import PRED_BITS, bytes64
+
+_unpack_head = ASSERT_HEAD.unpack_from
+_dec = msgspec.msgpack.Decoder()
+
+
+def payload_overrun(off: int, length: int, buf_len: int) -> CorruptionError:
+    return CorruptionError(f"the assertion record at offset {off} does not fit its frame "
+                           f"({length} payload bytes, {buf_len} in the buffer)", offset=off)
+
+
+def index_records(buf, offsets, types, seqs, loc_base: int, first: int,
+                  seq_c, loc_c, ts_c, rec_c, key_c, path_c, epoch_c, lc_c, hash_c,
+                  hkey_out, src_out, src_ord_out,
+                  path_ids: dict, path_names: list, pred_ids: dict, pred_names: list,
+                  epoch_ids: dict):
+    """Write the index row of every assertion among ``offsets`` into the columns.
+
+    ``buf`` holds framed records; ``offsets``, ``types``, ``seqs`` are their
+    frame offsets, types and seqs (what the scanner or the writer gives).
+    Row ``first + i`` of each column (``*_c``: the state's numpy columns,
+    already grown to hold them) gets the ``i``-th assertion: its seq, its
+    location ``loc_base + offset`` (``loc_base`` is ``segment << 40`` plus
+    the file offset of ``buf[0]``), timestamp, recorded_at, index key,
+    concept path id, epoch id, lifecycle and hash.  ``hkey_out[i]`` gets
+    its 64-bit hash prefix (the ``by_hash`` key); for the ``j``-th
+    assertion with a source, ``src_out[j]`` gets the ``str64`` of the
+    source and ``src_ord_out[j]`` its ordinal (scratch arrays of at least
+    ``len(offsets)`` rows).  New concept paths and predicates are interned
+    into the given tables (ids in order of first appearance);
+    ``epoch_ids`` maps epoch names to ids.
+
+    Returns ``(n, n_sources, max_recorded_at, edges, metas)``: the
+    assertions written, how many had a source, the largest recorded_at
+    among them (0 if none), ``(ordinal, parent_hash, derived_from)`` of
+    each record citing others, and ``(type, seq, offset)`` of every other
+    record.  O(records).
+    """
+    hashes, seq_l, loc_l, ts_l, rec_l, key_l, pid_l, ep_l, lc_l = [], [], [], [], [], [], [], [], []
+    src_k, src_o, edges, metas = [], [], [], []
+    size = len(buf)
+    i = 0
+    for off, rtype, seq in zip(offsets, types, seqs):
+        if rtype != REC_ASSERT:
+            metas.append((rtype, seq, off))
+            continue
+        length = int.from_bytes(buf[off:off + 4], "little") \
+            if 0 <= off and off + FRAME_SIZE <= size else -1
+        if length < ASSERT_HEAD_SIZE or off + FRAME_SIZE + length > size:
+            raise payload_overrun(off, length, size)
+        p = off + FRAME_SIZE
+        (h, rec, ts, _conf, _sclass, lc, fields, _r, lpath, lpred, lsrc, lep, nd,
+         lval) = _unpack_head(buf, p)
+        need = (ASSERT_HEAD_SIZE + lpath + lpred + (lsrc if fields & F_SOURCE else 0)
+                + (lep if fields & F_EPOCH else 0) + (32 if fields & F_PARENT else 0)
+                + (32 * nd if fields & F_DERIVED else 0) + (96 if fields & F_SIGNED else 0)
+                + lval)
+        if need > length:
+            raise payload_overrun(off, length, size)
+        q = p + ASSERT_HEAD_SIZE
+        path = str(buf[q:q + lpath], "utf-8"); q += lpath
+        pred = str(buf[q:q + lpred], "utf-8"); q += lpred
+        pid = path_ids.get(path)
+        if pid is None:
+            pid = path_ids[path] = len(path_names)
+            path_names.append(path)
+        qid = pred_ids.get(pred)
+        if qid is None:
+            qid = pred_ids[pred] = len(pred_names)
+            pred_names.append(pred)
+        o = first + i
+        if fields & F_SOURCE:
+            src_k.append(bytes64(bytes(buf[q:q + lsrc])))
+            src_o.append(o)
+            q += lsrc
+        eid = 0
+        if fields & F_EPOCH:
+            name = str(buf[q:q + lep], "utf-8"); q += lep
+            eid = epoch_ids.get(name, -1)
+            if eid < 0:
+                raise CorruptionError(f"the assertion record at offset {off} names epoch "
+                                      f"{name!r}, which no earlier record creates", offset=off)
+        if fields & (F_PARENT | F_DERIVED):
+            parent = derived = None
+            if fields & F_PARENT:
+                parent = bytes(buf[q:q + 32]); q += 32
+            if fields & F_DERIVED:
+                derived = [bytes(buf[q + 32 * j:q + 32 * j + 32]) for j in range(nd)]
+            edges.append((o, parent, derived))
+        hashes.append(h)
+        seq_l.append(seq); loc_l.append(loc_base + off); ts_l.append(ts); rec_l.append(rec)
+        key_l.append((pid << PRED_BITS) | qid); pid_l.append(pid); ep_l.append(eid)
+        lc_l.append(lc)
+        i += 1
+    n, ns = i, len(src_k)
+    if n == 1:
+        # scalar stores: a slice store from a list costs ~2 us per column
+        seq_c[first] = seq_l[0]; loc_c[first] = loc_l[0]; ts_c[first] = ts_l[0]
+        rec_c[first] = rec_l[0]; key_c[first] = key_l[0]; path_c[first] = pid_l[0]
+        epoch_c[first] = ep_l[0]; lc_c[first] = lc_l[0]
+        hash_c[first] = np.frombuffer(hashes[0], dtype=np.uint8)
+        hkey_out[0] = int.from_bytes(hashes[0][:8], "little")
+    elif n:
+        sl = slice(first, first + n)
+        seq_c[sl] = seq_l; loc_c[sl] = loc_l; ts_c[sl] = ts_l; rec_c[sl] = rec_l
+        key_c[sl] = key_l; path_c[sl] = pid_l; epoch_c[sl] = ep_l; lc_c[sl] = lc_l
+        hb = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32)
+        hash_c[sl] = hb
+        hkey_out[:n] = np.ascontiguousarray(hb[:, :8]).view(np.uint64).reshape(n)
+    if ns:
+        src_out[:ns] = src_k
+        src_ord_out[:ns] = src_o
+    return n, ns, max(rec_l, default=0), edges, metas
+
+
+def decode_meta(rtype: int, buf, off: int, segno: int) -> dict:
+    """The body of a non-assertion record (msgpack), for ``State.apply_meta``."""
+    if rtype not in (REC_RETRACT, REC_VOTE, REC_EPOCH, REC_OUTCOME):
+        raise CorruptionError(f"unknown record type {rtype} in WAL segment {segno} "
+                              f"at offset {off}", offset=off)
+    length = int.from_bytes(buf[off:off + 4], "little")
+    return _dec.decode(buf[off + FRAME_SIZE:off + FRAME_SIZE + length])
+
+
+def extract_with(index_fn):
+    """``extract_segment`` (the older interface: fresh column arrays for one
+    segment) over ``index_fn``: kept for bench/costs.py's extract stage and
+    the parity tests of ``_fast.extract_segment``; the store calls
+    ``index_records`` through ``State.apply_group``."""
+    def extract_segment(buf, offsets, types, seqs, segno: int, first_ord: int,
+                        path_ids: dict, path_names: list, pred_ids: dict, pred_names: list,
+                        epoch_ids: dict):
+        n = sum(1 for t in types if t == REC_ASSERT)
+        hk, sk, so = np.empty(n, np.uint64), np.empty(n, np.uint64), np.empty(n, np.int32)
+        cols = {"seq": np.empty(n, np.int64), "loc": np.empty(n, np.int64),
+                "ts": np.empty(n, np.int64), "rec": np.empty(n, np.int64),
+                "key": np.empty(n, np.int64), "path": np.empty(n, np.int32),
+                "epoch": np.empty(n, np.int32), "lc": np.empty(n, np.int8),
+                "hashes": np.empty((n, 32), np.uint8)}
+        _n, ns, _m, edges, metas = index_fn(
+            buf, offsets, types, seqs, segno << 40, 0, cols["seq"], cols["loc"],
+            cols["ts"], cols["rec"], cols["key"], cols["path"], cols["epoch"], cols["lc"],
+            cols["hashes"], hk, sk, so, path_ids, path_names, pred_ids, pred_names, epoch_ids)
+        sk, so = sk[:ns], so[:ns]
+        if first_ord:               # rows start at 0 here, ordinals at first_ord
+            so = (so + first_ord).astype(np.int32)
+            edges = [(o + first_ord, p, d) for o, p, d in edges]
+        return cols, (sk, so), edges, metas
+    return extract_segment
