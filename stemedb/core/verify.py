@@ -243,9 +243,16 @@ def verify(data_dir: str, out=sys.stdout) -> int:
 
 
 def main(argv=None) -> int:
+    """``--help`` prints the usage and this module's description (exit 0);
+    anything but one DATA_DIR is a usage error (exit 2, as "cannot run")."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python -m stemedb.core.verify DATA_DIR", file=sys.stderr)
+    usage = "usage: python -m stemedb.core.verify DATA_DIR"
+    if argv in (["-h"], ["--help"]):
+        print(usage)
+        print(__doc__.split("\n\n", 2)[-1].strip() if __doc__ else "")
+        return 0
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(usage, file=sys.stderr)
         return 2
     return verify(argv[0])
 

@@ -92,3 +92,11 @@ def test_a_snapshot_from_another_history_is_a_mismatch(tmp_path):
         (tmp_path / "b" / "db" / "indexes" / "snapshot.idx").read_bytes())
     code, out = verify(tmp_path / "a")
     assert code == 1 and "index snapshot" in out, out
+
+
+def test_help_exits_0_and_usage_errors_exit_2(capsys):
+    from stemedb.core.verify import main
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m stemedb.core.verify DATA_DIR") and "Exit 0" in out
+    assert main([]) == 2 and main(["--bogus"]) == 2 and main(["a", "b"]) == 2
