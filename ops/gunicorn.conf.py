@@ -14,14 +14,17 @@ TLS for a small install without a proxy: add
     keyfile = "/etc/stemedb/tls.key"
 below (normally nginx or envoy terminates TLS in front of 127.0.0.1).
 """
+import logging
 import sys
 
-from stemedb.config import Settings
+from stemedb.config import Settings, unknown_variables
 from stemedb.http.logs import configure_logging
 from stemedb.http.server import gunicorn_options, preflight
 
 _settings = Settings.from_env()
 configure_logging(_settings.log_level, _settings.log_format)
+for _warning in unknown_variables():     # a misspelt variable, as `stemedb serve` warns
+    logging.getLogger("stemedb").warning(_warning)
 _problem = preflight(_settings)
 if _problem:
     print(f"stemedb: {_problem}", file=sys.stderr)

@@ -324,7 +324,9 @@ def test_public_bind_allowed_with_keys_or_anonymous_flag(servers, tmp_path):
 def test_ops_gunicorn_conf_runs_the_same_server(servers, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     conf = os.path.join(root, "ops", "gunicorn.conf.py")
-    s = servers(argv=[sys.executable, "-m", "gunicorn", "-c", conf]).start()
+    s = servers(argv=[sys.executable, "-m", "gunicorn", "-c", conf],
+                STEMEDB_SNAPSHOT_INTERVALL="5").start()
+    assert "did you mean STEMEDB_SNAPSHOT_INTERVAL?" in s.log()      # warned, as by serve
     c = Client(s.url)
     assert c.put(body(1))["status"] == "created"
     with urllib.request.urlopen(s.dashboard_url + "/") as page:
