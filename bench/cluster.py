@@ -8,6 +8,8 @@ Measures (docs/scaling.md quotes them):
   in-process cluster nodes, against one single-node store with
   durability=fsync under the same 8 threads, and the largest lag a node
   showed meanwhile;
+- batches of 1,000 (one JetStream atomic batch of 1,000 messages each) from
+  one writer, assertions/s against the single node's ``put_batch``;
 - RTO after killing (-9) the NATS server that leads the stream: time from
   the kill to the next acknowledged write;
 - RPO: acknowledged writes missing on any node afterwards (must be 0);
@@ -94,6 +96,20 @@ def run_writers(puts, n_writes, threads=8, on_sample=None):
     return time.perf_counter() - t0, lat
 
 
+def run_batches(put_batch, n, size=1000):
+    """``n`` batches of ``size`` from one writer: assertions/s and per-batch ms."""
+    lat = []
+    t0 = time.perf_counter()
+    for b in range(n):
+        t = time.perf_counter()
+        res = put_batch([claim(900_000_000 + b * size + i) for i in range(size)])
+        assert all(r.created for r in res)
+        lat.append(time.perf_counter() - t)
+    secs = time.perf_counter() - t0
+    return {"batches": n, "size": size, "per_s": n * size / secs,
+            "p50_ms": statistics.median(lat) * 1e3, "max_ms": max(lat) * 1e3}
+
+
 def p99(xs):
     return statistics.quantiles(xs, n=100)[98] if len(xs) >= 100 else max(xs)
 
@@ -101,6 +117,7 @@ def p99(xs):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--writes", type=int, default=4000)
+    ap.add_argument("--batches", type=int, default=20, help="batches of 1,000 (default 20)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     root = tempfile.mkdtemp(prefix="stemedb-cluster-bench-")
@@ -113,6 +130,7 @@ def main(argv=None):
         secs, lat = run_writers([single.put], args.writes)
         out["single"] = {"writes": len(lat), "seconds": secs, "per_s": len(lat) / secs,
                          "p50_ms": statistics.median(lat) * 1e3, "p99_ms": p99(lat) * 1e3}
+        out["single_batch"] = run_batches(single.put_batch, args.batches)
         single.close()
 
         init_stream(nc.urls, "bench")
@@ -130,6 +148,9 @@ def main(argv=None):
         out["cluster"] = {"writes": len(lat), "seconds": secs, "per_s": len(lat) / secs,
                           "p50_ms": statistics.median(lat) * 1e3, "p99_ms": p99(lat) * 1e3,
                           "max_lag_msgs": max_lag[0]}
+        out["cluster_batch"] = run_batches(stores[0].put_batch, args.batches)
+        for n in nodes:         # every node applies every batch
+            n.wait_for(stores[0].last_seq, 60_000)
 
         # RTO: kill the stream leader's NATS server under one writer per node
         acked, stop = [], threading.Event()
@@ -254,7 +275,8 @@ def report(out, args):
     cu = out["catch_up"]
     lines = [
         f"# Cluster mode measured ({date})", "",
-        f"Command: `.venv/bin/python -m bench.cluster --writes {args.writes}`", "",
+        f"Command: `.venv/bin/python -m bench.cluster --writes {args.writes} --batches "
+        f"{args.batches}`", "",
         f"Machine: {platform.platform()}, {os.cpu_count()} cores (shared with other work while "
         f"measured); three nats-server 2.15 on loopback in one JetStream cluster "
         f"(`sync_interval: always`, file storage, stream replicas 3); StemeDB nodes with "
@@ -265,6 +287,13 @@ def report(out, args):
         f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | - |",
         f"| cluster, 3 nodes in one process, 8 writer threads over them | {c['writes']} | "
         f"{c['per_s']:.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | {c['max_lag_msgs']} |",
+        "",
+        "| batches of 1,000, one writer | batches | assertions/s | p50 ms per batch | "
+        "max ms |", "|---|---|---|---|---|",
+        *[f"| {label} | {b['batches']} | {b['per_s']:.0f} | {b['p50_ms']:.1f} | "
+          f"{b['max_ms']:.1f} |" for label, b in (
+              ("one node, fsync", out["single_batch"]),
+              ("cluster (one atomic batch of 1,000 messages each)", out["cluster_batch"]))],
         "",
         f"- RTO, stream leader's NATS server ({out['rto_leader']}) killed -9 under three "
         f"writers: the first write sent after the kill was acknowledged "
