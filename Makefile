@@ -24,13 +24,14 @@ setup-serve: $(STAMP_SERVE)
 setup-test: $(STAMP_TEST)
 
 $(STAMP_SERVE): pyproject.toml setup.py stemedb/core/_fast.pyx stemedb/core/_canon.pyx \
+		stemedb/core/_query.pyx \
 		stemedb/core/crc32c.h scripts/setup-system.sh
 	PYTHON=$(PYTHON) bash scripts/setup-system.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel "Cython>=3.0"
 	$(BIN)/pip install --quiet -e .
-	@$(BIN)/python -c "import stemedb.core._fast, stemedb.core._canon" || { \
-	  echo "setup: the Cython extensions (stemedb.core._fast, _canon) did not build (a C compiler and the" >&2; \
+	@$(BIN)/python -c "import stemedb.core._fast, stemedb.core._canon, stemedb.core._query" || { \
+	  echo "setup: the Cython extensions (stemedb.core._fast, _canon, _query) did not build (a C compiler and the" >&2; \
 	  echo "Python headers are needed: Debian: apt-get install gcc python3-dev). To run on the" >&2; \
 	  echo "slower pure-Python path instead: STEMEDB_PURE_PYTHON=1 $(BIN)/stemedb serve" >&2; \
 	  exit 1; }
@@ -63,4 +64,5 @@ bench-smoke: $(STAMP_TEST)
 	$(BIN)/python -m pytest bench/test_engine_bench.py --bench-quick -q
 
 clean-build:
-	rm -rf build stemedb/core/_fast.c stemedb/core/_fast*.so $(STAMP_SERVE) $(STAMP_TEST)
+	rm -rf build stemedb/core/_fast.c stemedb/core/_fast*.so stemedb/core/_query.c \
+		stemedb/core/_query*.so $(STAMP_SERVE) $(STAMP_TEST)

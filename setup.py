@@ -1,4 +1,4 @@
-"""Builds the optional compiled twins ``stemedb/core/_fast.pyx`` and ``_canon.pyx``.
+"""Builds the optional compiled twins ``stemedb/core/_fast.pyx``, ``_canon.pyx``, ``_query.pyx``.
 
 The extension is optional: without a compiler StemeDB runs on the pure-Python
 reference (``stemedb/core/codec.py``).  ``cythonize()`` drops ``optional=True``
@@ -18,7 +18,9 @@ else:
                    include_dirs=[numpy.get_include()],
                    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]),
          # the assertion hash path: RFC 8785 canonical form (pure twin: canonical.py)
-         Extension("stemedb.core._canon", ["stemedb/core/_canon.pyx"])],
+         Extension("stemedb.core._canon", ["stemedb/core/_canon.pyx"]),
+         # the query path's per-candidate loops (pure twin: qpure.py; chosen by qfast.py)
+         Extension("stemedb.core._query", ["stemedb/core/_query.pyx"])],
         compiler_directives={"language_level": "3", "boundscheck": False,
                              "wraparound": False, "cdivision": True},
     )

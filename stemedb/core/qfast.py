@@ -1,0 +1,29 @@
+"""Chooses the compiled query loops (``_query``) or the pure-Python reference
+(``qpure``), as ``stemedb.core.fast`` chooses ``_fast``.
+
+``STEMEDB_PURE_PYTHON=1`` forces the pure path; ``STEMEDB_REQUIRE_FAST=1``
+makes a missing compiled build fatal.  Both give the same answers
+(tests/unit/test_query_parity.py).  ``COMPILED`` says which one runs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import qpure
+from .fast import _flag
+
+_query: Any = None      # the compiled module, or None
+if not _flag("STEMEDB_PURE_PYTHON"):
+    try:
+        # a Cython extension: no stubs, so its attributes are typed Any
+        from . import _query  # type: ignore[attr-defined, no-redef]
+    except ImportError as exc:
+        if _flag("STEMEDB_REQUIRE_FAST"):
+            raise ImportError(
+                "STEMEDB_REQUIRE_FAST=1 but the compiled extension stemedb.core._query is "
+                "missing; build it with `pip install -e .` (needs Cython and a C compiler)"
+            ) from exc
+        _query = None
+
+COMPILED = _query is not None
+filter_ords = _query.filter_ords if COMPILED else qpure.filter_ords
