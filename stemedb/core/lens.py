@@ -40,7 +40,7 @@ from ..model import SOURCE_CLASSES, Assertion
 __all__ = [
     "HALF_LIFE_DAYS", "TIER_MULTIPLIER", "TRUST_HALF_LIFE_DAYS", "effective_confidence",
     "trust_rank", "LensContext", "Resolution", "Lens", "LENSES", "get_lens",
-    "conflict_analysis",
+    "conflict_analysis", "record_rows",
 ]
 
 DAY_US = 86_400_000_000
@@ -194,6 +194,28 @@ def _rows(cands: Iterable[Assertion], at_us: int, decay: bool) -> list[tuple]:
     return rows
 
 
+def record_rows(ords: list[int], recs: list, seqs: list[int], at_us: int,
+                decay: bool) -> list[tuple]:
+    """:func:`_rows` from decoded records (``AssertionRecord``) and their
+    seqs, with each candidate's ordinal where ``_rows`` puts the Assertion,
+    unsorted (:meth:`Lens.resolve_rows` sorts).  The same numbers as
+    ``_rows`` reads through the Assertions (tests/unit/test_query_parity.py),
+    without building one per candidate.  O(n)."""
+    if not len(ords) == len(recs) == len(seqs):
+        raise ValueError("ords, recs and seqs differ in length")
+    rows: list[tuple] = []
+    append = rows.append
+    for o, r, s in zip(ords, recs, seqs):
+        ts, c, rank = r.timestamp, r.confidence, r.source_class
+        if decay:
+            hl = _HALF_LIFE_US[rank]
+            age = at_us - ts
+            if hl is not None and age > 0:
+                c *= 2.0 ** (-age / hl)     # the same expression as effective_confidence
+        append((ts, s, c, c * _TIER[rank], rank, r.value_json, o))
+    return rows
+
+
 def _group(rows: list[tuple]) -> list[tuple]:
     """Rows grouped by canonical value, in order of each group's newest row.
 
@@ -289,13 +311,28 @@ class Lens:
     """
 
     name = ""
+    # True when ``_resolve`` reads only the rows' numbers and value keys, never
+    # the candidate in a row's last slot: such a lens resolves rows that hold
+    # an ordinal there (``resolve_rows``; the query path then decodes only the
+    # winners and the page).
+    rows_only = False
 
     def resolve(self, cands: Iterable[Assertion], ctx: LensContext) -> Resolution:
         """Resolve the candidates of one (concept_path, predicate).
 
         Empty: winner None, confidence 0.0, conflict 0.0, ordered [].
         """
-        rows = _rows(cands, ctx.at_us, ctx.decay)
+        return self._resolve_sorted(_rows(cands, ctx.at_us, ctx.decay), ctx)
+
+    def resolve_rows(self, rows: list[tuple], ctx: LensContext) -> Resolution:
+        """:meth:`resolve` over rows already built as ``_rows`` builds them
+        (sorted newest first here, in place).  ``winner`` and ``ordered`` hold
+        what the rows' last slot holds: Assertions, or, for a ``rows_only``
+        lens, whatever stands for them (the query path passes ordinals)."""
+        rows.sort(reverse=True)     # as _rows sorts: by timestamp, then the unique seq
+        return self._resolve_sorted(rows, ctx)
+
+    def _resolve_sorted(self, rows: list[tuple], ctx: LensContext) -> Resolution:
         if not rows:
             return Resolution(None, 0.0, 0.0, [], self._empty_extra())
         groups = _group(rows)
@@ -316,6 +353,7 @@ class RecencyLens(Lens):
     winner's effective confidence.  Ordered newest first."""
 
     name = "recency"
+    rows_only = True
 
     def _resolve(self, rows, groups, score, ctx):
         return Resolution(rows[0][_A], rows[0][_EFF], score, [row[_A] for row in rows])
@@ -326,6 +364,7 @@ class ConfidenceLens(Lens):
     winner's effective confidence.  O(n log n)."""
 
     name = "confidence"
+    rows_only = True
 
     def _resolve(self, rows, groups, score, ctx):
         # Stable with reverse=True too: equal confidences stay newest first.
@@ -341,6 +380,7 @@ class ConsensusLens(Lens):
     0).  Ordered by value, heaviest first, newest first within a value."""
 
     name = "consensus"
+    rows_only = True
 
     def _resolve(self, rows, groups, score, ctx):
         ranked, conf = _consensus(groups)
@@ -354,6 +394,7 @@ class AuthorityLens(Lens):
     first, then as consensus orders each class."""
 
     name = "authority"
+    rows_only = True
 
     def _resolve(self, rows, groups, score, ctx):
         ordered: list[Assertion] = []
@@ -377,6 +418,7 @@ class LayeredLens(Lens):
     """
 
     name = "layered"
+    rows_only = True
 
     def _empty_extra(self):
         return {"layers": []}

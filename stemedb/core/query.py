@@ -12,20 +12,24 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..errors import NotFound, UnknownReference, ValidationError
 from ..model import LIFECYCLE_RANK, LIFECYCLES, Assertion, check_concept_path, check_hash, check_name
 from ..timeutil import FIRST_US, LAST_US, format_time, parse_filter_time
 from .fast import str64
 from .index import PRED_BITS
-from .lens import LensContext, conflict_analysis, effective_confidence, get_lens, trust_rank
-from .reader import Answer
+from . import qfast
+from .lens import (
+    LensContext, conflict_analysis, effective_confidence, get_lens, record_rows, trust_rank,
+)
+from .reader import Answer, take
 from .state import GEN_MASK, GEN_MIX
 
 DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review", "approved"))
 TRACE_LIMIT = 100
-SMALL = 48   # below this many candidates, plain Python beats numpy's per-call cost
+# From this many candidates a rows_only lens resolves over rows (rows_answer);
+# below, every candidate is decoded, which costs less than the rows path's
+# fixed part (measured: bench/results/query-compiled-2026-11-26.md)
+ROWS_FROM = 48
 
 
 class Result(dict):
@@ -140,6 +144,14 @@ def shown_many(reader, ords: list[int], f: Filters) -> list[Assertion]:
     return reader.assertions(ords, known_at=f.retraction_cut, seq_bound=f.seq_bound)
 
 
+def _page(reader, f: Filters, rec_of: dict | None, ords: list[int]) -> list[Assertion]:
+    """:func:`shown_many`; from the records in ``rec_of`` (ordinal -> record,
+    read already) when given."""
+    if rec_of is None:
+        return reader.assertions(ords, known_at=f.retraction_cut, seq_bound=f.seq_bound)
+    return reader.assertions(ords, f.retraction_cut, f.seq_bound, [rec_of[o] for o in ords])
+
+
 def gather(reader, paths: list[str], predicate: str | None, f: Filters):
     """Ordinals that pass every filter, split (active, retracted).  Call under _ilock."""
     st = reader.state
@@ -172,42 +184,12 @@ def gather(reader, paths: list[str], predicate: str | None, f: Filters):
         gone = st.superseded_epoch_ids(f.known_at, f.seq_bound)
         if gone:
             ep_ok = [i not in gone for i in range(len(st.epoch_names))]
-    if len(ords) <= SMALL:
-        as_of, known_at, since, seq_bound = f.as_of, f.known_at, f.since, f.seq_bound
-        ts, rec, seq, lc, ep = c.ts, c.rec, c.seq, c.lc, c.epoch
-        kept = []
-        for o in ords:
-            if as_of is not None and ts[o] > as_of:
-                continue
-            if known_at is not None and rec[o] > known_at:
-                continue
-            if since is not None and ts[o] <= since:
-                continue
-            if seq_bound is not None and seq[o] > seq_bound:
-                continue
-            if lc_ok is not None and not lc_ok[lc[o]]:
-                continue
-            if ep_ok is not None and not ep_ok[ep[o]]:
-                continue
-            kept.append(o)
-    else:
-        arr = np.fromiter(ords, dtype=np.int64, count=len(ords))
-        mask = np.ones(len(arr), dtype=bool)
-        if f.as_of is not None:
-            mask &= c.ts[arr] <= f.as_of
-        if f.known_at is not None:
-            mask &= c.rec[arr] <= f.known_at
-        if f.since is not None:
-            mask &= c.ts[arr] > f.since
-        if f.seq_bound is not None:
-            mask &= c.seq[arr] <= f.seq_bound
-        if lc_ok is not None:
-            mask &= np.array(lc_ok)[c.lc[arr]]
-        if ep_ok is not None:
-            mask &= np.array(ep_ok)[c.epoch[arr]]
-        kept = arr[mask].tolist()
-    active, retracted = [], []
+    kept = qfast.filter_ords(ords, c.ts, c.rec, c.seq, c.lc, c.epoch, f.as_of, f.known_at,
+                             f.since, f.seq_bound, lc_ok, ep_ok)
     rmap, rlist, revisions = st.retracted, st.retractions, st.revisions
+    if not rmap and not revisions:      # nothing retracted or revised in the store
+        return kept, []
+    active, retracted = [], []
     for o in kept:
         ridx = rmap.get(o)
         if ridx is not None and _retraction_visible(rlist[ridx], f):
@@ -382,31 +364,40 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         paths = [concept_path]
         if include_descendants:
             paths += reader.state.descendant_paths(concept_path)
-        cache, ans, akey = reader.cache, None, None
+        cache, ans, akey, token = reader.cache, None, None, None
         if cache is not None and (cursor is not None or not _time_bound(f, lens_obj.name)):
             akey = _answer_key(concept_path, predicate, include_descendants, lens_obj.name, f,
                                cursor is not None)
             token = _token(reader.state, paths, predicate, include_descendants)
             ans = cache.answer(akey, token)
+        rec_of = None
         if ans is None:
             active, retracted = gather(reader, paths, predicate, f)
-            cands = shown_many(reader, active, f)
-            rcands = shown_many(reader, retracted, f) if f.include_retracted else []
-            ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
-        else:
-            # a materialized answer: what a fresh computation gives (see
-            # _answer_key); only the page (and the audit's top) is decoded
-            # only the page (and the audit's top) is decoded; a first page
-            # and the top overlap, so they are decoded as one batch
+            if lens_obj.rows_only and len(active) >= ROWS_FROM:
+                # resolved over rows that carry ordinals: only the winners, the
+                # page and the audit's top are decoded into Assertions below
+                ans, rec_of = rows_answer(reader, lens_obj, f, active, retracted, concept_path,
+                                          predicate, include_descendants, token)
+                if akey is not None:
+                    cache.add_answer(akey, ans)
+            else:
+                cands = shown_many(reader, active, f)
+                rcands = shown_many(reader, retracted, f) if f.include_retracted else []
+                ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
+        if ans is not None:
+            # a materialized answer (cached, or just resolved over rows): what
+            # a fresh computation gives (see _answer_key); only the page (and
+            # the audit's top) is decoded; a first page and the top overlap,
+            # so they are decoded as one batch
             ords = ans.ords
             top: list[Assertion] | None
             ntop = min(AUDIT_CONTRIBUTORS, ans.active) if reader.audit is not None else -1
             if offset == 0 and ntop >= 0:
-                both = shown_many(reader, ords[:max(limit, ntop)].tolist(), f)
+                both = _page(reader, f, rec_of, ords[:max(limit, ntop)].tolist())
                 page, top = both[:limit], both[:ntop]
             else:
-                page = shown_many(reader, ords[offset:offset + limit].tolist(), f)
-                top = shown_many(reader, ords[:ntop].tolist(), f) if ntop >= 0 else None
+                page = _page(reader, f, rec_of, ords[offset:offset + limit].tolist())
+                top = _page(reader, f, rec_of, ords[:ntop].tolist()) if ntop >= 0 else None
     if ans is not None:
         results: list[dict] = [Result(r) for r in ans.results]
         nxt = _cursor(offset + limit, f) if offset + limit < len(ans.ords) else None
@@ -440,6 +431,65 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                                             include_retracted, limit, cursor),
                results, groups, ctx, ordered)
     return out
+
+
+def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list[int],
+                concept_path: str, predicate: str | None, include_descendants: bool,
+                token) -> tuple[Answer, dict]:
+    """The answer of a ``rows_only`` lens over what :func:`gather` returned
+    (call under the lock): one lens row per candidate from its record (no
+    Assertion), the lens over the rows, and Assertions for the winners
+    only.  The same results and order
+    as :func:`resolve_groups` over the decoded candidates gives (the rows are
+    the same numbers: tests/unit/test_query_parity.py), as an :class:`Answer`
+    holding the candidates' ordinals in the lens's order, and the records
+    read (ordinal -> record) for the page's decode."""
+    st = reader.state
+    recs = reader.read_records(active)
+    at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None else reader.clock()
+    ctx = LensContext(at_us=at, decay=f.decay)   # votes and trust: no rows_only lens reads them
+    rows = record_rows(active, recs, take(st.cols.seq, active), at, f.decay)
+    keyed: list[tuple[tuple, list]]
+    if predicate is not None and not include_descendants:
+        # gather read one (path, predicate) key: every candidate is of it
+        keyed = [((concept_path, predicate), rows)]
+    else:
+        by_key: dict[tuple, list] = {}
+        for row, rec in zip(rows, recs):
+            by_key.setdefault((rec.concept_path, rec.predicate), []).append(row)
+        keyed = sorted(by_key.items())
+    counts = [len(g) for _, g in keyed]
+    resolutions = [lens_obj.resolve_rows(g, ctx) for _, g in keyed]
+    if len(resolutions) == 1:
+        ordered = resolutions[0].ordered
+    elif resolutions:
+        ordered = lens_obj.resolve_rows(rows, ctx).ordered
+    else:
+        ordered = []
+    if retracted and f.include_retracted:
+        rrecs = reader.read_records(retracted)
+        rseqs = take(st.cols.seq, retracted)
+        ordered = ordered + [o for _, _, o in sorted(
+            zip([-r.timestamp for r in rrecs], [-s for s in rseqs], retracted))]
+    # the winners (and a layered lens's per-class winners) as Assertions, one batch
+    layers = [layer for res in resolutions for layer in res.extra.get("layers", ())]
+    want = [res.winner for res in resolutions if res.winner is not None]
+    want += [layer["winner"] for layer in layers]
+    rec_of = dict(zip(active, recs))
+    if retracted and f.include_retracted:
+        rec_of.update(zip(retracted, rrecs))
+    shown_of = dict(zip(want, _page(reader, f, rec_of, want))) if want else {}
+    for layer in layers:
+        layer["winner"] = shown_of[layer["winner"]]
+    results = []
+    for ((path, pred), _rows), res, n in zip(keyed, resolutions, counts):
+        entry = Result(concept_path=path, predicate=pred,
+                       winner=None if res.winner is None else shown_of[res.winner],
+                       confidence=res.confidence, conflict_score=res.conflict_score,
+                       candidates_count=n)
+        entry.update(res.extra)
+        results.append(entry)
+    return Answer(token, results, ordered, len(active)), rec_of
 
 
 def resolve_groups(lens_obj, cands: list[Assertion], ctx, concept_path: str,

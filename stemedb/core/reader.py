@@ -218,7 +218,7 @@ class ReadCache:
 SMALL_TAKE = 16   # below this many ordinals, per-element item() beats a fancy index
 
 
-def _take(col, ords: list[int]) -> list[int]:
+def take(col, ords: list[int]) -> list[int]:
     """``col[ords].tolist()``: per element for a few ordinals (a numpy fancy
     index costs ~0.6 us before its first element, most of a one-candidate
     query's decode)."""
@@ -273,7 +273,7 @@ class Reader:
     def read_records(self, ords: list[int]) -> list[AssertionRecord]:
         """:meth:`read_record` for many ordinals: one cache lock for the
         lookups and one for the additions, whatever their number."""
-        locs = _take(self.state.cols.loc, ords)
+        locs = take(self.state.cols.loc, ords)
         cache = self.cache
         if cache is None:
             return [self._read(loc)[0] for loc in locs]
@@ -305,11 +305,15 @@ class Reader:
         return fast.decode_assert(body, FRAME_SIZE - FRAME_CRC_FROM), length
 
     def assertions(self, ords: list[int], known_at: int | None = None,
-                   seq_bound: int | None = None) -> list[Assertion]:
-        """:meth:`assertion` for many ordinals (records read as a batch)."""
+                   seq_bound: int | None = None, recs: list | None = None) -> list[Assertion]:
+        """:meth:`assertion` for many ordinals (records read as a batch, or
+        ``recs``: the records of ``ords`` already read)."""
         st = self.state
-        recs = self.read_records(ords)
-        seqs = _take(st.cols.seq, ords)
+        if recs is None:
+            recs = self.read_records(ords)
+        elif len(recs) != len(ords):
+            raise ValueError("recs and ords differ in length")
+        seqs = take(st.cols.seq, ords)
         rmap = st.retracted
         if not rmap:
             return list(map(Assertion, recs, seqs))
