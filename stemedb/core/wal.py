@@ -4,8 +4,17 @@ Group commit (leader/follower): a writer enqueues its framed records, in seq
 order, under the store's write mutex, then waits.  The first waiter with no
 leader in office becomes the leader: it takes every pending request, writes
 them with one ``write`` and one ``fdatasync``, lets the store apply them to
-the indexes in seq order, and wakes everyone.  So N concurrent writers cost
-one fsync, and a writer returns only after its records are durable.
+the indexes in seq order, and wakes the writers of that group.  So N
+concurrent writers cost one fsync, and a writer returns only after its
+records are durable.
+
+Wake-ups are targeted: a follower sleeps on a lock of its own, and the
+leader, once its group is durable and applied, releases the followers whose
+requests are done and one follower whose request is still queued (the next
+leader: it takes everything queued meanwhile).  A condition's
+``notify_all`` would wake every follower to find, most of them, that their
+records are in the next group and go back to sleep: with 8 writers that was
+several thread switches per record, for nothing.
 
 Fail-stop: if a write or fsync raises, the whole group fails (nothing in it
 is acknowledged), the log records the fault and refuses every later write.
@@ -28,6 +37,7 @@ from .format import FRAME_CRC_OFF, FRAME_SEQ_OFF, SEGMENT_HEADER_SIZE
 from .segment import Segment, new_log_id, read_header
 
 log = logging.getLogger("stemedb")
+_new_lock = threading.Lock
 
 
 class Request:
@@ -63,6 +73,8 @@ class WAL:
         self._cv = threading.Condition(threading.Lock())
         self._queue: list[Request] = []
         self._leader = False
+        # followers asleep in wait(): (their wake lock, the request they wait for)
+        self._sleepers: list[tuple] = []
         # Run by the leader after each durable group, in seq order, with the log
         # position just past it: the caller applies the group and takes the
         # position together, so a snapshot never claims a group it lacks.
@@ -163,26 +175,82 @@ class WAL:
             self._queue.append(req)
 
     def wait(self, req: Request) -> None:
-        """Return once ``req`` is durable and applied; raise if its group failed."""
+        """Return once ``req`` is durable and applied; raise if its group failed.
+
+        Several threads may wait for one request (a put of a hash another
+        put has queued); each sleeps on its own lock until the leader that
+        made the request durable releases it, or picks it to lead next.
+        """
         cv = self._cv
-        with cv:
+        cv.acquire()
+        held = True
+        try:
             while not req.done:
                 if self._leader:
-                    cv.wait()
+                    wake = _new_lock()
+                    wake.acquire()
+                    entry = (wake, req)
+                    self._sleepers.append(entry)
+                    cv.release()
+                    held = False
+                    try:
+                        wake.acquire()    # released by a leader: done, or lead next
+                    except BaseException:
+                        self._leave(entry)
+                        raise
+                    if req.done:          # done and error are set before the release
+                        break
+                    cv.acquire()
+                    held = True
                     continue
                 self._leader = True
                 if self.durability == "batch" and self.batch_delay > 0:
                     cv.wait(self.batch_delay)   # let more writers join this group
                 group, self._queue = self._queue, []
                 cv.release()
+                held = False
                 try:
                     self._commit(group)
                 finally:
                     cv.acquire()
+                    held = True
                     self._leader = False
-                    cv.notify_all()
+                    self._wake()
+        finally:
+            if held:
+                cv.release()
         if req.error is not None:
             raise req.error
+
+    def _leave(self, entry: tuple) -> None:
+        """A follower interrupted in its sleep: take it off the list, and if a
+        leader had already picked it to lead next, pass that on."""
+        with self._cv:
+            try:
+                self._sleepers.remove(entry)
+            except ValueError:      # released meanwhile
+                if not self._leader and not entry[1].done:
+                    self._wake()
+
+    def _wake(self) -> None:
+        """After a group (under the mutex): release every follower whose
+        request is done, and the first one whose request is still queued, who
+        leads next.  ``flush`` waits on the condition itself."""
+        sleepers = self._sleepers
+        if sleepers:
+            keep = []
+            lead = None
+            for item in sleepers:
+                if item[1].done:
+                    item[0].release()
+                elif lead is None:
+                    lead = item
+                else:
+                    keep.append(item)
+            if lead is not None:
+                lead[0].release()
+            self._sleepers = keep
+        self._cv.notify_all()       # flush(), if it is waiting for the office
 
     def _commit(self, group: list[Request]) -> None:
         if not group:
@@ -292,7 +360,7 @@ class WAL:
         finally:
             with self._cv:
                 self._leader = False
-                self._cv.notify_all()
+                self._wake()
 
     def close(self) -> None:
         if self._file is not None:

@@ -1,0 +1,166 @@
+"""The WAL's group commit with targeted wake-ups (stemedb/core/wal.py).
+
+A follower sleeps on a lock of its own; the leader releases the followers
+whose requests its group made durable, and one whose request is still queued
+to lead next.  These tests hold the properties that must survive that: every
+writer returns (none is left asleep), several waiters on one request all
+return, a failed fsync fails every writer of its group and stops writes
+(never retried), a follower picked to lead that is interrupted passes the
+office on, and ``flush`` (``durability="none"``) takes the office between
+groups.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from stemedb.core.fileio import File
+from stemedb.core.wal import Request
+from stemedb.errors import StoreFaulted
+from tests.conftest import NoFsyncFS
+
+
+def body(i: int, **kw) -> dict:
+    return {"concept_path": f"drugs/d{i % 7}/risk", "predicate": "p1", "value": i,
+            "confidence": 0.5, "timestamp": 1_700_000_000 + i, **kw}
+
+
+class SlowSyncFS(NoFsyncFS):
+    """sync takes 2 ms, so writers pile up behind the leader."""
+
+    fail = False
+
+    class file_class(File):
+        def sync(self):
+            self.fs.syncs += 1
+            time.sleep(0.002)
+            if self.fs.fail:
+                raise OSError(5, "injected fsync failure")
+
+
+def _run(threads, timeout=20):
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a writer was left asleep"
+
+
+@pytest.mark.parametrize("durability", ["fsync", "batch", "none"])
+def test_every_writer_returns_and_duplicates_share_one_record(opener, durability):
+    fs = SlowSyncFS()
+    s = opener(fs=fs, durability=durability)
+    results, errors = [], []
+
+    def worker(t):
+        try:
+            for i in range(30):
+                # threads t and t ^ 1 write the same bodies: one records, the
+                # other waits on its request (or finds it stored)
+                results.append((i + 1000 * (t // 2), s.put(body(i + 1000 * (t // 2)))))
+                if i % 10 == 0:
+                    s.put_batch([body(5000 + 100 * t + i + k) for k in range(3)])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+    _run([threading.Thread(target=worker, args=(t,), daemon=True) for t in range(8)])
+    assert not errors
+    by_key: dict = {}
+    for k, r in results:
+        by_key.setdefault(k, set()).add((r.hash, r.seq))
+    assert all(len(v) == 1 for v in by_key.values()), "a duplicate answers the stored seq"
+    assert s.count == len(by_key) + 8 * 3 * 3 and s.check() == []
+    wal = s.writer.wal
+    assert wal._sleepers == [] and not wal._leader and wal._queue == []
+
+
+def test_a_failed_fsync_fails_every_writer_of_its_group_and_stops_writes(opener):
+    fs = SlowSyncFS()
+    s = opener(fs=fs, durability="fsync")
+    for i in range(3):
+        s.put(body(i))
+    fs.fail = True
+    before = fs.syncs
+    outcomes = {}
+    start = threading.Barrier(8)
+
+    def worker(t):
+        start.wait()
+        try:
+            outcomes[t] = s.put(body(100 + t % 4))      # pairs wait on one request
+        except StoreFaulted as e:
+            outcomes[t] = e
+    _run([threading.Thread(target=worker, args=(t,), daemon=True) for t in range(8)])
+    assert all(isinstance(o, StoreFaulted) for o in outcomes.values()), \
+        "no writer of a failed group is acknowledged"
+    assert fs.syncs == before + 1, "one fsync attempt, never retried"
+    with pytest.raises(StoreFaulted):
+        s.put(body(200))
+    assert s.count == 3
+    assert s.writer.wal._sleepers == []
+
+
+def test_a_follower_picked_to_lead_that_leaves_passes_the_office_on(opener):
+    s = opener()
+    wal = s.writer.wal
+    a, b = Request(b"", []), Request(b"", [])
+    la, lb = threading.Lock(), threading.Lock()
+    la.acquire()
+    lb.acquire()
+    wal._queue = [a, b]
+    wal._sleepers = [(la, a), (lb, b)]
+    with wal._cv:
+        wal._wake()            # a leader's end: a is picked to lead
+    assert not la.locked(), "a is woken to lead"
+    assert wal._sleepers == [(lb, b)] and lb.locked(), "b sleeps on"
+    wal._leave((la, a))        # a is interrupted before it took the office
+    assert not lb.locked(), "the office passes to b"
+    assert wal._sleepers == []
+    wal._queue = []
+
+
+def test_an_interrupted_follower_still_asleep_is_taken_off_the_list(opener):
+    s = opener()
+    wal = s.writer.wal
+    a = Request(b"", [])
+    la = threading.Lock()
+    la.acquire()
+    wal._sleepers = [(la, a)]
+    wal._leave((la, a))
+    assert wal._sleepers == [] and la.locked(), "nobody else is woken"
+
+
+def test_flush_waits_for_the_office_between_groups(opener):
+    fs = SlowSyncFS()
+    s = opener(fs=fs, durability="none")
+    stop = threading.Event()
+    errors = []
+
+    def writer(t):
+        i = 0
+        try:
+            while not stop.is_set():
+                i += 1
+                s.put(body(10_000 * (t + 1) + i))
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    def flusher():
+        try:
+            for _ in range(20):
+                s.writer.wal.flush()
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+    ws = [threading.Thread(target=writer, args=(t,), daemon=True) for t in range(4)]
+    f = threading.Thread(target=flusher, daemon=True)
+    for t in ws:
+        t.start()
+    f.start()
+    f.join(60)
+    stop.set()
+    for t in ws:
+        t.join(60)
+    assert not f.is_alive() and not any(t.is_alive() for t in ws)
+    assert not errors and s.check() == []
+    assert s.writer.wal._sleepers == []
