@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import mmap
 from dataclasses import dataclass
 import os
 import time
@@ -80,6 +81,11 @@ def recover(wal, data_dir: str) -> Recovered:
     seg, buf, verdict = tail
     if verdict.torn:
         wal.cut_tail(seg, buf, verdict.end)
+    if isinstance(buf, mmap.mmap):
+        try:
+            buf.close()     # nothing reads it after the cut (the state holds copies)
+        except BufferError:
+            pass            # a view is still alive somewhere: the GC unmaps it
     log.info("Replayed %d entries from WAL", n)
     if rebuilt:
         log.info("Index rebuild complete in %.3fs", time.monotonic() - t0)
@@ -102,7 +108,7 @@ def _walk(wal, state: State, pos: dict | None, floor: Floor):
     last_frame = None
     for i, seg in enumerate(segs):
         last = i == len(segs) - 1
-        buf = wal.segment_bytes(seg, last=last)
+        buf = _map_last(seg) if last else wal.segment_bytes(seg, last=False)
         v = scan_segment(buf, seg.path, seg.number, last=last, prev_seq=prev, floor=floor)
         if seg.number == anchor[0]:
             _check_anchor(v, buf, anchor)
@@ -134,6 +140,22 @@ def _walk(wal, state: State, pos: dict | None, floor: Floor):
             seg.size = v.end
             return applied, (seg, buf, v)
     raise AssertionError("unreachable: the WAL has segments")
+
+
+def _map_last(seg):
+    """The last segment's bytes for the scan, mapped read-only.
+
+    ``WAL.segment_bytes`` reads it into the heap (50 MB for 200,000 records:
+    0.15 us per record of a rebuild, bench.costs' read stage); the scan
+    reads it once, front to back, so a mapping costs only the page faults.
+    Recovery closes it after the torn-tail cut, the only change to the file
+    while it is mapped, and reads nothing past the cut (the state holds
+    copies of everything it took from it)."""
+    size = os.path.getsize(seg.path)
+    if size == 0:
+        return b""
+    with open(seg.path, "rb") as f:
+        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
 
 
 def _check_anchor(v: SegmentScan, buf, anchor: list) -> None:
