@@ -188,7 +188,7 @@ def _commit() -> str:
 def report(doc: dict) -> str:
     a = doc["all"]
     lines = ["# Query audit: bytes per entry", "",
-             f"- command: `.venv/bin/python -m bench.audit_size`",
+             "- command: `.venv/bin/python -m bench.audit_size`",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {_commit()}; "
              f"Python {sys.version.split()[0]}; "
              f"implementation {'pure' if os.environ.get('STEMEDB_PURE_PYTHON') else 'default'}",
