@@ -279,6 +279,21 @@ def prepare_batch(bodies, *, default_time_us: int | None = None,
     return recs
 
 
+def prepare_one(body, *, default_time_us: int, require_signatures: bool = False) -> AssertionRecord:
+    """:func:`prepare_assertion` for one put: the compiled batch builder
+    (``_canon.prepare_many``) when it takes the body, in one call, else
+    ``prepare_assertion``, which raises the error naming the field."""
+    if _prepare_many is not None and not require_signatures:
+        cls = type(body)
+        struct = cls if cls is not dict and _struct_fields(cls) == _FIELD_ORDER else None
+        rec = _prepare_many([body], default_time_us, AssertionRecord, blake3.blake3, struct,
+                            msgspec.structs.astuple, msgspec.UNSET)[0]
+        if rec is not None:
+            return rec
+    return prepare_assertion(body, default_time_us=default_time_us,
+                             require_signatures=require_signatures)
+
+
 _REQUIRED = ("concept_path", "predicate", "value", "confidence")
 # The order _prepare takes the fields in.
 _FIELD_ORDER = ("concept_path", "predicate", "value", "confidence", "source", "source_class",

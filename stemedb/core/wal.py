@@ -75,6 +75,7 @@ class WAL:
         self._leader = False
         # followers asleep in wait(): (their wake lock, the request they wait for)
         self._sleepers: list[tuple] = []
+        self._flushers = 0          # flush() calls waiting on the condition for the office
         # Run by the leader after each durable group, in seq order, with the log
         # position just past it: the caller applies the group and takes the
         # position together, so a snapshot never claims a group it lacks.
@@ -250,7 +251,8 @@ class WAL:
             if lead is not None:
                 lead[0].release()
             self._sleepers = keep
-        self._cv.notify_all()       # flush(), if it is waiting for the office
+        if self._flushers:
+            self._cv.notify_all()   # flush() waits for the office on the condition
 
     def _commit(self, group: list[Request]) -> None:
         if not group:
@@ -346,7 +348,11 @@ class WAL:
             return
         with self._cv:
             while self._leader:
-                self._cv.wait()
+                self._flushers += 1
+                try:
+                    self._cv.wait()
+                finally:
+                    self._flushers -= 1
             self._leader = True
         try:
             if self._file is not None and not self.fault:

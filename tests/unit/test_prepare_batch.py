@@ -231,3 +231,39 @@ def test_unix_seconds_are_read_as_parse_time_reads_them(ts):
 
 def test_the_hashed_time_bounds_are_the_compiled_ones():
     assert timeutil.MIN_US == -(2**53 - 1) and timeutil.MAX_US == 2**53 - 1
+
+
+# ------------------------------------------------------------ one put
+
+def one_outcome(body, require_signatures=False):
+    try:
+        return model.prepare_one(body, default_time_us=NOW, require_signatures=require_signatures)
+    except ValidationError as exc:
+        return (type(exc).__name__, str(exc), exc.field)
+
+
+@needs_twin
+@settings(max_examples=300, deadline=None)
+@given(assertions(), st.booleans())
+def test_prepare_one_is_prepare_assertion(b, required):
+    """Store.put's builder: the record or the unprefixed error of the pure model."""
+    b = _sign(b)
+    with pure_model(), _batch_twin(None):
+        pure = one_outcome(b, required)
+        assert pure == (prepare_assertion(b, default_time_us=NOW, require_signatures=required)
+                        if isinstance(pure, model.AssertionRecord) else pure)
+    with compiled_model(), _batch_twin(C.prepare_many):
+        assert one_outcome(b, required) == pure
+    try:
+        item = msgspec.json.decode(msgspec.json.encode(b), type=AssertionIn)
+    except msgspec.ValidationError:
+        return
+    with pure_model(), _batch_twin(None):
+        pure_item = one_outcome(item, required)
+    with compiled_model(), _batch_twin(C.prepare_many):
+        assert one_outcome(item, required) == pure_item
+
+
+def test_prepare_one_names_the_field_without_a_prefix():
+    out = one_outcome({**GOOD, "confidence": 2})
+    assert out[2] == "confidence"
