@@ -209,7 +209,14 @@ class Writer:
             fresh: dict[bytes, int] = {}
             mark = (self._next_seq, self._stamp_us)
             replay = self._replay_at is not None
-            clock = self.clock
+            stamp = 0
+            if not replay:
+                # one recorded_at for the batch: its records become durable and
+                # visible together; never before the last one (stamp() reads
+                # the same clock, per call)
+                stamp = self.clock()
+                if stamp < self._stamp_us:
+                    stamp = self._stamp_us
             try:
                 with self.reader.lock:
                     stored = st.ordinals([r.hash for r in recs])
@@ -234,12 +241,9 @@ class Writer:
                             self.check_refs(r, fresh, i if batch else None)
                         if replay:
                             seq, stamp = self.stamp(i)
-                        else:           # stamp(), inline: the same seq and recorded_at
+                        else:           # stamp(), inline, with the batch's one clock reading
                             seq = self._next_seq
                             self._next_seq = seq + 1
-                            stamp = clock()
-                            if stamp < self._stamp_us:
-                                stamp = self._stamp_us
                             self._stamp_us = stamp
                         fresh[h] = seq
                         new.append(i)
@@ -252,11 +256,9 @@ class Writer:
                 raise
             if new:
                 data, sizes = fast.encode_assert_frames(stamped, seqs)
-                apply_arg = [(REC_ASSERT, seq,
-                              (r.hash, r.recorded_at, r.timestamp, r.lifecycle, r.concept_path,
-                               r.predicate, r.source, r.epoch, r.parent_hash, r.derived_from))
-                             for r, seq in zip(stamped, seqs)]
-                req = Request(data, sizes, apply_arg)
+                # the state reads an assertion from its frame (records.group_frames):
+                # its apply_arg carries no payload
+                req = Request(data, sizes, [(REC_ASSERT, q, None) for q in seqs])
                 self.wal.enqueue(req)
                 for r, seq in zip(stamped, seqs):
                     pending[r.hash] = (seq, req)
