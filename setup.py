@@ -20,7 +20,8 @@ else:
          # the assertion hash path: RFC 8785 canonical form (pure twin: canonical.py)
          Extension("stemedb.core._canon", ["stemedb/core/_canon.pyx"]),
          # the query path's per-candidate loops (pure twin: qpure.py; chosen by qfast.py)
-         Extension("stemedb.core._query", ["stemedb/core/_query.pyx"])],
+         Extension("stemedb.core._query", ["stemedb/core/_query.pyx"],
+                   depends=["stemedb/core/crc32c.h"])],
         compiler_directives={"language_level": "3", "boundscheck": False,
                              "wraparound": False, "cdivision": True},
     )

@@ -27,3 +27,4 @@ if not _flag("STEMEDB_PURE_PYTHON"):
 
 COMPILED = _query is not None
 filter_ords = _query.filter_ords if COMPILED else qpure.filter_ords
+frame_rows = _query.frame_rows if COMPILED else qpure.frame_rows

@@ -146,10 +146,11 @@ def shown_many(reader, ords: list[int], f: Filters) -> list[Assertion]:
 
 def _page(reader, f: Filters, rec_of: dict | None, ords: list[int]) -> list[Assertion]:
     """:func:`shown_many`; from the records in ``rec_of`` (ordinal -> record,
-    read already) when given."""
+    read already; the others are read) when given."""
     if rec_of is None:
         return reader.assertions(ords, known_at=f.retraction_cut, seq_bound=f.seq_bound)
-    return reader.assertions(ords, f.retraction_cut, f.seq_bound, [rec_of[o] for o in ords])
+    get = rec_of.get
+    return reader.assertions(ords, f.retraction_cut, f.seq_bound, [get(o) for o in ords])
 
 
 def gather(reader, paths: list[str], predicate: str | None, f: Filters):
@@ -445,15 +446,18 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
     holding the candidates' ordinals in the lens's order, and the records
     read (ordinal -> record) for the page's decode."""
     st = reader.state
-    recs = reader.read_records(active)
     at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None else reader.clock()
     ctx = LensContext(at_us=at, decay=f.decay)   # votes and trust: no rows_only lens reads them
-    rows = record_rows(active, recs, take(st.cols.seq, active), at, f.decay)
     keyed: list[tuple[tuple, list]]
     if predicate is not None and not include_descendants:
-        # gather read one (path, predicate) key: every candidate is of it
+        # gather read one (path, predicate) key: every candidate is of it,
+        # so the rows need nothing else of the records
+        rows, rec_of = reader.lens_rows(active, take(st.cols.seq, active), at, f.decay)
         keyed = [((concept_path, predicate), rows)]
     else:
+        recs = reader.read_records(active)
+        rows = record_rows(active, recs, take(st.cols.seq, active), at, f.decay)
+        rec_of = dict(zip(active, recs))
         by_key: dict[tuple, list] = {}
         for row, rec in zip(rows, recs):
             by_key.setdefault((rec.concept_path, rec.predicate), []).append(row)
@@ -475,7 +479,6 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
     layers = [layer for res in resolutions for layer in res.extra.get("layers", ())]
     want = [res.winner for res in resolutions if res.winner is not None]
     want += [layer["winner"] for layer in layers]
-    rec_of = dict(zip(active, recs))
     if retracted and f.include_retracted:
         rec_of.update(zip(retracted, rrecs))
     shown_of = dict(zip(want, _page(reader, f, rec_of, want))) if want else {}
