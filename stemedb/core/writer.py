@@ -10,6 +10,7 @@ so a writer returns only once its records are durable and visible.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, cast
 
@@ -71,6 +72,8 @@ class Writer:
         self._next_seq = reader.state.last_seq + 1
         self._stamp_us = reader.state.last_recorded_at   # recorded_at never goes back
         self._pending: dict[bytes, tuple[int, Request]] = {}
+        # requests whose writers returned: their _pending entries, to drop
+        self._settled: deque[tuple[Request, list[AssertionRecord]]] = deque()
         self._vote_pending: dict[tuple, tuple[int, Request]] = {}   # see write_vote
         # Cluster mode (stemedb/cluster): see submit() and apply_replicated().
         self.replicate: Callable[[str, tuple], object] | None = None
@@ -204,6 +207,8 @@ class Writer:
         replace = msgspec.structs.replace
         with self._wmu:
             self.writable()
+            if self._settled:
+                self._drop_settled()
             st = self.reader.state
             pending = self._pending
             fresh: dict[bytes, int] = {}
@@ -271,11 +276,22 @@ class Writer:
                 self.wal.wait(w)
         finally:
             if new:
-                with self._wmu:
-                    pop = self._pending.pop
-                    for r in stamped:
-                        pop(r.hash, None)
+                # its _pending entries go at the next write's critical section
+                # (_drop_settled), not under a second _wmu here: with 8 writers
+                # that lock is contended, and a settled entry is harmless until
+                # then (done: the record is in the state, or failed: error set)
+                self._settled.append((req, stamped))
         return cast("list[PutResult]", results)     # every slot was filled above
+
+    def _drop_settled(self) -> None:
+        """Remove the _pending entries of settled requests (call under _wmu)."""
+        settled, pending = self._settled, self._pending
+        while settled:
+            req, recs = settled.popleft()
+            for r in recs:
+                e = pending.get(r.hash)
+                if e is not None and e[1] is req:
+                    del pending[r.hash]
 
     def check_refs(self, r: AssertionRecord, fresh: dict, index: int | None) -> None:
         def exists(h: bytes) -> bool:
