@@ -12,6 +12,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
+from itertools import repeat
+from operator import attrgetter
 from typing import Callable, cast
 
 import msgspec
@@ -224,36 +227,52 @@ class Writer:
                     stamp = self._stamp_us
             try:
                 with self.reader.lock:
-                    stored = st.ordinals([r.hash for r in recs])
-                    for i in range(n):
-                        r = recs[i]
-                        h = r.hash
-                        o = stored[i]
-                        if o is not None:
-                            results[i] = PutResult(h.hex(), int(st.cols.seq[o]), False)
-                            continue
-                        if pending:
-                            pend = pending.get(h)
-                            if pend is not None and pend[1].error is None:
-                                results[i] = PutResult(h.hex(), pend[0], False)
-                                waits.append(pend[1])
+                    hashes = list(map(_hash_of, recs))
+                    stored = st.ordinals(hashes)
+                    if (not replay and n > 1 and stored.count(None) == n
+                            and (not pending or pending.keys().isdisjoint(hashes))
+                            and len(set(hashes)) == n
+                            and list(map(_parent_of, recs)).count(None) == n
+                            and list(map(_derived_of, recs)).count(None) == n
+                            and list(map(_epoch_of, recs)).count(None) == n):
+                        # every record is new, none twice, none names another:
+                        # what the per-record loop (else) does, per batch in C-level maps
+                        first = self._next_seq
+                        self._next_seq = first + n
+                        self._stamp_us = stamp
+                        seqs = list(range(first, first + n))
+                        stamped = list(map(partial(replace, recorded_at=stamp), recs))
+                        new = list(range(n))
+                    else:
+                        for i in range(n):
+                            r = recs[i]
+                            h = r.hash
+                            o = stored[i]
+                            if o is not None:
+                                results[i] = PutResult(h.hex(), int(st.cols.seq[o]), False)
                                 continue
-                        if h in fresh:
-                            results[i] = PutResult(h.hex(), fresh[h], False)
-                            continue
-                        if r.parent_hash is not None or r.derived_from is not None \
-                                or r.epoch is not None:
-                            self.check_refs(r, fresh, i if batch else None)
-                        if replay:
-                            seq, stamp = self.stamp(i)
-                        else:           # stamp(), inline, with the batch's one clock reading
-                            seq = self._next_seq
-                            self._next_seq = seq + 1
-                            self._stamp_us = stamp
-                        fresh[h] = seq
-                        new.append(i)
-                        stamped.append(replace(r, recorded_at=stamp))
-                        seqs.append(seq)
+                            if pending:
+                                pend = pending.get(h)
+                                if pend is not None and pend[1].error is None:
+                                    results[i] = PutResult(h.hex(), pend[0], False)
+                                    waits.append(pend[1])
+                                    continue
+                            if h in fresh:
+                                results[i] = PutResult(h.hex(), fresh[h], False)
+                                continue
+                            if r.parent_hash is not None or r.derived_from is not None \
+                                    or r.epoch is not None:
+                                self.check_refs(r, fresh, i if batch else None)
+                            if replay:
+                                seq, stamp = self.stamp(i)
+                            else:           # stamp(), inline, with the batch's one clock reading
+                                seq = self._next_seq
+                                self._next_seq = seq + 1
+                                self._stamp_us = stamp
+                            fresh[h] = seq
+                            new.append(i)
+                            stamped.append(replace(r, recorded_at=stamp))
+                            seqs.append(seq)
             except BaseException:
                 # a refused batch (an unknown reference in item i) writes nothing,
                 # so the seqs given to items before i must not be used up
@@ -263,15 +282,17 @@ class Writer:
                 data, sizes = fast.encode_assert_frames(stamped, seqs)
                 # the state reads an assertion from its frame (records.group_frames):
                 # its apply_arg carries no payload
-                req = Request(data, sizes, [(REC_ASSERT, q, None) for q in seqs])
+                req = Request(data, sizes, list(zip(repeat(REC_ASSERT), seqs, repeat(None))))
                 self.wal.enqueue(req)
-                for r, seq in zip(stamped, seqs):
-                    pending[r.hash] = (seq, req)
+                pending.update(zip(map(_hash_of, stamped), zip(seqs, repeat(req))))
         try:
             if new:
                 self.wal.wait(req)
-                for i, r, seq in zip(new, stamped, seqs):
-                    results[i] = PutResult(r.hash.hex(), seq, True)
+                if len(new) == len(results):    # every record was new
+                    results = list(map(PutResult, map(bytes.hex, hashes), seqs, repeat(True)))
+                else:
+                    for i, r, seq in zip(new, stamped, seqs):
+                        results[i] = PutResult(r.hash.hex(), seq, True)
             for w in waits:
                 self.wal.wait(w)
         finally:
@@ -505,7 +526,9 @@ class Writer:
         return seq
 
 
-def _with_stamp(r: AssertionRecord, stamp: int) -> AssertionRecord:
-    return msgspec.structs.replace(r, recorded_at=stamp)
+_hash_of = attrgetter("hash")
+_parent_of = attrgetter("parent_hash")
+_derived_of = attrgetter("derived_from")
+_epoch_of = attrgetter("epoch")
 
 

@@ -70,3 +70,32 @@ def test_a_refused_batch_uses_no_seq(opener):
     assert exc.value.field == "assertions[1].parent_hash"
     assert s.count == 1
     assert s.put(body(1)).seq == 2
+
+
+def test_the_all_new_batch_path_writes_what_the_per_record_loop_writes(tmp_path, monkeypatch):
+    """put_records takes a batch of new, distinct records naming nothing in
+    C-level maps; forcing its per-record loop must give the same answers,
+    seqs, recorded_at and stored records."""
+    from stemedb import open_store
+    from stemedb.core import writer as writer_mod
+    from tests.conftest import NoFsyncFS
+
+    batches = [[body(i) for i in range(k, k + 50)] for k in (0, 50, 100)]
+    batches.append([body(i) for i in range(140, 160)])    # 10 stored already: the loop
+    batches.append([body(200), body(201), body(200)])     # a duplicate: the loop
+
+    def run(path, force_loop):
+        if force_loop:
+            monkeypatch.setattr(writer_mod, "_parent_of", lambda r: b"forces the loop")
+        s = open_store(str(path), fs=NoFsyncFS(), audit=False)
+        s.writer.clock = Clock(1_800_000_000_000_000)
+        try:
+            out = [s.put_batch(b) for b in batches]
+            stored = {r.hash: s.get(r.hash).to_dict() for rs in out for r in rs}
+            return out, stored, s.check()
+        finally:
+            s.close()
+            monkeypatch.undo()
+    fast, slow = run(tmp_path / "a", False), run(tmp_path / "b", True)
+    assert fast == slow
+    assert [r.seq for r in fast[0][0]] == list(range(1, 51)) and fast[2] == []
