@@ -173,3 +173,21 @@ def extract_with(index_fn):
             edges = [(o + first_ord, p, d) for o, p, d in edges]
         return cols, (sk, so), edges, metas
     return extract_segment
+
+
+def group_frames(group) -> tuple:
+    """What ``State.apply_group`` takes for one durable WAL group (its
+    requests, written back to back in one segment): ``(buf, offsets, types,
+    seqs, loc_base, segment)``.  Types and seqs come from each request's
+    ``apply_arg``, the records the writer framed."""
+    first = group[0]
+    buf = first.data if len(group) == 1 else b"".join(r.data for r in group)
+    offsets, types, seqs, pos = [], [], [], 0
+    for req in group:
+        for size, (rtype, seq, _arg) in zip(req.sizes, req.apply_arg):
+            offsets.append(pos)
+            types.append(rtype)
+            seqs.append(seq)
+            pos += size
+    segno, at = first.locs[0]        # the WAL writes a group contiguously, in one segment
+    return buf, offsets, types, seqs, (segno << 40) + at, segno

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any
+from typing import Any, cast
 
 import blake3
 import msgspec
@@ -132,7 +132,8 @@ def write(fs: FileSystem, db_dir: str, data: bytes | bytearray) -> str:
     fs.makedirs(db_dir)
     fs.makedirs(idx_dir)
     path = snapshot_path(db_dir)
-    fs.write_atomic(path, data)
+    # write_atomic writes any buffer (File.write takes a memoryview of it)
+    fs.write_atomic(path, cast(bytes, data))
     return path
 
 

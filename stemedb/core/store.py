@@ -1,12 +1,13 @@
 """Store: the facade the server, the tools and embedded users import.
 
-A store is four parts, each in its own module: the WAL (``wal.py``, group
+A store is five parts, each in its own module: the WAL (``wal.py``, group
 commit and fail-stop), recovery (``recovery.py``, which returns the state it
 built), the :class:`~stemedb.core.writer.Writer` (every write's critical
-section) and the :class:`~stemedb.core.reader.Reader` (what queries read).
-This module wires them together and owns what spans them: the ``LOCK``
-file, applying each durable group (``_on_durable``), snapshots and
-``metadata.json``, and close.
+section), the :class:`~stemedb.core.reader.Reader` (what queries read) and
+the :class:`~stemedb.core.checkpoint.Checkpoints` (the log position the
+state covers, snapshots and ``metadata.json``).  ``opening.py`` takes
+``LOCK`` and wires them, applying each durable group through
+``State.apply_group``; this module is the API over them, and close.
 
 Threading: the writer's mutex serializes the short critical section of a
 write; the fsync happens outside it through the WAL's group commit.  The
@@ -18,27 +19,19 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from typing import Callable
 
-import orjson
-
 from ..model import Assertion, check_hash
 from ..timeutil import now_us
-from . import datadir, fast, recovery, snapshot
+from . import auditview, fast
 from .audit import MAX_BYTES as AUDIT_MAX_BYTES
-from .audit import AuditLog, audit_enabled, public_entry, trail_bytes
 from .fileio import FileSystem
-from .reader import DEFAULT_READ_CACHE_BYTES, Reader
-from .wal import WAL, Request
-from .writer import PutResult, RetractResult, Writer
+from .opening import open_parts
+from .reader import DEFAULT_READ_CACHE_BYTES
+from .writer import PutResult, RetractResult
 
 log = logging.getLogger("stemedb")
-
-
-def implementation() -> str:
-    return "compiled" if fast.COMPILED else "pure"
 
 
 class Store:
@@ -57,98 +50,23 @@ class Store:
                  fs: FileSystem | None = None, clock: Callable[[], int] = now_us,
                  audit: bool | str = True, audit_max_bytes: int = AUDIT_MAX_BYTES,
                  read_cache_bytes: int = DEFAULT_READ_CACHE_BYTES):
-        from ..config import Settings  # validates the values the same way as the server
-        Settings(durability=durability, segment_size=segment_size, batch_delay_ms=batch_delay_ms,
-                 snapshot_interval=snapshot_interval, lock_timeout=lock_timeout,
-                 read_cache_bytes=read_cache_bytes)
-        audit = audit_enabled(audit, audit_max_bytes)
         self.path = os.path.abspath(path)
         self.fs = fs or FileSystem()
         self.clock = clock
         self.snapshot_interval = snapshot_interval
         self._closed = True
-        self._snap_lock = threading.Lock()
         self._started = time.monotonic()
-        self.fs.makedirs(self.path)
-        self._lock_fd = datadir.acquire_lock(os.path.join(self.path, "LOCK"), lock_timeout)
-        try:
-            datadir.note_segment_size(self.path, segment_size)
-            self.wal = WAL(os.path.join(self.path, "wal"), fs=self.fs, segment_size=segment_size,
-                           durability=durability, batch_delay=batch_delay_ms / 1000.0,
-                           on_durable=self._on_durable)
-            got = recovery.recover(self.wal, self.path)
-            self.rebuilt, self.replayed = got.rebuilt, got.replayed
-            self.wal.start_appending()
-            segno, size = self.wal.position
-            # the log position the state covers, moved with it under the index lock
-            self._anchor = {"segment": segno, "offset": size,
-                            "last_record": self.wal.last_frame}
-            self._since_snapshot = 0
-            self.audit = AuditLog(os.path.join(self.path, "audit"), max_bytes=audit_max_bytes,
-                                  fs=self.fs) if audit else None
-            self.reader = Reader(got.state, self.wal, threading.RLock(), clock, self.audit,
-                                 read_cache_bytes)
-            self.writer = Writer(self.wal, self.reader, clock)
-            if self.rebuilt or not os.path.exists(os.path.join(self.path, "metadata.json")):
-                self.snapshot()
-        except BaseException:
-            self._abort_open()
-            raise
+        p = open_parts(self.path, self.fs, clock, durability=durability,
+                       segment_size=segment_size, batch_delay_ms=batch_delay_ms,
+                       snapshot_interval=snapshot_interval, lock_timeout=lock_timeout,
+                       audit=audit, audit_max_bytes=audit_max_bytes,
+                       read_cache_bytes=read_cache_bytes)
+        self._lock_fd, self.wal, self.audit, self.reader = p.lock_fd, p.wal, p.audit, p.reader
+        self.writer, self.checkpoints = p.writer, p.checkpoints
+        self.rebuilt, self.replayed = p.rebuilt, p.replayed
         self._closed = False
-        from .implementation import log_startup
-        log_startup(log)
-        log.info("Startup complete")
-
-    def _abort_open(self) -> None:
-        """Free what a failed open holds, writing nothing (no sync, no snapshot),
-        so that a retry in this process does not find LOCK held by itself."""
-        wal = getattr(self, "wal", None)
-        if wal is not None:
-            if wal._file is not None:
-                wal._file.close()
-                wal._file = None
-            for seg in wal.segments:
-                seg.close()
-        audit = getattr(self, "audit", None)
-        if audit is not None:
-            audit.close()
-        os.close(self._lock_fd)
 
     # ------------------------------------------------------------ writing
-    def _on_durable(self, group: list[Request], anchor: dict) -> None:
-        """The WAL's step after each durable group, in seq order: apply it.
-
-        The state and the log position it covers change together under the
-        index lock, so a snapshot (which reads both under it) is a
-        consistent cut.
-        """
-        reader = self.reader
-        first = group[0]
-        buf = first.data if len(group) == 1 else b"".join(r.data for r in group)
-        offsets, types, seqs, pos = [], [], [], 0
-        for req in group:
-            for size, (rtype, seq, _arg) in zip(req.sizes, req.apply_arg):
-                offsets.append(pos)
-                types.append(rtype)
-                seqs.append(seq)
-                pos += size
-        segno, at = first.locs[0]        # the WAL writes a group contiguously, in one segment
-        with reader.lock:
-            self._anchor = anchor
-            reader.state.apply_group(buf, offsets, types, seqs, (segno << 40) + at, segno)
-        n = len(offsets)
-        self._since_snapshot += n
-        if self._since_snapshot >= self.snapshot_interval > 0:
-            self._since_snapshot = 0
-            threading.Thread(target=self._background_snapshot, daemon=True,
-                             name="stemedb-snapshot").start()
-
-    def _background_snapshot(self) -> None:
-        try:
-            self.snapshot()
-        except Exception:
-            log.exception("periodic snapshot failed (the WAL still holds everything)")
-
     def put(self, assertion: dict, *, require_signatures: bool = False) -> PutResult:
         """Store one assertion; returns after it is durable.  O(1) amortized."""
         return self.writer.put(assertion, require_signatures=require_signatures)
@@ -214,27 +132,14 @@ class Store:
 
     def audit_queries(self, *, limit: int = 100, agent: str | None = None,
                       from_=None, to=None) -> list[dict]:
-        from ..timeutil import parse_filter_time
-        from_us = parse_filter_time(from_, "from") if from_ is not None else None
-        to_us = parse_filter_time(to, "to") if to is not None else None
-        if self.audit is None:
-            return []
-        return [public_entry(e) for e in self.audit.read(
-            limit=limit, agent=agent, from_us=from_us, to_us=to_us)]
+        return auditview.entries(self.audit, limit=limit, agent=agent, from_=from_, to=to)
 
     def audit_query(self, id: str) -> dict | None:
-        if self.audit is None:
-            return None
-        e = self.audit.get(id)
-        return public_entry(e) if e else None
+        return auditview.entry(self.audit, id)
 
     def audit_stats(self) -> dict:
-        """``{"bytes", "dropped"}``: the audit trail's size on disk (files an
-        earlier run left count too when the audit is off) and the entries
-        dropped since open (disk full, or the writer too far behind)."""
-        if self.audit is None:
-            return {"bytes": trail_bytes(os.path.join(self.path, "audit")), "dropped": 0}
-        return {"bytes": self.audit.size_bytes, "dropped": self.audit.dropped}
+        """``{"bytes", "dropped"}``: see auditview.stats."""
+        return auditview.stats(self.audit, os.path.join(self.path, "audit"))
 
     # ------------------------------------------------------------ state
     @property
@@ -257,7 +162,7 @@ class Store:
 
     @property
     def implementation(self) -> str:
-        return implementation()
+        return "compiled" if fast.COMPILED else "pure"
 
     @property
     def fault(self) -> str | None:
@@ -273,24 +178,15 @@ class Store:
 
     def metadata(self) -> dict:
         """What ``metadata.json`` would say now."""
-        with self.reader.lock:
-            return datadir.metadata(self.state, self.wal, self.clock())
+        return self.checkpoints.metadata()
 
     def snapshot(self) -> None:
         """Write the index snapshot and metadata.json (atomically, fsynced)."""
-        with self._snap_lock:
-            with self.reader.lock:
-                data = snapshot.encode(self.state, self._position())
-                meta = datadir.metadata(self.state, self.wal, self.clock())
-            # durability=none: the records the snapshot counts reach the disk first
-            self.wal.flush()
-            snapshot.write(self.fs, os.path.join(self.path, "db"), data)
-            self.fs.write_atomic(os.path.join(self.path, "metadata.json"),
-                                 orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        self.checkpoints.write()
 
     def _position(self) -> dict:
         """The log position the state covers (call under ``reader.lock``)."""
-        return {**self._anchor, "last_seq": self.state.last_seq, "log_id": self.wal.log_id}
+        return self.checkpoints.position()
 
     def check(self) -> list[str]:
         with self.reader.lock:
