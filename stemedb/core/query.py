@@ -26,9 +26,10 @@ from .state import GEN_MASK, GEN_MIX
 
 DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review", "approved"))
 TRACE_LIMIT = 100
-# From this many candidates a rows_only lens resolves over rows (rows_answer);
-# below, every candidate is decoded, which costs less than the rows path's
-# fixed part (measured: bench/results/query-compiled-2026-11-26.md)
+# From this many candidates a rows_only lens resolves over rows (rows_answer),
+# if the page and the audit's top decode at most half of them; otherwise
+# every candidate is decoded, which then costs less than rows plus the page
+# (measured: bench/results/query-compiled-2026-11-26.md)
 ROWS_FROM = 48
 
 
@@ -374,7 +375,7 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         rec_of = None
         if ans is None:
             active, retracted = gather(reader, paths, predicate, f)
-            if lens_obj.rows_only and len(active) >= ROWS_FROM:
+            if lens_obj.rows_only and _rows_pay(len(active), limit, reader.audit is not None):
                 # resolved over rows that carry ordinals: only the winners, the
                 # page and the audit's top are decoded into Assertions below
                 ans, rec_of = rows_answer(reader, lens_obj, f, active, retracted, concept_path,
@@ -432,6 +433,12 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                                             include_retracted, limit, cursor),
                results, groups, ctx, ordered)
     return out
+
+
+def _rows_pay(candidates: int, limit: int, audited: bool) -> bool:
+    """Whether :func:`rows_answer` pays for ``candidates`` (see ROWS_FROM)."""
+    decoded = limit + (AUDIT_CONTRIBUTORS if audited else 0)
+    return candidates >= ROWS_FROM and candidates >= 2 * decoded
 
 
 def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list[int],
