@@ -1,6 +1,6 @@
 """Slow clients against a real ``stemedb serve`` (docs/http.md, "Slow clients").
 
-    python -m bench.slowclients                         # the worker, six cases (~2 min)
+    python -m bench.slowclients                         # the worker: six cases and the floor (~2 min)
     python -m bench.slowclients --quick                 # four short cases (< 1 min)
     python -m bench.slowclients --via nginx             # through the shipped nginx (~1.5 min)
     python -m bench.slowclients --worker stock          # gunicorn's stock gthread worker
