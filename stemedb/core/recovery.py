@@ -70,6 +70,7 @@ def recover(wal, data_dir: str) -> Recovered:
     if state is not None:
         try:
             n, tail = _walk(wal, state, pos, floor)
+            state.end_replay()
         except _SnapshotMismatch as exc:
             log.warning("Index snapshot does not match the WAL (%s); rebuilding from the WAL", exc)
             state = None
@@ -78,6 +79,7 @@ def recover(wal, data_dir: str) -> Recovered:
         state = State()
         rebuilt = True
         n, tail = _walk(wal, state, None, floor)
+        state.end_replay()
     seg, buf, verdict = tail
     if verdict.torn:
         wal.cut_tail(seg, buf, verdict.end)
@@ -103,6 +105,7 @@ def _walk(wal, state: State, pos: dict | None, floor: Floor):
     cover_seg = pos["segment"] if pos is not None else 0
     cover_off = pos["offset"] if pos is not None else 0
     anchor = (pos.get("last_record") if pos is not None else None) or [0, 0, 0, 0]
+    state.begin_replay()
     prev = 0
     applied = 0
     last_frame = None

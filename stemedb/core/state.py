@@ -59,6 +59,15 @@ def gen_slot(pid: int, qid: int) -> int:
     return (pid * GEN_MIX + qid) & GEN_MASK
 
 
+@dataclass
+class _Replay:
+    """What apply_group keeps for end_replay while recovery replays."""
+    first: int                                   # the first replayed ordinal
+    sources: list = field(default_factory=list)  # (source keys, ordinals) per group
+    edges: list = field(default_factory=list)
+    metas: list = field(default_factory=list)    # (type, seq, body), in log order
+
+
 class State:
     def __init__(self):
         self.cols = Columns()
@@ -85,6 +94,7 @@ class State:
         self.records = 0                                 # log records applied
         self._scratch_arrays = (np.empty(64, np.uint64), np.empty(64, np.uint64),
                                 np.empty(64, np.int32))
+        self._replay: _Replay | None = None
         # answer generations (GEN_SLOTS above); never persisted: the
         # answers they guard live only as long as this object
         self.gen = next(_state_serial) << 32
@@ -240,10 +250,14 @@ class State:
                 self.sorted_paths.add(new[0])
             else:
                 self.sorted_paths.update(new)
+        rp = self._replay
         if n:
             c.n = first + n
             end = first + n
-            if n <= SMALL_GROUP:
+            if rp is not None:
+                if ns:
+                    rp.sources.append((sk[:ns].copy(), so[:ns].copy()))
+            elif n <= SMALL_GROUP:
                 # a few records (single puts, a small group commit): the maps'
                 # recent dicts directly, without add_run's array handling
                 ords = range(first, end)
@@ -260,17 +274,58 @@ class State:
                 self.by_path.add_run(c.path[first:end].astype(np.int64), first)
                 self.by_source.add_run(sk[:ns], 0, so[:ns])
                 keys = keys.tolist() if n <= GEN_BULK else None
-            self._bump(keys)
+            if rp is None:
+                self._bump(keys)
             if max_rec > self.last_recorded_at:
                 self.last_recorded_at = max_rec
         if seqs[-1] > self.last_seq:
             self.last_seq = int(seqs[-1])
-        if edges:
-            self._link(edges)
-        for rtype, seq, off in metas:
-            if rtype != REC_EPOCH:             # epochs went first, above
-                self.apply_meta(rtype, seq, decode_meta(rtype, buf, off, segno))
+        if rp is not None:                     # applied by end_replay, in this order
+            rp.edges.extend(edges)
+            rp.metas.extend((rtype, seq, decode_meta(rtype, buf, off, segno))
+                            for rtype, seq, off in metas if rtype != REC_EPOCH)
+        else:
+            if edges:
+                self._link(edges)
+            for rtype, seq, off in metas:
+                if rtype != REC_EPOCH:             # epochs went first, above
+                    self.apply_meta(rtype, seq, decode_meta(rtype, buf, off, segno))
         self.records = records
+
+    # ------------------------------------------------------------ replay
+    def begin_replay(self) -> None:
+        """Recovery's mode: :meth:`apply_group` writes the columns and keeps
+        the rest (map keys, citations, retractions, votes, outcomes) for
+        :meth:`end_replay`, which builds each map once over every replayed
+        record (one sort of n keys, not one sorted insert into a growing
+        run per segment: at 1,000,000 records in four segments the inserts
+        cost 0.45 us per record) and then applies the rest in log order.
+        The result equals applying group by group: those records name
+        only earlier assertions, all present by then.  Lookups (``ordinal``)
+        do not see replayed assertions until end_replay."""
+        self._replay = _Replay(self.cols.n)
+
+    def end_replay(self) -> None:
+        rp = self._replay
+        if rp is None:
+            return
+        self._replay = None
+        c, first = self.cols, rp.first
+        n = c.n - first
+        if n:
+            hk = np.ascontiguousarray(c.hashes[first:c.n, :8]).view(np.uint64).reshape(n)
+            self.by_hash.add_run(hk, first)
+            self.by_key.add_run(c.key[first:c.n], first)
+            self.by_path.add_run(c.path[first:c.n].astype(np.int64), first)
+        if rp.sources:
+            self.by_source.add_run(np.concatenate([k for k, _ in rp.sources]), 0,
+                                   np.concatenate([o for _, o in rp.sources]))
+        records = self.records                 # apply_group counted every record
+        self._link(rp.edges)
+        for rtype, seq, body in rp.metas:
+            self.apply_meta(rtype, seq, body)
+        self.records = records
+        self.gen += 1
 
     def _bump(self, keys: list[int] | None) -> None:
         """Bump the answer generations of the keys a group wrote: per key and
