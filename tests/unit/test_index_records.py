@@ -225,8 +225,16 @@ def test_groups_of_any_size_build_the_state_of_one_replay(seed):
                           (1 << 40) + start, 1)
         i = j
     assert i == len(offs)
-    assert split.check() == [] and whole.check() == []
+    replayed = State()                     # recovery's mode: maps and the rest at the end
+    replayed.begin_replay()
+    for a, b in ((0, 1000), (1000, 2300), (2300, len(offs))):
+        start, end = offs[a], offs[b] if b < len(offs) else len(buf)
+        replayed.apply_group(buf[start:end], [o - start for o in offs[a:b]], types[a:b],
+                             seqs[a:b], (1 << 40) + start, 1)
+    replayed.end_replay()
+    assert split.check() == [] and whole.check() == [] and replayed.check() == []
     assert _state_view(split) == _state_view(whole)
+    assert _state_view(replayed) == _state_view(whole)
     assert whole.count == 3000 and len(whole.retractions) > 100 and whole.votes
 
 
