@@ -305,10 +305,18 @@ class Writer:
         return cast("list[PutResult]", results)     # every slot was filled above
 
     def _drop_settled(self) -> None:
-        """Remove the _pending entries of settled requests (call under _wmu)."""
+        """Remove the _pending entries of settled requests (call under _wmu).
+
+        A request that succeeded still owns all its entries (while an entry
+        stands without an error no other write registers its hash, and once
+        applied the hash is found stored), so they go in one C-level pass; a
+        failed one's are removed only where still its own."""
         settled, pending = self._settled, self._pending
         while settled:
             req, recs = settled.popleft()
+            if req.done and req.error is None:
+                deque(map(pending.pop, map(_hash_of, recs), repeat(None)), maxlen=0)
+                continue
             for r in recs:
                 e = pending.get(r.hash)
                 if e is not None and e[1] is req:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import re
+from operator import attrgetter
 
 import falcon
 import time
@@ -35,6 +36,8 @@ def _enc_hook(obj):
 
 
 _encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_hash_of, _seq_of, _created = attrgetter("hash"), attrgetter("seq"), attrgetter("created")
+_STATUS = ("exists", "created")      # by PutResult.created
 
 
 def send(resp, status: int, doc) -> None:
@@ -214,8 +217,10 @@ class BatchResource(_Base):
         tail = RecentWrites.SIZE
         self.state.recent.add([(r, a) for r, a in zip(results[-tail:], batch.assertions[-tail:])
                                if r.created])
-        send(resp, 201, {"results": [{"hash": r.hash, "status": r.status, "seq": r.seq}
-                                     for r in results]})
+        # the contract's {"hash", "status", "seq"} per item, built by C-level maps
+        send(resp, 201, S.BatchOut(list(map(S.PutOut, map(_hash_of, results),
+                                            map(_STATUS.__getitem__, map(_created, results)),
+                                            map(_seq_of, results)))))
 
 
 def query_answer(result) -> dict:
