@@ -44,7 +44,13 @@ if TYPE_CHECKING:       # nats is an extra (stemedb[cluster]), imported where us
 
 log = logging.getLogger("stemedb.cluster")
 
-PUBLISH_TIMEOUT = 5.0     # seconds for JetStream's acknowledgement
+# Seconds for JetStream's acknowledgement of one message; a batch adds a
+# second per 2,000 messages.  Short, because a publish sent to a NATS server
+# that has just died waits it out before the client's reconnect can carry
+# the retry to a live one: the write is then 503 (its outcome unknown, a
+# retry safe), and the next one goes through once a stream leader is
+# elected (measured: bench.cluster's RTO).
+PUBLISH_TIMEOUT = 2.0
 APPLY_TIMEOUT = 30.0      # seconds a write waits for this node to apply what the stream stored
 FETCH_BATCH = 1024
 OUTCOMES_KEPT = 65_536    # outcomes of applied messages, for duplicate acks
@@ -466,11 +472,12 @@ class ClusterNode:
         if self.js is None:
             raise ClusterUnavailable(
                 "this node has no NATS connection yet: nothing was written; retry shortly")
+        timeout = PUBLISH_TIMEOUT + len(payloads) / 2000
         coro = (self._publish(subject, payloads[0], msg_id) if len(payloads) == 1
-                else self._publish_batch(subject, payloads, msg_id))
+                else self._publish_batch(subject, payloads, msg_id, timeout))
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            seq, duplicate = fut.result(PUBLISH_TIMEOUT + 1.0)
+            seq, duplicate = fut.result(timeout + 1.0)
         except ClusterUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure: not acknowledged
@@ -496,7 +503,8 @@ class ClusterNode:
                                               headers={MSG_ID: msg_id})
         return ack.seq, bool(ack.duplicate)
 
-    async def _publish_batch(self, subject: str, payloads: list[bytes], msg_id: str):
+    async def _publish_batch(self, subject: str, payloads: list[bytes], msg_id: str,
+                             timeout: float):
         """One JetStream atomic batch: every message, the last one committing.
 
         ``(last seq, False)`` once stored; ``(None, True)`` when the stream
@@ -509,7 +517,7 @@ class ClusterNode:
         last = len(payloads)
         for k, p in enumerate(payloads[:-1], 1):
             await nc.publish(subject, p, headers={BATCH_ID: bid, BATCH_SEQ: str(k)})
-        reply = await nc.request(subject, payloads[-1], timeout=PUBLISH_TIMEOUT, headers={
+        reply = await nc.request(subject, payloads[-1], timeout=timeout, headers={
             BATCH_ID: bid, BATCH_SEQ: str(last), BATCH_COMMIT: "1", MSG_ID: msg_id})
         ack = orjson.loads(reply.data)
         err = ack.get("error")
@@ -528,7 +536,7 @@ class ClusterNode:
         has caught up with the stream (None when it is older than this run)."""
         info = asyncio.run_coroutine_threadsafe(
             self._jetstream().stream_info(self.settings.stream), self._loop).result(
-                PUBLISH_TIMEOUT)
+                PUBLISH_TIMEOUT + 1.0)
         self._wait_applied(info.state.last_seq, "a retried batch")
         with self._cv:
             return self._batch_ids.get(msg_id)

@@ -197,4 +197,6 @@ def test_without_quorum_writes_stop_reads_go_on_and_writes_resume(nats_cluster, 
         except ClusterUnavailable:
             assert time.monotonic() < deadline, "writes did not resume within 60 s"
             time.sleep(0.5)
-    assert r2.created and a.get(r2.hash) is not None
+    # an attempt that timed out while the quorum came back may have been stored:
+    # its retry then answers exists, the same assertion, written once
+    assert a.get(r2.hash) is not None and r2.seq > 0
