@@ -13,7 +13,8 @@ that still grows there is not the data).
 
 Every ``--window`` seconds it prints the worker's RSS (``/proc/<pid>/status``),
 the assertions stored, RSS per assertion above the idle worker, requests/s of
-the window (reads, writes) and the audit trail's size (``/metrics``); at the
+the window (reads, writes), the audit trail's size and the window's read cache
+hit rates, records and answers (``/metrics``); at the
 end the first and last windows of the mixed phase and of the read-only phase.
 The load shares the machine's cores with the server, as in bench_http, so
 compare runs of one machine, not figures across machines.
@@ -81,15 +82,39 @@ def get(port: int, path: str) -> bytes:
         return r.read()
 
 
-def audit_bytes(port: int, data_dir: str) -> int:
+def audit_bytes(port: int, data_dir: str, metrics: str | None = None) -> int:
     """``stemedb_audit_bytes``, or the files under ``audit/`` for a server
-    from before the metric (to compare with older commits)."""
-    for line in get(port, "/metrics").decode().splitlines():
+    from before the metric (to compare with older commits).  ``metrics``:
+    the ``/metrics`` text, fetched when not given."""
+    if metrics is None:
+        metrics = get(port, "/metrics").decode()
+    for line in metrics.splitlines():
         if line.startswith("stemedb_audit_bytes "):
             return int(float(line.split()[1]))
     d = os.path.join(data_dir, "audit")
     return sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d)) \
         if os.path.isdir(d) else 0
+
+
+def cache_counts(metrics: str) -> dict:
+    """The read cache's lookups so far from the ``/metrics`` text:
+    ``{(kind, "hits" | "misses"): count}``, kind ``record`` or ``answer``
+    (empty from a server without the metric)."""
+    out = {}
+    for line in metrics.splitlines():
+        for what in ("hits", "misses"):
+            pre = f'stemedb_read_cache_{what}_total{{kind="'
+            if line.startswith(pre):
+                kind = line[len(pre):line.index('"', len(pre))]
+                out[(kind, what)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def hit_rate(now: dict, before: dict, kind: str) -> float | None:
+    """Hits over lookups of ``kind`` between two ``cache_counts``; None without lookups."""
+    hits = now.get((kind, "hits"), 0.0) - before.get((kind, "hits"), 0.0)
+    misses = now.get((kind, "misses"), 0.0) - before.get((kind, "misses"), 0.0)
+    return hits / (hits + misses) if hits + misses > 0 else None
 
 
 # ------------------------------------------------------------ load processes
@@ -182,10 +207,12 @@ def soak(args) -> dict:
         print(f"soak: audit={args.audit} durability={args.durability} groups={args.groups} "
               f"batch={args.batch} idle worker RSS {idle / 2**20:.1f} MiB; data in {data}")
         print(f"{'phase':<9} {'t/s':>5} {'assertions':>10} {'RSS MiB':>8} {'anon':>6} "
-              f"{'file':>6} {'B/assert':>9} {'reads/s':>8} {'writes/s':>8} {'audit MiB':>9}")
+              f"{'file':>6} {'B/assert':>9} {'reads/s':>8} {'writes/s':>8} {'audit MiB':>9} "
+              f"{'rec hit':>7} {'ans hit':>7}")
         rows = []
         t_start = time.monotonic()
         last = (t_start, 0, 0)
+        counts = cache_counts(get(server.port, "/metrics").decode())
         phases = [("mixed", args.mixed), ("readonly", args.readonly)]
         for phase, seconds in phases:
             if phase == "readonly":
@@ -200,17 +227,25 @@ def soak(args) -> dict:
                 health = json.loads(get(server.port, "/v1/health"))
                 n = health["assertion_count"]
                 rss = rss_bytes(pid)
+                metrics = get(server.port, "/metrics").decode()
+                now_counts = cache_counts(metrics)
                 row = {"phase": phase, "t": round(now - t_start, 1), "assertions": n,
                        "rss": rss, "rss_anon": rss_bytes(pid, "RssAnon"),
                        "rss_file": rss_bytes(pid, "RssFile"),
                        "rss_per_assertion": (rss - idle) / n if n else None,
                        "reads_per_s": (r - last[1]) / dt, "writes_per_s": (w - last[2]) / dt,
-                       "audit_bytes": audit_bytes(server.port, data)}
+                       "audit_bytes": audit_bytes(server.port, data, metrics),
+                       # the window's read cache hit rates: records (decoded
+                       # candidates) and answers (materialized, invalidated by writes)
+                       "record_hit_rate": hit_rate(now_counts, counts, "record"),
+                       "answer_hit_rate": hit_rate(now_counts, counts, "answer")}
+                counts = now_counts
                 rows.append(row)
                 print(f"{phase:<9} {row['t']:>5.0f} {n:>10} {rss / 2**20:>8.1f} "
                       f"{row['rss_anon'] / 2**20:>6.1f} {row['rss_file'] / 2**20:>6.1f} "
                       f"{row['rss_per_assertion'] or 0:>9.0f} {row['reads_per_s']:>8.0f} "
-                      f"{row['writes_per_s']:>8.0f} {row['audit_bytes'] / 2**20:>9.1f}",
+                      f"{row['writes_per_s']:>8.0f} {row['audit_bytes'] / 2**20:>9.1f} "
+                      f"{_pct(row['record_hit_rate']):>7} {_pct(row['answer_hit_rate']):>7}",
                       flush=True)
                 last = (now, r, w)
         stop_r.value = 1
@@ -225,6 +260,10 @@ def soak(args) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.0f}%"
+
+
 def summary(result: dict, batch: int) -> None:
     rows = result["rows"]
     mixed = [r for r in rows if r["phase"] == "mixed"]
@@ -237,7 +276,8 @@ def summary(result: dict, batch: int) -> None:
               f"({per or 0:5.0f} B/assertion above idle; heap {r['rss_anon'] / 2**20:.1f}, "
               f"mapped files {r['rss_file'] / 2**20:.1f})  {rps:7.0f} requests/s "
               f"({r['reads_per_s']:.0f} queries/s, {r['writes_per_s']:.0f} writes/s of which "
-              f"3 in 4 are batches of {batch})")
+              f"3 in 4 are batches of {batch}); read cache hits: records "
+              f"{_pct(r.get('record_hit_rate'))}, answers {_pct(r.get('answer_hit_rate'))}")
     print("summary:")
     if mixed:
         line("mixed, start", mixed[0])
