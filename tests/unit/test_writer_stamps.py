@@ -55,11 +55,13 @@ def test_a_replicated_batch_takes_the_stream_seqs(opener):
     assert [(r.seq, r.created) for r in out] == [(10, True), (1, False), (12, True)]
     for r in (out[0], out[2]):
         assert s.get(r.hash).recorded_at_us == last, "never before the last recorded_at"
-    assert s.put(body(3)).seq == 13, "local writes go on after the stream's seqs"
+    local = s.put(body(3))
+    assert local.seq == 13, "local writes go on after the stream's seqs"
+    ahead = s.get(local.hash).recorded_at_us + 10**6     # the stream's time, ahead of ours
     out = s.writer.apply_replicated("assert", ([prepare_batch([body(4)],
                                                               default_time_us=1)[0]], False),
-                                    20, last + 1000)
-    assert out[0].seq == 20 and s.get(out[0].hash).recorded_at_us == last + 1000
+                                    20, ahead)
+    assert out[0].seq == 20 and s.get(out[0].hash).recorded_at_us == ahead
 
 
 def test_a_refused_batch_uses_no_seq(opener):
