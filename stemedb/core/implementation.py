@@ -1,7 +1,8 @@
 """Which engine implementation is in use, and what the pure fallback costs.
 
-StemeDB runs on the compiled extension ``stemedb.core._fast`` when it was
-built, else on the pure-Python reference.  Both give the same answers; the
+StemeDB runs on the compiled extensions (``stemedb.core._fast``, ``_canon``
+and ``_query``) when they were built, else on the pure-Python reference;
+``compiled`` means all three are in use.  Both give the same answers; the
 pure path is slower.  ``stemedb --version``, ``/v1/health``
 (``implementation``) and the start-up log all say which one is running, so a
 build without a compiler never goes unnoticed.
@@ -27,12 +28,15 @@ def describe() -> tuple[str, str]:
     """``(name, detail)``: name is ``compiled`` or ``pure``; detail says why and what
     it costs.  Raises ImportError when the settings contradict each other or
     ``STEMEDB_REQUIRE_FAST=1`` finds no compiled build."""
-    from . import fast
-    if fast.COMPILED:
-        return "compiled", "compiled extension stemedb.core._fast"
+    from . import fast, qfast
+    built = {"stemedb.core._fast": fast.COMPILED, "stemedb.core._canon": fast.CANON_COMPILED,
+             "stemedb.core._query": qfast.COMPILED}
+    if all(built.values()):
+        return "compiled", "compiled extensions " + ", ".join(built)
     if _forced():
         return "pure", f"pure Python, forced by STEMEDB_PURE_PYTHON=1; {PURE_COST}"
-    return "pure", (f"pure Python: the compiled extension stemedb.core._fast is not built; "
+    missing = ", ".join(name for name, ok in built.items() if not ok)
+    return "pure", (f"pure Python: compiled extension not built: {missing}; "
                     f"{PURE_COST}; {HOW_TO_BUILD}")
 
 

@@ -144,10 +144,10 @@ def test_python_dash_m_stemedb():
     assert r.returncode == 0 and "serve" in r.stdout and "--version" in r.stdout
 
 
-# Runs as if the compiled extension had not been built.
+# Runs as if a compiled extension (argv[2]) had not been built.
 _NO_FAST = """
 import logging, sys
-sys.modules["stemedb.core._fast"] = None
+sys.modules[sys.argv[2]] = None
 from stemedb import cli, open_store
 rc = cli.main(["--version"])
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
@@ -157,12 +157,13 @@ sys.exit(rc)
 """
 
 
-def test_pure_fallback_is_loud(tmp_path):
-    r = subprocess.run([sys.executable, "-c", _NO_FAST, str(tmp_path / "data")],
+@pytest.mark.parametrize("missing", ["stemedb.core._fast", "stemedb.core._query"])
+def test_pure_fallback_is_loud(tmp_path, missing):
+    r = subprocess.run([sys.executable, "-c", _NO_FAST, str(tmp_path / "data"), missing],
                        capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"stemedb {stemedb.__version__} (implementation: pure)"
-    assert "compiled extension stemedb.core._fast is not built" in r.stderr
+    assert f"compiled extension not built: {missing}" in r.stderr
     warning = [line for line in r.stderr.splitlines()
                if line.startswith("WARNING Implementation: pure Python")]
     assert warning, r.stderr
