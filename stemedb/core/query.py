@@ -567,7 +567,7 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     that are not retracted, each with its effective confidence as weight;
     ``contributing_more`` counts the rest).  ``active`` (the candidates that
     are not retracted) is counted from ``groups`` unless given.  Listing every candidate cost a
-    ``limit=1`` query over 10,000 candidates 900 KB of audit (issue 8,
+    ``limit=1`` query over 10,000 candidates 890 KB of audit (issue 8,
     item 15).  Only those few assertions and scalars are kept until the
     writer thread builds the entry, so a backlog holds no candidate lists.
     ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
