@@ -38,7 +38,9 @@ class Retraction:
 
 # A group of more records bumps ``gen`` once instead of each key's slots.
 GEN_BULK = 4096
-SMALL_GROUP = 8   # the old per-record threshold of apply_asserts; tests size groups past it
+# A group of at most this many records goes to the maps' recent dicts as
+# Python lists; numpy's per-call costs outweigh a few records.
+SMALL_GROUP = 8
 
 # Generations for the materialized query answers (query.py, ``_token``): an
 # answer is reused only while every generation it was computed under is
