@@ -45,6 +45,14 @@ SIGNED_EXTRA = 96           # agent_id and signature objects, beyond their 96 by
 ANSWER_OVERHEAD = 1024      # an answer's own objects: its key, token, lists
 RESULT_BYTES = 640          # a Result dict and its numbers, besides the winners' records
 ANSWER_SHARE = 16           # one answer may take at most 1/16 of the bound
+# Answers together may hold up to 1/ANSWER_RESERVE of the bound against the
+# records' churn: while they hold no more, evicting for a record passes over
+# an answer (it goes to the recent end) instead of dropping it.  A working
+# set of records above the bound would otherwise cycle every answer out
+# before its key is asked again (measured: 27% answer hits on the HTTP
+# query benchmark's 5,000 keys of a 1,000,000-assertion store, where an
+# answer hit skips the gather and the lens; bench/results/http-query-*.md).
+ANSWER_RESERVE = 4
 # Thrashing: when the cache is full and fewer than half the record lookups of
 # the last WINDOW hit (the working set is larger than the bound), a batch
 # keeps only one miss in ADMIT_EVERY.  Every miss would otherwise cost an
@@ -110,6 +118,7 @@ class ReadCache:
         self.record_hits = self.record_misses = 0
         self.answer_hits = self.answer_misses = 0
         self.thrashing = False
+        self.answer_bytes = 0       # the Answer entries' share of ``bytes``
         self._window = [0, 0]       # record hits, misses since the window began
         self._admit = 0
 
@@ -178,7 +187,7 @@ class ReadCache:
             for loc, rec, size in entries:
                 old = d.pop(loc, None)
                 if old is not None:
-                    self.bytes -= _size(old)
+                    self._forget(old)
                 d[loc] = (rec, size)
                 self.bytes += size
             self._evict()
@@ -192,21 +201,37 @@ class ReadCache:
         with self._lock:
             old = d.pop(key, None)
             if old is not None:
-                self.bytes -= _size(old)
+                self._forget(old)
             d[key] = value
             self.bytes += size
+            if type(value) is not tuple:
+                self.answer_bytes += size
             self._evict()
 
+    def _forget(self, v) -> None:
+        size = _size(v)
+        self.bytes -= size
+        if type(v) is not tuple:
+            self.answer_bytes -= size
+
     def _evict(self) -> None:
+        """Drop least recently used entries until the bound holds; an answer
+        is passed over (moved to the recent end) while the answers hold at
+        most 1/ANSWER_RESERVE of the bound, so then records go first (there
+        are records to drop: the answers alone are under the bound)."""
         d = self._d
+        reserve = self.max_bytes // ANSWER_RESERVE
         while self.bytes > self.max_bytes and d:
-            _k, v = d.popitem(last=False)
-            self.bytes -= _size(v)
+            k, v = d.popitem(last=False)
+            if type(v) is not tuple and self.answer_bytes <= reserve:
+                d[k] = v
+                continue
+            self._forget(v)
 
     def clear(self) -> None:
         with self._lock:
             self._d.clear()
-            self.bytes = 0
+            self.bytes = self.answer_bytes = 0
 
     def stats(self) -> dict:
         """Counters for /metrics: hits and misses by kind, bytes and entries."""
