@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import __version__
 from ..errors import NotFound
 from . import schemas as S
+from .answer import query_doc
 from .errors import HTTPProblem, bad_request, from_msgspec
 
 JSON = "application/json"
@@ -225,7 +226,7 @@ class BatchResource(_Base):
 
 def query_answer(result) -> dict:
     try:
-        return result.to_dict()
+        return query_doc(result)     # the bytes of result.to_dict(), built faster
     except NotImplementedError:
         return {"concept_path": result.concept_path, "lens": result.lens,
                 "results": result.results, "assertions": result.assertions,
