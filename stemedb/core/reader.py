@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from array import array
 from collections import OrderedDict
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import ChecksumMismatch
 from ..model import Assertion, AssertionRecord
@@ -365,7 +365,7 @@ class Reader:
         segs = wal.segments
         first = segs[0].number if segs else 0
         last = len(segs) - 1
-        maps: dict = {}
+        maps: dict[int, Any] = {}
         decode, crc32c, unpack = fast.decode_assert, codec.crc32c, FRAME.unpack_from
         start, skip = FRAME_CRC_FROM, FRAME_SIZE - FRAME_CRC_FROM
         out = []
@@ -375,9 +375,10 @@ class Reader:
             if buf is None:
                 k = segno - first
                 seg = segs[k] if 0 <= k < last else None
+                # b"": not mapped (the active segment), every frame goes to _read
                 buf = maps[segno] = (seg.buffer() if seg is not None and seg.sealed and seg.size > 0
-                                     else False)
-            if buf is not False and off + FRAME_SIZE <= len(buf):
+                                     else b"")
+            if off + FRAME_SIZE <= len(buf):
                 length, crc = unpack(buf, off)[:2]
                 end = off + FRAME_SIZE + length
                 if end <= len(buf):
