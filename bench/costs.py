@@ -14,8 +14,10 @@ benchmark workload (``bench/workload.py``), never a simplified copy:
   ``check_source``, ``infer_source_class``/``_enum``), the canonicalizer
   (``canonical.normalize`` + ``dumps_normalized`` of the value and the
   confidence) and BLAKE3 over the hashed bytes (checked equal to the record's
-  hash); ``fast.encode_assert_frames`` (frame + CRC); ``State.apply_asserts``
-  (index apply); the fsync share from a real store with
+  hash); ``model.prepare_batch`` and ``model.prepare_one``, the builders
+  ``put_batch`` and ``put`` call; ``fast.encode_assert_frames`` (frame +
+  CRC); ``State.apply_group`` over a durable group's frames, as the store's
+  on-durable step runs it (index apply); the fsync share from a real store with
   ``durability="fsync"`` through ``set_commit_observer``; and ``put_batch`` /
   ``put`` end to end, so what the stages leave out shows as "unaccounted".
 * **query**: the seams of ``query.run_query``: argument checks, ``gather``
@@ -169,7 +171,7 @@ def write_section(cfg: Config, bodies: list[dict], workdir: str) -> dict:
 
     from stemedb import open_store
     from stemedb.core import fast
-    from stemedb.core.format import REC_ASSERT  # noqa: F401  (the record type apply_asserts takes)
+    from stemedb.core.format import REC_ASSERT
     from stemedb.core.state import State
     from stemedb import model
     from stemedb.model import prepare_assertion
@@ -224,6 +226,16 @@ def write_section(cfg: Config, bodies: list[dict], workdir: str) -> dict:
                         "the functions bench/costs.py times for them; update write_section()")
         log("write: " + out["drift"])
 
+    # The builders the live paths call: put_batch -> model.prepare_batch (the
+    # compiled _canon.prepare_many in one call per batch, prepare_assertion for
+    # what it leaves), put -> model.prepare_one.
+    chunks = [sample[i:i + 1000] for i in range(0, n, 1000)]
+    log("write: model.prepare_batch (batches of 1,000) and model.prepare_one")
+    out["prepare_batch"] = per(timed(lambda: [model.prepare_batch(c, default_time_us=t0)
+                                              for c in chunks], reps))
+    out["prepare_one"] = per(timed(lambda: [model.prepare_one(b, default_time_us=t0)
+                                            for b in sample], reps))
+
     batches = [(stamped[i:i + 1000], list(range(i + 1, i + 1 + len(stamped[i:i + 1000]))))
                for i in range(0, n, 1000)]
     log("write: encode_assert_frames, batches of 1,000 and single records")
@@ -232,24 +244,31 @@ def write_section(cfg: Config, bodies: list[dict], workdir: str) -> dict:
     out["frame_single"] = per(timed(lambda: [fast.encode_assert_frames([r], [i])
                                              for i, r in enumerate(stamped, 1)], reps))
 
-    # The (seq, segment, offset, fields) items the store hands apply_asserts
-    items, off = [], 40
-    sizes = fast.encode_assert_frames(stamped, list(range(1, n + 1)))[1]
-    for i, (r, size) in enumerate(zip(stamped, sizes), 1):
-        items.append((i, 1, off, (r.hash, r.recorded_at, r.timestamp, r.lifecycle,
-                                  r.concept_path, r.predicate, r.source, r.epoch,
-                                  r.parent_hash, r.derived_from)))
-        off += size
-    groups = [items[i:i + 1000] for i in range(0, n, 1000)]
+    # Index apply as the store runs it after each durable group (its on-durable
+    # step, stemedb/core/opening.py): records.group_frames of the group's WAL
+    # requests, then State.apply_group over the framed bytes.
+    from stemedb.core import records
+    from stemedb.core.wal import Request
 
-    def apply(gs):
+    def requests(size):
+        reqs, at = [], 40
+        for i in range(0, n, size):
+            rs, seqs = stamped[i:i + size], list(range(i + 1, i + 1 + len(stamped[i:i + size])))
+            data, sizes = fast.encode_assert_frames(rs, seqs)
+            req = Request(data, sizes, [(REC_ASSERT, q, None) for q in seqs])
+            req.locs = [(1, at)]
+            at += len(data)
+            reqs.append(req)
+        return reqs
+
+    def apply(reqs):
         st = State()
-        for g in gs:
-            st.apply_asserts(g)
-    log("write: State.apply_asserts, groups of 1,000 and of 1")
-    out["apply_batch"] = per(timed(lambda: apply(groups), reps))
-    singles = [[it] for it in items]
-    out["apply_single"] = per(timed(lambda: apply(singles), reps))
+        for req in reqs:
+            st.apply_group(*records.group_frames([req]))
+    log("write: State.apply_group of durable groups of 1,000 and of 1")
+    r1000, r1 = requests(1000), requests(1)
+    out["apply_batch"] = per(timed(lambda: apply(r1000), reps))
+    out["apply_single"] = per(timed(lambda: apply(r1), reps))
 
     # Group commit on a real store: W3 (batches of 1,000), W1 (one put per
     # commit), W2 (8 threads, one put each per commit).
@@ -789,12 +808,19 @@ def render(doc: dict) -> str:
                   row("rest of prepare", "its own lines: field reads, the record struct (the "
                       "whole call - the stages above)", "prepare_rest", "write"),
                   row("**prepare_assertion**", "the whole call", "prepare", "write"),
+                  row("**prepare_batch**, batches of 1,000", "`model.prepare_batch`, what "
+                      "`put_batch` calls (the compiled builder, one call per batch)",
+                      "prepare_batch", "write"),
+                  row("**prepare_one**", "`model.prepare_one`, what `put` calls",
+                      "prepare_one", "write"),
                   row("frame + CRC, batch of 1,000", "`fast.encode_assert_frames`", "frame_batch",
                       "write"),
                   row("frame + CRC, one record", "`fast.encode_assert_frames([r])`", "frame_single",
                       "write"),
-                  row("index apply, group of 1,000", "`State.apply_asserts`", "apply_batch", "write"),
-                  row("index apply, group of 1", "`State.apply_asserts`", "apply_single", "write"),
+                  row("index apply, group of 1,000", "`State.apply_group` of the durable "
+                      "group's frames (the store's on-durable step)", "apply_batch", "write"),
+                  row("index apply, group of 1", "the same, groups of one record",
+                      "apply_single", "write"),
                   "", "Group commit on a real store (`durability=\"fsync\"`, the commit observer); "
                   "wall clock, one run each:",
                   "", f"| shape | figure | {cols} |", sep]
@@ -814,11 +840,12 @@ def render(doc: dict) -> str:
             w = p["write"]
             g3, g1 = w["group_w3"], w["group_w1"]
             e3, e1 = g3["end_to_end_cpu_us"], g1["end_to_end_cpu_us"]
-            acc3 = w["prepare"] + w["frame_batch"] + w["apply_batch"]
-            acc1 = w["prepare"] + w["frame_single"] + w["apply_single"]
+            pb, p1 = w.get("prepare_batch", w["prepare"]), w.get("prepare_one", w["prepare"])
+            acc3 = pb + w["frame_batch"] + w["apply_batch"]
+            acc1 = p1 + w["frame_single"] + w["apply_single"]
             lines.append(
                 f"- {p['implementation']}: W3 costs {_f(e3)} us of CPU per assertion, the stages "
-                f"{_f(acc3)} of it (prepare {_share(w['prepare'], e3)}, frame "
+                f"{_f(acc3)} of it (prepare_batch {_share(pb, e3)}, frame "
                 f"{_share(w['frame_batch'], e3)}, apply {_share(w['apply_batch'], e3)}); the "
                 f"other {_f(e3 - acc3)} are the write lock, the dedupe lookup, the reference "
                 f"checks, stamping, the WAL write and the hand-off. Its wall time is "
