@@ -29,8 +29,9 @@ benchmark workload (``bench/workload.py``), never a simplified copy:
   to ``store.query``'s for every query, so the replay cannot drift from
   ``run_query`` unnoticed (the run stops with an error instead).
 * **rebuild**: what recovery calls per segment (``scan.scan_segment``,
-  inside it ``fast.scan_frames``; ``State.bulk_segment``, inside it
-  ``fast.extract_segment``), and the whole open with ``db/indexes/`` deleted.
+  inside it ``fast.scan_frames``; ``State.apply_group`` between
+  ``begin_replay`` and ``end_replay``), and the whole open with
+  ``db/indexes/`` deleted.
 
 Every stage figure is CPU time (``time.process_time``, all the process's
 threads), the least of ``--reps`` runs of the stage's loop over all its
@@ -581,7 +582,7 @@ class _Lines(logging.Handler):
 
 def rebuild_section(cfg: Config, path: str) -> dict:
     from stemedb import open_store
-    from stemedb.core import fast, recovery
+    from stemedb.core import fast
     from stemedb.core.scan import scan_segment
     from stemedb.core.snapshot import snapshot_path
     from stemedb.core.state import State
@@ -613,27 +614,25 @@ def rebuild_section(cfg: Config, path: str) -> dict:
         for buf in bufs:
             fast.scan_frames(buf, 40, len(buf))
 
-    def extract_stage():
-        pid, pn, qid, qn = {}, [], {}, []
-        first = 0
-        for seg, buf, v in zip(segs, bufs, scans):
-            cols, *_x = fast.extract_segment(buf, v.offsets, v.types, v.seqs, seg.number, first,
-                                             pid, pn, qid, qn, {})
-            first += len(cols["seq"])
-
-    def bulk_stage():
+    # What recovery does with the scanned segments (stemedb/core/recovery.py):
+    # State.begin_replay, State.apply_group per segment (the one records-to-
+    # columns function, fast.index_records), State.end_replay (each map built
+    # once over every replayed key).
+    def apply_stage(until_end: bool):
         st = State()
+        st.begin_replay()
         for seg, buf, v in zip(segs, bufs, scans):
-            st.bulk_segment(buf, v.offsets, v.types, v.seqs, seg.number, fast.extract_segment,
-                            recovery.decode_meta)
+            st.apply_group(buf, v.offsets, v.types, v.seqs, seg.number << 40, seg.number)
+        if until_end:
+            st.end_replay()
         return st
 
     def us(sec):
         return sec / records * 1e6 if records else 0.0
     out["scan_segment"] = us(timed(scan_stage, reps))
     out["scan_frames"] = us(timed(frames_stage, reps))
-    out["extract"] = us(timed(extract_stage, reps))
-    out["bulk_segment"] = us(timed(bulk_stage, reps))
+    out["columns"] = us(timed(lambda: apply_stage(False), reps))
+    out["replay_apply"] = us(timed(lambda: apply_stage(True), reps))
     # what recovery reads: the last segment whole (sealed ones are mapped,
     # their reads land in the scan)
     out["read"] = us(timed(lambda: wal.segment_bytes(segs[-1], last=True), reps))
@@ -904,9 +903,10 @@ def render(doc: dict) -> str:
                   row("scan", "`scan.scan_segment` (frame walk, CRC, seq order, tail rule)",
                       "scan_segment", "rebuild"),
                   row("  of which frame walk + CRC", "`fast.scan_frames`", "scan_frames", "rebuild"),
-                  row("extract", "`fast.extract_segment` (records to columns)", "extract",
-                      "rebuild"),
-                  row("bulk apply", "`State.bulk_segment` (extract + index builds)", "bulk_segment",
+                  row("replay apply", "`State.begin_replay`, `apply_group` per segment, "
+                      "`end_replay` (what recovery runs)", "replay_apply", "rebuild"),
+                  row("  of which rows into the columns", "the same without `end_replay` "
+                      "(`fast.index_records` and the replay's bookkeeping)", "columns",
                       "rebuild"),
                   row("snapshot: CPU", "`Store.snapshot`, which a rebuilding open calls "
                       "before it returns", "snapshot_cpu", "rebuild"),
@@ -922,7 +922,7 @@ def render(doc: dict) -> str:
                       "snapshot)", "engine_rebuild", "rebuild"), "",
                   f"| records/s | {cols} |", "|---" * (1 + len(labels)) + "|"]
         for key, label in (("scan_segment", "scan alone (CPU)"),
-                           ("bulk_segment", "bulk apply alone (CPU)"),
+                           ("replay_apply", "replay apply alone (CPU)"),
                            ("rebuild_cpu", "rebuild without the snapshot (CPU)"),
                            ("open_rebuild_cpu", "open, rebuilding (CPU)"),
                            ("engine_rebuild", "engine's rebuild (wall)"),
@@ -935,12 +935,13 @@ def render(doc: dict) -> str:
             r = p["rebuild"]
             if r.get("engine_rebuild") is None:
                 continue
-            rest = r["engine_rebuild"] - r["read"] - r["scan_segment"] - r["bulk_segment"]
+            rest = r["engine_rebuild"] - r["read"] - r["scan_segment"] - r["replay_apply"]
             lines.append(
                 f"- {p['implementation']}: a rebuilding open takes {_f(r['open_rebuild'])} us "
                 f"per record: the engine's rebuild {_f(r['engine_rebuild'])} (read "
-                f"{_f(r['read'])}, scan {_f(r['scan_segment'])}, bulk apply "
-                f"{_f(r['bulk_segment'])} of which extract {_f(r['extract'])}, the rest "
+                f"{_f(r['read'])}, scan {_f(r['scan_segment'])}, replay apply "
+                f"{_f(r['replay_apply'])} of which rows into the columns {_f(r['columns'])}, "
+                f"the rest "
                 f"{_f(rest)}), then the snapshot it writes ({_f(r['snapshot'])} by itself); "
                 f"in CPU time, {_f(r['rebuild_cpu'])} for the rebuild and "
                 f"{_f(r['snapshot_cpu'])} for the snapshot.")
