@@ -176,17 +176,8 @@ def _rows(cands: Iterable[Assertion], at_us: int, decay: bool) -> list[tuple]:
     are the same numbers as ``timestamp_us``, ``confidence``, ``source_rank``
     and ``value_key``.
     """
-    rows: list[tuple] = []
-    append = rows.append
-    for a in cands:
-        r = a.record
-        ts, c, rank = r.timestamp, r.confidence, r.source_class
-        if decay:
-            hl = _HALF_LIFE_US[rank]
-            age = at_us - ts
-            if hl is not None and age > 0:
-                c *= 2.0 ** (-age / hl)     # the same expression as effective_confidence
-        append((ts, a.seq, c, c * _TIER[rank], rank, r.value_json, a))
+    cands = list(cands)
+    rows = record_rows(cands, [a.record for a in cands], [a.seq for a in cands], at_us, decay)
     # Tuples compare by timestamp, then seq, which is unique: never further.
     # (A key function or a combined integer key measured slower on input
     # already in order, the common case.)
@@ -194,11 +185,12 @@ def _rows(cands: Iterable[Assertion], at_us: int, decay: bool) -> list[tuple]:
     return rows
 
 
-def record_rows(ords: list[int], recs: list, seqs: list[int], at_us: int,
+def record_rows(ords: list, recs: list, seqs: list[int], at_us: int,
                 decay: bool) -> list[tuple]:
-    """:func:`_rows` from decoded records (``AssertionRecord``) and their
-    seqs, with each candidate's ordinal where ``_rows`` puts the Assertion,
-    unsorted (:meth:`Lens.resolve_rows` sorts).  The same numbers as
+    """The rows :func:`_rows` ranks, unsorted (:meth:`Lens.resolve_rows`
+    sorts), from decoded records (``AssertionRecord``) and their seqs, each
+    row ending with its tag from ``ords`` (a candidate's ordinal, or, from
+    ``_rows``, its Assertion).  The same numbers as
     ``_rows`` reads through the Assertions (tests/unit/test_query_parity.py),
     without building one per candidate.  O(n)."""
     if not len(ords) == len(recs) == len(seqs):
