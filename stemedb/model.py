@@ -37,9 +37,12 @@ if _canonical.COMPILED:
     _checked = _canonical._canon.checked_fields
     _signature_ok = _canonical._canon.signature_ok
     _prepare_many = _canonical._canon.prepare_many
+    # BLAKE3 by the vendored C implementation (stemedb/core/blake3): the
+    # compiled pass's hash; the pure twin is the ``blake3`` package's
+    _blake3_c = _canonical._canon.blake3_digest
 else:
     _path_ok = _source_ok = _hashed_compiled = _unset_to_none = _name_ok = None
-    _checked = _signature_ok = _prepare_many = None
+    _checked = _signature_ok = _prepare_many = _blake3_c = None
 
 SOURCE_CLASSES = ("regulatory", "clinical", "observational", "expert", "community", "anecdotal")
 SOURCE_CLASS_RANK = {name: i for i, name in enumerate(SOURCE_CLASSES)}
@@ -270,8 +273,7 @@ def prepare_batch(bodies, *, default_time_us: int | None = None,
         cls = type(bodies[0])
         struct = cls if cls is not dict and _struct_fields(cls) == _FIELD_ORDER else None
         recs = _prepare_many(bodies if type(bodies) is list else list(bodies), default_time_us,
-                             AssertionRecord, blake3.blake3, struct, msgspec.structs.astuple,
-                             msgspec.UNSET)
+                             AssertionRecord, struct, msgspec.structs.astuple, msgspec.UNSET)
         if None not in recs:
             return recs
     for i in range(n):
@@ -291,7 +293,7 @@ def prepare_one(body, *, default_time_us: int, require_signatures: bool = False)
     if _prepare_many is not None and not require_signatures:
         cls = type(body)
         struct = cls if cls is not dict and _struct_fields(cls) == _FIELD_ORDER else None
-        rec = _prepare_many([body], default_time_us, AssertionRecord, blake3.blake3, struct,
+        rec = _prepare_many([body], default_time_us, AssertionRecord, struct,
                             msgspec.structs.astuple, msgspec.UNSET)[0]
         if rec is not None:
             return rec
@@ -367,7 +369,7 @@ def _prepare(concept_path, predicate, value, confidence, source, sc, lc, parent_
                            parent_hash, derived, epoch, timestamp, agent_id)
             if out is not None:
                 value_json, hashed, confidence, source_rank, lifecycle_rank, derived = out
-                digest = blake3.blake3(hashed).digest()
+                digest = _blake3_c(hashed)      # set with _checked: compiled
                 if signature is not None:   # every other check passed: the pure pass says the same
                     assert agent_id is not None     # the condition above: a signature has its key
                     verify_signature(agent_id, signature, digest, "signature")

@@ -297,7 +297,7 @@ def test_hashed_assertion_declines_text_that_is_not_utf8():
 
 
 TWINS = ("_path_ok", "_source_ok", "_name_ok", "_hashed_compiled", "_unset_to_none",
-         "_checked", "_signature_ok", "canonical_json")
+         "_checked", "_signature_ok", "_blake3_c", "canonical_json")
 
 
 @contextlib.contextmanager
@@ -316,7 +316,7 @@ def pure_model():
     """prepare_assertion with every compiled twin switched off."""
     return _model_with(_path_ok=None, _source_ok=None, _name_ok=None, _hashed_compiled=None,
                        _unset_to_none=None, _checked=None, _signature_ok=None,
-                       canonical_json=canonical_json_py)
+                       _blake3_c=None, canonical_json=canonical_json_py)
 
 
 def compiled_model():
@@ -327,7 +327,7 @@ def compiled_model():
     return _model_with(_path_ok=C.path_ok, _source_ok=C.source_ok, _name_ok=C.name_ok,
                        _hashed_compiled=C.hashed_assertion, _unset_to_none=C.unset_to_none,
                        _checked=C.checked_fields, _signature_ok=C.signature_ok,
-                       canonical_json=canonical_json)
+                       _blake3_c=C.blake3_digest, canonical_json=canonical_json)
 
 
 KEY = SigningKey(bytes(range(32)))

@@ -79,7 +79,7 @@ def loop_outcome(items, require_signatures=False):
 
 
 def _many(items):
-    return C.prepare_many(list(items), NOW, model.AssertionRecord, model.blake3.blake3,
+    return C.prepare_many(list(items), NOW, model.AssertionRecord,
                           AssertionIn if items and type(items[0]) is AssertionIn else None,
                           msgspec.structs.astuple, msgspec.UNSET)
 
