@@ -33,10 +33,12 @@ class File:
 
     def write(self, data) -> None:
         """Write all of ``data`` at the end of the file (not yet durable)."""
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
+        n = os.write(self.fd, data)
+        if n < len(data):   # a short write (rare: a signal, a full pipe): the rest
+            view = memoryview(data)[n:]
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
 
     def sync(self) -> None:
         """Make everything written so far durable (fdatasync)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
 import time
 from typing import Callable
@@ -38,6 +39,8 @@ from .segment import Segment, new_log_id, read_header
 
 log = logging.getLogger("stemedb")
 _new_lock = threading.Lock
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 
 
 class Request:
@@ -282,19 +285,25 @@ class WAL:
                 f"answers with the same hash and status exists)"))
             return
         pos = seg.size
+        number = seg.number
         for r in group:
+            sizes = r.sizes
+            if len(sizes) == 1:         # a put: one record (W1, W2)
+                r.locs = [(number, pos)]
+                pos += sizes[0]
+                continue
             locs = []
-            for size in r.sizes:
-                locs.append((seg.number, pos))
+            for size in sizes:
+                locs.append((number, pos))
                 pos += size
             r.locs = locs
         seg.size = pos
         tail = group[-1]
-        o = pos - tail.sizes[-1]
-        k = len(tail.data) - tail.sizes[-1]
-        anchor = {"segment": seg.number, "offset": pos, "last_record": [
-            seg.number, o, int.from_bytes(tail.data[k + FRAME_SEQ_OFF:k + FRAME_SEQ_OFF + 8], "little"),
-            int.from_bytes(tail.data[k + FRAME_CRC_OFF:k + FRAME_CRC_OFF + 4], "little")]}
+        last = tail.sizes[-1]
+        k = len(tail.data) - last
+        anchor = {"segment": number, "offset": pos, "last_record": [
+            number, pos - last, _U64.unpack_from(tail.data, k + FRAME_SEQ_OFF)[0],
+            _U32.unpack_from(tail.data, k + FRAME_CRC_OFF)[0]]}
         try:
             self.on_durable(group, anchor)
         except BaseException as exc:  # an apply bug must not strand the waiters
