@@ -14,7 +14,17 @@ Workloads (each repeated, throughput is the median, latency p50/p99/max):
   assertions/s);
 * ``query``  POST /v1/query, lens ``consensus``, one (concept_path, predicate)
   of a 1,000,000-assertion store per request, from 16 clients (target >= 0.6x
-  noop).
+  noop).  The workload's 50,000 keys hold ~20 candidates each at 1,000,000
+  but ~1 at the 50,000 of ``--quick``; ``--candidates K`` puts the store's
+  assertions on ``store_size / K`` keys instead (K candidates per key at any
+  size, spread over the whole time range), so a small store answers pages
+  of the size the target is stated for.  The output states the store size,
+  its keys and the candidates per queried key.
+
+Each run also reads the CPU seconds the server's processes (gunicorn master
+and worker, from ``/proc``) and the load generator's processes used: CPU per
+request is the figure that holds on a shared machine, where req/s moves with
+whatever else runs.
 
 Rate limits and the circuit breaker are off (``STEMEDB_RATE_LIMITS``), keys
 off, durability ``fsync``.  The load generator is 2 processes x 8 threads of
@@ -52,6 +62,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its child processes, from
+    ``/proc`` (Linux); 0.0 where it cannot be read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids, total = [pid], 0.0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def noop_server(port: int, dport: int) -> None:
@@ -196,6 +227,7 @@ def _bodies(kind: str, wid: int, keys: list | None, nonce: int = 0):
 
 
 def _client_process(port, kind, path, threads, wid0, duration, keys, nonce, out_q):
+    cpu0 = time.process_time()
     lat, errors, done = [], [0], [0]
     lock = threading.Lock()
     start_at = time.monotonic() + 0.3  # every thread connected before the clock starts
@@ -229,13 +261,15 @@ def _client_process(port, kind, path, threads, wid0, duration, keys, nonce, out_
         t.start()
     for t in ts:
         t.join()
-    out_q.put((done[0], errors[0], lat))
+    out_q.put((done[0], errors[0], lat, time.process_time() - cpu0))
 
 
 def load(port: int, kind: str, path: str, clients: int, duration: float,
-         keys: list | None = None, procs: int = 2) -> dict:
-    """``clients`` concurrent keep-alive clients for ``duration`` seconds."""
+         keys: list | None = None, procs: int = 2, server_pid: int | None = None) -> dict:
+    """``clients`` concurrent keep-alive clients for ``duration`` seconds;
+    with ``server_pid``, the server's CPU per request over the run too."""
     q = mp.get_context("fork").Queue()
+    cpu0 = process_cpu(server_pid) if server_pid else None
     per = clients // procs
     nonce = random.randrange(10 ** 9)
     ps = [mp.get_context("fork").Process(
@@ -249,7 +283,12 @@ def load(port: int, kind: str, path: str, clients: int, duration: float,
     n = sum(r[0] for r in results)
     errors = sum(r[1] for r in results)
     lat = sorted(x for r in results for x in r[2])
-    return {"requests": n, "errors": errors, "rps": n / duration,
+    # the clients' and the server's CPU over the run (the server's also
+    # counts the second it takes the clients to hand in their results)
+    cpu = {"client_cpu_us": 1e6 * sum(r[3] for r in results) / max(n, 1)}
+    if cpu0 is not None:
+        cpu["server_cpu_us"] = 1e6 * (process_cpu(server_pid) - cpu0) / max(n, 1)
+    return {"requests": n, "errors": errors, "rps": n / duration, **cpu,
             "p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,
             "max_ms": 1000 * lat[-1] if lat else None}
@@ -257,27 +296,74 @@ def load(port: int, kind: str, path: str, clients: int, duration: float,
 
 def median_run(runs: list[dict]) -> dict:
     best = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-    return {**best, "runs_rps": [round(r["rps"], 1) for r in runs]}
+    out = {**best, "runs_rps": [round(r["rps"], 1) for r in runs]}
+    if all("server_cpu_us" in r for r in runs):
+        out["server_cpu_us_median"] = statistics.median(r["server_cpu_us"] for r in runs)
+        out["runs_server_cpu_us"] = [round(r["server_cpu_us"], 1) for r in runs]
+    return out
 
 
 # ------------------------------------------------------------------ main
 
-def build_query_store(data_dir: str, n: int, duration: float) -> tuple[list, dict]:
-    """A store of ``n`` workload assertions (embedded API), the query keys, and
-    the engine's own query rate on it (no HTTP), for comparison."""
+QUERY_KEYS = 5000  # distinct keys the query clients cycle through
+
+
+def query_workload(n: int, candidates: int | None) -> tuple[list, list, dict]:
+    """The query store's assertions, the keys the clients query, and what the
+    store looks like (``store_assertions``, ``store_keys`` and the candidates
+    per queried key: mean, min, max).
+
+    Without ``candidates``: the benchmark workload as it is (its 50,000 keys
+    hold ~n / 50,000 candidates each).  With it: the same assertions put on
+    ``n // candidates`` of those keys, assertion ``i`` on key ``i % keys``,
+    so every key holds ``candidates`` (+-1) spread over the whole time range.
+    """
+    from collections import Counter
+
     from bench.workload import generate
-    from stemedb.core.store import open_store
     w = generate(n)
-    keys = w.r1_keys(5000)
+    if not candidates:
+        keys, counts = w.r1_keys(QUERY_KEYS), w.key_counts
+    else:
+        every = sorted(w.key_counts)
+        nkeys = n // candidates
+        if not 1 <= nkeys <= len(every):
+            raise SystemExit(f"--candidates {candidates} at {n:,} assertions needs "
+                             f"{n // max(candidates, 1):,} keys; the workload has 1 to "
+                             f"{len(every):,} (use {max(1, -(-n // len(every)))} to {n})")
+        used = [every[(j * len(every)) // nkeys] for j in range(nkeys)]
+        for i, a in enumerate(w.assertions):
+            a["concept_path"], a["predicate"] = used[i % nkeys]
+        counts = Counter(used[i % nkeys] for i in range(n))
+        r = random.Random(w.seed * 1000 + 1)
+        keys = [used[r.randrange(nkeys)] for _ in range(QUERY_KEYS)]
+    per = [counts[k] for k in keys]
+    shape = {"store_assertions": n, "store_keys": len(counts),
+             "candidates_mean": statistics.fmean(per), "candidates_min": min(per),
+             "candidates_max": max(per), "query_keys": len(set(keys))}
+    return w.assertions, keys, shape
+
+
+def build_query_store(data_dir: str, n: int, duration: float,
+                      candidates: int | None = None) -> tuple[list, dict]:
+    """A store of ``n`` workload assertions (embedded API; see
+    :func:`query_workload`), the query keys, and the engine's own query rate
+    and CPU per query on it (no HTTP), for comparison."""
+    from stemedb.core.store import open_store
+    assertions, keys, shape = query_workload(n, candidates)
     with open_store(data_dir, durability="none") as s:
         for i in range(0, n, 5000):
-            s.put_batch(w.assertions[i:i + 5000])
-        done, end = 0, time.monotonic() + duration
+            s.put_batch(assertions[i:i + 5000])
+        del assertions
+        done, shown, end = 0, 0, time.monotonic() + duration
+        cpu0 = time.process_time()
         while time.monotonic() < end:
             path, pred = keys[done % len(keys)]
-            s.query(path, predicate=pred, lens="consensus")
+            shown += len(s.query(path, predicate=pred, lens="consensus").assertions)
             done += 1
-    return keys, {"rps": done / duration}
+        cpu = time.process_time() - cpu0
+    return keys, {"rps": done / duration, "cpu_us": 1e6 * cpu / done,
+                  "page_mean": shown / done, **shape}
 
 
 def engine_writes(data_dir: str, duration: float) -> dict:
@@ -288,6 +374,7 @@ def engine_writes(data_dir: str, duration: float) -> dict:
     out = {}
     with open_store(data_dir, durability="fsync") as s:
         counts = [0] * 16
+        cpu0 = time.process_time()
         end = time.monotonic() + duration
 
         def writer(t):
@@ -301,12 +388,17 @@ def engine_writes(data_dir: str, duration: float) -> dict:
         for t in ts:
             t.join()
         out["assert_rps"] = sum(counts) / duration
+        out["assert_cpu_us"] = 1e6 * (time.process_time() - cpu0) / max(sum(counts), 1)
         bodies = _bodies("batch", 99, None, 2)
-        n, t0 = 0, time.monotonic()
+        n, t0, spent = 0, time.monotonic(), 0.0
         while time.monotonic() < t0 + duration:
-            s.put_batch(orjson.loads(next(bodies))["assertions"])
+            items = orjson.loads(next(bodies))["assertions"]   # the body: not the engine's time
+            c0 = time.process_time()
+            s.put_batch(items)
+            spent += time.process_time() - c0
             n += 1000
         out["batch_assertions_per_s"] = n / (time.monotonic() - t0)
+        out["batch_cpu_us"] = 1e6 * spent / n
     return out
 
 
@@ -334,6 +426,13 @@ def main(argv=None) -> int:
     p.add_argument("--store-size", type=int, default=None)
     p.add_argument("--duration", type=float, default=None, help="seconds per run")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--candidates", type=int, default=None,
+                   help="candidates per query key: put the query store's assertions on "
+                        "store_size / K keys (default: the workload's own 50,000 keys, ~20 "
+                        "candidates each at 1,000,000; --quick defaults to 20)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated workloads to run (noop,assert,batch,query; "
+                        "default all); the .md is written only for a full run")
     p.add_argument("--out", default=None, help="results base name (default bench/results/http)")
     p.add_argument("--noop-server", nargs=2, type=int, help=argparse.SUPPRESS)
     p.add_argument("--render", metavar="JSON", help="rewrite the .md of a saved results .json")
@@ -348,58 +447,85 @@ def main(argv=None) -> int:
     size = args.store_size or (50_000 if args.quick else 1_000_000)
     duration = args.duration or (2.0 if args.quick else 5.0)
     repeats = args.repeats or (1 if args.quick else 3)
+    candidates = args.candidates if args.candidates is not None else (20 if args.quick else None)
+    only = set((args.only or "noop,assert,batch,query").split(","))
     out = args.out or os.path.join(RESULTS, "http-quick" if args.quick else "http")
     tmp = tempfile.mkdtemp(prefix="stemedb-bench-http-")
     results: dict = {}
+    engine: dict = {}
+    impl, build_s = "unknown", 0.0
     try:
-        noop = start_noop(tmp)
-        try:
-            results["noop"] = median_run([load(noop.port, "noop", "/noop", 16, duration)
-                                          for _ in range(repeats)])
-        finally:
-            noop.stop()
-        print("noop", results["noop"], flush=True)
+        if "noop" in only:
+            noop = start_noop(tmp)
+            try:
+                results["noop"] = median_run([load(noop.port, "noop", "/noop", 16, duration,
+                                                   server_pid=noop.p.pid)
+                                              for _ in range(repeats)])
+            finally:
+                noop.stop()
+            print("noop", results["noop"], flush=True)
 
-        srv = start_stemedb(os.path.join(tmp, "w"), tmp)
-        try:
-            impl = srv.health()["implementation"]
-            results["assert"] = median_run([load(srv.port, "assert", "/v1/assert", 16, duration)
-                                            for _ in range(repeats)])
-            print("assert", results["assert"], flush=True)
-            runs = [load(srv.port, "batch", "/v1/assert/batch", 4, duration, procs=2)
-                    for _ in range(repeats)]
-            for r in runs:
-                r["assertions_per_s"] = r["rps"] * 1000
-            results["batch"] = median_run(runs)
-            results["batch"]["assertions_per_s"] = results["batch"]["rps"] * 1000
-            print("batch", results["batch"], flush=True)
-        finally:
-            srv.stop()
-        shutil.rmtree(os.path.join(tmp, "w"), ignore_errors=True)
+        if only & {"assert", "batch"}:
+            srv = start_stemedb(os.path.join(tmp, "w"), tmp)
+            try:
+                impl = srv.health()["implementation"]
+                if "assert" in only:
+                    results["assert"] = median_run([
+                        load(srv.port, "assert", "/v1/assert", 16, duration, server_pid=srv.p.pid)
+                        for _ in range(repeats)])
+                    print("assert", results["assert"], flush=True)
+                if "batch" in only:
+                    runs = [load(srv.port, "batch", "/v1/assert/batch", 4, duration, procs=2,
+                                 server_pid=srv.p.pid) for _ in range(repeats)]
+                    for r in runs:
+                        r["assertions_per_s"] = r["rps"] * 1000
+                    results["batch"] = median_run(runs)
+                    results["batch"]["assertions_per_s"] = results["batch"]["rps"] * 1000
+                    print("batch", results["batch"], flush=True)
+            finally:
+                srv.stop()
+            shutil.rmtree(os.path.join(tmp, "w"), ignore_errors=True)
 
-        engine = engine_writes(os.path.join(tmp, "e"), duration)
-        shutil.rmtree(os.path.join(tmp, "e"), ignore_errors=True)
-        print("engine", engine, flush=True)
-        t0 = time.monotonic()
-        keys, eq = build_query_store(os.path.join(tmp, "q"), size, duration)
-        engine["query_rps"] = eq["rps"]
-        build_s = time.monotonic() - t0
-        srv = start_stemedb(os.path.join(tmp, "q"), tmp)
-        try:
-            count = srv.health()["assertion_count"]
-            results["query"] = median_run([load(srv.port, "query", "/v1/query", 16, duration,
-                                                keys=keys) for _ in range(repeats)])
-            results["query"]["store_assertions"] = count
-            print("query", results["query"], flush=True)
-        finally:
-            srv.stop()
+            engine = engine_writes(os.path.join(tmp, "e"), duration)
+            shutil.rmtree(os.path.join(tmp, "e"), ignore_errors=True)
+            print("engine", engine, flush=True)
+        if "query" in only:
+            t0 = time.monotonic()
+            keys, eq = build_query_store(os.path.join(tmp, "q"), size, duration, candidates)
+            engine["query_rps"], engine["query_cpu_us"] = eq["rps"], eq["cpu_us"]
+            build_s = time.monotonic() - t0
+            srv = start_stemedb(os.path.join(tmp, "q"), tmp)
+            try:
+                impl = srv.health()["implementation"]
+                count = srv.health()["assertion_count"]
+                results["query"] = median_run([load(srv.port, "query", "/v1/query", 16, duration,
+                                                    keys=keys, server_pid=srv.p.pid)
+                                               for _ in range(repeats)])
+                results["query"].update(
+                    {k: eq[k] for k in ("store_keys", "candidates_mean", "candidates_min",
+                                        "candidates_max", "query_keys", "page_mean")},
+                    store_assertions=count)
+                print("query", results["query"], flush=True)
+            finally:
+                srv.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     doc = {"header": header(impl), "settings": {"duration_s": duration, "repeats": repeats,
-                                                 "store_size": size, "store_build_s": build_s},
+                                                 "store_size": size, "candidates": candidates,
+                                                 "store_build_s": build_s},
            "results": results, "engine_alone": engine}
-    write(doc, out)
+    if only >= {"noop", "assert", "batch", "query"}:
+        write(doc, out)
+    else:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out + ".json", "w") as f:
+            json.dump(doc, f, indent=2)
     return 0
+
+
+def _cpu(x: dict) -> str:
+    v = x.get("server_cpu_us_median", x.get("server_cpu_us"))
+    return f"{v:,.0f}" if v is not None else "-"
 
 
 def write(doc: dict, out: str) -> None:
@@ -408,66 +534,90 @@ def write(doc: dict, out: str) -> None:
         json.dump(doc, f, indent=2)
     r, h = doc["results"], doc["header"]
     noop = r["noop"]["rps"]
+    q = r["query"]
+    shape = (f"{q['store_assertions']:,} stored on {q['store_keys']:,} keys, "
+             f"{q['candidates_mean']:.1f} candidates per queried key"
+             if "store_keys" in q else f"{q['store_assertions']:,} stored")
     rows = [
         ("noop (floor)", r["noop"], "-", "-"),
         ("assert, 16 clients", r["assert"], f"{r['assert']['rps'] / noop:.2f}x noop",
          ">= 0.5x noop"),
         ("batch of 1,000, 4 clients", r["batch"],
          f"{r['batch']['assertions_per_s']:,.0f} assertions/s", ">= 100,000 assertions/s"),
-        (f"query consensus, {r['query']['store_assertions']:,} stored, 16 clients", r["query"],
-         f"{r['query']['rps'] / noop:.2f}x noop", ">= 0.6x noop"),
+        (f"query consensus, {shape}, 16 clients", q,
+         f"{q['rps'] / noop:.2f}x noop", ">= 0.6x noop"),
     ]
     met = {"assert": r["assert"]["rps"] / noop >= 0.5,
            "batch": r["batch"]["assertions_per_s"] >= 100_000,
-           "query": r["query"]["rps"] / noop >= 0.6}
+           "query": q["rps"] / noop >= 0.6}
+    st = doc["settings"]
     lines = [
         "# HTTP benchmark", "",
         f"- date: {h['date']}", f"- machine: {h['machine']}", f"- os: {h['os']}",
         f"- Python {h['python']}, implementation: {h['implementation']}, commit {h['commit']}",
-        f"- {doc['settings']['repeats']} runs of {doc['settings']['duration_s']} s each; "
+        f"- {st['repeats']} runs of {st['duration_s']} s each; "
         f"throughput is the median run, latency from that run; durability fsync; "
         f"load generator on the same 2-core machine (2 processes of raw keep-alive sockets)",
-        "", "| workload | req/s (median) | p50 ms | p99 ms | max ms | result | target |",
-        "|---|---:|---:|---:|---:|---|---|"]
+        (f"- query store: {shape} (min {q['candidates_min']}, max {q['candidates_max']}; "
+         f"{q['query_keys']:,} distinct keys queried; {q['page_mean']:.1f} assertions per "
+         f"answer), " + (f"built with --candidates {st['candidates']}" if st.get("candidates")
+                         else "the workload's own keys")) if "store_keys" in q
+        else f"- query store: {shape}",
+        "- server CPU: user + system seconds of the server's processes over the median "
+        "run, per request (what holds on a shared machine)",
+        "", "| workload | req/s (median) | p50 ms | p99 ms | max ms | server CPU us/req | "
+        "result | target |",
+        "|---|---:|---:|---:|---:|---:|---|---|"]
     for name, x, res, target in rows:
         lines.append(f"| {name} | {x['rps']:,.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | "
-                     f"{x['max_ms']:.1f} | {res} | {target} |")
+                     f"{x['max_ms']:.1f} | {_cpu(x)} | {res} | {target} |")
     e = doc.get("engine_alone", {})
     if e:
+        def eng_cpu(key):
+            return f"{e[key]:,.1f}" if key in e else "-"
+        bcpu = r["batch"].get("server_cpu_us_median")
         lines += ["", "The engine alone in the same run (embedded API, no HTTP, no load "
-                  "generator), the ceiling for the rows above:", "",
-                  "| workload | engine alone | over HTTP | HTTP / engine |", "|---|---:|---:|---:|",
+                  "generator), the ceiling for the rows above; CPU per request (per "
+                  "assertion for the batch):", "",
+                  "| workload | engine alone | over HTTP | HTTP / engine | engine CPU us | "
+                  "server CPU us over HTTP |", "|---|---:|---:|---:|---:|---:|",
                   f"| 16 threads of single durable puts | {e['assert_rps']:,.0f}/s | "
-                  f"{r['assert']['rps']:,.0f}/s | {r['assert']['rps'] / e['assert_rps']:.2f} |",
+                  f"{r['assert']['rps']:,.0f}/s | {r['assert']['rps'] / e['assert_rps']:.2f} | "
+                  f"{eng_cpu('assert_cpu_us')} | {_cpu(r['assert'])} |",
                   f"| batches of 1,000 (assertions) | {e['batch_assertions_per_s']:,.0f}/s | "
                   f"{r['batch']['assertions_per_s']:,.0f}/s | "
-                  f"{r['batch']['assertions_per_s'] / e['batch_assertions_per_s']:.2f} |",
+                  f"{r['batch']['assertions_per_s'] / e['batch_assertions_per_s']:.2f} | "
+                  f"{eng_cpu('batch_cpu_us')} | "
+                  f"{(f'{bcpu / 1000:,.1f}' if bcpu is not None else '-')} |",
                   f"| consensus query, one thread | {e['query_rps']:,.0f}/s | "
-                  f"{r['query']['rps']:,.0f}/s | {r['query']['rps'] / e['query_rps']:.2f} |"]
-    if e:
-        lines += ["", "Reading it:"]
-        if not met["batch"]:
-            lines.append(
-                f"- batch: {r['batch']['assertions_per_s']:,.0f} assertions/s is "
-                f"{r['batch']['assertions_per_s'] / 100_000:.2f}x the 100,000 target, and "
-                f"{r['batch']['assertions_per_s'] / e['batch_assertions_per_s']:.2f}x what the "
-                f"engine's put_batch does alone: the store bounds it (validation, hashing and "
-                f"indexing per assertion), not HTTP (decoding 1,000 items costs ~3 ms of the "
-                f"{1000 * 1000 / e['batch_assertions_per_s']:.0f} ms per batch).")
-        for k, label in (("assert", "assert"), ("query", "query")):
-            if not met[k]:
-                ratio = r[k]["rps"] / noop
+                  f"{q['rps']:,.0f}/s | {q['rps'] / e['query_rps']:.2f} | "
+                  f"{eng_cpu('query_cpu_us')} | {_cpu(q)} |"]
+        ncpu = r["noop"].get("server_cpu_us_median")
+        if ncpu is not None:
+            lines += ["", "Reading it (server CPU per request, the no-op's being the "
+                      f"gunicorn + Falcon floor of {ncpu:,.0f} us):"]
+            for k, label, ek in (("assert", "assert", "assert_cpu_us"),
+                                 ("query", "query", "query_cpu_us")):
+                c = r[k].get("server_cpu_us_median")
+                if c is None or ek not in e:
+                    continue
                 lines.append(
-                    f"- {label}: {ratio:.2f}x no-op. The engine alone (no HTTP, no load "
-                    f"generator) does {e[k + '_rps']:,.0f}/s; over HTTP {r[k]['rps'] / e[k + '_rps']:.2f} "
-                    f"of that, with the load generator sharing the 2 cores. The no-op floor is "
-                    f"{noop:,.0f} req/s, so the store's own cost per request "
-                    f"({1000 / e[k + '_rps']:.2f} ms per call at that rate) exceeds a whole no-op "
-                    f"request: no HTTP-layer change can reach the ratio; the store's per-call "
-                    f"cost has to drop.")
+                    f"- {label}: {c:,.0f} us = the floor + {c - ncpu:,.0f} us, of which the "
+                    f"engine's own call is ~{e[ek]:,.0f} us; {r[k]['rps'] / noop:.2f}x no-op "
+                    f"(a server at one core would reach ~{ncpu / c:.2f}x).")
+            if bcpu is not None and "batch_cpu_us" in e:
+                lines.append(
+                    f"- batch: {bcpu / 1000:,.1f} us of server CPU per assertion, of which "
+                    f"the engine's put_batch is ~{e['batch_cpu_us']:,.1f} us; "
+                    f"{r['batch']['assertions_per_s']:,.0f} assertions/s is "
+                    f"{r['batch']['assertions_per_s'] / 100_000:.2f}x the 100,000 target.")
     lines += ["", "Targets met: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in met.items()),
               "", "Runs (req/s): " + "; ".join(f"{k} {v['runs_rps']}" for k, v in r.items()),
-              f"Errors (non-2xx): " + ", ".join(f"{k} {v['errors']}" for k, v in r.items()), ""]
+              "Runs (server CPU us/req): " + "; ".join(
+                  f"{k} {v.get('runs_server_cpu_us', '-')}" for k, v in r.items()),
+              "Load generator CPU us/req (median run): " + ", ".join(
+                  f"{k} {v.get('client_cpu_us', 0):,.0f}" for k, v in r.items()),
+              "Errors (non-2xx): " + ", ".join(f"{k} {v['errors']}" for k, v in r.items()), ""]
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
