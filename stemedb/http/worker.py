@@ -255,9 +255,17 @@ class StemeWorker(ThreadWorker):
         g = conn.steme_gather = _Gather(ahead)
         if g.complete():
             return self._dispatch(conn)
-        conn.sock.setblocking(False)
+        if conn.sock.getblocking():  # a kept-alive one is non-blocking already (no syscall)
+            conn.sock.setblocking(False)
         self.gathering.append(conn)
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
+        # A kept-alive connection comes here because the poller saw it
+        # readable, and a new one usually has its request in already: read
+        # what is there now, and register with the poller only when more is
+        # needed.  A request that arrived whole (most of them) then costs no
+        # register/unregister pair and no extra turn of the loop.
+        if self._read_some(conn):
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
+            conn.steme_polled = True
 
     def _readable(self, conn, _fileobj):
         try:
@@ -268,30 +276,39 @@ class StemeWorker(ThreadWorker):
             self.nr_conns -= 1
             conn.close()
 
-    def _read_some(self, conn):
+    def _read_some(self, conn) -> bool:
+        """Read what the socket holds; True while the request is still being
+        gathered (nothing to read yet, or incomplete), False once it was
+        handed to a thread or the connection closed."""
         try:
             data = conn.sock.recv(READ_CHUNK)
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError:
             data = b""
         if not data:  # the client went away
             self._stop_gathering(conn)
             self.nr_conns -= 1
             conn.close()
-            return
+            return False
         g = conn.steme_gather
         g.buf += data
         self.gathered += len(data)
         if g.complete() or (g.head_end >= 0 and self.gathered > GATHER_BUDGET):
             self._stop_gathering(conn)
             self._dispatch(conn)
+            return False
+        return True
 
     def _stop_gathering(self, conn) -> None:
-        try:
-            self.poller.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass
+        if getattr(conn, "steme_polled", False):
+            # only when registered: the KeyError of an unregistered socket
+            # formats its repr, two syscalls (getsockname, getpeername)
+            conn.steme_polled = False
+            try:
+                self.poller.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
         try:
             self.gathering.remove(conn)
         except ValueError:
@@ -309,7 +326,8 @@ class StemeWorker(ThreadWorker):
         conn.parser.unreader.unread(bytes(g.buf))
         conn.data_ready = True  # the bytes are buffered: no wait for the socket
         conn.steme_ready = True
-        conn.sock.setblocking(True)
+        # no setblocking(True) here: gthread's handle() does it in the thread
+        # before it reads, and each call is a syscall
         self.enqueue_req(conn)
 
     def murder_pending(self):

@@ -151,6 +151,77 @@ def _feed(raw: bytes) -> int | None:
     return None
 
 
+class _Pool:
+    """The thread pool as the worker's enqueue sees it: records what it is given."""
+
+    def __init__(self):
+        self.taken = []
+
+    def submit(self, fn, conn):
+        self.taken.append(conn)
+
+        class Future:
+            def add_done_callback(self, cb):
+                pass
+        return Future()
+
+
+def _worker_and_conn():
+    """A StemeWorker's gathering state (no arbiter, no threads) and one
+    connection on a socket pair: (worker, connection, the client's socket)."""
+    import selectors
+    from collections import deque
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+    from gunicorn.workers.gthread import TConn
+
+    w = object.__new__(W.StemeWorker)
+    w.cfg = Config()
+    w.poller = selectors.DefaultSelector()
+    w.tpool = _Pool()
+    w.method_queue = SimpleNamespace(defer=lambda *a: None)
+    w.gathering, w.gathered, w.nr_conns = deque(), 0, 1
+    w.log = SimpleNamespace(exception=lambda *a, **k: None, debug=lambda *a, **k: None)
+    server, client = socket.socketpair()
+    conn = TConn(w.cfg, server, ("127.0.0.1", 5000), ("127.0.0.1", 18180))
+    return w, conn, client
+
+
+def test_a_request_already_in_the_socket_goes_to_a_thread_without_the_poller():
+    w, conn, client = _worker_and_conn()
+    client.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    w.enqueue_req(conn)
+    assert w.tpool.taken == [conn], "a whole request is handed to a thread at once"
+    assert not w.poller.get_map() and not w.gathering and w.gathered == 0, \
+        "and never registered with the poller"
+    assert conn.parser.unreader.buf.getvalue().startswith(b"GET /v1/health"), \
+        "the bytes read wait in the parser's buffer"
+    client.close()
+
+
+def test_a_partial_request_waits_in_the_poller_until_it_is_complete():
+    w, conn, client = _worker_and_conn()
+    client.sendall(b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n{")
+    w.enqueue_req(conn)
+    assert w.tpool.taken == [] and conn in w.gathering
+    assert conn.sock in {k.fileobj for k in w.poller.get_map().values()}, \
+        "an incomplete request is read by the event loop, holding no thread"
+    client.sendall(b'"a"}')
+    (key, _), = w.poller.select(1)
+    key.data(key.fileobj)
+    assert w.tpool.taken == [conn] and not w.gathering and not w.poller.get_map()
+    client.close()
+
+
+def test_a_client_gone_before_its_request_is_closed_without_a_thread():
+    w, conn, client = _worker_and_conn()
+    client.close()
+    w.enqueue_req(conn)
+    assert w.tpool.taken == [] and w.nr_conns == 0 and not w.gathering
+    assert not w.poller.get_map()
+
+
 CHUNKED_HEAD = b"POST /v1/query HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
