@@ -69,8 +69,13 @@ def assertion_json(a: Assertion) -> AssertionJSON:
         UNSET if ret is None else ret)
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def _out(v):
     """``query._jsonable`` with assertions as :class:`AssertionJSON`."""
+    if type(v) in _SCALARS:     # most of a result's fields: no isinstance chain
+        return v
     if isinstance(v, Assertion):
         return assertion_json(v)
     if isinstance(v, dict):

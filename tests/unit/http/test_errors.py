@@ -239,3 +239,15 @@ def test_request_id_echoed_or_generated(client):
     r = client.simulate_get("/v1/health", headers={"X-Request-Id": "bad id\u00e9"})
     assert r.headers["x-request-id"] != "bad id\u00e9" and len(r.headers["x-request-id"]) == 32
     assert client.simulate_get("/nope").headers["x-request-id"]
+
+
+def test_generated_request_ids_are_unique_hex_and_differ_between_servers(client):
+    """Request ids name requests in the logs: 32 hex characters, never repeated
+    by one server, and two servers (or a restart) do not share them."""
+    import re
+
+    from stemedb.http.middleware import RequestIds
+    ids = [client.simulate_get("/v1/health").headers["x-request-id"] for _ in range(50)]
+    assert len(set(ids)) == 50 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    a, b = RequestIds(), RequestIds()
+    assert a.prefix != b.prefix and a() != b()
