@@ -12,7 +12,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 
 from ..errors import CorruptionError
 
@@ -57,6 +57,10 @@ DEF REC_ASSERT = 1
 DEF HEAD_SIZE = 76
 DEF RECORDED_AT_OFF = 32
 DEF TIMESTAMP_OFF = 40
+DEF CONFIDENCE_OFF = 48
+DEF SOURCE_CLASS_OFF = 56
+DEF VALUE_INLINE = 15       # index.VALUE_INLINE
+DEF VALUE_HASHED = 0xFF     # index.VALUE_HASHED
 DEF MAX_PAYLOAD = 268435456
 DEF F_SOURCE = 0x01
 DEF F_PARENT = 0x02
@@ -70,7 +74,9 @@ FORMAT = {"FRAME_SIZE": FRAME_SIZE, "FRAME_CRC_OFF": FRAME_CRC_OFF,
           "FRAME_FLAGS_OFF": FRAME_FLAGS_OFF, "FRAME_RESERVED_OFF": FRAME_RESERVED_OFF,
           "FRAME_SEQ_OFF": FRAME_SEQ_OFF, "REC_ASSERT": REC_ASSERT,
           "ASSERT_HEAD_SIZE": HEAD_SIZE, "ASSERT_RECORDED_AT_OFF": RECORDED_AT_OFF,
-          "ASSERT_TIMESTAMP_OFF": TIMESTAMP_OFF, "MAX_PAYLOAD": MAX_PAYLOAD,
+          "ASSERT_TIMESTAMP_OFF": TIMESTAMP_OFF, "ASSERT_CONFIDENCE_OFF": CONFIDENCE_OFF,
+          "ASSERT_SOURCE_CLASS_OFF": SOURCE_CLASS_OFF, "VALUE_INLINE": VALUE_INLINE,
+          "VALUE_HASHED": VALUE_HASHED, "MAX_PAYLOAD": MAX_PAYLOAD,
           "F_SOURCE": F_SOURCE, "F_PARENT": F_PARENT, "F_DERIVED": F_DERIVED,
           "F_EPOCH": F_EPOCH, "F_SIGNED": F_SIGNED, "FLAG_MORE": FLAG_MORE}
 
@@ -280,6 +286,32 @@ cdef long _intern(_Interner* t, const uint8_t* q, Py_ssize_t n, dict ids, list n
     return v
 
 
+cdef inline void _value_id(const uint8_t* v, Py_ssize_t n, uint64_t* va,
+                           uint64_t* vb) noexcept nogil:
+    """index.value_id of the ``n`` value bytes at ``v``."""
+    cdef uint8_t b[16]
+    if n <= VALUE_INLINE:
+        memset(b, 0, 16)
+        b[0] = <uint8_t>n
+        if n:
+            memcpy(b + 1, v, n)
+        memcpy(va, b, 8)
+        memcpy(vb, b + 8, 8)
+    else:
+        va[0] = (<uint64_t>VALUE_HASHED | (<uint64_t>(n & 0xFFFFFF) << 8)
+                 | (<uint64_t>stemedb_crc32c(v, n) << 32))
+        memcpy(vb, v + n - 8, 8)
+
+
+def value_id(v):
+    """See index.value_id (the twin inside index_records, for the parity test)."""
+    cdef const uint8_t[::1] mv = v
+    cdef uint64_t a = 0, b = 0
+    cdef Py_ssize_t n = mv.shape[0]
+    _value_id(&mv[0] if n else <const uint8_t*>b"", n, &a, &b)
+    return a, b
+
+
 cdef inline void* _column(cnp.ndarray arr, int typenum, Py_ssize_t need, str name) except NULL:
     """The data pointer of a state column, after checking what C will write."""
     if (cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
@@ -292,7 +324,8 @@ cdef inline void* _column(cnp.ndarray arr, int typenum, Py_ssize_t need, str nam
 def index_records(buf, offsets, types, seqs, int64_t loc_base, Py_ssize_t first,
                   cnp.ndarray seq_c, cnp.ndarray loc_c, cnp.ndarray ts_c, cnp.ndarray rec_c,
                   cnp.ndarray key_c, cnp.ndarray path_c, cnp.ndarray epoch_c,
-                  cnp.ndarray lc_c, cnp.ndarray hash_c, cnp.ndarray hkey_out,
+                  cnp.ndarray lc_c, cnp.ndarray conf_c, cnp.ndarray rank_c,
+                  cnp.ndarray va_c, cnp.ndarray vb_c, cnp.ndarray hash_c, cnp.ndarray hkey_out,
                   cnp.ndarray src_out, cnp.ndarray src_ord_out, dict path_ids,
                   list path_names, dict pred_ids, list pred_names, dict epoch_ids):
     """See records.index_records.
@@ -322,6 +355,10 @@ def index_records(buf, offsets, types, seqs, int64_t loc_base, Py_ssize_t first,
     cdef int32_t* path_a = <int32_t*>_column(path_c, cnp.NPY_INT32, first + n, "path")
     cdef int32_t* ep_a = <int32_t*>_column(epoch_c, cnp.NPY_INT32, first + n, "epoch")
     cdef int8_t* lc_a = <int8_t*>_column(lc_c, cnp.NPY_INT8, first + n, "lc")
+    cdef double* conf_a = <double*>_column(conf_c, cnp.NPY_FLOAT64, first + n, "conf")
+    cdef uint8_t* rank_a = <uint8_t*>_column(rank_c, cnp.NPY_UINT8, first + n, "rank")
+    cdef uint64_t* va_a = <uint64_t*>_column(va_c, cnp.NPY_UINT64, first + n, "va")
+    cdef uint64_t* vb_a = <uint64_t*>_column(vb_c, cnp.NPY_UINT64, first + n, "vb")
     if cnp.PyArray_NDIM(hash_c) != 2 or cnp.PyArray_DIM(hash_c, 1) != 32:
         raise ValueError("index_records: column hashes is not an array of 32-byte rows")
     cdef uint8_t* hb_a = <uint8_t*>_column(hash_c, cnp.NPY_UINT8, first + n, "hashes")
@@ -418,6 +455,9 @@ def index_records(buf, offsets, types, seqs, int64_t loc_base, Py_ssize_t first,
             key_a[r] = (<int64_t>pid << 24) | qid
             path_a[r] = pid
             lc_a[r] = p[57]
+            memcpy(&conf_a[r], p + CONFIDENCE_OFF, 8)
+            rank_a[r] = p[SOURCE_CLASS_OFF]
+            _value_id(p + need - lval, lval, &va_a[r], &vb_a[r])
             memcpy(hb_a + 32 * r, p, 32)
             hk[i] = <uint64_t>rd64(p)
             i += 1

@@ -7,7 +7,7 @@ holds the two equal, damaged input included).
 Each function here earned its place by a measured gain on the query path
 (bench/results/query-compiled-2026-11-26.md).
 """
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from libc.math cimport pow
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
@@ -258,3 +258,428 @@ def frame_rows(list locs, dict sealed, read, list ords, list seqs, at_us, bint d
                      (<const char*>(b + v))[:rd32(p + VALUE_LEN_OFF)],
                      <object>PyList_GET_ITEM(ords, i)))
     return rows, -1
+
+
+DEF HASHED = 0xFF           # format.VALUE_HASHED
+
+
+def column_rows(list ords, seq, ts, conf, rank, va, vb, at_us, bint decay,
+                tuple half_life_us, tuple tier):
+    """See qpure.column_rows: the columns read through typed views, one
+    tuple built per candidate, no record read."""
+    cdef const int64_t[:] seqv = seq
+    cdef const int64_t[:] tsv = ts
+    cdef const double[:] confv = conf
+    cdef const uint8_t[:] rankv = rank
+    cdef const uint64_t[:] vav = va
+    cdef const uint64_t[:] vbv = vb
+    cdef Py_ssize_t n = seqv.shape[0], m = PyList_GET_SIZE(ords), i, o, nt = len(tier)
+    cdef Py_ssize_t r
+    cdef int64_t t, at = 0, age, hl
+    cdef double c
+    cdef uint64_t a, b
+    cdef bint small_at = -EXACT < at_us < EXACT
+    cdef Py_ssize_t hashed = 0
+    if (tsv.shape[0] < n or confv.shape[0] < n or rankv.shape[0] < n or vav.shape[0] < n
+            or vbv.shape[0] < n):
+        raise ValueError("the columns differ in length")
+    if len(half_life_us) < nt:
+        raise ValueError("half_life_us is shorter than tier")
+    for i in range(m):
+        o = <object>PyList_GET_ITEM(ords, i)
+        if o < 0 or o >= n:
+            raise IndexError(f"ordinal {o} outside the columns ({n})")
+    if small_at:
+        at = at_us
+    cdef list rows = []
+    for i in range(m):
+        ob = <object>PyList_GET_ITEM(ords, i)
+        o = ob
+        t = tsv[o]
+        c = confv[o]
+        r = rankv[o]
+        if r >= nt:
+            raise IndexError(f"source class {r} outside the tier table ({nt})")
+        if decay:
+            hl_o = <object>(<tuple>half_life_us)[r]
+            if hl_o is not None:
+                if small_at and -EXACT < t < EXACT:
+                    age = at - t
+                    if age > 0:
+                        hl = hl_o
+                        if age < EXACT and 0 < hl < EXACT:
+                            c *= pow(2.0, -(<double>age) / <double>hl)
+                        else:
+                            c *= 2.0 ** (-(at_us - t) / hl_o)
+                else:
+                    age_o = at_us - t
+                    if age_o > 0:
+                        c *= 2.0 ** (-age_o / hl_o)
+        a = vav[o]
+        b = vbv[o]
+        if (a & 0xFF) == HASHED:
+            hashed += 1
+        rows.append((t, seqv[o], c, c * <double>(<object>(<tuple>tier)[r]), r,
+                     (a | (<object>b << 64)) if b else a, ob))
+    return rows, hashed
+
+
+# ---------------------------------------------------------------- the lenses
+# resolve_columns: the rows_only lenses over the index columns, in C.  The
+# reference is lens.py over column_rows' rows (qpure.resolve_columns); every
+# step below mirrors one there, so every float is the same to the bit:
+# canonical order by (timestamp, seq) descending, stable sorts (ties by
+# canonical position), math.fsum's algorithm (_fsum, CPython 3.11's, for
+# finite input), libm's log as math.log calls it.
+
+from libc.stdlib cimport malloc, free, qsort
+from libc.math cimport log, fabs, isfinite
+
+cdef struct Cand:
+    int64_t ts
+    int64_t seq
+    double eff
+    double teff
+    uint64_t va
+    uint64_t vb
+    Py_ssize_t src        # index into ords
+    Py_ssize_t gid        # value group (first appearance in canonical order)
+    int rank
+
+cdef struct Key:          # a sort key: a value to order by, then the position
+    double w
+    Py_ssize_t pos
+
+
+cdef int _by_time_desc(const void* a, const void* b) noexcept nogil:
+    cdef const Cand* x = <const Cand*>a
+    cdef const Cand* y = <const Cand*>b
+    if x.ts != y.ts:
+        return -1 if x.ts > y.ts else 1
+    if x.seq != y.seq:
+        return -1 if x.seq > y.seq else 1
+    return 0
+
+
+cdef int _by_w_desc(const void* a, const void* b) noexcept nogil:
+    # Python's sorted(key=w, reverse=True) is stable: equal weights keep
+    # their order, which is the position's
+    cdef const Key* x = <const Key*>a
+    cdef const Key* y = <const Key*>b
+    if x.w > y.w:
+        return -1
+    if x.w < y.w:
+        return 1
+    return -1 if x.pos < y.pos else (1 if x.pos > y.pos else 0)
+
+
+cdef double _fsum(const double* x, Py_ssize_t m, double* p) noexcept nogil:
+    """math.fsum of the m finite doubles at x (p: scratch of m + 1)."""
+    cdef Py_ssize_t i, j, n = 0, k
+    cdef double v, y, t, hi, yr, lo = 0.0
+    for k in range(m):
+        v = x[k]
+        i = 0
+        for j in range(n):
+            y = p[j]
+            if fabs(v) < fabs(y):
+                t = v
+                v = y
+                y = t
+            hi = v + y
+            yr = hi - v
+            lo = y - yr
+            if lo != 0.0:
+                p[i] = lo
+                i += 1
+            v = hi
+        n = i
+        if v != 0.0:
+            p[n] = v
+            n += 1
+    hi = 0.0
+    lo = 0.0
+    if n > 0:
+        n -= 1
+        hi = p[n]
+        while n > 0:
+            v = hi
+            n -= 1
+            y = p[n]
+            hi = v + y
+            yr = hi - v
+            lo = y - yr
+            if lo != 0.0:
+                break
+        if n > 0 and ((lo < 0.0 and p[n - 1] < 0.0) or (lo > 0.0 and p[n - 1] > 0.0)):
+            y = lo * 2.0
+            v = hi + y
+            yr = v - hi
+            if y == yr:
+                hi = v
+    return hi
+
+
+def fsum(values):
+    """_fsum over a sequence of finite floats (for the parity test against
+    math.fsum)."""
+    cdef Py_ssize_t m = len(values), i
+    cdef double* x = <double*>malloc((m + 1) * sizeof(double))
+    cdef double* p = <double*>malloc((m + 1) * sizeof(double))
+    try:
+        for i in range(m):
+            x[i] = values[i]
+            if not isfinite(x[i]):
+                raise ValueError("fsum here takes finite values only")
+        return _fsum(x, m, p)
+    finally:
+        free(x)
+        free(p)
+
+
+cdef inline double _share(double part, double total) noexcept nogil:
+    return part / total if total > 0.0 else 0.0
+
+
+cdef double _conflict(const double* w, Py_ssize_t k, double* tmp, double* p) noexcept nogil:
+    """lens._conflict of the k weights at w (tmp, p: scratch of k + 1)."""
+    cdef double total, q, h
+    cdef Py_ssize_t i, m = 0
+    if k < 2:
+        return 0.0
+    total = _fsum(w, k, p)
+    if total <= 0.0:
+        return 1.0
+    for i in range(k):
+        q = w[i] / total
+        if q > 0.0:
+            tmp[m] = q * log(q)
+            m += 1
+    h = -_fsum(tmp, m, p)
+    h = h / log(<double>k)
+    h = h if h > 0.0 else 0.0           # max(0.0, h)
+    return h if h < 1.0 else 1.0        # min(1.0, h)
+
+
+cdef Py_ssize_t _block(Cand* c, Py_ssize_t n, Py_ssize_t* slots, Py_ssize_t nslots,
+                       double* w1, double* w2, double* w3, Py_ssize_t* cnt, Py_ssize_t* st,
+                       Py_ssize_t* mem, double* p) noexcept nogil:
+    """lens._group over c[0:n] (canonical order): the value groups numbered
+    in order of first appearance (c[i].gid); returns their number k, with
+    cnt[g] the members, st[g] where they start in mem (mem: every position,
+    grouped, canonical order within a group), w2[g] the fsum of their eff
+    and w3[g] of their eff x tier (a one-member group: its value, as
+    lens._group).  slots: nslots (a power of two >= 2n) of scratch; w1, p:
+    n + 1 of scratch."""
+    cdef Py_ssize_t i, j, g, k = 0, mask = nslots - 1, start
+    cdef uint64_t h
+    cdef Cand* e
+    for i in range(nslots):
+        slots[i] = -1
+    for i in range(n):
+        h = c[i].va * <uint64_t>0x9E3779B97F4A7C15 ^ (c[i].vb + <uint64_t>0x632BE59BD9B4E019)
+        h ^= h >> 29
+        j = <Py_ssize_t>(h & <uint64_t>mask)
+        while True:
+            if slots[j] < 0:
+                slots[j] = i
+                c[i].gid = k
+                k += 1
+                break
+            e = &c[slots[j]]
+            if e.va == c[i].va and e.vb == c[i].vb:
+                c[i].gid = e.gid
+                break
+            j = (j + 1) & mask
+    for g in range(k):
+        cnt[g] = 0
+    for i in range(n):
+        cnt[c[i].gid] += 1
+    start = 0
+    for g in range(k):
+        st[g] = start
+        start += cnt[g]
+    for i in range(n):              # slots[0:k] as each group's fill count
+        slots[i] = 0
+    for i in range(n):
+        g = c[i].gid
+        mem[st[g] + slots[g]] = i
+        slots[g] += 1
+    for g in range(k):
+        start = st[g]
+        if cnt[g] == 1:
+            w2[g] = c[mem[start]].eff
+            w3[g] = c[mem[start]].teff
+            continue
+        for j in range(cnt[g]):
+            w1[j] = c[mem[start + j]].eff
+        w2[g] = _fsum(w1, cnt[g], p)
+        for j in range(cnt[g]):
+            w1[j] = c[mem[start + j]].teff
+        w3[g] = _fsum(w1, cnt[g], p)
+    return k
+
+
+cdef double _consensus_order(const double* w, const Py_ssize_t* cnt, const Py_ssize_t* st,
+                             const Py_ssize_t* mem, Py_ssize_t k, Key* keys,
+                             Py_ssize_t* out, double* p) noexcept nogil:
+    """lens._consensus over the k groups _block made: their members into
+    out, heaviest group first (a stable sort: equal weights keep the
+    groups' order), canonical order within a group; returns the winning
+    group's share of all weight."""
+    cdef Py_ssize_t i, j, g, m = 0
+    if k == 1:
+        for j in range(cnt[0]):
+            out[j] = mem[j]
+        return _share(w[0], w[0])
+    for g in range(k):
+        keys[g].w = w[g]
+        keys[g].pos = g
+    qsort(keys, k, sizeof(Key), _by_w_desc)
+    for i in range(k):
+        g = keys[i].pos
+        for j in range(cnt[g]):
+            out[m] = mem[st[g] + j]
+            m += 1
+    return _share(w[keys[0].pos], _fsum(w, k, p))
+
+
+def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us,
+                    bint decay, tuple half_life_us, tuple tier):
+    """See qpure.resolve_columns."""
+    cdef const int64_t[:] seqv = seq
+    cdef const int64_t[:] tsv = ts
+    cdef const double[:] confv = conf
+    cdef const uint8_t[:] rankv = rank
+    cdef const uint64_t[:] vav = va
+    cdef const uint64_t[:] vbv = vb
+    cdef Py_ssize_t ncol = seqv.shape[0], n = PyList_GET_SIZE(ords), i, j, o, k, nt = len(tier)
+    cdef Py_ssize_t r, nslots, a
+    cdef int kind
+    cdef int64_t t, at = 0, age, hl
+    cdef double cv, score = 0.0, share
+    cdef bint small_at = -EXACT < at_us < EXACT
+    if lens_name == "recency":
+        kind = 0
+    elif lens_name == "confidence":
+        kind = 1
+    elif lens_name == "consensus":
+        kind = 2
+    elif lens_name == "authority":
+        kind = 3
+    elif lens_name == "layered":
+        kind = 4
+    else:
+        raise ValueError(f"lens {lens_name!r} is not resolved over columns")
+    if (tsv.shape[0] < ncol or confv.shape[0] < ncol or rankv.shape[0] < ncol
+            or vav.shape[0] < ncol or vbv.shape[0] < ncol):
+        raise ValueError("the columns differ in length")
+    if len(half_life_us) < nt:
+        raise ValueError("half_life_us is shorter than tier")
+    for i in range(n):
+        o = <object>PyList_GET_ITEM(ords, i)
+        if o < 0 or o >= ncol:
+            raise IndexError(f"ordinal {o} outside the columns ({ncol})")
+    if n == 0:
+        return None, 0.0, 0.0, [], []
+    if small_at:
+        at = at_us
+    nslots = 16
+    while nslots < 2 * n:
+        nslots *= 2
+    cdef Cand* c = <Cand*>malloc(n * sizeof(Cand))
+    cdef Cand* cc = <Cand*>malloc(n * sizeof(Cand))      # one class's candidates
+    cdef Py_ssize_t* slots = <Py_ssize_t*>malloc(nslots * sizeof(Py_ssize_t))
+    cdef double* w1 = <double*>malloc((n + 1) * sizeof(double))
+    cdef double* w2 = <double*>malloc((n + 1) * sizeof(double))
+    cdef double* w3 = <double*>malloc((n + 1) * sizeof(double))
+    cdef double* p = <double*>malloc((n + 1) * sizeof(double))
+    cdef Py_ssize_t* cnt = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* st = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* mem = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* out = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+    cdef Key* keys = <Key*>malloc((n + 1) * sizeof(Key))
+    cdef list ordered, layers
+    try:
+        if (c == NULL or cc == NULL or slots == NULL or w1 == NULL or w2 == NULL
+                or w3 == NULL or p == NULL or cnt == NULL or st == NULL or mem == NULL
+                or out == NULL or keys == NULL):
+            raise MemoryError()
+        for i in range(n):
+            o = <object>PyList_GET_ITEM(ords, i)
+            t = tsv[o]
+            cv = confv[o]
+            r = rankv[o]
+            if r >= nt:
+                raise IndexError(f"source class {r} outside the tier table ({nt})")
+            if decay:
+                hl_o = <object>(<tuple>half_life_us)[r]
+                if hl_o is not None:
+                    if small_at and -EXACT < t < EXACT:
+                        age = at - t
+                        if age > 0:
+                            hl = hl_o
+                            if age < EXACT and 0 < hl < EXACT:
+                                cv *= pow(2.0, -(<double>age) / <double>hl)
+                            else:
+                                cv *= 2.0 ** (-(at_us - t) / hl_o)
+                    else:
+                        age_o = at_us - t
+                        if age_o > 0:
+                            cv *= 2.0 ** (-age_o / hl_o)
+            c[i].ts = t
+            c[i].seq = seqv[o]
+            c[i].eff = cv
+            c[i].teff = cv * <double>(<object>(<tuple>tier)[r])
+            c[i].va = vav[o]
+            c[i].vb = vbv[o]
+            c[i].rank = <int>r
+            c[i].src = i
+        for i in range(n):
+            if not isfinite(c[i].eff) or not isfinite(c[i].teff):
+                return None             # a damaged record: the rows path decides
+        with nogil:
+            qsort(c, n, sizeof(Cand), _by_time_desc)
+            k = _block(c, n, slots, nslots, w1, w2, w3, cnt, st, mem, p)
+            score = _conflict(w3, k, w1, p)
+        if kind == 0:                   # recency: canonical order
+            return (<object>PyList_GET_ITEM(ords, c[0].src), c[0].eff, score,
+                    [<object>PyList_GET_ITEM(ords, c[i].src) for i in range(n)], [])
+        if kind == 1:                   # confidence: by eff, descending, stable
+            for i in range(n):
+                keys[i].w = c[i].eff
+                keys[i].pos = i
+            qsort(keys, n, sizeof(Key), _by_w_desc)
+            i = keys[0].pos
+            return (<object>PyList_GET_ITEM(ords, c[i].src), c[i].eff, score,
+                    [<object>PyList_GET_ITEM(ords, c[keys[j].pos].src) for j in range(n)], [])
+        if kind == 2:                   # consensus
+            share = _consensus_order(w2, cnt, st, mem, k, keys, out, p)
+            return (<object>PyList_GET_ITEM(ords, c[out[0]].src), share, score,
+                    [<object>PyList_GET_ITEM(ords, c[out[j]].src) for j in range(n)], [])
+        # authority, layered: class by class, best first; consensus within each
+        ordered = []
+        layers = []
+        winner = None
+        conf_out = 0.0
+        for r in range(nt):
+            a = 0
+            for i in range(n):          # the class's candidates, canonical order
+                if c[i].rank == r:
+                    cc[a] = c[i]
+                    a += 1
+            if a == 0:
+                continue
+            k = _block(cc, a, slots, nslots, w1, w2, w3, cnt, st, mem, p)
+            share = _consensus_order(w2, cnt, st, mem, k, keys, out, p)
+            if winner is None:
+                winner = <object>PyList_GET_ITEM(ords, cc[out[0]].src)
+                conf_out = share
+            ordered.extend([<object>PyList_GET_ITEM(ords, cc[out[j]].src) for j in range(a)])
+            if kind == 4:
+                layers.append((r, <object>PyList_GET_ITEM(ords, cc[out[0]].src), share,
+                               _conflict(w3, k, w1, p), a))
+        return winner, conf_out, score, ordered, layers
+    finally:
+        free(c); free(cc); free(slots); free(w1); free(w2); free(w3); free(p); free(cnt)
+        free(st); free(mem); free(out); free(keys)

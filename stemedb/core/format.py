@@ -55,6 +55,8 @@ ASSERT_HEAD_SIZE = ASSERT_HEAD.size
 assert ASSERT_HEAD_SIZE == 76, ASSERT_HEAD_SIZE
 ASSERT_RECORDED_AT_OFF = 32   # int64 recorded_at, right after the 32-byte hash (in the payload)
 ASSERT_TIMESTAMP_OFF = 40     # int64 timestamp, after recorded_at
+ASSERT_CONFIDENCE_OFF = 48    # float64 confidence, after timestamp
+ASSERT_SOURCE_CLASS_OFF = 56  # uint8 source class rank (0 = regulatory)
 F_SOURCE = 0x01
 F_PARENT = 0x02
 F_DERIVED = 0x04
@@ -65,3 +67,12 @@ F_SIGNED = 0x10
 SNAPSHOT_MAGIC = b"STEMESNP"
 SNAPSHOT_HEADER = struct.Struct("<8sHHQ32s")  # magic, major, minor, meta length, blake3 of the rest
 SNAPSHOT_NAME = "snapshot.idx"
+# The snapshot's own minor version (its header's minor field): 1 added the
+# lens columns (conf, rank, va, vb).  A snapshot of an older minor is not
+# used: the store rebuilds its indexes from the WAL and writes a new one.
+SNAPSHOT_MINOR = 1
+# The value id of the va/vb columns (index.value_id): a canonical value of at
+# most VALUE_INLINE bytes is its own id; a longer one's va has VALUE_HASHED
+# in its low byte.
+VALUE_INLINE = 15
+VALUE_HASHED = 0xFF

@@ -1,8 +1,10 @@
 """The in-memory indexes, lean enough for millions of assertions.
 
 Per assertion, by ordinal (its position in log order), numpy columns hold
-what filters need without touching the log: seq, location, timestamp,
-recorded_at, lifecycle, epoch id, the full hash.  Lookups go through
+what filters and the lenses need without touching the log: seq, location,
+timestamp, recorded_at, lifecycle, epoch id, the full hash, and for the
+lenses the confidence, the source class rank and the value id
+(:func:`value_id`).  Lookups go through
 :class:`MultiMap`: a sorted numpy run (binary search) plus a small dict of
 recent additions, merged into the run when it grows past ``MERGE_AT``.  The
 memory per entry is 12 bytes in the run instead of ~150 for a Python dict
@@ -13,7 +15,10 @@ outcomes) lives in plain dicts.
 """
 from __future__ import annotations
 
+import google_crc32c
 import numpy as np
+
+from .format import VALUE_HASHED, VALUE_INLINE
 
 
 MERGE_AT = 65536
@@ -235,12 +240,42 @@ class MultiMap:
         return out
 
 
+
+
+def value_id(v: bytes) -> tuple[int, int]:
+    """The value id ``(va, vb)`` of canonical value bytes: two uint64 (the
+    ``va`` and ``vb`` columns) that the lenses group equal values by.
+
+    A value of at most :data:`VALUE_INLINE` bytes is its own id, so ids are
+    equal exactly when the values are: the 16 little-endian bytes ``[len] +
+    value + zero padding``.  A longer one gets ``va = 0xFF | len << 8 |
+    crc32c(value) << 32`` (the length masked to 24 bits) and ``vb`` = its
+    last 8 bytes read as a little-endian uint64: equal values get equal ids,
+    but two different values may too, so a lens that groups two or more
+    candidates under a hashed id compares their bytes first
+    (``query.column_rows``).  The compiled twin computes it inside
+    ``_fast.index_records``.  O(len(v)).
+    """
+    n = len(v)
+    if n <= VALUE_INLINE:
+        b = bytes((n,)) + bytes(v) + bytes(VALUE_INLINE - n)
+        return int.from_bytes(b[:8], "little"), int.from_bytes(b[8:], "little")
+    return (VALUE_HASHED | (n & 0xFFFFFF) << 8 | google_crc32c.value(v) << 32,
+            int.from_bytes(v[n - 8:], "little"))
+
+
 class Columns:
-    """Growable numpy columns, one row per assertion ordinal."""
+    """Growable numpy columns, one row per assertion ordinal.
+
+    ``conf`` (the stored confidence, exact), ``rank`` (the source class,
+    0 = regulatory) and ``va``/``vb`` (:func:`value_id`) are what the
+    ``rows_only`` lenses read, so a query ranks its candidates without
+    decoding them (25 bytes per assertion)."""
 
     SPEC = {
         "seq": np.int64, "loc": np.int64, "ts": np.int64, "rec": np.int64,
         "key": np.int64, "path": np.int32, "epoch": np.int32, "lc": np.int8,
+        "conf": np.float64, "rank": np.uint8, "va": np.uint64, "vb": np.uint64,
     }
     # made by __init__ from SPEC (setattr), declared here for the type checker
     seq: np.ndarray
@@ -251,6 +286,10 @@ class Columns:
     path: np.ndarray
     epoch: np.ndarray
     lc: np.ndarray
+    conf: np.ndarray
+    rank: np.ndarray
+    va: np.ndarray
+    vb: np.ndarray
 
     def __init__(self, capacity: int = 1024):
         self.n = 0
@@ -273,10 +312,15 @@ class Columns:
         self.hashes = new
         self.cap = cap
 
-    def append(self, seq, loc, ts, rec, key, path, epoch, lc, h: bytes) -> int:
+    def append(self, seq, loc, ts, rec, key, path, epoch, lc, h: bytes, conf=0.0, rank=0,
+               va=0, vb=0) -> int:
         i = self.n
         if i >= self.cap:
             self._grow(i + 1)
+        self.conf[i] = conf
+        self.rank[i] = rank
+        self.va[i] = va
+        self.vb[i] = vb
         self.seq[i] = seq
         self.loc[i] = loc
         self.ts[i] = ts

@@ -13,6 +13,8 @@ the cost; bench/results/query-compiled-2026-11-26.md.)
 """
 from __future__ import annotations
 
+from math import isfinite
+
 import numpy as np
 
 from .codec import crc32c
@@ -155,3 +157,81 @@ def frame_rows(locs: list[int], sealed: dict, read, ords: list[int], seqs: list[
                 c *= 2.0 ** (-age / hl)     # the same expression as effective_confidence
         append((ts, seqs[i], c, c * tier[rank], rank, bytes(buf[v:v + lval]), ords[i]))
     return rows, -1
+
+
+HASHED = 0xFF   # format.VALUE_HASHED: the low byte of a hashed value id
+
+
+def column_rows(ords: list[int], seq, ts, conf, rank, va, vb, at_us: int, decay: bool,
+                half_life_us: tuple, tier: tuple) -> tuple[list[tuple], int]:
+    """The lens rows of the candidates ``ords`` read from the index columns
+    (``seq``, ``ts``, ``conf``, ``rank``, ``va``, ``vb``: State.cols), as
+    ``lens.record_rows`` builds them from decoded records, except that the
+    value slot holds the value id ``va | vb << 64`` (``index.value_id``)
+    instead of the value's bytes: (timestamp, seq, effective confidence,
+    x tier, source rank, value id, ordinal).  Returns ``(rows, hashed)``,
+    ``hashed`` the number of rows whose value id is a hash (a longer value:
+    two such rows with equal ids may still hold different values, which
+    the caller checks).  An ordinal outside the columns raises IndexError,
+    a source rank outside ``tier`` too.  O(len(ords)), no record read."""
+    n = len(seq)
+    for o in ords:
+        if not 0 <= o < n:
+            raise IndexError(f"ordinal {o} outside the columns ({n})")
+    if len(ords) < 16:
+        take = [[col.item(o) for o in ords] for col in (seq, ts, conf, rank, va, vb)]
+    else:
+        take = [col[ords].tolist() for col in (seq, ts, conf, rank, va, vb)]
+    rows: list[tuple] = []
+    append = rows.append
+    hashed = 0
+    for o, s, t, c, r, a, b in zip(ords, *take):
+        if decay:
+            hl = half_life_us[r]
+            age = at_us - t
+            if hl is not None and age > 0:
+                c *= 2.0 ** (-age / hl)     # the same expression as effective_confidence
+        if a & 0xFF == HASHED:
+            hashed += 1
+        append((t, s, c, c * tier[r], r, a | b << 64 if b else a, o))
+    return rows, hashed
+
+
+COLUMN_LENSES = ("recency", "confidence", "consensus", "authority", "layered")
+
+
+def resolve_columns(lens_name: str, ords: list[int], seq, ts, conf, rank, va, vb, at_us: int,
+                    decay: bool, half_life_us: tuple, tier: tuple):
+    """Resolve one key's candidates ``ords`` through a ``rows_only`` lens
+    (one of COLUMN_LENSES) from the index columns: lens.py's
+    ``resolve_rows`` over :func:`column_rows` (this is the reference the
+    compiled twin is held to).  Returns ``(winner, confidence,
+    conflict_score, ordered, layers)``: ordinals where a Resolution holds
+    Assertions, ``layers`` (layered only) as ``(source rank, winner,
+    confidence, conflict_score, candidates_count)``; or None when an
+    effective confidence is not finite (a damaged record: the caller's own
+    path decides).  Values are grouped by value id: the caller checks
+    shared hashed ids first (``query._hashed_values_agree``).  An unknown
+    lens is a ValueError, an ordinal outside the columns or a source rank
+    outside ``tier`` an IndexError.  O(n log n)."""
+    from .lens import LENSES, LensContext
+    if lens_name not in COLUMN_LENSES:
+        raise ValueError(f"lens {lens_name!r} is not resolved over columns")
+    rows, _hashed = column_rows(ords, seq, ts, conf, rank, va, vb, at_us, decay,
+                                half_life_us, tier)
+    if not rows:
+        return None, 0.0, 0.0, [], []
+    if not all(isfinite(row[2]) and isfinite(row[3]) for row in rows):
+        return None
+    res = LENSES[lens_name].resolve_rows(rows, LensContext(at_us=at_us, decay=decay))
+    layers = [(_RANKS[x["source_class"]], x["winner"], x["confidence"], x["conflict_score"],
+               x["candidates_count"]) for x in res.extra.get("layers", ())]
+    return res.winner, res.confidence, res.conflict_score, res.ordered, layers
+
+
+def _class_ranks() -> dict:
+    from ..model import SOURCE_CLASSES
+    return {name: i for i, name in enumerate(SOURCE_CLASSES)}
+
+
+_RANKS = _class_ranks()

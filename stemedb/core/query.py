@@ -12,25 +12,34 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import NotFound, UnknownReference, ValidationError
-from ..model import LIFECYCLE_RANK, LIFECYCLES, Assertion, check_concept_path, check_hash, check_name
+from ..model import (
+    LIFECYCLE_RANK, LIFECYCLES, SOURCE_CLASSES, Assertion, check_concept_path, check_hash,
+    check_name,
+)
 from ..timeutil import FIRST_US, LAST_US, format_time, parse_filter_time
 from .fast import str64
 from .index import PRED_BITS
 from . import qfast
+from .format import VALUE_HASHED
 from .lens import (
-    LensContext, conflict_analysis, effective_confidence, get_lens, record_rows, trust_rank,
+    _HALF_LIFE_US, _KEY, _TIER, LensContext, Resolution, conflict_analysis, effective_confidence,
+    get_lens, record_rows, trust_rank,
 )
 from .reader import Answer, take
-from .state import GEN_MASK, GEN_MIX
+from .state import _PRED_MASK, GEN_MASK, GEN_MIX
 
 DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review", "approved"))
 TRACE_LIMIT = 100
-# From this many candidates a rows_only lens resolves over rows (rows_answer),
-# if the page and the audit's top decode at most half of them; otherwise
-# every candidate is decoded, which then costs less than rows plus the page
-# (measured: bench/results/query-compiled-2026-11-26.md)
-ROWS_FROM = 48
+# From this many candidates a rows_only lens is resolved from the index
+# columns (rows_answer: no candidate decoded but the winners, the page and
+# the audit's top); below it every candidate is decoded and resolved as
+# Assertions, which costs the same there (the page shows them all) and
+# keeps the small key's path short (measured:
+# bench/results/query-columns-2026-11-26-session4.md)
+ROWS_FROM = 16
 
 
 class Result(dict):
@@ -143,15 +152,6 @@ def shown(reader, o: int, f: Filters) -> Assertion:
 def shown_many(reader, ords: list[int], f: Filters) -> list[Assertion]:
     """:func:`shown` for many ordinals, their records read as one batch."""
     return reader.assertions(ords, known_at=f.retraction_cut, seq_bound=f.seq_bound)
-
-
-def _page(reader, f: Filters, rec_of: dict | None, ords: list[int]) -> list[Assertion]:
-    """:func:`shown_many`; from the records in ``rec_of`` (ordinal -> record,
-    read already; the others are read) when given."""
-    if rec_of is None:
-        return reader.assertions(ords, known_at=f.retraction_cut, seq_bound=f.seq_bound)
-    get = rec_of.get
-    return reader.assertions(ords, f.retraction_cut, f.seq_bound, [get(o) for o in ords])
 
 
 def gather(reader, paths: list[str], predicate: str | None, f: Filters):
@@ -372,14 +372,20 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                                cursor is not None)
             token = _token(reader.state, paths, predicate, include_descendants)
             ans = cache.answer(akey, token)
-        rec_of = None
+        shown_of = None
+        ntop = AUDIT_CONTRIBUTORS if reader.audit is not None else -1
         if ans is None:
             active, retracted = gather(reader, paths, predicate, f)
             if lens_obj.rows_only and _rows_pay(len(active), limit, reader.audit is not None):
-                # resolved over rows that carry ordinals: only the winners, the
-                # page and the audit's top are decoded into Assertions below
-                ans, rec_of = rows_answer(reader, lens_obj, f, active, retracted, concept_path,
-                                          predicate, include_descendants, token)
+                # resolved from the index columns, candidates as ordinals: only
+                # the winners, the page and the audit's top are decoded, as one
+                # batch (shown_of: ordinal -> Assertion)
+                want = [(offset, offset + limit)]
+                if ntop >= 0:
+                    want.append((0, min(ntop, len(active))))
+                ans, shown_of = rows_answer(reader, lens_obj, f, active, retracted,
+                                            concept_path, predicate, include_descendants,
+                                            token, want)
                 if akey is not None:
                     cache.add_answer(akey, ans)
             else:
@@ -392,14 +398,18 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             # the audit's top) is decoded; a first page and the top overlap,
             # so they are decoded as one batch
             ords = ans.ords
-            top: list[Assertion] | None
-            ntop = min(AUDIT_CONTRIBUTORS, ans.active) if reader.audit is not None else -1
-            if offset == 0 and ntop >= 0:
-                both = _page(reader, f, rec_of, ords[:max(limit, ntop)].tolist())
+            top: list[Assertion] | None = None
+            ntop = min(ntop, ans.active)
+            if shown_of is not None:
+                page = [shown_of[o] for o in ords[offset:offset + limit]]
+                if ntop >= 0:
+                    top = [shown_of[o] for o in ords[:ntop]]
+            elif offset == 0 and ntop >= 0:
+                both = shown_many(reader, ords[:max(limit, ntop)].tolist(), f)
                 page, top = both[:limit], both[:ntop]
             else:
-                page = _page(reader, f, rec_of, ords[offset:offset + limit].tolist())
-                top = _page(reader, f, rec_of, ords[:ntop].tolist()) if ntop >= 0 else None
+                page = shown_many(reader, ords[offset:offset + limit].tolist(), f)
+                top = shown_many(reader, ords[:ntop].tolist(), f) if ntop >= 0 else None
     if ans is not None:
         results: list[dict] = [Result(r) for r in ans.results]
         nxt = _cursor(offset + limit, f) if offset + limit < len(ans.ords) else None
@@ -436,41 +446,123 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
 
 
 def _rows_pay(candidates: int, limit: int, audited: bool) -> bool:
-    """Whether :func:`rows_answer` pays for ``candidates`` (see ROWS_FROM)."""
-    decoded = limit + (AUDIT_CONTRIBUTORS if audited else 0)
-    return candidates >= ROWS_FROM and candidates >= 2 * decoded
+    """Whether :func:`rows_answer` pays for ``candidates`` (see ROWS_FROM):
+    it decodes at most the page and the audit's top, never more than the
+    Assertion path, so only the smallest keys stay there."""
+    return candidates >= ROWS_FROM
+
+
+def column_rows(reader, ords: list[int], at_us: int, decay: bool) -> list[tuple]:
+    """The lens rows of the candidates ``ords`` (call under the lock), read
+    from the index columns (``qfast.column_rows``): no record is decoded,
+    unless two candidates share a hashed value id (a canonical value longer
+    than ``format.VALUE_INLINE`` bytes), whose records are then read to
+    compare their values.  When two such values differ (ids of different
+    values collided), the rows are built from every candidate's record
+    instead (``lens.record_rows``), so grouping by value is always exact.
+    The rows order, group and sum like ``record_rows``' (the value slot
+    groups the same candidates: tests/unit/test_query_columns.py)."""
+    c = reader.state.cols
+    rows, hashed = qfast.column_rows(ords, c.seq, c.ts, c.conf, c.rank, c.va, c.vb, at_us,
+                                     decay, _HALF_LIFE_US, _TIER)
+    if hashed > 1 and not _hashed_values_agree(
+            reader, [(row[_KEY], row[-1]) for row in rows if row[_KEY] & 0xFF == VALUE_HASHED]):
+        rows = record_rows(ords, reader.read_records(ords), take(c.seq, ords), at_us, decay)
+    return rows
+
+
+def _hashed_values_agree(reader, pairs) -> bool:
+    """Whether the candidates sharing each hashed value id hold equal values
+    (``pairs``: (value id, ordinal) of the hashed ones; the records of ids
+    held by two or more are read)."""
+    by_id: dict[int, list[int]] = {}
+    for vid, o in pairs:
+        by_id.setdefault(vid, []).append(o)
+    shared = [os for os in by_id.values() if len(os) > 1]
+    if not shared:
+        return True
+    recs = iter(reader.read_records([o for os in shared for o in os]))
+    for os in shared:
+        if len({next(recs).value_json for _ in os}) > 1:
+            return False
+    return True
+
+
+def columns_resolution(reader, lens_obj, ords: list[int], at_us: int, decay: bool):
+    """The Resolution of a ``rows_only`` lens over one key's candidates
+    ``ords``, ranked from the index columns (``qfast.resolve_columns``:
+    compiled, or lens.py over :func:`column_rows`), with ordinals where
+    Assertions would be (call under the lock).  None when it declines (an
+    effective confidence that is not finite) or two different values
+    share a hashed value id: :func:`column_rows` answers then."""
+    c = reader.state.cols
+    if len(ords) < 16:
+        pairs = [(a | b << 64, o) for a, b, o in zip(take(c.va, ords), take(c.vb, ords), ords)
+                 if a & 0xFF == VALUE_HASHED]
+    else:
+        o = np.fromiter(ords, dtype=np.int64, count=len(ords))
+        if int(o.min()) < 0 or int(o.max()) >= c.n:
+            raise IndexError(f"an ordinal outside the columns ({c.n})")
+        hashed = (c.va[o] & np.uint64(0xFF)) == np.uint64(VALUE_HASHED)
+        pairs = []
+        if int(np.count_nonzero(hashed)) > 1:
+            h = o[hashed]
+            pairs = [(a | b << 64, x) for a, b, x in zip(c.va[h].tolist(), c.vb[h].tolist(),
+                                                         h.tolist())]
+    if len(pairs) > 1 and not _hashed_values_agree(reader, pairs):
+        return None
+    got = qfast.resolve_columns(lens_obj.name, ords, c.seq, c.ts, c.conf, c.rank, c.va, c.vb,
+                                at_us, decay, _HALF_LIFE_US, _TIER)
+    if got is None:
+        return None
+    winner, conf, score, ordered, layers = got
+    if winner is None:
+        return Resolution(None, 0.0, 0.0, [], lens_obj._empty_extra())
+    if lens_obj.name != "layered":
+        return Resolution(winner, conf, score, ordered)
+    return Resolution(winner, conf, score, ordered, {"layers": [
+        {"source_class": SOURCE_CLASSES[r], "winner": w, "confidence": share,
+         "conflict_score": cs, "candidates_count": n} for r, w, share, cs, n in layers]})
 
 
 def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list[int],
                 concept_path: str, predicate: str | None, include_descendants: bool,
-                token) -> tuple[Answer, dict]:
+                token, want: list[tuple[int, int]] = ()) -> tuple[Answer, dict]:
     """The answer of a ``rows_only`` lens over what :func:`gather` returned
-    (call under the lock): one lens row per candidate from its record (no
-    Assertion), the lens over the rows, and Assertions for the winners
-    only.  The same results and order
-    as :func:`resolve_groups` over the decoded candidates gives (the rows are
-    the same numbers: tests/unit/test_query_parity.py), as an :class:`Answer`
-    holding the candidates' ordinals in the lens's order, and the records
-    read (ordinal -> record) for the page's decode."""
+    (call under the lock): one lens row per candidate from the index
+    columns (:func:`column_rows`: no record decoded), the lens over the
+    rows, and Assertions for the winners only.  The same results and order
+    as :func:`resolve_groups` over the decoded candidates gives
+    (tests/unit/test_query_parity.py, test_query_columns.py), as an
+    :class:`Answer` holding the candidates' ordinals in the lens's order,
+    and, as one batch with the winners, the Assertions of the ranges
+    ``want`` of that order (ordinal -> Assertion: the page and the audit's
+    top)."""
     st = reader.state
     at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None else reader.clock()
     ctx = LensContext(at_us=at, decay=f.decay)   # votes and trust: no rows_only lens reads them
     keyed: list[tuple[tuple, list]]
-    if predicate is not None and not include_descendants:
-        # gather read one (path, predicate) key: every candidate is of it,
-        # so the rows need nothing else of the records
-        rows, rec_of = reader.lens_rows(active, take(st.cols.seq, active), at, f.decay)
+    single = predicate is not None and not include_descendants
+    res = None
+    if single and lens_obj.name in qfast.COLUMN_LENSES:
+        res = columns_resolution(reader, lens_obj, active, at, f.decay)
+    if res is not None:
+        keyed = [((concept_path, predicate), active)]
+        rows = []
+    elif single:
+        # gather read one (path, predicate) key: every candidate is of it
+        rows = column_rows(reader, active, at, f.decay)
         keyed = [((concept_path, predicate), rows)]
     else:
-        recs = reader.read_records(active)
-        rows = record_rows(active, recs, take(st.cols.seq, active), at, f.decay)
-        rec_of = dict(zip(active, recs))
-        by_key: dict[tuple, list] = {}
-        for row, rec in zip(rows, recs):
-            by_key.setdefault((rec.concept_path, rec.predicate), []).append(row)
-        keyed = sorted(by_key.items())
+        rows = column_rows(reader, active, at, f.decay)
+        by_key: dict[int, list] = {}
+        for row, key in zip(rows, take(st.cols.key, active)):
+            by_key.setdefault(key, []).append(row)
+        names, preds = st.path_names, st.pred_names
+        keyed = sorted(((names[k >> PRED_BITS], preds[k & _PRED_MASK]), g)
+                       for k, g in by_key.items())
     counts = [len(g) for _, g in keyed]
-    resolutions = [lens_obj.resolve_rows(g, ctx) for _, g in keyed]
+    resolutions = [res] if res is not None else [lens_obj.resolve_rows(g, ctx) for _, g in keyed]
     if len(resolutions) == 1:
         ordered = resolutions[0].ordered
     elif resolutions:
@@ -478,17 +570,18 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
     else:
         ordered = []
     if retracted and f.include_retracted:
-        rrecs = reader.read_records(retracted)
-        rseqs = take(st.cols.seq, retracted)
+        c = st.cols
         ordered = ordered + [o for _, _, o in sorted(
-            zip([-r.timestamp for r in rrecs], [-s for s in rseqs], retracted))]
+            zip([-t for t in take(c.ts, retracted)], [-s for s in take(c.seq, retracted)],
+                retracted))]
     # the winners (and a layered lens's per-class winners) as Assertions, one batch
     layers = [layer for res in resolutions for layer in res.extra.get("layers", ())]
-    want = [res.winner for res in resolutions if res.winner is not None]
-    want += [layer["winner"] for layer in layers]
-    if retracted and f.include_retracted:
-        rec_of.update(zip(retracted, rrecs))
-    shown_of = dict(zip(want, _page(reader, f, rec_of, want))) if want else {}
+    show = [res.winner for res in resolutions if res.winner is not None]
+    show += [layer["winner"] for layer in layers]
+    for a, b in want:
+        show += ordered[a:b]
+    show = list(dict.fromkeys(show))
+    shown_of = dict(zip(show, shown_many(reader, show, f))) if show else {}
     for layer in layers:
         layer["winner"] = shown_of[layer["winner"]]
     results = []
@@ -499,7 +592,7 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
                        candidates_count=n)
         entry.update(res.extra)
         results.append(entry)
-    return Answer(token, results, ordered, len(active)), rec_of
+    return Answer(token, results, ordered, len(active)), shown_of
 
 
 def resolve_groups(lens_obj, cands: list[Assertion], ctx, concept_path: str,

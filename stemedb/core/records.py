@@ -24,7 +24,7 @@ from .format import (
     ASSERT_HEAD, ASSERT_HEAD_SIZE, F_DERIVED, F_EPOCH, F_PARENT, F_SIGNED, F_SOURCE,
     FRAME_SIZE, REC_ASSERT, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE,
 )
-from .index import PRED_BITS, bytes64
+from .index import PRED_BITS, bytes64, value_id
 
 _unpack_head = ASSERT_HEAD.unpack_from
 _dec = msgspec.msgpack.Decoder()
@@ -36,8 +36,8 @@ def payload_overrun(off: int, length: int, buf_len: int) -> CorruptionError:
 
 
 def index_records(buf, offsets, types, seqs, loc_base: int, first: int,
-                  seq_c, loc_c, ts_c, rec_c, key_c, path_c, epoch_c, lc_c, hash_c,
-                  hkey_out, src_out, src_ord_out,
+                  seq_c, loc_c, ts_c, rec_c, key_c, path_c, epoch_c, lc_c, conf_c, rank_c,
+                  va_c, vb_c, hash_c, hkey_out, src_out, src_ord_out,
                   path_ids: dict, path_names: list, pred_ids: dict, pred_names: list,
                   epoch_ids: dict):
     """Write the index row of every assertion among ``offsets`` into the columns.
@@ -48,7 +48,8 @@ def index_records(buf, offsets, types, seqs, loc_base: int, first: int,
     already grown to hold them) gets the ``i``-th assertion: its seq, its
     location ``loc_base + offset`` (``loc_base`` is ``segment << 40`` plus
     the file offset of ``buf[0]``), timestamp, recorded_at, index key,
-    concept path id, epoch id, lifecycle and hash.  ``hkey_out[i]`` gets
+    concept path id, epoch id, lifecycle, confidence, source class rank,
+    value id (``index.value_id``: ``va_c``, ``vb_c``) and hash.  ``hkey_out[i]`` gets
     its 64-bit hash prefix (the ``by_hash`` key); for the ``j``-th
     assertion with a source, ``src_out[j]`` gets the ``str64`` of the
     source and ``src_ord_out[j]`` its ordinal (scratch arrays of at least
@@ -63,6 +64,7 @@ def index_records(buf, offsets, types, seqs, loc_base: int, first: int,
     record.  O(records).
     """
     hashes, seq_l, loc_l, ts_l, rec_l, key_l, pid_l, ep_l, lc_l = [], [], [], [], [], [], [], [], []
+    conf_l, rank_l, va_l, vb_l = [], [], [], []
     src_k, src_o, edges, metas = [], [], [], []
     size = len(buf)
     i = 0
@@ -75,7 +77,7 @@ def index_records(buf, offsets, types, seqs, loc_base: int, first: int,
         if length < ASSERT_HEAD_SIZE or off + FRAME_SIZE + length > size:
             raise payload_overrun(off, length, size)
         p = off + FRAME_SIZE
-        (h, rec, ts, _conf, _sclass, lc, fields, _r, lpath, lpred, lsrc, lep, nd,
+        (h, rec, ts, conf, sclass, lc, fields, _r, lpath, lpred, lsrc, lep, nd,
          lval) = _unpack_head(buf, p)
         need = (ASSERT_HEAD_SIZE + lpath + lpred + (lsrc if fields & F_SOURCE else 0)
                 + (lep if fields & F_EPOCH else 0) + (32 if fields & F_PARENT else 0)
@@ -113,6 +115,8 @@ def index_records(buf, offsets, types, seqs, loc_base: int, first: int,
             if fields & F_DERIVED:
                 derived = [bytes(buf[q + 32 * j:q + 32 * j + 32]) for j in range(nd)]
             edges.append((o, parent, derived))
+        va, vb = value_id(bytes(buf[p + need - lval:p + need]))
+        conf_l.append(conf); rank_l.append(sclass); va_l.append(va); vb_l.append(vb)
         hashes.append(h)
         seq_l.append(seq); loc_l.append(loc_base + off); ts_l.append(ts); rec_l.append(rec)
         key_l.append((pid << PRED_BITS) | qid); pid_l.append(pid); ep_l.append(eid)
@@ -124,12 +128,15 @@ def index_records(buf, offsets, types, seqs, loc_base: int, first: int,
         seq_c[first] = seq_l[0]; loc_c[first] = loc_l[0]; ts_c[first] = ts_l[0]
         rec_c[first] = rec_l[0]; key_c[first] = key_l[0]; path_c[first] = pid_l[0]
         epoch_c[first] = ep_l[0]; lc_c[first] = lc_l[0]
+        conf_c[first] = conf_l[0]; rank_c[first] = rank_l[0]
+        va_c[first] = va_l[0]; vb_c[first] = vb_l[0]
         hash_c[first] = np.frombuffer(hashes[0], dtype=np.uint8)
         hkey_out[0] = int.from_bytes(hashes[0][:8], "little")
     elif n:
         sl = slice(first, first + n)
         seq_c[sl] = seq_l; loc_c[sl] = loc_l; ts_c[sl] = ts_l; rec_c[sl] = rec_l
         key_c[sl] = key_l; path_c[sl] = pid_l; epoch_c[sl] = ep_l; lc_c[sl] = lc_l
+        conf_c[sl] = conf_l; rank_c[sl] = rank_l; va_c[sl] = va_l; vb_c[sl] = vb_l
         hb = np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 32)
         hash_c[sl] = hb
         hkey_out[:n] = np.ascontiguousarray(hb[:, :8]).view(np.uint64).reshape(n)
@@ -163,10 +170,13 @@ def extract_with(index_fn):
                 "key": np.empty(n, np.int64), "path": np.empty(n, np.int32),
                 "epoch": np.empty(n, np.int32), "lc": np.empty(n, np.int8),
                 "hashes": np.empty((n, 32), np.uint8)}
+        # the lens columns are not part of this older interface's answer
+        lens = (np.empty(n, np.float64), np.empty(n, np.uint8), np.empty(n, np.uint64),
+                np.empty(n, np.uint64))
         _n, ns, _m, edges, metas = index_fn(
             buf, offsets, types, seqs, segno << 40, 0, cols["seq"], cols["loc"],
             cols["ts"], cols["rec"], cols["key"], cols["path"], cols["epoch"], cols["lc"],
-            cols["hashes"], hk, sk, so, path_ids, path_names, pred_ids, pred_names, epoch_ids)
+            *lens, cols["hashes"], hk, sk, so, path_ids, path_names, pred_ids, pred_names, epoch_ids)
         sk, so = sk[:ns], so[:ns]
         if first_ord:               # rows start at 0 here, ordinals at first_ord
             so = (so + first_ord).astype(np.int32)

@@ -6,8 +6,9 @@ block (log position, the sparse state, the array directory), then the raw
 numpy arrays.  Written to a temp file, fsynced, renamed, directory fsynced,
 so a crash leaves the old snapshot or the new one, never a mix.
 
-A snapshot is trusted only if its checksum holds, its log id equals the
-WAL's, and the last record it covers is still in the WAL at the same place
+A snapshot is trusted only if its minor version is
+``format.SNAPSHOT_MINOR`` or later (an older one lacks the lens columns:
+:class:`StaleSnapshot`), its checksum holds, its log id equals the WAL's, and the last record it covers is still in the WAL at the same place
 with the same seq and CRC; otherwise the store rebuilds from the WAL.
 
 Reading maps the file (``mmap``, private and copy-on-write): the columns
@@ -45,7 +46,7 @@ from sortedcontainers import SortedList
 
 from ..errors import CorruptionError, UnsupportedFormat
 from .fileio import FileSystem
-from .format import FORMAT_MAJOR, FORMAT_MINOR, SNAPSHOT_HEADER, SNAPSHOT_MAGIC, SNAPSHOT_NAME
+from .format import FORMAT_MAJOR, SNAPSHOT_HEADER, SNAPSHOT_MAGIC, SNAPSHOT_MINOR, SNAPSHOT_NAME
 from .index import Columns, MultiMap
 from .state import Epoch, Retraction, State
 
@@ -53,6 +54,12 @@ _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 _MAPS = ("by_hash", "by_key", "by_path", "by_source")
 ALIGN = 64                  # every array starts on a 64-byte boundary of the file
+
+
+class StaleSnapshot(UnsupportedFormat):
+    """A snapshot of an older minor version (format.SNAPSHOT_MINOR): sound,
+    but without columns this version keeps.  Recovery rebuilds from the WAL
+    (it catches CorruptionError, of which this is one) and writes a new one."""
 
 
 def snapshot_path(db_dir: str) -> str:
@@ -107,7 +114,7 @@ def encode(state: State, position: dict) -> bytearray:
             dst[:] = arr.reshape(-1)
     with memoryview(out) as whole, whole[hs:] as body:
         digest = blake3.blake3(body, max_threads=blake3.blake3.AUTO).digest()
-    SNAPSHOT_HEADER.pack_into(out, 0, SNAPSHOT_MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(meta),
+    SNAPSHOT_HEADER.pack_into(out, 0, SNAPSHOT_MAGIC, FORMAT_MAJOR, SNAPSHOT_MINOR, len(meta),
                               digest)
     return out
 
@@ -154,6 +161,11 @@ def read(path: str, *, verify: bool = True) -> tuple[State, dict]:
     if major != FORMAT_MAJOR:
         raise UnsupportedFormat(f"index snapshot {path} is format {major}.{minor}; "
                                 f"this StemeDB reads {FORMAT_MAJOR}.x", file=path)
+    if minor < SNAPSHOT_MINOR:
+        # checked before the checksum: the columns it lacks cannot be made up
+        raise StaleSnapshot(f"index snapshot {path} is version {major}.{minor}, from before "
+                            f"the lens columns; this StemeDB writes {FORMAT_MAJOR}."
+                            f"{SNAPSHOT_MINOR} and rebuilds its indexes from the WAL", file=path)
     if verify:
         with memoryview(data) as whole, whole[hs:] as body:
             ok = blake3.blake3(body, max_threads=blake3.blake3.AUTO).digest() == digest

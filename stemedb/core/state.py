@@ -244,7 +244,8 @@ class State:
         hk, sk, so = self._scratch(len(offsets))
         n, ns, max_rec, edges, metas = fast.index_records(
             buf, offsets, types, seqs, loc_base, first, c.seq, c.loc, c.ts, c.rec, c.key,
-            c.path, c.epoch, c.lc, c.hashes, hk, sk, so, self.path_ids, self.path_names,
+            c.path, c.epoch, c.lc, c.conf, c.rank, c.va, c.vb, c.hashes, hk, sk, so,
+            self.path_ids, self.path_names,
             self.pred_ids, self.pred_names, self.epoch_ids)
         if len(self.path_names) > n_paths:
             new = self.path_names[n_paths:]

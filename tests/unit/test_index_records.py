@@ -34,7 +34,10 @@ def _log(n, seed=3):
     frames.append(codec.encode_frame(REC_EPOCH, 0, seq, _enc.encode(EPOCH_BODY)))
     for i in range(n):
         body = {"concept_path": f"d{rnd.randrange(4)}/é{rnd.randrange(40)}/y{'x' * (i % 11)}",
-                "predicate": f"p{rnd.randrange(5)}", "value": i, "confidence": 0.5,
+                "predicate": f"p{rnd.randrange(5)}",
+                # short values are their own value id, longer ones hashed
+                "value": i if i % 3 else {"k": "v" * (i % 23), "i": i},
+                "confidence": (0.0, 0.5, 1.0, 0.123456)[i % 4],
                 "timestamp": 1_700_000_000 + i}
         if rnd.random() < 0.6:
             body["source"] = rnd.choice(["fda://l", "pubmed://9", "forum://😀"])
@@ -73,6 +76,8 @@ def _run(fn, buf, offs, types, seqs, first=3, rows=None, epoch_ids=None, seed_pa
     rows = rows or first + len(offs) + 2
     cols = [np.full(rows, -7, np.int64) for _ in range(5)] + \
         [np.full(rows, -7, np.int32), np.full(rows, -7, np.int32), np.full(rows, -7, np.int8),
+         np.full(rows, -7.0, np.float64), np.full(rows, 7, np.uint8),
+         np.full(rows, 7, np.uint64), np.full(rows, 7, np.uint64),
          np.full((rows, 32), 7, np.uint8)]
     scratch = [np.zeros(len(offs), np.uint64), np.zeros(len(offs), np.uint64),
                np.zeros(len(offs), np.int32)]
@@ -166,16 +171,21 @@ def test_compiled_index_records_checks_the_columns_it_writes_through():
     offs, types, seqs = _scan(buf)
     good = _run(_fast.index_records, buf, offs, types, seqs)
     assert good["n"] == 4
-    for bad in ("short", "dtype", "strided", "readonly"):
+    for bad in ("short", "dtype", "strided", "readonly", "lens dtype", "lens short"):
         cols = [np.zeros(20, np.int64) for _ in range(5)] + [
             np.zeros(20, np.int32), np.zeros(20, np.int32), np.zeros(20, np.int8),
-            np.zeros((20, 32), np.uint8)]
+            np.zeros(20, np.float64), np.zeros(20, np.uint8), np.zeros(20, np.uint64),
+            np.zeros(20, np.uint64), np.zeros((20, 32), np.uint8)]
         if bad == "short":
             cols[0] = np.zeros(3, np.int64)
         elif bad == "dtype":
             cols[5] = np.zeros(20, np.int64)
         elif bad == "strided":
             cols[1] = np.zeros(40, np.int64)[::2]
+        elif bad == "lens dtype":
+            cols[9] = np.zeros(20, np.int8)         # rank
+        elif bad == "lens short":
+            cols[11] = np.zeros(2, np.uint64)       # vb
         else:
             cols[2].setflags(write=False)
         scratch = [np.zeros(8, np.uint64), np.zeros(8, np.uint64), np.zeros(8, np.int32)]
@@ -258,3 +268,23 @@ def test_a_store_reopened_by_rebuild_has_the_state_its_writes_built(opener, data
     r = opener()
     assert r.rebuilt
     assert _state_view(r.state) == live
+
+
+def test_the_lens_columns_hold_each_records_confidence_class_and_value_id():
+    """conf, rank, va, vb: the record's confidence and source class, and
+    index.value_id of its canonical value bytes, in both modes."""
+    from stemedb.core.index import value_id
+    buf, hashes = _log(60)
+    offs, types, seqs = _scan(buf)
+    st = State()
+    st.apply_epoch(1, EPOCH_BODY)
+    st.apply_group(buf, offs, types, seqs, 0)
+    recs = [codec.decode_assert(buf, o + FRAME_SIZE) for o, t in zip(offs, types)
+            if t == REC_ASSERT]
+    c = st.cols
+    assert c.conf[:c.n].tolist() == [r.confidence for r in recs]
+    assert c.rank[:c.n].tolist() == [r.source_class for r in recs]
+    ids = [value_id(r.value_json) for r in recs]
+    assert list(zip(c.va[:c.n].tolist(), c.vb[:c.n].tolist())) == ids
+    assert any(a & 0xFF == 0xFF for a, _b in ids) and any(a & 0xFF != 0xFF for a, _b in ids), \
+        "the log holds both inline and hashed value ids"
