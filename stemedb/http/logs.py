@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 
@@ -47,11 +48,14 @@ def _stamp(record: logging.LogRecord) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
 
 
-def _fields(record: logging.LogRecord):
-    for key, value in record.__dict__.items():
-        if key in _STD or key.startswith("_") or value is None:
-            continue
-        yield key, value
+def _fields(record: logging.LogRecord) -> list:
+    # a list comprehension, not a generator: every access line formats ~27
+    # attributes, and this runs once per request at the default log level
+    return [(key, value) for key, value in record.__dict__.items()
+            if key not in _STD and value is not None and not key.startswith("_")]
+
+
+_QUOTE = re.compile(r'[ "=\n\t]')   # a value holding one of these is JSON-quoted
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -59,7 +63,7 @@ class KeyValueFormatter(logging.Formatter):
         parts = [_stamp(record), record.levelname, record.name, record.getMessage()]
         for key, value in _fields(record):
             text = str(value)
-            if not text or any(c in text for c in ' "=\n\t'):
+            if not text or _QUOTE.search(text):
                 text = json.dumps(text)
             parts.append(f"{key}={text}")
         line = " ".join(parts)
@@ -174,6 +178,11 @@ class GunicornLogger(_GLogger):
             return
         try:
             f = access_fields(resp, req, environ, request_time)
-            self._access.info(f"{f['method']} {f['path']} {f['status']}", extra=f)
+            # Logger.info less its findCaller (a stack walk per request): the
+            # formats print no caller, and handle() applies the same filters
+            logger = self._access
+            logger.handle(logger.makeRecord(
+                logger.name, logging.INFO, "(unknown file)", 0,
+                f"{f['method']} {f['path']} {f['status']}", (), None, extra=f))
         except Exception:  # noqa: BLE001 - a log line never fails a request
             self.error_log.exception("writing the access log line failed")

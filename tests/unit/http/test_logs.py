@@ -31,6 +31,15 @@ def test_text_format_keeps_the_message_verbatim_then_fields():
     assert rest == 'hello world status=200 path="/a b"'
 
 
+@pytest.mark.parametrize("value, shown", [
+    ("plain", "plain"), ("", '""'), ("a=b", '"a=b"'), ('say "x"', '"say \\"x\\""'),
+    ("two\nlines", '"two\\nlines"'), ("tab\there", '"tab\\there"'), (1.5, "1.5"),
+])
+def test_text_format_quotes_only_values_that_would_split_the_line(value, shown):
+    line = logs.KeyValueFormatter().format(_record(v=value, skipped=None, _private=1))
+    assert line.endswith(f"hello world v={shown}"), "None and _private fields are left out"
+
+
 def test_json_format_is_one_object_per_line_with_typed_fields():
     try:
         raise ValueError("boom")
