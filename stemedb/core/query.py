@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -25,8 +26,8 @@ from .index import PRED_BITS
 from . import qfast
 from .format import VALUE_HASHED
 from .lens import (
-    _HALF_LIFE_US, _KEY, _TIER, LensContext, Resolution, conflict_analysis, effective_confidence,
-    get_lens, record_rows, trust_rank,
+    _HALF_LIFE_US, _KEY, _TIER, LensContext, Resolution, conflict_analysis, get_lens,
+    record_rows, trust_rank,
 )
 from .reader import Answer, take
 from .state import _PRED_MASK, GEN_MASK, GEN_MIX
@@ -343,8 +344,12 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
               lens="recency", as_of=None, known_at=None, since=None, lifecycle=None,
               epoch=None, decay=False, include_retracted=False, limit=100, cursor=None,
               agent=None) -> QueryResult:
-    check_concept_path(concept_path)
-    if predicate is not None:
+    # A stored path or predicate passed these checks when it was written
+    # (a dict lookup instead of ~3 us of checks for a small key's query)
+    st = reader.state
+    if type(concept_path) is not str or concept_path not in st.path_ids:
+        check_concept_path(concept_path)
+    if predicate is not None and (type(predicate) is not str or predicate not in st.pred_ids):
         check_name(predicate, "predicate", "predicate")
     _bool(include_descendants, "include_descendants")
     if type(lens) is not str:
@@ -527,7 +532,7 @@ def columns_resolution(reader, lens_obj, ords: list[int], at_us: int, decay: boo
 
 def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list[int],
                 concept_path: str, predicate: str | None, include_descendants: bool,
-                token, want: list[tuple[int, int]] = ()) -> tuple[Answer, dict]:
+                token, want: Sequence[tuple[int, int]] = ()) -> tuple[Answer, dict]:
     """The answer of a ``rows_only`` lens over what :func:`gather` returned
     (call under the lock): one lens row per candidate from the index
     columns (:func:`column_rows`: no record decoded), the lens over the
@@ -651,6 +656,25 @@ AUDIT_CONTRIBUTORS = 20   # candidates an audit entry names; the rest are counte
 AUDIT_RESULTS = 100       # winners an audit entry names; the rest are counted
 
 
+def _contributing(top: list[Assertion], at_us: int, decay: bool) -> list[dict]:
+    """The audit's ``contributing`` entries: each assertion's hash and its
+    effective confidence, read off the records (the numbers
+    ``effective_confidence`` gives: tests/unit/test_query_columns.py;
+    the Assertion properties and a keyword call cost the writer ~1 us
+    each)."""
+    out = []
+    for a in top:
+        r = a.record
+        c = r.confidence
+        if decay:
+            hl = _HALF_LIFE_US[r.source_class]
+            age = at_us - r.timestamp
+            if hl is not None and age > 0:
+                c *= 2.0 ** (-age / hl)     # the same expression as effective_confidence
+        out.append({"hash": r.hash.hex(), "weight": c})
+    return out
+
+
 def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     """Queue the query's audit entry; O(len(results)) here, whatever the candidates.
 
@@ -679,10 +703,9 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
         given = params.items() if type(params) is dict else zip(_AUDIT_PARAMS, params)
         return {"id": qid, "at": format_time(at), "at_us": at, "agent": agent,
                 "params": {k: v for k, v in given if v is not None},
-                "result_hashes": [w.hash for w in winners],
+                "result_hashes": [w.record.hash.hex() for w in winners],
                 "result_hashes_more": more_winners,
-                "contributing": [{"hash": a.hash, "weight": effective_confidence(
-                    a, at_us=at_us, decay=decay)} for a in top],
+                "contributing": _contributing(top, at_us, decay),
                 "contributing_more": active - len(top)}
     reader.audit.add(entry)
 

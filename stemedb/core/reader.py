@@ -23,10 +23,9 @@ from typing import Any, Callable, Iterator
 from ..errors import ChecksumMismatch
 from ..model import Assertion, AssertionRecord
 from ..timeutil import format_time
-from . import codec, fast, qfast
+from . import codec, fast
 from .format import FRAME, FRAME_CRC_FROM, FRAME_SIZE
 from .index import unpack_loc
-from .lens import _HALF_LIFE_US, _TIER, record_rows
 
 # Settings.read_cache_bytes.  48 MiB keeps RSS per assertion at 1,000,000 under
 # 300 bytes with the cache full (bench/results/read-cache-*.md).
@@ -315,44 +314,6 @@ class Reader:
                 new.append((loc, rec, entry_size(rec, length)))
             cache.add_records(new)
         return out
-
-    def lens_rows(self, ords: list[int], seqs: list[int], at_us: int,
-                  decay: bool) -> tuple[list[tuple], dict]:
-        """``lens.record_rows`` of ``ords`` (with their ``seqs``) and the
-        records used (ordinal -> record, the cache's hits).  The cache's
-        misses are read straight from the log into rows, CRC checked but not
-        decoded (``qfast.frame_rows``), while the cache is off or thrashing:
-        a decoded record would then be dropped unused; otherwise they are
-        read and cached as :meth:`read_records` does."""
-        cache = self.cache
-        if cache is not None and not cache.thrashing:
-            recs = self.read_records(ords)
-            return record_rows(ords, recs, seqs, at_us, decay), dict(zip(ords, recs))
-        locs = take(self.state.cols.loc, ords)
-        got = cache.records(locs) if cache is not None else [None] * len(ords)
-        have = [i for i, r in enumerate(got) if r is not None]
-        rows = record_rows([ords[i] for i in have], [got[i] for i in have],
-                           [seqs[i] for i in have], at_us, decay)
-        miss = [i for i, r in enumerate(got) if r is None] if have else range(len(ords))
-        if miss:
-            rows += self._frame_rows([locs[i] for i in miss], [ords[i] for i in miss],
-                                     [seqs[i] for i in miss], at_us, decay)
-        return rows, {ords[i]: got[i] for i in have}
-
-    def _frame_rows(self, locs: list[int], ords: list[int], seqs: list[int], at_us: int,
-                    decay: bool) -> list[tuple]:
-        """Lens rows of the assertions at ``locs``: a sealed segment's frames
-        are read in its mapping, the active segment's with one read each."""
-        wal = self.wal
-        sealed = {seg.number: seg.buffer() for seg in wal.segments[:-1] if seg.sealed}
-        rows, bad = qfast.frame_rows(locs, sealed, wal.read, ords, seqs, at_us, decay,
-                                     _HALF_LIFE_US, _TIER)
-        if rows is None:
-            segno, off = unpack_loc(locs[bad])
-            path = wal.segment(segno).path
-            raise ChecksumMismatch(f"Checksum mismatch in WAL segment {path} at offset {off}",
-                                   file=path, offset=off)
-        return rows
 
     def _read_many(self, locs: list[int]) -> list[tuple[AssertionRecord, int]]:
         """:meth:`_read` of each of ``locs``: a sealed segment's frames are

@@ -335,3 +335,20 @@ def test_an_older_snapshot_is_rebuilt_from_the_wal(opener, data, caplog):
     again.close()
     _magic, _major, minor, _l, _d = SNAPSHOT_HEADER.unpack(open(path, "rb").read(52))
     assert minor == SNAPSHOT_MINOR, "the rebuilt store wrote a current snapshot"
+
+
+# ------------------------------------------------------------------ audit weights
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-2**62, 2**62), st.floats(0.0, 1.0), st.integers(0, 5)),
+                max_size=20), AT, st.booleans())
+def test_audit_weights_are_the_effective_confidences(items, at_us, decay):
+    from stemedb.model import Assertion, AssertionRecord
+    top = [Assertion(AssertionRecord(hash=bytes([i]) * 32, recorded_at=0, timestamp=ts,
+                                     confidence=c, source_class=rank, lifecycle=0,
+                                     concept_path="g", predicate="r", value_json=b"1"), i + 1)
+           for i, (ts, c, rank) in enumerate(items)]
+    got = Q._contributing(top, at_us, decay)
+    want = [{"hash": a.hash, "weight": lens_mod.effective_confidence(a, at_us=at_us, decay=decay)}
+            for a in top]
+    assert _bits(got) == _bits(want)
