@@ -12,7 +12,9 @@ phase the writers stop and the readers go on alone (a read-only phase: memory
 that still grows there is not the data).
 
 Every ``--window`` seconds it prints the worker's RSS (``/proc/<pid>/status``),
-the assertions stored, RSS per assertion above the idle worker, requests/s of
+the assertions stored, RSS per assertion above the idle worker, the heap
+alone per assertion (RssAnon above the idle worker's: RSS also counts the WAL
+pages that queries read through mmap, page cache the kernel can drop), requests/s of
 the window (reads, writes), the audit trail's size and the window's read cache
 hit rates, records and answers (``/metrics``); at the
 end the first and last windows of the mixed phase and of the read-only phase.
@@ -193,6 +195,7 @@ def soak(args) -> dict:
         pid = worker_pid(server.p.pid)
         time.sleep(0.5)
         idle = rss_bytes(pid)
+        idle_anon = rss_bytes(pid, "RssAnon")
         ctx = mp.get_context("spawn")
         stop_w, stop_r = ctx.Value("b", 0), ctx.Value("b", 0)
         writes, reads, failures = ctx.Value("q", 0), ctx.Value("q", 0), ctx.Value("q", 0)
@@ -207,7 +210,7 @@ def soak(args) -> dict:
         print(f"soak: audit={args.audit} durability={args.durability} groups={args.groups} "
               f"batch={args.batch} idle worker RSS {idle / 2**20:.1f} MiB; data in {data}")
         print(f"{'phase':<9} {'t/s':>5} {'assertions':>10} {'RSS MiB':>8} {'anon':>6} "
-              f"{'file':>6} {'B/assert':>9} {'reads/s':>8} {'writes/s':>8} {'audit MiB':>9} "
+              f"{'file':>6} {'B/assert':>9} {'heap B/a':>8} {'reads/s':>8} {'writes/s':>8} {'audit MiB':>9} "
               f"{'rec hit':>7} {'ans hit':>7}")
         rows = []
         t_start = time.monotonic()
@@ -233,6 +236,10 @@ def soak(args) -> dict:
                        "rss": rss, "rss_anon": rss_bytes(pid, "RssAnon"),
                        "rss_file": rss_bytes(pid, "RssFile"),
                        "rss_per_assertion": (rss - idle) / n if n else None,
+                       # the heap alone: RSS also counts the WAL pages queries
+                       # read through mmap, which the page cache can drop
+                       "heap_per_assertion": (rss_bytes(pid, "RssAnon") - idle_anon) / n
+                       if n else None,
                        "reads_per_s": (r - last[1]) / dt, "writes_per_s": (w - last[2]) / dt,
                        "audit_bytes": audit_bytes(server.port, data, metrics),
                        # the window's read cache hit rates: records (decoded
@@ -243,7 +250,8 @@ def soak(args) -> dict:
                 rows.append(row)
                 print(f"{phase:<9} {row['t']:>5.0f} {n:>10} {rss / 2**20:>8.1f} "
                       f"{row['rss_anon'] / 2**20:>6.1f} {row['rss_file'] / 2**20:>6.1f} "
-                      f"{row['rss_per_assertion'] or 0:>9.0f} {row['reads_per_s']:>8.0f} "
+                      f"{row['rss_per_assertion'] or 0:>9.0f} {row['heap_per_assertion'] or 0:>8.0f} "
+                      f"{row['reads_per_s']:>8.0f} "
                       f"{row['writes_per_s']:>8.0f} {row['audit_bytes'] / 2**20:>9.1f} "
                       f"{_pct(row['record_hit_rate']):>7} {_pct(row['answer_hit_rate']):>7}",
                       flush=True)
@@ -251,7 +259,7 @@ def soak(args) -> dict:
         stop_r.value = 1
         for p in procs:
             p.join(30)
-        return {"idle_rss": idle, "rows": rows, "failures": failures.value}
+        return {"idle_rss": idle, "idle_heap": idle_anon, "rows": rows, "failures": failures.value}
     finally:
         for p in procs:
             if p.is_alive():
@@ -274,6 +282,7 @@ def summary(result: dict, batch: int) -> None:
         rps = r["reads_per_s"] + r["writes_per_s"]
         print(f"  {name:<16} {r['assertions']:>9} assertions  RSS {r['rss'] / 2**20:7.1f} MiB "
               f"({per or 0:5.0f} B/assertion above idle; heap {r['rss_anon'] / 2**20:.1f}, "
+              f"{r.get('heap_per_assertion') or 0:.0f} B/assertion above idle, "
               f"mapped files {r['rss_file'] / 2**20:.1f})  {rps:7.0f} requests/s "
               f"({r['reads_per_s']:.0f} queries/s, {r['writes_per_s']:.0f} writes/s of which "
               f"3 in 4 are batches of {batch}); read cache hits: records "
