@@ -41,6 +41,10 @@ TRACE_LIMIT = 100
 # keeps the small key's path short (measured:
 # bench/results/query-columns-2026-11-26-session4.md)
 ROWS_FROM = 16
+# The pure build's column rows cost about what decoding costs, so there the
+# columns path pays only once it decodes at most half the candidates (the
+# page and the audit's top), as before the compiled lenses
+PURE_ROWS_FROM = 48
 
 
 class Result(dict):
@@ -452,9 +456,13 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
 
 def _rows_pay(candidates: int, limit: int, audited: bool) -> bool:
     """Whether :func:`rows_answer` pays for ``candidates`` (see ROWS_FROM):
-    it decodes at most the page and the audit's top, never more than the
-    Assertion path, so only the smallest keys stay there."""
-    return candidates >= ROWS_FROM
+    compiled, it decodes at most the page and the audit's top and ranks in
+    C, so only the smallest keys stay on the Assertion path; pure, only
+    keys of at least twice what the page and the top decode go to it."""
+    if qfast.COMPILED:
+        return candidates >= ROWS_FROM
+    decoded = limit + (AUDIT_CONTRIBUTORS if audited else 0)
+    return candidates >= PURE_ROWS_FROM and candidates >= 2 * decoded
 
 
 def column_rows(reader, ords: list[int], at_us: int, decay: bool) -> list[tuple]:

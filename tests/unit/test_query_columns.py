@@ -256,8 +256,12 @@ def _compare(store, rnd, lens_name, reader, cuts):
     assert _norm(seen) == _norm(ordered), where
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_column_lenses_answer_as_the_lenses_over_decoded_candidates(clocked, seed):
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("every_key", [False, True])   # True: every size through the columns
+def test_column_lenses_answer_as_the_lenses_over_decoded_candidates(clocked, monkeypatch, seed,
+                                                                    every_key):
+    if every_key:
+        monkeypatch.setattr(Q, "_rows_pay", lambda candidates, limit, audited: True)
     rnd = random.Random(seed)
     store = clocked(read_cache_bytes=rnd.choice((0, 1 << 20)))
     _fill(store, rnd, rnd.choice((60, 150, 300)))
