@@ -219,3 +219,72 @@ def e1_epoch(store, *, size: int = 100_000, small: int = 10, reps: int = 3,
                 f"{probe}: before superseding {visible_before} candidates; after, a default "
                 f"query counts {visible_after} (expected 0) and epoch={big} counts "
                 f"{reachable} (expected {visible_before})")}
+
+
+def lens_stage(store, sizes=(4, 16, 64, 250, 1000), reps_budget: int = 4000) -> list[dict]:
+    """The lens stage of one key alone, per query, CPU time (the least of 7
+    loops): the Assertion path (every candidate decoded, the lens over
+    Assertions: ``query.resolve_groups``, what a key below
+    ``query.ROWS_FROM`` takes) against the columns path
+    (``query.columns_resolution``: compiled ``_query.resolve_columns``, or
+    in the pure build lens.py over rows read from the columns), over the
+    first n candidates of the hot key (:func:`hot_key_assertions`, stored
+    first).  No page decode, no audit: the stage the columns replace."""
+    from time import process_time
+    from stemedb.core import query as Q
+    r = store.reader
+    out = []
+    for lens_name, decay in (("recency", False), ("consensus", False), ("authority", True)):
+        lens_obj = Q.get_lens(lens_name)
+        f = Q.parse_filters(decay=decay)
+        with r.lock:
+            active, _ = Q.gather(r, [HOT_PATH], HOT_PREDICATE, f)
+        f.at_us = at = r.clock()
+        for n in sizes:
+            ords = active[:n]
+
+            def decoded():
+                with r.lock:
+                    cands = Q.shown_many(r, ords, f)
+                    ctx = Q._context(r, f, cands, ords, need_votes=False)
+                Q.resolve_groups(lens_obj, cands, ctx, HOT_PATH, HOT_PREDICATE, False)
+
+            def columns():
+                with r.lock:
+                    Q.columns_resolution(r, lens_obj, ords, at, decay)
+
+            reps = max(5, reps_budget // n)
+            best = {}
+            for name, fn in (("decoded", decoded), ("columns", columns)):
+                fn()
+                t = float("inf")
+                for _ in range(7):
+                    t0 = process_time()
+                    for _ in range(reps):
+                        fn()
+                    t = min(t, (process_time() - t0) / reps)
+                best[name] = t * 1e6
+            out.append({"lens": lens_name + (" + decay" if decay else ""), "n": n,
+                        "decoded_us": best["decoded"], "columns_us": best["columns"]})
+    return out
+
+
+if __name__ == "__main__":
+    # python -m bench.lens_bench: the lens stage table (lens_stage) for the
+    # implementation in use (STEMEDB_PURE_PYTHON=1 for the pure one)
+    from stemedb import open_store
+    from stemedb.core import qfast
+    d = tempfile.mkdtemp(prefix="stemedb-lens-stage-")
+    try:
+        s = open_store(os.path.join(d, "data"), durability="none", audit=False)
+        s.put_batch(hot_key_assertions())
+        rows = lens_stage(s)
+        s.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"lens stage, us per query (CPU), {'compiled' if qfast.COMPILED else 'pure'}")
+    print("| lens | candidates | decoded + lens over Assertions | columns | ratio |")
+    print("|---|---|---|---|---|")
+    for x in rows:
+        print(f"| {x['lens']} | {x['n']:,} | {x['decoded_us']:,.1f} | {x['columns_us']:,.1f} | "
+              f"{x['decoded_us'] / x['columns_us']:.1f}x |")
