@@ -164,8 +164,8 @@ def read(path: str, *, verify: bool = True) -> tuple[State, dict]:
     if minor < SNAPSHOT_MINOR:
         # checked before the checksum: the columns it lacks cannot be made up
         raise StaleSnapshot(f"index snapshot {path} is version {major}.{minor}, from before "
-                            f"the lens columns; this StemeDB writes {FORMAT_MAJOR}."
-                            f"{SNAPSHOT_MINOR} and rebuilds its indexes from the WAL", file=path)
+                            f"the lens columns (this StemeDB writes {FORMAT_MAJOR}."
+                            f"{SNAPSHOT_MINOR})", file=path)
     if verify:
         with memoryview(data) as whole, whole[hs:] as body:
             ok = blake3.blake3(body, max_threads=blake3.blake3.AUTO).digest() == digest
