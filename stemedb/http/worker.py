@@ -258,6 +258,7 @@ class StemeWorker(ThreadWorker):
         if conn.sock.getblocking():  # a kept-alive one is non-blocking already (no syscall)
             conn.sock.setblocking(False)
         self.gathering.append(conn)
+        self.gathered += len(g.buf)  # the read-ahead: _stop_gathering takes all of buf off
         # A kept-alive connection comes here because the poller saw it
         # readable, and a new one usually has its request in already: read
         # what is there now, and register with the poller only when more is

@@ -214,6 +214,25 @@ def test_a_partial_request_waits_in_the_poller_until_it_is_complete():
     client.close()
 
 
+def test_read_ahead_of_a_partial_request_is_counted_while_it_is_held():
+    w, conn, client = _worker_and_conn()
+    client.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    w.enqueue_req(conn)                     # the first request, handed on
+    unreader = conn.parser.unreader
+    unreader.buf = type(unreader.buf)()     # as if a thread had parsed it...
+    unreader.unread(b"POST /v1/query HTTP/1.1\r\nHost: x\r\n")   # ...and read ahead half the next
+    conn.steme_ready = False
+    w.tpool.taken.clear()
+    w.enqueue_req(conn)
+    assert w.gathered == len(b"POST /v1/query HTTP/1.1\r\nHost: x\r\n"), \
+        "bytes held count against GATHER_BUDGET, the read-ahead included"
+    client.sendall(b"Content-Length: 0\r\n\r\n")
+    (key, _), = w.poller.select(1)
+    key.data(key.fileobj)
+    assert w.tpool.taken == [conn] and w.gathered == 0, "and come off it when handed on"
+    client.close()
+
+
 def test_a_client_gone_before_its_request_is_closed_without_a_thread():
     w, conn, client = _worker_and_conn()
     client.close()
