@@ -27,7 +27,6 @@ if not _flag("STEMEDB_PURE_PYTHON"):
 
 COMPILED = _query is not None
 filter_ords = _query.filter_ords if COMPILED else qpure.filter_ords
-frame_rows = _query.frame_rows if COMPILED else qpure.frame_rows
 column_rows = _query.column_rows if COMPILED else qpure.column_rows
 resolve_columns = _query.resolve_columns if COMPILED else qpure.resolve_columns
 COLUMN_LENSES = qpure.COLUMN_LENSES

@@ -4,8 +4,13 @@ tests/unit/test_query_parity.py holds them equal, damaged input included).
 
 * :func:`filter_ords`: the column filters of ``query.gather`` (as_of,
   known_at, since, the pinned seq, lifecycle and epoch tables).
-* :func:`frame_rows`: a lens's rows read straight from assertion frames
-  (CRC checked), for the candidates the read cache does not hold.
+* :func:`column_rows`: a lens's rows read from the index columns.
+* :func:`resolve_columns`: the ``rows_only`` lenses over those rows (the
+  reference of the compiled ``_query.resolve_columns``).
+
+(``frame_rows``, a lens's rows read straight from assertion frames for the
+candidates the read cache did not hold, went when the lenses moved to the
+columns: nothing reads a frame to rank any more.)
 
 (A compiled twin of the lens rows built from records, ``lens.record_rows``,
 was measured and dropped: no faster, the per-record attribute reads are
@@ -16,12 +21,6 @@ from __future__ import annotations
 from math import isfinite
 
 import numpy as np
-
-from .codec import crc32c
-from .format import (
-    ASSERT_HEAD, ASSERT_HEAD_SIZE, F_DERIVED, F_EPOCH, F_PARENT, F_SIGNED, F_SOURCE, FRAME,
-    FRAME_CRC_FROM, FRAME_SIZE, REC_ASSERT,
-)
 
 SMALL = 48   # below this many candidates, a loop beats numpy's per-call cost
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1   # the columns' range (a bound beyond: the loop)
@@ -87,76 +86,6 @@ def filter_ords(ords: list[int], ts, rec, seq, lc, ep, as_of: int | None,
             mask &= np.array(table, dtype=bool)[ids]
     return arr[mask].tolist()
 
-
-
-READ_AHEAD = 512    # one read covers most frames; a longer one takes a second read
-LOC_BITS = 40       # a packed location: segment number << 40 | byte offset (index.pack_loc)
-
-
-def frame_rows(locs: list[int], sealed: dict, read, ords: list[int], seqs: list[int],
-               at_us: int, decay: bool, half_life_us: tuple,
-               tier: tuple) -> tuple[list[tuple] | None, int]:
-    """The lens rows of the assertion frames at the packed log locations
-    ``locs``, read straight from the log: ``ords[i]``'s row, as
-    ``lens.record_rows`` builds it from the decoded record (timestamp, seq,
-    effective confidence, x tier, source rank, value_json, ordinal), without
-    decoding the rest of the record.  A frame of a segment in ``sealed``
-    (segment number -> its bytes, e.g. the mapping) is read there; any other
-    through ``read(segment, offset, length)`` (the WAL's read: bytes, maybe
-    fewer at the end of the log), once, or twice for a frame longer than
-    READ_AHEAD.
-
-    Returns ``(rows, -1)``, or ``(None, i)`` for the first frame ``i`` that
-    is damaged: it runs past the bytes there are, its CRC-32C does not
-    match, it is not an assertion, or its parts overrun its payload.  A
-    source rank outside ``tier`` raises IndexError.  O(bytes of the frames).
-    """
-    if not len(locs) == len(ords) == len(seqs):
-        raise ValueError("locs, ords and seqs differ in length")
-    rows: list[tuple] = []
-    append = rows.append
-    mask = (1 << LOC_BITS) - 1
-    for i, loc in enumerate(locs):
-        segno, off = loc >> LOC_BITS, loc & mask
-        buf = sealed.get(segno)
-        if buf is None:
-            buf = read(segno, off, READ_AHEAD)
-            if len(buf) >= FRAME_SIZE:
-                need = FRAME_SIZE + FRAME.unpack_from(buf)[0]
-                if need > len(buf):
-                    buf = read(segno, off, need)
-            off = 0
-        if off + FRAME_SIZE > len(buf):
-            return None, i
-        length, crc, rtype = FRAME.unpack_from(buf, off)[:3]
-        end = off + FRAME_SIZE + length
-        if end > len(buf) or rtype != REC_ASSERT or length < ASSERT_HEAD_SIZE:
-            return None, i
-        if crc32c(buf[off + FRAME_CRC_FROM:end]) != crc:
-            return None, i
-        p = off + FRAME_SIZE
-        (_h, _rec, ts, c, rank, _lc, fields, _r, lpath, lpred, lsrc, lep, nd,
-         lval) = ASSERT_HEAD.unpack_from(buf, p)
-        v = p + ASSERT_HEAD_SIZE + lpath + lpred
-        if fields & F_SOURCE:
-            v += lsrc
-        if fields & F_EPOCH:
-            v += lep
-        if fields & F_PARENT:
-            v += 32
-        if fields & F_DERIVED:
-            v += 32 * nd
-        if fields & F_SIGNED:
-            v += 96
-        if v + lval > end:
-            return None, i
-        if decay:
-            hl = half_life_us[rank]
-            age = at_us - ts
-            if hl is not None and age > 0:
-                c *= 2.0 ** (-age / hl)     # the same expression as effective_confidence
-        append((ts, seqs[i], c, c * tier[rank], rank, bytes(buf[v:v + lval]), ords[i]))
-    return rows, -1
 
 
 HASHED = 0xFF   # format.VALUE_HASHED: the low byte of a hashed value id

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 from stemedb.core import index as index_mod
 from stemedb.core import lens as lens_mod
-from stemedb.core import qfast, qpure
+from stemedb.core import qpure
 from stemedb.core import query as Q
 from stemedb.core import snapshot as snap
 from stemedb.core.format import SNAPSHOT_HEADER, SNAPSHOT_MINOR

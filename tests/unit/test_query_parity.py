@@ -8,16 +8,11 @@ reference's answers.
   int64): the same ordinals, or the same exception type.
 * ``lens.record_rows`` (rows from records, an ordinal in the last slot)
   against ``lens._rows`` (rows from Assertions): the same numbers.
-* ``_query.frame_rows`` against ``qpure.frame_rows`` and both against
-  ``record_rows`` of the decoded records, on generated assertion frames and
-  on damaged ones (a flipped byte, a cut frame, another record type, parts
-  overrunning the payload under a valid CRC): the same rows or the same
-  damaged frame; its layout constants against ``format.py``.
 * ``query.rows_answer``, which ``run_query`` uses for the lenses that read
   only rows, against the Assertion path (``resolve_groups`` over every
   decoded candidate) on generated stores with retractions, revisions,
-  epochs, several paths and predicates, with the read cache on, off (rows
-  read from the log, sealed segments and the active one) and thrashing:
+  epochs, several paths and predicates, with the read cache on, off and
+  thrashing:
   the same results, order and pages; a damaged log is a ChecksumMismatch.
 """
 from __future__ import annotations
@@ -29,14 +24,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from stemedb.core import codec
-from stemedb.core import format as F
 from stemedb.core import lens as lens_mod
 from stemedb.core import qfast, qpure
 from stemedb.core import query as Q
 from stemedb.core.reader import take
 from stemedb.errors import ChecksumMismatch
-from stemedb.model import prepare_assertion
 from stemedb.timeutil import format_time
 
 try:
@@ -123,164 +115,7 @@ def test_filter_ords_damaged_input_raises_in_both():
 
 def test_qfast_says_which_runs():
     assert qfast.COMPILED == (_query is not None and qfast.filter_ords is _query.filter_ords)
-    assert qfast.COMPILED == (_query is not None and qfast.frame_rows is _query.frame_rows)
-
-
-@needs_compiled
-def test_the_compiled_layout_is_format_py():
-    assert _query.FORMAT
-    from stemedb.core.index import pack_loc
-    for name, value in _query.FORMAT.items():
-        if name in ("LOC_BITS", "READ_AHEAD"):      # the pure twin's, and index.pack_loc's
-            assert getattr(qpure, name) == value, name
-        else:
-            assert getattr(F, name) == value, name
-    assert pack_loc(3, 5) == (3 << qpure.LOC_BITS) | 5
-    head = F.ASSERT_HEAD
-    # the offsets frame_rows reads: confidence, source class, fields, lengths, value length
-    assert struct_offsets(head.format) == [0, 32, 40, 48, 56, 57, 58, 59, 60, 62, 64, 66, 68, 72]
-
-
-def struct_offsets(fmt: str) -> list[int]:
-    import struct
-    out, pos = [], 0
-    for code in ("32s", "q", "q", "d", "B", "B", "B", "B", "H", "H", "H", "H", "H", "xx", "I"):
-        if code != "xx":
-            out.append(pos)
-        pos += struct.calcsize("<" + code)
-    assert struct.calcsize(fmt) == pos
-    return out
-
-
-BODY = st.fixed_dictionaries({
-    "concept_path": st.sampled_from(["g", "g/é", "a/b/c"]),
-    "predicate": st.sampled_from(["r", "p.long_name:2"]),
-    "value": st.one_of(st.text(max_size=30), st.integers(-2**53 + 1, 2**53 - 1), st.booleans(),
-                       st.dictionaries(st.text(max_size=4), st.integers(-99, 99), max_size=3),
-                       st.text(min_size=600, max_size=700)),
-    "confidence": st.floats(0.0, 1.0),
-    "timestamp": st.integers(1_000_000_000, 2_000_000_000),
-}, optional={"source": st.sampled_from(["fda://l", "forum://x", "blog://b", "src/x"]),
-             "epoch": st.sampled_from(["e1", "epoch-two"]),
-             "parent_hash": st.just("ab" * 32),
-             "derived_from": st.lists(st.sampled_from(["cd" * 32, "ef" * 32, "01" * 32]),
-                                      min_size=1, max_size=3, unique=True)})
-
-
-def _frames(bodies):
-    recs = [prepare_assertion(b) for b in bodies]
-    frames = [codec.encode_frame(F.REC_ASSERT, 0, i + 1, codec.encode_assert(r))
-              for i, r in enumerate(recs)]
-    return recs, frames
-
-
-def _rows_outcome(fn, *args):
-    try:
-        return fn(*args)
-    except (IndexError, ValueError) as exc:
-        return type(exc)
-
-
-def _log(frames, data):
-    """The frames laid out in segments 1 and 2 (each frame in either), some
-    sealed (read in place), the rest through a read function, as the WAL's."""
-    segs: dict[int, bytearray] = {1: bytearray(b"H" * 40), 2: bytearray(b"H" * 40)}
-    locs = []
-    for fr in frames:
-        n = data.draw(st.sampled_from([1, 2]))
-        locs.append((n << qpure.LOC_BITS) | len(segs[n]))
-        segs[n] += fr
-    sealed_ones = data.draw(st.sampled_from([(), (1,), (1, 2)]))
-    return segs, locs, sealed_ones
-
-
-def _run(fn, segs, sealed_ones, locs, ords, seqs, at_us, decay):
-    sealed = {n: bytes(segs[n]) for n in sealed_ones}
-
-    def read(segno, off, n):
-        return bytes(segs[segno][off:off + n])
-    try:
-        return fn(locs, sealed, read, ords, seqs, at_us, decay, lens_mod._HALF_LIFE_US,
-                  lens_mod._TIER)
-    except (IndexError, ValueError) as exc:
-        return type(exc)
-
-
-@needs_compiled
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(BODY, max_size=6), st.integers(-2**62, 2**62), st.booleans(), st.data())
-def test_frame_rows_compiled_matches_pure_and_the_records(bodies, at_us, decay, data):
-    recs, frames = _frames(bodies)
-    segs, locs, sealed_ones = _log(frames, data)
-    ords = [100 + i for i in range(len(recs))]
-    seqs = [i + 1 for i in range(len(recs))]
-    want = _run(qpure.frame_rows, segs, sealed_ones, locs, ords, seqs, at_us, decay)
-    assert _run(_query.frame_rows, segs, sealed_ones, locs, ords, seqs, at_us, decay) == want
-    assert want == (lens_mod.record_rows(ords, recs, seqs, at_us, decay), -1)
-    if not frames:
-        return
-    # damage one frame, in place in its segment
-    k = data.draw(st.integers(0, len(frames) - 1))
-    n, at = locs[k] >> qpure.LOC_BITS, locs[k] & ((1 << qpure.LOC_BITS) - 1)
-    fr = bytearray(frames[k])
-    how = data.draw(st.sampled_from(["flip", "cut", "type", "overrun", "short"]))
-    if how == "flip":
-        i = data.draw(st.integers(0, len(fr) - 1))
-        fr[i] ^= 1 << data.draw(st.integers(0, 7))
-    elif how == "cut":          # the log ends inside the frame
-        fr = fr[:data.draw(st.integers(0, len(fr) - 1))]
-    elif how == "type":
-        fr[F.FRAME_TYPE_OFF] = F.REC_RETRACT
-        fr[4:8] = google_crc(fr)
-    elif how == "overrun":      # a value longer than the payload, under a valid CRC
-        v = F.FRAME_SIZE + 72
-        fr[v:v + 4] = (int.from_bytes(fr[v:v + 4], "little") + 1).to_bytes(4, "little")
-        fr[4:8] = google_crc(fr)
-    else:                       # a payload shorter than the assertion head
-        fr = fr[:F.FRAME_SIZE + 40]
-        fr[0:4] = (40).to_bytes(4, "little")
-        fr[4:8] = google_crc(fr)
-    if how == "cut":
-        segs[n] = segs[n][:at] + fr
-        keep = [i for i in range(len(locs)) if i <= k or locs[i] >> qpure.LOC_BITS != n
-                or locs[i] < locs[k]]
-        locs, ords, seqs = ([x[i] for i in keep] for x in (locs, ords, seqs))
-        k = keep.index(k)
-    else:
-        segs[n][at:at + len(frames[k])] = fr + bytes(len(frames[k]) - len(fr))
-    got = _run(qpure.frame_rows, segs, sealed_ones, locs, ords, seqs, at_us, decay)
-    assert _run(_query.frame_rows, segs, sealed_ones, locs, ords, seqs, at_us, decay) == got
-    if how != "flip":
-        assert got == (None, k), "the damaged frame is named"
-
-
-def google_crc(fr) -> bytes:
-    return codec.crc32c(bytes(fr[F.FRAME_CRC_FROM:])).to_bytes(4, "little")
-
-
-@needs_compiled
-def test_frame_rows_damaged_edges():
-    recs, frames = _frames([{"concept_path": "g", "predicate": "r", "value": 1,
-                             "confidence": 0.5, "timestamp": 1_700_000_000}])
-    hl, tier = lens_mod._HALF_LIFE_US, lens_mod._TIER
-    seg = b"H" * 40 + frames[0]
-    loc = (1 << qpure.LOC_BITS) | 40
-
-    def read(segno, off, n):
-        return seg[off:off + n]
-    for fn in (qpure.frame_rows, _query.frame_rows):
-        assert fn([loc], {}, read, [0], [1], 0, False, hl, tier)[1] == -1
-        assert fn([loc + 1], {1: seg}, read, [0], [1], 0, False, hl, tier) == (None, 0)
-        assert fn([loc + len(frames[0])], {}, read, [0], [1], 0, False, hl, tier) == (None, 0)
-        assert fn([(1 << qpure.LOC_BITS) | len(seg) + 5], {1: seg}, read, [0], [1], 0, False,
-                  hl, tier) == (None, 0)
-        with pytest.raises(ValueError):
-            fn([loc], {}, read, [0, 1], [1], 0, False, hl, tier)
-        fr = bytearray(frames[0])
-        fr[F.FRAME_SIZE + 56] = 9               # a source class past the tier table
-        fr[4:8] = google_crc(fr)
-        with pytest.raises(IndexError):
-            fn([40], {0: b"H" * 40 + bytes(fr)}, read, [0], [1], 0, True, hl, tier)
+    assert qfast.COMPILED == (_query is not None and qfast.resolve_columns is _query.resolve_columns)
 
 
 # ------------------------------------------------------------ the stores
