@@ -17,6 +17,7 @@ import sys
 import time
 
 from ..config import Settings
+from ..core.malloc import pin_mmap_threshold
 from . import errors as http_errors
 from .auth import KeyRing, bind_host
 from .base import StemeApp
@@ -151,6 +152,9 @@ def get_app():
     """
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
+    # The worker runs for weeks and its indexes grow by copying: keep the
+    # outgrown arrays on mmap so they go back to the system (core/malloc.py).
+    pin_mmap_threshold()
     respawn = os.environ.get("STEMEDB_WORKER_RESPAWN") == "1"
     lock_timeout = max(settings.lock_timeout, RELOAD_LOCK_WAIT) if respawn else settings.lock_timeout
     started_at = time.monotonic()
