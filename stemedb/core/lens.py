@@ -20,11 +20,12 @@ the last bit of every float:
   float depends on the order the caller handed the candidates over.
 
 These classes are the reference.  The query path ranks the ``rows_only``
-lenses (recency, confidence, consensus, authority, layered) of a key with
-16 or more candidates from the index columns instead (``query.rows_answer``:
+lenses (recency, confidence, consensus, authority, layered) of one key from
+the index columns instead (``query.columns_resolution``:
 ``_query.resolve_columns``, in C, whose pure twin ``qpure.resolve_columns``
-is these lenses over rows built from the columns), so the candidates are
-not decoded; tests/unit/test_query_columns.py holds the two equal to the
+is these lenses over rows built from the columns), so from 16 candidates
+only the page is decoded (the pure build keeps these classes on decoded
+candidates below about twice the page); tests/unit/test_query_columns.py holds the two equal to the
 bit on generated columns and stores (1,000 candidates, authority with
 decay: ~0.4 ms a query against ~1.1 ms over decoded candidates;
 bench/results/query-columns-2026-11-26-session4.md).

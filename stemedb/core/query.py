@@ -36,9 +36,9 @@ DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review
 TRACE_LIMIT = 100
 # From this many candidates a rows_only lens is resolved from the index
 # columns (rows_answer: no candidate decoded but the winners, the page and
-# the audit's top); below it every candidate is decoded and resolved as
-# Assertions, which costs the same there (the page shows them all) and
-# keeps the small key's path short (measured:
+# the audit's top); below it every candidate is decoded (the page shows
+# them all) and, compiled, still ranked from the columns
+# (_shown_resolution), without rows_answer's bookkeeping (measured:
 # bench/results/query-columns-2026-11-26-session4.md)
 ROWS_FROM = 16
 # The pure build's column rows cost about what decoding costs, so there the
@@ -381,7 +381,7 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                                cursor is not None)
             token = _token(reader.state, paths, predicate, include_descendants)
             ans = cache.answer(akey, token)
-        shown_of = None
+        shown_of = colres = None
         ntop = AUDIT_CONTRIBUTORS if reader.audit is not None else -1
         if ans is None:
             active, retracted = gather(reader, paths, predicate, f)
@@ -401,6 +401,12 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                 cands = shown_many(reader, active, f)
                 rcands = shown_many(reader, retracted, f) if f.include_retracted else []
                 ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
+                if (qfast.COMPILED and active and predicate is not None
+                        and not include_descendants and lens_obj.name in qfast.COLUMN_LENSES):
+                    # a small key: every candidate is decoded for the page anyway,
+                    # but ranked from the columns in C (lens.py over these
+                    # Assertions costs ~3x as much: bench.lens_bench)
+                    colres = columns_resolution(reader, lens_obj, active, ctx.at_us, f.decay)
         if ans is not None:
             # a materialized answer (cached, or just resolved over rows): what
             # a fresh computation gives (see _answer_key); only the page (and
@@ -432,8 +438,12 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                                                 decay, include_retracted, limit, cursor),
                    results, None, _Moment(at, f.decay), top, active=ans.active)
         return out
-    groups, results, ordered = resolve_groups(lens_obj, cands, ctx, concept_path, predicate,
-                                              include_descendants)
+    if colres is not None:
+        groups, results, ordered = _shown_resolution(colres, cands, active, concept_path,
+                                                     predicate)
+    else:
+        groups, results, ordered = resolve_groups(lens_obj, cands, ctx, concept_path, predicate,
+                                                  include_descendants)
     if rcands:
         ordered = ordered + sorted(rcands, key=lambda a: (-a.timestamp_us, -a.seq))
     if akey is not None:
@@ -606,6 +616,24 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
         entry.update(res.extra)
         results.append(entry)
     return Answer(token, results, ordered, len(active)), shown_of
+
+
+def _shown_resolution(res: Resolution, cands: list[Assertion], ords: list[int],
+                      concept_path: str, predicate: str):
+    """:func:`resolve_groups`' ``(groups, results, ordered)`` for one key from
+    a :func:`columns_resolution` over the ordinals ``ords`` of ``cands``
+    (the decoded candidates): its ordinals replaced by those Assertions."""
+    of: dict = dict(zip(ords, cands))   # the Resolution holds ordinals here
+    extra = res.extra
+    if "layers" in extra:
+        extra = {"layers": [dict(layer, winner=of[layer["winner"]])
+                            for layer in extra["layers"]]}
+    entry = Result(concept_path=concept_path, predicate=predicate,
+                   winner=None if res.winner is None else of[res.winner],
+                   confidence=res.confidence, conflict_score=res.conflict_score,
+                   candidates_count=len(cands))
+    entry.update(extra)
+    return {(concept_path, predicate): cands}, [entry], [of[o] for o in res.ordered]
 
 
 def resolve_groups(lens_obj, cands: list[Assertion], ctx, concept_path: str,

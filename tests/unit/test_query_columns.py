@@ -356,3 +356,26 @@ def test_audit_weights_are_the_effective_confidences(items, at_us, decay):
     want = [{"hash": a.hash, "weight": lens_mod.effective_confidence(a, at_us=at_us, decay=decay)}
             for a in top]
     assert _bits(got) == _bits(want)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_small_keys_ranked_from_the_columns_answer_as_the_reference(clocked, monkeypatch, seed):
+    """Below ROWS_FROM every candidate is decoded for the page, and the
+    compiled build ranks them from the columns (query._shown_resolution):
+    the same answers as lens.py over the decoded candidates."""
+    from stemedb.core import qfast
+    calls = []
+    real = Q.columns_resolution
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+    monkeypatch.setattr(Q, "columns_resolution", counted)
+    rnd = random.Random(100 + seed)
+    store = clocked()
+    _fill(store, rnd, 14)               # every key below ROWS_FROM
+    cuts = [None, format_time(T0 + 30 * DAY)]
+    for lens_name in COLUMN_LENSES:
+        for _ in range(5):
+            _compare(store, rnd, lens_name, store.reader, cuts)
+    assert bool(calls) == qfast.COMPILED, "the compiled build ranks small keys from the columns"
