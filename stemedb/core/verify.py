@@ -7,8 +7,10 @@ same scanner as recovery, so both give one verdict on the same bytes), the index
 snapshot against the WAL, and the counts against ``metadata.json`` (and the
 per-file checksums of a backup's metadata).  Never writes anything.  One
 line per finding on stdout.  Exit 0 when consistent (a torn tail at the end
-of the last segment is a ``warning:`` line, still 0), 1 on any corruption or
-mismatch, 2 when it cannot run (for example ``LOCK`` is held).
+of the last segment, or an index snapshot from an older version, which the
+store rebuilds from the WAL at its next start, is a ``warning:`` line, still
+0), 1 on any corruption or mismatch, 2 when it cannot run (for example
+``LOCK`` is held).
 """
 from __future__ import annotations
 
@@ -144,6 +146,12 @@ def check_snapshot(data_dir: str, wal: dict, rep: Report, loaded=None) -> None:
     :func:`load_snapshot` gave, when the caller has read it already."""
     path = snapshot.snapshot_path(os.path.join(data_dir, "db"))
     state, pos, error = loaded if loaded is not None else load_snapshot(data_dir)
+    if isinstance(error, snapshot.StaleSnapshot):
+        # recoverable, like a torn tail: the store ignores it and rebuilds its
+        # indexes from the WAL at the next start (recovery._load_snapshot)
+        rep.warn(f"{error}; it is from an older version of StemeDB and will be rebuilt "
+                 f"from the WAL at the next start")
+        return
     if error is not None:
         rep.error(f"index snapshot {path} cannot be read: {error}")
         return

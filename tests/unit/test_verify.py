@@ -100,3 +100,29 @@ def test_help_exits_0_and_usage_errors_exit_2(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m stemedb.core.verify DATA_DIR") and "Exit 0" in out
     assert main([]) == 2 and main(["--bogus"]) == 2 and main(["a", "b"]) == 2
+
+
+def test_a_snapshot_from_an_older_version_is_a_warning_not_damage(tmp_path):
+    """After an upgrade the old snapshot is ignored and rebuilt from the WAL at
+    the next start (test_query_columns), so verify must not call it damage."""
+    from stemedb.core.format import SNAPSHOT_HEADER, SNAPSHOT_MINOR
+    make(tmp_path)
+    path = tmp_path / "db" / "indexes" / "snapshot.idx"
+    with open(path, "r+b") as fh:       # the header of a snapshot from before the lens columns
+        magic, major, minor, mlen, digest = SNAPSHOT_HEADER.unpack(fh.read(SNAPSHOT_HEADER.size))
+        assert minor == SNAPSHOT_MINOR
+        fh.seek(0)
+        fh.write(SNAPSHOT_HEADER.pack(magic, major, SNAPSHOT_MINOR - 1, mlen, digest))
+    code, out = verify(tmp_path)
+    assert code == 0, out
+    warning = [ln for ln in out.splitlines() if ln.startswith("warning:") and "snapshot" in ln]
+    assert len(warning) == 1 and "older version" in warning[0] and \
+        "rebuilt" in warning[0] and "next start" in warning[0], out
+    assert not [ln for ln in out.splitlines() if ln.startswith("error:")], out
+    assert "10 assertions" in out and out.strip().splitlines()[-1].startswith("ok:")
+    # and the store does rebuild it: the next verify finds a current snapshot
+    with open_store(tmp_path, fs=NoFsyncFS()) as s:
+        assert s.count == 10
+    code, out = verify(tmp_path)
+    assert code == 0 and not [ln for ln in out.splitlines() if "snapshot" in ln and
+                              ln.startswith("warning:")], out
