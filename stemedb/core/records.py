@@ -191,6 +191,11 @@ def group_frames(group) -> tuple:
     seqs, loc_base, segment)``.  Types and seqs come from each request's
     ``apply_arg``, the records the writer framed."""
     first = group[0]
+    segno, at = first.locs[0]        # the WAL writes a group contiguously, in one segment
+    if len(group) == 1 and len(first.sizes) == 1:
+        # a single put: no loop
+        rtype, seq, _arg = first.apply_arg[0]
+        return first.data, [0], [rtype], [seq], (segno << 40) + at, segno
     buf = first.data if len(group) == 1 else b"".join(r.data for r in group)
     offsets, types, seqs, pos = [], [], [], 0
     for req in group:
@@ -199,5 +204,4 @@ def group_frames(group) -> tuple:
             types.append(rtype)
             seqs.append(seq)
             pos += size
-    segno, at = first.locs[0]        # the WAL writes a group contiguously, in one segment
     return buf, offsets, types, seqs, (segno << 40) + at, segno

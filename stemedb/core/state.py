@@ -79,7 +79,8 @@ class State:
         self.by_source = MultiMap(np.uint64)
         self.path_ids: dict[str, int] = {}
         self.path_names: list[str] = []
-        self.sorted_paths = SortedList()
+        self._sorted = SortedList()       # path_names[:_sorted_n], sorted
+        self._sorted_n = 0
         self.pred_ids: dict[str, int] = {}
         self.pred_names: list[str] = []
         self.epochs: dict[str, Epoch] = {}
@@ -153,8 +154,32 @@ class State:
             pid = len(self.path_names)
             self.path_ids[path] = pid
             self.path_names.append(path)
-            self.sorted_paths.add(path)
         return pid
+
+    @property
+    def sorted_paths(self) -> SortedList:
+        """Every concept path in ``path_names``, sorted.  Kept lazily: a
+        write only appends to ``path_names`` (a sorted insert cost ~1 us of a
+        single put's apply), and the paths added since the last read are
+        sorted in here, O(k log n) for k new paths.  Callers hold the index
+        lock, as for every read of the state."""
+        sp = self._sorted
+        k = len(self.path_names)
+        if self._sorted_n < k:
+            new = self.path_names[self._sorted_n:]
+            if len(new) == 1:
+                sp.add(new[0])
+            else:
+                sp.update(new)
+            self._sorted_n = k
+        return sp
+
+    @sorted_paths.setter
+    def sorted_paths(self, value: SortedList) -> None:
+        """``value`` holds the first ``len(value)`` entries of ``path_names``
+        (a snapshot load gives it all of them)."""
+        self._sorted = value
+        self._sorted_n = len(value)
 
     def pred_id(self, pred: str) -> int:
         pid = self.pred_ids.get(pred)
@@ -240,19 +265,12 @@ class State:
         first = c.n
         if first + len(offsets) > c.cap:
             c._grow(first + len(offsets))
-        n_paths = len(self.path_names)
         hk, sk, so = self._scratch(len(offsets))
         n, ns, max_rec, edges, metas = fast.index_records(
             buf, offsets, types, seqs, loc_base, first, c.seq, c.loc, c.ts, c.rec, c.key,
             c.path, c.epoch, c.lc, c.conf, c.rank, c.va, c.vb, c.hashes, hk, sk, so,
             self.path_ids, self.path_names,
             self.pred_ids, self.pred_names, self.epoch_ids)
-        if len(self.path_names) > n_paths:
-            new = self.path_names[n_paths:]
-            if len(new) == 1:
-                self.sorted_paths.add(new[0])
-            else:
-                self.sorted_paths.update(new)
         rp = self._replay
         if n:
             c.n = first + n
@@ -260,6 +278,19 @@ class State:
             if rp is not None:
                 if ns:
                     rp.sources.append((sk[:ns].copy(), so[:ns].copy()))
+            elif n == 1:
+                # one record (a single put): scalar reads (``item``) and
+                # MultiMap.add, no slices, lists or bulk calls; the same
+                # entries and generation bumps as the branches below
+                key = c.key.item(first)
+                self.by_hash.add(hk.item(0), first)
+                self.by_key.add(key, first)
+                self.by_path.add(c.path.item(first), first)
+                if ns:
+                    self.by_source.add(sk.item(0), so.item(0))
+                pid = key >> PRED_BITS
+                self.key_gen[(pid * GEN_MIX + (key & _PRED_MASK)) & GEN_MASK] += 1
+                self.path_gen[pid & GEN_MASK] += 1
             elif n <= SMALL_GROUP:
                 # a few records (single puts, a small group commit): the maps'
                 # recent dicts directly, without add_run's array handling
@@ -277,7 +308,7 @@ class State:
                 self.by_path.add_run(c.path[first:end].astype(np.int64), first)
                 self.by_source.add_run(sk[:ns], 0, so[:ns])
                 keys = keys.tolist() if n <= GEN_BULK else None
-            if rp is None:
+            if rp is None and n > 1:
                 self._bump(keys)
             if max_rec > self.last_recorded_at:
                 self.last_recorded_at = max_rec
