@@ -35,6 +35,7 @@ class Checkpoints:
         self.anchor = {"segment": segno, "offset": size, "last_record": wal.last_frame}
         self._since = 0
         self._lock = threading.Lock()
+        self._stopped = False       # set by stop(): no background write after it
 
     def applied(self, anchor: dict, n: int) -> None:
         """A durable group of ``n`` records ending at ``anchor`` was applied
@@ -43,14 +44,30 @@ class Checkpoints:
         self._since += n
         if self._since >= self.interval > 0:
             self._since = 0
-            threading.Thread(target=self._background, daemon=True,
-                             name="stemedb-snapshot").start()
+            self.write_soon()
+
+    def write_soon(self) -> threading.Thread:
+        """Write a snapshot in a background thread (the periodic one, and the
+        one after a rebuild from the WAL, which then need not hold up the
+        open: the WAL holds everything the snapshot would, so a crash before
+        it is written leaves what a crash during the open's write left, and
+        the next start rebuilds again).  A failure is logged, not raised."""
+        t = threading.Thread(target=self._background, daemon=True, name="stemedb-snapshot")
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        """No background write after this returns (the store's close, after
+        its own snapshot, before the WAL and LOCK are let go): one already
+        writing is waited for, one not yet started writes nothing."""
+        with self._lock:
+            self._stopped = True
 
     def _background(self) -> None:
         try:
-            self.write()
+            self.write(background=True)
         except Exception:
-            log.exception("periodic snapshot failed (the WAL still holds everything)")
+            log.exception("background snapshot failed (the WAL still holds everything)")
 
     def position(self) -> dict:
         """The log position the state covers (call under ``reader.lock``)."""
@@ -62,9 +79,12 @@ class Checkpoints:
         with self.reader.lock:
             return datadir.metadata(self.reader.state, self.wal, self.clock())
 
-    def write(self) -> None:
-        """Write the index snapshot and metadata.json (atomically, fsynced)."""
+    def write(self, *, background: bool = False) -> None:
+        """Write the index snapshot and metadata.json (atomically, fsynced);
+        ``background``: nothing once :meth:`stop` was called."""
         with self._lock:
+            if background and self._stopped:
+                return
             with self.reader.lock:
                 data = snapshot.encode(self.reader.state, self.position())
                 meta = datadir.metadata(self.reader.state, self.wal, self.clock())

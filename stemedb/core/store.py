@@ -204,6 +204,7 @@ class Store:
             if not self.wal.fault:
                 self.snapshot()
         finally:
+            self.checkpoints.stop()     # no background snapshot after LOCK is let go
             if self.audit is not None:
                 self.audit.close()
             self.wal.close()
