@@ -22,7 +22,9 @@ benchmark workload (``bench/workload.py``), never a simplified copy:
   ``put`` end to end, so what the stages leave out shows as "unaccounted".
 * **query**: the seams of ``query.run_query``: argument checks, ``gather``
   (index lookup, then the filters), ``shown`` (read, CRC, decode), the lens
-  (``_context``, ``Lens.resolve`` per key, the page), ``_audit`` (in the
+  on the branch run_query takes (``rows_answer`` from the index columns,
+  ``columns_resolution`` for a small key compiled, or ``_context`` and
+  ``resolve_groups``; the page), ``_audit`` (in the
   query) and the audit writer's ``orjson.dumps`` of the entry (off the
   query path), and the HTTP layer's serialization (``query_answer`` +
   its msgspec encoder).  Before timing, the stages' answer is checked equal
@@ -60,6 +62,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
@@ -370,17 +373,57 @@ def hot_key_batch(size: int) -> list[dict]:
              "timestamp": 1_750_000_000 + i} for i in range(size)]
 
 
-def _lens_stage(store, lens_obj, f, cands, active, concept_path, predicate,
+def _lens_stage(store, lens_obj, f, cands, active, retracted, concept_path, predicate,
                 include_descendants, limit, offset=0):
-    """run_query's lens block: context, groups, resolve per key, the page."""
+    """run_query's lens block, on the branch run_query takes for this query:
+
+    * a ``rows_only`` lens over enough candidates (``query._rows_pay``):
+      ``rows_answer``, ranked from the index columns (``_query.resolve_columns``
+      compiled); asked for no page (``want`` empty), since the decode stage
+      already times decoding the candidates, the page among them; it still
+      decodes the winners, one per key;
+    * compiled, a small key of one predicate under a column lens: the context,
+      ``columns_resolution`` and ``_shown_resolution`` over the decoded
+      candidates;
+    * otherwise the context and ``resolve_groups`` over them.
+
+    Returns ``(QueryResult, groups, ctx, ordered, branch)``: what run_query's
+    audit call gets (on the rows branch ``groups`` is None and ``ordered``
+    the audit's top, as there), and which branch ran: ``"rows"``,
+    ``"columns"`` or ``"decoded"``."""
+    from stemedb.core import qfast
     from stemedb.core import query as Q
-    with store.reader.lock:
-        ctx = Q._context(store.reader, f, cands, active, need_votes=lens_obj.name == "vote")
-    groups, results, ordered = Q.resolve_groups(lens_obj, cands, ctx, concept_path, predicate,
-                                                include_descendants)
+    reader = store.reader
+    if lens_obj.rows_only and Q._rows_pay(len(active), limit, reader.audit is not None):
+        with reader.lock:
+            ans, _shown = Q.rows_answer(reader, lens_obj, f, active, retracted, concept_path,
+                                        predicate, include_descendants, None)
+        of = dict(zip(active, cands))
+        ords = ans.ords
+        page = [of[o] for o in ords[offset:offset + limit]]
+        nxt = Q._cursor(offset + limit, f) if offset + limit < len(ords) else None
+        at = f.as_of if f.as_of is not None else f.at_us
+        top = [of[o] for o in ords[:min(Q.AUDIT_CONTRIBUTORS, ans.active)]]
+        return (Q.QueryResult(concept_path, lens_obj.name, [Q.Result(r) for r in ans.results],
+                              page, nxt), None, Q._Moment(at, f.decay), top, "rows")
+    with reader.lock:
+        ctx = Q._context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
+        colres = None
+        if (qfast.COMPILED and active and predicate is not None
+                and not include_descendants and lens_obj.name in qfast.COLUMN_LENSES):
+            colres = Q.columns_resolution(reader, lens_obj, active, ctx.at_us, f.decay)
+    if colres is not None:
+        groups, results, ordered = Q._shown_resolution(colres, cands, active, concept_path,
+                                                       predicate)
+        branch = "columns"
+    else:
+        groups, results, ordered = Q.resolve_groups(lens_obj, cands, ctx, concept_path,
+                                                    predicate, include_descendants)
+        branch = "decoded"
     page = ordered[offset:offset + limit]
     nxt = Q._cursor(offset + limit, f) if offset + limit < len(ordered) else None
-    return Q.QueryResult(concept_path, lens_obj.name, results, page, nxt), groups, ctx, ordered
+    return (Q.QueryResult(concept_path, lens_obj.name, results, page, nxt), groups, ctx,
+            ordered, branch)
 
 
 def query_section(cfg: Config, store, kinds: dict) -> dict:
@@ -486,8 +529,8 @@ def _query_kind(cfg: Config, store, kind: str, qs: list, read_cache, serialize) 
 
     def lens_stage():
         lensed.clear()
-        for (p, kw), (lens, f), cands, (active, _r) in zip(qs, prepared, decoded, gathered):
-            lensed.append(_lens_stage(store, lens, f, cands, active, p,
+        for (p, kw), (lens, f), cands, (active, retr) in zip(qs, prepared, decoded, gathered):
+            lensed.append(_lens_stage(store, lens, f, cands, active, retr, p,
                                       kw.get("predicate"), kw.get("include_descendants", False),
                                       kw.get("limit", 100)))
     lens_stage()
@@ -507,7 +550,8 @@ def _query_kind(cfg: Config, store, kind: str, qs: list, read_cache, serialize) 
         capture.fns.clear()
         real, store.reader.audit = store.reader.audit, capture
         try:
-            for (p, kw), (res, groups, ctx, ordered) in zip(qs, lensed):
+            for (p, kw), (res, groups, ctx, ordered, branch), (active, _r) in zip(qs, lensed,
+                                                                                 gathered):
                 params = {"concept_path": p, "predicate": kw.get("predicate"),
                           "include_descendants": kw.get("include_descendants", False),
                           "lens": kw.get("lens", "recency"), "as_of": None,
@@ -515,7 +559,11 @@ def _query_kind(cfg: Config, store, kind: str, qs: list, read_cache, serialize) 
                           "epoch": None, "decay": kw.get("decay", False),
                           "include_retracted": False, "limit": kw.get("limit", 100),
                           "cursor": None}
-                Q._audit(store.reader, None, params, res.results, groups, ctx, ordered)
+                if branch == "rows":        # as run_query: the top, counted actives
+                    Q._audit(store.reader, None, params, res.results, None, ctx, ordered,
+                             active=len(active))
+                else:
+                    Q._audit(store.reader, None, params, res.results, groups, ctx, ordered)
         finally:
             store.reader.audit = real
     audit_stage()
@@ -558,7 +606,9 @@ def _query_kind(cfg: Config, store, kind: str, qs: list, read_cache, serialize) 
     log(f"query: {kind}, {nq:,} queries x{reps}")
     row = {"queries": nq,
            "candidates": sum(len(a) for a, _r in gathered) / nq,
-           "page": sum(len(r.assertions) for r, *_x in lensed) / nq}
+           "page": sum(len(r.assertions) for r, *_x in lensed) / nq,
+           # which lens branch run_query took (_lens_stage), per query
+           "lens_branch": dict(Counter(x[-1] for x in lensed))}
     for name, fn in (("args", args_stage), ("lookup", lookup_stage), ("gather", gather_stage),
                      ("decode", decode_stage), ("read", read_stage), ("lens", lens_stage),
                      ("audit", audit_stage), ("audit_writer", audit_writer_stage),
@@ -889,8 +939,11 @@ def render(doc: dict) -> str:
                       row("decode", "`query.shown` per candidate", (kind, "decode"), "query"),
                       row("  of which read + CRC + decode", "`Reader.read_record`", (kind, "read"),
                           "query"),
-                      row("lens", "`_context`, `Lens.resolve` per key, the page", (kind, "lens"),
-                          "query"),
+                      row("lens", "run_query's branch (" + ", ".join(
+                          f"{b}: {n}" for b, n in sorted(q0.get("lens_branch", {}).items()))
+                          + "): rows = `rows_answer` (columns, winners decoded); columns = "
+                          "`_context`, `columns_resolution`, `_shown_resolution`; decoded = "
+                          "`_context`, `resolve_groups`; the page", (kind, "lens"), "query"),
                       row("audit (in the query)", "`query._audit`", (kind, "audit"), "query"),
                       row("unaccounted", "`run_query` - the stages above: its own lines, the audit "
                           "thread's CPU, and the cache warmth a loop of one stage enjoys",
