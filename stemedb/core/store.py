@@ -27,7 +27,9 @@ from ..timeutil import now_us
 from . import auditview, fast
 from .audit import MAX_BYTES as AUDIT_MAX_BYTES
 from .fileio import FileSystem
+from .lens import trust_rank
 from .opening import open_parts
+from .query import QueryResult, run_query, run_skeptic, run_trace
 from .reader import DEFAULT_READ_CACHE_BYTES
 from .writer import PutResult, RetractResult
 
@@ -113,19 +115,15 @@ class Store:
 
     def query(self, concept_path: str, **params):
         """Resolve claims at ``concept_path`` through a lens (see docs/semantics)."""
-        from .query import run_query
         return run_query(self.reader, concept_path, **params)
 
     def skeptic(self, concept_path: str, predicate: str, **filters) -> dict:
-        from .query import run_skeptic
         return run_skeptic(self.reader, concept_path, predicate, **filters)
 
     def trace(self, hash: str) -> dict | None:
-        from .query import run_trace
         return run_trace(self.reader, hash)
 
     def trust_rank(self, agent_id: str) -> float:
-        from .lens import trust_rank
         with self.reader.lock:
             outcomes = list(self.state.outcomes.get(agent_id, ()))
         return trust_rank(outcomes, self.clock())
@@ -241,7 +239,5 @@ def open_store(path: str | os.PathLike | None = None, *, settings=None, **option
     return Store(settings.data_dir if path is None else path, **kwargs)
 
 
-__all__ = ["Store", "open_store", "PutResult", "RetractResult"]
-
-from .query import QueryResult  # noqa: E402  (re-exported: part of the store's interface)
-__all__.append("QueryResult")
+# QueryResult is re-exported: part of the store's interface
+__all__ = ["Store", "open_store", "PutResult", "RetractResult", "QueryResult"]
