@@ -199,7 +199,15 @@ def group_frames(group) -> tuple:
     buf = first.data if len(group) == 1 else b"".join(r.data for r in group)
     offsets, types, seqs, pos = [], [], [], 0
     for req in group:
-        for size, (rtype, seq, _arg) in zip(req.sizes, req.apply_arg):
+        sizes = req.sizes
+        if len(sizes) == 1:         # one put's request (group commit of puts, W2)
+            rtype, seq, _arg = req.apply_arg[0]
+            offsets.append(pos)
+            types.append(rtype)
+            seqs.append(seq)
+            pos += sizes[0]
+            continue
+        for size, (rtype, seq, _arg) in zip(sizes, req.apply_arg):
             offsets.append(pos)
             types.append(rtype)
             seqs.append(seq)

@@ -369,7 +369,10 @@ class Writer:
         while settled:
             req, recs = settled.popleft()
             if req.done and req.error is None:
-                deque(map(pending.pop, map(_hash_of, recs), repeat(None)), maxlen=0)
+                if len(recs) == 1:          # a put's: no iterator set-up
+                    pending.pop(recs[0].hash, None)
+                else:
+                    deque(map(pending.pop, map(_hash_of, recs), repeat(None)), maxlen=0)
                 continue
             for r in recs:
                 e = pending.get(r.hash)

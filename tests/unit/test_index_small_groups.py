@@ -116,3 +116,22 @@ def test_a_one_record_group_past_the_merge_point_merges(monkeypatch):
     assert len(ones.by_key.keys) > 0 and ones.by_key.n_recent < 16
     assert np.all(np.diff(ones.by_key.keys) >= 0)
     assert _state_view(ones) == _state_view(_apply_in(buf, offs, types, seqs, [len(offs)]))
+
+
+def test_a_group_of_mixed_requests_frames_each_record_at_its_offset():
+    buf, _h = _log(40, seed=9)
+    offs, types, seqs = _scan(buf)
+    ends = offs[1:] + [len(buf)]
+    rnd = random.Random(9)
+    group, i = [], 0
+    while i < len(offs):
+        j = min(len(offs), i + rnd.choice([1, 1, 3]))      # puts and small batches
+        req = Request(buf[offs[i]:ends[j - 1]], [ends[k] - offs[k] for k in range(i, j)],
+                      [(types[k], seqs[k], None) for k in range(i, j)])
+        req.locs = [(2, offs[i])]
+        group.append(req)
+        i = j
+    assert len(group) > 10 and any(len(r.sizes) > 1 for r in group)
+    got = records.group_frames(group)
+    assert got == (buf[offs[0]:], [o - offs[0] for o in offs], list(types), list(seqs),
+                   (2 << 40) + offs[0], 2)
