@@ -13,24 +13,20 @@ import base64
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
-
 from ..errors import NotFound, UnknownReference, ValidationError
 from ..model import (
-    LIFECYCLE_RANK, LIFECYCLES, SOURCE_CLASSES, Assertion, check_concept_path, check_hash,
-    check_name,
+    LIFECYCLE_RANK, LIFECYCLES, Assertion, check_concept_path, check_hash, check_name,
 )
 from ..timeutil import FIRST_US, LAST_US, format_time, parse_filter_time
 from .fast import str64
 from .index import PRED_BITS
 from . import qfast
-from .format import VALUE_HASHED
-from .lens import (
-    _HALF_LIFE_US, _KEY, _TIER, LensContext, Resolution, conflict_analysis, get_lens,
-    record_rows, trust_rank,
+from .lens import _HALF_LIFE_US, LensContext, Resolution, conflict_analysis, get_lens, trust_rank
+from .qcolumns import (  # noqa: F401 (column_rows, _hashed_values_agree: re-exported)
+    _hashed_values_agree, column_rows, columns_resolution, rank_rows,
 )
-from .reader import Answer, take
-from .state import _PRED_MASK, GEN_MASK, GEN_MIX
+from .reader import Answer
+from .state import GEN_MASK, GEN_MIX
 
 DEFAULT_LIFECYCLES = tuple(LIFECYCLE_RANK[n] for n in ("proposed", "under_review", "approved"))
 TRACE_LIMIT = 100
@@ -475,79 +471,6 @@ def _rows_pay(candidates: int, limit: int, audited: bool) -> bool:
     return candidates >= PURE_ROWS_FROM and candidates >= 2 * decoded
 
 
-def column_rows(reader, ords: list[int], at_us: int, decay: bool) -> list[tuple]:
-    """The lens rows of the candidates ``ords`` (call under the lock), read
-    from the index columns (``qfast.column_rows``): no record is decoded,
-    unless two candidates share a hashed value id (a canonical value longer
-    than ``format.VALUE_INLINE`` bytes), whose records are then read to
-    compare their values.  When two such values differ (ids of different
-    values collided), the rows are built from every candidate's record
-    instead (``lens.record_rows``), so grouping by value is always exact.
-    The rows order, group and sum like ``record_rows``' (the value slot
-    groups the same candidates: tests/unit/test_query_columns.py)."""
-    c = reader.state.cols
-    rows, hashed = qfast.column_rows(ords, c.seq, c.ts, c.conf, c.rank, c.va, c.vb, at_us,
-                                     decay, _HALF_LIFE_US, _TIER)
-    if hashed > 1 and not _hashed_values_agree(
-            reader, [(row[_KEY], row[-1]) for row in rows if row[_KEY] & 0xFF == VALUE_HASHED]):
-        rows = record_rows(ords, reader.read_records(ords), take(c.seq, ords), at_us, decay)
-    return rows
-
-
-def _hashed_values_agree(reader, pairs) -> bool:
-    """Whether the candidates sharing each hashed value id hold equal values
-    (``pairs``: (value id, ordinal) of the hashed ones; the records of ids
-    held by two or more are read)."""
-    by_id: dict[int, list[int]] = {}
-    for vid, o in pairs:
-        by_id.setdefault(vid, []).append(o)
-    shared = [os for os in by_id.values() if len(os) > 1]
-    if not shared:
-        return True
-    recs = iter(reader.read_records([o for os in shared for o in os]))
-    for os in shared:
-        if len({next(recs).value_json for _ in os}) > 1:
-            return False
-    return True
-
-
-def columns_resolution(reader, lens_obj, ords: list[int], at_us: int, decay: bool):
-    """The Resolution of a ``rows_only`` lens over one key's candidates
-    ``ords``, ranked from the index columns (``qfast.resolve_columns``:
-    compiled, or lens.py over :func:`column_rows`), with ordinals where
-    Assertions would be (call under the lock).  None when it declines (an
-    effective confidence that is not finite) or two different values
-    share a hashed value id: :func:`column_rows` answers then."""
-    c = reader.state.cols
-    if len(ords) < 16:
-        pairs = [(a | b << 64, o) for a, b, o in zip(take(c.va, ords), take(c.vb, ords), ords)
-                 if a & 0xFF == VALUE_HASHED]
-    else:
-        o = np.fromiter(ords, dtype=np.int64, count=len(ords))
-        if int(o.min()) < 0 or int(o.max()) >= c.n:
-            raise IndexError(f"an ordinal outside the columns ({c.n})")
-        hashed = (c.va[o] & np.uint64(0xFF)) == np.uint64(VALUE_HASHED)
-        pairs = []
-        if int(np.count_nonzero(hashed)) > 1:
-            h = o[hashed]
-            pairs = [(a | b << 64, x) for a, b, x in zip(c.va[h].tolist(), c.vb[h].tolist(),
-                                                         h.tolist())]
-    if len(pairs) > 1 and not _hashed_values_agree(reader, pairs):
-        return None
-    got = qfast.resolve_columns(lens_obj.name, ords, c.seq, c.ts, c.conf, c.rank, c.va, c.vb,
-                                at_us, decay, _HALF_LIFE_US, _TIER)
-    if got is None:
-        return None
-    winner, conf, score, ordered, layers = got
-    if winner is None:
-        return Resolution(None, 0.0, 0.0, [], lens_obj._empty_extra())
-    if lens_obj.name != "layered":
-        return Resolution(winner, conf, score, ordered)
-    return Resolution(winner, conf, score, ordered, {"layers": [
-        {"source_class": SOURCE_CLASSES[r], "winner": w, "confidence": share,
-         "conflict_score": cs, "candidates_count": n} for r, w, share, cs, n in layers]})
-
-
 def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list[int],
                 concept_path: str, predicate: str | None, include_descendants: bool,
                 token, want: Sequence[tuple[int, int]] = ()) -> tuple[Answer, dict]:
@@ -561,42 +484,9 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
     and, as one batch with the winners, the Assertions of the ranges
     ``want`` of that order (ordinal -> Assertion: the page and the audit's
     top)."""
-    st = reader.state
-    at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None else reader.clock()
-    ctx = LensContext(at_us=at, decay=f.decay)   # votes and trust: no rows_only lens reads them
-    keyed: list[tuple[tuple, list]]
-    single = predicate is not None and not include_descendants
-    res = None
-    if single and lens_obj.name in qfast.COLUMN_LENSES:
-        res = columns_resolution(reader, lens_obj, active, at, f.decay)
-    if res is not None:
-        keyed = [((concept_path, predicate), active)]
-        rows = []
-    elif single:
-        # gather read one (path, predicate) key: every candidate is of it
-        rows = column_rows(reader, active, at, f.decay)
-        keyed = [((concept_path, predicate), rows)]
-    else:
-        rows = column_rows(reader, active, at, f.decay)
-        by_key: dict[int, list] = {}
-        for row, key in zip(rows, take(st.cols.key, active)):
-            by_key.setdefault(key, []).append(row)
-        names, preds = st.path_names, st.pred_names
-        keyed = sorted(((names[k >> PRED_BITS], preds[k & _PRED_MASK]), g)
-                       for k, g in by_key.items())
-    counts = [len(g) for _, g in keyed]
-    resolutions = [res] if res is not None else [lens_obj.resolve_rows(g, ctx) for _, g in keyed]
-    if len(resolutions) == 1:
-        ordered = resolutions[0].ordered
-    elif resolutions:
-        ordered = lens_obj.resolve_rows(rows, ctx).ordered
-    else:
-        ordered = []
-    if retracted and f.include_retracted:
-        c = st.cols
-        ordered = ordered + [o for _, _, o in sorted(
-            zip([-t for t in take(c.ts, retracted)], [-s for s in take(c.seq, retracted)],
-                retracted))]
+    keyed, resolutions, counts, ordered = rank_rows(reader, lens_obj, f, active, retracted,
+                                                    concept_path, predicate,
+                                                    include_descendants)
     # the winners (and a layered lens's per-class winners) as Assertions, one batch
     layers = [layer for res in resolutions for layer in res.extra.get("layers", ())]
     show = [res.winner for res in resolutions if res.winner is not None]
