@@ -159,10 +159,26 @@ class State:
     @property
     def sorted_paths(self) -> SortedList:
         """Every concept path in ``path_names``, sorted.  Kept lazily: a
-        write only appends to ``path_names`` (a sorted insert cost ~1 us of a
-        single put's apply), and the paths added since the last read are
-        sorted in here, O(k log n) for k new paths.  Callers hold the index
-        lock, as for every read of the state."""
+        write only appends to ``path_names`` (a sorted insert, ~1.1 us per
+        new path, was most of a single put's apply after the maps), and the
+        paths added since the last read are sorted in here: one
+        ``SortedList.add`` each for a few, one sort of the whole list (~0.3 us
+        a path) once they are a quarter of it.  So the cost moves from the
+        write to the first read after it (a query with
+        ``include_descendants``, ``check``): after a bulk load of many new
+        paths that read pays the sort, e.g. ~60 ms for 200,000 paths.
+        ``end_replay`` reads it, so a start pays it, not the first query.
+        Callers hold the index lock, as for every read of the state."""
+        return self._sort_new_paths()
+
+    @sorted_paths.setter
+    def sorted_paths(self, value: SortedList) -> None:
+        """``value`` holds the first ``len(value)`` entries of ``path_names``
+        (a snapshot load gives it all of them)."""
+        self._sorted = value
+        self._sorted_n = len(value)
+
+    def _sort_new_paths(self) -> SortedList:
         sp = self._sorted
         k = len(self.path_names)
         if self._sorted_n < k:
@@ -173,13 +189,6 @@ class State:
                 sp.update(new)
             self._sorted_n = k
         return sp
-
-    @sorted_paths.setter
-    def sorted_paths(self, value: SortedList) -> None:
-        """``value`` holds the first ``len(value)`` entries of ``path_names``
-        (a snapshot load gives it all of them)."""
-        self._sorted = value
-        self._sorted_n = len(value)
 
     def pred_id(self, pred: str) -> int:
         pid = self.pred_ids.get(pred)
@@ -355,6 +364,7 @@ class State:
             self.by_source.add_run(np.concatenate([k for k, _ in rp.sources]), 0,
                                    np.concatenate([o for _, o in rp.sources]))
         records = self.records                 # apply_group counted every record
+        self._sort_new_paths()                 # at the start, not at its first query
         self._link(rp.edges)
         for rtype, seq, body in rp.metas:
             self.apply_meta(rtype, seq, body)

@@ -135,3 +135,15 @@ def test_a_group_of_mixed_requests_frames_each_record_at_its_offset():
     got = records.group_frames(group)
     assert got == (buf[offs[0]:], [o - offs[0] for o in offs], list(types), list(seqs),
                    (2 << 40) + offs[0], 2)
+
+
+def test_replay_sorts_its_paths_before_the_first_query():
+    buf, _h = _log(200, seed=10)
+    offs, types, seqs = _scan(buf)
+    st = State()
+    st.begin_replay()
+    st.apply_group(buf[offs[0]:], [o - offs[0] for o in offs], types, seqs, 1 << 40, 1)
+    assert st._sorted_n == 0                # applied, not yet sorted
+    st.end_replay()
+    assert st._sorted_n == len(st.path_names) > 50
+    assert list(st._sorted) == sorted(st.path_names)
