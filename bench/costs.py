@@ -175,7 +175,6 @@ def write_section(cfg: Config, bodies: list[dict], workdir: str) -> dict:
 
     from stemedb import open_store
     from stemedb.core import fast
-    from stemedb.core.format import REC_ASSERT
     from stemedb.core.state import State
     from stemedb import model
     from stemedb.model import prepare_assertion
@@ -260,19 +259,11 @@ def write_section(cfg: Config, bodies: list[dict], workdir: str) -> dict:
     # Index apply as the store runs it after each durable group (its on-durable
     # step, stemedb/core/opening.py): records.group_frames of the group's WAL
     # requests, then State.apply_group over the framed bytes.
+    from bench.apply_small import requests as wal_requests
     from stemedb.core import records
-    from stemedb.core.wal import Request
 
     def requests(size):
-        reqs, at = [], 40
-        for i in range(0, n, size):
-            rs, seqs = stamped[i:i + size], list(range(i + 1, i + 1 + len(stamped[i:i + size])))
-            data, sizes = fast.encode_assert_frames(rs, seqs)
-            req = Request(data, sizes, [(REC_ASSERT, q, None) for q in seqs])
-            req.locs = [(1, at)]
-            at += len(data)
-            reqs.append(req)
-        return reqs
+        return wal_requests(stamped[:n], size)
 
     def apply(reqs):
         st = State()

@@ -117,6 +117,29 @@ def filter_ords(list ords, ts, rec, seq, lc, ep, as_of, known_at, since, seq_bou
 DEF HASHED = 0xFF           # format.VALUE_HASHED
 
 
+cdef double _decayed(double c, int64_t t, object hl_o, bint small_at, int64_t at,
+                     object at_us) except? -1.0:
+    """``c`` decayed from ``t`` to ``at_us`` with the half-life ``hl_o``
+    (None: never decays), as lens.effective_confidence computes it: in C
+    doubles while every operand is exact there (``small_at``: ``at_us`` fits,
+    as ``at``), else in Python's arithmetic."""
+    cdef int64_t age, hl
+    if hl_o is None:
+        return c
+    if small_at and -EXACT < t < EXACT:
+        age = at - t
+        if age <= 0:
+            return c
+        hl = hl_o
+        if age < EXACT and 0 < hl < EXACT:
+            return c * pow(2.0, -(<double>age) / <double>hl)
+        return c * (2.0 ** (-(at_us - t) / hl_o))
+    age_o = at_us - t
+    if age_o > 0:
+        return c * (2.0 ** (-age_o / hl_o))
+    return c
+
+
 def column_rows(list ords, seq, ts, conf, rank, va, vb, at_us, bint decay,
                 tuple half_life_us, tuple tier):
     """See qpure.column_rows: the columns read through typed views, one
@@ -129,7 +152,7 @@ def column_rows(list ords, seq, ts, conf, rank, va, vb, at_us, bint decay,
     cdef const uint64_t[:] vbv = vb
     cdef Py_ssize_t n = seqv.shape[0], m = PyList_GET_SIZE(ords), i, o, nt = len(tier)
     cdef Py_ssize_t r
-    cdef int64_t t, at = 0, age, hl
+    cdef int64_t t, at = 0
     cdef double c
     cdef uint64_t a, b
     cdef bint small_at = -EXACT < at_us < EXACT
@@ -155,20 +178,7 @@ def column_rows(list ords, seq, ts, conf, rank, va, vb, at_us, bint decay,
         if r >= nt:
             raise IndexError(f"source class {r} outside the tier table ({nt})")
         if decay:
-            hl_o = <object>(<tuple>half_life_us)[r]
-            if hl_o is not None:
-                if small_at and -EXACT < t < EXACT:
-                    age = at - t
-                    if age > 0:
-                        hl = hl_o
-                        if age < EXACT and 0 < hl < EXACT:
-                            c *= pow(2.0, -(<double>age) / <double>hl)
-                        else:
-                            c *= 2.0 ** (-(at_us - t) / hl_o)
-                else:
-                    age_o = at_us - t
-                    if age_o > 0:
-                        c *= 2.0 ** (-age_o / hl_o)
+            c = _decayed(c, t, <object>(<tuple>half_life_us)[r], small_at, at, at_us)
         a = vav[o]
         b = vbv[o]
         if (a & 0xFF) == HASHED:
@@ -410,7 +420,7 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
     cdef Py_ssize_t ncol = seqv.shape[0], n = PyList_GET_SIZE(ords), i, j, o, k, nt = len(tier)
     cdef Py_ssize_t r, nslots, a
     cdef int kind
-    cdef int64_t t, at = 0, age, hl
+    cdef int64_t t, at = 0
     cdef double cv, score = 0.0, share
     cdef bint small_at = -EXACT < at_us < EXACT
     if lens_name == "recency":
@@ -467,20 +477,7 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
             if r >= nt:
                 raise IndexError(f"source class {r} outside the tier table ({nt})")
             if decay:
-                hl_o = <object>(<tuple>half_life_us)[r]
-                if hl_o is not None:
-                    if small_at and -EXACT < t < EXACT:
-                        age = at - t
-                        if age > 0:
-                            hl = hl_o
-                            if age < EXACT and 0 < hl < EXACT:
-                                cv *= pow(2.0, -(<double>age) / <double>hl)
-                            else:
-                                cv *= 2.0 ** (-(at_us - t) / hl_o)
-                    else:
-                        age_o = at_us - t
-                        if age_o > 0:
-                            cv *= 2.0 ** (-age_o / hl_o)
+                cv = _decayed(cv, t, <object>(<tuple>half_life_us)[r], small_at, at, at_us)
             c[i].ts = t
             c[i].seq = seqv[o]
             c[i].eff = cv
