@@ -15,8 +15,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import msgspec
+
 from .. import canonical as _canonical
 from . import codec, records
+from . import index as _index
 
 
 def _flag(name: str) -> bool:
@@ -49,7 +52,24 @@ index_records = _fast.index_records if COMPILED else records.index_records
 # the older one-segment interface over index_records (bench/costs.py's extract stage)
 extract_segment = _fast.extract_segment if COMPILED else records.extract_with(index_records)
 decode_assert = _fast.decode_assert if COMPILED else codec.decode_assert
-encode_assert_frames = _fast.encode_assert_frames if COMPILED else codec.encode_assert_frames
+
+
+def encode_assert_frames_py(records, seqs, recorded_at=None) -> tuple[bytes, list[int]]:
+    """``codec.encode_assert_frames`` with the compiled twin's ``recorded_at``:
+    when given (an int64), every record is framed with it as its recorded_at
+    (the writer's stamp) instead of its own.  The pure twin of
+    ``_fast.encode_assert_frames``."""
+    if recorded_at is not None:
+        if type(recorded_at) is not int or not -(1 << 63) <= recorded_at < (1 << 63):
+            raise ValueError(f"recorded_at must be an int64 microsecond time, not {recorded_at!r}")
+        records = [_replace(r, recorded_at=recorded_at) for r in records]
+    return codec.encode_assert_frames(records, seqs)
+
+
+_replace = msgspec.structs.replace
+encode_assert_frames = _fast.encode_assert_frames if COMPILED else encode_assert_frames_py
+bump_gens = _fast.bump_gens if COMPILED else records.bump_gens
+add_recent = _fast.add_recent if COMPILED else _index.add_recent
 if COMPILED:
     str64 = _fast.fnv1a64
 else:

@@ -90,6 +90,29 @@ def stable_order(keys: np.ndarray) -> np.ndarray:
     return comp & np.int64(0xFFFFFFFF)
 
 
+def add_recent(recent: dict, keys: np.ndarray, first: int, vals: np.ndarray | None = None) -> int:
+    """Append ordinal ``first + i`` (or ``vals[i]``) under ``keys[i]`` in a
+    :class:`MultiMap`'s recent dict, for every ``i``; returns how many.  The
+    pure twin of ``_fast.add_recent``, which ``State`` hands to
+    :meth:`MultiMap.add_run` (``fast.add_recent`` chooses): ``keys`` a 1-d
+    int64 or uint64 array, ``vals`` an int32 one.  O(len(keys))."""
+    if keys.ndim != 1 or keys.dtype not in (np.int64, np.uint64) \
+            or not keys.flags.c_contiguous:
+        raise ValueError("add_recent: keys must be a contiguous 1-d int64 or uint64 array")
+    n = len(keys)
+    if vals is not None and (vals.ndim != 1 or vals.dtype != np.int32
+                             or not vals.flags.c_contiguous or len(vals) < n):
+        raise ValueError(f"add_recent: vals must be a contiguous int32 array of {n} rows")
+    ords = range(first, first + n) if vals is None else vals[:n].tolist()
+    for k, o in zip(keys.tolist(), ords):
+        lst = recent.get(k)
+        if lst is None:
+            recent[k] = [o]
+        else:
+            lst.append(o)
+    return n
+
+
 class MultiMap:
     """int key -> ordinals in ascending order.  Sorted run + recent dict.
 
@@ -141,9 +164,12 @@ class MultiMap:
         if self.n_recent >= MERGE_AT:
             self.merge()
 
-    def add_run(self, keys: np.ndarray, first: int, vals: np.ndarray | None = None) -> None:
+    def add_run(self, keys: np.ndarray, first: int, vals: np.ndarray | None = None,
+                adder=add_recent) -> None:
         """Add the pairs of one applied group: ``keys[i]`` to ordinal ``first + i``
-        (or to ``vals[i]``), every ordinal above the stored ones.
+        (or to ``vals[i]``), every ordinal above the stored ones.  ``adder``
+        puts a small group into the recent dict (:func:`add_recent`, or its
+        compiled twin, which ``State`` passes).
 
         A group that is large next to the map (a replayed segment, a bulk load
         into a young store) is sorted into the run at once: ``extend``, O(run +
@@ -159,8 +185,9 @@ class MultiMap:
                 vals = np.arange(first, first + k, dtype=np.int32)
             self.extend(keys, vals)
         else:
-            self.add_many(keys.tolist(), range(first, first + k) if vals is None
-                          else vals.tolist())
+            self.n_recent += adder(self.recent, keys, first, vals)
+            if self.n_recent >= MERGE_AT:
+                self.merge()
 
     def get(self, key: int) -> list[int]:
         out = []

@@ -146,6 +146,25 @@ def index_records(buf, offsets, types, seqs, loc_base: int, first: int,
     return n, ns, max(rec_l, default=0), edges, metas
 
 
+def bump_gens(kgen: list, pgen: list, keys: np.ndarray, mix: int, pred_bits: int) -> None:
+    """One answer generation step per index key of an applied group: slot
+    ``(pid * mix + qid) & mask`` of ``kgen`` and ``pid & mask`` of ``pgen``,
+    where ``pid = key >> pred_bits``, ``qid`` the key's low ``pred_bits``
+    bits and ``mask`` the lists' (one power-of-two) length - 1 (state.py's
+    ``gen_slot``).  The pure twin of ``_fast.bump_gens``
+    (``fast.bump_gens`` chooses).  O(len(keys))."""
+    slots = len(kgen)
+    if slots == 0 or slots & (slots - 1) or len(pgen) != slots:
+        raise ValueError("bump_gens: kgen and pgen must be lists of one power-of-two length")
+    if keys.ndim != 1 or keys.dtype != np.int64 or not keys.flags.c_contiguous:
+        raise ValueError("bump_gens: keys must be a contiguous 1-d int64 array")
+    mask, qmask = slots - 1, (1 << pred_bits) - 1
+    for key in keys.tolist():
+        pid = key >> pred_bits
+        kgen[(pid * mix + (key & qmask)) & mask] += 1
+        pgen[pid & mask] += 1
+
+
 def decode_meta(rtype: int, buf, off: int, segno: int) -> dict:
     """The body of a non-assertion record (msgpack), for ``State.apply_meta``."""
     if rtype not in (REC_RETRACT, REC_VOTE, REC_EPOCH, REC_OUTCOME):
@@ -189,25 +208,36 @@ def group_frames(group) -> tuple:
     """What ``State.apply_group`` takes for one durable WAL group (its
     requests, written back to back in one segment): ``(buf, offsets, types,
     seqs, loc_base, segment)``.  Types and seqs come from each request's
-    ``apply_arg``, the records the writer framed."""
+    ``frames`` (the writer's lists, taken as they are for a group of one
+    request: no loop per record) or else its ``apply_arg``."""
     first = group[0]
     segno, at = first.locs[0]        # the WAL writes a group contiguously, in one segment
-    if len(group) == 1 and len(first.sizes) == 1:
-        # a single put: no loop
-        rtype, seq, _arg = first.apply_arg[0]
-        return first.data, [0], [rtype], [seq], (segno << 40) + at, segno
+    if len(group) == 1:
+        fr = first.frames
+        if fr is not None:          # a put (W1) or a batch (W3): the writer's lists
+            return first.data, fr[0], fr[1], fr[2], (segno << 40) + at, segno
+        if len(first.sizes) == 1:
+            rtype, seq, _arg = first.apply_arg[0]
+            return first.data, [0], [rtype], [seq], (segno << 40) + at, segno
     buf = first.data if len(group) == 1 else b"".join(r.data for r in group)
-    offsets, types, seqs, pos = [], [], [], 0
+    offsets: list[int] = []
+    types: list[int] = []
+    seqs: list[int] = []
+    pos = 0
     for req in group:
-        sizes = req.sizes
-        if len(sizes) == 1:         # one put's request (group commit of puts, W2)
-            rtype, seq, _arg = req.apply_arg[0]
-            offsets.append(pos)
-            types.append(rtype)
-            seqs.append(seq)
-            pos += sizes[0]
+        fr = req.frames
+        if fr is not None:
+            if len(fr[0]) == 1:     # one put's request (group commit of puts, W2)
+                offsets.append(pos + fr[0][0])
+                types.append(fr[1][0])
+                seqs.append(fr[2][0])
+            else:
+                offsets.extend([pos + o for o in fr[0]])
+                types.extend(fr[1])
+                seqs.extend(fr[2])
+            pos += len(req.data)
             continue
-        for size, (rtype, seq, _arg) in zip(sizes, req.apply_arg):
+        for size, (rtype, seq, _arg) in zip(req.sizes, req.apply_arg):
             offsets.append(pos)
             types.append(rtype)
             seqs.append(seq)

@@ -312,12 +312,16 @@ class State:
                     self.by_source.add_many(sk[:ns].tolist(), so[:ns].tolist())
             else:
                 keys = c.key[first:end]
-                self.by_hash.add_run(hk[:n], first)
-                self.by_key.add_run(keys, first)
-                self.by_path.add_run(c.path[first:end].astype(np.int64), first)
-                self.by_source.add_run(sk[:ns], 0, so[:ns])
-                keys = keys.tolist() if n <= GEN_BULK else None
-            if rp is None and n > 1:
+                add = fast.add_recent
+                self.by_hash.add_run(hk[:n], first, None, add)
+                self.by_key.add_run(keys, first, None, add)
+                self.by_path.add_run(c.path[first:end].astype(np.int64), first, None, add)
+                self.by_source.add_run(sk[:ns], 0, so[:ns], add)
+                if n <= GEN_BULK:
+                    fast.bump_gens(self.key_gen, self.path_gen, keys, GEN_MIX, PRED_BITS)
+                else:
+                    self.gen += 1
+            if rp is None and 1 < n <= SMALL_GROUP:
                 self._bump(keys)
             if max_rec > self.last_recorded_at:
                 self.last_recorded_at = max_rec
@@ -371,14 +375,12 @@ class State:
         self.records = records
         self.gen += 1
 
-    def _bump(self, keys: list[int] | None) -> None:
-        """Bump the answer generations of the keys a group wrote: per key and
-        path for a group up to ``GEN_BULK`` records, one ``gen`` bump (every
-        answer) for a larger one (``keys`` None), whose per-key loop would
-        cost more than the recomputation it spares."""
-        if keys is None:
-            self.gen += 1
-            return
+    def _bump(self, keys: list[int]) -> None:
+        """Bump the answer generations of the keys a small group wrote, per
+        key and path.  A larger group (apply_group) takes ``fast.bump_gens``
+        up to ``GEN_BULK`` records, and one ``gen`` bump (every answer) past
+        it, where even the compiled per-key loop would cost more than the
+        recomputation it spares."""
         kgen, pgen = self.key_gen, self.path_gen
         for key in keys:
             pid = key >> PRED_BITS

@@ -44,17 +44,26 @@ _U32 = struct.Struct("<I")
 
 
 class Request:
-    """One atomic group of records on its way to disk."""
+    """One atomic group of records on its way to disk.
 
-    __slots__ = ("data", "sizes", "done", "error", "locs", "payload", "apply_arg")
+    What the state needs to apply it (``records.group_frames``) comes as
+    ``frames``, ``(offsets, types, seqs)`` of its records within ``data``,
+    when the writer has them at hand (assertions: one list each per batch,
+    no per-record loop after the fsync), or else as ``apply_arg``, ``(type,
+    seq, body)`` per record.  ``locs`` is set when the group is written:
+    ``[(segment, offset)]`` of its first record (the rest follow contiguously).
+    """
 
-    def __init__(self, data: bytes, sizes: list[int], apply_arg=None):
+    __slots__ = ("data", "sizes", "done", "error", "locs", "payload", "apply_arg", "frames")
+
+    def __init__(self, data: bytes, sizes: list[int], apply_arg=None, frames=None):
         self.data = data          # concatenated frames
         self.sizes = sizes        # frame sizes, to compute each record's offset
         self.done = False
         self.error: BaseException | None = None
         self.locs: list[tuple[int, int]] = []
         self.apply_arg = apply_arg
+        self.frames: tuple[list[int], list[int], list[int]] | None = frames
 
 
 class WAL:
@@ -286,17 +295,9 @@ class WAL:
             return
         pos = seg.size
         number = seg.number
-        for r in group:
-            sizes = r.sizes
-            if len(sizes) == 1:         # a put: one record (W1, W2)
-                r.locs = [(number, pos)]
-                pos += sizes[0]
-                continue
-            locs = []
-            for size in sizes:
-                locs.append((number, pos))
-                pos += size
-            r.locs = locs
+        for r in group:             # each request's first record (group_frames reads it)
+            r.locs = [(number, pos)]
+            pos += len(r.data)
         seg.size = pos
         tail = group[-1]
         last = tail.sizes[-1]

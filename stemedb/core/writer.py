@@ -12,8 +12,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from functools import partial
-from itertools import repeat
+from itertools import accumulate, repeat
 from operator import attrgetter
 from typing import Callable, cast
 
@@ -212,9 +211,8 @@ class Writer:
         results: list[PutResult | None] = [None] * n
         waits: list[Request] = []
         new: list[int] = []            # indexes into recs of the records written
-        stamped: list[AssertionRecord] = []
+        written: list[AssertionRecord] = []
         seqs: list[int] = []
-        replace = msgspec.structs.replace
         with self._wmu:
             self.writable()
             if self._settled:
@@ -248,7 +246,7 @@ class Writer:
                         self._next_seq = first + n
                         self._stamp_us = stamp
                         seqs = list(range(first, first + n))
-                        stamped = list(map(partial(replace, recorded_at=stamp), recs))
+                        written = recs
                         new = list(range(n))
                     else:
                         for i in range(n):
@@ -278,7 +276,7 @@ class Writer:
                                 self._stamp_us = stamp
                             fresh[h] = seq
                             new.append(i)
-                            stamped.append(replace(r, recorded_at=stamp))
+                            written.append(r)
                             seqs.append(seq)
             except BaseException:
                 # a refused batch (an unknown reference in item i) writes nothing,
@@ -286,19 +284,22 @@ class Writer:
                 self._next_seq, self._stamp_us = mark
                 raise
             if new:
-                data, sizes = fast.encode_assert_frames(stamped, seqs)
-                # the state reads an assertion from its frame (records.group_frames):
-                # its apply_arg carries no payload
-                req = Request(data, sizes, list(zip(repeat(REC_ASSERT), seqs, repeat(None))))
+                # framed with the batch's one recorded_at (every record of a
+                # batch, replicated ones too, gets the same stamp: stamp()
+                # repeats it), so no record is copied to carry it
+                data, sizes = fast.encode_assert_frames(written, seqs, stamp)
+                # the state reads an assertion from its frame (records.group_frames)
+                req = Request(data, sizes, None, (list(accumulate(sizes[:-1], initial=0)),
+                                                  [REC_ASSERT] * len(seqs), seqs))
                 self.wal.enqueue(req)
-                pending.update(zip(map(_hash_of, stamped), zip(seqs, repeat(req))))
+                pending.update(zip(map(_hash_of, written), zip(seqs, repeat(req))))
         try:
             if new:
                 self.wal.wait(req)
                 if len(new) == len(results):    # every record was new
                     results = list(map(PutResult, map(bytes.hex, hashes), seqs, repeat(True)))
                 else:
-                    for i, r, seq in zip(new, stamped, seqs):
+                    for i, r, seq in zip(new, written, seqs):
                         results[i] = PutResult(r.hash.hex(), seq, True)
             for w in waits:
                 self.wal.wait(w)
@@ -308,7 +309,7 @@ class Writer:
                 # (_drop_settled), not under a second _wmu here: with 8 writers
                 # that lock is contended, and a settled entry is harmless until
                 # then (done: the record is in the state, or failed: error set)
-                self._settled.append((req, stamped))
+                self._settled.append((req, written))
         return cast("list[PutResult]", results)     # every slot was filled above
 
     def _put_one(self, r: AssertionRecord, batch: bool) -> PutResult:
@@ -342,9 +343,8 @@ class Writer:
                 if stamp < self._stamp_us:
                     stamp = self._stamp_us      # recorded_at never goes back
                 seq = self._next_seq
-                rec = _replace(r, recorded_at=stamp)
-                data, sizes = fast.encode_assert_frames([rec], [seq])
-                req = Request(data, sizes, [(REC_ASSERT, seq, None)])
+                data, sizes = fast.encode_assert_frames([r], [seq], stamp)
+                req = Request(data, sizes, None, ([0], [REC_ASSERT], [seq]))
                 self.wal.enqueue(req)       # raises once the log is faulted: no seq used
                 self._next_seq = seq + 1
                 self._stamp_us = stamp
@@ -355,7 +355,7 @@ class Writer:
         try:
             self.wal.wait(req)
         finally:
-            self._settled.append((req, [rec]))      # see put_records
+            self._settled.append((req, [r]))        # see put_records
         return PutResult(h.hex(), seq, True)
 
     def _drop_settled(self) -> None:
@@ -591,7 +591,6 @@ class Writer:
         return seq
 
 
-_replace = msgspec.structs.replace
 _hash_of = attrgetter("hash")
 _parent_of = attrgetter("parent_hash")
 _derived_of = attrgetter("derived_from")
