@@ -91,6 +91,43 @@ class BatchIn(Struct, **_REQ):
     assertions: Annotated[list[AssertionIn], Meta(min_length=1, max_length=10_000)]
 
 
+class AssertionLax(Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """A batch item decoded for the record builder: :class:`AssertionIn`'s
+    fields, in its order, with its types but none of its value constraints
+    (lengths, patterns, ranges, the Literals).
+
+    Every one of those constraints is also a check of the record builder
+    (``model.prepare_batch``), the same or stricter (bytes where the schema
+    counts characters, ``\\Z`` where its patterns end in ``$``, the exact
+    range the hash carries where it takes years 1-9999), so a body the
+    builder accepts from these items is one ``BatchIn`` accepts, item for
+    item with the same values: the values are checked once, by the builder.
+    When the builder refuses an item, ``resources.BatchResource`` decodes
+    the body with ``BatchIn`` to answer the schema's error where the schema
+    refuses it (the error a client always got), else the builder's.
+    Not tracked by the garbage collector: decoded JSON holds no cycle, and a
+    batch allocates thousands (tests/unit/http/test_batch_lax.py).
+    """
+
+    concept_path: str
+    predicate: str
+    value: Any
+    confidence: float
+    source: str | None | UnsetType = UNSET
+    source_class: str | None | UnsetType = UNSET
+    lifecycle: str | None | UnsetType = UNSET
+    parent_hash: str | None | UnsetType = UNSET
+    derived_from: list[str] | None | UnsetType = UNSET
+    epoch: str | None | UnsetType = UNSET
+    timestamp: str | int | float | None | UnsetType = UNSET
+    agent_id: str | None | UnsetType = UNSET
+    signature: str | None | UnsetType = UNSET
+
+
+class BatchLax(Struct, forbid_unknown_fields=True):
+    assertions: Annotated[list[AssertionLax], Meta(min_length=1, max_length=10_000)]
+
+
 class QueryIn(Struct, **_REQ):
     """``POST /v1/query`` body; ``GET /v1/query`` takes the same as parameters."""
 
@@ -315,6 +352,7 @@ RESPONSE_TYPES = (PutOut, BatchOut, AssertionOut, QueryOut, RetractOut, SkepticO
 
 # One decoder per body type: msgspec decoders are thread-safe and reusable.
 DECODERS = {t: msgspec.json.Decoder(t) for t in REQUEST_TYPES}
+BATCH_LAX = msgspec.json.Decoder(BatchLax)
 
 
 def to_kwargs(obj: Struct) -> dict:
