@@ -859,3 +859,265 @@ def prepare_many(list items, long long default_us, record, struct_type, astuple,
                         [bytes.fromhex(h) for h in derived] if derived is not None else None,
                         None, None)
     return out
+
+
+# ------------------------------------------------------------ the query answer
+# One stored assertion as the JSON of ``Assertion.to_dict()`` encoded by
+# msgspec (stemedb/http/answer.py), written straight from its record: the
+# pure twin is ``answer.assertion_bytes_py``.  The value's canonical JSON is
+# copied as it is when it holds no number with a fraction or an exponent
+# (RFC 8785 and msgspec write strings, integers, true/false/null and key
+# order alike: a canonical object's keys come back from orjson in canonical
+# order); otherwise, and for the confidence, msgspec writes the number.
+
+cdef tuple _a_source_classes = ()
+cdef tuple _a_lifecycles = ()
+cdef object _a_format_time = None
+cdef object _a_number = None
+cdef object _a_value = None
+cdef object _a_astuple = None
+
+
+def configure_answer(tuple source_classes, tuple lifecycles, format_time, number, value,
+                     astuple):
+    """``model.SOURCE_CLASSES``, ``model.LIFECYCLES``, ``timeutil.format_time``,
+    msgspec's encoder of a float, the encoder of a value from its canonical
+    JSON (``value_json -> bytes``) and ``msgspec.structs.astuple``."""
+    global _a_source_classes, _a_lifecycles, _a_format_time, _a_number, _a_value, _a_astuple
+    _a_source_classes, _a_lifecycles = source_classes, lifecycles
+    _a_format_time, _a_number, _a_value, _a_astuple = format_time, number, value, astuple
+
+
+cdef bint value_as_is(bytes vj):
+    """Whether canonical JSON ``vj`` holds no fraction, no exponent and no
+    run of more than 16 digits outside its strings, so that msgspec writes
+    its decoded value the same.  (A float of 1e16 to 1e21 is an integer
+    of 17-21 digits in RFC 8785's form, which orjson reads back as a float
+    from 19 digits on, and msgspec writes as 1e20; a canonical integer has
+    at most 16 digits, |n| < 2**53.)"""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(vj)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(vj)
+    cdef bint in_str = False
+    cdef int digits = 0
+    cdef unsigned char c
+    i = 0
+    while i < n:
+        c = p[i]
+        if in_str:
+            if c == 0x5c:           # an escape: skip the escaped character
+                i += 1
+            elif c == 0x22:
+                in_str = False
+        elif 0x30 <= c <= 0x39:
+            digits += 1
+            if digits > 16:
+                return False
+        else:
+            digits = 0
+            if c == 0x22:
+                in_str = True
+            elif c == 0x2e or c == 0x65 or c == 0x45:    # . e E
+                return False
+        i += 1
+    return True
+
+
+cdef int put_hex(Buf* b, object h) except -1:
+    """``"<lower-case hex of the bytes h>"``."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(h)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(h)
+    if b.n + 2 * n + 2 > b.cap:
+        grow(b, 2 * n + 2)
+    b.p[b.n] = b'"'
+    b.n += 1
+    for i in range(n):
+        b.p[b.n] = HEX[p[i] >> 4]
+        b.p[b.n + 1] = HEX[p[i] & 15]
+        b.n += 2
+    b.p[b.n] = b'"'
+    b.n += 1
+    return 0
+
+
+cdef inline void two(char* p, long v):
+    p[0] = <char>(48 + v // 10)
+    p[1] = <char>(48 + v % 10)
+
+
+cdef int put_time(Buf* b, object us) except -1:
+    """``"YYYY-MM-DDTHH:MM:SS.ffffffZ"`` of ``us`` microseconds since the
+    epoch, as ``timeutil.format_time`` writes it (civil date from days:
+    H. Hinnant's algorithm); years outside 1000-9999 are left to it."""
+    cdef int overflow = 0
+    cdef long long v = PyLong_AsLongLongAndOverflow(us, &overflow)
+    cdef long long secs, frac, days, sod, z, era, doe, yoe, y, doy, mp, d, m
+    cdef char t[29]
+    if overflow:
+        return put_str(b, _a_format_time(us))
+    secs = v // 1000000
+    frac = v % 1000000
+    if frac < 0:
+        frac += 1000000
+        secs -= 1
+    days = secs // 86400
+    sod = secs % 86400
+    if sod < 0:
+        sod += 86400
+        days -= 1
+    z = days + 719468
+    era = (z if z >= 0 else z - 146096) // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    y = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    if m <= 2:
+        y += 1
+    if y < 1000 or y > 9999:
+        return put_str(b, _a_format_time(us))
+    t[0] = b'"'
+    two(t + 1, <long>(y // 100))
+    two(t + 3, <long>(y % 100))
+    t[5] = b'-'
+    two(t + 6, <long>m)
+    t[8] = b'-'
+    two(t + 9, <long>d)
+    t[11] = b'T'
+    two(t + 12, <long>(sod // 3600))
+    t[14] = b':'
+    two(t + 15, <long>((sod // 60) % 60))
+    t[17] = b':'
+    two(t + 18, <long>(sod % 60))
+    t[20] = b'.'
+    two(t + 21, <long>(frac // 10000))
+    two(t + 23, <long>((frac // 100) % 100))
+    two(t + 25, <long>(frac % 100))
+    t[27] = b'Z'
+    t[28] = b'"'
+    return put(b, t, 29)
+
+
+def answer_time(us):
+    """``json.dumps(timeutil.format_time(us))`` as bytes, by ``put_time``
+    (for the parity test)."""
+    cdef Buf b
+    b.n = 0
+    b.cap = 64
+    b.p = <char*>malloc(b.cap)
+    if b.p == NULL:
+        raise MemoryError()
+    try:
+        put_time(&b, us)
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        free(b.p)
+
+
+cdef int put_bytes(Buf* b, object x) except -1:
+    return put(b, PyBytes_AS_STRING(x), PyBytes_GET_SIZE(x))
+
+
+def assertion_answer(record, long long seq, status):
+    """The bytes of ``answer.assertion_bytes_py(record, seq, status)`` (an
+    assertion without a retraction), or None where this pass does not
+    decide (text that is not UTF-8, a field of an unexpected type): the
+    caller then runs the pure twin."""
+    cdef Buf b
+    cdef tuple r
+    cdef Py_ssize_t i
+    if _a_astuple is None or type(status) is not str:
+        return None
+    r = <tuple>_a_astuple(record)
+    # hash, recorded_at, timestamp, confidence, source_class, lifecycle,
+    # concept_path, predicate, value_json, source, epoch, parent_hash,
+    # derived_from, agent_id, signature (model.AssertionRecord)
+    h, rec_at, ts, conf, sc, lc, path, pred, vj, source, epoch, parent, derived, agent, sig = r
+    if (type(h) is not bytes or type(rec_at) is not int or type(ts) is not int
+            or type(conf) is not float or type(sc) is not int or type(lc) is not int
+            or type(path) is not str or type(pred) is not str or type(vj) is not bytes
+            or (source is not None and type(source) is not str)
+            or (epoch is not None and type(epoch) is not str)
+            or (parent is not None and type(parent) is not bytes)
+            or (derived is not None and type(derived) is not list)
+            or (agent is not None and type(agent) is not bytes)
+            or (sig is not None and type(sig) is not bytes)
+            or not 0 <= <long>sc < len(_a_source_classes)
+            or not 0 <= <long>lc < len(_a_lifecycles)):
+        return None
+    if derived is not None:
+        for x in <list>derived:
+            if type(x) is not bytes:
+                return None
+    value = vj if value_as_is(vj) else _a_value(vj)
+    b.n = 0
+    b.cap = 512 + PyBytes_GET_SIZE(vj)
+    b.p = <char*>malloc(b.cap)
+    if b.p == NULL:
+        raise MemoryError()
+    try:
+        put(&b, b'{"hash":', 8)
+        put_hex(&b, h)
+        put(&b, b',"seq":', 7)
+        put_ll(&b, seq)
+        put(&b, b',"concept_path":', 16)
+        if put_str(&b, path):
+            return None
+        put(&b, b',"predicate":', 13)
+        if put_str(&b, pred):
+            return None
+        put(&b, b',"value":', 9)
+        put_bytes(&b, value)
+        put(&b, b',"confidence":', 14)
+        put_bytes(&b, _a_number(conf))
+        put(&b, b',"source":', 10)
+        if source is None:
+            put(&b, b'null', 4)
+        elif put_str(&b, source):
+            return None
+        put(&b, b',"source_class":', 16)
+        put_str(&b, _a_source_classes[sc])
+        put(&b, b',"lifecycle":', 13)
+        put_str(&b, _a_lifecycles[lc])
+        put(&b, b',"parent_hash":', 15)
+        if parent is None:
+            put(&b, b'null', 4)
+        else:
+            put_hex(&b, parent)
+        put(&b, b',"derived_from":', 16)
+        if derived is None:
+            put(&b, b'null', 4)
+        else:
+            putc(&b, b'[')
+            for i in range(len(<list>derived)):
+                if i:
+                    putc(&b, b',')
+                put_hex(&b, (<list>derived)[i])
+            putc(&b, b']')
+        put(&b, b',"epoch":', 9)
+        if epoch is None:
+            put(&b, b'null', 4)
+        elif put_str(&b, epoch):
+            return None
+        put(&b, b',"timestamp":', 13)
+        put_time(&b, ts)
+        put(&b, b',"agent_id":', 12)
+        if agent is None:
+            put(&b, b'null', 4)
+        else:
+            put_hex(&b, agent)
+        put(&b, b',"signature":', 13)
+        if sig is None:
+            put(&b, b'null', 4)
+        else:
+            put_hex(&b, sig)
+        put(&b, b',"recorded_at":', 15)
+        put_time(&b, rec_at)
+        put(&b, b',"status":', 10)
+        if put_str(&b, status):
+            return None
+        putc(&b, b'}')
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        free(b.p)

@@ -1,0 +1,138 @@
+"""``_canon.assertion_answer`` (the compiled writer of one assertion of a query
+answer) against its pure twin ``answer.assertion_bytes_py``: the same bytes
+for every record the model builds, None (the pure twin decides) for a record
+it cannot write, and the answer of ``POST /v1/query`` the same either way."""
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stemedb import canonical
+from stemedb.http import answer
+from stemedb.model import AssertionRecord, prepare_assertion
+
+pytestmark = pytest.mark.skipif(not canonical.COMPILED, reason="the compiled build is absent")
+
+_canon = canonical._canon if canonical.COMPILED else None
+H = bytes(range(32))
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(1e15, 1e22) | st.floats(-1e22, -1e15) | st.floats(1e-8, 1e-5)
+    | st.text(st.characters(exclude_categories=("Cs",))),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(st.characters(exclude_categories=("Cs",)), max_size=5), inner,
+                      max_size=4),
+    max_leaves=12)
+
+
+def _record(**over):
+    b = {"concept_path": "drugs/semaglutide", "predicate": "risk", "value": "rare",
+         "confidence": 0.8, "timestamp": 1_700_000_000}
+    b.update(over)
+    return prepare_assertion({k: v for k, v in b.items() if v is not None})
+
+
+def _same(rec, seq=7, status="active"):
+    got = _canon.assertion_answer(rec, seq, status)
+    want = answer.assertion_bytes_py(rec, seq, status)
+    assert got == want, (got, want)
+    msgspec.json.decode(got)     # and it is JSON
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values, conf=st.floats(0.0, 1.0),
+       path=st.text(st.characters(exclude_categories=("Cs", "Cc", "Zs")), min_size=1,
+                    max_size=20).filter(lambda s: s.strip() == s and "/" not in s
+                                        and s not in (".", "..") and "\x85" not in s))
+def test_compiled_equals_pure_on_generated_values(value, conf, path):
+    try:
+        rec = _record(value=value, confidence=conf, concept_path="a/" + path)
+    except ValueError:      # a value the model refuses (too big...): not stored
+        return
+    _same(rec)
+
+
+@pytest.mark.parametrize("value", [
+    "1.5", "e", "a\"1.5", "\\", "\\\"", "x\\\"e\"", ["a.b", 1, {"e": "E"}], 1.0, -0.0, 1e21,
+    1e-6, 0.000123, 2**53 - 1, -(2**53 - 1), {"z": 1, "a": [True, None]}, "\u2028\x00\x7f",
+    "\U0001F600", {"\U0001F600": 1, "\uffff": 2}, [], {}, "",
+    1e16, 1e17, 1e20, 1.5e20, 123456789012345678.0, 9007199254740993.0, 2.0**53, -1e20,
+    [1e19, 12, "1e19"], 9_007_199_254_740_991, 1234567890123456, 0.5, 1e-6, 1.5e-7,
+])
+def test_compiled_equals_pure_on_edge_values(value):
+    _same(_record(value=value))
+
+
+@pytest.mark.parametrize("over", [
+    {}, {"source": "fda://x"}, {"source": "é \"quoted\" \\ /"}, {"epoch": None},
+    {"lifecycle": "approved", "source_class": "expert"}, {"timestamp": -1_000_000_000},
+    {"timestamp": 1.25}, {"timestamp": "2024-03-01T12:00:00.123456+05:30"},
+    {"confidence": 1e-05}, {"confidence": 0}, {"confidence": 1},
+    {"concept_path": "é/\U0001F600/x y"},
+])
+def test_compiled_equals_pure_on_fields(over):
+    _same(_record(**over))
+
+
+def test_compiled_equals_pure_with_every_optional_field():
+    rec = _record()
+    full = msgspec.structs.replace(rec, parent_hash=H, derived_from=[H, bytes(32)],
+                                   agent_id=bytes(range(32, 64)), signature=bytes(64),
+                                   epoch="e1", recorded_at=1_764_000_000_123_456)
+    for status in ("active", "retracted"):
+        for seq in (0, 1, 2**40):
+            _same(full, seq, status)
+
+
+@pytest.mark.parametrize("damage", [
+    {"concept_path": "a\ud800"}, {"source": "\udfff"}, {"hash": "not bytes"},
+    {"confidence": 1}, {"source_class": 9}, {"lifecycle": -1}, {"derived_from": ["x"]},
+    {"value_json": "not bytes"}, {"parent_hash": "ab"}, {"epoch": 5},
+])
+def test_a_record_it_cannot_write_goes_to_the_pure_twin(damage):
+    rec = msgspec.structs.replace(_record(), **damage)
+    assert _canon.assertion_answer(rec, 1, "active") is None
+
+
+def test_a_non_string_status_goes_to_the_pure_twin():
+    assert _canon.assertion_answer(_record(), 1, None) is None
+
+
+def test_the_answer_uses_the_compiled_bytes(store):
+    # the query answer holds the compiled bytes as Raw, equal to the pure Struct's
+    store.put({"concept_path": "a/b", "predicate": "p", "value": 1.5, "confidence": 0.5,
+               "timestamp": 1})
+    a = store.query("a/b", predicate="p").assertions[0]
+    out = answer.assertion_out(a)
+    assert type(out) is msgspec.Raw
+    assert bytes(out) == msgspec.json.encode(answer.assertion_json(a))
+
+
+@settings(max_examples=500, deadline=None)
+@given(us=st.integers(-62135596800 * 10**6, 253402300799 * 10**6 + 999_999)
+       | st.integers(-(2**70), 2**70))
+def test_the_compiled_time_is_format_time(us):
+    import orjson
+
+    from stemedb.timeutil import format_time
+    try:
+        want = orjson.dumps(format_time(us))
+    except (ValueError, OverflowError, OSError) as exc:     # the pure formatter refuses it
+        with pytest.raises(type(exc)):
+            _canon.answer_time(us)
+        return
+    assert _canon.answer_time(us) == want
+
+
+@pytest.mark.parametrize("us", [0, -1, 1, 999_999, -1_000_000, -86_400_000_000 - 1,
+                                951_782_400_000_000, 4_107_542_399_999_999,
+                                -30_610_224_000_000_001, 253402300799999999])
+def test_the_compiled_time_on_edges(us):
+    import orjson
+
+    from stemedb.timeutil import format_time
+    assert _canon.answer_time(us) == orjson.dumps(format_time(us))
