@@ -62,9 +62,19 @@ def test_compiled_equals_pure_on_generated_values(value, conf, path):
     "\U0001F600", {"\U0001F600": 1, "\uffff": 2}, [], {}, "",
     1e16, 1e17, 1e20, 1.5e20, 123456789012345678.0, 9007199254740993.0, 2.0**53, -1e20,
     [1e19, 12, "1e19"], 9_007_199_254_740_991, 1234567890123456, 0.5, 1e-6, 1.5e-7,
+    1e-5, 1.5e-5, 0.00001234, -0.000001, [0.000001, 0.5], {"a": 0.0000015}, 0.1, 10.5,
+    1234567890123456.5, -0.5, [0.5], 100.25,
 ])
 def test_compiled_equals_pure_on_edge_values(value):
     _same(_record(value=value))
+
+
+
+@pytest.mark.parametrize("value", [0.5, [1, 0.25, "x.e"], {"a": 10.5}, 0.00001, 123.456])
+def test_fractions_are_copied_as_they_are(value):
+    # the common values take no detour through orjson and msgspec
+    from stemedb.canonical import canonical_json
+    assert _canon.value_as_is(canonical_json(value))
 
 
 @pytest.mark.parametrize("over", [
