@@ -712,3 +712,150 @@ def bump_gens(list kgen, list pgen, cnp.ndarray keys, int64_t mix, int pred_bits
         kgen[s] = kgen[s] + 1
         s = <Py_ssize_t>(pid & mask)
         pgen[s] = pgen[s] + 1
+
+
+def index_one(buf, Py_ssize_t off, int64_t seq, int64_t loc_base, Py_ssize_t first,
+              tuple cols, dict path_ids, list path_names, dict pred_ids, list pred_names,
+              dict epoch_ids):
+    """See records.index_one: index_records of the one assertion at ``off``
+    (a single put's durable group, W1), its map keys returned as ints
+    instead of written to scratch arrays."""
+    if len(cols) != 13:
+        raise ValueError("index_one: cols must be Columns.rows (13 arrays)")
+    if first < 0:
+        raise ValueError("index_one: first must be >= 0")
+    cdef Py_ssize_t need_rows = first + 1
+    cdef int64_t* seq_a = <int64_t*>_column(cols[0], cnp.NPY_INT64, need_rows, "seq")
+    cdef int64_t* loc_a = <int64_t*>_column(cols[1], cnp.NPY_INT64, need_rows, "loc")
+    cdef int64_t* ts_a = <int64_t*>_column(cols[2], cnp.NPY_INT64, need_rows, "ts")
+    cdef int64_t* rec_a = <int64_t*>_column(cols[3], cnp.NPY_INT64, need_rows, "rec")
+    cdef int64_t* key_a = <int64_t*>_column(cols[4], cnp.NPY_INT64, need_rows, "key")
+    cdef int32_t* path_a = <int32_t*>_column(cols[5], cnp.NPY_INT32, need_rows, "path")
+    cdef int32_t* ep_a = <int32_t*>_column(cols[6], cnp.NPY_INT32, need_rows, "epoch")
+    cdef int8_t* lc_a = <int8_t*>_column(cols[7], cnp.NPY_INT8, need_rows, "lc")
+    cdef double* conf_a = <double*>_column(cols[8], cnp.NPY_FLOAT64, need_rows, "conf")
+    cdef uint8_t* rank_a = <uint8_t*>_column(cols[9], cnp.NPY_UINT8, need_rows, "rank")
+    cdef uint64_t* va_a = <uint64_t*>_column(cols[10], cnp.NPY_UINT64, need_rows, "va")
+    cdef uint64_t* vb_a = <uint64_t*>_column(cols[11], cnp.NPY_UINT64, need_rows, "vb")
+    cdef cnp.ndarray hash_c = cols[12]
+    if cnp.PyArray_NDIM(hash_c) != 2 or cnp.PyArray_DIM(hash_c, 1) != 32:
+        raise ValueError("index_one: column hashes is not an array of 32-byte rows")
+    cdef uint8_t* hb_a = <uint8_t*>_column(hash_c, cnp.NPY_UINT8, need_rows, "hashes")
+    cdef Py_buffer view
+    PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+    cdef const uint8_t* base = <const uint8_t*>view.buf
+    cdef Py_ssize_t size = view.len
+    cdef const uint8_t* p
+    cdef const uint8_t* q
+    cdef Py_ssize_t lpath, lpred, lsrc, lep, nd, lval, j, need
+    cdef int64_t length, rec
+    cdef int fields
+    cdef long pid, qid
+    src_key = edge = None
+    try:
+        length = rd32(base + off) if 0 <= off and off + FRAME_SIZE <= size else -1
+        if length < HEAD_SIZE or off + FRAME_SIZE + length > size:
+            raise _overrun(off, length, size)
+        p = base + off + FRAME_SIZE
+        fields = p[58]
+        lpath = rd16(p + 60); lpred = rd16(p + 62); lsrc = rd16(p + 64)
+        lep = rd16(p + 66); nd = rd16(p + 68); lval = rd32(p + 72)
+        need = HEAD_SIZE + lpath + lpred + lval
+        if fields & F_SOURCE:
+            need += lsrc
+        if fields & F_EPOCH:
+            need += lep
+        if fields & F_PARENT:
+            need += 32
+        if fields & F_DERIVED:
+            need += 32 * nd
+        if fields & F_SIGNED:
+            need += 96
+        if need > length:
+            raise _overrun(off, length, size)
+        q = p + HEAD_SIZE
+        pid = _intern(NULL, q, lpath, path_ids, path_names); q += lpath
+        qid = _intern(NULL, q, lpred, pred_ids, pred_names); q += lpred
+        if fields & F_SOURCE:
+            src_key = fnv1a(q, lsrc)
+            q += lsrc
+        if fields & F_EPOCH:
+            name = PyUnicode_DecodeUTF8(<const char*>q, lep, NULL)
+            eid = epoch_ids.get(name)
+            if eid is None:
+                raise CorruptionError(f"the assertion record at offset {off} names epoch "
+                                      f"{name!r}, which no earlier record creates", offset=off)
+            ep_a[first] = eid
+            q += lep
+        else:
+            ep_a[first] = 0
+        if fields & (F_PARENT | F_DERIVED):
+            parent = derived = None
+            if fields & F_PARENT:
+                parent = (<const char*>q)[:32]; q += 32
+            if fields & F_DERIVED:
+                derived = [(<const char*>(q + 32 * j))[:32] for j in range(nd)]
+            edge = (first, parent, derived)
+        rec = rd64(p + RECORDED_AT_OFF)
+        seq_a[first] = seq
+        loc_a[first] = loc_base + off
+        rec_a[first] = rec
+        ts_a[first] = rd64(p + TIMESTAMP_OFF)
+        key_a[first] = (<int64_t>pid << 24) | qid
+        path_a[first] = pid
+        lc_a[first] = p[57]
+        memcpy(&conf_a[first], p + CONFIDENCE_OFF, 8)
+        rank_a[first] = p[SOURCE_CLASS_OFF]
+        _value_id(p + need - lval, lval, &va_a[first], &vb_a[first])
+        memcpy(hb_a + 32 * first, p, 32)
+        hkey = <uint64_t>rd64(p)
+    finally:
+        PyBuffer_Release(&view)
+    return hkey, (<int64_t>pid << 24) | qid, pid, src_key, rec, edge
+
+
+def find_hash(cnp.ndarray keys, cnp.ndarray vals, dict recent, cnp.ndarray hashes, bytes h):
+    """See index.find_hash: the ordinal whose full hash is ``h``, or None,
+    through a by-hash MultiMap's run (a binary search in C) and recent dict
+    (a put's dedupe check: ~1 us through numpy's searchsorted before)."""
+    if len(h) != 32:
+        raise ValueError("find_hash: a hash is 32 bytes")
+    if (cnp.PyArray_NDIM(keys) != 1 or cnp.PyArray_TYPE(keys) != cnp.NPY_UINT64
+            or not cnp.PyArray_IS_C_CONTIGUOUS(keys)
+            or cnp.PyArray_NDIM(vals) != 1 or cnp.PyArray_TYPE(vals) != cnp.NPY_INT32
+            or not cnp.PyArray_IS_C_CONTIGUOUS(vals)
+            or cnp.PyArray_DIM(vals, 0) < cnp.PyArray_DIM(keys, 0)):
+        raise ValueError("find_hash: keys must be a contiguous uint64 run, vals its int32 ordinals")
+    if (cnp.PyArray_NDIM(hashes) != 2 or cnp.PyArray_DIM(hashes, 1) != 32
+            or cnp.PyArray_TYPE(hashes) != cnp.NPY_UINT8 or not cnp.PyArray_IS_C_CONTIGUOUS(hashes)):
+        raise ValueError("find_hash: hashes must be a contiguous array of 32-byte rows")
+    cdef const uint8_t* hp = <const uint8_t*>PyBytes_AS_STRING(h)
+    cdef uint64_t k
+    memcpy(&k, hp, 8)
+    cdef const uint64_t* ks = <const uint64_t*>cnp.PyArray_DATA(keys)
+    cdef const int32_t* vs = <const int32_t*>cnp.PyArray_DATA(vals)
+    cdef const uint8_t* hb = <const uint8_t*>cnp.PyArray_DATA(hashes)
+    cdef Py_ssize_t lo = 0, hi = cnp.PyArray_DIM(keys, 0), mid, rows = cnp.PyArray_DIM(hashes, 0)
+    cdef long o
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if ks[mid] < k:
+            lo = mid + 1
+        else:
+            hi = mid
+    while lo < cnp.PyArray_DIM(keys, 0) and ks[lo] == k:
+        o = vs[lo]
+        if o < 0 or o >= rows:
+            raise IndexError(f"find_hash: ordinal {o} is beyond the {rows} rows of hashes")
+        if memcmp(hb + 32 * o, hp, 32) == 0:
+            return o
+        lo += 1
+    cdef PyObject* lst = PyDict_GetItem(recent, PyLong_FromUnsignedLongLong(k))
+    if lst != NULL:
+        for item in <list>lst:
+            o = item
+            if o < 0 or o >= rows:
+                raise IndexError(f"find_hash: ordinal {o} is beyond the {rows} rows of hashes")
+            if memcmp(hb + 32 * o, hp, 32) == 0:
+                return o
+    return None

@@ -69,6 +69,8 @@ def encode_assert_frames_py(records, seqs, recorded_at=None) -> tuple[bytes, lis
 _replace = msgspec.structs.replace
 encode_assert_frames = _fast.encode_assert_frames if COMPILED else encode_assert_frames_py
 bump_gens = _fast.bump_gens if COMPILED else records.bump_gens
+index_one = _fast.index_one if COMPILED else records.index_one
+find_hash = _fast.find_hash if COMPILED else _index.find_hash
 add_recent = _fast.add_recent if COMPILED else _index.add_recent
 if COMPILED:
     str64 = _fast.fnv1a64

@@ -113,6 +113,37 @@ def add_recent(recent: dict, keys: np.ndarray, first: int, vals: np.ndarray | No
     return n
 
 
+def find_hash(keys: np.ndarray, vals: np.ndarray, recent: dict, hashes: np.ndarray,
+              h: bytes) -> int | None:
+    """The ordinal whose full hash (a row of ``hashes``) is ``h``, or None:
+    the entries of a by-hash :class:`MultiMap` (its run ``keys``/``vals``,
+    then its ``recent`` dict) under ``h``'s 64-bit prefix, run first, each
+    compared whole.  The pure twin of ``_fast.find_hash``
+    (``fast.find_hash`` chooses; ``State.ordinal`` calls it).  O(log n)."""
+    if len(h) != 32:
+        raise ValueError("find_hash: a hash is 32 bytes")
+    if keys.ndim != 1 or keys.dtype != np.uint64 or not keys.flags.c_contiguous \
+            or vals.ndim != 1 or vals.dtype != np.int32 or not vals.flags.c_contiguous \
+            or len(vals) < len(keys):
+        raise ValueError("find_hash: keys must be a contiguous uint64 run, vals its int32 ordinals")
+    if hashes.ndim != 2 or hashes.shape[1] != 32 or hashes.dtype != np.uint8 \
+            or not hashes.flags.c_contiguous:
+        raise ValueError("find_hash: hashes must be a contiguous array of 32-byte rows")
+    k = int.from_bytes(h[:8], "little")
+    rows = len(hashes)
+    cands: list[int] = []
+    if len(keys):
+        i = int(keys.searchsorted(np.uint64(k), "left"))
+        j = int(keys.searchsorted(np.uint64(k), "right"))
+        cands = vals[i:j].tolist()
+    for o in cands + recent.get(k, []):
+        if not 0 <= o < rows:
+            raise IndexError(f"find_hash: ordinal {o} is beyond the {rows} rows of hashes")
+        if hashes[o].tobytes() == h:
+            return o
+    return None
+
+
 class MultiMap:
     """int key -> ordinals in ascending order.  Sorted run + recent dict.
 
@@ -317,6 +348,7 @@ class Columns:
     rank: np.ndarray
     va: np.ndarray
     vb: np.ndarray
+    rows: tuple
 
     def __init__(self, capacity: int = 1024):
         self.n = 0
@@ -324,6 +356,14 @@ class Columns:
         for name, dt in self.SPEC.items():
             setattr(self, name, np.empty(self.cap, dtype=dt))
         self.hashes = np.empty((self.cap, 32), dtype=np.uint8)
+        self._set_rows()
+
+    def _set_rows(self) -> None:
+        """``rows``: every column in ``index_records``' order, one tuple (a
+        single put's apply hands it over instead of 13 attribute reads).
+        Set wherever the arrays are replaced: here, ``_grow``, ``from_arrays``."""
+        self.rows = (self.seq, self.loc, self.ts, self.rec, self.key, self.path, self.epoch,
+                     self.lc, self.conf, self.rank, self.va, self.vb, self.hashes)
 
     def _grow(self, need: int) -> None:
         cap = self.cap
@@ -338,6 +378,7 @@ class Columns:
         new[:self.n] = self.hashes[:self.n]
         self.hashes = new
         self.cap = cap
+        self._set_rows()
 
     def append(self, seq, loc, ts, rec, key, path, epoch, lc, h: bytes, conf=0.0, rank=0,
                va=0, vb=0) -> int:
@@ -377,6 +418,7 @@ class Columns:
         for name, dt in cls.SPEC.items():
             setattr(c, name, np.ascontiguousarray(arrays[name], dtype=dt))
         c.hashes = np.ascontiguousarray(arrays["hashes"], dtype=np.uint8).reshape(n, 32)
+        c._set_rows()
         if n < 16:
             c._grow(16)
         return c

@@ -11,7 +11,7 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from . import fast
-from .format import REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
+from .format import REC_ASSERT, REC_EPOCH, REC_OUTCOME, REC_RETRACT, REC_VOTE
 from .index import PRED_BITS, Columns, MultiMap, h64, stable_order  # noqa: F401 (re-exported)
 from .records import decode_meta
 
@@ -110,8 +110,14 @@ class State:
         return self.cols.n
 
     def ordinal(self, h: bytes) -> int | None:
-        """The ordinal of the assertion with full hash ``h``, or None."""
-        for o in self.by_hash.get(h64(h)):
+        """The ordinal of the assertion with full hash ``h``, or None.  O(log n)."""
+        m = self.by_hash
+        if type(h) is bytes and len(h) == 32:
+            try:        # one C call: a put's dedupe check
+                return fast.find_hash(m.keys, m.vals, m.recent, self.cols.hashes, h)
+            except ValueError:
+                pass    # a run in another form (a mapped snapshot's): the general path
+        for o in m.get(h64(h)):
             if self.cols.hash_of(o) == h:
                 return o
         return None
@@ -263,6 +269,9 @@ class State:
         """
         if not offsets:
             return
+        if len(offsets) == 1 and types[0] == REC_ASSERT and self._replay is None:
+            self._apply_one(buf, offsets[0], seqs[0], loc_base)
+            return
         # apply_meta counts the records it applies; this counts each record
         # once, here, whatever its type
         records = self.records + len(offsets)
@@ -338,6 +347,36 @@ class State:
                 if rtype != REC_EPOCH:             # epochs went first, above
                     self.apply_meta(rtype, seq, decode_meta(rtype, buf, off, segno))
         self.records = records
+
+    def _apply_one(self, buf, off: int, seq: int, loc_base: int) -> None:
+        """:meth:`apply_group` of one assertion (a single put's group, W1 and
+        most of W2's requests): ``fast.index_one`` writes its row and hands
+        back its map keys as ints, so the maps take them with ``MultiMap.add``
+        and no scratch array, list or slice is made; the same entries,
+        generation bumps and counters as the group path
+        (tests/unit/test_index_small_groups.py holds them equal)."""
+        c = self.cols
+        first = c.n
+        if first >= c.cap:
+            c._grow(first + 1)
+        hk, key, pid, src, rec, edge = fast.index_one(
+            buf, off, seq, loc_base, first, c.rows, self.path_ids, self.path_names,
+            self.pred_ids, self.pred_names, self.epoch_ids)
+        c.n = first + 1
+        self.by_hash.add(hk, first)
+        self.by_key.add(key, first)
+        self.by_path.add(pid, first)
+        if src is not None:
+            self.by_source.add(src, first)
+        self.key_gen[(pid * GEN_MIX + (key & _PRED_MASK)) & GEN_MASK] += 1
+        self.path_gen[pid & GEN_MASK] += 1
+        if rec > self.last_recorded_at:
+            self.last_recorded_at = rec
+        if seq > self.last_seq:
+            self.last_seq = int(seq)
+        if edge is not None:
+            self._link((edge,))
+        self.records += 1
 
     # ------------------------------------------------------------ replay
     def begin_replay(self) -> None:

@@ -302,8 +302,10 @@ class WAL:
         tail = group[-1]
         last = tail.sizes[-1]
         k = len(tail.data) - last
+        fr = tail.frames
         anchor = {"segment": number, "offset": pos, "last_record": [
-            number, pos - last, _U64.unpack_from(tail.data, k + FRAME_SEQ_OFF)[0],
+            number, pos - last,
+            fr[2][-1] if fr is not None else _U64.unpack_from(tail.data, k + FRAME_SEQ_OFF)[0],
             _U32.unpack_from(tail.data, k + FRAME_CRC_OFF)[0]]}
         try:
             self.on_durable(group, anchor)

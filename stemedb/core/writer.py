@@ -130,6 +130,8 @@ class Writer:
         """Store one assertion; returns after it is durable.  O(1) amortized."""
         rec = prepare_one(assertion, default_time_us=self.clock(),
                           require_signatures=require_signatures)
+        if self.replicate is None and self._replay_at is None:
+            return self._put_one(rec, False)    # what submit -> put_records does, 4 calls fewer
         return self.submit("assert", [rec], False)[0]
 
     def put_batch(self, assertions: list[dict], *, require_signatures: bool = False) -> list[PutResult]:

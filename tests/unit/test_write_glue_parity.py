@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from stemedb.core import codec, fast, index, records
-from stemedb.core.index import MultiMap
+from stemedb.core.format import REC_ASSERT
+from stemedb.core.index import Columns, MultiMap
 from stemedb.core.state import GEN_MIX, GEN_SLOTS, PRED_BITS, gen_slot
 from stemedb.model import prepare_assertion
 
@@ -182,3 +183,116 @@ def test_the_chosen_twins_are_the_compiled_ones_in_a_compiled_run():
     if fast.COMPILED:
         assert fast.encode_assert_frames is _fast.encode_assert_frames
         assert fast.add_recent is _fast.add_recent and fast.bump_gens is _fast.bump_gens
+
+
+def _framed(recs):
+    """One frame per record (a single put's request each), at 0."""
+    return [codec.encode_frame(REC_ASSERT, 0, 10 + i, codec.encode_assert(r))
+            for i, r in enumerate(recs)]
+
+
+def _index_ones():
+    return [records.index_one] + ([_fast.index_one] if _fast else [])
+
+
+def _run_one(index_one, frames, epochs):
+    cols = Columns(4)
+    tables: tuple = ({}, [], {}, [], dict(epochs))
+    got = []
+    for i, fr in enumerate(frames):
+        if cols.n >= cols.cap:
+            cols._grow(cols.n + 1)
+        got.append(index_one(fr, 0, 10 + i, (2 << 40) + 100 * i, cols.n, cols.rows, *tables))
+        cols.n += 1
+    return got, {k: v.tolist() for k, v in cols.arrays().items()}, tables
+
+
+def test_index_one_writes_the_row_index_records_writes():
+    recs = _records(60, seed=21)
+    frames = _framed(recs)
+    epochs = {"e1": 1}
+    results = [_run_one(f, frames, epochs) for f in _index_ones()]
+    # the reference: index_records of each frame alone, into its own columns
+    cols = Columns(4)
+    tables: tuple = ({}, [], {}, [], dict(epochs))
+    for i, fr in enumerate(frames):
+        cols._grow(cols.n + 1)
+        hk, sk, so = np.empty(1, np.uint64), np.empty(1, np.uint64), np.empty(1, np.int32)
+        records.index_records(fr, [0], [REC_ASSERT], [10 + i], (2 << 40) + 100 * i, cols.n,
+                              *cols.rows, hk, sk, so, *tables)
+        cols.n += 1
+    want = {k: v.tolist() for k, v in cols.arrays().items()}
+    for got, arrays, tabs in results:
+        assert arrays == want and tabs == tables, "index_one writes index_records' row"
+        assert got == results[0][0], "both twins hand back the same keys and citations"
+    for (hk, key, pid, src, rec, edge), r in zip(results[0][0], recs):
+        assert hk == int.from_bytes(r.hash[:8], "little") and rec == r.recorded_at
+        assert (src is None) == (r.source is None)
+        assert (edge is None) == (r.parent_hash is None and r.derived_from is None)
+        assert key >> PRED_BITS == pid
+
+
+def test_index_one_refuses_a_damaged_record_as_index_records_does():
+    from stemedb.errors import CorruptionError
+    r = _records(5, seed=22)
+    fr = _framed(r)[0]
+    with_epoch = next(f for f, x in zip(_framed(r), r) if x.epoch is not None) \
+        if any(x.epoch for x in r) else _framed([msgspec.structs.replace(r[0], epoch="e1")])[0]
+    cases = [(fr[:k], 0) for k in (0, 7, 20, 60, 96, len(fr) - 1)] + [(fr, 3), (fr, -1), (fr, len(fr))]
+    for index_one in _index_ones():
+        for buf, off in cases:
+            cols = Columns(4)
+            with pytest.raises(CorruptionError):
+                index_one(buf, off, 1, 0, 0, cols.rows, {}, [], {}, [], {})
+        cols = Columns(4)
+        with pytest.raises(CorruptionError, match="names epoch"):
+            index_one(with_epoch, 0, 1, 0, 0, cols.rows, {}, [], {}, [], {})
+        with pytest.raises(ValueError, match="first must be"):
+            index_one(fr, 0, 1, 0, -1, cols.rows, {}, [], {}, [], {})
+        with pytest.raises(ValueError, match="13 arrays"):
+            index_one(fr, 0, 1, 0, 0, cols.rows[:12], {}, [], {}, [], {})
+
+
+def _finders():
+    return [index.find_hash] + ([_fast.find_hash] if _fast else [])
+
+
+def test_find_hash_finds_what_multimap_get_and_a_compare_find():
+    rnd = random.Random(31)
+    n = 400
+    hashes = np.frombuffer(bytes(rnd.randrange(256) for _ in range(32 * n)),
+                           dtype=np.uint8).reshape(n, 32).copy()
+    hashes[7, :8] = hashes[3, :8]               # prefix twins: in the run
+    hashes[350, :8] = hashes[300, :8]           # and in the recent dict
+    hashes[399, :8] = hashes[5, :8]             # and across the two
+    m = MultiMap(np.uint64)
+    pre = np.ascontiguousarray(hashes[:, :8]).view(np.uint64).reshape(n)
+    m.extend(pre[:250].copy(), np.arange(250, dtype=np.int32))
+    for o in range(250, n):
+        m.add(int(pre[o]), o)
+    probes = [hashes[o].tobytes() for o in range(n)]
+    probes += [bytes(32), hashes[3, :8].tobytes() + bytes(24), b"\xff" * 32]
+    for h in probes:
+        want = next((o for o in m.get(int.from_bytes(h[:8], "little"))
+                     if hashes[o].tobytes() == h), None)
+        for find in _finders():
+            assert find(m.keys, m.vals, m.recent, hashes, h) == want, f"{find} on {h.hex()}"
+    empty = MultiMap(np.uint64)
+    for find in _finders():
+        assert find(empty.keys, empty.vals, {}, hashes, probes[0]) is None
+
+
+def test_find_hash_refuses_what_it_cannot_read():
+    hashes = np.zeros((4, 32), np.uint8)
+    keys, vals = np.array([0], np.uint64), np.array([0], np.int32)
+    bad = [(keys, vals, hashes, b"\0" * 31), (keys.astype(np.int64), vals, hashes, bytes(32)),
+           (keys, vals.astype(np.int64), hashes, bytes(32)), (keys, vals[:0], hashes, bytes(32)),
+           (keys, vals, hashes[:, :16], bytes(32)), (keys, vals, hashes.astype(np.int8), bytes(32))]
+    for find in _finders():
+        for k, v, hs, h in bad:
+            with pytest.raises(ValueError, match="find_hash"):
+                find(k, v, {}, hs, h)
+        with pytest.raises(IndexError):     # a map naming a row the columns lack
+            find(np.array([0], np.uint64), np.array([9], np.int32), {}, hashes, bytes(32))
+        with pytest.raises(IndexError):
+            find(keys[:0], vals[:0], {0: [9]}, hashes, bytes(32))
