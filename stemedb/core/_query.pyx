@@ -534,3 +534,215 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
     finally:
         free(c); free(cc); free(slots); free(w1); free(w2); free(w3); free(p); free(cnt)
         free(st); free(mem); free(out); free(keys)
+
+
+# ------------------------------------------------------------ the read cache
+# cache_take: a query page's records from the read cache, in one call under
+# the cache's lock (the reference is qpure.cache_take; bench.costs' "decode"
+# row was ~5 us of a warm 4-candidate query in take() and ReadCache.records'
+# Python loop).
+
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
+
+
+def cache_take(d, list ords, loc, seq):
+    """See qpure.cache_take."""
+    cdef const int64_t[:] locv = loc
+    cdef const int64_t[:] seqv = seq
+    cdef Py_ssize_t n = locv.shape[0], m = PyList_GET_SIZE(ords), i, o, hits = 0
+    cdef PyObject* e
+    if not isinstance(d, dict):
+        raise TypeError("the cache's entries must be a dict")
+    if seqv.shape[0] < n:
+        raise ValueError("the columns differ in length")
+    for i in range(m):
+        o = <object>PyList_GET_ITEM(ords, i)
+        if o < 0 or o >= n:
+            raise IndexError(f"ordinal {o} outside the columns ({n})")
+    to_end = d.move_to_end
+    cdef list locs = [], recs = [], seqs = []
+    for i in range(m):
+        o = <object>PyList_GET_ITEM(ords, i)
+        key = locv[o]
+        locs.append(key)
+        seqs.append(seqv[o])
+        e = PyDict_GetItem(d, key)
+        if e == NULL:
+            recs.append(None)
+        else:
+            rec = (<object>e)[0]    # before move_to_end: the entry stays alive
+            to_end(key)
+            recs.append(rec)
+            hits += 1
+    return locs, recs, seqs, hits
+
+
+# ------------------------------------------------------------ the audit entry
+# audit_entry: query._entry compiled (the audit writer's thread builds one
+# entry per query; with the Python builder that thread cost a warm
+# 4-candidate query about as much CPU as the query itself, and it holds the
+# GIL while it builds).  query._entry is the reference; the weight is the
+# decay expression of _decayed, the one column_rows uses.
+
+cdef extern from "<stdio.h>" nogil:
+    int snprintf(char* s, size_t n, const char* fmt, ...)
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct tm:
+        int tm_sec, tm_min, tm_hour, tm_mday, tm_mon, tm_year
+    tm* gmtime_r(const time_t* t, tm* out)
+
+
+cdef object _query_id(object at, object number):
+    """audit.query_id: ``f"q{at:x}{number % 0x10000:04x}"``, by snprintf
+    (the f-string's two format specs cost ~0.8 us)."""
+    cdef char buf[48]
+    cdef unsigned long long a, k
+    if type(at) is int and type(number) is int and 0 <= at <= 0x7FFFFFFFFFFFFFFF:
+        a = at
+        k = number % 0x10000
+        snprintf(buf, sizeof(buf), "q%llx%04llx", a, k)
+        return buf.decode("ascii")
+    return f"q{at:x}{number % 0x10000:04x}"
+
+
+cdef object _format_time(object at, object format_time):
+    """timeutil.format_time(at) by snprintf (the format of _fast.format_time)
+    for a time from the epoch on; ``format_time`` otherwise."""
+    cdef char buf[64]
+    cdef int64_t us, secs, frac
+    cdef time_t t
+    cdef tm out
+    if type(at) is int and 0 <= at <= 0x7FFFFFFFFFFFFFFF:
+        us = at
+        secs = us // 1000000
+        frac = us - secs * 1000000
+        t = secs
+        if gmtime_r(&t, &out) != NULL and 0 <= out.tm_year + 1900 <= 9999:
+            snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
+                     out.tm_year + 1900, out.tm_mon + 1, out.tm_mday, out.tm_hour,
+                     out.tm_min, out.tm_sec, <int>frac)
+            return buf.decode("ascii")
+    return format_time(at)
+
+
+def query_id(at, number):
+    """_query_id, for the parity tests."""
+    return _query_id(at, number)
+
+
+def format_time_c(at, format_time):
+    """_format_time, for the parity tests."""
+    return _format_time(at, format_time)
+
+
+def audit_entry(tuple names, tuple half_life_us, format_time, number, at, agent, params,
+                list winners, more, list top, at_us, bint decay, active):
+    """See query._entry (``names``: _AUDIT_PARAMS, ``half_life_us``:
+    lens._HALF_LIFE_US, ``format_time``: timeutil.format_time, bound
+    first by functools.partial)."""
+    cdef dict given = {}
+    cdef Py_ssize_t i
+    cdef int64_t at_c = 0, age_c
+    cdef bint small_at = -EXACT < at_us < EXACT
+    if small_at:
+        at_c = at_us
+    if type(params) is dict:
+        for k, v in (<dict>params).items():
+            if v is not None:
+                given[k] = v
+    elif type(params) is tuple and len(<tuple>params) <= len(names):
+        for i in range(len(<tuple>params)):
+            v = (<tuple>params)[i]
+            if v is not None:
+                given[names[i]] = v
+    else:
+        for k, v in zip(names, params):
+            if v is not None:
+                given[k] = v
+    cdef list hashes = [w.record.hash.hex() for w in winners]
+    cdef list contributing = []
+    for a in top:
+        r = a.record
+        c = r.confidence
+        if decay:
+            hl = half_life_us[r.source_class]
+            if hl is not None:
+                t = r.timestamp
+                if small_at and -EXACT < t < EXACT:
+                    age_c = at_c - <int64_t>t
+                    if age_c <= 0:
+                        pass
+                    elif age_c < EXACT and 0 < hl < EXACT:
+                        c = <double>c * pow(2.0, -(<double>age_c) / <double>hl)
+                    else:
+                        c = c * 2.0 ** (-(at_us - t) / hl)
+                else:
+                    age = at_us - t
+                    if age > 0:
+                        c = c * 2.0 ** (-age / hl)
+        contributing.append({"hash": r.hash.hex(), "weight": c})
+    return {"id": _query_id(at, number), "at": _format_time(at, format_time), "at_us": at,
+            "agent": agent, "params": given, "result_hashes": hashes,
+            "result_hashes_more": more if more > 0 else 0,
+            "contributing": contributing, "contributing_more": active - len(top)}
+
+
+# ------------------------------------------------------------ gather and ranking helpers
+# key_ordinals: index.MultiMap.get for the int64 by_key map, one binary
+# search in C instead of two numpy searchsorted calls (~1.5 us each, the
+# most of a small key's lookup); hashed_pairs: the value ids a small key's
+# ranking must check for collisions (qcolumns.columns_resolution), in one
+# pass over the columns.
+
+def key_ordinals(keys, vals, dict recent, key):
+    """See qpure.key_ordinals."""
+    cdef const int64_t[:] kv = keys
+    cdef const int32_t[:] vv = vals
+    cdef Py_ssize_t n = kv.shape[0], lo = 0, hi, mid, i
+    cdef int64_t k
+    if vv.shape[0] < n:
+        raise ValueError("the map's keys and values differ in length")
+    cdef list out = []
+    if n and INT64_MIN <= key <= INT64_MAX:
+        k = key
+        hi = n
+        while lo < hi:                  # first position >= k
+            mid = (lo + hi) >> 1
+            if kv[mid] < k:
+                lo = mid + 1
+            else:
+                hi = mid
+        i = lo
+        while i < n and kv[i] == k:
+            out.append(vv[i])
+            i += 1
+    r = recent.get(key)
+    if r:
+        return out + r if out else list(r)
+    return out
+
+
+def hashed_pairs(list ords, va, vb):
+    """See qpure.hashed_pairs."""
+    cdef const uint64_t[:] vav = va
+    cdef const uint64_t[:] vbv = vb
+    cdef Py_ssize_t n = vav.shape[0], m = PyList_GET_SIZE(ords), i, o
+    cdef uint64_t a, b
+    if vbv.shape[0] < n:
+        raise ValueError("the columns differ in length")
+    for i in range(m):
+        o = <object>PyList_GET_ITEM(ords, i)
+        if o < 0 or o >= n:
+            raise IndexError(f"ordinal {o} outside the columns ({n})")
+    cdef list out = []
+    for i in range(m):
+        ob = <object>PyList_GET_ITEM(ords, i)
+        o = ob
+        a = vav[o]
+        if (a & 0xFF) == HASHED:
+            b = vbv[o]
+            out.append(((a | (<object>b << 64)) if b else a, ob))
+    return out

@@ -58,6 +58,11 @@ LOG_EVERY = 60.0                        # seconds between two "dropped" log line
 _NAME = re.compile(r"queries-(\d{6})\.log\Z")
 
 
+def query_id(at_us: int, number: int) -> str:
+    """An entry's id: its query's time and the low bits of its sequence number."""
+    return f"q{at_us:x}{number % 0x10000:04x}"
+
+
 def file_numbers(directory: str) -> list[int]:
     """The numbers of the audit files in ``directory``, oldest first."""
     try:
@@ -143,10 +148,14 @@ class AuditLog:
 
     def new_id(self, at_us: int) -> str:
         # itertools.count is atomic under the GIL: no lock on the query path
-        return f"q{at_us:x}{next(self._ids) % 0x10000:04x}"
+        return query_id(at_us, next(self._ids))
 
     def add(self, entry_fn) -> None:
-        """Queue ``entry_fn`` (called later, off the query path, to build the entry).
+        """Queue ``entry_fn``, called later, off the query path, to build the
+        entry: a callable of no arguments, or a tuple ``(build, *args)``,
+        built as ``build(number, *args)`` where ``number`` is the entry's
+        sequence number for :func:`query_id` (a query queues a tuple: no
+        closure to make, no id to format on its path).
 
         O(1).  When the writer is ``max_queue`` entries behind, the entry is
         dropped and counted instead: memory stays bounded whatever the load.
@@ -191,7 +200,8 @@ class AuditLog:
                         break
                     fn = q.popleft()
                     try:
-                        lines.append(orjson.dumps(fn()) + b"\n")
+                        e = fn[0](next(self._ids), *fn[1:]) if type(fn) is tuple else fn()
+                        lines.append(orjson.dumps(e) + b"\n")
                     except Exception as e:  # noqa: BLE001 - an audit entry must never break the store
                         failed, error = failed + 1, e
                 if failed:

@@ -10,8 +10,6 @@ the :class:`stemedb.core.reader.Reader`.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..model import SOURCE_CLASSES
 from . import qfast
 from .format import VALUE_HASHED
@@ -65,19 +63,7 @@ def columns_resolution(reader, lens_obj, ords: list[int], at_us: int, decay: boo
     effective confidence that is not finite) or two different values
     share a hashed value id: :func:`column_rows` answers then."""
     c = reader.state.cols
-    if len(ords) < 16:
-        pairs = [(a | b << 64, o) for a, b, o in zip(take(c.va, ords), take(c.vb, ords), ords)
-                 if a & 0xFF == VALUE_HASHED]
-    else:
-        o = np.fromiter(ords, dtype=np.int64, count=len(ords))
-        if int(o.min()) < 0 or int(o.max()) >= c.n:
-            raise IndexError(f"an ordinal outside the columns ({c.n})")
-        hashed = (c.va[o] & np.uint64(0xFF)) == np.uint64(VALUE_HASHED)
-        pairs = []
-        if int(np.count_nonzero(hashed)) > 1:
-            h = o[hashed]
-            pairs = [(a | b << 64, x) for a, b, x in zip(c.va[h].tolist(), c.vb[h].tolist(),
-                                                         h.tolist())]
+    pairs = qfast.hashed_pairs(ords, c.va, c.vb)
     if len(pairs) > 1 and not _hashed_values_agree(reader, pairs):
         return None
     got = qfast.resolve_columns(lens_obj.name, ords, c.seq, c.ts, c.conf, c.rank, c.va, c.vb,

@@ -30,3 +30,6 @@ filter_ords = _query.filter_ords if COMPILED else qpure.filter_ords
 column_rows = _query.column_rows if COMPILED else qpure.column_rows
 resolve_columns = _query.resolve_columns if COMPILED else qpure.resolve_columns
 COLUMN_LENSES = qpure.COLUMN_LENSES
+cache_take = _query.cache_take if COMPILED else qpure.cache_take
+key_ordinals = _query.key_ordinals if COMPILED else qpure.key_ordinals
+hashed_pairs = _query.hashed_pairs if COMPILED else qpure.hashed_pairs

@@ -164,3 +164,84 @@ def _class_ranks() -> dict:
 
 
 _RANKS = _class_ranks()
+
+
+SMALL_TAKE = 16   # below this many ordinals, per-element item() beats a fancy index
+
+
+def cache_take(d, ords: list[int], loc, seq) -> tuple[list[int], list, list[int], int]:
+    """The read cache's part of reading the records of ``ords`` (call under
+    the cache's lock; ``d``: its OrderedDict, record entries keyed by packed
+    log location, valued ``(record, size)``): ``(locs, recs, seqs, hits)``,
+    each ordinal's location (the ``loc`` column) and seq (``seq``), its
+    cached record or None, and how many were found.  A found entry moves
+    to the recent end of ``d``.  An ordinal outside the columns raises
+    IndexError (before any entry moves).  O(len(ords))."""
+    n = len(loc)
+    if len(seq) < n:
+        raise ValueError("the columns differ in length")
+    if len(ords) < SMALL_TAKE:
+        for o in ords:
+            if not 0 <= o < n:
+                raise IndexError(f"ordinal {o} outside the columns ({n})")
+        li, si = loc.item, seq.item
+        locs, seqs = [li(o) for o in ords], [si(o) for o in ords]
+    else:
+        arr = np.fromiter(ords, dtype=np.int64, count=len(ords))
+        if int(arr.min()) < 0 or int(arr.max()) >= n:
+            raise IndexError(f"an ordinal outside the columns ({n})")
+        locs, seqs = loc[arr].tolist(), seq[arr].tolist()
+    get, to_end = d.get, d.move_to_end
+    recs: list = []
+    hits = 0
+    for key in locs:
+        e = get(key)
+        if e is None:
+            recs.append(None)
+        else:
+            to_end(key)
+            recs.append(e[0])
+            hits += 1
+    return locs, recs, seqs, hits
+
+
+def key_ordinals(keys, vals, recent: dict, key: int) -> list[int]:
+    """``index.MultiMap.get(key)`` over a map's sorted ``keys`` (int64),
+    their ``vals`` (int32 ordinals) and its ``recent`` dict: the ordinals
+    filed under ``key``, the sorted run's first.  O(log n + k)."""
+    if len(vals) < len(keys):
+        raise ValueError("the map's keys and values differ in length")
+    out: list[int] = []
+    if len(keys) and INT64_MIN <= key <= INT64_MAX:
+        k = np.int64(key)
+        i = int(keys.searchsorted(k, "left"))
+        if i < len(keys) and keys[i] == k:
+            j = int(keys.searchsorted(k, "right"))
+            out = vals[i:j].tolist()
+    r = recent.get(key)
+    if r:
+        return out + r if out else list(r)
+    return out
+
+
+def hashed_pairs(ords: list[int], va, vb) -> list[tuple[int, int]]:
+    """``(value id, ordinal)`` of the candidates ``ords`` (in their order)
+    whose value id (``va | vb << 64``, ``index.value_id``) is a hash: the
+    low byte of ``va`` is HASHED.  An ordinal outside the columns raises
+    IndexError.  O(len(ords))."""
+    n = len(va)
+    if len(vb) < n:
+        raise ValueError("the columns differ in length")
+    if len(ords) < SMALL_TAKE:
+        for o in ords:
+            if not 0 <= o < n:
+                raise IndexError(f"ordinal {o} outside the columns ({n})")
+        ai, bi = va.item, vb.item
+        return [((a | bi(o) << 64) if bi(o) else a, o) for o in ords
+                if (a := ai(o)) & 0xFF == HASHED]
+    arr = np.fromiter(ords, dtype=np.int64, count=len(ords))
+    if int(arr.min()) < 0 or int(arr.max()) >= n:
+        raise IndexError(f"an ordinal outside the columns ({n})")
+    h = arr[(va[arr] & np.uint64(0xFF)) == np.uint64(HASHED)]
+    return [((a | b << 64) if b else a, x)
+            for a, b, x in zip(va[h].tolist(), vb[h].tolist(), h.tolist())]

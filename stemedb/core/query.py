@@ -10,6 +10,7 @@ records are decoded afterwards, and only for the candidates that survive.
 from __future__ import annotations
 
 import base64
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -25,6 +26,7 @@ from .lens import _HALF_LIFE_US, LensContext, Resolution, conflict_analysis, get
 from .qcolumns import (  # noqa: F401 (column_rows, _hashed_values_agree: re-exported)
     _hashed_values_agree, column_rows, columns_resolution, rank_rows,
 )
+from .audit import query_id
 from .reader import Answer
 from .state import GEN_MASK, GEN_MIX
 
@@ -169,7 +171,10 @@ def gather(reader, paths: list[str], predicate: str | None, f: Filters):
         if predicate is None:
             ords.extend(st.by_path.get(pid))
         else:
-            ords.extend(st.by_key.get((pid << PRED_BITS) | pid_pred))
+            # by_key.get, one binary search in C (compiled) instead of two
+            # numpy searchsorted calls
+            m = st.by_key
+            ords.extend(qfast.key_ordinals(m.keys, m.vals, m.recent, (pid << PRED_BITS) | pid_pred))
     if not ords:
         return [], []
     c = st.cols
@@ -357,7 +362,11 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
     lens_obj = get_lens(lens)
     if type(limit) is not int or not 1 <= limit <= 1000:
         raise ValidationError("limit must be an integer from 1 to 1000", field="limit")
-    f = parse_filters(as_of, known_at, since, lifecycle, epoch, decay, include_retracted)
+    if (as_of is None and known_at is None and since is None and lifecycle is None
+            and epoch is None and decay is False and include_retracted is False):
+        f = Filters()       # the defaults: nothing to parse
+    else:
+        f = parse_filters(as_of, known_at, since, lifecycle, epoch, decay, include_retracted)
     offset = 0
     with reader.lock:
         if cursor is not None:
@@ -611,29 +620,40 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     ``contributing_more`` counts the rest).  ``active`` (the candidates that
     are not retracted) is counted from ``groups`` unless given.  Listing every candidate cost a
     ``limit=1`` query over 10,000 candidates 890 KB of audit (issue 8,
-    item 15).  Only those few assertions and scalars are kept until the
-    writer thread builds the entry, so a backlog holds no candidate lists.
+    item 15).  Only those few assertions and scalars are queued, as a
+    tuple (no closure), and the writer thread builds the entry
+    (:func:`_entry`), so a backlog holds no candidate lists.
     ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
     """
+    audit = reader.audit
     at = reader.clock()
-    qid = reader.audit.new_id(at)
     if active is None:
         active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
-    top = ordered[:min(AUDIT_CONTRIBUTORS, active)]
+    top = ordered[:AUDIT_CONTRIBUTORS if active > AUDIT_CONTRIBUTORS else active]
     winners = [w for r in results if (w := r["winner"]) is not None]
-    more_winners = max(0, len(winners) - AUDIT_RESULTS)
-    winners = winners[:AUDIT_RESULTS]
-    at_us, decay = ctx.at_us, ctx.decay
+    more = len(winners) - AUDIT_RESULTS
+    if more > 0:
+        winners = winners[:AUDIT_RESULTS]
+    audit.add((_ENTRY, at, agent, params, winners, more, top, ctx.at_us, ctx.decay, active))
 
-    def entry():
-        given = params.items() if type(params) is dict else zip(_AUDIT_PARAMS, params)
-        return {"id": qid, "at": format_time(at), "at_us": at, "agent": agent,
-                "params": {k: v for k, v in given if v is not None},
-                "result_hashes": [w.record.hash.hex() for w in winners],
-                "result_hashes_more": more_winners,
-                "contributing": _contributing(top, at_us, decay),
-                "contributing_more": active - len(top)}
-    reader.audit.add(entry)
+
+def _entry(number: int, at: int, agent, params, winners: list[Assertion], more: int,
+           top: list[Assertion], at_us: int, decay: bool, active: int) -> dict:
+    """The audit entry :func:`_audit` queued, built on the audit writer's
+    thread (``number``: its sequence number, given by the writer)."""
+    given = params.items() if type(params) is dict else zip(_AUDIT_PARAMS, params)
+    return {"id": query_id(at, number), "at": format_time(at), "at_us": at, "agent": agent,
+            "params": {k: v for k, v in given if v is not None},
+            "result_hashes": [w.record.hash.hex() for w in winners],
+            "result_hashes_more": more if more > 0 else 0,
+            "contributing": _contributing(top, at_us, decay),
+            "contributing_more": active - len(top)}
+
+
+# The builder the writer thread calls: compiled (qfast.audit_entry, held to
+# _entry by tests/unit/test_query_fastpath.py) or _entry itself
+_ENTRY = (partial(qfast._query.audit_entry, _AUDIT_PARAMS, _HALF_LIFE_US, format_time)
+          if qfast.COMPILED else _entry)
 
 
 def run_skeptic(reader, concept_path, predicate, *, include_descendants=False, as_of=None,

@@ -26,6 +26,7 @@ from ..timeutil import format_time
 from . import codec, fast
 from .format import FRAME, FRAME_CRC_FROM, FRAME_SIZE
 from .index import unpack_loc
+from .qfast import cache_take
 
 # Settings.read_cache_bytes.  48 MiB keeps RSS per assertion at 1,000,000 under
 # 300 bytes with the cache full (bench/results/read-cache-*.md).
@@ -160,6 +161,23 @@ class ReadCache:
                 self.thrashing = w[0] < w[1] and self.bytes >= self.max_bytes * 0.9
                 w[0] = w[1] = 0
         return out
+
+    def take(self, ords: list[int], loc, seq) -> tuple[list[int], list, list[int]]:
+        """:meth:`records` by ordinal (``loc``, ``seq``: the State's columns),
+        under one lock, in one compiled call (``qfast.cache_take``):
+        ``(locs, recs, seqs)``, None in ``recs`` for a miss."""
+        with self._lock:
+            locs, recs, seqs, hits = cache_take(self._d, ords, loc, seq)
+            misses = len(ords) - hits
+            self.record_misses += misses
+            self.record_hits += hits
+            w = self._window
+            w[0] += hits
+            w[1] += misses
+            if w[0] + w[1] >= WINDOW:
+                self.thrashing = w[0] < w[1] and self.bytes >= self.max_bytes * 0.9
+                w[0] = w[1] = 0
+        return locs, recs, seqs
 
     def answer(self, key: tuple, token):
         """The answer under ``key`` if it was computed under ``token``, else None."""
@@ -306,14 +324,19 @@ class Reader:
             return [self._read(loc)[0] for loc in locs]
         out = cache.records(locs)
         if None in out:
-            miss = [i for i, rec in enumerate(out) if rec is None]
-            mlocs = [locs[i] for i in miss]
-            new = []
-            for i, loc, (rec, length) in zip(miss, mlocs, self._read_many(mlocs)):
-                out[i] = rec
-                new.append((loc, rec, entry_size(rec, length)))
-            cache.add_records(new)
+            self._fill(out, locs)
         return out
+
+    def _fill(self, recs: list, locs: list[int]) -> None:
+        """Read the records missing (None) from ``recs`` at their ``locs``,
+        put them in ``recs`` and in the cache (which is not None)."""
+        miss = [i for i, rec in enumerate(recs) if rec is None]
+        mlocs = [locs[i] for i in miss]
+        new = []
+        for i, loc, (rec, length) in zip(miss, mlocs, self._read_many(mlocs)):
+            recs[i] = rec
+            new.append((loc, rec, entry_size(rec, length)))
+        self.cache.add_records(new)    # type: ignore[union-attr]
 
     def _read_many(self, locs: list[int]) -> list[tuple[AssertionRecord, int]]:
         """:meth:`_read` of each of ``locs``: a sealed segment's frames are
@@ -370,14 +393,20 @@ class Reader:
         """:meth:`assertion` for many ordinals (records read as a batch, or
         ``recs``: the records of ``ords`` already read, None for one to read)."""
         st = self.state
-        if recs is None:
-            recs = self.read_records(ords)
-        elif len(recs) != len(ords):
-            raise ValueError("recs and ords differ in length")
-        elif None in recs:      # the ones not given: read
-            read = iter(self.read_records([o for o, r in zip(ords, recs) if r is None]))
-            recs = [r if r is not None else next(read) for r in recs]
-        seqs = take(st.cols.seq, ords)
+        cache = self.cache
+        if recs is None and cache is not None:
+            locs, recs, seqs = cache.take(ords, st.cols.loc, st.cols.seq)
+            if None in recs:
+                self._fill(recs, locs)
+        else:
+            if recs is None:
+                recs = self.read_records(ords)
+            elif len(recs) != len(ords):
+                raise ValueError("recs and ords differ in length")
+            elif None in recs:      # the ones not given: read
+                read = iter(self.read_records([o for o, r in zip(ords, recs) if r is None]))
+                recs = [r if r is not None else next(read) for r in recs]
+            seqs = take(st.cols.seq, ords)
         rmap = st.retracted
         if not rmap:
             return list(map(Assertion, recs, seqs))
