@@ -86,10 +86,15 @@ def read_body(req, max_bytes: int) -> bytes:
     if not has_body:
         raise bad_request("a JSON body is required (Content-Type: application/json)",
                           None, "missing_body")
-    stream = req.bounded_stream if length is not None else req.stream
-    data = stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise _too_large(max_bytes)
+    if length is not None:
+        # the server's input stream ends at Content-Length (gunicorn's body
+        # reader; the worker gathered it): read that much, without Falcon's
+        # BoundedStream wrapper per request
+        data = req.stream.read(length)
+    else:
+        data = req.stream.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise _too_large(max_bytes)
     if not data:
         raise bad_request("a JSON body is required (Content-Type: application/json)",
                           None, "missing_body")
@@ -275,7 +280,7 @@ class QueryResource(_Base):
         self._answer(req, resp, self.body(req, S.QueryIn))
 
     def _answer(self, req, resp, q):
-        kwargs = S.to_kwargs(q)
+        kwargs = S.query_kwargs(q)
         if "min_seq" in kwargs:
             min_seq(self.state, req, kwargs.pop("min_seq"))
         path = kwargs.pop("concept_path")

@@ -355,6 +355,15 @@ DECODERS = {t: msgspec.json.Decoder(t) for t in REQUEST_TYPES}
 BATCH_LAX = msgspec.json.Decoder(BatchLax)
 
 
+def query_kwargs(q: QueryIn) -> dict:
+    """A decoded ``QueryIn`` as keyword arguments of ``Store.query``: the
+    fields given and not at their default (msgspec's ``to_builtins`` of an
+    ``omit_defaults`` Struct, ~0.5 us against ~2.3 for :func:`to_kwargs`);
+    each default is the engine's own (tests/unit/http/test_query_kwargs.py),
+    so leaving one out asks the same query."""
+    return msgspec.to_builtins(q)
+
+
 def to_kwargs(obj: Struct) -> dict:
     """A decoded Struct as a dict of the fields that were given (and not null)."""
     return {f: v for f in obj.__struct_fields__
