@@ -10,7 +10,7 @@ tests/unit/test_query_columns.py holds the column functions to their twins).
 It reads no log bytes: the frame reader that was here went with the lenses'
 move to the index columns.
 """
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.math cimport pow
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 
@@ -745,4 +745,103 @@ def hashed_pairs(list ords, va, vb):
         if (a & 0xFF) == HASHED:
             b = vbv[o]
             out.append(((a | (<object>b << 64)) if b else a, ob))
+    return out
+
+
+# ------------------------------------------------------------ record reads
+# read_frames: the read cache's misses read, checked and decoded in one call
+# (the reference is qpure.read_frames).  A frame of the active segment was a
+# Python pread per record through three layers (Reader._read -> WAL.read ->
+# Segment.read): ~4 us each, most of a cold small key's decode.  Here it is
+# one pread into a stack buffer; the CRC is the C crc32c of _fast (the same
+# header), and the record is built by the decoder given (fast.decode_assert).
+
+from posix.unistd cimport pread
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+cdef extern from "crc32c.h" nogil:
+    void stemedb_crc32c_init()
+    uint32_t stemedb_crc32c(const uint8_t* p, size_t n)
+
+stemedb_crc32c_init()
+
+DEF FRAME_HEAD = 20         # format.FRAME_SIZE
+DEF CRC_FROM = 8            # format.FRAME_CRC_FROM
+DEF FIRST_READ = 512        # Reader._read's first read
+DEF LOC_BITS = 40           # index.pack_loc
+
+
+cdef inline uint32_t _rd32(const uint8_t* p) noexcept nogil:
+    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef object _frame(const uint8_t* f, Py_ssize_t avail, decode):
+    """(record, length) of the frame at ``f`` with ``avail`` bytes readable
+    there, or None when it does not check out (short, CRC)."""
+    cdef uint32_t length, crc
+    if avail < FRAME_HEAD:
+        return None
+    length = _rd32(f)
+    crc = _rd32(f + 4)
+    if <Py_ssize_t>length > avail - FRAME_HEAD:
+        return None
+    if stemedb_crc32c(f + CRC_FROM, FRAME_HEAD - CRC_FROM + length) != crc:
+        return None
+    body = PyBytes_FromStringAndSize(<const char*>(f + CRC_FROM), FRAME_HEAD - CRC_FROM + length)
+    return decode(body, FRAME_HEAD - CRC_FROM), length
+
+
+def read_frames(list locs, list segs, decode):
+    """See qpure.read_frames."""
+    cdef Py_ssize_t m = PyList_GET_SIZE(locs), i, k, nseg = PyList_GET_SIZE(segs)
+    cdef Py_ssize_t first = 0, got, need
+    cdef int64_t loc, segno, off
+    cdef int fd
+    cdef uint8_t head[FIRST_READ]
+    cdef uint8_t* big
+    cdef const uint8_t[:] mv
+    cdef dict maps = {}
+    cdef list out = []
+    if nseg:
+        first = (<object>PyList_GET_ITEM(segs, 0)).number
+    for i in range(m):
+        loc = <object>PyList_GET_ITEM(locs, i)
+        segno = loc >> LOC_BITS
+        off = loc & ((<int64_t>1 << LOC_BITS) - 1)
+        k = segno - first
+        if loc < 0 or not 0 <= k < nseg:
+            out.append(None)
+            continue
+        seg = <object>PyList_GET_ITEM(segs, k)
+        buf = maps.get(k)
+        if buf is None:
+            # a sealed segment's mapping (b"" for none); the active one: its fd
+            if k < nseg - 1 and seg.sealed and seg.size > 0:
+                buf = maps[k] = seg.buffer()
+            else:
+                buf = maps[k] = seg._fd
+        if type(buf) is int:
+            fd = buf
+            got = pread(fd, head, FIRST_READ, off)
+            if got < FRAME_HEAD:
+                out.append(None)
+                continue
+            need = FRAME_HEAD + <Py_ssize_t>_rd32(head)
+            if need <= got:
+                out.append(_frame(head, got, decode))
+                continue
+            big = <uint8_t*>malloc(need)
+            if big == NULL:
+                raise MemoryError()
+            try:
+                got = pread(fd, big, need, off)
+                out.append(_frame(big, got, decode) if got == need else None)
+            finally:
+                free(big)
+            continue
+        mv = buf
+        if off >= mv.shape[0] or mv.shape[0] == 0:
+            out.append(None)
+            continue
+        out.append(_frame(&mv[off], mv.shape[0] - off, decode))
     return out

@@ -33,3 +33,4 @@ COLUMN_LENSES = qpure.COLUMN_LENSES
 cache_take = _query.cache_take if COMPILED else qpure.cache_take
 key_ordinals = _query.key_ordinals if COMPILED else qpure.key_ordinals
 hashed_pairs = _query.hashed_pairs if COMPILED else qpure.hashed_pairs
+read_frames = _query.read_frames if COMPILED else qpure.read_frames

@@ -245,3 +245,73 @@ def hashed_pairs(ords: list[int], va, vb) -> list[tuple[int, int]]:
     h = arr[(va[arr] & np.uint64(0xFF)) == np.uint64(HASHED)]
     return [((a | b << 64) if b else a, x)
             for a, b, x in zip(va[h].tolist(), vb[h].tolist(), h.tolist())]
+
+
+FRAME_HEAD, CRC_FROM, FIRST_READ, LOC_BITS = 20, 8, 512, 40   # see _query.pyx's read_frames
+
+
+def _frame(buf, off: int, decode):
+    """(record, length) of the frame at ``buf[off:]``, or None when it does
+    not check out (short, CRC)."""
+    from .codec import crc32c
+    if off + FRAME_HEAD > len(buf):
+        return None
+    length = int.from_bytes(buf[off:off + 4], "little")
+    crc = int.from_bytes(buf[off + 4:off + 8], "little")
+    end = off + FRAME_HEAD + length
+    if end > len(buf):
+        return None
+    body = bytes(buf[off + CRC_FROM:end])
+    if crc32c(body) != crc:
+        return None
+    return decode(body, FRAME_HEAD - CRC_FROM), length
+
+
+def read_frames(locs: list[int], segs: list, decode) -> list:
+    """The records at the packed log locations ``locs`` (``index.pack_loc``)
+    of the WAL segments ``segs`` (``WAL.segments``, oldest first), each as
+    ``(record, frame body length)``: a sealed segment's frame sliced out of
+    its mapping (but the last segment's), any other read by ``pread`` on the
+    segment's descriptor (the first FIRST_READ bytes, then the whole frame
+    if it is longer), its CRC checked and its body decoded by ``decode``
+    (``fast.decode_assert``).  None for a frame that does not check out
+    (short, torn, CRC, an unknown segment): ``Reader._read`` reads those
+    and raises what it always raised.  O(the frames' bytes)."""
+    import os
+    first = segs[0].number if segs else 0
+    maps: dict = {}
+    out: list = []
+    for loc in locs:
+        segno, off = loc >> LOC_BITS, loc & ((1 << LOC_BITS) - 1)
+        k = segno - first
+        if loc < 0 or not 0 <= k < len(segs):
+            out.append(None)
+            continue
+        seg = segs[k]
+        buf = maps.get(k)
+        if buf is None:
+            if k < len(segs) - 1 and seg.sealed and seg.size > 0:
+                buf = maps[k] = seg.buffer()
+            else:
+                buf = maps[k] = seg._fd
+        if type(buf) is int:
+            try:
+                raw = os.pread(buf, FIRST_READ, off)
+            except OSError:
+                out.append(None)
+                continue
+            if len(raw) >= FRAME_HEAD:
+                need = FRAME_HEAD + int.from_bytes(raw[:4], "little")
+                if need > len(raw):
+                    try:
+                        raw = os.pread(buf, need, off)
+                    except OSError:
+                        out.append(None)
+                        continue
+                    if len(raw) != need:
+                        out.append(None)
+                        continue
+            out.append(_frame(raw, 0, decode))
+            continue
+        out.append(_frame(buf, off, decode))
+    return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from array import array
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from ..errors import ChecksumMismatch
 from ..model import Assertion, AssertionRecord
@@ -26,7 +26,7 @@ from ..timeutil import format_time
 from . import codec, fast
 from .format import FRAME, FRAME_CRC_FROM, FRAME_SIZE
 from .index import unpack_loc
-from .qfast import cache_take
+from .qfast import cache_take, read_frames
 
 # Settings.read_cache_bytes.  48 MiB keeps RSS per assertion at 1,000,000 under
 # 300 bytes with the cache full (bench/results/read-cache-*.md).
@@ -61,8 +61,6 @@ ANSWER_RESERVE = 4
 # the cache was slower than none.  Hits are unchanged.
 WINDOW = 8192
 ADMIT_EVERY = 8
-_LOC_BITS = 40                   # index.pack_loc: segment number << 40 | offset
-_LOC_MASK = (1 << _LOC_BITS) - 1
 
 
 def record_size(rec: AssertionRecord) -> int:
@@ -339,39 +337,16 @@ class Reader:
         self.cache.add_records(new)    # type: ignore[union-attr]
 
     def _read_many(self, locs: list[int]) -> list[tuple[AssertionRecord, int]]:
-        """:meth:`_read` of each of ``locs``: a sealed segment's frames are
-        sliced out of its mapping in place (no read call, no 512-byte copy:
-        the cache misses of a thrashing query were a third of its time in
-        these layers); the active segment's, and any frame that does not
-        check out there (short, torn, CRC), go through :meth:`_read`, which
-        raises what it always raised for a damaged frame."""
-        wal = self.wal
-        segs = wal.segments
-        first = segs[0].number if segs else 0
-        last = len(segs) - 1
-        maps: dict[int, Any] = {}
-        decode, crc32c, unpack = fast.decode_assert, codec.crc32c, FRAME.unpack_from
-        start, skip = FRAME_CRC_FROM, FRAME_SIZE - FRAME_CRC_FROM
-        out = []
-        for loc in locs:
-            segno, off = loc >> _LOC_BITS, loc & _LOC_MASK
-            buf = maps.get(segno)
-            if buf is None:
-                k = segno - first
-                seg = segs[k] if 0 <= k < last else None
-                # b"": not mapped (the active segment), every frame goes to _read
-                buf = maps[segno] = (seg.buffer() if seg is not None and seg.sealed and seg.size > 0
-                                     else b"")
-            if off + FRAME_SIZE <= len(buf):
-                length, crc = unpack(buf, off)[:2]
-                end = off + FRAME_SIZE + length
-                if end <= len(buf):
-                    body = buf[off + start:end]
-                    if crc32c(body) == crc:
-                        out.append((decode(body, skip), length))
-                        continue
-            out.append(self._read(loc))
-        return out
+        """:meth:`_read` of each of ``locs``, in one call (``qfast.read_frames``:
+        compiled, one pread or one slice of a sealed segment's mapping per
+        frame, the CRC checked in C; the cache misses of a cold small key
+        were most of its time in _read's three Python layers); a frame that
+        does not check out there (short, torn, CRC) goes through
+        :meth:`_read`, which raises what it always raised for it."""
+        got = read_frames(locs, self.wal.segments, fast.decode_assert)
+        if None in got:
+            return [r if r is not None else self._read(loc) for r, loc in zip(got, locs)]
+        return got
 
     def _read(self, loc: int) -> tuple[AssertionRecord, int]:
         """The record at packed location ``loc`` and its frame body's length."""

@@ -298,3 +298,83 @@ def test_a_damaged_record_is_the_same_checksum_mismatch(clocked, monkeypatch, pu
     with pytest.raises(ChecksumMismatch) as err:
         store.query("g", predicate="r")
     assert err.value.file == seg
+
+
+# ------------------------------------------------------------------ read_frames
+
+def test_the_frame_constants_are_the_format():
+    from stemedb.core import format as fmt
+    from stemedb.core.index import pack_loc
+    assert (qpure.FRAME_HEAD, qpure.CRC_FROM) == (fmt.FRAME_SIZE, fmt.FRAME_CRC_FROM)
+    assert pack_loc(3, 5) == (3 << qpure.LOC_BITS) | 5
+
+
+@pytest.fixture
+def segmented(tmp_path):
+    from stemedb import open_store
+    from tests.conftest import NoFsyncFS
+    s = open_store(str(tmp_path / "d"), fs=NoFsyncFS(), durability="none", audit=False,
+                   segment_size=16384)
+    for k in range(0, 200, 10):
+        s.put_batch([{"concept_path": f"p{i % 7}", "predicate": "r",
+                      "value": {"n": i, "pad": "x" * (i * 7 % 900)}, "confidence": 0.5,
+                      "timestamp": T0 + i} for i in range(k, k + 10)])
+    yield s
+    s.close()
+
+
+@needs_compiled
+def test_read_frames_is_its_twin_on_a_sound_log(segmented):
+    from stemedb.core import fast
+    r = segmented.reader
+    segs = r.wal.segments
+    assert len(segs) > 3 and segs[0].sealed and not segs[-1].sealed
+    locs = [int(x) for x in segmented.state.cols.loc[:segmented.state.count]]
+    want = [r._read(loc) for loc in locs]
+    assert _query.read_frames(locs, segs, fast.decode_assert) == want
+    assert qpure.read_frames(locs, segs, fast.decode_assert) == want
+    assert _query.read_frames([], segs, fast.decode_assert) == []
+
+
+@needs_compiled
+@pytest.mark.parametrize("where", ["crc", "length", "tail", "segment", "active-crc"])
+def test_read_frames_declines_damaged_frames_as_its_twin(segmented, where):
+    """A frame that does not check out is None in both (Reader._read then
+    raises what it raises for it); its neighbours still read."""
+    import mmap
+    from stemedb.core import fast
+    r = segmented.reader
+    segs = r.wal.segments
+    seg = segs[1] if where != "active-crc" else segs[-1]
+    locs = [int(x) for x in segmented.state.cols.loc[:segmented.state.count]
+            if int(x) >> 40 == seg.number]
+    loc = locs[len(locs) // 2]
+    off = loc & ((1 << 40) - 1)
+    if where == "active-crc":
+        with open(seg.path, "r+b") as fh:
+            fh.seek(off + 25)
+            b = fh.read(1)
+            fh.seek(off + 25)
+            fh.write(bytes([b[0] ^ 0x10]))
+    else:
+        data = bytearray(seg.buffer())
+        if where == "crc":
+            data[off + 23] ^= 0x10
+        elif where == "length":
+            data[off:off + 4] = (len(data)).to_bytes(4, "little")
+        elif where == "tail":
+            loc = (seg.number << 40) | (len(data) - 3)
+        elif where == "segment":
+            loc = ((segs[-1].number + 5) << 40) | off
+        seg._map = mmap.mmap(-1, len(data))
+        seg._map.write(bytes(data))
+    asked = [locs[0], loc, locs[-1]]
+    got = _query.read_frames(asked, segs, fast.decode_assert)
+    assert got == qpure.read_frames(asked, segs, fast.decode_assert)
+    assert got[1] is None and got[0] is not None and got[2] is not None
+    with pytest.raises(Exception) as err:
+        r._read_many(asked)
+    with pytest.raises(type(err.value)):
+        r._read(loc)
+    if where in ("crc", "length", "active-crc"):
+        assert err.type is ChecksumMismatch
