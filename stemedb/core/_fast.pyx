@@ -814,12 +814,7 @@ def index_one(buf, Py_ssize_t off, int64_t seq, int64_t loc_base, Py_ssize_t fir
     return hkey, (<int64_t>pid << 24) | qid, pid, src_key, rec, edge
 
 
-def find_hash(cnp.ndarray keys, cnp.ndarray vals, dict recent, cnp.ndarray hashes, bytes h):
-    """See index.find_hash: the ordinal whose full hash is ``h``, or None,
-    through a by-hash MultiMap's run (a binary search in C) and recent dict
-    (a put's dedupe check: ~1 us through numpy's searchsorted before)."""
-    if len(h) != 32:
-        raise ValueError("find_hash: a hash is 32 bytes")
+cdef _check_run(cnp.ndarray keys, cnp.ndarray vals, cnp.ndarray hashes):
     if (cnp.PyArray_NDIM(keys) != 1 or cnp.PyArray_TYPE(keys) != cnp.NPY_UINT64
             or not cnp.PyArray_IS_C_CONTIGUOUS(keys)
             or cnp.PyArray_NDIM(vals) != 1 or cnp.PyArray_TYPE(vals) != cnp.NPY_INT32
@@ -829,13 +824,14 @@ def find_hash(cnp.ndarray keys, cnp.ndarray vals, dict recent, cnp.ndarray hashe
     if (cnp.PyArray_NDIM(hashes) != 2 or cnp.PyArray_DIM(hashes, 1) != 32
             or cnp.PyArray_TYPE(hashes) != cnp.NPY_UINT8 or not cnp.PyArray_IS_C_CONTIGUOUS(hashes)):
         raise ValueError("find_hash: hashes must be a contiguous array of 32-byte rows")
-    cdef const uint8_t* hp = <const uint8_t*>PyBytes_AS_STRING(h)
+
+
+cdef long _find(const uint64_t* ks, const int32_t* vs, Py_ssize_t nkeys, dict recent,
+                const uint8_t* hb, Py_ssize_t rows, const uint8_t* hp) except -2:
+    """The ordinal of the 32-byte hash at ``hp``, or -1 (see find_hash)."""
     cdef uint64_t k
     memcpy(&k, hp, 8)
-    cdef const uint64_t* ks = <const uint64_t*>cnp.PyArray_DATA(keys)
-    cdef const int32_t* vs = <const int32_t*>cnp.PyArray_DATA(vals)
-    cdef const uint8_t* hb = <const uint8_t*>cnp.PyArray_DATA(hashes)
-    cdef Py_ssize_t lo = 0, hi = cnp.PyArray_DIM(keys, 0), mid, rows = cnp.PyArray_DIM(hashes, 0)
+    cdef Py_ssize_t lo = 0, hi = nkeys, mid
     cdef long o
     while lo < hi:
         mid = (lo + hi) >> 1
@@ -843,13 +839,15 @@ def find_hash(cnp.ndarray keys, cnp.ndarray vals, dict recent, cnp.ndarray hashe
             lo = mid + 1
         else:
             hi = mid
-    while lo < cnp.PyArray_DIM(keys, 0) and ks[lo] == k:
+    while lo < nkeys and ks[lo] == k:
         o = vs[lo]
         if o < 0 or o >= rows:
             raise IndexError(f"find_hash: ordinal {o} is beyond the {rows} rows of hashes")
         if memcmp(hb + 32 * o, hp, 32) == 0:
             return o
         lo += 1
+    if not recent:
+        return -1
     cdef PyObject* lst = PyDict_GetItem(recent, PyLong_FromUnsignedLongLong(k))
     if lst != NULL:
         for item in <list>lst:
@@ -858,4 +856,37 @@ def find_hash(cnp.ndarray keys, cnp.ndarray vals, dict recent, cnp.ndarray hashe
                 raise IndexError(f"find_hash: ordinal {o} is beyond the {rows} rows of hashes")
             if memcmp(hb + 32 * o, hp, 32) == 0:
                 return o
-    return None
+    return -1
+
+
+def find_hash(cnp.ndarray keys, cnp.ndarray vals, dict recent, cnp.ndarray hashes, h):
+    """See index.find_hash: the ordinal whose full hash is ``h``, or None,
+    through a by-hash MultiMap's run (a binary search in C) and recent dict
+    (a put's dedupe check: ~1 us through numpy's searchsorted before)."""
+    if type(h) is not bytes or len(<bytes>h) != 32:
+        raise ValueError("find_hash: a hash is 32 bytes")
+    _check_run(keys, vals, hashes)
+    cdef long o = _find(<const uint64_t*>cnp.PyArray_DATA(keys),
+                        <const int32_t*>cnp.PyArray_DATA(vals), cnp.PyArray_DIM(keys, 0), recent,
+                        <const uint8_t*>cnp.PyArray_DATA(hashes), cnp.PyArray_DIM(hashes, 0),
+                        <const uint8_t*>PyBytes_AS_STRING(h))
+    return None if o < 0 else o
+
+
+def find_hashes(cnp.ndarray keys, cnp.ndarray vals, dict recent, cnp.ndarray hashes, list hs):
+    """See index.find_hashes: find_hash of each hash of ``hs`` (a batch's
+    dedupe lookup: 0.3 us a hash through numpy's vectorized search before)."""
+    _check_run(keys, vals, hashes)
+    for h in hs:
+        if type(h) is not bytes or len(<bytes>h) != 32:
+            raise ValueError("find_hash: a hash is 32 bytes")
+    cdef const uint64_t* ks = <const uint64_t*>cnp.PyArray_DATA(keys)
+    cdef const int32_t* vs = <const int32_t*>cnp.PyArray_DATA(vals)
+    cdef Py_ssize_t nkeys = cnp.PyArray_DIM(keys, 0), rows = cnp.PyArray_DIM(hashes, 0)
+    cdef const uint8_t* hb = <const uint8_t*>cnp.PyArray_DATA(hashes)
+    cdef long o
+    out = []
+    for h in hs:
+        o = _find(ks, vs, nkeys, recent, hb, rows, <const uint8_t*>PyBytes_AS_STRING(h))
+        out.append(None if o < 0 else o)
+    return out

@@ -71,6 +71,7 @@ encode_assert_frames = _fast.encode_assert_frames if COMPILED else encode_assert
 bump_gens = _fast.bump_gens if COMPILED else records.bump_gens
 index_one = _fast.index_one if COMPILED else records.index_one
 find_hash = _fast.find_hash if COMPILED else _index.find_hash
+find_hashes = _fast.find_hashes if COMPILED else _index.find_hashes
 add_recent = _fast.add_recent if COMPILED else _index.add_recent
 if COMPILED:
     str64 = _fast.fnv1a64

@@ -120,7 +120,7 @@ def find_hash(keys: np.ndarray, vals: np.ndarray, recent: dict, hashes: np.ndarr
     then its ``recent`` dict) under ``h``'s 64-bit prefix, run first, each
     compared whole.  The pure twin of ``_fast.find_hash``
     (``fast.find_hash`` chooses; ``State.ordinal`` calls it).  O(log n)."""
-    if len(h) != 32:
+    if type(h) is not bytes or len(h) != 32:
         raise ValueError("find_hash: a hash is 32 bytes")
     if keys.ndim != 1 or keys.dtype != np.uint64 or not keys.flags.c_contiguous \
             or vals.ndim != 1 or vals.dtype != np.int32 or not vals.flags.c_contiguous \
@@ -142,6 +142,13 @@ def find_hash(keys: np.ndarray, vals: np.ndarray, recent: dict, hashes: np.ndarr
         if hashes[o].tobytes() == h:
             return o
     return None
+
+
+def find_hashes(keys: np.ndarray, vals: np.ndarray, recent: dict, hashes: np.ndarray,
+                hs: list[bytes]) -> list[int | None]:
+    """:func:`find_hash` of each of ``hs`` (a batch's dedupe lookup); the pure
+    twin of ``_fast.find_hashes``.  O(len(hs) log n)."""
+    return [find_hash(keys, vals, recent, hashes, h) for h in hs]
 
 
 class MultiMap:

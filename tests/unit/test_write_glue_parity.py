@@ -296,3 +296,36 @@ def test_find_hash_refuses_what_it_cannot_read():
             find(np.array([0], np.uint64), np.array([9], np.int32), {}, hashes, bytes(32))
         with pytest.raises(IndexError):
             find(keys[:0], vals[:0], {0: [9]}, hashes, bytes(32))
+
+
+def test_find_hashes_is_find_hash_of_each():
+    rnd = random.Random(32)
+    n = 300
+    hashes = np.frombuffer(bytes(rnd.randrange(256) for _ in range(32 * n)),
+                           dtype=np.uint8).reshape(n, 32).copy()
+    hashes[9, :8] = hashes[2, :8]
+    m = MultiMap(np.uint64)
+    pre = np.ascontiguousarray(hashes[:, :8]).view(np.uint64).reshape(n)
+    m.extend(pre[:200].copy(), np.arange(200, dtype=np.int32))
+    for o in range(200, 250):                  # rows 250.. are not in the map
+        m.add(int(pre[o]), o)
+    probes = [hashes[o].tobytes() for o in rnd.sample(range(n), 120)] + [bytes(32)]
+    want = [index.find_hash(m.keys, m.vals, m.recent, hashes, h) for h in probes]
+    assert want.count(None) > 10 and want.count(None) < len(want)
+    finders = [index.find_hashes] + ([_fast.find_hashes] if _fast else [])
+    for find in finders:
+        assert find(m.keys, m.vals, m.recent, hashes, probes) == want
+        assert find(m.keys, m.vals, m.recent, hashes, []) == []
+        for bad in ([bytes(31)], [bytes(32), "x" * 32]):
+            with pytest.raises(ValueError, match="find_hash"):
+                find(m.keys, m.vals, m.recent, hashes, bad)
+        with pytest.raises(ValueError, match="find_hash"):
+            find(m.keys.astype(np.int64), m.vals, m.recent, hashes, probes)
+
+
+def test_find_hash_refuses_a_hash_that_is_not_32_bytes():
+    hashes = np.zeros((4, 32), np.uint8)
+    for find in _finders():
+        for h in ("x" * 32, bytearray(32), memoryview(bytes(32)), None):
+            with pytest.raises(ValueError, match="find_hash"):
+                find(np.array([0], np.uint64), np.array([0], np.int32), {}, hashes, h)
