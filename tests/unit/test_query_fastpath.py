@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stemedb.core import audit as audit_mod
-from stemedb.core import qfast, qpure
+from stemedb.core import qaudit, qfast, qpure
 from stemedb.core import query as Q
 from stemedb.core import reader as reader_mod
 from stemedb.core.index import MultiMap
@@ -225,7 +225,7 @@ def _pure(monkeypatch):
     monkeypatch.setattr(reader_mod, "cache_take", qpure.cache_take)
     monkeypatch.setattr(qfast, "key_ordinals", qpure.key_ordinals)
     monkeypatch.setattr(qfast, "hashed_pairs", qpure.hashed_pairs)
-    monkeypatch.setattr(Q, "_ENTRY", Q._entry)
+    monkeypatch.setattr(qaudit, "_ENTRY", qaudit._entry)
 
 
 def _fill(store, seed):

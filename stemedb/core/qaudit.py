@@ -1,0 +1,106 @@
+"""A query's audit entry: what the query thread queues (:func:`_audit`, a
+tuple of the few assertions and scalars the entry names) and what the audit
+writer's thread builds from it (:func:`_entry`, or its compiled twin
+``_query.audit_entry``); ``stemedb.core.audit`` writes the lines.
+
+Split out of ``query.py``, which re-exports every name here.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from ..model import Assertion
+from ..timeutil import format_time
+from . import qfast
+from .audit import query_id
+from .lens import _HALF_LIFE_US
+
+_AUDIT_PARAMS = ("concept_path", "predicate", "include_descendants", "lens", "as_of", "known_at",
+                 "since", "lifecycle", "epoch", "decay", "include_retracted", "limit", "cursor")
+
+
+def _audit_params(*args) -> tuple:
+    """The query's parameters as its caller gave them, in _AUDIT_PARAMS order.
+    A tuple: the entry's dict is built on the writer thread (``locals()``
+    and a dict here cost run_query ~4 us)."""
+    return args
+
+
+class _Moment:
+    """What :func:`_audit` reads of a LensContext (a materialized answer has
+    no context to hand; a frozen dataclass costs ~1.3 us to build)."""
+
+    __slots__ = ("at_us", "decay")
+
+    def __init__(self, at_us: int, decay: bool):
+        self.at_us = at_us
+        self.decay = decay
+
+
+AUDIT_CONTRIBUTORS = 20   # candidates an audit entry names; the rest are counted
+AUDIT_RESULTS = 100       # winners an audit entry names; the rest are counted
+
+
+def _contributing(top: list[Assertion], at_us: int, decay: bool) -> list[dict]:
+    """The audit's ``contributing`` entries: each assertion's hash and its
+    effective confidence, read off the records (the numbers
+    ``effective_confidence`` gives: tests/unit/test_query_columns.py;
+    the Assertion properties and a keyword call cost the writer ~1 us
+    each)."""
+    out = []
+    for a in top:
+        r = a.record
+        c = r.confidence
+        if decay:
+            hl = _HALF_LIFE_US[r.source_class]
+            age = at_us - r.timestamp
+            if hl is not None and age > 0:
+                c *= 2.0 ** (-age / hl)     # the same expression as effective_confidence
+        out.append({"hash": r.hash.hex(), "weight": c})
+    return out
+
+
+def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
+    """Queue the query's audit entry; O(len(results)) here, whatever the candidates.
+
+    The entry names the winners (``result_hashes``, at most AUDIT_RESULTS,
+    ``result_hashes_more`` counts the rest) and the lens's best-ranked
+    candidates (``contributing``: the first AUDIT_CONTRIBUTORS of ``ordered``
+    that are not retracted, each with its effective confidence as weight;
+    ``contributing_more`` counts the rest).  ``active`` (the candidates that
+    are not retracted) is counted from ``groups`` unless given.  Listing every candidate cost a
+    ``limit=1`` query over 10,000 candidates 890 KB of audit (issue 8,
+    item 15).  Only those few assertions and scalars are queued, as a
+    tuple (no closure), and the writer thread builds the entry
+    (:func:`_entry`), so a backlog holds no candidate lists.
+    ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
+    """
+    audit = reader.audit
+    at = reader.clock()
+    if active is None:
+        active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
+    top = ordered[:AUDIT_CONTRIBUTORS if active > AUDIT_CONTRIBUTORS else active]
+    winners = [w for r in results if (w := r["winner"]) is not None]
+    more = len(winners) - AUDIT_RESULTS
+    if more > 0:
+        winners = winners[:AUDIT_RESULTS]
+    audit.add((_ENTRY, at, agent, params, winners, more, top, ctx.at_us, ctx.decay, active))
+
+
+def _entry(number: int, at: int, agent, params, winners: list[Assertion], more: int,
+           top: list[Assertion], at_us: int, decay: bool, active: int) -> dict:
+    """The audit entry :func:`_audit` queued, built on the audit writer's
+    thread (``number``: its sequence number, given by the writer)."""
+    given = params.items() if type(params) is dict else zip(_AUDIT_PARAMS, params)
+    return {"id": query_id(at, number), "at": format_time(at), "at_us": at, "agent": agent,
+            "params": {k: v for k, v in given if v is not None},
+            "result_hashes": [w.record.hash.hex() for w in winners],
+            "result_hashes_more": more if more > 0 else 0,
+            "contributing": _contributing(top, at_us, decay),
+            "contributing_more": active - len(top)}
+
+
+# The builder the writer thread calls: compiled (_query.audit_entry, held to
+# _entry by tests/unit/test_query_fastpath.py) or _entry itself
+_ENTRY = (partial(qfast._query.audit_entry, _AUDIT_PARAMS, _HALF_LIFE_US, format_time)
+          if qfast.COMPILED else _entry)
