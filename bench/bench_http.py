@@ -27,10 +27,20 @@ request is the figure that holds on a shared machine, where req/s moves with
 whatever else runs.
 
 Rate limits and the circuit breaker are off (``STEMEDB_RATE_LIMITS``), keys
-off, durability ``fsync``.  The load generator is 2 processes x 8 threads of
+off, durability ``fsync``, log level ``warning`` for both servers
+(``STEMEDB_LOG_LEVEL``): so no access line is written (the access log,
+``stemedb.access``, is on by default and logs at ``info``, one line a
+request, ~14.5 us of CPU each: docs/http.md), and the figures are the
+server's work without its log.  A deployment at the default ``info`` pays
+that per request on top; ``STEMEDB_ACCESS_LOG=off`` or a level of
+``warning`` drops it.  The load generator is 2 processes x 8 threads of
 raw keep-alive HTTP/1.1 sockets; it shares the two cores with the server, the
 same for every workload, so the ratios compare like with like.  Results go to
 ``bench/results/http.md`` and ``bench/results/http.json``.
+
+Where each request's CPU goes inside the server (middleware, body, decode,
+the engine's call, the answer, gunicorn around the app, the store's
+threads): ``python -m bench.http_stages`` (same servers, same load).
 """
 from __future__ import annotations
 
@@ -419,7 +429,9 @@ def header(impl: str) -> dict:
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {cpu}",
             "os": platform.platform(), "python": platform.python_version(),
-            "implementation": impl, "commit": commit}
+            "implementation": impl, "commit": commit,
+            "load": "load average (1, 5, 15 min) at the end: "
+                    + ", ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
 def main(argv=None) -> int:
@@ -557,9 +569,11 @@ def write(doc: dict, out: str) -> None:
         "# HTTP benchmark", "",
         f"- date: {h['date']}", f"- machine: {h['machine']}", f"- os: {h['os']}",
         f"- Python {h['python']}, implementation: {h['implementation']}, commit {h['commit']}",
+        *([f"- load: {h['load']}"] if h.get("load") else []),
         f"- {st['repeats']} runs of {st['duration_s']} s each; "
         f"throughput is the median run, latency from that run; durability fsync; "
-        f"load generator on the same 2-core machine (2 processes of raw keep-alive sockets)",
+        f"load generator on the same 2-core machine (2 processes of raw keep-alive sockets); "
+        f"servers at log level warning (no access line per request: see the module docstring)",
         (f"- query store: {shape} (min {q['candidates_min']}, max {q['candidates_max']}; "
          f"{q['query_keys']:,} distinct keys queried; {q['page_mean']:.1f} assertions per "
          f"answer), " + (f"built with --candidates {st['candidates']}" if st.get("candidates")

@@ -411,6 +411,17 @@ def main(argv=None) -> int:
     if args.serve:
         serve(args.profile, args.noop)
         return 0
+    if args.out:
+        from bench.bench_http import header
+        h = header("compiled" if os.environ.get("STEMEDB_PURE_PYTHON") != "1" else "pure")
+        with open(args.out, "a") as f:
+            f.write(f"# HTTP server CPU by stage (python -m bench.http_stages)\n\n"
+                    f"- date: {h['date']}; machine: {h['machine']}; Python {h['python']}; "
+                    f"commit {h['commit']}\n- load at the start: {h['load'].split(': ')[1]}\n"
+                    f"- workloads {args.workload}; store {args.store_size:,}"
+                    f"{f', {args.candidates} candidates a key' if args.candidates else ''}; "
+                    f"warm-up {args.warmup} s, measured {args.duration} s; servers at log "
+                    f"level warning, as bench_http\n\n")
     for w in args.workload.split(","):
         res = run(w, args.store_size, args.candidates, args.duration, args.warmup, args.profile)
         text = report(res)
