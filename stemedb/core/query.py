@@ -17,7 +17,7 @@ from ..errors import NotFound, ValidationError
 from ..model import Assertion, check_concept_path, check_hash, check_name
 from .fast import str64
 from . import qfast
-from .lens import Resolution, conflict_analysis, get_lens
+from .lens import LENSES, LensContext, Resolution, conflict_analysis, get_lens
 from .qaudit import (  # noqa: F401 (re-exported: the audit entry's pieces)
     _AUDIT_PARAMS, AUDIT_CONTRIBUTORS, AUDIT_RESULTS, _audit, _audit_params,
     _contributing, _entry, _Moment,
@@ -139,10 +139,13 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         check_concept_path(concept_path)
     if predicate is not None and (type(predicate) is not str or predicate not in st.pred_ids):
         check_name(predicate, "predicate", "predicate")
-    _bool(include_descendants, "include_descendants")
-    if type(lens) is not str:
-        raise ValidationError("lens must be a string", field="lens")
-    lens_obj = get_lens(lens)
+    if include_descendants is not False and include_descendants is not True:
+        _bool(include_descendants, "include_descendants")
+    lens_obj = LENSES.get(lens) if type(lens) is str else None
+    if lens_obj is None:
+        if type(lens) is not str:
+            raise ValidationError("lens must be a string", field="lens")
+        lens_obj = get_lens(lens)
     if type(limit) is not int or not 1 <= limit <= 1000:
         raise ValidationError("limit must be an integer from 1 to 1000", field="limit")
     if (as_of is None and known_at is None and since is None and lifecycle is None
@@ -188,13 +191,21 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             else:
                 cands = shown_many(reader, active, f)
                 rcands = shown_many(reader, retracted, f) if f.include_retracted else []
-                ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
+                ctx: _Moment | LensContext | None = None
                 if (qfast.COMPILED and active and predicate is not None
                         and not include_descendants and lens_obj.name in qfast.COLUMN_LENSES):
                     # a small key: every candidate is decoded for the page anyway,
                     # but ranked from the columns in C (lens.py over these
-                    # Assertions costs ~3x as much: bench.lens_bench)
-                    colres = columns_resolution(reader, lens_obj, active, ctx.at_us, f.decay)
+                    # Assertions costs ~3x as much: bench.lens_bench); "now" as
+                    # _context takes it, and, ranked, no LensContext is built
+                    # (its votes and trust are not read by these lenses)
+                    at = (f.as_of if f.as_of is not None else f.at_us if f.at_us is not None
+                          else reader.clock())
+                    colres = columns_resolution(reader, lens_obj, active, at, f.decay)
+                    if colres is not None:
+                        ctx = _Moment(at, f.decay)
+                if ctx is None:
+                    ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
         if ans is not None:
             # a materialized answer (cached, or just resolved over rows): what
             # a fresh computation gives (see _answer_key); only the page (and
@@ -221,9 +232,10 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             # as _context: a cursor from before v1.1 carries no time
             at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None \
                 else reader.clock()
-            _audit(reader, agent, _audit_params(concept_path, predicate, include_descendants,
-                                                lens, as_of, known_at, since, lifecycle, epoch,
-                                                decay, include_retracted, limit, cursor),
+            # the parameters in _AUDIT_PARAMS order (_audit_params, inline)
+            _audit(reader, agent, (concept_path, predicate, include_descendants, lens, as_of,
+                                   known_at, since, lifecycle, epoch, decay, include_retracted,
+                                   limit, cursor),
                    results, None, _Moment(at, f.decay), top, active=ans.active)
         return out
     if colres is not None:
@@ -245,9 +257,9 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
     if reader.audit is not None:
-        _audit(reader, agent, _audit_params(concept_path, predicate, include_descendants, lens,
-                                            as_of, known_at, since, lifecycle, epoch, decay,
-                                            include_retracted, limit, cursor),
+        _audit(reader, agent, (concept_path, predicate, include_descendants, lens, as_of,
+                               known_at, since, lifecycle, epoch, decay, include_retracted,
+                               limit, cursor),
                results, groups, ctx, ordered)
     return out
 
