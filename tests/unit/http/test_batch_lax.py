@@ -9,11 +9,13 @@ import json
 
 import msgspec
 import pytest
+from nacl.signing import SigningKey
 
 from stemedb import model
 from stemedb.core.store import open_store
 from stemedb.http import resources
 from stemedb.http import schemas as S
+from stemedb.model import assertion_hash
 
 from .conftest import body
 
@@ -25,12 +27,14 @@ def _schema_first(data: bytes) -> list:
     return resources.decode(data, S.BatchIn).assertions
 
 
-@pytest.fixture
-def pair(make_client, tmp_path, monkeypatch):
-    """Two apps on two stores: the lax path (as shipped) and the schema-first one."""
-    lax = make_client()
+@pytest.fixture(params=[False, True], ids=["unsigned-ok", "signatures-required"])
+def pair(make_client, tmp_path, monkeypatch, request):
+    """Two apps on two stores: the lax path (as shipped) and the schema-first
+    one, with and without STEMEDB_REQUIRE_SIGNATURES."""
+    lax = make_client(require_signatures=request.param)
     other = open_store(str(tmp_path / "other"), durability="none")
-    strict = make_client(store_=other, data_dir=str(tmp_path / "other"))
+    strict = make_client(store_=other, data_dir=str(tmp_path / "other"),
+                         require_signatures=request.param)
     strict_app = strict.app_
 
     def post(items, raw=None):
@@ -82,6 +86,35 @@ def test_a_bad_item_gets_the_schema_first_answer(pair, field, value, position):
     assert a.status_code == 400, f"{field}={value!r} must be refused"
 
 
+KEY = SigningKey(bytes([9]) * 32)
+AGENT = KEY.verify_key.encode().hex()
+
+
+def _signed(b, good=True):
+    b = dict(b, agent_id=AGENT)
+    sig = KEY.sign(bytes.fromhex(assertion_hash(b))).signature.hex()
+    b["signature"] = sig if good else sig[:-2] + ("00" if sig[-2:] != "00" else "11")
+    return b
+
+
+@pytest.mark.parametrize("case", ["all signed", "one bad signature", "one unsigned",
+                                  "bad signature and schema error"])
+def test_signed_batches_get_the_schema_first_answer(pair, case):
+    items = [_signed(body(value=i)) for i in range(3)]
+    if case == "one bad signature":
+        items[1] = _signed(body(value=1), good=False)
+    elif case == "one unsigned":
+        items[2] = body(value=2)
+    elif case == "bad signature and schema error":
+        items[0] = _signed(body(value=0), good=False)
+        items[2] = {**items[2], "signature": "X" * 128}
+    a, b = pair(items)
+    assert (a.status_code, a.json) == (b.status_code, b.json), case
+    if case == "all signed":
+        assert a.status_code == 201
+        assert [r["hash"] for r in a.json["results"]] == [r["hash"] for r in b.json["results"]]
+
+
 def test_a_builder_error_before_a_schema_error_answers_the_schema_error(pair):
     # item 0 breaks only the builder's check (bytes, not characters), item 1
     # the schema's range: BatchIn decided first, so its error is the answer
@@ -113,6 +146,10 @@ def test_good_batches_store_the_same_records(pair):
              body(value={"k": [1, 2.5, None]}, lifecycle="approved", source_class="expert"),
              body(value=5, epoch=None)]
     a, b = pair(items)
+    if a.status_code == 400:    # the signatures-required server: unsigned items are refused
+        assert (b.status_code, b.json) == (400, a.json)
+        assert a.json["error"]["code"] == "signature_required"
+        return
     assert a.status_code == b.status_code == 201
     assert [r["hash"] for r in a.json["results"]] == [r["hash"] for r in b.json["results"]]
 
