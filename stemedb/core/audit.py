@@ -63,6 +63,18 @@ def query_id(at_us: int, number: int) -> str:
     return f"q{at_us:x}{number % 0x10000:04x}"
 
 
+class Pending(tuple):
+    """A query's entry as queued: ``(build, *args)``, built on the writer's
+    thread as ``build(number, *args)`` with the entry's sequence number (no
+    closure to make and no id to format on the query's path).  Calling it
+    builds it with number 0, for a tool that times the builder alone."""
+
+    __slots__ = ()
+
+    def __call__(self):
+        return self[0](0, *self[1:])
+
+
 def file_numbers(directory: str) -> list[int]:
     """The numbers of the audit files in ``directory``, oldest first."""
     try:
@@ -152,10 +164,8 @@ class AuditLog:
 
     def add(self, entry_fn) -> None:
         """Queue ``entry_fn``, called later, off the query path, to build the
-        entry: a callable of no arguments, or a tuple ``(build, *args)``,
-        built as ``build(number, *args)`` where ``number`` is the entry's
-        sequence number for :func:`query_id` (a query queues a tuple: no
-        closure to make, no id to format on its path).
+        entry: a callable of no arguments, or a :class:`Pending`, built with
+        the entry's sequence number (for :func:`query_id`).
 
         O(1).  When the writer is ``max_queue`` entries behind, the entry is
         dropped and counted instead: memory stays bounded whatever the load.
@@ -200,7 +210,7 @@ class AuditLog:
                         break
                     fn = q.popleft()
                     try:
-                        e = fn[0](next(self._ids), *fn[1:]) if type(fn) is tuple else fn()
+                        e = fn[0](next(self._ids), *fn[1:]) if type(fn) is Pending else fn()
                         lines.append(orjson.dumps(e) + b"\n")
                     except Exception as e:  # noqa: BLE001 - an audit entry must never break the store
                         failed, error = failed + 1, e

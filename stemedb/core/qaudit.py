@@ -12,7 +12,7 @@ from functools import partial
 from ..model import Assertion
 from ..timeutil import format_time
 from . import qfast
-from .audit import query_id
+from .audit import Pending, query_id
 from .lens import _HALF_LIFE_US
 
 _AUDIT_PARAMS = ("concept_path", "predicate", "include_descendants", "lens", "as_of", "known_at",
@@ -70,8 +70,8 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     ``contributing_more`` counts the rest).  ``active`` (the candidates that
     are not retracted) is counted from ``groups`` unless given.  Listing every candidate cost a
     ``limit=1`` query over 10,000 candidates 890 KB of audit (issue 8,
-    item 15).  Only those few assertions and scalars are queued, as a
-    tuple (no closure), and the writer thread builds the entry
+    item 15).  Only those few assertions and scalars are queued, as an
+    ``audit.Pending`` tuple (no closure), and the writer thread builds the entry
     (:func:`_entry`), so a backlog holds no candidate lists.
     ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
     """
@@ -84,7 +84,8 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     more = len(winners) - AUDIT_RESULTS
     if more > 0:
         winners = winners[:AUDIT_RESULTS]
-    audit.add((_ENTRY, at, agent, params, winners, more, top, ctx.at_us, ctx.decay, active))
+    audit.add(Pending((_ENTRY, at, agent, params, winners, more, top, ctx.at_us, ctx.decay,
+                       active)))
 
 
 def _entry(number: int, at: int, agent, params, winners: list[Assertion], more: int,

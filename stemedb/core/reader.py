@@ -343,7 +343,9 @@ class Reader:
         were most of its time in _read's three Python layers); a frame that
         does not check out there (short, torn, CRC) goes through
         :meth:`_read`, which raises what it always raised for it."""
-        got = read_frames(locs, self.wal.segments, fast.decode_assert)
+        # a copy: the compiled loop indexes the list without bounds checks,
+        # and a rotation may append to it meanwhile
+        got = read_frames(locs, list(self.wal.segments), fast.decode_assert)
         if None in got:
             return [r if r is not None else self._read(loc) for r, loc in zip(got, locs)]
         return got

@@ -378,3 +378,25 @@ def test_read_frames_declines_damaged_frames_as_its_twin(segmented, where):
         r._read(loc)
     if where in ("crc", "length", "active-crc"):
         assert err.type is ChecksumMismatch
+
+
+def test_a_queued_entry_builds_as_the_writer_builds_it(clocked):
+    """What _audit queues is an audit.Pending: the writer builds it with the
+    entry's number; called bare (a tool timing the builder) with number 0."""
+    store = clocked()
+    store.put({"concept_path": "g", "predicate": "r", "value": 1, "confidence": 0.5,
+               "timestamp": T0})
+    queued: list = []
+
+    class Capture:
+        add = queued.append
+
+    store.reader.audit = Capture()
+    res = store.query("g", predicate="r")
+    [item] = queued
+    assert type(item) is audit_mod.Pending
+    assert item() == item[0](0, *item[1:])
+    e = item[0](7, *item[1:])
+    assert e["id"] == audit_mod.query_id(e["at_us"], 7)
+    assert e["result_hashes"] == [res.results[0]["winner"].hash]
+    assert [c["hash"] for c in e["contributing"]] == [a.hash for a in res.assertions]
