@@ -28,7 +28,7 @@ tests/unit/test_canon.py.
 """
 from libc.math cimport fabs, isfinite
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, strlen
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 cdef extern from "blake3/blake3.h":
@@ -1032,16 +1032,36 @@ cdef int put_bytes(Buf* b, object x) except -1:
     return put(b, PyBytes_AS_STRING(x), PyBytes_GET_SIZE(x))
 
 
-def assertion_answer(record, long long seq, status):
-    """The bytes of ``answer.assertion_bytes_py(record, seq, status)`` (an
-    assertion without a retraction), or None where this pass does not
-    decide (text that is not UTF-8, a field of an unexpected type): the
-    caller then runs the pure twin."""
-    cdef Buf b
+cdef int put_conf(Buf* b, object conf) except -1:
+    """A confidence as msgspec writes a float: CPython's repr (the shortest
+    round-trip digits, ".0" added) for 0 and 1e-4 <= x < 1e16, where the two
+    write the same; msgspec itself otherwise (it writes 1e-5 where repr
+    writes 1e-05)."""
+    cdef double x = PyFloat_AS_DOUBLE(conf)
+    cdef char* r
+    if isfinite(x) and (x == 0.0 or 1e-4 <= fabs(x) < 1e16):
+        r = PyOS_double_to_string(x, b'r', 0, 0x02, NULL)    # Py_DTSF_ADD_DOT_0
+        try:
+            put(b, r, strlen(r))
+        finally:
+            PyMem_Free(r)
+        return 0
+    return put_bytes(b, _a_number(conf))
+
+
+cdef int write_assertion(Buf* b, record, seq, status) except -1:
+    """Append one assertion's JSON (see ``assertion_answer``) to ``b``: 0, or
+    1 when this pass does not decide (``b`` may then hold part of it: the
+    caller cuts it back)."""
     cdef tuple r
     cdef Py_ssize_t i
-    if _a_astuple is None or type(status) is not str:
-        return None
+    cdef int overflow = 0
+    cdef long long seq_n
+    if _a_astuple is None or type(status) is not str or type(seq) is not int:
+        return 1
+    seq_n = PyLong_AsLongLongAndOverflow(seq, &overflow)
+    if overflow:
+        return 1
     r = <tuple>_a_astuple(record)
     # hash, recorded_at, timestamp, confidence, source_class, lifecycle,
     # concept_path, predicate, value_json, source, epoch, parent_hash,
@@ -1058,79 +1078,124 @@ def assertion_answer(record, long long seq, status):
             or (sig is not None and type(sig) is not bytes)
             or not 0 <= <long>sc < len(_a_source_classes)
             or not 0 <= <long>lc < len(_a_lifecycles)):
-        return None
+        return 1
     if derived is not None:
         for x in <list>derived:
             if type(x) is not bytes:
-                return None
-    value = vj if c_value_as_is(vj) else _a_value(vj)
+                return 1
+    put(b, b'{"hash":', 8)
+    put_hex(b, h)
+    put(b, b',"seq":', 7)
+    put_ll(b, seq_n)
+    put(b, b',"concept_path":', 16)
+    if put_str(b, path):
+        return 1
+    put(b, b',"predicate":', 13)
+    if put_str(b, pred):
+        return 1
+    put(b, b',"value":', 9)
+    if c_value_as_is(vj):
+        put_bytes(b, vj)
+    else:
+        put_bytes(b, _a_value(vj))
+    put(b, b',"confidence":', 14)
+    put_conf(b, conf)
+    put(b, b',"source":', 10)
+    if source is None:
+        put(b, b'null', 4)
+    elif put_str(b, source):
+        return 1
+    put(b, b',"source_class":', 16)
+    put_str(b, _a_source_classes[sc])
+    put(b, b',"lifecycle":', 13)
+    put_str(b, _a_lifecycles[lc])
+    put(b, b',"parent_hash":', 15)
+    if parent is None:
+        put(b, b'null', 4)
+    else:
+        put_hex(b, parent)
+    put(b, b',"derived_from":', 16)
+    if derived is None:
+        put(b, b'null', 4)
+    else:
+        putc(b, b'[')
+        for i in range(len(<list>derived)):
+            if i:
+                putc(b, b',')
+            put_hex(b, (<list>derived)[i])
+        putc(b, b']')
+    put(b, b',"epoch":', 9)
+    if epoch is None:
+        put(b, b'null', 4)
+    elif put_str(b, epoch):
+        return 1
+    put(b, b',"timestamp":', 13)
+    put_time(b, ts)
+    put(b, b',"agent_id":', 12)
+    if agent is None:
+        put(b, b'null', 4)
+    else:
+        put_hex(b, agent)
+    put(b, b',"signature":', 13)
+    if sig is None:
+        put(b, b'null', 4)
+    else:
+        put_hex(b, sig)
+    put(b, b',"recorded_at":', 15)
+    put_time(b, rec_at)
+    put(b, b',"status":', 10)
+    if put_str(b, status):
+        return 1
+    putc(b, b'}')
+    return 0
+
+
+def assertion_answer(record, seq, status):
+    """The bytes of ``answer.assertion_bytes_py(record, seq, status)`` (an
+    assertion without a retraction), or None where this pass does not
+    decide (text that is not UTF-8, a field of an unexpected type): the
+    caller then runs the pure twin."""
+    cdef Buf b
     b.n = 0
-    b.cap = 512 + PyBytes_GET_SIZE(vj)
+    b.cap = 768
     b.p = <char*>malloc(b.cap)
     if b.p == NULL:
         raise MemoryError()
     try:
-        put(&b, b'{"hash":', 8)
-        put_hex(&b, h)
-        put(&b, b',"seq":', 7)
-        put_ll(&b, seq)
-        put(&b, b',"concept_path":', 16)
-        if put_str(&b, path):
+        if write_assertion(&b, record, seq, status):
             return None
-        put(&b, b',"predicate":', 13)
-        if put_str(&b, pred):
-            return None
-        put(&b, b',"value":', 9)
-        put_bytes(&b, value)
-        put(&b, b',"confidence":', 14)
-        put_bytes(&b, _a_number(conf))
-        put(&b, b',"source":', 10)
-        if source is None:
-            put(&b, b'null', 4)
-        elif put_str(&b, source):
-            return None
-        put(&b, b',"source_class":', 16)
-        put_str(&b, _a_source_classes[sc])
-        put(&b, b',"lifecycle":', 13)
-        put_str(&b, _a_lifecycles[lc])
-        put(&b, b',"parent_hash":', 15)
-        if parent is None:
-            put(&b, b'null', 4)
-        else:
-            put_hex(&b, parent)
-        put(&b, b',"derived_from":', 16)
-        if derived is None:
-            put(&b, b'null', 4)
-        else:
-            putc(&b, b'[')
-            for i in range(len(<list>derived)):
-                if i:
-                    putc(&b, b',')
-                put_hex(&b, (<list>derived)[i])
-            putc(&b, b']')
-        put(&b, b',"epoch":', 9)
-        if epoch is None:
-            put(&b, b'null', 4)
-        elif put_str(&b, epoch):
-            return None
-        put(&b, b',"timestamp":', 13)
-        put_time(&b, ts)
-        put(&b, b',"agent_id":', 12)
-        if agent is None:
-            put(&b, b'null', 4)
-        else:
-            put_hex(&b, agent)
-        put(&b, b',"signature":', 13)
-        if sig is None:
-            put(&b, b'null', 4)
-        else:
-            put_hex(&b, sig)
-        put(&b, b',"recorded_at":', 15)
-        put_time(&b, rec_at)
-        put(&b, b',"status":', 10)
-        if put_str(&b, status):
-            return None
-        putc(&b, b'}')
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        free(b.p)
+
+
+def assertions_answer(list items, fallback):
+    """The JSON array of the assertions ``items`` (``model.Assertion``), as
+    msgspec encodes the list of what ``answer.assertion_out`` gives for each:
+    those without a retraction written here (``write_assertion``), any other
+    one (or one this pass does not decide) as ``fallback(a)``'s bytes."""
+    cdef Buf b
+    cdef Py_ssize_t i, mark, n = len(items)
+    b.n = 0
+    b.cap = 64 + 700 * n
+    b.p = <char*>malloc(b.cap)
+    if b.p == NULL:
+        raise MemoryError()
+    try:
+        putc(&b, b'[')
+        for i in range(n):
+            a = items[i]
+            if i:
+                putc(&b, b',')
+            mark = b.n
+            if (a.retraction is not None
+                    or write_assertion(&b, a.record, a.seq, a.status)):
+                b.n = mark
+                fb = fallback(a)
+                if type(fb) is not bytes:
+                    raise TypeError("the fallback must return bytes")
+                put_bytes(&b, fb)
+        putc(&b, b']')
         return PyBytes_FromStringAndSize(b.p, b.n)
     finally:
         free(b.p)

@@ -12,10 +12,13 @@ only when there is one).  ``tests/unit/http/test_answer_bytes.py`` checks
 the bytes against ``to_dict`` on active, retracted, revised, derived and
 signed assertions.
 
-Compiled, an assertion without a retraction is written as JSON in one call
-(``_canon.assertion_answer``, straight from the record) and handed to the
-encoder as ``msgspec.Raw``; its pure twin is :func:`assertion_bytes_py`
-(tests/unit/http/test_answer_compiled.py holds them to the same bytes).
+Compiled, a page's assertions are written as one JSON array in one call
+(``_canon.assertions_answer``: each without a retraction straight from its
+record, a retracted one by the Struct below) and handed to the encoder as
+``msgspec.Raw``; a winner in ``results`` is one call each
+(``_canon.assertion_answer``).  The pure twins are :func:`assertion_bytes_py`
+and the Structs (tests/unit/http/test_answer_compiled.py holds them to the
+same bytes).
 """
 from __future__ import annotations
 
@@ -76,7 +79,18 @@ def assertion_json(a: Assertion) -> AssertionJSON:
         UNSET if ret is None else ret)
 
 
-_encode = msgspec.json.Encoder().encode
+def enc_hook(obj):
+    """What the HTTP answers encode beyond JSON's types: objects with a
+    ``to_dict``, sets and tuples (``resources.send``'s encoder)."""
+    to_dict = getattr(obj, "to_dict", None)
+    if to_dict is not None:
+        return to_dict()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise NotImplementedError(f"cannot serialize {type(obj).__name__}")
+
+
+_encode = msgspec.json.Encoder(enc_hook=enc_hook).encode
 
 
 def assertion_bytes_py(record, seq: int, status: str) -> bytes:
@@ -89,12 +103,28 @@ def _value_bytes(value_json: bytes) -> bytes:
     return _encode(_loads(value_json))
 
 
+def _one_bytes(a: Assertion) -> bytes:
+    """The pure twin's bytes of one assertion of a page (any status)."""
+    return _encode(assertion_json(a))
+
+
 if _canonical.COMPILED:
     _assertion_answer = _canonical._canon.assertion_answer
+    _assertions_answer = _canonical._canon.assertions_answer
     _canonical._canon.configure_answer(SOURCE_CLASSES, LIFECYCLES, format_time, _encode,
                                        _value_bytes, msgspec.structs.astuple)
 else:
-    _assertion_answer = None
+    _assertion_answer = _assertions_answer = None
+
+
+def assertions_out(assertions: list):
+    """A page's assertions as ``query_doc`` puts them in the answer: one
+    ``msgspec.Raw`` of the whole JSON array written by one compiled call
+    (``_canon.assertions_answer``; an assertion it does not write, a retracted
+    one, comes from :func:`assertion_json`), or the list of Structs."""
+    if _assertions_answer is not None:
+        return Raw(_assertions_answer(assertions, _one_bytes))
+    return list(map(assertion_json, assertions))
 
 
 def assertion_out(a: Assertion):
@@ -133,8 +163,9 @@ def query_doc(result) -> dict:
         return result.to_dict()
     return {"concept_path": result.concept_path, "lens": result.lens,
             "results": [_out(r) for r in result.results],
-            "assertions": list(map(assertion_out, result.assertions)),
+            "assertions": assertions_out(result.assertions),
             "next_cursor": result.next_cursor}
 
 
-__all__ = ["AssertionJSON", "assertion_bytes_py", "assertion_json", "assertion_out", "query_doc"]
+__all__ = ["AssertionJSON", "assertion_bytes_py", "assertion_json", "assertion_out",
+           "assertions_out", "enc_hook", "query_doc"]

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import __version__
 from ..errors import NotFound, ValidationError
 from . import schemas as S
-from .answer import query_doc
+from .answer import enc_hook, query_doc
 from .errors import HTTPProblem, bad_request, from_msgspec
 
 JSON = "application/json"
@@ -27,16 +27,8 @@ _NUMBER_RE = re.compile(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
 _TIME_PARAMS = frozenset(("as_of", "known_at", "since", "from", "to"))
 
 
-def _enc_hook(obj):
-    to_dict = getattr(obj, "to_dict", None)
-    if to_dict is not None:
-        return to_dict()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise NotImplementedError(f"cannot serialize {type(obj).__name__}")
-
-
-_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_enc_hook = enc_hook     # one hook for the answer's parts and the whole (stemedb.http.answer)
+_encoder = msgspec.json.Encoder(enc_hook=enc_hook)
 _hash_of, _seq_of, _created = attrgetter("hash"), attrgetter("seq"), attrgetter("created")
 _STATUS = ("exists", "created")      # by PutResult.created
 

@@ -146,3 +146,41 @@ def test_the_compiled_time_on_edges(us):
 
     from stemedb.timeutil import format_time
     assert _canon.answer_time(us) == orjson.dumps(format_time(us))
+
+
+def test_the_list_writer_equals_the_pure_list(store):
+    """``_canon.assertions_answer`` (a page in one call) against the pure
+    Structs encoded as a list: retracted assertions (written by the pure
+    twin), revised, derived, floats, and records the compiled pass declines."""
+    from stemedb.model import Assertion
+    hashes = [store.put({"concept_path": "a/b", "predicate": "p", "value": v,
+                         "confidence": c, "timestamp": 1_700_000_000 + i}).hash
+              for i, (v, c) in enumerate([(1.5, 0.5), ("x", 1e-05), ({"k": [0.000001]}, 0.0),
+                                          (None, 1.0), ([1e20], 0.3333333333333333)])]
+    store.put({"concept_path": "a/b", "predicate": "p", "value": "rev", "confidence": 0.5,
+               "parent_hash": hashes[0], "derived_from": hashes[1:3], "timestamp": 1})
+    store.retract(hash=hashes[3], reason="wrong")
+    page = store.query("a/b", predicate="p", include_retracted=True, lifecycle="any",
+                       limit=1000).assertions
+    assert any(a.retraction is not None for a in page)
+    damaged = Assertion(msgspec.structs.replace(page[0].record, confidence=1), 99)
+    for items in (page, page + [damaged], [damaged], []):
+        want = msgspec.json.encode([answer.assertion_json(a) for a in items])
+        assert _canon.assertions_answer(items, answer._one_bytes) == want
+        assert msgspec.json.encode(answer.assertions_out(items)) == want
+
+
+def test_the_list_writer_wants_bytes_from_its_fallback(store):
+    store.put({"concept_path": "a/b", "predicate": "p", "value": 1, "confidence": 0.5})
+    h = store.query("a/b").assertions[0].hash
+    store.retract(hash=h, reason="r")
+    page = store.query("a/b", include_retracted=True).assertions
+    with pytest.raises(TypeError):
+        _canon.assertions_answer(page, lambda a: "not bytes")
+
+
+@settings(max_examples=300, deadline=None)
+@given(conf=st.floats(0.0, 1.0) | st.sampled_from([0.0, 1.0, 1e-4, 9.999999999999999e-05,
+                                                    1e-05, 5e-324, 0.1, 1 / 3]))
+def test_the_compiled_confidence_is_msgspecs(conf):
+    _same(msgspec.structs.replace(_record(), confidence=conf))
