@@ -487,9 +487,11 @@ def main(argv=None) -> int:
         def paired(run):
             """``repeats`` runs of ``run()``, each right after a no-op run when
             the no-op server is up: the neighbours' load drifts over the
-            minutes of an invocation, and a ratio of two runs a minute apart
-            measures it as much as the server (the no-op of this invocation
-            went 262 us to 372 us of CPU a request between runs)."""
+            minutes of an invocation, and a ratio of two runs minutes apart
+            measures it as much as the server (on the shared machine two
+            invocations read the no-op at 262 and 372 us of CPU a request,
+            and one invocation's load average went from 3.0 to 4.65 between
+            its no-op and its query runs)."""
             runs = []
             for _ in range(repeats):
                 floor = None
