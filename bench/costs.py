@@ -451,6 +451,7 @@ def _query_kind(cfg: Config, store, kind: str, qs: list, read_cache, serialize) 
     """The stages of one kind of query, us per query."""
     import orjson
 
+    from stemedb.core import qfast
     from stemedb.core import query as Q
     from stemedb.core.index import PRED_BITS
     from stemedb.core.lens import get_lens
@@ -486,12 +487,15 @@ def _query_kind(cfg: Config, store, kind: str, qs: list, read_cache, serialize) 
                 pred = kw.get("predicate")
                 qid = st.pred_ids.get(pred) if pred is not None else None
                 ords = []
+                m = st.by_key
                 for path in paths:
                     pid = st.path_ids.get(path)
                     if pid is None:
                         continue
+                    # the lookup gather makes: by_path, or key_ordinals over by_key
                     ords.extend(st.by_path.get(pid) if pred is None
-                                else st.by_key.get((pid << PRED_BITS) | qid))
+                                else qfast.key_ordinals(m.keys, m.vals, m.recent,
+                                                        (pid << PRED_BITS) | qid))
 
     gathered = []
 
@@ -923,7 +927,7 @@ def render(doc: dict) -> str:
                       f"| stage | what is timed | {cols} |", sep,
                       row("arguments", "`check_*`, `get_lens`, `parse_filters`", (kind, "args"),
                           "query"),
-                      row("gather: lookup", "path ids, `by_key` / `by_path` runs", (kind, "lookup"),
+                      row("gather: lookup", "path ids, `key_ordinals` over `by_key` / `by_path` runs", (kind, "lookup"),
                           "query"),
                       row("gather: filter", "`query.gather` - lookup (time, lifecycle, epoch, "
                           "revision, retraction filters)", (kind, "filter"), "query"),
