@@ -108,11 +108,18 @@ def _one_bytes(a: Assertion) -> bytes:
     return _encode(assertion_json(a))
 
 
+def configure_compiled(canon) -> None:
+    """Hand the compiled writer (``_canon``) the tables and the pure
+    fallbacks it calls; done at import when the build is in use (the parity
+    tests do it in the pure run too)."""
+    canon.configure_answer(SOURCE_CLASSES, LIFECYCLES, format_time, _encode, _value_bytes,
+                           msgspec.structs.astuple)
+
+
 if _canonical.COMPILED:
     _assertion_answer = _canonical._canon.assertion_answer
     _assertions_answer = _canonical._canon.assertions_answer
-    _canonical._canon.configure_answer(SOURCE_CLASSES, LIFECYCLES, format_time, _encode,
-                                       _value_bytes, msgspec.structs.astuple)
+    configure_compiled(_canonical._canon)
 else:
     _assertion_answer = _assertions_answer = None
 
