@@ -769,6 +769,7 @@ DEF FRAME_HEAD = 20         # format.FRAME_SIZE
 DEF CRC_FROM = 8            # format.FRAME_CRC_FROM
 DEF FIRST_READ = 512        # Reader._read's first read
 DEF LOC_BITS = 40           # index.pack_loc
+DEF MAX_PAYLOAD = 268435456 # format.MAX_PAYLOAD: a longer length is damage, never read
 
 
 cdef inline uint32_t _rd32(const uint8_t* p) noexcept nogil:
@@ -827,6 +828,9 @@ def read_frames(list locs, list segs, decode):
                 out.append(None)
                 continue
             need = FRAME_HEAD + <Py_ssize_t>_rd32(head)
+            if need > FRAME_HEAD + MAX_PAYLOAD:
+                out.append(None)        # a damaged length: Reader._read refuses it
+                continue
             if need <= got:
                 out.append(_frame(head, got, decode))
                 continue

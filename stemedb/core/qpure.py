@@ -248,6 +248,7 @@ def hashed_pairs(ords: list[int], va, vb) -> list[tuple[int, int]]:
 
 
 FRAME_HEAD, CRC_FROM, FIRST_READ, LOC_BITS = 20, 8, 512, 40   # see _query.pyx's read_frames
+MAX_PAYLOAD = 256 * 1024 * 1024      # format.MAX_PAYLOAD: a longer length is damage, never read
 
 
 def _frame(buf, off: int, decode):
@@ -302,6 +303,10 @@ def read_frames(locs: list[int], segs: list, decode) -> list:
                 continue
             if len(raw) >= FRAME_HEAD:
                 need = FRAME_HEAD + int.from_bytes(raw[:4], "little")
+                if need > FRAME_HEAD + MAX_PAYLOAD:
+                    # a damaged length (up to 4 GiB): Reader._read refuses it
+                    out.append(None)
+                    continue
                 if need > len(raw):
                     try:
                         raw = os.pread(buf, need, off)

@@ -306,6 +306,7 @@ def test_the_frame_constants_are_the_format():
     from stemedb.core import format as fmt
     from stemedb.core.index import pack_loc
     assert (qpure.FRAME_HEAD, qpure.CRC_FROM) == (fmt.FRAME_SIZE, fmt.FRAME_CRC_FROM)
+    assert qpure.MAX_PAYLOAD == fmt.MAX_PAYLOAD
     assert pack_loc(3, 5) == (3 << qpure.LOC_BITS) | 5
 
 
@@ -337,7 +338,8 @@ def test_read_frames_is_its_twin_on_a_sound_log(segmented):
 
 
 @needs_compiled
-@pytest.mark.parametrize("where", ["crc", "length", "tail", "segment", "active-crc"])
+@pytest.mark.parametrize("where", ["crc", "length", "tail", "segment", "active-crc",
+                                   "active-length"])
 def test_read_frames_declines_damaged_frames_as_its_twin(segmented, where):
     """A frame that does not check out is None in both (Reader._read then
     raises what it raises for it); its neighbours still read."""
@@ -345,7 +347,7 @@ def test_read_frames_declines_damaged_frames_as_its_twin(segmented, where):
     from stemedb.core import fast
     r = segmented.reader
     segs = r.wal.segments
-    seg = segs[1] if where != "active-crc" else segs[-1]
+    seg = segs[-1] if where.startswith("active") else segs[1]
     locs = [int(x) for x in segmented.state.cols.loc[:segmented.state.count]
             if int(x) >> 40 == seg.number]
     loc = locs[len(locs) // 2]
@@ -356,6 +358,11 @@ def test_read_frames_declines_damaged_frames_as_its_twin(segmented, where):
             b = fh.read(1)
             fh.seek(off + 25)
             fh.write(bytes([b[0] ^ 0x10]))
+    elif where == "active-length":
+        # a length past MAX_PAYLOAD (a flipped high bit): declined
+        with open(seg.path, "r+b") as fh:
+            fh.seek(off)
+            fh.write((0xFFFFFFF0).to_bytes(4, "little"))
     else:
         data = bytearray(seg.buffer())
         if where == "crc":
@@ -378,6 +385,31 @@ def test_read_frames_declines_damaged_frames_as_its_twin(segmented, where):
         r._read(loc)
     if where in ("crc", "length", "active-crc"):
         assert err.type is ChecksumMismatch
+
+
+def test_read_frames_never_asks_for_a_damaged_length(segmented, monkeypatch):
+    """A length field past MAX_PAYLOAD is damage: the pure twin declines the
+    frame without asking pread for that many bytes (the compiled one has the
+    same bound before its malloc)."""
+    import os
+    from stemedb.core import fast
+    seg = segmented.reader.wal.segments[-1]
+    locs = [int(x) for x in segmented.state.cols.loc[:segmented.state.count]
+            if int(x) >> 40 == seg.number]
+    off = locs[0] & ((1 << 40) - 1)
+    with open(seg.path, "r+b") as fh:
+        fh.seek(off)
+        fh.write((0xFFFFFFF0).to_bytes(4, "little"))
+    asked: list[int] = []
+    real = os.pread
+
+    def pread(fd, n, at):
+        asked.append(n)
+        return real(fd, n, at)
+
+    monkeypatch.setattr(os, "pread", pread)
+    assert qpure.read_frames(locs[:1], [seg], fast.decode_assert) == [None]
+    assert asked and max(asked) <= qpure.FRAME_HEAD + qpure.MAX_PAYLOAD
 
 
 def test_a_queued_entry_builds_as_the_writer_builds_it(clocked):
