@@ -321,6 +321,42 @@ cdef inline void* _column(cnp.ndarray arr, int typenum, Py_ssize_t need, str nam
     return cnp.PyArray_DATA(arr)
 
 
+cdef struct _Head:
+    # an assertion frame's payload and its variable parts' lengths
+    const uint8_t* p
+    int fields
+    Py_ssize_t lpath, lpred, lsrc, lep, nd, lval, need
+
+
+cdef inline int _read_head(const uint8_t* base, Py_ssize_t off, Py_ssize_t size, _Head* h) except -1:
+    """Check the assertion frame at ``off`` (its length inside the buffer,
+    its parts inside its length) and read its lengths into ``h``; raises
+    ``records.payload_overrun``'s error otherwise.  index_records and
+    index_one both read a frame through it."""
+    cdef int64_t length = rd32(base + off) if 0 <= off and off + FRAME_SIZE <= size else -1
+    if length < HEAD_SIZE or off + FRAME_SIZE + length > size:
+        raise _overrun(off, length, size)
+    cdef const uint8_t* p = base + off + FRAME_SIZE
+    h.p = p
+    h.fields = p[58]
+    h.lpath = rd16(p + 60); h.lpred = rd16(p + 62); h.lsrc = rd16(p + 64)
+    h.lep = rd16(p + 66); h.nd = rd16(p + 68); h.lval = rd32(p + 72)
+    h.need = HEAD_SIZE + h.lpath + h.lpred + h.lval
+    if h.fields & F_SOURCE:
+        h.need += h.lsrc
+    if h.fields & F_EPOCH:
+        h.need += h.lep
+    if h.fields & F_PARENT:
+        h.need += 32
+    if h.fields & F_DERIVED:
+        h.need += 32 * h.nd
+    if h.fields & F_SIGNED:
+        h.need += 96
+    if h.need > length:
+        raise _overrun(off, length, size)
+    return 0
+
+
 def index_records(buf, offsets, types, seqs, int64_t loc_base, Py_ssize_t first,
                   cnp.ndarray seq_c, cnp.ndarray loc_c, cnp.ndarray ts_c, cnp.ndarray rec_c,
                   cnp.ndarray key_c, cnp.ndarray path_c, cnp.ndarray epoch_c,
@@ -374,8 +410,9 @@ def index_records(buf, offsets, types, seqs, int64_t loc_base, Py_ssize_t first,
     cdef const uint8_t* p
     cdef const uint8_t* q
     cdef Py_ssize_t off, lpath, lpred, lsrc, lep, nd, lval, j, need, cap
-    cdef int64_t length, rec, max_rec = 0
+    cdef int64_t rec, max_rec = 0
     cdef int fields, rtype
+    cdef _Head h
     cdef long pid, qid
     cdef _Interner paths, preds
     cdef Py_ssize_t ns = 0
@@ -398,26 +435,9 @@ def index_records(buf, offsets, types, seqs, int64_t loc_base, Py_ssize_t first,
             if rtype != REC_ASSERT:
                 metas.append((rtype, sqs[k], off))
                 continue
-            length = rd32(base + off) if 0 <= off and off + FRAME_SIZE <= size else -1
-            if length < HEAD_SIZE or off + FRAME_SIZE + length > size:
-                raise _overrun(off, length, size)
-            p = base + off + FRAME_SIZE
-            fields = p[58]
-            lpath = rd16(p + 60); lpred = rd16(p + 62); lsrc = rd16(p + 64)
-            lep = rd16(p + 66); nd = rd16(p + 68); lval = rd32(p + 72)
-            need = HEAD_SIZE + lpath + lpred + lval
-            if fields & F_SOURCE:
-                need += lsrc
-            if fields & F_EPOCH:
-                need += lep
-            if fields & F_PARENT:
-                need += 32
-            if fields & F_DERIVED:
-                need += 32 * nd
-            if fields & F_SIGNED:
-                need += 96
-            if need > length:
-                raise _overrun(off, length, size)
+            _read_head(base, off, size, &h)
+            p, fields, need = h.p, h.fields, h.need
+            lpath, lpred, lsrc, lep, nd, lval = h.lpath, h.lpred, h.lsrc, h.lep, h.nd, h.lval
             q = p + HEAD_SIZE
             pid = _intern(tp, q, lpath, path_ids, path_names); q += lpath
             qid = _intern(tq, q, lpred, pred_ids, pred_names); q += lpred
@@ -748,31 +768,15 @@ def index_one(buf, Py_ssize_t off, int64_t seq, int64_t loc_base, Py_ssize_t fir
     cdef const uint8_t* p
     cdef const uint8_t* q
     cdef Py_ssize_t lpath, lpred, lsrc, lep, nd, lval, j, need
-    cdef int64_t length, rec
+    cdef int64_t rec
     cdef int fields
+    cdef _Head h
     cdef long pid, qid
     src_key = edge = None
     try:
-        length = rd32(base + off) if 0 <= off and off + FRAME_SIZE <= size else -1
-        if length < HEAD_SIZE or off + FRAME_SIZE + length > size:
-            raise _overrun(off, length, size)
-        p = base + off + FRAME_SIZE
-        fields = p[58]
-        lpath = rd16(p + 60); lpred = rd16(p + 62); lsrc = rd16(p + 64)
-        lep = rd16(p + 66); nd = rd16(p + 68); lval = rd32(p + 72)
-        need = HEAD_SIZE + lpath + lpred + lval
-        if fields & F_SOURCE:
-            need += lsrc
-        if fields & F_EPOCH:
-            need += lep
-        if fields & F_PARENT:
-            need += 32
-        if fields & F_DERIVED:
-            need += 32 * nd
-        if fields & F_SIGNED:
-            need += 96
-        if need > length:
-            raise _overrun(off, length, size)
+        _read_head(base, off, size, &h)
+        p, fields, need = h.p, h.fields, h.need
+        lpath, lpred, lsrc, lep, nd, lval = h.lpath, h.lpred, h.lsrc, h.lep, h.nd, h.lval
         q = p + HEAD_SIZE
         pid = _intern(NULL, q, lpath, path_ids, path_names); q += lpath
         qid = _intern(NULL, q, lpred, pred_ids, pred_names); q += lpred
