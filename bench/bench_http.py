@@ -101,17 +101,9 @@ def process_cpu(pid: int) -> float:
     return total
 
 
-def noop_server(port: int, dport: int) -> None:
-    """gunicorn with the options of `stemedb serve`, serving a no-op Falcon app."""
+def noop_app():
+    """The no-op endpoint: a Falcon app that reads the body and answers ``{}``."""
     import falcon
-    from gunicorn.app.base import BaseApplication
-
-    from stemedb.config import Settings
-    from stemedb.http.server import gunicorn_options
-
-    options = gunicorn_options(Settings(bind=f"127.0.0.1:{port}",
-                                        dashboard_bind=f"127.0.0.1:{dport}"))
-    options.update(loglevel="warning")
 
     class NoOp:
         def on_post(self, req, resp):
@@ -123,6 +115,23 @@ def noop_server(port: int, dport: int) -> None:
             resp.content_type = "application/json"
             resp.data = b'{"status":"healthy"}'
 
+    app = falcon.App()
+    app.add_route("/noop", NoOp())
+    app.add_route("/v1/health", NoOp())
+    return app
+
+
+def noop_server(port: int, dport: int) -> None:
+    """gunicorn with the options of `stemedb serve`, serving :func:`noop_app`."""
+    from gunicorn.app.base import BaseApplication
+
+    from stemedb.config import Settings
+    from stemedb.http.server import gunicorn_options
+
+    options = gunicorn_options(Settings(bind=f"127.0.0.1:{port}",
+                                        dashboard_bind=f"127.0.0.1:{dport}"))
+    options.update(loglevel="warning")
+
     class App(BaseApplication):
         def load_config(self):
             for k, v in options.items():
@@ -130,10 +139,7 @@ def noop_server(port: int, dport: int) -> None:
                     self.cfg.set(k, v)
 
         def load(self):
-            app = falcon.App()
-            app.add_route("/noop", NoOp())
-            app.add_route("/v1/health", NoOp())
-            return app
+            return noop_app()
 
     App().run()
 

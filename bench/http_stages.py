@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 
-from bench.bench_http import (NO_LIMITS, Proc, build_query_store, free_port, load,
+from bench.bench_http import (NO_LIMITS, Proc, build_query_store, free_port, load, noop_app,
                               process_cpu)
 
 # (module, qualified name, label): wrapped before the app is built, so Falcon
@@ -281,26 +281,6 @@ def serve(profile: bool, noop: bool = False) -> None:
             return get_app()
 
     App().run()
-
-
-def noop_app():
-    """bench_http's no-op endpoint (its ``noop_server``'s app)."""
-    import falcon
-
-    class NoOp:
-        def on_post(self, req, resp):
-            req.bounded_stream.read()
-            resp.content_type = "application/json"
-            resp.data = b"{}"
-
-        def on_get(self, req, resp):
-            resp.content_type = "application/json"
-            resp.data = b'{"status":"healthy"}'
-
-    app = falcon.App()
-    app.add_route("/noop", NoOp())
-    app.add_route("/v1/health", NoOp())
-    return app
 
 
 # ------------------------------------------------------------- the driver
