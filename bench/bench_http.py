@@ -238,14 +238,47 @@ def _bodies(kind: str, wid: int, keys: list | None, nonce: int = 0):
             yield orjson.dumps({**base, "value": f"r{nonce}-w{wid}-{i}",
                                 "timestamp": 1_700_000_000 + wid * 1_000_000 + i})
         elif kind == "batch":
-            items = [{**base, "concept_path": f"bench/batch/w{wid}",
-                      "value": f"r{nonce}-{i * 1000 + k}",
-                      "timestamp": 1_600_000_000 + wid * 10_000_000 + i * 1000 + k}
-                     for k in range(1000)]
-            yield orjson.dumps({"assertions": items})
+            if i == 1:
+                tpl, ts_mark = _batch_template(base, wid, nonce)
+            # the same 1,000 new assertions orjson would give (a unique value
+            # each, a timestamp moving with i), from one template in two
+            # C-level replaces: 1.65 ms of the client's CPU a body by orjson
+            # over 1,000 dicts, on the two cores the server uses too
+            yield tpl.replace(b"@@@@@@", b"%06d" % (i % 1_000_000)).replace(
+                ts_mark, ts_mark[:4] + b"%04d" % (i % 10_000))
         else:  # query
             path, pred = keys[(wid * 7919 + i * 104729) % len(keys)]
             yield orjson.dumps({"concept_path": path, "predicate": pred, "lens": "consensus"})
+
+
+def _alpha(n: int) -> str:
+    """``n`` in letters (a run's nonce in a value without digits)."""
+    out = ""
+    while True:
+        n, r = divmod(n, 26)
+        out += chr(97 + r)
+        if not n:
+            return out
+
+
+def _batch_template(base: dict, wid: int, nonce: int) -> tuple[bytes, bytes]:
+    """A batch body of 1,000 assertions whose request counter is still to be
+    written: ``@@@@@@`` in each value (the counter, six digits; the run's
+    nonce and the client are letters, so the value holds no other digits
+    but the item's three) and a timestamp ``16<wid>9999<item>`` whose
+    ``9999`` becomes the counter's last four digits: returns the template
+    and the timestamps' common start (``:16<wid>9999``, which nothing else
+    in the body contains)."""
+    import orjson
+    w = wid % 10
+    items = [{**base, "concept_path": f"bench/batch/w{wid}",
+              "value": f"r{_alpha(nonce)}-{_alpha(wid)}-@@@@@@-{k:03d}",
+              "timestamp": int(f"16{w}9999{k:03d}")}
+             for k in range(1000)]
+    tpl = orjson.dumps({"assertions": items})
+    mark = f":16{w}9999".encode()
+    assert tpl.count(mark) == 1000 and tpl.count(b"@@@@@@") == 1000
+    return tpl, mark
 
 
 def _client_process(port, kind, path, threads, wid0, duration, keys, nonce, out_q):
