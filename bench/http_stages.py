@@ -51,13 +51,11 @@ from bench.bench_http import (NO_LIMITS, Proc, build_query_store, free_port, loa
 # module functions.
 STAGES = (
     ("stemedb.http.middleware", "HostGuard.__call__", "HostGuard (the whole app below it)"),
-    ("stemedb.http.middleware", "Observe.process_request", "mw Observe.process_request"),
-    ("stemedb.http.middleware", "Observe.process_response", "mw Observe.process_response"),
-    ("stemedb.http.middleware", "Authenticate.process_resource", "mw Authenticate"),
-    ("stemedb.http.middleware", "Limit.process_resource", "mw Limit.process_resource"),
-    ("stemedb.http.middleware", "Limit.process_response", "mw Limit.process_response"),
-    ("stemedb.http.middleware", "SecurityHeaders.process_response", "mw SecurityHeaders"),
-    ("stemedb.http.logs", "AccessContext.process_response", "mw AccessContext"),
+    # the API's middleware is one component (middleware.Gate): its three calls
+    ("stemedb.http.middleware", "Observe.process_request", "mw Gate.process_request (Observe's)"),
+    ("stemedb.http.middleware", "Gate.process_resource", "mw Gate.process_resource (key, limits)"),
+    ("stemedb.http.middleware", "Gate.process_response",
+     "mw Gate.process_response (headers, breaker, metric and log, access fields)"),
     ("stemedb.http.resources", "read_body", "read_body"),
     ("stemedb.http.resources", "decode", "decode (msgspec, schema)"),
     ("stemedb.http.resources", "decode_batch", "decode_batch (msgspec, records)"),

@@ -23,10 +23,9 @@ from .auth import KeyRing, bind_host
 from .base import StemeApp
 from .dashboard import create_dashboard_app
 from .handle import StoreHandle
-from .logs import AccessContext, configure_logging
+from .logs import configure_logging
 from .metrics import Metrics
-from .middleware import (NOSNIFF, Authenticate, HostGuard, Limit, Observe, SecurityHeaders,
-                         parse_proxies)
+from .middleware import NOSNIFF, Authenticate, Gate, HostGuard, Limit, Observe, parse_proxies
 from .openapi import openapi_bytes
 from .ratelimit import CircuitBreaker, RateLimiter, parse_rate_limits
 from .resources import ROUTES, OpenAPIResource, RecentWrites
@@ -76,13 +75,14 @@ def create_app(store, settings: Settings | None = None, *, keyring: KeyRing | No
     from ..cluster.node import ClusterCollector
     metrics.registry.register(ClusterCollector(handle))   # stemedb_cluster_* (cluster mode)
 
-    app = StemeApp(middleware=[
-        AccessContext(),   # first: its process_response runs last (stemedb.http.logs)
+    # One component doing the work of five (middleware.Gate): request id,
+    # metrics and log line; key; rate limit and breaker; nosniff; and last the
+    # access log's fields (logs.AccessContext)
+    app = StemeApp(middleware=[Gate(
         Observe(metrics, parse_proxies(settings.trusted_proxies)),
         Authenticate(keyring, limiter, metrics),
         Limit(limiter, breaker, metrics),
-        SecurityHeaders(NOSNIFF),
-    ])
+        NOSNIFF, access_context=True)])
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.register(app)
     for path, resource in ROUTES:

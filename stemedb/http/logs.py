@@ -41,6 +41,9 @@ _STD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mes
 FORMATS = ("text", "json")
 ACCESS_LOGGER = "stemedb.access"
 ENV_KEY_ID, ENV_CLIENT, ENV_REQUEST_ID = "stemedb.key_id", "stemedb.client", "stemedb.request_id"
+# (environ key, request context attribute): what AccessContext (and
+# middleware.Gate, which does its job in the API) hands the access log
+ACCESS_FIELDS = ((ENV_KEY_ID, "key_id"), (ENV_CLIENT, "client"), (ENV_REQUEST_ID, "request_id"))
 
 
 def _stamp(record: logging.LogRecord) -> str:
@@ -127,8 +130,7 @@ class AccessContext:
     def process_response(self, req, resp, resource, req_succeeded):
         ctx = req.context
         env = req.env
-        for name, attr in ((ENV_KEY_ID, "key_id"), (ENV_CLIENT, "client"),
-                           (ENV_REQUEST_ID, "request_id")):
+        for name, attr in ACCESS_FIELDS:
             value = getattr(ctx, attr, None)
             if value is not None:
                 env[name] = value
