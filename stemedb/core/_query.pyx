@@ -115,6 +115,7 @@ def filter_ords(list ords, ts, rec, seq, lc, ep, as_of, known_at, since, seq_bou
 
 
 DEF HASHED = 0xFF           # format.VALUE_HASHED
+DEF NOGIL_FROM = 1024       # candidates from which resolve_columns lets the GIL go
 
 
 cdef double _decayed(double c, int64_t t, object hl_o, bint small_at, int64_t at,
@@ -408,6 +409,17 @@ cdef double _consensus_order(const double* w, const Py_ssize_t* cnt, const Py_ss
     return _share(w[keys[0].pos], _fsum(w, k, p))
 
 
+cdef Py_ssize_t _ranked(Cand* c, Py_ssize_t n, Py_ssize_t* slots, Py_ssize_t nslots,
+                        double* w1, double* w2, double* w3, Py_ssize_t* cnt, Py_ssize_t* st,
+                        Py_ssize_t* mem, double* p, double* score) noexcept nogil:
+    """c[0:n] in canonical order, grouped (_block); the conflict score in
+    ``score``; the number of groups returned."""
+    qsort(c, n, sizeof(Cand), _by_time_desc)
+    cdef Py_ssize_t k = _block(c, n, slots, nslots, w1, w2, w3, cnt, st, mem, p)
+    score[0] = _conflict(w3, k, w1, p)
+    return k
+
+
 def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us,
                     bint decay, tuple half_life_us, tuple tier):
     """See qpure.resolve_columns."""
@@ -489,10 +501,15 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
         for i in range(n):
             if not isfinite(c[i].eff) or not isfinite(c[i].teff):
                 return None             # a damaged record: the rows path decides
-        with nogil:
-            qsort(c, n, sizeof(Cand), _by_time_desc)
-            k = _block(c, n, slots, nslots, w1, w2, w3, cnt, st, mem, p)
-            score = _conflict(w3, k, w1, p)
+        # The GIL goes only for a sort worth another thread's turn: released
+        # for every key, each query woke a thread waiting for it (the audit
+        # writer, a request thread) to find it taken again, one futex round
+        # trip per query
+        if n >= NOGIL_FROM:
+            with nogil:
+                k = _ranked(c, n, slots, nslots, w1, w2, w3, cnt, st, mem, p, &score)
+        else:
+            k = _ranked(c, n, slots, nslots, w1, w2, w3, cnt, st, mem, p, &score)
         if kind == 0:                   # recency: canonical order
             return (<object>PyList_GET_ITEM(ords, c[0].src), c[0].eff, score,
                     [<object>PyList_GET_ITEM(ords, c[i].src) for i in range(n)], [])
@@ -638,6 +655,32 @@ def format_time_c(at, format_time):
     return _format_time(at, format_time)
 
 
+cdef object _entry_weight(r, tuple half_life_us, bint decay, bint small_at, int64_t at_c,
+                          at_us):
+    """A contributor's weight, as query._contributing computes it: its
+    confidence, decayed to ``at_us`` when ``decay`` (in C doubles while every
+    operand is exact there, ``small_at``: ``at_us`` fits, as ``at_c``)."""
+    cdef int64_t age_c
+    c = r.confidence
+    if decay:
+        hl = half_life_us[r.source_class]
+        if hl is not None:
+            t = r.timestamp
+            if small_at and -EXACT < t < EXACT:
+                age_c = at_c - <int64_t>t
+                if age_c <= 0:
+                    pass
+                elif age_c < EXACT and 0 < hl < EXACT:
+                    c = <double>c * pow(2.0, -(<double>age_c) / <double>hl)
+                else:
+                    c = c * 2.0 ** (-(at_us - t) / hl)
+            else:
+                age = at_us - t
+                if age > 0:
+                    c = c * 2.0 ** (-age / hl)
+    return c
+
+
 def audit_entry(tuple names, tuple half_life_us, format_time, number, at, agent, params,
                 list winners, more, list top, at_us, bint decay, active):
     """See query._entry (``names``: _AUDIT_PARAMS, ``half_life_us``:
@@ -645,7 +688,7 @@ def audit_entry(tuple names, tuple half_life_us, format_time, number, at, agent,
     first by functools.partial)."""
     cdef dict given = {}
     cdef Py_ssize_t i
-    cdef int64_t at_c = 0, age_c
+    cdef int64_t at_c = 0
     cdef bint small_at = -EXACT < at_us < EXACT
     if small_at:
         at_c = at_us
@@ -666,28 +709,285 @@ def audit_entry(tuple names, tuple half_life_us, format_time, number, at, agent,
     cdef list contributing = []
     for a in top:
         r = a.record
-        c = r.confidence
-        if decay:
-            hl = half_life_us[r.source_class]
-            if hl is not None:
-                t = r.timestamp
-                if small_at and -EXACT < t < EXACT:
-                    age_c = at_c - <int64_t>t
-                    if age_c <= 0:
-                        pass
-                    elif age_c < EXACT and 0 < hl < EXACT:
-                        c = <double>c * pow(2.0, -(<double>age_c) / <double>hl)
-                    else:
-                        c = c * 2.0 ** (-(at_us - t) / hl)
-                else:
-                    age = at_us - t
-                    if age > 0:
-                        c = c * 2.0 ** (-age / hl)
-        contributing.append({"hash": r.hash.hex(), "weight": c})
+        contributing.append({"hash": r.hash.hex(),
+                             "weight": _entry_weight(r, half_life_us, decay, small_at, at_c,
+                                                     at_us)})
     return {"id": _query_id(at, number), "at": _format_time(at, format_time), "at_us": at,
             "agent": agent, "params": given, "result_hashes": hashes,
             "result_hashes_more": more if more > 0 else 0,
             "contributing": contributing, "contributing_more": active - len(top)}
+
+
+# ------------------------------------------------------------ the audit line
+# audit_line writes the entry audit_entry builds straight to its JSON line,
+# on the query's own thread: the audit writer then only joins and writes
+# bytes.  Built on the writer's thread, each entry (a dict, then
+# orjson.dumps) held the GIL ~9 us there, and the query thread lost ~10 us
+# more to the handoffs (a warm small-key query: 40 us with the writer
+# thread building, 19 us with entries only queued; bench.costs, R1 rows).
+# The line is orjson's for every entry (tests/unit/test_audit_line.py), but
+# for a float's text: Python's repr, the same double (orjson writes
+# 1e-05 as 0.00001).  Anything outside what is written here (a time before
+# the epoch, an int beyond int64, a parameter that is not a str, int or
+# bool, a lone surrogate) gives None, and the caller queues the entry for
+# the writer thread as before.
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    char* PyOS_double_to_string(double val, char format_code, int precision, int flags,
+                                int* ptype) except NULL
+    int Py_DTSF_ADD_DOT_0
+
+cdef struct Line:
+    char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+cdef int _room(Line* o, Py_ssize_t k) except -1:
+    cdef Py_ssize_t cap = o.cap
+    cdef char* q
+    if o.n + k <= cap:
+        return 0
+    while cap < o.n + k:
+        cap *= 2
+    q = <char*>PyMem_Realloc(o.p, cap)
+    if q == NULL:
+        raise MemoryError()
+    o.p = q
+    o.cap = cap
+    return 0
+
+cdef inline int _raw(Line* o, const char* s, Py_ssize_t k) except -1:
+    _room(o, k)
+    memcpy(o.p + o.n, s, k)
+    o.n += k
+    return 0
+
+cdef const char* _HEX = b"0123456789abcdef"
+
+cdef int _jstr(Line* o, str s) except -1:
+    """``s`` as a JSON string, escaped as orjson (and RFC 8785) escape it."""
+    cdef Py_ssize_t k, i
+    cdef unsigned char ch
+    cdef const unsigned char* u = <const unsigned char*>PyUnicode_AsUTF8AndSize(s, &k)
+    _room(o, 6 * k + 2)
+    cdef char* w = o.p + o.n
+    w[0] = b'"'
+    w += 1
+    for i in range(k):
+        ch = u[i]
+        if ch == 34 or ch == 92:        # " and \
+            w[0] = b'\\'
+            w[1] = <char>ch
+            w += 2
+        elif ch >= 0x20:
+            w[0] = <char>ch
+            w += 1
+        elif ch == 8 or ch == 9 or ch == 10 or ch == 12 or ch == 13:
+            w[0] = b'\\'
+            w[1] = b'b' if ch == 8 else b't' if ch == 9 else b'n' if ch == 10 \
+                else b'f' if ch == 12 else b'r'
+            w += 2
+        else:
+            memcpy(w, b"\\u00", 4)
+            w[4] = _HEX[ch >> 4]
+            w[5] = _HEX[ch & 15]
+            w += 6
+    w[0] = b'"'
+    o.n = w + 1 - o.p
+    return 0
+
+cdef int _jhex(Line* o, bytes h) except -1:
+    """``h.hex()`` as a JSON string."""
+    cdef Py_ssize_t k = len(h), i
+    cdef const unsigned char* b = h
+    _room(o, 2 * k + 2)
+    cdef char* w = o.p + o.n
+    w[0] = b'"'
+    for i in range(k):
+        w[1 + 2 * i] = _HEX[b[i] >> 4]
+        w[2 + 2 * i] = _HEX[b[i] & 15]
+    w[2 * k + 1] = b'"'
+    o.n += 2 * k + 2
+    return 0
+
+cdef int _jint(Line* o, long long v) except -1:
+    """``v`` in decimal (snprintf's "%lld" cost more than the rest of a line)."""
+    cdef char buf[24]
+    cdef int i = 24
+    cdef unsigned long long u = <unsigned long long>(-(v + 1)) + 1 if v < 0 else v
+    while True:
+        i -= 1
+        buf[i] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        i -= 1
+        buf[i] = b'-'
+    return _raw(o, buf + i, 24 - i)
+
+cdef inline void _digits(char* w, int v, int k) noexcept:
+    """``v`` as ``k`` decimal digits, zero-padded."""
+    while k > 0:
+        k -= 1
+        w[k] = <char>(48 + v % 10)
+        v //= 10
+
+cdef int _jstamp(Line* o, int64_t at, unsigned long number) except -1:
+    """The entry's ``"id":"q...","at":"..."``: query_id(at, number) and
+    format_time(at), for 0 <= at and a year up to 9999 (checked by the
+    caller); by hand, as snprintf cost ~1 us of a ~3 us line."""
+    cdef time_t t = at // 1000000
+    cdef int frac = at - (at // 1000000) * 1000000
+    cdef tm out
+    cdef int i, k = 0
+    cdef uint64_t a = at
+    cdef char hexa[16]
+    if gmtime_r(&t, &out) == NULL:
+        raise OverflowError("time out of range")
+    while True:
+        hexa[15 - k] = _HEX[a & 15]
+        k += 1
+        a >>= 4
+        if a == 0:
+            break
+    _room(o, 8 + k + 4 + 8 + 27 + 1)
+    cdef char* w = o.p + o.n
+    memcpy(w, b'"id":"q', 7)
+    w += 7
+    memcpy(w, hexa + 16 - k, k)
+    w += k
+    for i in range(4):
+        w[i] = _HEX[(number >> (12 - 4 * i)) & 15]
+    w += 4
+    memcpy(w, b'","at":"', 8)
+    w += 8
+    _digits(w, out.tm_year + 1900, 4)
+    w[4] = b'-'
+    _digits(w + 5, out.tm_mon + 1, 2)
+    w[7] = b'-'
+    _digits(w + 8, out.tm_mday, 2)
+    w[10] = b'T'
+    _digits(w + 11, out.tm_hour, 2)
+    w[13] = b':'
+    _digits(w + 14, out.tm_min, 2)
+    w[16] = b':'
+    _digits(w + 17, out.tm_sec, 2)
+    w[19] = b'.'
+    _digits(w + 20, frac, 6)
+    w[26] = b'Z'
+    w[27] = b'"'
+    o.n = w + 28 - o.p
+    return 0
+
+cdef bint _is_i64(v):
+    return type(v) is int and INT64_MIN <= v <= INT64_MAX
+
+cdef int _jfloat(Line* o, double v) except -1:
+    cdef char* t = PyOS_double_to_string(v, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    try:
+        _raw(o, t, len(t))
+    finally:
+        PyMem_Free(t)
+    return 0
+
+DEF MAX_STAMP = 253402300799999999     # 9999-12-31T23:59:59.999999Z in us
+
+
+cdef bint _plain(v):
+    """``v`` is written here as orjson writes it (None is left out)."""
+    return v is None or type(v) is str or type(v) is bool or _is_i64(v)
+
+
+def audit_line(tuple names, tuple half_life_us, number, at, agent, params, list winners,
+               more, list top, at_us, bint decay, active):
+    """audit_entry's entry as one JSON line (ending in a newline), or None
+    when it holds anything this does not write (see above)."""
+    cdef Py_ssize_t i
+    cdef int64_t at_c = 0
+    cdef bint small_at = -EXACT < at_us < EXACT
+    cdef Line o
+    if (type(params) is not tuple or len(<tuple>params) > len(names)
+            or not (_is_i64(at) and at >= 0 and _is_i64(more) and _is_i64(active))
+            or not (agent is None or type(agent) is str)):
+        return None
+    for v in <tuple>params:
+        if not _plain(v):
+            return None
+    if small_at:
+        at_c = at_us
+    if type(number) is not int or at > MAX_STAMP:    # past the year 9999
+        return None
+    weights = []
+    for a in top:
+        c = _entry_weight(a.record, half_life_us, decay, small_at, at_c, at_us)
+        if type(c) is not float or not isfinite(<double>c):
+            return None
+        weights.append(c)
+    o.p = <char*>PyMem_Malloc(1024)
+    if o.p == NULL:
+        raise MemoryError()
+    o.n = 0
+    o.cap = 1024
+    try:
+        try:
+            _raw(&o, b'{', 1)
+            _jstamp(&o, at, number & 0xFFFF)
+            _raw(&o, b',"at_us":', 9)
+            _jint(&o, at)
+            _raw(&o, b',"agent":', 9)
+            if agent is None:
+                _raw(&o, b'null', 4)
+            else:
+                _jstr(&o, agent)
+            _raw(&o, b',"params":{', 11)
+            first = True
+            for i in range(len(<tuple>params)):
+                v = (<tuple>params)[i]
+                if v is None:
+                    continue
+                if not first:
+                    _raw(&o, b',', 1)
+                first = False
+                _jstr(&o, names[i])
+                _raw(&o, b':', 1)
+                if type(v) is str:
+                    _jstr(&o, v)
+                elif v is True:
+                    _raw(&o, b'true', 4)
+                elif v is False:
+                    _raw(&o, b'false', 5)
+                else:
+                    _jint(&o, v)
+            _raw(&o, b'},"result_hashes":[', 19)
+            for i in range(len(winners)):
+                if i:
+                    _raw(&o, b',', 1)
+                _jhex(&o, winners[i].record.hash)
+            _raw(&o, b'],"result_hashes_more":', 23)
+            _jint(&o, more if more > 0 else 0)
+            _raw(&o, b',"contributing":[', 17)
+            for i in range(len(top)):
+                if i:
+                    _raw(&o, b',', 1)
+                _raw(&o, b'{"hash":', 8)
+                _jhex(&o, top[i].record.hash)
+                _raw(&o, b',"weight":', 10)
+                _jfloat(&o, weights[i])
+                _raw(&o, b'}', 1)
+            _raw(&o, b'],"contributing_more":', 22)
+            _jint(&o, active - len(top))
+            _raw(&o, b'}\n', 2)
+        except UnicodeEncodeError:          # a lone surrogate: orjson refuses it too
+            return None
+        return PyBytes_FromStringAndSize(o.p, o.n)
+    finally:
+        PyMem_Free(o.p)
 
 
 # ------------------------------------------------------------ gather and ranking helpers

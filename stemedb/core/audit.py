@@ -26,10 +26,13 @@ back off the file, so no torn line is left between two good ones.
 
 It is not fsynced per query (a crash may lose the last second of audit
 entries, never an assertion); it is fsynced at rotation and at close.  The
-query thread only queues the entry's pieces; the writer builds entries in
-chunks of half the backlog (at least ``CHUNK``) and yields the GIL between
-chunks, so a busy reader never waits for a whole backlog to be serialized.  Reads go newest file first and stop
-at the limit, so they cost what they return, not the whole history.
+compiled query path queues the entry's finished JSON line (``qaudit._LINE``),
+so the writer only joins and writes bytes; the pure path queues the entry's
+pieces and the writer builds them.  Each wake-up the writer writes what is
+queued then, not what queries add meanwhile, in chunks of half the backlog
+(at least ``CHUNK``), yielding the GIL between chunks, so a busy reader never
+waits for a whole backlog to be serialized.  Reads go newest file first and
+stop at the limit, so they cost what they return, not the whole history.
 """
 from __future__ import annotations
 
@@ -162,10 +165,16 @@ class AuditLog:
         # itertools.count is atomic under the GIL: no lock on the query path
         return query_id(at_us, next(self._ids))
 
+    def number(self) -> int:
+        """The next entry's sequence number (for :func:`query_id`), for a
+        caller that builds its entry's line itself."""
+        return next(self._ids)
+
     def add(self, entry_fn) -> None:
-        """Queue ``entry_fn``, called later, off the query path, to build the
-        entry: a callable of no arguments, or a :class:`Pending`, built with
-        the entry's sequence number (for :func:`query_id`).
+        """Queue ``entry_fn``: the entry's JSON line (``bytes``, ending in a
+        newline, written as it is), or, called later off the query path to
+        build the entry, a callable of no arguments or a :class:`Pending`,
+        built with the entry's sequence number (for :func:`query_id`).
 
         O(1).  When the writer is ``max_queue`` entries behind, the entry is
         dropped and counted instead: memory stays bounded whatever the load.
@@ -186,20 +195,26 @@ class AuditLog:
     def _run(self) -> None:
         while True:
             with self._cv:
-                if not self._closed:
+                if not self._closed and len(self._queue) < WAKE_AT:
                     self._cv.wait(FLUSH_EVERY)
                 closed = self._closed
             try:
-                self._drain(pause=not closed)
+                # What is queued now, not what queries add meanwhile: chasing
+                # the queue kept the writer awake, and a query that released
+                # the GIL (a pread) handed it to the writer for a line or
+                # two: ~1 thread switch per cold query (bench.costs, R1)
+                self._drain(pause=not closed, upto=None if closed else len(self._queue))
             except Exception as e:  # noqa: BLE001 - the writer thread must not die
                 with self._write_lock:
                     self._note_drop(0, e)
             if closed:
                 return
 
-    def _drain(self, pause: bool = False) -> None:
+    def _drain(self, pause: bool = False, upto: int | None = None) -> None:
+        """Write the queued entries: all of them, or at most ``upto``."""
         q = self._queue
-        while q:
+        left = -1 if upto is None else upto     # -1: until the queue is empty
+        while q and left != 0:
             # The writer thread and a reader's flush() may drain at once: each
             # chunk is taken and written under one lock, so entries stay in
             # queue order on disk.
@@ -211,10 +226,17 @@ class AuditLog:
                 # loop of warm queries (~40,000/s) overran the queue: 15% of
                 # its entries were dropped.  Half the backlog keeps up with
                 # any rate the GIL leaves, holding it ~1 ms at a time.
-                for _ in range(max(CHUNK, len(q) // 2)):
+                take = max(CHUNK, len(q) // 2)
+                if left > 0:
+                    take = min(take, left)
+                    left -= take
+                for _ in range(take):
                     if not q:
                         break
                     fn = q.popleft()
+                    if type(fn) is bytes:
+                        lines.append(fn)
+                        continue
                     try:
                         e = fn[0](next(self._ids), *fn[1:]) if type(fn) is Pending else fn()
                         lines.append(orjson.dumps(e) + b"\n")

@@ -72,7 +72,9 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     ``limit=1`` query over 10,000 candidates 890 KB of audit (issue 8,
     item 15).  Only those few assertions and scalars are queued, as an
     ``audit.Pending`` tuple (no closure), and the writer thread builds the entry
-    (:func:`_entry`), so a backlog holds no candidate lists.
+    (:func:`_entry`), so a backlog holds no candidate lists.  Compiled, the
+    entry's JSON line is written here instead (:data:`_LINE`): the writer
+    thread then holds the GIL only to join and write bytes.
     ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
     """
     audit = reader.audit
@@ -84,6 +86,15 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     more = len(winners) - AUDIT_RESULTS
     if more > 0:
         winners = winners[:AUDIT_RESULTS]
+    if _LINE is not None:
+        # compiled: the entry's JSON line, written here, so the writer thread
+        # only joins bytes (None: an entry _LINE does not write, queued as
+        # before)
+        line = _LINE(audit.number(), at, agent, params, winners, more, top, ctx.at_us,
+                     ctx.decay, active)
+        if line is not None:
+            audit.add(line)
+            return
     audit.add(Pending((_ENTRY, at, agent, params, winners, more, top, ctx.at_us, ctx.decay,
                        active)))
 
@@ -105,3 +116,8 @@ def _entry(number: int, at: int, agent, params, winners: list[Assertion], more: 
 # _entry by tests/unit/test_query_fastpath.py) or _entry itself
 _ENTRY = (partial(qfast._query.audit_entry, _AUDIT_PARAMS, _HALF_LIFE_US, format_time)
           if qfast.COMPILED else _entry)
+# The line the query thread writes when compiled (_query.audit_line, held to
+# orjson.dumps(_entry(...)) by tests/unit/test_audit_line.py); the pure build
+# queues the entry for the writer thread
+_LINE = (partial(qfast._query.audit_line, _AUDIT_PARAMS, _HALF_LIFE_US)
+         if qfast.COMPILED else None)

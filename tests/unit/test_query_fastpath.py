@@ -412,9 +412,11 @@ def test_read_frames_never_asks_for_a_damaged_length(segmented, monkeypatch):
     assert asked and max(asked) <= qpure.FRAME_HEAD + qpure.MAX_PAYLOAD
 
 
-def test_a_queued_entry_builds_as_the_writer_builds_it(clocked):
-    """What _audit queues is an audit.Pending: the writer builds it with the
-    entry's number; called bare (a tool timing the builder) with number 0."""
+def test_a_queued_entry_builds_as_the_writer_builds_it(clocked, monkeypatch):
+    """Compiled, what _audit queues is the entry's JSON line, numbered by the
+    audit log; pure (no _LINE), an audit.Pending the writer builds with the
+    entry's number, and called bare (a tool timing the builder) with number
+    0.  Both are the entry _entry builds."""
     store = clocked()
     store.put({"concept_path": "g", "predicate": "r", "value": 1, "confidence": 0.5,
                "timestamp": T0})
@@ -423,12 +425,25 @@ def test_a_queued_entry_builds_as_the_writer_builds_it(clocked):
     class Capture:
         add = queued.append
 
+        @staticmethod
+        def number():
+            return 7
+
     store.reader.audit = Capture()
-    res = store.query("g", predicate="r")
-    [item] = queued
-    assert type(item) is audit_mod.Pending
-    assert item() == item[0](0, *item[1:])
-    e = item[0](7, *item[1:])
-    assert e["id"] == audit_mod.query_id(e["at_us"], 7)
-    assert e["result_hashes"] == [res.results[0]["winner"].hash]
-    assert [c["hash"] for c in e["contributing"]] == [a.hash for a in res.assertions]
+    entries = []
+    for line in ((None,) if qaudit._LINE is None else (qaudit._LINE, None)):
+        monkeypatch.setattr(qaudit, "_LINE", line)
+        res = store.query("g", predicate="r")
+        item = queued.pop()
+        if line is not None:
+            assert type(item) is bytes and item.endswith(b"\n")
+            e = orjson.loads(item)
+        else:
+            assert type(item) is audit_mod.Pending
+            assert item() == item[0](0, *item[1:])
+            e = item[0](7, *item[1:])
+        assert e["id"] == audit_mod.query_id(e["at_us"], 7)
+        assert e["result_hashes"] == [res.results[0]["winner"].hash]
+        assert [c["hash"] for c in e["contributing"]] == [a.hash for a in res.assertions]
+        entries.append(e)
+    assert all(e == entries[-1] for e in entries), "the line is the entry the writer builds"
