@@ -69,6 +69,8 @@ def encode_assert_frames_py(records, seqs, recorded_at=None) -> tuple[bytes, lis
 _replace = msgspec.structs.replace
 encode_assert_frames = _fast.encode_assert_frames if COMPILED else encode_assert_frames_py
 bump_gens = _fast.bump_gens if COMPILED else records.bump_gens
+# the WAL's write + fdatasync in one release of the GIL; None: File.write, File.sync
+write_sync = _fast.write_sync if COMPILED else None
 index_one = _fast.index_one if COMPILED else records.index_one
 find_hash = _fast.find_hash if COMPILED else _index.find_hash
 find_hashes = _fast.find_hashes if COMPILED else _index.find_hashes
