@@ -189,3 +189,42 @@ def test_the_list_writer_wants_bytes_from_its_fallback(store):
                                                     1e-05, 5e-324, 0.1, 1 / 3]))
 def test_the_compiled_confidence_is_msgspecs(conf):
     _same(msgspec.structs.replace(_record(), confidence=conf))
+
+
+@settings(max_examples=300, deadline=None)
+@given(conf=st.floats(allow_nan=True, allow_infinity=True)
+       | st.sampled_from([0.0, -0.0, 1.0, 1e-4, 9.999999999999999e-05, 1e-05, 1e16,
+                          9999999999999998.0, 0.1, 1 / 3, -0.5]))
+def test_the_confidence_table_gives_what_it_was_given(conf):
+    # put_conf keeps repr's digits per double (by its bits); the first call
+    # fills the slot, the second reads it, and a value that shares the slot
+    # (another double) must not be read back for this one
+    want = msgspec.json.encode(conf)
+    assert _canon.answer_conf(conf) == want
+    assert _canon.answer_conf(conf) == want
+    other = -conf if conf == conf else 0.25
+    assert _canon.answer_conf(other) == msgspec.json.encode(other)
+    assert _canon.answer_conf(conf) == want
+
+
+def test_the_confidence_table_on_colliding_values():
+    # 1,024 slots: thousands of distinct confidences must each come back as their own
+    import random
+    r = random.Random(9)
+    confs = [round(r.random(), r.randrange(1, 17)) for _ in range(5000)] + [0.0, -0.0]
+    for _ in range(2):
+        for c in confs:
+            assert _canon.answer_conf(c) == msgspec.json.encode(c), c
+
+
+@pytest.mark.parametrize("value,as_is", [
+    (True, True), (False, True), ([None], True), ([True, False, None, 1, "e"], True),
+    ({"t": True, "f": False}, True), ("true e", True), ([1e21, True], False),
+    ([True, 1e-7], False), ({"false": 1.5e300}, False), ([False, "x", 2], True),
+])
+def test_true_and_false_are_no_exponent(value, as_is):
+    # their e is a letter of the literal: the value is copied as it is, and
+    # an exponent after them still is not
+    from stemedb.canonical import canonical_json
+    assert _canon.value_as_is(canonical_json(value)) is as_is
+    _same(_record(value=value))
