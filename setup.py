@@ -34,7 +34,9 @@ else:
                    define_macros=BLAKE3_MACROS),
          # the query path's per-candidate loops (pure twin: qpure.py; chosen by qfast.py)
          Extension("stemedb.core._query", ["stemedb/core/_query.pyx"],
-                   depends=["stemedb/core/crc32c.h"])],
+                   depends=["stemedb/core/crc32c.h"],
+                   include_dirs=[numpy.get_include()],     # the columns' data pointers
+                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])],
         compiler_directives={"language_level": "3", "boundscheck": False,
                              "wraparound": False, "cdivision": True},
     )

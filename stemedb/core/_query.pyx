@@ -22,6 +22,36 @@ from . import qpure as _pure
 
 from .qpure import INT64_MAX, INT64_MIN
 
+# ------------------------------------------------------------ the columns
+# A typed memoryview costs ~0.6 us to acquire (format checks, a view object),
+# more than a small key's whole loop: cache_take over 4 ordinals was 1.36 us
+# with 0.23 of it the loop, and a cold small-key query took ~18 of them.
+# _col reads a numpy column's data pointer instead (the columns are 1-D,
+# native-order numpy arrays, snapshot views included), and refuses anything
+# else as the memoryview did (ValueError; TypeError for a non-array).
+
+cimport numpy as cnp
+cnp.import_array()
+
+cdef const char _NOTHING[8]
+
+cdef const void* _col(object a, char kind, int size, Py_ssize_t* n) except NULL:
+    """The data of ``a``, a 1-D C-contiguous numpy array of ``kind`` ('i',
+    'u', 'f') and item ``size``, with its length in ``n[0]``."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"a column must be a numpy array, not {type(a).__name__}")
+    arr = <cnp.ndarray>a
+    if (cnp.PyArray_NDIM(arr) != 1 or arr.descr.kind != kind
+            or cnp.PyArray_ITEMSIZE(arr) != size or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or not cnp.PyArray_ISNOTSWAPPED(arr)):
+        raise ValueError(f"Buffer dtype mismatch: a column of {chr(kind)}{size} expected, "
+                         f"got {a.dtype} with shape {a.shape}")
+    n[0] = cnp.PyArray_DIM(arr, 0)
+    cdef const void* data = cnp.PyArray_DATA(arr)
+    return data if data != NULL else <const void*>_NOTHING
+
+
 cdef inline bytes _table(object table):
     """A table of allowed ids as bytes (1 allowed, 0 not); None stays None."""
     if table is None:
@@ -43,11 +73,12 @@ def filter_ords(list ords, ts, rec, seq, lc, ep, as_of, known_at, since, seq_bou
     cdef const unsigned char* lcp = NULL
     cdef const unsigned char* epp = NULL
     cdef Py_ssize_t nlc = 0, nep = 0, idv
-    cdef const int64_t[:] tsv
-    cdef const int64_t[:] recv
-    cdef const int64_t[:] seqv
-    cdef const int8_t[:] lcv
-    cdef const int32_t[:] epv
+    cdef const int64_t* tsv = NULL
+    cdef const int64_t* recv = NULL
+    cdef const int64_t* seqv = NULL
+    cdef const int8_t* lcv = NULL
+    cdef const int32_t* epv = NULL
+    cdef Py_ssize_t ncol
     for b in (as_of, known_at, since, seq_bound):
         if b is not None and not INT64_MIN <= b <= INT64_MAX:
             # a bound no column value can reach: the reference decides (a
@@ -55,31 +86,33 @@ def filter_ords(list ords, ts, rec, seq, lc, ep, as_of, known_at, since, seq_bou
             return _pure.filter_ords(ords, ts, rec, seq, lc, ep, as_of, known_at, since,
                                      seq_bound, lc_ok, ep_ok)
     if h_as_of or h_since:
-        tsv = ts
+        tsv = <const int64_t*>_col(ts, b'i', 8, &ncol)
+        if ncol < n:
+            raise ValueError("the columns differ in length")
     if h_as_of:
         v_as_of = as_of
     if h_since:
         v_since = since
     if h_known:
-        recv = rec
+        recv = <const int64_t*>_col(rec, b'i', 8, &ncol)
         v_known = known_at
-        if recv.shape[0] < n:
+        if ncol < n:
             raise ValueError("the columns differ in length")
     if h_seq:
-        seqv = seq
+        seqv = <const int64_t*>_col(seq, b'i', 8, &ncol)
         v_seq = seq_bound
-        if seqv.shape[0] < n:
+        if ncol < n:
             raise ValueError("the columns differ in length")
     if lc_ok is not None:
-        lcv = lc
-        if lcv.shape[0] < n:
+        lcv = <const int8_t*>_col(lc, b'i', 1, &ncol)
+        if ncol < n:
             raise ValueError("the columns differ in length")
         lct = _table(lc_ok)
         lcp = lct
         nlc = len(lct)
     if ep_ok is not None:
-        epv = ep
-        if epv.shape[0] < n:
+        epv = <const int32_t*>_col(ep, b'i', 4, &ncol)
+        if ncol < n:
             raise ValueError("the columns differ in length")
         ept = _table(ep_ok)
         epp = ept
@@ -145,21 +178,21 @@ def column_rows(list ords, seq, ts, conf, rank, va, vb, at_us, bint decay,
                 tuple half_life_us, tuple tier):
     """See qpure.column_rows: the columns read through typed views, one
     tuple built per candidate, no record read."""
-    cdef const int64_t[:] seqv = seq
-    cdef const int64_t[:] tsv = ts
-    cdef const double[:] confv = conf
-    cdef const uint8_t[:] rankv = rank
-    cdef const uint64_t[:] vav = va
-    cdef const uint64_t[:] vbv = vb
-    cdef Py_ssize_t n = seqv.shape[0], m = PyList_GET_SIZE(ords), i, o, nt = len(tier)
+    cdef Py_ssize_t nseq, nts, nconf, nrank, nva, nvb
+    cdef const int64_t* seqv = <const int64_t*>_col(seq, b'i', 8, &nseq)
+    cdef const int64_t* tsv = <const int64_t*>_col(ts, b'i', 8, &nts)
+    cdef const double* confv = <const double*>_col(conf, b'f', 8, &nconf)
+    cdef const uint8_t* rankv = <const uint8_t*>_col(rank, b'u', 1, &nrank)
+    cdef const uint64_t* vav = <const uint64_t*>_col(va, b'u', 8, &nva)
+    cdef const uint64_t* vbv = <const uint64_t*>_col(vb, b'u', 8, &nvb)
+    cdef Py_ssize_t n = nseq, m = PyList_GET_SIZE(ords), i, o, nt = len(tier)
     cdef Py_ssize_t r
     cdef int64_t t, at = 0
     cdef double c
     cdef uint64_t a, b
     cdef bint small_at = -EXACT < at_us < EXACT
     cdef Py_ssize_t hashed = 0
-    if (tsv.shape[0] < n or confv.shape[0] < n or rankv.shape[0] < n or vav.shape[0] < n
-            or vbv.shape[0] < n):
+    if nts < n or nconf < n or nrank < n or nva < n or nvb < n:
         raise ValueError("the columns differ in length")
     if len(half_life_us) < nt:
         raise ValueError("half_life_us is shorter than tier")
@@ -423,13 +456,14 @@ cdef Py_ssize_t _ranked(Cand* c, Py_ssize_t n, Py_ssize_t* slots, Py_ssize_t nsl
 def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us,
                     bint decay, tuple half_life_us, tuple tier):
     """See qpure.resolve_columns."""
-    cdef const int64_t[:] seqv = seq
-    cdef const int64_t[:] tsv = ts
-    cdef const double[:] confv = conf
-    cdef const uint8_t[:] rankv = rank
-    cdef const uint64_t[:] vav = va
-    cdef const uint64_t[:] vbv = vb
-    cdef Py_ssize_t ncol = seqv.shape[0], n = PyList_GET_SIZE(ords), i, j, o, k, nt = len(tier)
+    cdef Py_ssize_t nseq, nts, nconf, nrank, nva, nvb
+    cdef const int64_t* seqv = <const int64_t*>_col(seq, b'i', 8, &nseq)
+    cdef const int64_t* tsv = <const int64_t*>_col(ts, b'i', 8, &nts)
+    cdef const double* confv = <const double*>_col(conf, b'f', 8, &nconf)
+    cdef const uint8_t* rankv = <const uint8_t*>_col(rank, b'u', 1, &nrank)
+    cdef const uint64_t* vav = <const uint64_t*>_col(va, b'u', 8, &nva)
+    cdef const uint64_t* vbv = <const uint64_t*>_col(vb, b'u', 8, &nvb)
+    cdef Py_ssize_t ncol = nseq, n = PyList_GET_SIZE(ords), i, j, o, k, nt = len(tier)
     cdef Py_ssize_t r, nslots, a
     cdef int kind
     cdef int64_t t, at = 0
@@ -447,8 +481,7 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
         kind = 4
     else:
         raise ValueError(f"lens {lens_name!r} is not resolved over columns")
-    if (tsv.shape[0] < ncol or confv.shape[0] < ncol or rankv.shape[0] < ncol
-            or vav.shape[0] < ncol or vbv.shape[0] < ncol):
+    if nts < ncol or nconf < ncol or nrank < ncol or nva < ncol or nvb < ncol:
         raise ValueError("the columns differ in length")
     if len(half_life_us) < nt:
         raise ValueError("half_life_us is shorter than tier")
@@ -565,13 +598,13 @@ from cpython.ref cimport PyObject
 
 def cache_take(d, list ords, loc, seq):
     """See qpure.cache_take."""
-    cdef const int64_t[:] locv = loc
-    cdef const int64_t[:] seqv = seq
-    cdef Py_ssize_t n = locv.shape[0], m = PyList_GET_SIZE(ords), i, o, hits = 0
+    cdef Py_ssize_t n, nseq, m = PyList_GET_SIZE(ords), i, o, hits = 0
+    cdef const int64_t* locv = <const int64_t*>_col(loc, b'i', 8, &n)
+    cdef const int64_t* seqv = <const int64_t*>_col(seq, b'i', 8, &nseq)
     cdef PyObject* e
     if not isinstance(d, dict):
         raise TypeError("the cache's entries must be a dict")
-    if seqv.shape[0] < n:
+    if nseq < n:
         raise ValueError("the columns differ in length")
     for i in range(m):
         o = <object>PyList_GET_ITEM(ords, i)
@@ -999,11 +1032,11 @@ def audit_line(tuple names, tuple half_life_us, number, at, agent, params, list 
 
 def key_ordinals(keys, vals, dict recent, key):
     """See qpure.key_ordinals."""
-    cdef const int64_t[:] kv = keys
-    cdef const int32_t[:] vv = vals
-    cdef Py_ssize_t n = kv.shape[0], lo = 0, hi, mid, i
+    cdef Py_ssize_t n, nv, lo = 0, hi, mid, i
+    cdef const int64_t* kv = <const int64_t*>_col(keys, b'i', 8, &n)
+    cdef const int32_t* vv = <const int32_t*>_col(vals, b'i', 4, &nv)
     cdef int64_t k
-    if vv.shape[0] < n:
+    if nv < n:
         raise ValueError("the map's keys and values differ in length")
     cdef list out = []
     if n and INT64_MIN <= key <= INT64_MAX:
@@ -1027,11 +1060,11 @@ def key_ordinals(keys, vals, dict recent, key):
 
 def hashed_pairs(list ords, va, vb):
     """See qpure.hashed_pairs."""
-    cdef const uint64_t[:] vav = va
-    cdef const uint64_t[:] vbv = vb
-    cdef Py_ssize_t n = vav.shape[0], m = PyList_GET_SIZE(ords), i, o
+    cdef Py_ssize_t n, nvb, m = PyList_GET_SIZE(ords), i, o
+    cdef const uint64_t* vav = <const uint64_t*>_col(va, b'u', 8, &n)
+    cdef const uint64_t* vbv = <const uint64_t*>_col(vb, b'u', 8, &nvb)
     cdef uint64_t a, b
-    if vbv.shape[0] < n:
+    if nvb < n:
         raise ValueError("the columns differ in length")
     for i in range(m):
         o = <object>PyList_GET_ITEM(ords, i)

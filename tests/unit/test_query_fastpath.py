@@ -447,3 +447,41 @@ def test_a_queued_entry_builds_as_the_writer_builds_it(clocked, monkeypatch):
         assert [c["hash"] for c in e["contributing"]] == [a.hash for a in res.assertions]
         entries.append(e)
     assert all(e == entries[-1] for e in entries), "the line is the entry the writer builds"
+
+
+# ------------------------------------------------------------------ the columns
+
+@needs_compiled
+@pytest.mark.parametrize("bad", [
+    np.arange(8, dtype=np.int32),                   # another dtype
+    np.arange(8, dtype=np.uint64),                  # another kind, the same size
+    np.arange(16, dtype=np.int64)[::2],             # not contiguous
+    np.arange(8, dtype=np.int64).reshape(2, 4),     # not 1-D
+    np.arange(8, dtype=">i8"),                      # not the machine's byte order
+    list(range(8)),                                 # not an array
+])
+def test_a_column_that_is_not_the_expected_array_is_refused(bad):
+    """The compiled helpers read a column's data pointer (no memoryview):
+    anything but a 1-D, contiguous, native-order array of the column's type
+    is refused, as the typed memoryview refused it, before anything is read."""
+    good = np.arange(8, dtype=np.int64)
+    with pytest.raises((ValueError, TypeError)):
+        _query.cache_take(OrderedDict(), [0], bad, good)
+    with pytest.raises((ValueError, TypeError)):
+        _query.key_ordinals(bad, np.arange(8, dtype=np.int32), {}, 1)
+    with pytest.raises((ValueError, TypeError)):
+        _query.filter_ords([0], good, good, bad, np.zeros(8, np.int8), np.zeros(8, np.int32),
+                           None, None, None, 3, None, None)
+
+
+@needs_compiled
+def test_a_snapshot_view_column_is_read_in_place():
+    """A column may be a read-only view over a mapped file (the snapshot):
+    read through its pointer, offset included, as the memoryview read it."""
+    raw = bytearray(8 + 8 * 6)
+    view = np.frombuffer(bytes(raw[:8]) + np.arange(6, dtype=np.int64).tobytes(),
+                         dtype=np.int64, offset=8)
+    assert not view.flags.writeable
+    d = OrderedDict({3: ("r3", 1)})
+    assert _query.cache_take(d, [3, 4], view, view) == qpure.cache_take(
+        OrderedDict({3: ("r3", 1)}), [3, 4], view, view)
