@@ -65,7 +65,29 @@ class TracedFS(FileSystem):
         self.events: list[tuple[str, float, float]] = []
 
 
-def run(threads: int, puts: int, durability: str, offset: int, delay_ms: float = 2.0) -> dict:
+class SleepSyncFile(TracedFile):
+    fs: "SleepSyncFS"
+
+    def sync(self) -> None:
+        t = _now()
+        time.sleep(self.fs.sync_s)
+        self.fs.events.append(("sync", t, _now()))
+
+
+class SleepSyncFS(TracedFS):
+    """``--sleep-sync-us``: a sync that sleeps (the GIL let go, as in
+    fdatasync) instead of syncing: the group commit's structure measured
+    without the shared disk's noise (nothing is durable)."""
+
+    file_class = SleepSyncFile
+
+    def __init__(self, sync_s: float) -> None:
+        super().__init__()
+        self.sync_s = sync_s
+
+
+def run(threads: int, puts: int, durability: str, offset: int, delay_ms: float = 2.0,
+        sleep_sync_us: float = 0.0) -> dict:
     from bench.workload import generate
     from stemedb import open_store
 
@@ -76,7 +98,11 @@ def run(threads: int, puts: int, durability: str, offset: int, delay_ms: float =
     # compiled call (wal.py, fast.write_sync): time that call (its write and
     # sync are one interval).  Otherwise (a tree without it, or the pure
     # build) the file layer's write and sync are timed.
-    s = open_store(d, durability=durability, audit=False, batch_delay_ms=delay_ms)
+    if sleep_sync_us:
+        fs = SleepSyncFS(sleep_sync_us / 1e6)
+        s = open_store(d, durability=durability, audit=False, fs=fs, batch_delay_ms=delay_ms)
+    else:
+        s = open_store(d, durability=durability, audit=False, batch_delay_ms=delay_ms)
     wal = s.wal
     native = getattr(wal, "_write_sync", None)
     if native is not None:
@@ -86,7 +112,7 @@ def run(threads: int, puts: int, durability: str, offset: int, delay_ms: float =
             fs.events.append(("write", t, t))
             fs.events.append(("sync", t, _now()))
         wal._write_sync = write_sync
-    else:
+    elif not sleep_sync_us:
         s.close()
         shutil.rmtree(d)
         d = tempfile.mkdtemp(prefix="stemedb-group-trace-")
@@ -174,12 +200,15 @@ def main() -> None:
     ap.add_argument("--durability", default="fsync", choices=("fsync", "batch", "none"))
     ap.add_argument("--batch-delay-ms", type=float, default=2.0,
                     help="durability=batch: how long a leader waits for more writers")
+    ap.add_argument("--sleep-sync-us", type=float, default=0.0,
+                    help="sync by sleeping this long instead of fdatasync (see SleepSyncFS)")
     a = ap.parse_args()
     from stemedb.core.implementation import describe
     print(f"bench.group_trace: {a.threads} threads x {a.puts} puts, durability={a.durability}, "
           f"{describe()[0]}, load {os.getloadavg()[0]:.2f}")
     for r in range(a.reps):
-        x = run(a.threads, a.puts, a.durability, r * a.threads * a.puts, a.batch_delay_ms)
+        x = run(a.threads, a.puts, a.durability, r * a.threads * a.puts, a.batch_delay_ms,
+                a.sleep_sync_us)
         c = x["cycle_us"]
         print(f"run {r + 1}: {x['rps']:,.0f} records/s, {x['per_fsync']:.2f} per fsync "
               f"{x['hist']}, CPU {x['cpu_us']:.1f} us/record, {x['csw']:.2f} switches/record, "
