@@ -29,7 +29,7 @@ from .qfilters import (  # noqa: F401 (re-exported: the filters, gather, shown, 
     DEFAULT_LIFECYCLES, Filters, _bool, _context, _cursor, _uncursor, gather, parse_filters,
     shown, shown_many,
 )
-from .reader import Answer
+from .reader import HELD_MAX, Answer
 from .state import GEN_MASK, GEN_MIX
 
 TRACE_LIMIT = 100
@@ -219,11 +219,11 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                 if ntop >= 0:
                     top = [shown_of[o] for o in ords[:ntop]]
             elif offset == 0 and ntop >= 0:
-                both = shown_many(reader, ords[:max(limit, ntop)].tolist(), f)
+                both = _answer_shown(reader, ans, 0, max(limit, ntop), f)
                 page, top = both[:limit], both[:ntop]
             else:
-                page = shown_many(reader, ords[offset:offset + limit].tolist(), f)
-                top = shown_many(reader, ords[:ntop].tolist(), f) if ntop >= 0 else None
+                page = _answer_shown(reader, ans, offset, offset + limit, f)
+                top = _answer_shown(reader, ans, 0, ntop, f) if ntop >= 0 else None
     if ans is not None:
         results: list[dict] = [Result(r) for r in ans.results]
         nxt = _cursor(offset + limit, f) if offset + limit < len(ans.ords) else None
@@ -252,7 +252,7 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         where = {id(a): o for a, o in zip(cands, active)}
         where.update((id(a), o) for a, o in zip(rcands, retracted))
         cache.add_answer(akey, Answer(token, [Result(r) for r in results],
-                                      [where[id(a)] for a in ordered], len(cands)))
+                                      [where[id(a)] for a in ordered], len(cands), ordered))
     page = ordered[offset:offset + limit]
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
@@ -309,7 +309,22 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
                        candidates_count=n)
         entry.update(res.extra)
         results.append(entry)
-    return Answer(token, results, ordered, len(active)), shown_of
+    held = [shown_of.get(o) for o in ordered] if len(ordered) <= HELD_MAX else None
+    if held is not None and None in held:
+        held = None             # not every candidate was decoded
+    return Answer(token, results, ordered, len(active), held), shown_of
+
+
+def _answer_shown(reader, ans: Answer, lo: int, hi: int, f: Filters) -> list[Assertion]:
+    """The Assertions of ``ans.ords[lo:hi]`` as the view ``f`` sees them
+    (:func:`shown_many`), from the records the answer holds when it holds
+    them."""
+    ords = ans.ords[lo:hi].tolist()
+    if ans.held is None:
+        return shown_many(reader, ords, f)
+    recs, seqs = ans.held
+    return reader.assertions(ords, known_at=f.retraction_cut, seq_bound=f.seq_bound,
+                             recs=recs[lo:hi], seqs=seqs[lo:hi])
 
 
 def _shown_resolution(res: Resolution, cands: list[Assertion], ords: list[int],

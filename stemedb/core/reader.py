@@ -45,6 +45,8 @@ SIGNED_EXTRA = 96           # agent_id and signature objects, beyond their 96 by
 ANSWER_OVERHEAD = 1024      # an answer's own objects: its key, token, lists
 RESULT_BYTES = 640          # a Result dict and its numbers, besides the winners' records
 ANSWER_SHARE = 16           # one answer may take at most 1/16 of the bound
+HELD_MAX = 32               # an answer of this many candidates or fewer holds their records
+HELD_BYTES = 56             # a held record's list slots and seq, besides the record
 # Answers together may hold up to 1/ANSWER_RESERVE of the bound against the
 # records' churn: while they hold no more, evicting for a record passes over
 # an answer (it goes to the recent end) instead of dropping it.  A working
@@ -85,11 +87,19 @@ class Answer:
     per (concept_path, predicate), with their winners), the ordinals of
     every candidate in the lens's order (8 bytes each: a page decodes its
     own few, mostly from the record entries), how many are not retracted,
-    the validity token it was computed under and its estimated size."""
+    the validity token it was computed under and its estimated size.
 
-    __slots__ = ("token", "results", "ords", "active", "size")
+    An answer of at most ``HELD_MAX`` candidates also holds their records
+    and seqs, in the same order (``held``: from ``shown``, the Assertions of
+    ``ords``): its pages then take no record-cache lookup, whose lock, dict
+    probes and LRU moves over a large cache were ~3.5 us of a warm 4-candidate
+    query's ~21 (bench.costs, R1 warm).  Records are immutable; the held
+    ones are counted in ``size`` as if no record entry shared them."""
 
-    def __init__(self, token, results: list, ords: list[int], active: int):
+    __slots__ = ("token", "results", "ords", "active", "size", "held")
+
+    def __init__(self, token, results: list, ords: list[int], active: int,
+                 shown: list[Assertion] | None = None):
         self.token = token
         self.results = results
         self.ords = array("q", ords)
@@ -101,6 +111,11 @@ class Answer:
                 w = held.get("winner")
                 if w is not None:
                     size += 80 + record_size(w.record)
+        self.held: tuple[list[AssertionRecord], list[int]] | None = None
+        if shown is not None and len(shown) == len(ords) <= HELD_MAX:
+            recs = [a.record for a in shown]
+            self.held = (recs, [a.seq for a in shown])
+            size += sum(HELD_BYTES + record_size(rec) for rec in recs)
         self.size = size
 
 
@@ -366,9 +381,11 @@ class Reader:
         return fast.decode_assert(body, FRAME_SIZE - FRAME_CRC_FROM), length
 
     def assertions(self, ords: list[int], known_at: int | None = None,
-                   seq_bound: int | None = None, recs: list | None = None) -> list[Assertion]:
+                   seq_bound: int | None = None, recs: list | None = None,
+                   seqs: list[int] | None = None) -> list[Assertion]:
         """:meth:`assertion` for many ordinals (records read as a batch, or
-        ``recs``: the records of ``ords`` already read, None for one to read)."""
+        ``recs``: the records of ``ords`` already read, None for one to read;
+        ``seqs``: their seqs, when known with ``recs``)."""
         st = self.state
         cache = self.cache
         if recs is None and cache is not None:
@@ -383,7 +400,10 @@ class Reader:
             elif None in recs:      # the ones not given: read
                 read = iter(self.read_records([o for o, r in zip(ords, recs) if r is None]))
                 recs = [r if r is not None else next(read) for r in recs]
-            seqs = take(st.cols.seq, ords)
+            if seqs is None:
+                seqs = take(st.cols.seq, ords)
+            elif len(seqs) != len(ords):
+                raise ValueError("seqs and ords differ in length")
         rmap = st.retracted
         if not rmap:
             return list(map(Assertion, recs, seqs))

@@ -315,6 +315,48 @@ def test_a_caller_changing_its_result_does_not_change_the_cache(store):
     assert store.query("g", predicate="r").results[0]["confidence"] > 0
 
 
+def test_a_small_answer_serves_its_pages_from_the_records_it_holds(store, monkeypatch):
+    """An answer of at most HELD_MAX candidates holds their records and
+    seqs: a repeated query takes no record-cache lookup, gives the same
+    assertions (retracted ones as retracted), and the answer's size counts
+    the records it holds."""
+    hashes = [store.put(claim(i, ts=i)).hash for i in range(5)]
+    store.retract(hash=hashes[1], reason="bad")
+    first = store.query("g", predicate="r", include_retracted=True, limit=3)
+    [ans] = [v for v in store.reader.cache._d.values() if isinstance(v, R.Answer)]
+    assert ans.held is not None and len(ans.held[0]) == len(ans.ords) == 5
+    assert ans.held[1] == [int(store.reader.state.cols.seq[o]) for o in ans.ords]
+    bare = R.Answer(ans.token, ans.results, list(ans.ords), ans.active)
+    assert bare.held is None
+    assert ans.size == bare.size + sum(R.HELD_BYTES + R.record_size(r) for r in ans.held[0])
+
+    def no_lookup(*a, **k):
+        raise AssertionError("a held answer looked its records up")
+    shown = []
+    for cursor in (None, first.next_cursor):
+        store.query("g", predicate="r", include_retracted=True, limit=3, cursor=cursor)
+        with monkeypatch.context() as m:
+            m.setattr(R.ReadCache, "take", no_lookup)
+            again = store.query("g", predicate="r", include_retracted=True, limit=3,
+                                cursor=cursor)
+        with monkeypatch.context() as m:
+            m.setattr(store.reader, "cache", None)          # computed afresh
+            fresh = store.query("g", predicate="r", include_retracted=True, limit=3,
+                                cursor=cursor)
+        assert [(a.hash, a.seq, a.status, a.retraction) for a in again.assertions] == \
+            [(a.hash, a.seq, a.status, a.retraction) for a in fresh.assertions]
+        assert again.next_cursor == fresh.next_cursor
+        shown += again.assertions
+    assert [a.status for a in shown].count("retracted") == 1
+
+
+def test_a_large_answer_holds_no_records(store):
+    store.put_batch([claim(i, ts=i) for i in range(R.HELD_MAX + 1)])
+    store.query("g", predicate="r", limit=2)
+    [ans] = [v for v in store.reader.cache._d.values() if isinstance(v, R.Answer)]
+    assert ans.held is None
+
+
 # ----------------------------------------------------------------- records and the bound
 
 def test_records_are_cached_and_the_bound_holds(tmp_path):
