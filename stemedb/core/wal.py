@@ -16,6 +16,12 @@ leader: it takes everything queued meanwhile).  A condition's
 records are in the next group and go back to sleep: with 8 writers that was
 several thread switches per record, for nothing.
 
+The leader writes and syncs a group in one compiled call
+(``fast.write_sync``) that lets go of the GIL once: after ``os.write`` and
+again after ``os.fdatasync`` the leader had to take the GIL back from a
+writer preparing its next put, which cost a group ~20-40 us with 8 writers
+(bench/group_trace.py; bench/results/write-path-2026-11-26-session6.md).
+
 Fail-stop: if a write or fsync raises, the whole group fails (nothing in it
 is acknowledged), the log records the fault and refuses every later write.
 A failed fsync is never retried: after it the kernel may have dropped the
