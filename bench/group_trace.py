@@ -87,12 +87,12 @@ class SleepSyncFS(TracedFS):
 
 
 def run(threads: int, puts: int, durability: str, offset: int, delay_ms: float = 2.0,
-        sleep_sync_us: float = 0.0) -> dict:
+        sleep_sync_us: float = 0.0, where: str | None = None) -> dict:
     from bench.workload import generate
     from stemedb import open_store
 
     items = generate(offset + threads * puts).assertions[offset:]
-    d = tempfile.mkdtemp(prefix="stemedb-group-trace-")
+    d = tempfile.mkdtemp(prefix="stemedb-group-trace-", dir=where)
     fs = TracedFS()
     # With the plain file layer the WAL writes and syncs a group in one
     # compiled call (wal.py, fast.write_sync): time that call (its write and
@@ -115,7 +115,7 @@ def run(threads: int, puts: int, durability: str, offset: int, delay_ms: float =
     elif not sleep_sync_us:
         s.close()
         shutil.rmtree(d)
-        d = tempfile.mkdtemp(prefix="stemedb-group-trace-")
+        d = tempfile.mkdtemp(prefix="stemedb-group-trace-", dir=where)
         s = open_store(d, durability=durability, audit=False, fs=fs, batch_delay_ms=delay_ms)
         wal = s.wal
     inner = wal.on_durable
@@ -202,13 +202,16 @@ def main() -> None:
                     help="durability=batch: how long a leader waits for more writers")
     ap.add_argument("--sleep-sync-us", type=float, default=0.0,
                     help="sync by sleeping this long instead of fdatasync (see SleepSyncFS)")
+    ap.add_argument("--dir", help="where the stores go (default: the temp directory); a "
+                                  "tmpfs such as /dev/shm takes the disk out (fdatasync "
+                                  "returns at once) and leaves the code's own costs")
     a = ap.parse_args()
     from stemedb.core.implementation import describe
     print(f"bench.group_trace: {a.threads} threads x {a.puts} puts, durability={a.durability}, "
           f"{describe()[0]}, load {os.getloadavg()[0]:.2f}")
     for r in range(a.reps):
         x = run(a.threads, a.puts, a.durability, r * a.threads * a.puts, a.batch_delay_ms,
-                a.sleep_sync_us)
+                a.sleep_sync_us, a.dir)
         c = x["cycle_us"]
         print(f"run {r + 1}: {x['rps']:,.0f} records/s, {x['per_fsync']:.2f} per fsync "
               f"{x['hist']}, CPU {x['cpu_us']:.1f} us/record, {x['csw']:.2f} switches/record, "
