@@ -937,87 +937,156 @@ cdef bint _plain(v):
     return v is None or type(v) is str or type(v) is bool or _is_i64(v)
 
 
-def audit_line(tuple names, tuple half_life_us, number, at, agent, params, list winners,
-               more, list top, at_us, bint decay, active):
-    """audit_entry's entry as one JSON line (ending in a newline), or None
-    when it holds anything this does not write (see above)."""
-    cdef Py_ssize_t i
-    cdef int64_t at_c = 0
-    cdef bint small_at = -EXACT < at_us < EXACT
-    cdef Line o
-    if (type(params) is not tuple or len(<tuple>params) > len(names)
-            or not (_is_i64(at) and at >= 0 and _is_i64(more) and _is_i64(active))
+cdef bint _head_ok(tuple names, number, at, agent, params):
+    """The entry's head (id, times, agent, parameters) is one _head writes."""
+    if (type(params) is not tuple or len(<tuple>params) > len(names) or type(number) is not int
+            or not (_is_i64(at) and 0 <= at <= MAX_STAMP)      # to the year 9999
             or not (agent is None or type(agent) is str)):
-        return None
+        return False
     for v in <tuple>params:
         if not _plain(v):
-            return None
+            return False
+    return True
+
+
+cdef int _head(Line* o, tuple names, number, at, agent, tuple params) except -1:
+    """``{"id":..,"at":..,"at_us":..,"agent":..,"params":{..}`` (checked by _head_ok)."""
+    cdef Py_ssize_t i
+    cdef bint first = True
+    _raw(o, b'{', 1)
+    _jstamp(o, at, number & 0xFFFF)
+    _raw(o, b',"at_us":', 9)
+    _jint(o, at)
+    _raw(o, b',"agent":', 9)
+    if agent is None:
+        _raw(o, b'null', 4)
+    else:
+        _jstr(o, agent)
+    _raw(o, b',"params":{', 11)
+    for i in range(len(params)):
+        v = params[i]
+        if v is None:
+            continue
+        if not first:
+            _raw(o, b',', 1)
+        first = False
+        _jstr(o, names[i])
+        _raw(o, b':', 1)
+        if type(v) is str:
+            _jstr(o, v)
+        elif v is True:
+            _raw(o, b'true', 4)
+        elif v is False:
+            _raw(o, b'false', 5)
+        else:
+            _jint(o, v)
+    _raw(o, b'}', 1)
+    return 0
+
+
+cdef list _weights(tuple half_life_us, list top, at_us, bint decay):
+    """The contributors' weights, or None when one is not a finite float."""
+    cdef int64_t at_c = 0
+    cdef bint small_at = -EXACT < at_us < EXACT
     if small_at:
         at_c = at_us
-    if type(number) is not int or at > MAX_STAMP:    # past the year 9999
-        return None
-    weights = []
+    cdef list weights = []
     for a in top:
         c = _entry_weight(a.record, half_life_us, decay, small_at, at_c, at_us)
         if type(c) is not float or not isfinite(<double>c):
             return None
         weights.append(c)
+    return weights
+
+
+cdef int _tail(Line* o, list winners, more, list top, list weights, active) except -1:
+    """``,"result_hashes":[..],..,"contributing_more":N}`` and the newline."""
+    cdef Py_ssize_t i
+    _raw(o, b',"result_hashes":[', 18)
+    for i in range(len(winners)):
+        if i:
+            _raw(o, b',', 1)
+        _jhex(o, winners[i].record.hash)
+    _raw(o, b'],"result_hashes_more":', 23)
+    _jint(o, more if more > 0 else 0)
+    _raw(o, b',"contributing":[', 17)
+    for i in range(len(top)):
+        if i:
+            _raw(o, b',', 1)
+        _raw(o, b'{"hash":', 8)
+        _jhex(o, top[i].record.hash)
+        _raw(o, b',"weight":', 10)
+        _jfloat(o, weights[i])
+        _raw(o, b'}', 1)
+    _raw(o, b'],"contributing_more":', 22)
+    _jint(o, active - len(top))
+    _raw(o, b'}\n', 2)
+    return 0
+
+
+cdef int _open_line(Line* o) except -1:
     o.p = <char*>PyMem_Malloc(1024)
     if o.p == NULL:
         raise MemoryError()
     o.n = 0
     o.cap = 1024
+    return 0
+
+
+def audit_line(tuple names, tuple half_life_us, number, at, agent, params, list winners,
+               more, list top, at_us, bint decay, active):
+    """audit_entry's entry as one JSON line (ending in a newline), or None
+    when it holds anything this does not write (see above)."""
+    cdef Line o
+    if not (_head_ok(names, number, at, agent, params) and _is_i64(more) and _is_i64(active)):
+        return None
+    weights = _weights(half_life_us, top, at_us, decay)
+    if weights is None:
+        return None
+    _open_line(&o)
     try:
         try:
-            _raw(&o, b'{', 1)
-            _jstamp(&o, at, number & 0xFFFF)
-            _raw(&o, b',"at_us":', 9)
-            _jint(&o, at)
-            _raw(&o, b',"agent":', 9)
-            if agent is None:
-                _raw(&o, b'null', 4)
-            else:
-                _jstr(&o, agent)
-            _raw(&o, b',"params":{', 11)
-            first = True
-            for i in range(len(<tuple>params)):
-                v = (<tuple>params)[i]
-                if v is None:
-                    continue
-                if not first:
-                    _raw(&o, b',', 1)
-                first = False
-                _jstr(&o, names[i])
-                _raw(&o, b':', 1)
-                if type(v) is str:
-                    _jstr(&o, v)
-                elif v is True:
-                    _raw(&o, b'true', 4)
-                elif v is False:
-                    _raw(&o, b'false', 5)
-                else:
-                    _jint(&o, v)
-            _raw(&o, b'},"result_hashes":[', 19)
-            for i in range(len(winners)):
-                if i:
-                    _raw(&o, b',', 1)
-                _jhex(&o, winners[i].record.hash)
-            _raw(&o, b'],"result_hashes_more":', 23)
-            _jint(&o, more if more > 0 else 0)
-            _raw(&o, b',"contributing":[', 17)
-            for i in range(len(top)):
-                if i:
-                    _raw(&o, b',', 1)
-                _raw(&o, b'{"hash":', 8)
-                _jhex(&o, top[i].record.hash)
-                _raw(&o, b',"weight":', 10)
-                _jfloat(&o, weights[i])
-                _raw(&o, b'}', 1)
-            _raw(&o, b'],"contributing_more":', 22)
-            _jint(&o, active - len(top))
-            _raw(&o, b'}\n', 2)
+            _head(&o, names, number, at, agent, <tuple>params)
+            _tail(&o, winners, more, top, weights, active)
         except UnicodeEncodeError:          # a lone surrogate: orjson refuses it too
             return None
+        return PyBytes_FromStringAndSize(o.p, o.n)
+    finally:
+        PyMem_Free(o.p)
+
+
+def audit_tail(tuple half_life_us, list winners, more, list top, at_us, bint decay, active):
+    """The part of audit_line's line after the parameters (from
+    ``,"result_hashes"`` to the newline): a pure function of a materialized
+    answer when ``decay`` is off, so an answer keeps it; None where
+    audit_line gives None for it."""
+    cdef Line o
+    if not (_is_i64(more) and _is_i64(active)):
+        return None
+    weights = _weights(half_life_us, top, at_us, decay)
+    if weights is None:
+        return None
+    _open_line(&o)
+    try:
+        _tail(&o, winners, more, top, weights, active)
+        return PyBytes_FromStringAndSize(o.p, o.n)
+    finally:
+        PyMem_Free(o.p)
+
+
+def audit_head(tuple names, bytes tail, number, at, agent, params):
+    """audit_line's line from its head and an audit_tail: the same bytes as
+    audit_line of the same pieces; None where audit_line gives None."""
+    cdef Line o
+    if not _head_ok(names, number, at, agent, params):
+        return None
+    _open_line(&o)
+    try:
+        try:
+            _head(&o, names, number, at, agent, <tuple>params)
+        except UnicodeEncodeError:
+            return None
+        _raw(&o, <const char*>tail, len(tail))
         return PyBytes_FromStringAndSize(o.p, o.n)
     finally:
         PyMem_Free(o.p)

@@ -60,7 +60,7 @@ def _contributing(top: list[Assertion], at_us: int, decay: bool) -> list[dict]:
     return out
 
 
-def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
+def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, answer=None):
     """Queue the query's audit entry; O(len(results)) here, whatever the candidates.
 
     The entry names the winners (``result_hashes``, at most AUDIT_RESULTS,
@@ -79,6 +79,21 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
     """
     audit = reader.audit
     at = reader.clock()
+    if (answer is not None and _HEAD is not None and not ctx.decay
+            and answer.held is not None):
+        # a materialized answer without decay: the line's end names only
+        # what the answer holds (its winners, its top candidates and their
+        # confidences), so it is written once and kept (b"": not writable
+        # here, the entry goes the general way)
+        tail = answer.tail
+        if tail is None:
+            tail = _tail(ordered, results, ctx, active) or b""
+            answer.tail = tail
+        if tail:
+            line = _HEAD(tail, audit.number(), at, agent, params)
+            if line is not None:
+                audit.add(line)
+                return
     if active is None:
         active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
     top = ordered[:AUDIT_CONTRIBUTORS if active > AUDIT_CONTRIBUTORS else active]
@@ -97,6 +112,18 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None):
             return
     audit.add(Pending((_ENTRY, at, agent, params, winners, more, top, ctx.at_us, ctx.decay,
                        active)))
+
+
+def _tail(ordered, results, ctx, active: int) -> bytes | None:
+    """The compiled line's end for a materialized answer (``active`` given):
+    what _audit would write after the parameters."""
+    top = ordered[:AUDIT_CONTRIBUTORS if active > AUDIT_CONTRIBUTORS else active]
+    winners = [w for r in results if (w := r["winner"]) is not None]
+    more = len(winners) - AUDIT_RESULTS
+    if more > 0:
+        winners = winners[:AUDIT_RESULTS]
+    return qfast._query.audit_tail(_HALF_LIFE_US, winners, more, top, ctx.at_us, ctx.decay,
+                                   active)
 
 
 def _entry(number: int, at: int, agent, params, winners: list[Assertion], more: int,
@@ -121,3 +148,5 @@ _ENTRY = (partial(qfast._query.audit_entry, _AUDIT_PARAMS, _HALF_LIFE_US, format
 # queues the entry for the writer thread
 _LINE = (partial(qfast._query.audit_line, _AUDIT_PARAMS, _HALF_LIFE_US)
          if qfast.COMPILED else None)
+# A line from a kept end (_query.audit_head, the same bytes as _LINE's)
+_HEAD = partial(qfast._query.audit_head, _AUDIT_PARAMS) if qfast.COMPILED else None

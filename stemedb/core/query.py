@@ -236,7 +236,7 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             _audit(reader, agent, (concept_path, predicate, include_descendants, lens, as_of,
                                    known_at, since, lifecycle, epoch, decay, include_retracted,
                                    limit, cursor),
-                   results, None, _Moment(at, f.decay), top, active=ans.active)
+                   results, None, _Moment(at, f.decay), top, active=ans.active, answer=ans)
         return out
     if colres is not None:
         groups, results, ordered = _shown_resolution(colres, cands, active, concept_path,
@@ -309,9 +309,9 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
                        candidates_count=n)
         entry.update(res.extra)
         results.append(entry)
-    held = [shown_of.get(o) for o in ordered] if len(ordered) <= HELD_MAX else None
-    if held is not None and None in held:
-        held = None             # not every candidate was decoded
+    # held when every candidate was decoded
+    held = ([shown_of[o] for o in ordered]
+            if len(ordered) <= HELD_MAX and all(o in shown_of for o in ordered) else None)
     return Answer(token, results, ordered, len(active), held), shown_of
 
 

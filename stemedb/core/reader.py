@@ -47,6 +47,7 @@ RESULT_BYTES = 640          # a Result dict and its numbers, besides the winners
 ANSWER_SHARE = 16           # one answer may take at most 1/16 of the bound
 HELD_MAX = 32               # an answer of this many candidates or fewer holds their records
 HELD_BYTES = 56             # a held record's list slots and seq, besides the record
+TAIL_BASE = 200             # a held answer's audit line end, besides its hashes and weights
 # Answers together may hold up to 1/ANSWER_RESERVE of the bound against the
 # records' churn: while they hold no more, evicting for a record passes over
 # an answer (it goes to the recent end) instead of dropping it.  A working
@@ -94,9 +95,11 @@ class Answer:
     ``ords``): its pages then take no record-cache lookup, whose lock, dict
     probes and LRU moves over a large cache were ~3.5 us of a warm 4-candidate
     query's ~21 (bench.costs, R1 warm).  Records are immutable; the held
-    ones are counted in ``size`` as if no record entry shared them."""
+    ones are counted in ``size`` as if no record entry shared them.  It
+    keeps its audit line's end too (``tail``, see query._audit), whose room
+    ``size`` reserves."""
 
-    __slots__ = ("token", "results", "ords", "active", "size", "held")
+    __slots__ = ("token", "results", "ords", "active", "size", "held", "tail")
 
     def __init__(self, token, results: list, ords: list[int], active: int,
                  shown: list[Assertion] | None = None):
@@ -112,10 +115,16 @@ class Answer:
                 if w is not None:
                     size += 80 + record_size(w.record)
         self.held: tuple[list[AssertionRecord], list[int]] | None = None
+        # A held answer also keeps the end of its audit line once written
+        # (qaudit._audit: without decay it names only what the answer
+        # holds), its room reserved here: a JSON hash per result and a hash
+        # and weight per candidate at most.
+        self.tail: bytes | None = None
         if shown is not None and len(shown) == len(ords) <= HELD_MAX:
             recs = [a.record for a in shown]
             self.held = (recs, [a.seq for a in shown])
             size += sum(HELD_BYTES + record_size(rec) for rec in recs)
+            size += TAIL_BASE + 68 * len(results) + 112 * len(ords)
         self.size = size
 
 

@@ -86,6 +86,11 @@ def test_the_line_is_the_entry_orjson_writes(top, winners, at, at_us, decay, num
     active = len(top) + extra
     args = (number, at, agent, params, win_a, more, top_a, at_us, decay, active)
     line = _line(*args)
+    # the same line from its two halves (a materialized answer keeps the tail)
+    tail = _query.audit_tail(_HALF_LIFE_US, win_a, more, top_a, at_us, decay, active)
+    halves = None if tail is None else _query.audit_head(Q._AUDIT_PARAMS, tail, number, at,
+                                                         agent, params)
+    assert halves == line
     if not _writable(number, at, agent, params, more, active):
         assert line is None
         return

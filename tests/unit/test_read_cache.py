@@ -319,7 +319,7 @@ def test_a_small_answer_serves_its_pages_from_the_records_it_holds(store, monkey
     """An answer of at most HELD_MAX candidates holds their records and
     seqs: a repeated query takes no record-cache lookup, gives the same
     assertions (retracted ones as retracted), and the answer's size counts
-    the records it holds."""
+    the records it holds and the room of its audit line's end."""
     hashes = [store.put(claim(i, ts=i)).hash for i in range(5)]
     store.retract(hash=hashes[1], reason="bad")
     first = store.query("g", predicate="r", include_retracted=True, limit=3)
@@ -328,7 +328,8 @@ def test_a_small_answer_serves_its_pages_from_the_records_it_holds(store, monkey
     assert ans.held[1] == [int(store.reader.state.cols.seq[o]) for o in ans.ords]
     bare = R.Answer(ans.token, ans.results, list(ans.ords), ans.active)
     assert bare.held is None
-    assert ans.size == bare.size + sum(R.HELD_BYTES + R.record_size(r) for r in ans.held[0])
+    assert ans.size == bare.size + sum(R.HELD_BYTES + R.record_size(r) for r in ans.held[0]) \
+        + R.TAIL_BASE + 68 * len(ans.results) + 112 * len(ans.ords)
 
     def no_lookup(*a, **k):
         raise AssertionError("a held answer looked its records up")
@@ -462,13 +463,14 @@ def test_an_answer_from_the_cache_is_audited_as_a_fresh_one(store):
     kw = {"predicate": "r", "lens": "consensus", "limit": 3}
     store.query("g", agent="a", **kw)
     hits = store.reader.cache.answer_hits
-    store.query("g", agent="a", **kw)
-    assert store.reader.cache.answer_hits == hits + 1
+    store.query("g", agent="a", **kw)       # the answer's audit line end written and kept
+    store.query("g", agent="a", **kw)       # ... and used
+    assert store.reader.cache.answer_hits == hits + 2
     _uncached(store, lambda: store.query("g", agent="a", **kw))
-    entries = store.audit_queries(limit=3)
-    assert len(entries) == 3
+    entries = store.audit_queries(limit=4)
+    assert len(entries) == 4
     same = [{k: v for k, v in e.items() if k not in ("id", "at")} for e in entries]
-    assert same[0] == same[1] == same[2]
+    assert same[0] == same[1] == same[2] == same[3]
     assert len(same[0]["contributing"]) == 20 and same[0]["contributing_more"] == 10
 
 
