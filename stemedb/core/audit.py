@@ -27,11 +27,10 @@ back off the file, so no torn line is left between two good ones.
 It is not fsynced per query (a crash may lose the last second of audit
 entries, never an assertion); it is fsynced at rotation and at close.  The
 compiled query path queues the entry's finished JSON line (``qaudit._LINE``),
-so the writer only joins and writes bytes; the pure path queues the entry's
-pieces and the writer builds them.  Each wake-up the writer writes what is
-queued then, not what queries add meanwhile, in chunks of half the backlog
-(at least ``CHUNK``), yielding the GIL between chunks, so a busy reader never
-waits for a whole backlog to be serialized.  Reads go newest file first and
+so the writer only joins and writes bytes, all it finds at once; the pure
+path queues the entry's pieces and the writer builds them in chunks of half
+the backlog (at least ``CHUNK``), yielding the GIL between chunks, so a busy
+reader never waits for a whole backlog to be serialized.  Reads go newest file first and
 stop at the limit, so they cost what they return, not the whole history.
 """
 from __future__ import annotations
@@ -176,10 +175,23 @@ class AuditLog:
         build the entry, a callable of no arguments or a :class:`Pending`,
         built with the entry's sequence number (for :func:`query_id`).
 
-        O(1).  When the writer is ``max_queue`` entries behind, the entry is
-        dropped and counted instead: memory stays bounded whatever the load.
+        O(1), but for one query in many under overload: when the writer is
+        half of ``max_queue`` behind, the adding thread writes a chunk itself
+        (unless the writer is at it), since the writer gets the GIL only
+        when the query threads let it go.  A warm loop that never let it go
+        (no I/O, no numpy call that frees the GIL) left the writer one turn
+        per switch interval (5 ms) and it fell 2,000 behind: 4,000-6,600 of
+        50,000 pure-Python entries dropped.  When the writer is ``max_queue``
+        entries behind all the same, the entry is dropped and counted
+        instead: memory stays bounded whatever the load.
         """
         backlog = len(self._queue)
+        if backlog >= self.max_queue // 2 and self._drain_lock.acquire(blocking=False):
+            try:
+                self._chunk()
+            finally:
+                self._drain_lock.release()
+            backlog = len(self._queue)
         if backlog >= self.max_queue:
             with self._write_lock:
                 self._note_drop(1, "the audit writer is more than "
@@ -199,56 +211,55 @@ class AuditLog:
                     self._cv.wait(FLUSH_EVERY)
                 closed = self._closed
             try:
-                # What is queued now, not what queries add meanwhile: chasing
-                # the queue kept the writer awake, and a query that released
-                # the GIL (a pread) handed it to the writer for a line or
-                # two: ~1 thread switch per cold query (bench.costs, R1)
-                self._drain(pause=not closed, upto=None if closed else len(self._queue))
+                self._drain(pause=not closed)
             except Exception as e:  # noqa: BLE001 - the writer thread must not die
                 with self._write_lock:
                     self._note_drop(0, e)
             if closed:
                 return
 
-    def _drain(self, pause: bool = False, upto: int | None = None) -> None:
-        """Write the queued entries: all of them, or at most ``upto``."""
-        q = self._queue
-        left = -1 if upto is None else upto     # -1: until the queue is empty
-        while q and left != 0:
-            # The writer thread and a reader's flush() may drain at once: each
-            # chunk is taken and written under one lock, so entries stay in
-            # queue order on disk.
+    def _drain(self, pause: bool = False) -> None:
+        """Write the queued entries."""
+        while self._queue:
+            # The writer thread, a reader's flush() and an adding thread may
+            # drain at once: each chunk is taken and written under one lock,
+            # so entries stay in queue order on disk.
             with self._drain_lock:
-                lines, failed, error = [], 0, None
-                # Half the backlog, at least CHUNK: after each chunk the writer
-                # waits for the GIL up to the interpreter's switch interval
-                # (5 ms), so fixed chunks of 64 drained ~12,000 entries/s and a
-                # loop of warm queries (~40,000/s) overran the queue: 15% of
-                # its entries were dropped.  Half the backlog keeps up with
-                # any rate the GIL leaves, holding it ~1 ms at a time.
-                take = max(CHUNK, len(q) // 2)
-                if left > 0:
-                    take = min(take, left)
-                    left -= take
-                for _ in range(take):
-                    if not q:
-                        break
-                    fn = q.popleft()
-                    if type(fn) is bytes:
-                        lines.append(fn)
-                        continue
-                    try:
-                        e = fn[0](next(self._ids), *fn[1:]) if type(fn) is Pending else fn()
-                        lines.append(orjson.dumps(e) + b"\n")
-                    except Exception as e:  # noqa: BLE001 - an audit entry must never break the store
-                        failed, error = failed + 1, e
-                if failed:
-                    with self._write_lock:
-                        self._note_drop(failed, f"an audit entry could not be built: {error!r}")
-                if lines:
-                    self._write(lines)
+                self._chunk()
             if pause:
                 time.sleep(0)  # let the query threads run between chunks
+
+    def _chunk(self) -> None:
+        """Write one chunk of the queue (call under _drain_lock).
+
+        Half the backlog, at least CHUNK, entries to build: after each chunk
+        the writer waits for the GIL up to the interpreter's switch interval
+        (5 ms), so fixed chunks of 64 drained ~12,000 entries/s and a loop of
+        warm queries (~40,000/s) overran the queue: 15% of its entries were
+        dropped.  Half the backlog keeps up with any rate the GIL leaves,
+        holding it ~1 ms at a time.  A finished line (the compiled query's)
+        costs only its append: they are taken all at once, as chunks of them
+        paid a 5 ms wait each and fell behind a warm loop (8% dropped).
+        """
+        q = self._queue
+        lines, failed, error = [], 0, None
+        budget = max(CHUNK, len(q) // 2)
+        while q and budget:
+            fn = q.popleft()
+            if type(fn) is bytes:
+                lines.append(fn)
+                continue
+            budget -= 1
+            try:
+                e = fn[0](next(self._ids), *fn[1:]) if type(fn) is Pending else fn()
+                lines.append(orjson.dumps(e) + b"\n")
+            except Exception as e:  # noqa: BLE001 - an audit entry must never break the store
+                failed, error = failed + 1, e
+        if failed:
+            with self._write_lock:
+                self._note_drop(failed, f"an audit entry could not be built: {error!r}")
+        if lines:
+            self._write(lines)
 
     def _write(self, lines: list[bytes]) -> None:
         """Append ``lines``, starting a new file before one would pass

@@ -284,12 +284,29 @@ def test_the_writer_thread_survives_a_write_error(tmp_path, caplog, monkeypatch)
 
 def test_a_writer_far_behind_drops_new_entries(tmp_path):
     log = AuditLog(str(tmp_path), max_queue=5)
-    with log._cv:       # the writer waits on _cv: holding it keeps it from draining
+    # the writer waits on _cv: holding it keeps it from draining; holding
+    # _drain_lock is a chunk being written, so no adding thread writes one
+    with log._cv, log._drain_lock:
         for i in range(12):
             log.add(entry(i))
     assert log.dropped == 7, "the queue holds at most max_queue entries"
     log.flush()
     assert [e["at_us"] for e in log.read()] == [4, 3, 2, 1, 0]
+    log.close()
+
+
+def test_an_adding_thread_writes_a_chunk_when_the_writer_lags(tmp_path):
+    """The writer gets the GIL only when query threads let it go: half of
+    max_queue behind, the thread that adds writes a chunk itself, in queue
+    order, so a loop that never lets the GIL go loses no entry."""
+    log = AuditLog(str(tmp_path), max_queue=6)
+    with log._cv:       # the writer thread cannot drain
+        for i in range(20):
+            log.add(entry(i))
+        assert len(log._queue) < 6
+    assert log.dropped == 0
+    log.flush()
+    assert [e["at_us"] for e in log.read(limit=50)] == list(range(19, -1, -1))
     log.close()
 
 
