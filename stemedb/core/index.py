@@ -61,11 +61,15 @@ def stable_order(keys: np.ndarray) -> np.ndarray:
     random keys here); its default sort is a vectorized introsort (6 ms),
     and sorting one int64 array, not its argsort, costs 2 ms.  So:
     non-negative keys that leave room for the index's bits (concept path
-    ids, index keys) sort as one int64 array of ``key << bits | index``;
-    others (hash prefixes, source keys) take the introsort and then, only
-    when keys repeat, one sort of ``run number << 32 | index`` puts each
-    run of equal keys back in index order.  The rebuild sorts every index
-    run this way (MultiMap.extend).
+    ids, index keys) sort as one int64 array of ``key << bits | index``.
+    Other 64-bit keys (hash prefixes, source keys) sort as one uint64 array
+    of ``top (64 - bits) bits of the key | index`` (at 1,000,000 keys 13 ms
+    against 38 for the introsort's argsort); entries whose top bits tie with
+    a neighbour's (equal keys, or keys differing only in their low bits: a
+    few in a million for random ones) are then put in (key, index) order by
+    one sort of that small subset.  Other dtypes take the introsort and,
+    only when keys repeat, one sort of ``run number << 32 | index``.  The
+    rebuild sorts every index run this way (MultiMap.extend).
     """
     n = len(keys)
     if n < 2:
@@ -77,6 +81,8 @@ def stable_order(keys: np.ndarray) -> np.ndarray:
         comp = (keys.astype(np.int64) << bits) | np.arange(n, dtype=np.int64)
         comp.sort()
         return comp & np.int64((1 << bits) - 1)
+    if keys.dtype in (np.uint64, np.int64):
+        return _stable_order_u64(keys, bits)
     order = np.argsort(keys)
     ks = keys[order]
     new_run = ks[1:] != ks[:-1]
@@ -88,6 +94,35 @@ def stable_order(keys: np.ndarray) -> np.ndarray:
     comp = (run << 32) | order
     comp.sort()
     return comp & np.int64(0xFFFFFFFF)
+
+
+def _stable_order_u64(keys: np.ndarray, bits: int) -> np.ndarray:
+    """:func:`stable_order` of uint64 or int64 keys, ``n <= 2**bits``."""
+    n = len(keys)
+    u = np.ascontiguousarray(keys).view(np.uint64)
+    if keys.dtype == np.int64:          # signed order as unsigned: flip the sign bit
+        u = u ^ np.uint64(1 << 63)
+    low = np.uint64((1 << bits) - 1)
+    comp = u & ~low
+    comp |= np.arange(n, dtype=np.uint64)
+    comp.sort()
+    order = (comp & low).view(np.int64)
+    comp &= ~low                        # the top bits, in sorted order
+    tie = comp[1:] == comp[:-1]
+    if not bool(tie.any()):
+        return order
+    # Runs of equal top bits hold their entries in index order; sort each
+    # run's entries by (full key, index): lexsort is stable, the run primary.
+    in_run = np.zeros(n, dtype=bool)
+    in_run[1:] = tie
+    in_run[:-1] |= tie
+    at = np.flatnonzero(in_run)
+    run = np.empty(n, dtype=np.int64)
+    run[0] = 0
+    np.cumsum(~tie, out=run[1:])
+    sub = order[at]
+    order[at] = sub[np.lexsort((u[sub], run[at]))]
+    return order
 
 
 def add_recent(recent: dict, keys: np.ndarray, first: int, vals: np.ndarray | None = None) -> int:
