@@ -66,13 +66,18 @@ def snapshot_path(db_dir: str) -> str:
     return os.path.join(db_dir, "indexes", SNAPSHOT_NAME)
 
 
-def encode(state: State, position: dict) -> bytearray:
+def encode(state: State, position: dict) -> memoryview:
     """Serialize ``state`` (call with the index lock held; merges the maps).
 
     The file's bytes are laid out in one buffer and each array is copied
     into it once (joining per-array ``tobytes`` copies, then prefixing the
     header, moved every byte three times: 0.1 us per record of a rebuild's
-    snapshot); the checksum is computed over the buffer in place."""
+    snapshot); the checksum is computed over the buffer in place.  The
+    buffer is not zero-filled first (``bytearray(n)`` wrote and faulted in
+    every page before the copies did: 73 of ~130 ms at 1,000,000 records);
+    only the header, the meta and the alignment gaps are written besides the
+    arrays.  Returned as a read-only byte memoryview of it (any buffer does
+    for :func:`write`)."""
     arrays: list[tuple[str, np.ndarray]] = []
     for name, arr in state.cols.arrays().items():
         arrays.append(("col." + name, arr))
@@ -106,17 +111,25 @@ def encode(state: State, position: dict) -> bytearray:
     meta = _aligned_meta({"position": position, "arrays": directory, "sparse": sparse})
     hs = SNAPSHOT_HEADER.size
     base = hs + len(meta)
-    out = bytearray(base + off)          # zeros: the alignment gaps
-    out[hs:base] = meta
+    out = _buffer(base + off)            # uninitialized: every byte is written below
+    out[hs:base] = np.frombuffer(meta, np.uint8)
+    end = 0
     for at, arr in placed:
+        out[base + end:base + at] = 0    # the alignment gap before this array
         if arr.nbytes:
-            dst = np.frombuffer(out, dtype=arr.dtype, count=arr.size, offset=base + at)
+            dst = out[base + at:base + at + arr.nbytes].view(arr.dtype)
             dst[:] = arr.reshape(-1)
-    with memoryview(out) as whole, whole[hs:] as body:
-        digest = blake3.blake3(body, max_threads=blake3.blake3.AUTO).digest()
-    SNAPSHOT_HEADER.pack_into(out, 0, SNAPSHOT_MAGIC, FORMAT_MAJOR, SNAPSHOT_MINOR, len(meta),
+        end = at + arr.nbytes
+    raw = out.data                       # the array's bytes as a memoryview
+    digest = blake3.blake3(raw[hs:], max_threads=blake3.blake3.AUTO).digest()
+    SNAPSHOT_HEADER.pack_into(raw, 0, SNAPSHOT_MAGIC, FORMAT_MAJOR, SNAPSHOT_MINOR, len(meta),
                               digest)
-    return out
+    return raw.toreadonly()
+
+
+def _buffer(n: int) -> np.ndarray:
+    """``n`` bytes, not initialized (encode writes each one)."""
+    return np.empty(n, dtype=np.uint8)
 
 
 def _aligned_meta(fields: dict) -> bytes:
@@ -134,7 +147,7 @@ def _aligned_meta(fields: dict) -> bytes:
     return b"".join(parts)
 
 
-def write(fs: FileSystem, db_dir: str, data: bytes | bytearray) -> str:
+def write(fs: FileSystem, db_dir: str, data: bytes | bytearray | memoryview) -> str:
     idx_dir = os.path.join(db_dir, "indexes")
     fs.makedirs(db_dir)
     fs.makedirs(idx_dir)
