@@ -174,26 +174,43 @@ cdef double _decayed(double c, int64_t t, object hl_o, bint small_at, int64_t at
     return c
 
 
+cdef struct LensCols:         # the columns a lens reads, by _lens_cols
+    const int64_t* seq
+    const int64_t* ts
+    const double* conf
+    const uint8_t* rank
+    const uint64_t* va
+    const uint64_t* vb
+    Py_ssize_t n                # len(seq); the others are at least as long
+
+
+cdef int _lens_cols(LensCols* c, seq, ts, conf, rank, va, vb) except -1:
+    """The lens columns' data (_col, each checked for its type)."""
+    cdef Py_ssize_t nts, nconf, nrank, nva, nvb
+    c.seq = <const int64_t*>_col(seq, b'i', 8, &c.n)
+    c.ts = <const int64_t*>_col(ts, b'i', 8, &nts)
+    c.conf = <const double*>_col(conf, b'f', 8, &nconf)
+    c.rank = <const uint8_t*>_col(rank, b'u', 1, &nrank)
+    c.va = <const uint64_t*>_col(va, b'u', 8, &nva)
+    c.vb = <const uint64_t*>_col(vb, b'u', 8, &nvb)
+    if nts < c.n or nconf < c.n or nrank < c.n or nva < c.n or nvb < c.n:
+        raise ValueError("the columns differ in length")
+    return 0
+
+
 def column_rows(list ords, seq, ts, conf, rank, va, vb, at_us, bint decay,
                 tuple half_life_us, tuple tier):
     """See qpure.column_rows: the columns read through typed views, one
     tuple built per candidate, no record read."""
-    cdef Py_ssize_t nseq, nts, nconf, nrank, nva, nvb
-    cdef const int64_t* seqv = <const int64_t*>_col(seq, b'i', 8, &nseq)
-    cdef const int64_t* tsv = <const int64_t*>_col(ts, b'i', 8, &nts)
-    cdef const double* confv = <const double*>_col(conf, b'f', 8, &nconf)
-    cdef const uint8_t* rankv = <const uint8_t*>_col(rank, b'u', 1, &nrank)
-    cdef const uint64_t* vav = <const uint64_t*>_col(va, b'u', 8, &nva)
-    cdef const uint64_t* vbv = <const uint64_t*>_col(vb, b'u', 8, &nvb)
-    cdef Py_ssize_t n = nseq, m = PyList_GET_SIZE(ords), i, o, nt = len(tier)
+    cdef LensCols cols
+    _lens_cols(&cols, seq, ts, conf, rank, va, vb)
+    cdef Py_ssize_t n = cols.n, m = PyList_GET_SIZE(ords), i, o, nt = len(tier)
     cdef Py_ssize_t r
     cdef int64_t t, at = 0
     cdef double c
     cdef uint64_t a, b
     cdef bint small_at = -EXACT < at_us < EXACT
     cdef Py_ssize_t hashed = 0
-    if nts < n or nconf < n or nrank < n or nva < n or nvb < n:
-        raise ValueError("the columns differ in length")
     if len(half_life_us) < nt:
         raise ValueError("half_life_us is shorter than tier")
     for i in range(m):
@@ -206,18 +223,18 @@ def column_rows(list ords, seq, ts, conf, rank, va, vb, at_us, bint decay,
     for i in range(m):
         ob = <object>PyList_GET_ITEM(ords, i)
         o = ob
-        t = tsv[o]
-        c = confv[o]
-        r = rankv[o]
+        t = cols.ts[o]
+        c = cols.conf[o]
+        r = cols.rank[o]
         if r >= nt:
             raise IndexError(f"source class {r} outside the tier table ({nt})")
         if decay:
             c = _decayed(c, t, <object>(<tuple>half_life_us)[r], small_at, at, at_us)
-        a = vav[o]
-        b = vbv[o]
+        a = cols.va[o]
+        b = cols.vb[o]
         if (a & 0xFF) == HASHED:
             hashed += 1
-        rows.append((t, seqv[o], c, c * <double>(<object>(<tuple>tier)[r]), r,
+        rows.append((t, cols.seq[o], c, c * <double>(<object>(<tuple>tier)[r]), r,
                      (a | (<object>b << 64)) if b else a, ob))
     return rows, hashed
 
@@ -456,14 +473,9 @@ cdef Py_ssize_t _ranked(Cand* c, Py_ssize_t n, Py_ssize_t* slots, Py_ssize_t nsl
 def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us,
                     bint decay, tuple half_life_us, tuple tier):
     """See qpure.resolve_columns."""
-    cdef Py_ssize_t nseq, nts, nconf, nrank, nva, nvb
-    cdef const int64_t* seqv = <const int64_t*>_col(seq, b'i', 8, &nseq)
-    cdef const int64_t* tsv = <const int64_t*>_col(ts, b'i', 8, &nts)
-    cdef const double* confv = <const double*>_col(conf, b'f', 8, &nconf)
-    cdef const uint8_t* rankv = <const uint8_t*>_col(rank, b'u', 1, &nrank)
-    cdef const uint64_t* vav = <const uint64_t*>_col(va, b'u', 8, &nva)
-    cdef const uint64_t* vbv = <const uint64_t*>_col(vb, b'u', 8, &nvb)
-    cdef Py_ssize_t ncol = nseq, n = PyList_GET_SIZE(ords), i, j, o, k, nt = len(tier)
+    cdef LensCols cols
+    _lens_cols(&cols, seq, ts, conf, rank, va, vb)
+    cdef Py_ssize_t ncol = cols.n, n = PyList_GET_SIZE(ords), i, j, o, k, nt = len(tier)
     cdef Py_ssize_t r, nslots, a
     cdef int kind
     cdef int64_t t, at = 0
@@ -481,8 +493,6 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
         kind = 4
     else:
         raise ValueError(f"lens {lens_name!r} is not resolved over columns")
-    if nts < ncol or nconf < ncol or nrank < ncol or nva < ncol or nvb < ncol:
-        raise ValueError("the columns differ in length")
     if len(half_life_us) < nt:
         raise ValueError("half_life_us is shorter than tier")
     for i in range(n):
@@ -516,19 +526,19 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
             raise MemoryError()
         for i in range(n):
             o = <object>PyList_GET_ITEM(ords, i)
-            t = tsv[o]
-            cv = confv[o]
-            r = rankv[o]
+            t = cols.ts[o]
+            cv = cols.conf[o]
+            r = cols.rank[o]
             if r >= nt:
                 raise IndexError(f"source class {r} outside the tier table ({nt})")
             if decay:
                 cv = _decayed(cv, t, <object>(<tuple>half_life_us)[r], small_at, at, at_us)
             c[i].ts = t
-            c[i].seq = seqv[o]
+            c[i].seq = cols.seq[o]
             c[i].eff = cv
             c[i].teff = cv * <double>(<object>(<tuple>tier)[r])
-            c[i].va = vav[o]
-            c[i].vb = vbv[o]
+            c[i].va = cols.va[o]
+            c[i].vb = cols.vb[o]
             c[i].rank = <int>r
             c[i].src = i
         for i in range(n):
