@@ -79,12 +79,58 @@ class DeadlineSocket:
         self.sock = sock
         self.deadline: float | None = None
         self.seconds = BODY_TIMEOUT
+        self._held = _NOT_HELD   # a timeout set on this proxy, not yet on the socket
+        self._base = None        # the socket's timeout when it was held back
+        self._away = False       # the socket's timeout was changed through this proxy...
+        self._rest = None        # ...from this one: until set back, every set goes at once
 
     def start(self, seconds: float) -> None:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
 
+    # gunicorn's keep-alive drain (``Parser.finish_body``) sets a read timeout
+    # on the socket it reads, reads what is left of the body, and sets the
+    # prior timeout back.  When the app read the body to its end nothing is
+    # read, and each ``settimeout`` is an ``ioctl`` with the GIL released (a
+    # hand-off to another thread under load): so a timeout set here is held
+    # back until something reads or asks the socket, and set back before
+    # that, neither call happens.  The socket's state after the pair is the
+    # same either way.
+
+    def gettimeout(self):
+        if self._held is not _NOT_HELD:
+            return self._held
+        return self.sock.gettimeout()
+
+    def settimeout(self, value) -> None:
+        if not (value is None or (type(value) in (int, float) and value >= 0)):
+            self._release()
+            self.sock.settimeout(value)     # an odd value: the socket's own error
+            return
+        if self._held is not _NOT_HELD:
+            if value == self._base:         # set back before any read: nothing changed
+                self._held = _NOT_HELD
+                return
+            self._release()
+        elif not self._away:                # at rest: hold it back
+            base = self.sock.gettimeout()
+            if value != base:
+                self._held, self._base = value, base
+            return
+        # the socket was changed through this proxy: follow at once, at rest
+        # again once set back to what it had before
+        self.sock.settimeout(value)
+        if value == self._rest:
+            self._away = False
+
+    def _release(self) -> None:
+        if self._held is not _NOT_HELD:
+            value, self._held = self._held, _NOT_HELD
+            self.sock.settimeout(value)
+            self._away, self._rest = True, self._base
+
     def recv(self, size: int, *flags) -> bytes:
+        self._release()
         if self.deadline is None:
             return self.sock.recv(size, *flags)
         remaining = self.deadline - time.monotonic()
@@ -105,9 +151,11 @@ class DeadlineSocket:
                 pass
 
     def __getattr__(self, name):
+        self._release()     # anything else sees the socket as it was told to be
         return getattr(self.sock, name)
 
 
+_NOT_HELD = object()
 CHUNKED = -1  # _body_to_gather: a chunked body, gathered chunk by chunk
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import falcon.testing
 import pytest
@@ -281,6 +282,98 @@ def test_deadline_socket_bounds_every_read():
             d.recv(10)
         assert not isinstance(info.value, ClientTimeout)
         assert a.gettimeout() == 0.1
+
+
+class _CountingSocket:
+    """A socket whose settimeout calls are counted (each is an ioctl with the GIL released)."""
+
+    def __init__(self, sock):
+        self.sock, self.sets = sock, []
+
+    def settimeout(self, value):
+        self.sets.append(value)
+        self.sock.settimeout(value)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_deadline_socket_skips_a_timeout_set_and_set_back_without_a_read():
+    # gunicorn's keep-alive drain after a body read to its end
+    a, b = socket.socketpair()
+    with a, b:
+        c = _CountingSocket(a)
+        d = W.DeadlineSocket(c)
+        d.start(30)
+        prior = d.gettimeout()
+        d.settimeout(4.5)
+        assert d.gettimeout() == 4.5, "the proxy answers what it was told"
+        d.settimeout(prior)
+        assert c.sets == [] and a.gettimeout() is None
+
+
+def test_deadline_socket_applies_a_held_timeout_before_a_read():
+    a, b = socket.socketpair()
+    with a, b:
+        c = _CountingSocket(a)
+        d = W.DeadlineSocket(c)
+        d.start(30)
+        d.settimeout(0.1)       # the drain's read timeout, then a read: it bounds the read
+        with pytest.raises(socket.timeout) as info:
+            d.recv(10)
+        assert not isinstance(info.value, ClientTimeout)
+        assert a.gettimeout() == 0.1
+        d.settimeout(None)      # set back after the read: applied at once
+        assert a.gettimeout() is None
+        d.settimeout(0.1)
+        b.sendall(b"xy")
+        assert d.recv(10) == b"xy" and a.gettimeout() == 0.1
+        d.settimeout(None)
+        d.settimeout(2.0)
+        assert d.fileno() == a.fileno() and a.gettimeout() == 2.0, "any other use applies it"
+        d.settimeout(None)
+        assert a.gettimeout() is None
+        with pytest.raises(ValueError):
+            d.settimeout(-1)    # the socket's own error, at once
+        d.settimeout(5.0)
+        d.settimeout(1.0)       # another value before any read: the first is applied, then this
+        assert a.gettimeout() == 1.0
+
+
+def test_gunicorns_drain_through_the_deadline_socket():
+    """Parser.finish_body reads through the proxy: a body left unread is
+    drained (the held timeout applied), a body read to its end costs no
+    settimeout on the socket."""
+    from gunicorn.config import Config
+    from gunicorn.http.parser import RequestParser
+    for unread in (False, True):
+        a, b = socket.socketpair()
+        with a, b:
+            c = _CountingSocket(a)
+            d = W.DeadlineSocket(c)
+            b.sendall(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody")
+            parser = RequestParser(Config(), d, ("127.0.0.1", 1))
+            req = next(parser)
+            if not unread:
+                assert req.body.read() == b"body"
+            assert parser.finish_body(deadline=time.monotonic() + 5) is True
+            assert (c.sets != []) is unread, c.sets     # the drain's read was bounded
+            assert a.gettimeout() is None, "the prior timeout is back"
+
+
+def test_gunicorns_drain_of_a_body_still_coming_is_bounded():
+    from gunicorn.config import Config
+    from gunicorn.http.parser import RequestParser
+    a, b = socket.socketpair()
+    with a, b:
+        d = W.DeadlineSocket(a)
+        b.sendall(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nbody")
+        parser = RequestParser(Config(), d, ("127.0.0.1", 1))
+        next(parser)
+        t0 = time.monotonic()
+        assert parser.finish_body(deadline=time.monotonic() + 0.3) is False
+        assert time.monotonic() - t0 < 3, "the held timeout bounded the drain's read"
+        assert a.gettimeout() is None
 
 
 def test_serve_uses_the_project_worker():
