@@ -211,26 +211,34 @@ class AuditLog:
                     self._cv.wait(FLUSH_EVERY)
                 closed = self._closed
             try:
-                self._drain(pause=not closed)
+                # what is queued at the wake-up, then only a backlog of CHUNK
+                # or more: chasing every entry wrote a line a query when the
+                # query threads often let the GIL go (a server's socket I/O),
+                # a write(2) each (bench_http, strace); the rest waits for
+                # WAKE_AT or the next second
+                self._drain(pause=not closed, rest=0 if closed else CHUNK)
             except Exception as e:  # noqa: BLE001 - the writer thread must not die
                 with self._write_lock:
                     self._note_drop(0, e)
             if closed:
                 return
 
-    def _drain(self, pause: bool = False) -> None:
-        """Write the queued entries."""
-        while self._queue:
+    def _drain(self, pause: bool = False, rest: int = 0) -> None:
+        """Write the entries queued when called, then more while at least
+        ``rest`` are queued (0: until the queue is empty)."""
+        due = len(self._queue)
+        while self._queue and (due > 0 or len(self._queue) >= max(rest, 1)):
             # The writer thread, a reader's flush() and an adding thread may
             # drain at once: each chunk is taken and written under one lock,
             # so entries stay in queue order on disk.
             with self._drain_lock:
-                self._chunk()
+                due -= self._chunk()
             if pause:
                 time.sleep(0)  # let the query threads run between chunks
 
-    def _chunk(self) -> None:
-        """Write one chunk of the queue (call under _drain_lock).
+    def _chunk(self) -> int:
+        """Write one chunk of the queue (call under _drain_lock); how many
+        entries it took.
 
         Half the backlog, at least CHUNK, entries to build: after each chunk
         the writer waits for the GIL up to the interpreter's switch interval
@@ -244,6 +252,7 @@ class AuditLog:
         q = self._queue
         lines, failed, error = [], 0, None
         budget = max(CHUNK, len(q) // 2)
+        taken = len(q)
         while q and budget:
             fn = q.popleft()
             if type(fn) is bytes:
@@ -258,8 +267,10 @@ class AuditLog:
         if failed:
             with self._write_lock:
                 self._note_drop(failed, f"an audit entry could not be built: {error!r}")
+        taken -= len(q)
         if lines:
             self._write(lines)
+        return taken
 
     def _write(self, lines: list[bytes]) -> None:
         """Append ``lines``, starting a new file before one would pass
