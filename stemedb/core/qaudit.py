@@ -79,12 +79,15 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
     """
     audit = reader.audit
     at = reader.clock()
+    if active is None:
+        active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
     if (answer is not None and _HEAD is not None and not ctx.decay
             and answer.held is not None):
         # a materialized answer without decay: the line's end names only
         # what the answer holds (its winners, its top candidates and their
-        # confidences), so it is written once and kept (b"": not writable
-        # here, the entry goes the general way)
+        # confidences), so it is written once, by the query that made the
+        # answer, and kept (b"": not writable here, the entry goes the
+        # general way)
         tail = answer.tail
         if tail is None:
             tail = _tail(ordered, results, ctx, active) or b""
@@ -94,8 +97,6 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
             if line is not None:
                 audit.add(line)
                 return
-    if active is None:
-        active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
     top = ordered[:AUDIT_CONTRIBUTORS if active > AUDIT_CONTRIBUTORS else active]
     winners = [w for r in results if (w := r["winner"]) is not None]
     more = len(winners) - AUDIT_RESULTS

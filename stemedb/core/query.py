@@ -246,13 +246,15 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                                                   include_descendants)
     if rcands:
         ordered = ordered + sorted(rcands, key=lambda a: (-a.timestamp_us, -a.seq))
+    made = None
     if akey is not None:
         # the cache keeps its own Result dicts (a caller may change the ones
         # it gets) and the candidates as ordinals
         where = {id(a): o for a, o in zip(cands, active)}
         where.update((id(a), o) for a, o in zip(rcands, retracted))
-        cache.add_answer(akey, Answer(token, [Result(r) for r in results],
-                                      [where[id(a)] for a in ordered], len(cands), ordered))
+        made = Answer(token, [Result(r) for r in results], [where[id(a)] for a in ordered],
+                      len(cands), ordered)
+        cache.add_answer(akey, made)
     page = ordered[offset:offset + limit]
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
@@ -260,7 +262,7 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         _audit(reader, agent, (concept_path, predicate, include_descendants, lens, as_of,
                                known_at, since, lifecycle, epoch, decay, include_retracted,
                                limit, cursor),
-               results, groups, ctx, ordered)
+               results, groups, ctx, ordered, answer=made)
     return out
 
 
