@@ -189,6 +189,9 @@ class AuditLog:
         if backlog >= self.max_queue // 2 and self._drain_lock.acquire(blocking=False):
             try:
                 self._chunk()
+            except Exception as e:  # noqa: BLE001 - the audit must never fail a query
+                with self._write_lock:
+                    self._note_drop(0, e)
             finally:
                 self._drain_lock.release()
             backlog = len(self._queue)

@@ -282,6 +282,24 @@ def test_the_writer_thread_survives_a_write_error(tmp_path, caplog, monkeypatch)
     assert [e["at_us"] for e in log.read()] == [1], "the writer thread wrote the next entry"
 
 
+def test_a_chunk_that_fails_on_an_adding_thread_does_not_reach_the_query(tmp_path, monkeypatch):
+    """The adding thread's chunk (the writer lagging) may fail like the
+    writer's: it is logged and counted, never raised into the query."""
+    log = AuditLog(str(tmp_path), max_queue=4)
+
+    def broken():
+        raise RuntimeError("the chunk failed")
+    with log._cv:
+        monkeypatch.setattr(log, "_chunk", broken)
+        for i in range(6):
+            log.add(entry(i))           # no exception reaches the caller
+    monkeypatch.undo()
+    assert log.dropped == 2, "past max_queue entries are dropped and counted, as before"
+    log.flush()
+    assert [e["at_us"] for e in log.read(limit=10)] == [3, 2, 1, 0], "the queued ones go out"
+    log.close()
+
+
 def test_a_writer_far_behind_drops_new_entries(tmp_path):
     log = AuditLog(str(tmp_path), max_queue=5)
     # the writer waits on _cv: holding it keeps it from draining; holding
