@@ -90,10 +90,16 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
         # general way)
         tail = answer.tail
         if tail is None:
-            tail = _tail(ordered, results, ctx, active) or b""
+            try:
+                tail = _tail(ordered, results, ctx, active) or b""
+            except Exception:  # noqa: BLE001 - the writer's path builds (and counts) it
+                tail = b""
             answer.tail = tail
         if tail:
-            line = _HEAD(tail, audit.number(), at, agent, params)
+            try:
+                line = _HEAD(tail, audit.number(), at, agent, params)
+            except Exception:  # noqa: BLE001 - as above
+                line = None
             if line is not None:
                 audit.add(line)
                 return
@@ -106,8 +112,11 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
         # compiled: the entry's JSON line, written here, so the writer thread
         # only joins bytes (None: an entry _LINE does not write, queued as
         # before)
-        line = _LINE(audit.number(), at, agent, params, winners, more, top, ctx.at_us,
-                     ctx.decay, active)
+        try:
+            line = _LINE(audit.number(), at, agent, params, winners, more, top, ctx.at_us,
+                         ctx.decay, active)
+        except Exception:  # noqa: BLE001 - an audit entry must never fail its query:
+            line = None     # the writer's path builds it, and counts it if it fails
         if line is not None:
             audit.add(line)
             return

@@ -490,3 +490,23 @@ def test_a_snapshot_view_column_is_read_in_place():
     d = OrderedDict({3: ("r3", 1)})
     assert _query.cache_take(d, [3, 4], view, view) == qpure.cache_take(
         OrderedDict({3: ("r3", 1)}), [3, 4], view, view)
+
+
+@needs_compiled
+def test_a_line_that_fails_to_build_does_not_fail_the_query(clocked, monkeypatch):
+    """The compiled line is built on the query's thread: if it raises, the
+    entry goes the writer's way (which builds it, or counts it dropped),
+    and the query answers."""
+    store = clocked(audit=True)
+    store.put({"concept_path": "g", "predicate": "r", "value": 1, "confidence": 0.5,
+               "timestamp": T0})
+
+    def broken(*a, **k):
+        raise RuntimeError("the line failed")
+    monkeypatch.setattr(qaudit, "_LINE", broken)
+    monkeypatch.setattr(qaudit, "_HEAD", broken)
+    for _ in range(2):                  # made, then from the cached answer
+        res = store.query("g", predicate="r")
+        assert res.results[0]["winner"].value == 1
+    entries = store.audit_queries(limit=5)
+    assert len(entries) == 2, "the writer built both entries"
