@@ -1046,23 +1046,12 @@ cdef int _open_line(Line* o) except -1:
 def audit_line(tuple names, tuple half_life_us, number, at, agent, params, list winners,
                more, list top, at_us, bint decay, active):
     """audit_entry's entry as one JSON line (ending in a newline), or None
-    when it holds anything this does not write (see above)."""
-    cdef Line o
-    if not (_head_ok(names, number, at, agent, params) and _is_i64(more) and _is_i64(active)):
+    when it holds anything this does not write (see above): audit_head over
+    audit_tail."""
+    tail = audit_tail(half_life_us, winners, more, top, at_us, decay, active)
+    if tail is None:
         return None
-    weights = _weights(half_life_us, top, at_us, decay)
-    if weights is None:
-        return None
-    _open_line(&o)
-    try:
-        try:
-            _head(&o, names, number, at, agent, <tuple>params)
-            _tail(&o, winners, more, top, weights, active)
-        except UnicodeEncodeError:          # a lone surrogate: orjson refuses it too
-            return None
-        return PyBytes_FromStringAndSize(o.p, o.n)
-    finally:
-        PyMem_Free(o.p)
+    return audit_head(names, tail, number, at, agent, params)
 
 
 def audit_tail(tuple half_life_us, list winners, more, list top, at_us, bint decay, active):
