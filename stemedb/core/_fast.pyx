@@ -717,6 +717,85 @@ from cpython.list cimport PyList_Append
 from cpython.long cimport PyLong_FromLongLong, PyLong_FromUnsignedLongLong
 from cpython.ref cimport PyObject
 
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void* op)
+
+
+cdef inline object _ord_list(object o):
+    """``[o]`` for a MultiMap's recent dict, not tracked by the garbage
+    collector: it only ever holds ints (ordinals), so it can be in no
+    reference cycle.  Tracked, the up to ~65,000 lists per map between two
+    merges are what survive into the oldest generation, and every full
+    collection they set off walked them and the rest of the heap (W3 at
+    200,000: ~1.7 us of GC per assertion)."""
+    lst = [o]
+    PyObject_GC_UnTrack(<void*>lst)
+    return lst
+
+
+def ord_list(o):
+    """``[o]``, untracked (see _ord_list)."""
+    return _ord_list(o)
+
+
+from stemedb.core import index as _index     # its MERGE_AT, read per call as MultiMap does
+
+
+def map_add(m, key, o):
+    """``MultiMap.add(m, key, o)`` (its pure twin): ordinal ``o`` under
+    ``key`` in ``m``'s recent dict, a new key's list untracked; then the
+    merge when the recent dict reaches ``MERGE_AT``."""
+    cdef dict recent = m.recent
+    cdef PyObject* lst = PyDict_GetItem(recent, key)
+    if lst == NULL:
+        PyDict_SetItem(recent, key, _ord_list(o))
+    else:
+        PyList_Append(<object>lst, o)
+    n = m.n_recent + 1
+    m.n_recent = n
+    if n >= _index.MERGE_AT:
+        m.merge()
+
+
+def map_add_many(m, list keys, ords):
+    """``MultiMap.add_many(m, keys, ords)`` (its pure twin): ``keys[i]`` to
+    ``ords[i]`` (a list or a range of ascending ordinals), new keys' lists
+    untracked, then at most one merge."""
+    cdef dict recent = m.recent
+    cdef PyObject* lst
+    cdef Py_ssize_t i, n = len(keys)
+    if len(ords) < n:
+        raise ValueError("map_add_many: fewer ordinals than keys")
+    for i in range(n):
+        k = keys[i]
+        o = ords[i]
+        lst = PyDict_GetItem(recent, k)
+        if lst == NULL:
+            PyDict_SetItem(recent, k, _ord_list(o))
+        else:
+            PyList_Append(<object>lst, o)
+    total = m.n_recent + n
+    m.n_recent = total
+    if total >= _index.MERGE_AT:
+        m.merge()
+
+
+def pending_add(dict pending, list recs, list seqs, req):
+    """``pending[recs[i].hash] = (seqs[i], req)`` for every ``i`` (the
+    writer's in-flight hashes; pure twin ``fast.pending_add_py``).  The
+    tuples are not tracked by the garbage collector: each holds an int and
+    the request, which holds no reference back to ``pending`` or to a
+    tuple, so none is in a cycle.  Tracked, the 1,000 of a batch in flight
+    were promoted at every collection that met them, and their count set
+    off the full collections that walk the whole heap."""
+    cdef Py_ssize_t i, n = len(recs)
+    if len(seqs) != n:
+        raise ValueError("pending_add: one seq per record")
+    for i in range(n):
+        t = (seqs[i], req)
+        PyObject_GC_UnTrack(<void*>t)
+        PyDict_SetItem(pending, recs[i].hash, t)
+
 
 def add_recent(dict recent, cnp.ndarray keys, Py_ssize_t first, vals=None):
     """See index.add_recent: ``keys[i]`` to ordinal ``first + i`` (or
@@ -745,7 +824,7 @@ def add_recent(dict recent, cnp.ndarray keys, Py_ssize_t first, vals=None):
         o = (va[i] if va != NULL else first + i)
         lst = PyDict_GetItem(recent, k)
         if lst == NULL:
-            PyDict_SetItem(recent, k, [o])
+            PyDict_SetItem(recent, k, _ord_list(o))
         else:
             PyList_Append(<object>lst, o)
     return n

@@ -13,6 +13,8 @@ the concept path and source checks), is chosen the same way, by
 from __future__ import annotations
 
 import os
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -66,12 +68,26 @@ def encode_assert_frames_py(records, seqs, recorded_at=None) -> tuple[bytes, lis
     return codec.encode_assert_frames(records, seqs)
 
 
+def pending_add_py(pending: dict, recs: list, seqs: list, req) -> None:
+    """``pending[recs[i].hash] = (seqs[i], req)`` for every ``i``: the pure
+    twin of ``_fast.pending_add`` (whose tuples are not tracked by the
+    garbage collector)."""
+    if len(seqs) != len(recs):
+        raise ValueError("pending_add: one seq per record")
+    pending.update(zip(map(_hash_of, recs), zip(seqs, repeat(req))))
+
+
+_hash_of = attrgetter("hash")
 _replace = msgspec.structs.replace
 encode_assert_frames = _fast.encode_assert_frames if COMPILED else encode_assert_frames_py
 bump_gens = _fast.bump_gens if COMPILED else records.bump_gens
 # the WAL's write + fdatasync in one release of the GIL; None: File.write, File.sync
 write_sync = _fast.write_sync if COMPILED else None
 index_one = _fast.index_one if COMPILED else records.index_one
+# MultiMap.add / add_many; compiled, a new key's list is not tracked by the GC
+map_add = _fast.map_add if COMPILED else _index.MultiMap.add
+map_add_many = _fast.map_add_many if COMPILED else _index.MultiMap.add_many
+pending_add = _fast.pending_add if COMPILED else pending_add_py
 find_hash = _fast.find_hash if COMPILED else _index.find_hash
 find_hashes = _fast.find_hashes if COMPILED else _index.find_hashes
 add_recent = _fast.add_recent if COMPILED else _index.add_recent

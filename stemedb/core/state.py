@@ -358,11 +358,12 @@ class State:
                 # MultiMap.add, no slices, lists or bulk calls; the same
                 # entries and generation bumps as the branches below
                 key = c.key.item(first)
-                self.by_hash.add(hk.item(0), first)
-                self.by_key.add(key, first)
-                self.by_path.add(c.path.item(first), first)
+                add = fast.map_add
+                add(self.by_hash, hk.item(0), first)
+                add(self.by_key, key, first)
+                add(self.by_path, c.path.item(first), first)
                 if ns:
-                    self.by_source.add(sk.item(0), so.item(0))
+                    add(self.by_source, sk.item(0), so.item(0))
                 pid = key >> PRED_BITS
                 self.key_gen[(pid * GEN_MIX + (key & _PRED_MASK)) & GEN_MASK] += 1
                 self.path_gen[pid & GEN_MASK] += 1
@@ -371,11 +372,12 @@ class State:
                 # recent dicts directly, without add_run's array handling
                 ords = range(first, end)
                 keys = c.key[first:end].tolist()
-                self.by_hash.add_many(hk[:n].tolist(), ords)
-                self.by_key.add_many(keys, ords)
-                self.by_path.add_many(c.path[first:end].tolist(), ords)
+                add_many = fast.map_add_many    # MultiMap.add_many (see map_add)
+                add_many(self.by_hash, hk[:n].tolist(), ords)
+                add_many(self.by_key, keys, ords)
+                add_many(self.by_path, c.path[first:end].tolist(), ords)
                 if ns:
-                    self.by_source.add_many(sk[:ns].tolist(), so[:ns].tolist())
+                    add_many(self.by_source, sk[:ns].tolist(), so[:ns].tolist())
             else:
                 keys = c.key[first:end]
                 add = fast.add_recent
@@ -420,11 +422,12 @@ class State:
             buf, off, seq, loc_base, first, c.rows, self.path_ids, self.path_names,
             self.pred_ids, self.pred_names, self.epoch_ids)
         c.n = first + 1
-        self.by_hash.add(hk, first)
-        self.by_key.add(key, first)
-        self.by_path.add(pid, first)
+        add = fast.map_add           # MultiMap.add; compiled, its new lists untracked by the GC
+        add(self.by_hash, hk, first)
+        add(self.by_key, key, first)
+        add(self.by_path, pid, first)
         if src is not None:
-            self.by_source.add(src, first)
+            add(self.by_source, src, first)
         self.key_gen[(pid * GEN_MIX + (key & _PRED_MASK)) & GEN_MASK] += 1
         self.path_gen[pid & GEN_MASK] += 1
         if rec > self.last_recorded_at:

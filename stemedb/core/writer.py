@@ -267,7 +267,7 @@ class Writer(MetaWrites):
                 req = Request(data, sizes, None, (list(accumulate(sizes[:-1], initial=0)),
                                                   [REC_ASSERT] * len(seqs), seqs))
                 self.wal.enqueue(req)
-                pending.update(zip(map(_hash_of, written), zip(seqs, repeat(req))))
+                fast.pending_add(pending, written, seqs, req)
         try:
             if new:
                 self.wal.wait(req)

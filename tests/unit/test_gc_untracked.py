@@ -1,0 +1,176 @@
+"""The write path's compiled helpers that keep objects away from the garbage
+collector: ``_fast.map_add`` / ``map_add_many`` (``MultiMap.add`` /
+``add_many``), ``_fast.add_recent``'s new lists and ``_fast.pending_add``
+(the writer's in-flight hashes).  Each gives what its pure twin gives
+(the same dict contents, counters and merges, the same errors); the
+compiled one's new containers are not tracked by the GC, which is safe
+only because they hold ints (and, for pending, the request, which holds
+no reference back): checked here, with a collection that still frees a
+request once nothing else refers to it.
+
+The compiled half is skipped in the pure run (STEMEDB_PURE_PYTHON=1).
+"""
+import gc
+import random
+import weakref
+
+import numpy as np
+import pytest
+
+from stemedb.core import fast, index
+from stemedb.core.index import MultiMap
+
+_fast = fast._fast
+compiled = pytest.mark.skipif(_fast is None, reason="pure-Python run")
+
+
+def _pairs(seed, n, keyspace):
+    r = random.Random(seed)
+    return [r.randrange(keyspace) - keyspace // 3 for _ in range(n)]
+
+
+def _state(m):
+    return dict(m.recent), m.n_recent, m.keys.tolist(), m.vals.tolist()
+
+
+def test_pure_twins_are_the_multimap_methods():
+    if _fast is None:
+        assert fast.map_add is MultiMap.add
+        assert fast.map_add_many is MultiMap.add_many
+        assert fast.pending_add is fast.pending_add_py
+
+
+@compiled
+@pytest.mark.parametrize("seed,keyspace", [(1, 5), (2, 400), (3, 1 << 40)])
+def test_map_add_matches_multimap_add(seed, keyspace):
+    keys = _pairs(seed, 3000, keyspace)
+    a, b = MultiMap(), MultiMap()
+    for o, k in enumerate(keys):
+        MultiMap.add(a, k, o)
+        _fast.map_add(b, k, o)
+        assert b.n_recent == a.n_recent
+    assert _state(a) == _state(b)
+    for lst in b.recent.values():
+        assert not gc.is_tracked(lst)
+        assert all(type(x) is int for x in lst)
+
+
+@compiled
+@pytest.mark.parametrize("merge_at", [None, 16])
+def test_map_add_merges_where_the_pure_one_does(monkeypatch, merge_at):
+    # the merge point: MERGE_AT additions (read per call, as MultiMap.add
+    # reads it); both sides merge into equal runs
+    if merge_at is not None:
+        monkeypatch.setattr(index, "MERGE_AT", merge_at)
+    a, b = MultiMap(), MultiMap()
+    n = index.MERGE_AT + 5
+    keys = _pairs(7, n, 1000)
+    for o, k in enumerate(keys):
+        MultiMap.add(a, k, o)
+        _fast.map_add(b, k, o)
+        if o == index.MERGE_AT - 1:
+            assert a.n_recent == b.n_recent == 0 and len(b.keys) == index.MERGE_AT
+    assert _state(a) == _state(b)
+    assert a.get(keys[0]) == b.get(keys[0])
+
+
+@compiled
+@pytest.mark.parametrize("ords_kind", ["range", "list"])
+def test_map_add_many_matches_add_many(ords_kind):
+    a, b = MultiMap(), MultiMap()
+    first = 0
+    for size in [1, 2, 5, 8, 3, 1, 7] * 20:
+        keys = _pairs(first, size, 30)
+        ords = range(first, first + size)
+        if ords_kind == "list":
+            ords = list(ords)
+        MultiMap.add_many(a, keys, ords)
+        _fast.map_add_many(b, keys, ords)
+        first += size
+    assert _state(a) == _state(b)
+    assert not any(gc.is_tracked(v) for v in b.recent.values())
+    # no ordinals for the keys: refused, nothing added
+    before = _state(b)
+    with pytest.raises(ValueError):
+        _fast.map_add_many(b, [1, 2, 3], range(5, 7))
+    assert _state(b) == before
+    with pytest.raises(TypeError):
+        _fast.map_add_many(b, (1, 2), range(2))       # keys must be a list
+    # the merge past MERGE_AT, once, as add_many does
+    c, d = MultiMap(), MultiMap()
+    keys = _pairs(11, index.MERGE_AT + 10, 5000)
+    MultiMap.add_many(c, keys, range(len(keys)))
+    _fast.map_add_many(d, keys, range(len(keys)))
+    assert _state(c) == _state(d) and d.n_recent == 0
+
+
+@compiled
+def test_add_recent_lists_are_untracked_and_equal():
+    keys = np.array(_pairs(5, 2000, 300), dtype=np.int64)
+    ra, rb = {}, {}
+    assert index.add_recent(ra, keys, 10) == _fast.add_recent(rb, keys, 10) == len(keys)
+    assert ra == rb
+    assert not any(gc.is_tracked(v) for v in rb.values())
+    vals = np.arange(2000, dtype=np.int32)[::-1].copy()
+    ra, rb = {}, {}
+    index.add_recent(ra, keys.view(np.uint64), 0, vals)
+    _fast.add_recent(rb, keys.view(np.uint64), 0, vals)
+    assert ra == rb
+
+
+class _Rec:
+    def __init__(self, h):
+        self.hash = h
+
+
+class _Req:
+    error = None
+
+
+@pytest.mark.parametrize("impl", ["pure", "compiled"])
+def test_pending_add(impl):
+    if impl == "compiled" and _fast is None:
+        pytest.skip("pure-Python run")
+    add = fast.pending_add_py if impl == "pure" else _fast.pending_add
+    recs = [_Rec(bytes([i]) * 32) for i in range(50)]
+    seqs = list(range(100, 150))
+    req = _Req()
+    pending = {b"x" * 32: (7, None)}
+    add(pending, recs, seqs, req)
+    expect = {b"x" * 32: (7, None)}
+    expect.update({r.hash: (s, req) for r, s in zip(recs, seqs)})
+    assert pending == expect
+    if impl == "compiled":
+        assert not any(gc.is_tracked(pending[r.hash]) for r in recs)
+    # a hash given twice: the later entry stands, as dict.update gives
+    again = {}
+    add(again, [recs[0], recs[1], recs[0]], [1, 2, 3], req)
+    assert again == {recs[0].hash: (3, req), recs[1].hash: (2, req)}
+    # mismatched lengths are refused before anything is added
+    bad = {}
+    with pytest.raises(ValueError):
+        add(bad, recs[:3], [1, 2], req)
+    assert bad == {}
+    # a record without a hash: the attribute error, as the pure twin raises
+    with pytest.raises(AttributeError):
+        add({}, [object()], [1], req)
+
+
+@compiled
+def test_an_untracked_pending_entry_frees_its_request():
+    # the entry holds the request; once the entry and every other reference
+    # are gone, the request (even one in a cycle of its own) is collected
+    class Req:
+        error = None
+
+    req = Req()
+    req.me = req                     # a cycle through the request itself
+    ref = weakref.ref(req)
+    pending = {}
+    _fast.pending_add(pending, [_Rec(b"a" * 32)], [1], req)
+    del req
+    gc.collect()
+    assert ref() is not None          # held by the entry
+    pending.clear()
+    gc.collect()
+    assert ref() is None
