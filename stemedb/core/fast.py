@@ -97,5 +97,11 @@ else:
     from .index import str64  # noqa: F401
 
 if COMPILED:
+    # encode_assert_frames reads a record's fields at their slot offsets
+    # (checked on this probe; refused, it looks each attribute up)
+    from ..model import AssertionRecord as _Rec
+    _fast.use_record_type(_Rec, _Rec(b"h" * 32, 1, 2, 0.5, 3, 4, "p", "q", b"1", "s", "e",
+                                     b"a" * 32, [b"d" * 32], b"g" * 32, b"s" * 64))
+if COMPILED:
     from .. import timeutil as _timeutil
     _timeutil.use_compiled_formatter(_fast.format_time)
