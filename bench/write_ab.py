@@ -15,6 +15,9 @@ the fsync's; otherwise ``durability="fsync"``):
 * ``w1``: one writer, 2,000 puts;
 * ``w2``: 8 threads, 500 puts each;
 * ``w3``: ``put_batch`` of 1,000, 50,000 assertions;
+* ``w3l``: the same, 200,000 assertions (``bench.run``'s W3: past 65,536
+  records each group goes to the maps' recent dicts, and the heap holds the
+  200,000 bodies the garbage collector's full passes walk);
 * ``stages``: ``model.prepare_batch`` and ``model.prepare_one`` CPU, the
   least of 7 runs.
 
@@ -55,7 +58,7 @@ def one(mode: str, offset: int) -> dict:
                 model.prepare_one(b, default_time_us=1)
             best_1 = min(best_1, (time.process_time() - c0) / 5000 * 1e6)
         return {"prepare_batch_us": best_b, "prepare_one_us": best_1}
-    items_all = generate(60000).assertions
+    items_all = generate(200000 if mode.startswith("w3l") else 60000).assertions
     durability = "none" if mode.endswith("n") else "fsync"
     kind = mode.rstrip("n")
     d = tempfile.mkdtemp(prefix="stemedb-write-ab-")
@@ -89,7 +92,7 @@ def one(mode: str, offset: int) -> dict:
         for th in threads:
             th.join()
     else:
-        items = items_all[:50000]
+        items = items_all if kind == "w3l" else items_all[:50000]
         t0, c0 = perf(), time.process_time()
         for i in range(0, len(items), 1000):
             t = perf()
