@@ -920,6 +920,102 @@ def map_add_many(m, list keys, ords):
         m.merge()
 
 
+from cpython.dict cimport PyDict_Next
+from cpython.long cimport PyLong_AsLongLong, PyLong_AsUnsignedLongLong
+
+
+def recent_items(dict recent, Py_ssize_t n, dtype):
+    """``(keys, ordinals)`` of a MultiMap's recent dict as two arrays of
+    ``n`` rows (``dtype`` int64 or uint64; int32), key by key in the dict's
+    order and each key's ordinals in list order: what ``MultiMap.merge``
+    builds with two ``np.fromiter`` over generators (~0.1 us a pair in
+    Python), in one C loop.  Fewer than ``n`` pairs: ValueError; more: the
+    first ``n`` (as fromiter's count); a key outside ``dtype`` or an
+    ordinal outside int32: OverflowError."""
+    cdef cnp.ndarray ks = np.empty(n, dtype=dtype)
+    cdef cnp.ndarray vs = np.empty(n, dtype=np.int32)
+    cdef int typenum = cnp.PyArray_TYPE(ks)
+    cdef int64_t* kp = <int64_t*>cnp.PyArray_DATA(ks)
+    cdef int32_t* vp = <int32_t*>cnp.PyArray_DATA(vs)
+    cdef Py_ssize_t pos = 0, j = 0, i, m
+    cdef PyObject* key
+    cdef PyObject* lst
+    cdef int64_t kv
+    cdef long long o
+    if typenum != cnp.NPY_INT64 and typenum != cnp.NPY_UINT64:
+        raise ValueError("recent_items: dtype must be int64 or uint64")
+    while j < n and PyDict_Next(recent, &pos, &key, &lst):
+        if typenum == cnp.NPY_INT64:
+            kv = PyLong_AsLongLong(<object>key)
+        else:
+            kv = <int64_t>PyLong_AsUnsignedLongLong(<object>key)
+        ords = <list>lst
+        m = len(ords)
+        for i in range(m):
+            if j >= n:
+                break
+            o = PyLong_AsLongLong(ords[i])
+            if o < -2147483648 or o > 2147483647:
+                raise OverflowError(f"recent_items: ordinal {o} does not fit int32")
+            kp[j] = kv
+            vp[j] = <int32_t>o
+            j += 1
+    if j < n:
+        raise ValueError(f"recent_items: the dict holds {j} pairs, not {n}")
+    return ks, vs
+
+
+def merge_runs(cnp.ndarray keys, cnp.ndarray vals, cnp.ndarray ks, cnp.ndarray vs):
+    """See index.merge_runs_py (searchsorted + two np.insert): the sorted
+    run ``keys``/``vals`` (int64 or uint64 keys, int32 values) with the
+    sorted ``ks``/``vs`` (the same dtypes) merged in after equal keys, in
+    one pass into two new arrays (a snapshot's mapped run, or one in
+    another byte order or not contiguous, is read as a native contiguous
+    copy).  Arrays of other shapes or dtypes: ValueError."""
+    keys, vals, ks, vs = [np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("="))
+                          for x in (keys, vals, ks, vs)]
+    cdef int typenum = cnp.PyArray_TYPE(keys)
+    cdef Py_ssize_t n, k, i = 0, j = 0, o = 0
+    if (typenum not in (cnp.NPY_INT64, cnp.NPY_UINT64) or cnp.PyArray_TYPE(ks) != typenum
+            or cnp.PyArray_TYPE(vals) != cnp.NPY_INT32 or cnp.PyArray_TYPE(vs) != cnp.NPY_INT32
+            or cnp.PyArray_NDIM(keys) != 1 or cnp.PyArray_NDIM(vals) != 1
+            or cnp.PyArray_NDIM(ks) != 1 or cnp.PyArray_NDIM(vs) != 1
+            or not cnp.PyArray_IS_C_CONTIGUOUS(keys) or not cnp.PyArray_IS_C_CONTIGUOUS(vals)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(ks) or not cnp.PyArray_IS_C_CONTIGUOUS(vs)
+            or cnp.PyArray_DIM(keys, 0) != cnp.PyArray_DIM(vals, 0)
+            or cnp.PyArray_DIM(ks, 0) != cnp.PyArray_DIM(vs, 0)):
+        raise ValueError("merge_runs: keys/ks contiguous 1-d int64 or uint64 (one dtype), "
+                         "vals/vs int32 of their lengths")
+    n = cnp.PyArray_DIM(keys, 0)
+    k = cnp.PyArray_DIM(ks, 0)
+    cdef cnp.ndarray okeys = np.empty(n + k, dtype=keys.dtype)
+    cdef cnp.ndarray ovals = np.empty(n + k, dtype=np.int32)
+    cdef const int64_t* a = <const int64_t*>cnp.PyArray_DATA(keys)
+    cdef const int64_t* b = <const int64_t*>cnp.PyArray_DATA(ks)
+    cdef const int32_t* av = <const int32_t*>cnp.PyArray_DATA(vals)
+    cdef const int32_t* bv = <const int32_t*>cnp.PyArray_DATA(vs)
+    cdef int64_t* ok = <int64_t*>cnp.PyArray_DATA(okeys)
+    cdef int32_t* ov = <int32_t*>cnp.PyArray_DATA(ovals)
+    cdef bint unsigned_keys = typenum == cnp.NPY_UINT64
+    cdef bint take_run
+    with nogil:
+        while i < n and j < k:
+            if unsigned_keys:
+                take_run = <uint64_t>a[i] <= <uint64_t>b[j]
+            else:
+                take_run = a[i] <= b[j]
+            if take_run:
+                ok[o] = a[i]; ov[o] = av[i]; i += 1
+            else:
+                ok[o] = b[j]; ov[o] = bv[j]; j += 1
+            o += 1
+        if i < n:
+            memcpy(ok + o, a + i, (n - i) * 8); memcpy(ov + o, av + i, (n - i) * 4)
+        elif j < k:
+            memcpy(ok + o, b + j, (k - j) * 8); memcpy(ov + o, bv + j, (k - j) * 4)
+    return okeys, ovals
+
+
 def pending_add(dict pending, list recs, list seqs, req):
     """``pending[recs[i].hash] = (seqs[i], req)`` for every ``i`` (the
     writer's in-flight hashes; pure twin ``fast.pending_add_py``).  The

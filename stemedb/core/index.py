@@ -25,6 +25,38 @@ MERGE_AT = 65536
 PRED_BITS = 24
 
 
+_recent_items = None
+_merge_runs = None
+
+
+def use_compiled_merge(items, merge) -> None:
+    """Let ``items`` (``_fast.recent_items``) build a merge's keys and
+    ordinals and ``merge`` (``_fast.merge_runs``) merge them into the run
+    from now on (the same arrays as the pure twins); called by
+    ``stemedb.core.fast``, so this module imports nothing of the compiled
+    build (no import cycle).  None, None: the pure twins again."""
+    global _recent_items, _merge_runs
+    _recent_items, _merge_runs = items, merge
+
+
+def merge_runs_py(keys: np.ndarray, vals: np.ndarray, ks: np.ndarray,
+                  vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted run ``keys``/``vals`` with the sorted ``ks``/``vs``
+    merged in, each after the run's equal keys: recent ordinals are all
+    larger than the run's, so every key's ordinals stay ascending.  New
+    arrays; the pure twin of ``_fast.merge_runs``."""
+    pos = keys.searchsorted(ks, "right")
+    return np.insert(keys, pos, ks), np.insert(vals, pos, vs)
+
+
+def recent_items_py(recent: dict, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The pure twin of ``_fast.recent_items``: what :meth:`MultiMap.merge`
+    builds without it."""
+    ks = np.fromiter((k for k, lst in recent.items() for _ in lst), dtype=dtype, count=n)
+    vs = np.fromiter((v for lst in recent.values() for v in lst), dtype=np.int32, count=n)
+    return ks, vs
+
+
 def h64(h: bytes) -> int:
     """The 64-bit prefix of a hash (or any bytes), as an index key."""
     return int.from_bytes(h[:8], "little")
@@ -312,17 +344,11 @@ class MultiMap:
     def merge(self) -> None:
         if not self.recent:
             return
-        ks = np.fromiter((k for k, lst in self.recent.items() for _ in lst),
-                         dtype=self.dtype, count=self.n_recent)
-        vs = np.fromiter((v for lst in self.recent.values() for v in lst),
-                         dtype=np.int32, count=self.n_recent)
-        order = np.argsort(ks, kind="stable")
+        # the compiled twin when fast.py gave it (use_compiled_merge)
+        ks, vs = (_recent_items or recent_items_py)(self.recent, self.n_recent, self.dtype)
+        order = stable_order(ks)        # np.argsort(ks, kind="stable"), faster
         ks, vs = ks[order], vs[order]
-        # Recent ordinals are all larger than the run's, so inserting each
-        # after the run's equal keys keeps every key's ordinals ascending.
-        pos = self.keys.searchsorted(ks, "right")
-        self.keys = np.insert(self.keys, pos, ks)
-        self.vals = np.insert(self.vals, pos, vs)
+        self.keys, self.vals = (_merge_runs or merge_runs_py)(self.keys, self.vals, ks, vs)
         self.recent = {}
         self.n_recent = 0
 

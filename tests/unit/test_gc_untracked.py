@@ -174,3 +174,114 @@ def test_an_untracked_pending_entry_frees_its_request():
     pending.clear()
     gc.collect()
     assert ref() is None
+
+
+# ------------------------------------------------ the merge's compiled twins
+# _fast.recent_items (the recent dict as two arrays) and _fast.merge_runs
+# (two sorted runs merged, the recent one after equal keys) against
+# index.recent_items_py and index.merge_runs_py, which MultiMap.merge uses in
+# the pure run; and a MultiMap merged either way holds the same run.
+
+@compiled
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_recent_items_matches_the_pure_twin(dtype, seed):
+    rnd = random.Random(seed)
+    recent = {}
+    n = 0
+    for o in range(2000):
+        k = rnd.randrange(50) if rnd.random() < 0.5 else rnd.getrandbits(63)
+        recent.setdefault(k, []).append(o)
+        n += 1
+    want = index.recent_items_py(recent, n, dtype)
+    got = _fast.recent_items(recent, n, dtype)
+    for w, g in zip(want, got):
+        assert w.dtype == g.dtype and w.tolist() == g.tolist()
+    # fewer pairs than asked: both refuse; more: both take the first n
+    with pytest.raises(ValueError):
+        index.recent_items_py(recent, n + 1, dtype)
+    with pytest.raises(ValueError):
+        _fast.recent_items(recent, n + 1, dtype)
+    for w, g in zip(index.recent_items_py(recent, n - 7, dtype), _fast.recent_items(recent, n - 7, dtype)):
+        assert w.tolist() == g.tolist()
+    assert [x.tolist() for x in _fast.recent_items({}, 0, dtype)] == [[], []]
+
+
+@compiled
+def test_recent_items_refuses_what_does_not_fit():
+    with pytest.raises(OverflowError):
+        _fast.recent_items({-1: [0]}, 1, np.uint64)
+    with pytest.raises((OverflowError, ValueError)):
+        index.recent_items_py({-1: [0]}, 1, np.uint64)
+    with pytest.raises(OverflowError):
+        _fast.recent_items({1: [1 << 31]}, 1, np.int64)
+    with pytest.raises((OverflowError, ValueError)):
+        index.recent_items_py({1: [1 << 31]}, 1, np.int64)
+    with pytest.raises(ValueError):
+        _fast.recent_items({1: [1]}, 1, np.int32)
+
+
+def _runs(rnd, dtype, n, k, keyspace):
+    lo = 0 if dtype == np.uint64 else -keyspace
+    keys = np.array(sorted(rnd.randrange(lo, keyspace) for _ in range(n)), dtype=dtype)
+    ks = np.array(sorted(rnd.randrange(lo, keyspace) for _ in range(k)), dtype=dtype)
+    if dtype == np.uint64 and n and k:      # keys past 2**63: unsigned order
+        keys[-1] = np.uint64(2**64 - 1)
+        ks[0] = np.uint64(2**63 + 5)
+        ks.sort()
+    return keys, np.arange(n, dtype=np.int32), ks, np.arange(n, n + k, dtype=np.int32)
+
+
+@compiled
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+@pytest.mark.parametrize("n,k,keyspace", [(0, 0, 5), (0, 10, 5), (10, 0, 5), (300, 200, 20),
+                                          (1000, 50, 1 << 40), (5, 500, 3)])
+def test_merge_runs_matches_the_pure_twin(dtype, n, k, keyspace):
+    keys, vals, ks, vs = _runs(random.Random(n * 7 + k), dtype, n, k, keyspace)
+    wk, wv = index.merge_runs_py(keys, vals, ks, vs)
+    gk, gv = _fast.merge_runs(keys, vals, ks, vs)
+    assert gk.dtype == wk.dtype and gv.dtype == wv.dtype == np.int32
+    assert gk.tolist() == wk.tolist() and gv.tolist() == wv.tolist()
+    # a run in another byte order or strided (a mapped snapshot's view) merges the same
+    gk2, gv2 = _fast.merge_runs(keys.astype(keys.dtype.newbyteorder(">")), vals,
+                                np.repeat(ks, 2)[::2], vs)
+    assert gk2.tolist() == wk.tolist() and gv2.tolist() == wv.tolist()
+
+
+@compiled
+def test_merge_runs_refuses_mismatched_arrays():
+    keys, vals, ks, vs = _runs(random.Random(3), np.int64, 20, 10, 100)
+    for args in [(keys, vals, ks.astype(np.uint64), vs), (keys, vals.astype(np.int64), ks, vs),
+                 (keys, vals[:-1], ks, vs), (keys.reshape(4, 5), vals, ks, vs),
+                 (keys.astype(np.int32), vals, ks.astype(np.int32), vs)]:
+        with pytest.raises(ValueError):
+            _fast.merge_runs(*args)
+
+
+@pytest.mark.parametrize("twins", ["pure", "compiled"])
+def test_a_merge_gives_the_same_run_either_way(twins, monkeypatch):
+    if twins == "compiled" and _fast is None:
+        pytest.skip("pure-Python run")
+    if twins == "compiled":
+        monkeypatch.setattr(index, "_recent_items", _fast.recent_items)
+        monkeypatch.setattr(index, "_merge_runs", _fast.merge_runs)
+    else:
+        monkeypatch.setattr(index, "_recent_items", None)
+        monkeypatch.setattr(index, "_merge_runs", None)
+    rnd = random.Random(4)
+    m = MultiMap(np.uint64)
+    m.extend(np.array(sorted(rnd.getrandbits(64) for _ in range(500)), dtype=np.uint64),
+             np.arange(500, dtype=np.int32))
+    ref = {}
+    for i, (k, o) in enumerate(zip(m.keys.tolist(), m.vals.tolist())):
+        ref.setdefault(k, []).append(o)
+    for o in range(500, 1500):
+        k = rnd.getrandbits(64) if rnd.random() < 0.7 else m.keys.tolist()[rnd.randrange(500)]
+        MultiMap.add(m, k, o)
+        ref.setdefault(k, []).append(o)
+    m.merge()
+    assert m.n_recent == 0 and m.recent == {}
+    assert np.all(m.keys[1:] >= m.keys[:-1])
+    assert m.check("m") == []
+    for k, want in ref.items():
+        assert m.get(k) == want
