@@ -602,8 +602,8 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
 # row was ~5 us of a warm 4-candidate query in take() and ReadCache.records'
 # Python loop).
 
-from cpython.dict cimport PyDict_GetItem
-from cpython.ref cimport PyObject
+from cpython.dict cimport PyDict_GetItem, PyDict_Update
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 
 
 def cache_take(d, list ords, loc, seq):
@@ -1076,6 +1076,10 @@ def audit_tail(tuple half_life_us, list winners, more, list top, at_us, bint dec
 def audit_head(tuple names, bytes tail, number, at, agent, params):
     """audit_line's line from its head and an audit_tail: the same bytes as
     audit_line of the same pieces; None where audit_line gives None."""
+    return _audit_head(names, tail, number, at, agent, params)
+
+
+cdef object _audit_head(tuple names, bytes tail, number, at, agent, params):
     cdef Line o
     if not _head_ok(names, number, at, agent, params):
         return None
@@ -1250,3 +1254,309 @@ def read_frames(list locs, list segs, decode):
             continue
         out.append(_frame(&mv[off], mv.shape[0] - off, decode))
     return out
+
+
+# ------------------------------------------------------------ a first page, one call
+# first_page: query.run_query's first page of the default view in one call
+# (the reference is qpure.first_page, which documents it): the argument
+# checks, the answer's key and generation token, the cache lookup, and for a
+# held answer the page's Assertions, the results, the QueryResult and the
+# audit line from the answer's kept end (audit_head's bytes), appended to
+# the audit queue as AuditLog.add would below its quick_below backlog.  A
+# warm 4-candidate query spent ~11 us in these steps' Python layers.
+
+cdef object _answer_token(st, dict path_ids, dict pred_ids, list paths, predicate,
+                          bint include_descendants, Py_ssize_t gen_mask, Py_ssize_t gen_mix):
+    """qpure.answer_token (``path_ids``, ``pred_ids``: the State's)."""
+    cdef list kg = st.key_gen, pg = st.path_gen
+    cdef Py_ssize_t npaths = -1, npreds = -1, pid, qid = 0, i
+    cdef bint has_qid = False
+    cdef PyObject* e
+    if len(kg) <= gen_mask or len(pg) <= gen_mask or gen_mask < 0:
+        raise ValueError("the generation slots are fewer than the mask covers")
+    if predicate is not None:
+        e = PyDict_GetItem(pred_ids, predicate)
+        if e != NULL:
+            qid = <object>e
+            has_qid = True
+    if include_descendants:
+        npaths = len(st.path_names)
+    cdef list parts = []
+    for i in range(len(paths)):
+        e = PyDict_GetItem(path_ids, paths[i])
+        if e == NULL:
+            npaths = len(st.path_names)
+        elif predicate is None:
+            pid = <object>e
+            parts.append(pg[pid & gen_mask])
+        elif has_qid:
+            pid = <object>e
+            parts.append(kg[(pid * gen_mix + qid) & gen_mask])
+    if predicate is not None and not has_qid:
+        npreds = len(st.pred_names)
+    return (st.gen, npaths, npreds, tuple(parts))
+
+
+def answer_token(st, list paths, predicate, include_descendants, gen_mask, gen_mix):
+    """See qpure.answer_token."""
+    return _answer_token(st, st.path_ids, st.pred_ids, paths, predicate,
+                         include_descendants is True, gen_mask, gen_mix)
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        const char* name
+        int type
+        Py_ssize_t offset
+        int flags
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    ctypedef struct PyTypeObject:
+        PyObject* (*tp_alloc)(PyTypeObject*, Py_ssize_t) except NULL
+        PyObject* (*tp_new)(PyTypeObject*, PyObject*, PyObject*) except NULL
+        Py_ssize_t tp_dictoffset
+        unsigned long tp_flags
+    PyTypeObject PyBaseObject_Type
+    unsigned long Py_TPFLAGS_MANAGED_DICT
+    int T_OBJECT_EX
+    int READONLY
+
+cdef extern from "<time.h>" nogil:
+    ctypedef int clockid_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clk, timespec* ts)
+    clockid_t CLOCK_REALTIME
+
+DEF ASSERTION_SLOTS = 5     # model.Assertion's __slots__, as its __init__ sets them
+
+
+cdef tuple _NO_ARGS = ()
+
+
+cdef object _new(cls):
+    """``object.__new__(cls)`` (its instance dict set up as there)."""
+    cdef PyObject* o = PyBaseObject_Type.tp_new(<PyTypeObject*>cls, <PyObject*>_NO_ARGS, NULL)
+    obj = <object>o
+    Py_DECREF(obj)
+    return obj
+
+
+cdef object _copy_dict(cls, r):
+    """``cls(r)`` for ``cls`` a dict subclass with dict's __new__ and
+    __init__ (checked by FirstPage) and ``r`` a dict."""
+    cdef PyObject* o = (<PyTypeObject*>cls).tp_new(<PyTypeObject*>cls, <PyObject*>_NO_ARGS, NULL)
+    obj = <object>o
+    Py_DECREF(obj)
+    PyDict_Update(obj, r)
+    return obj
+
+
+cdef inline void _put(PyObject* a, Py_ssize_t offset, object v):
+    """Set a fresh object's empty slot at ``offset`` to ``v``."""
+    Py_INCREF(v)
+    (<PyObject**>(<char*>a + offset))[0] = <PyObject*>v
+
+
+cdef Py_ssize_t _slot(cls, str name) except -1:
+    """The offset of ``cls``'s __slots__ member ``name`` in its objects."""
+    d = cls.__dict__.get(name)
+    if type(d).__name__ != "member_descriptor":
+        raise TypeError(f"{cls.__name__}.{name} is not a __slots__ member")
+    cdef PyMemberDef* m = (<PyMemberDescrObject*>d).d_member
+    if m.type != T_OBJECT_EX or m.flags & READONLY or m.offset <= 0:
+        raise TypeError(f"{cls.__name__}.{name} is not a writable object slot")
+    return m.offset
+
+
+cdef class FirstPage:
+    cdef dict lenses
+    cdef object filters, lifecycles, result, query_result, assertion, moment
+    cdef object resolve, finish, audit, log_cls, unset, now_us
+    cdef tuple names
+    cdef Py_ssize_t gen_mask, gen_mix, ntop_max
+    cdef Py_ssize_t offsets[ASSERTION_SLOTS]
+
+    def __init__(self, tuple env):
+        (lenses, self.filters, self.lifecycles, self.gen_mask, self.gen_mix, self.ntop_max,
+         self.result, self.query_result, self.assertion, self.moment, self.resolve,
+         self.finish, self.audit, self.log_cls, self.names, self.now_us) = env
+        self.lenses = lenses
+        self.unset = self.assertion._UNSET
+        cdef Py_ssize_t i
+        cdef PyTypeObject* t = <PyTypeObject*>self.assertion
+        if (not isinstance(self.assertion, type) or t.tp_dictoffset != 0
+                or t.tp_flags & Py_TPFLAGS_MANAGED_DICT or t.tp_new != PyBaseObject_Type.tp_new):
+            raise TypeError("the Assertion class must be a __slots__ class without a __dict__ "
+                            "or its own __new__")
+        for i, name in enumerate(("record", "seq", "status", "retraction", "_value")):
+            self.offsets[i] = _slot(self.assertion, name)
+        res = self.result
+        if (not isinstance(res, type) or not issubclass(res, dict) or res.__new__ is not dict.__new__
+                or res.__init__ is not dict.__init__):
+            raise TypeError("the Result class must be a dict subclass with dict's __new__ and "
+                            "__init__")
+        t = <PyTypeObject*>self.query_result
+        if not isinstance(self.query_result, type) or t.tp_new != PyBaseObject_Type.tp_new:
+            raise TypeError("the QueryResult class must use object's __new__")
+
+    cdef object _page(self, st, ans):
+        """qpure.held_page.  Each Assertion is allocated as object.__new__
+        allocates it (its type's tp_alloc: zeroed, tracked) and its five
+        slots are set where Assertion.__init__ sets them, in place."""
+        cdef dict rmap = st.retracted
+        recs, seqs = ans.held
+        cdef list rl = recs, sl = seqs
+        cdef Py_ssize_t i, k, n = len(rl)
+        cdef PyObject* a
+        cdef PyObject** slot
+        cdef PyTypeObject* cls = <PyTypeObject*>self.assertion
+        if len(sl) != n:
+            raise ValueError("the held records and seqs differ in length")
+        if rmap:
+            for o in ans.ords:
+                if o in rmap:
+                    return None
+        cdef list out = []
+        cdef Py_ssize_t* off = self.offsets
+        unset = self.unset
+        for i in range(n):
+            a = cls.tp_alloc(cls, 0)
+            obj = <object>a             # owns the new reference from here
+            Py_DECREF(obj)
+            _put(a, off[0], rl[i])
+            _put(a, off[1], sl[i])
+            _put(a, off[2], "active")
+            _put(a, off[3], None)
+            _put(a, off[4], unset)
+            out.append(obj)
+        return out
+    cdef object _clock(self, reader):
+        """``reader.clock()``; timeutil.now_us's ``time.time_ns() // 1000``
+        read here when it is that clock (the same CLOCK_REALTIME)."""
+        cdef timespec ts
+        clock = reader.clock
+        if clock is self.now_us and clock_gettime(CLOCK_REALTIME, &ts) == 0 and ts.tv_sec >= 0:
+            return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+        return clock()
+
+    def __call__(self, reader, concept_path, predicate, include_descendants, lens, limit,
+                 agent):
+        cdef PyObject* e
+        st = reader.state
+        cache = reader.cache
+        path_ids = st.path_ids
+        pred_ids = st.pred_ids
+        if (cache is None or type(concept_path) is not str or type(path_ids) is not dict
+                or type(pred_ids) is not dict
+                or PyDict_GetItem(path_ids, concept_path) == NULL):
+            return None
+        if predicate is not None and (type(predicate) is not str
+                                      or PyDict_GetItem(pred_ids, predicate) == NULL):
+            return None
+        if include_descendants is not False and include_descendants is not True:
+            return None
+        if type(lens) is not str or type(limit) is not int or not 1 <= limit <= 1000:
+            return None
+        e = PyDict_GetItem(self.lenses, lens)
+        if e == NULL:
+            return None
+        lens_obj = <object>e
+        name = lens_obj.name
+        if name == "trust":
+            return None
+        cdef bint incl = include_descendants is True
+        page = None
+        lock = reader.lock
+        lock.acquire()
+        try:
+            seq_bound = st.last_seq
+            rec_bound = st.last_recorded_at
+            at_us = self._clock(reader)
+            paths = [concept_path]
+            if incl:
+                paths += st.descendant_paths(concept_path)
+            akey = (concept_path, predicate, include_descendants, name, None, None, None,
+                    self.lifecycles, None, False, False, None)
+            token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
+                                  self.gen_mask, self.gen_mix)
+            ans = _cached_answer(cache, akey, token)
+            if ans is not None and ans.held is not None and len(ans.ords) <= limit:
+                page = self._page(st, ans)
+            if page is None:
+                f = self.filters()
+                f.seq_bound = seq_bound
+                f.rec_bound = rec_bound
+                f.at_us = at_us
+                got = self.resolve(reader, concept_path, predicate, include_descendants,
+                                   lens_obj, f, paths, akey, token, ans, 0, limit)
+        finally:
+            lock.release()
+        params = (concept_path, predicate, include_descendants, lens, None, None, None, None,
+                  None, False, False, limit, None)
+        if page is None:
+            return self.finish(reader, got, params, lens_obj, f, akey, token, 0, agent)
+        results = [_copy_dict(self.result, r) for r in ans.results]
+        # QueryResult(concept_path, lens, results, page, None): the dataclass's
+        # __init__ sets these six fields, in this order (extra: a new dict)
+        obj = _new(self.query_result)
+        obj.concept_path = concept_path
+        obj.lens = lens
+        obj.results = results
+        obj.assertions = page
+        obj.next_cursor = None
+        obj.extra = {}
+        audit = reader.audit
+        if audit is not None and not self._line(reader, audit, ans, agent, params):
+            n = ans.active
+            self.audit(reader, agent, params, results, None, self.moment(at_us, False),
+                       page[:self.ntop_max if n > self.ntop_max else n], active=n, answer=ans)
+        return obj
+
+    cdef bint _line(self, reader, audit, ans, agent, tuple params) except -1:
+        """qaudit._audit's line from a held answer's kept end, queued;
+        False when that is not the way (no kept end yet, a stand-in audit
+        log, an agent or a parameter audit_head does not write): then
+        qaudit._audit does what it does."""
+        tail = ans.tail
+        if (type(audit) is not self.log_cls or type(tail) is not bytes or not tail
+                or not (agent is None or type(agent) is str)):
+            return False
+        at = self._clock(reader)
+        try:
+            line = _audit_head(self.names, tail, next(audit._ids), at, agent, params)
+        except Exception:  # noqa: BLE001 - qaudit._audit builds it (or counts it)
+            line = None
+        if line is None:
+            return False
+        q = audit._queue
+        if len(q) < audit.quick_below:
+            q.append(line)
+        else:
+            audit.add(line)
+        return True
+
+
+cdef object _cached_answer(cache, key, token):
+    """reader.ReadCache.answer, inline."""
+    cdef PyObject* e
+    lock = cache._lock
+    lock.acquire()
+    try:
+        d = cache._d
+        e = PyDict_GetItem(d, key)
+        if e == NULL or (<object>e).token != token:
+            cache.answer_misses += 1
+            return None
+        ans = <object>e
+        d.move_to_end(key)
+        cache.answer_hits += 1
+        return ans
+    finally:
+        lock.release()
+
+
+def first_page(tuple env):
+    """See qpure.first_page."""
+    return FirstPage(env)

@@ -107,6 +107,10 @@ class AuditLog:
         self.rotate_at = rotate_at if rotate_at is not None else min(
             ROTATE_AT, max(max_bytes // 8, MIN_ROTATE))
         self.max_queue = max_queue
+        # Below this backlog add() only appends (no drain, no drop, no
+        # wake-up): the compiled query path appends its line itself then
+        # (_query.first_page)
+        self.quick_below = min(WAKE_AT, max_queue // 2)
         self._clock = clock
         self._queue: collections.deque = collections.deque()
         self._cv = threading.Condition()

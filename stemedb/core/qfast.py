@@ -34,3 +34,5 @@ cache_take = _query.cache_take if COMPILED else qpure.cache_take
 key_ordinals = _query.key_ordinals if COMPILED else qpure.key_ordinals
 hashed_pairs = _query.hashed_pairs if COMPILED else qpure.hashed_pairs
 read_frames = _query.read_frames if COMPILED else qpure.read_frames
+answer_token = _query.answer_token if COMPILED else qpure.answer_token
+first_page = _query.first_page if COMPILED else qpure.first_page

@@ -320,3 +320,116 @@ def read_frames(locs: list[int], segs: list, decode) -> list:
             continue
         out.append(_frame(buf, off, decode))
     return out
+
+
+def answer_token(st, paths: list[str], predicate: str | None, include_descendants: bool,
+                 gen_mask: int, gen_mix: int) -> tuple:
+    """The generations an answer over ``paths`` (and ``predicate``) reads
+    (call under the lock; see stemedb.core.state, GEN_SLOTS): ``(st.gen,
+    paths counted, predicates counted, the key's or path's slots)``.  A
+    path or predicate not stored yet contributes the count of paths or
+    predicates, which its first assertion moves (``-1`` where none is
+    counted).  ``query._token`` is this with the State's mask and mix."""
+    kg, pg = st.key_gen, st.path_gen
+    if len(kg) <= gen_mask or len(pg) <= gen_mask or gen_mask < 0:
+        raise ValueError("the generation slots are fewer than the mask covers")
+    qid = st.pred_ids.get(predicate) if predicate is not None else None
+    npaths = len(st.path_names) if include_descendants else -1
+    parts = []
+    for p in paths:
+        pid = st.path_ids.get(p)
+        if pid is None:
+            npaths = len(st.path_names)
+        elif predicate is None:
+            parts.append(pg[pid & gen_mask])
+        elif qid is not None:
+            parts.append(kg[(pid * gen_mix + qid) & gen_mask])
+    npreds = len(st.pred_names) if predicate is not None and qid is None else -1
+    return (st.gen, npaths, npreds, tuple(parts))
+
+
+def first_page(env: tuple):
+    """``query.run_query`` for a first page of the default view (no cursor,
+    no filter), as one call: the reference of the compiled
+    ``_query.first_page``.  ``env``: what it uses of query.py, in this order:
+    the lenses by name, the Filters class, the default lifecycles, the
+    generation mask and mix, how many candidates an audit entry names, the
+    Result, QueryResult and Assertion classes, the audit's moment class,
+    query._resolve, query._finish, qaudit._audit, the AuditLog class, the
+    audit parameters' names and timeutil.now_us (the last three are read by
+    the compiled twin only).
+
+    The returned function takes ``(reader, concept_path, predicate,
+    include_descendants, lens, limit, agent)`` and gives run_query's
+    QueryResult, or None, having done nothing, when an argument is not in
+    the plain form run_query's checks let through without a call (a stored
+    path and predicate, booleans, a known lens, a limit in range) or the
+    answer is not one the cache keeps (no cache; the trust lens, measured
+    at "now").  A held answer (reader.Answer.held) whose candidates fit on
+    the page and are none of them retracted is served from its records,
+    as run_query's _answer_shown would; anything else goes through
+    query._resolve and query._finish as run_query's own path, with the key,
+    the token and the pinned view computed here."""
+    (lenses, filters, lifecycles, gen_mask, gen_mix, ntop_max, result, query_result,
+     assertion, moment, resolve, finish, audit, _log, _names, _now_us) = env
+
+    def first(reader, concept_path, predicate, include_descendants, lens, limit, agent):
+        st = reader.state
+        cache = reader.cache
+        if cache is None or type(concept_path) is not str or concept_path not in st.path_ids:
+            return None
+        if predicate is not None and (type(predicate) is not str
+                                      or predicate not in st.pred_ids):
+            return None
+        if include_descendants is not False and include_descendants is not True:
+            return None
+        lens_obj = lenses.get(lens) if type(lens) is str else None
+        if lens_obj is None or type(limit) is not int or not 1 <= limit <= 1000:
+            return None
+        name = lens_obj.name
+        if name == "trust":     # measured at "now" (query._time_bound): never kept unpinned
+            return None
+        with reader.lock:
+            seq_bound, rec_bound, at_us = st.last_seq, st.last_recorded_at, reader.clock()
+            paths = [concept_path]
+            if include_descendants:
+                paths += st.descendant_paths(concept_path)
+            # query._answer_key of the default Filters
+            akey = (concept_path, predicate, include_descendants, name, None, None, None,
+                    lifecycles, None, False, False, None)
+            token = answer_token(st, paths, predicate, include_descendants, gen_mask, gen_mix)
+            ans = cache.answer(akey, token)
+            page = None
+            if ans is not None and ans.held is not None and len(ans.ords) <= limit:
+                page = held_page(st, ans, assertion)
+            if page is None:
+                f = filters()
+                f.seq_bound, f.rec_bound, f.at_us = seq_bound, rec_bound, at_us
+                got = resolve(reader, concept_path, predicate, include_descendants, lens_obj, f,
+                              paths, akey, token, ans, 0, limit)
+        params = (concept_path, predicate, include_descendants, lens, None, None, None, None,
+                  None, False, False, limit, None)
+        if page is None:
+            return finish(reader, got, params, lens_obj, f, akey, token, 0, agent)
+        results = [result(r) for r in ans.results]
+        out = query_result(concept_path, lens, results, page, None)
+        if reader.audit is not None:
+            n = ans.active
+            audit(reader, agent, params, results, None, moment(at_us, False),
+                  page[:ntop_max if n > ntop_max else n], active=n, answer=ans)
+        return out
+
+    return first
+
+
+def held_page(st, ans, assertion) -> list | None:
+    """The Assertions of a held answer's candidates (``ans.held``: their
+    records and seqs), all active, or None when one of them is retracted
+    (the caller then shows them as ``Reader.assertions`` does)."""
+    rmap = st.retracted
+    if rmap:
+        for o in ans.ords:
+            if o in rmap:
+                return None
+    recs, seqs = ans.held
+    return list(map(assertion, recs, seqs))

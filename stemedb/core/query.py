@@ -15,6 +15,7 @@ from typing import Sequence
 
 from ..errors import NotFound, ValidationError
 from ..model import Assertion, check_concept_path, check_hash, check_name
+from ..timeutil import now_us
 from .fast import str64
 from . import qfast
 from .lens import LENSES, LensContext, Resolution, conflict_analysis, get_lens
@@ -29,6 +30,7 @@ from .qfilters import (  # noqa: F401 (re-exported: the filters, gather, shown, 
     DEFAULT_LIFECYCLES, Filters, _bool, _context, _cursor, _uncursor, gather, parse_filters,
     shown, shown_many,
 )
+from .audit import AuditLog
 from .reader import HELD_MAX, Answer
 from .state import GEN_MASK, GEN_MIX
 
@@ -109,29 +111,25 @@ def _answer_key(concept_path, predicate, include_descendants, lens_name, f: Filt
 
 def _token(st, paths: list[str], predicate: str | None, include_descendants: bool) -> tuple:
     """The generations an answer over ``paths`` (and ``predicate``) reads
-    (call under the lock; see stemedb.core.state, GEN_SLOTS).  A path or
-    predicate not stored yet contributes the count of paths or predicates,
-    which its first assertion moves."""
-    kg, pg = st.key_gen, st.path_gen
-    qid = st.pred_ids.get(predicate) if predicate is not None else None
-    npaths = len(st.path_names) if include_descendants else -1
-    parts = []
-    for p in paths:
-        pid = st.path_ids.get(p)
-        if pid is None:
-            npaths = len(st.path_names)
-        elif predicate is None:
-            parts.append(pg[pid & GEN_MASK])
-        elif qid is not None:
-            parts.append(kg[(pid * GEN_MIX + qid) & GEN_MASK])
-    npreds = len(st.pred_names) if predicate is not None and qid is None else -1
-    return (st.gen, npaths, npreds, tuple(parts))
+    (call under the lock; see stemedb.core.state, GEN_SLOTS, and
+    qpure.answer_token)."""
+    return qfast.answer_token(st, paths, predicate, include_descendants, GEN_MASK, GEN_MIX)
 
 
 def run_query(reader, concept_path, *, predicate=None, include_descendants=False,
               lens="recency", as_of=None, known_at=None, since=None, lifecycle=None,
               epoch=None, decay=False, include_retracted=False, limit=100, cursor=None,
               agent=None) -> QueryResult:
+    if (cursor is None and as_of is None and known_at is None and since is None
+            and lifecycle is None and epoch is None and decay is False
+            and include_retracted is False):
+        # a first page of the default view: one call (qfast.first_page)
+        # serves it, from a held answer when the cache has one; None when
+        # the arguments are not its plain form (the checks below raise or
+        # pass them)
+        out = _FIRST(reader, concept_path, predicate, include_descendants, lens, limit, agent)
+        if out is not None:
+            return out
     # A stored path or predicate passed these checks when it was written
     # (a dict lookup instead of ~3 us of checks for a small key's query)
     st = reader.state
@@ -172,58 +170,85 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                                cursor is not None)
             token = _token(reader.state, paths, predicate, include_descendants)
             ans = cache.answer(akey, token)
-        shown_of = colres = None
-        ntop = AUDIT_CONTRIBUTORS if reader.audit is not None else -1
-        if ans is None:
-            active, retracted = gather(reader, paths, predicate, f)
-            if lens_obj.rows_only and _rows_pay(len(active), limit, reader.audit is not None):
-                # resolved from the index columns, candidates as ordinals: only
-                # the winners, the page and the audit's top are decoded, as one
-                # batch (shown_of: ordinal -> Assertion)
-                want = [(offset, offset + limit)]
-                if ntop >= 0:
-                    want.append((0, min(ntop, len(active))))
-                ans, shown_of = rows_answer(reader, lens_obj, f, active, retracted,
-                                            concept_path, predicate, include_descendants,
-                                            token, want)
-                if akey is not None:
-                    cache.add_answer(akey, ans)
-            else:
-                cands = shown_many(reader, active, f)
-                rcands = shown_many(reader, retracted, f) if f.include_retracted else []
-                ctx: _Moment | LensContext | None = None
-                if (qfast.COMPILED and active and predicate is not None
-                        and not include_descendants and lens_obj.name in qfast.COLUMN_LENSES):
-                    # a small key: every candidate is decoded for the page anyway,
-                    # but ranked from the columns in C (lens.py over these
-                    # Assertions costs ~3x as much: bench.lens_bench); "now" as
-                    # _context takes it, and, ranked, no LensContext is built
-                    # (its votes and trust are not read by these lenses)
-                    at = (f.as_of if f.as_of is not None else f.at_us if f.at_us is not None
-                          else reader.clock())
-                    colres = columns_resolution(reader, lens_obj, active, at, f.decay)
-                    if colres is not None:
-                        ctx = _Moment(at, f.decay)
-                if ctx is None:
-                    ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
-        if ans is not None:
-            # a materialized answer (cached, or just resolved over rows): what
-            # a fresh computation gives (see _answer_key); only the page (and
-            # the audit's top) is decoded; a first page and the top overlap,
-            # so they are decoded as one batch
-            ords = ans.ords
-            top: list[Assertion] | None = None
-            ntop = min(ntop, ans.active)
-            if shown_of is not None:
-                page = [shown_of[o] for o in ords[offset:offset + limit]]
-                if ntop >= 0:
-                    top = [shown_of[o] for o in ords[:ntop]]
-            elif offset == 0 and ntop >= 0:
-                both = _answer_shown(reader, ans, 0, max(limit, ntop), f)
-                page, top = both[:limit], both[:ntop]
-            else:
-                page = _answer_shown(reader, ans, offset, offset + limit, f)
-                top = _answer_shown(reader, ans, 0, ntop, f) if ntop >= 0 else None
+        got = _resolve(reader, concept_path, predicate, include_descendants, lens_obj, f, paths,
+                       akey, token, ans, offset, limit)
+    # the parameters in _AUDIT_PARAMS order (_audit_params, inline)
+    return _finish(reader, got, (concept_path, predicate, include_descendants, lens, as_of,
+                                 known_at, since, lifecycle, epoch, decay, include_retracted,
+                                 limit, cursor),
+                   lens_obj, f, akey, token, offset, agent)
+
+
+def _resolve(reader, concept_path, predicate, include_descendants, lens_obj, f: Filters,
+             paths: list[str], akey, token, ans, offset: int, limit: int) -> tuple:
+    """run_query's part under the lock once the answer cache was asked
+    (``ans``: what it gave, or None; ``akey``: the answer's key, None when
+    it is not kept; ``token``: the generations it is valid under): the
+    candidates gathered, decoded and, on the columns' branches, ranked, or
+    the page (and the audit's top) of a materialized answer.  What
+    :func:`_finish` takes, as one tuple (qpure.first_page calls both)."""
+    shown_of = colres = None
+    cands = rcands = ctx = page = top = active = retracted = None
+    ntop = AUDIT_CONTRIBUTORS if reader.audit is not None else -1
+    if ans is None:
+        active, retracted = gather(reader, paths, predicate, f)
+        if lens_obj.rows_only and _rows_pay(len(active), limit, reader.audit is not None):
+            # resolved from the index columns, candidates as ordinals: only
+            # the winners, the page and the audit's top are decoded, as one
+            # batch (shown_of: ordinal -> Assertion)
+            want = [(offset, offset + limit)]
+            if ntop >= 0:
+                want.append((0, min(ntop, len(active))))
+            ans, shown_of = rows_answer(reader, lens_obj, f, active, retracted,
+                                        concept_path, predicate, include_descendants,
+                                        token, want)
+            if akey is not None:
+                reader.cache.add_answer(akey, ans)
+        else:
+            cands = shown_many(reader, active, f)
+            rcands = shown_many(reader, retracted, f) if f.include_retracted else []
+            if (qfast.COMPILED and active and predicate is not None
+                    and not include_descendants and lens_obj.name in qfast.COLUMN_LENSES):
+                # a small key: every candidate is decoded for the page anyway,
+                # but ranked from the columns in C (lens.py over these
+                # Assertions costs ~3x as much: bench.lens_bench); "now" as
+                # _context takes it, and, ranked, no LensContext is built
+                # (its votes and trust are not read by these lenses)
+                at = (f.as_of if f.as_of is not None else f.at_us if f.at_us is not None
+                      else reader.clock())
+                colres = columns_resolution(reader, lens_obj, active, at, f.decay)
+                if colres is not None:
+                    ctx = _Moment(at, f.decay)
+            if ctx is None:
+                ctx = _context(reader, f, cands, active, need_votes=lens_obj.name == "vote")
+    if ans is not None:
+        # a materialized answer (cached, or just resolved over rows): what
+        # a fresh computation gives (see _answer_key); only the page (and
+        # the audit's top) is decoded; a first page and the top overlap,
+        # so they are decoded as one batch
+        ords = ans.ords
+        ntop = min(ntop, ans.active)
+        if shown_of is not None:
+            page = [shown_of[o] for o in ords[offset:offset + limit]]
+            if ntop >= 0:
+                top = [shown_of[o] for o in ords[:ntop]]
+        elif offset == 0 and ntop >= 0:
+            both = _answer_shown(reader, ans, 0, max(limit, ntop), f)
+            page, top = both[:limit], both[:ntop]
+        else:
+            page = _answer_shown(reader, ans, offset, offset + limit, f)
+            top = _answer_shown(reader, ans, 0, ntop, f) if ntop >= 0 else None
+    return ans, page, top, cands, rcands, ctx, colres, active, retracted
+
+
+def _finish(reader, got: tuple, params: tuple, lens_obj, f: Filters, akey, token, offset: int,
+            agent) -> QueryResult:
+    """run_query's part after the lock: the results, the page, the answer
+    kept (when ``akey``), and the audit entry; ``got``: :func:`_resolve`'s,
+    ``params``: the query's parameters in _AUDIT_PARAMS order."""
+    ans, page, top, cands, rcands, ctx, colres, active, retracted = got
+    concept_path, predicate, include_descendants, lens = params[:4]
+    limit = params[11]
     if ans is not None:
         results: list[dict] = [Result(r) for r in ans.results]
         nxt = _cursor(offset + limit, f) if offset + limit < len(ans.ords) else None
@@ -232,11 +257,8 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             # as _context: a cursor from before v1.1 carries no time
             at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None \
                 else reader.clock()
-            # the parameters in _AUDIT_PARAMS order (_audit_params, inline)
-            _audit(reader, agent, (concept_path, predicate, include_descendants, lens, as_of,
-                                   known_at, since, lifecycle, epoch, decay, include_retracted,
-                                   limit, cursor),
-                   results, None, _Moment(at, f.decay), top, active=ans.active, answer=ans)
+            _audit(reader, agent, params, results, None, _Moment(at, f.decay), top,
+                   active=ans.active, answer=ans)
         return out
     if colres is not None:
         groups, results, ordered = _shown_resolution(colres, cands, active, concept_path,
@@ -247,7 +269,8 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
     if rcands:
         ordered = ordered + sorted(rcands, key=lambda a: (-a.timestamp_us, -a.seq))
     made = None
-    if akey is not None:
+    cache = reader.cache
+    if akey is not None and cache is not None:
         # the cache keeps its own Result dicts (a caller may change the ones
         # it gets) and the candidates as ordinals
         where = {id(a): o for a, o in zip(cands, active)}
@@ -259,10 +282,7 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
     if reader.audit is not None:
-        _audit(reader, agent, (concept_path, predicate, include_descendants, lens, as_of,
-                               known_at, since, lifecycle, epoch, decay, include_retracted,
-                               limit, cursor),
-               results, groups, ctx, ordered, answer=made)
+        _audit(reader, agent, params, results, groups, ctx, ordered, answer=made)
     return out
 
 
@@ -482,3 +502,11 @@ def retraction_targets(reader, target: dict, cascade: bool) -> set[int]:
                     nxt.append(d)
         frontier = nxt
     return reached
+
+
+# run_query's first page of the default view, one call (compiled:
+# _query.first_page; the reference: qpure.first_page, which documents env)
+_FIRST_ENV = (LENSES, Filters, DEFAULT_LIFECYCLES, GEN_MASK, GEN_MIX, AUDIT_CONTRIBUTORS, Result,
+              QueryResult, Assertion, _Moment, _resolve, _finish, _audit, AuditLog,
+              _AUDIT_PARAMS, now_us)
+_FIRST = qfast.first_page(_FIRST_ENV)

@@ -226,6 +226,7 @@ def _pure(monkeypatch):
     monkeypatch.setattr(qfast, "key_ordinals", qpure.key_ordinals)
     monkeypatch.setattr(qfast, "hashed_pairs", qpure.hashed_pairs)
     monkeypatch.setattr(qaudit, "_ENTRY", qaudit._entry)
+    monkeypatch.setattr(Q, "_FIRST", qpure.first_page(Q._FIRST_ENV))
 
 
 def _fill(store, seed):

@@ -1,0 +1,312 @@
+"""A first page of the default view in one call (``qfast.first_page``: the
+compiled ``_query.first_page`` and its pure twin ``qpure.first_page``)
+answers as ``run_query``'s own path does (issue 9, "The read path,
+compiled"):
+
+* over a store with small keys (held answers), keys of more candidates
+  than an answer holds, retracted candidates, several predicates and
+  descendants, under every lens, with and without the audit: the same
+  QueryResult (its fields, in order, and every Assertion's slots), the same
+  cache counters and the same audit entries as run_query with the one-call
+  path switched off, cached and fresh alike;
+* arguments it does not take in their plain form, a store without the
+  cache and the trust lens: it returns None and has touched nothing (no
+  cache counter, no audit entry), so run_query's checks answer them;
+* ``answer_token`` against its twin and ``query._token``'s meaning, a
+  damaged generation table refused by both;
+* the classes it builds without calling them are the ones it can build
+  that way (it refuses others at construction).
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import orjson
+import pytest
+
+from stemedb.core import qfast, qpure
+from stemedb.core import query as Q
+from stemedb.core.audit import AuditLog
+from stemedb.model import Assertion
+from stemedb.timeutil import now_us
+from tests.unit.test_query_fastpath import clocked  # noqa: F401 (a fixture: the store at a set clock)
+
+try:
+    from stemedb.core import _query  # type: ignore[attr-defined]
+except ImportError:     # a pure-Python build: only the pure twin to compare
+    _query = None
+
+T0 = 1_709_294_400       # the fixture's clock: 500 days after T0
+LENSES = sorted(Q.LENSES)
+
+PURE = qpure.first_page(Q._FIRST_ENV)
+IMPLS = [("pure", PURE)]
+if _query is not None:
+    IMPLS.append(("compiled", _query.first_page(Q._FIRST_ENV)))
+
+
+def _off(*_a):
+    return None
+
+
+def _fill(store, seed: int) -> None:
+    """Small keys (held answers), one key of 40 candidates (not held), a
+    few retractions, children under d/e0 for include_descendants."""
+    r = random.Random(seed)
+    hashes = []
+    for i in range(90):
+        path = r.choice(["d/e0", "d/e1", "d/e2", "d/e0/c", "d/e0/c/x"])
+        hashes.append(store.put({
+            "concept_path": path, "predicate": f"p{r.randrange(3)}",
+            "value": r.choice([r.randrange(4), "x" * r.randrange(1, 30), [1, 2], {"k": i % 3}]),
+            "confidence": r.choice([0.1, 0.5, 0.9]),
+            "source": r.choice([None, "fda://x", "blog://y", "pubmed://1"]),
+            "timestamp": T0 + r.randrange(10**6)}).hash)
+    for i in range(40):
+        store.put({"concept_path": "d/big", "predicate": "p0", "value": i % 7,
+                   "confidence": 0.5, "source": "fda://x", "timestamp": T0 + i})
+    for h in r.sample(hashes, 5):
+        store.retract(hash=h, reason="test")
+
+
+QUERIES = [(path, kw) for path in ("d/e0", "d/e1", "d/e2", "d/big", "d/none", "d")
+           for kw in ({"predicate": "p0"}, {"predicate": "p1", "limit": 2},
+                      {"predicate": None}, {"predicate": "p0", "include_descendants": True},
+                      {"predicate": "p2", "limit": 1000}, {"predicate": "p9"})] + \
+    [("d/e0", {"predicate": "p0", "lens": lens}) for lens in LENSES] + \
+    [("d/big", {"predicate": "p0", "lens": lens, "limit": 50}) for lens in LENSES] + \
+    [("d/e1", {"predicate": "p1", "agent": "agent-7"})]
+
+
+def _slots(a: Assertion) -> tuple:
+    return (type(a), a.record, a.seq, a.status, a.retraction, a.value)
+
+
+def _shape(res) -> tuple:
+    """Everything a caller can read of a QueryResult."""
+    return (type(res), list(vars(res)), orjson.dumps(res.to_dict()),
+            [_slots(a) for a in res.assertions],
+            [(type(r), list(r)) for r in res.results], res.extra)
+
+
+def _run(store, monkeypatch, first, queries, rounds=2) -> tuple:
+    """Each query ``rounds`` times with ``first`` as run_query's one-call
+    path (a cold miss, then answers from the cache): the shapes, the cache
+    counters and the audit entries without their ids."""
+    monkeypatch.setattr(Q, "_FIRST", first)
+    store.reader.cache.clear()
+    c = store.reader.cache
+    c.answer_hits = c.answer_misses = c.record_hits = c.record_misses = 0
+    shapes = []
+    for _ in range(rounds):
+        for path, kw in queries:
+            try:
+                shapes.append(_shape(store.query(path, **kw)))
+            except Exception as exc:  # noqa: BLE001 - compared as outcomes
+                shapes.append(("error", type(exc).__name__, getattr(exc, "field", None)))
+    stats = store.reader.cache.stats()
+    entries = []
+    if store.audit is not None:
+        store.audit.flush()
+        entries = [{k: v for k, v in e.items() if k != "id"}
+                   for e in store.audit_queries(limit=10_000)]
+    return shapes, stats, entries
+
+
+@pytest.mark.parametrize("audit", [False, True])
+@pytest.mark.parametrize("seed", range(2))
+def test_first_pages_answer_as_run_query_does(clocked, monkeypatch, audit, seed):
+    store = clocked(audit=audit)
+    _fill(store, seed)
+    ref_shapes, ref_stats, ref_entries = _run(store, monkeypatch, _off, QUERIES)
+    assert ref_stats["answer_hits"] > 0, "the repeats were answered from the cache"
+    n = len(ref_entries)
+    for k, (name, first) in enumerate(IMPLS):
+        shapes, stats, entries = _run(store, monkeypatch, first, QUERIES)
+        assert shapes == ref_shapes, name
+        assert stats == ref_stats, name
+        if audit:
+            # newest first: this run's entries, then the earlier runs'
+            assert len(entries) == (k + 2) * n, name
+            assert entries[:n] == ref_entries, name
+
+
+def test_a_held_page_is_served_without_run_querys_path(clocked, monkeypatch):
+    """The repeat of a small key comes from the held answer in the one
+    call: neither query._resolve nor query._finish runs for it; the cold
+    query goes through both."""
+    store = clocked(audit=True)
+    _fill(store, 0)
+    calls: list[str] = []
+    env = list(Q._FIRST_ENV)
+    env[10] = lambda *a, **k: calls.append("resolve") or Q._resolve(*a, **k)
+    env[11] = lambda *a, **k: calls.append("finish") or Q._finish(*a, **k)
+    makers = [qpure.first_page] + ([_query.first_page] if _query is not None else [])
+    for make in makers:
+        monkeypatch.setattr(Q, "_FIRST", make(tuple(env)))
+        store.reader.cache.clear()
+        cold = store.query("d/e1", predicate="p1")
+        assert calls == ["resolve", "finish"]
+        calls.clear()
+        warm = store.query("d/e1", predicate="p1")
+        assert calls == []
+        assert _shape(warm) == _shape(cold)
+
+
+BAD_ARGS = [
+    ("d/e0", {"predicate": 5}), (5, {}), ("d//x", {}), ("d/e0", {"limit": 0}),
+    ("d/e0", {"limit": 1001}), ("d/e0", {"limit": True}), ("d/e0", {"limit": 2.0}),
+    ("d/e0", {"lens": "nope"}), ("d/e0", {"lens": 3}), ("d/e0", {"include_descendants": 1}),
+    ("d/e0", {"lens": "trust"}), ("d/unknown", {}), ("d/e0", {"predicate": "unknown"}),
+]
+
+
+@pytest.mark.parametrize("name,first", IMPLS)
+@pytest.mark.parametrize("path,kw", BAD_ARGS)
+def test_what_it_does_not_take_it_leaves_untouched(clocked, name, first, path, kw):
+    store = clocked(audit=True)
+    _fill(store, 1)
+    before = store.reader.cache.stats()
+    args = (kw.get("predicate"), kw.get("include_descendants", False),
+            kw.get("lens", "recency"), kw.get("limit", 100), None)
+    assert first(store.reader, path, *args) is None
+    assert store.reader.cache.stats() == before
+    store.audit.flush()
+    assert store.audit_queries(limit=10) == []
+
+
+@pytest.mark.parametrize("name,first", IMPLS)
+def test_without_the_cache_it_leaves_the_query_to_run_query(clocked, name, first):
+    store = clocked(read_cache_bytes=0)
+    _fill(store, 0)
+    assert store.reader.cache is None
+    assert first(store.reader, "d/e0", "p0", False, "recency", 100, None) is None
+
+
+@pytest.mark.parametrize("name,first", IMPLS)
+def test_a_stand_in_audit_log_gets_run_querys_entry(clocked, monkeypatch, name, first):
+    """An audit that is not an AuditLog (a tool's capture) is handed what
+    qaudit._audit hands it, hits included."""
+    store = clocked(audit=True)
+    _fill(store, 0)
+
+    class Capture:
+        def __init__(self):
+            self.items = []
+            self.n = 0
+
+        def number(self):
+            self.n += 1
+            return self.n
+
+        def add(self, item):
+            self.items.append(item)
+
+    got = []
+    for impl in (_off, first):
+        monkeypatch.setattr(Q, "_FIRST", impl)
+        store.reader.cache.clear()
+        cap = Capture()
+        monkeypatch.setattr(store.reader, "audit", cap)
+        for _ in range(3):
+            store.query("d/e1", predicate="p1")
+        got.append([x if type(x) is bytes else x() for x in cap.items])
+    assert got[0] == got[1]
+
+
+def test_the_real_clock_is_read_as_now_us(opener, monkeypatch):
+    """Under timeutil.now_us (the store's default clock) the compiled call
+    reads CLOCK_REALTIME itself: the same microseconds."""
+    store = opener(audit=True)
+    assert store.reader.clock is now_us
+    store.put({"concept_path": "a", "predicate": "b", "value": 1, "confidence": 0.5,
+               "timestamp": T0})
+    for name, first in IMPLS:
+        monkeypatch.setattr(Q, "_FIRST", first)
+        store.reader.cache.clear()
+        store.query("a", predicate="b", limit=1)
+        lo = time.time_ns() // 1000
+        store.query("a", predicate="b", limit=1)      # from the held answer
+        hi = time.time_ns() // 1000
+        store.audit.flush()
+        e = store.audit.read(limit=1)[0]       # the raw entry, at_us included
+        assert lo <= e["at_us"] <= hi, name
+
+
+# ------------------------------------------------------------------ answer_token
+
+def _tokens(st, paths, pred, desc):
+    out = [qpure.answer_token(st, paths, pred, desc, Q.GEN_MASK, Q.GEN_MIX),
+           Q._token(st, paths, pred, desc)]
+    if _query is not None:
+        out.append(_query.answer_token(st, paths, pred, desc, Q.GEN_MASK, Q.GEN_MIX))
+    return out
+
+
+def test_answer_token_is_its_twin(clocked):
+    store = clocked()
+    _fill(store, 0)
+    st = store.state
+    for paths in (["d/e0"], ["d/e0", "d/e0/c", "d/e0/c/x"], ["d/none"], ["d/e1", "d/none"], []):
+        for pred in ("p0", "p1", "p9", None):
+            for desc in (False, True):
+                toks = _tokens(st, paths, pred, desc)
+                assert all(t == toks[0] for t in toks), (paths, pred, desc)
+    before = _tokens(st, ["d/e0"], "p0", False)[0]
+    store.put({"concept_path": "d/e0", "predicate": "p0", "value": 9, "confidence": 0.5,
+               "timestamp": T0 + 7})
+    assert _tokens(st, ["d/e0"], "p0", False)[0] != before
+
+
+def test_a_damaged_generation_table_is_refused_by_both(clocked, monkeypatch):
+    store = clocked()
+    _fill(store, 0)
+    st = store.state
+    monkeypatch.setattr(st, "key_gen", st.key_gen[:100])
+    with pytest.raises(ValueError):
+        qpure.answer_token(st, ["d/e0"], "p0", False, Q.GEN_MASK, Q.GEN_MIX)
+    if _query is not None:
+        with pytest.raises(ValueError):
+            _query.answer_token(st, ["d/e0"], "p0", False, Q.GEN_MASK, Q.GEN_MIX)
+
+
+# ------------------------------------------------------------------ construction
+
+@pytest.mark.skipif(_query is None, reason="compiled _query not built")
+def test_it_refuses_classes_it_cannot_build_in_place():
+    env = list(Q._FIRST_ENV)
+
+    class WithDict:
+        _UNSET = object()
+
+        def __init__(self, record, seq):
+            self.record = record
+
+    class Slotted:
+        __slots__ = ("record", "seq", "status")
+        _UNSET = object()
+
+    class NotDict(dict):
+        def __init__(self, *a):
+            super().__init__(*a)
+
+    for i, bad in ((8, WithDict), (8, Slotted), (6, NotDict)):
+        e = list(env)
+        e[i] = bad
+        with pytest.raises(TypeError):
+            _query.first_page(tuple(e))
+    assert qfast.first_page is (_query.first_page if qfast.COMPILED else qpure.first_page)
+
+
+@pytest.mark.parametrize("max_queue", [0, 1, 2, 40, 511, 512, 513, 2000, 10**6])
+def test_below_quick_below_add_only_appends(tmp_path, max_queue):
+    """The compiled call appends its line itself below ``quick_below``:
+    there AuditLog.add neither drains, drops nor wakes the writer."""
+    from stemedb.core import audit as audit_mod
+    log = AuditLog(str(tmp_path), max_queue=max_queue)
+    try:
+        assert log.quick_below <= audit_mod.WAKE_AT
+        assert log.quick_below <= max_queue // 2
+    finally:
+        log.close()
