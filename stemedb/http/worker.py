@@ -26,6 +26,31 @@ deadline (:class:`DeadlineSocket`): past it the read raises
 gunicorn itself, and HTTP/2, take gunicorn's own path (nginx or envoy in
 front is the documented set-up; see docs/http.md).
 
+**No blocking-mode switch per request.** gthread sets a kept-alive socket
+non-blocking for its poller (``finish_request``) and blocking again in the
+thread that takes its next request (``handle``): two ``ioctl`` calls a
+request, each with the GIL let go (a hand-off to another thread under
+load).  Here a socket whose requests the event loop gathers stays blocking:
+the loop reads it with ``MSG_DONTWAIT`` (never blocks, whatever the mode),
+the poller does not care, and :class:`KeptSocket` skips a
+``setblocking`` that would not change the mode.  A write from the loop
+(``util.write_nonblock``: a 408, an error page) still switches the mode
+itself, as before.
+
+**A kept-alive connection goes back to the poller from its thread.**
+gthread hands every finished request back to the event loop (a future's
+callback, a queue, a byte written to a pipe, the loop woken to read it)
+only for the loop to register the socket again.  For a gathered request
+answered with keep-alive and nothing read ahead, the thread does it
+itself: the keep-alive deadline, ``keepalived_conns`` and the poller, in
+that order, so that the loop finds the connection where gthread would
+have put it.  Everything else (a closing answer, a read-ahead, a stopping
+worker) goes the gthread way.  The loop's own structures are safe to
+share: ``deque.append`` and the selector's ``register`` are single steps
+under the GIL, the deque is only walked at shutdown (``_cap_keepalive``,
+under the lock this path takes, after which it is not taken) and
+``nr_conns`` is not touched.
+
 The worker relies on gthread's structure from gunicorn 24 on (connections
 handed to the pool through ``enqueue_req`` on the event-loop thread, the
 ``method_queue`` and ``murder_pending`` of its loop); :func:`supported` says
@@ -34,15 +59,17 @@ plain ``gthread`` when it does not.
 """
 from __future__ import annotations
 
+import errno
 import re
 import selectors
 import socket
+import threading
 import time
 from collections import deque
 from functools import partial
 
 from gunicorn import http, util
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import REQUEST_TIMEOUT_MESSAGE, ClientTimeout, edge_problem, error_body
 
@@ -65,7 +92,30 @@ _EXPECT = re.compile(rb"^expect[ \t]*:", re.I | re.M)
 def supported() -> bool:
     """Whether the installed gunicorn's gthread worker has what this one builds on."""
     return all(hasattr(ThreadWorker, name) for name in
-               ("enqueue_req", "murder_pending", "finish_request", "handle_error"))
+               ("enqueue_req", "murder_pending", "finish_request", "handle_error", "accept"))
+
+
+class KeptSocket(socket.socket):
+    """A client socket whose ``setblocking`` makes no system call when the
+    socket is in that mode already (``gettimeout()``: Python's own record of
+    the mode, which every mode change made through the socket keeps), and
+    which ignores ``setblocking(False)`` while ``keep_blocking`` is set
+    (only around gthread's ``finish_request``: see :class:`StemeWorker`)."""
+
+    __slots__ = ("keep_blocking",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keep_blocking = False
+
+    def setblocking(self, flag) -> None:
+        timeout = self.gettimeout()
+        if flag:
+            if timeout is None:
+                return          # blocking already
+        elif timeout == 0.0 or (self.keep_blocking and timeout is None):
+            return              # non-blocking already, or kept blocking on purpose
+        super().setblocking(flag)
 
 
 class DeadlineSocket:
@@ -156,6 +206,7 @@ class DeadlineSocket:
 
 
 _NOT_HELD = object()
+KEPT = object()   # StemeWorker._handle_kept: the thread put the connection back in the poller
 CHUNKED = -1  # _body_to_gather: a chunked body, gathered chunk by chunk
 
 
@@ -181,9 +232,12 @@ def _body_to_gather(head: bytes) -> int:
 def _head_end(buf: bytearray, start: int) -> int:
     """The index just past the blank line that ends the head, or -1."""
     i = buf.find(b"\r\n\r\n", start)
-    j = buf.find(b"\n\n", start)
-    ends = [k + (4 if k == i else 2) for k in (i, j) if k >= 0]
-    return min(ends) if ends else -1
+    # a bare "\n\n" counts only before the CRLF one: with the CRLF end
+    # found, the body after it (a batch's 64 KiB read) is not searched
+    j = buf.find(b"\n\n", start) if i < 0 else buf.find(b"\n\n", start, i + 2)
+    if j >= 0 and (i < 0 or j + 2 <= i + 4):
+        return j + 2
+    return i + 4 if i >= 0 else -1
 
 
 class _Gather:
@@ -254,6 +308,88 @@ class StemeWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.gathering: deque = deque()  # connections whose request is being read
         self.gathered = 0  # bytes they hold (GATHER_BUDGET)
+        # a thread puts its kept-alive connection back in the poller itself
+        # (_keep_here) until the worker stops (_cap_keepalive)
+        self._keep_lock = threading.Lock()
+        self._keep_open = hasattr(ThreadWorker, "_cap_keepalive")
+
+    # -- sockets that keep their blocking mode --------------------------------
+
+    def accept(self, listener):
+        """gthread's ``accept``, the client socket a :class:`KeptSocket`."""
+        try:
+            plain, client_addr = listener.accept()
+            client_sock = KeptSocket(plain.family, plain.type, plain.proto,
+                                     fileno=plain.detach())
+            self.nr_conns += 1
+            # the same call gthread makes, made for real: Python's record of
+            # the mode and the descriptor's agree from here on
+            socket.socket.setblocking(client_sock, True)
+            conn = TConn(self.cfg, client_sock, client_addr, listener.getsockname())
+            self.enqueue_req(conn)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+
+    def finish_request(self, conn, fs):
+        # A connection whose requests are gathered goes back to the poller
+        # still blocking: the event loop reads it with MSG_DONTWAIT
+        # (_read_some), so gthread's setblocking(False) here, and its
+        # thread's setblocking(True) before the next request, are both
+        # skipped (KeptSocket).
+        sock = conn.sock
+        if type(sock) is not KeptSocket or getattr(conn, "deadline_sock", None) is None:
+            return super().finish_request(conn, fs)
+        sock.keep_blocking = True
+        try:
+            return super().finish_request(conn, fs)
+        finally:
+            sock.keep_blocking = False
+
+    # -- kept-alive connections back to the poller from their thread ----------
+
+    def _handle_kept(self, conn):
+        """gthread's ``handle`` for a gathered request; :data:`KEPT` when the
+        connection was put back in the poller here (:meth:`_keep_here`)."""
+        result = self.handle(conn)
+        if result is True and self._keep_here(conn):
+            return KEPT
+        return result
+
+    def _keep_here(self, conn) -> bool:
+        """What gthread's ``finish_request`` does with a kept-alive
+        connection, done in the request's thread: False (nothing done) when
+        it is for the event loop (bytes read ahead, a stopping worker)."""
+        if conn.parser.unreader.buf.getvalue():
+            return False        # a read-ahead: the loop gathers the next request
+        with self._keep_lock:
+            if not (self._keep_open and self.alive):
+                return False
+            conn.set_timeout()
+            self.keepalived_conns.append(conn)
+        # after the append: the loop's on_client_socket_readable removes it
+        try:
+            self.poller.register(conn.sock, selectors.EVENT_READ,
+                                 partial(self.on_client_socket_readable, conn))
+        except Exception:  # noqa: BLE001 - the poller closed (shutdown): the loop's way
+            try:
+                self.keepalived_conns.remove(conn)
+            except ValueError:
+                pass
+            return False
+        return True
+
+    def _handled(self, conn, fs) -> None:
+        # the future's callback, in the thread: the connection is the loop's
+        # again unless the thread kept it (gthread's enqueue_req callback)
+        if not fs.cancelled() and fs.exception() is None and fs.result() is KEPT:
+            return
+        self.method_queue.defer(self.finish_request, conn, fs)
+
+    def _cap_keepalive(self, deadline):
+        with self._keep_lock:       # no thread appends from here on
+            self._keep_open = False
+            super()._cap_keepalive(deadline)
 
     # -- error JSON ----------------------------------------------------------
 
@@ -282,8 +418,14 @@ class StemeWorker(ThreadWorker):
             return True
 
     def enqueue_req(self, conn):
-        if getattr(conn, "steme_ready", False) or not self._can_gather(conn):
+        if getattr(conn, "steme_ready", False):
             conn.steme_ready = False
+            if type(conn.sock) is not KeptSocket:
+                return super().enqueue_req(conn)
+            fs = self.tpool.submit(self._handle_kept, conn)
+            fs.add_done_callback(partial(self._handled, conn))
+            return None
+        if not self._can_gather(conn):
             return super().enqueue_req(conn)
         # This runs on the event-loop thread: an error here must cost one
         # connection, never the worker.
@@ -303,8 +445,7 @@ class StemeWorker(ThreadWorker):
         g = conn.steme_gather = _Gather(ahead)
         if g.complete():
             return self._dispatch(conn)
-        if conn.sock.getblocking():  # a kept-alive one is non-blocking already (no syscall)
-            conn.sock.setblocking(False)
+        # no setblocking(False): _read_some reads with MSG_DONTWAIT, in any mode
         self.gathering.append(conn)
         self.gathered += len(g.buf)  # the read-ahead: _stop_gathering takes all of buf off
         # A kept-alive connection comes here because the poller saw it
@@ -330,7 +471,7 @@ class StemeWorker(ThreadWorker):
         gathered (nothing to read yet, or incomplete), False once it was
         handed to a thread or the connection closed."""
         try:
-            data = conn.sock.recv(READ_CHUNK)
+            data = conn.sock.recv(READ_CHUNK, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:

@@ -167,23 +167,34 @@ class _Pool:
         return Future()
 
 
-def _worker_and_conn():
-    """A StemeWorker's gathering state (no arbiter, no threads) and one
-    connection on a socket pair: (worker, connection, the client's socket)."""
+def bare_worker():
+    """A StemeWorker's event-loop state (no arbiter, no threads, no connection)."""
     import selectors
+    import threading
     from collections import deque
     from types import SimpleNamespace
 
     from gunicorn.config import Config
-    from gunicorn.workers.gthread import TConn
 
     w = object.__new__(W.StemeWorker)
     w.cfg = Config()
     w.poller = selectors.DefaultSelector()
     w.tpool = _Pool()
     w.method_queue = SimpleNamespace(defer=lambda *a: None)
-    w.gathering, w.gathered, w.nr_conns = deque(), 0, 1
+    w.gathering, w.gathered, w.nr_conns = deque(), 0, 0
+    w.keepalived_conns, w.alive = deque(), True
+    w._keep_lock, w._keep_open = threading.Lock(), True
     w.log = SimpleNamespace(exception=lambda *a, **k: None, debug=lambda *a, **k: None)
+    return w
+
+
+def _worker_and_conn():
+    """A StemeWorker's gathering state (no arbiter, no threads) and one
+    connection on a socket pair: (worker, connection, the client's socket)."""
+    from gunicorn.workers.gthread import TConn
+
+    w = bare_worker()
+    w.nr_conns = 1
     server, client = socket.socketpair()
     conn = TConn(w.cfg, server, ("127.0.0.1", 5000), ("127.0.0.1", 18180))
     return w, conn, client
