@@ -156,10 +156,10 @@ def _out(v):
         return v
     if isinstance(v, Assertion):
         return assertion_out(v)
-    if isinstance(v, dict):
-        return {k: _out(x) for k, x in v.items()}
+    if isinstance(v, dict):     # a result: its scalars kept without a call each
+        return {k: x if type(x) in _SCALARS else _out(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_out(x) for x in v]
+        return [x if type(x) in _SCALARS else _out(x) for x in v]
     return v
 
 
