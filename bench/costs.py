@@ -513,17 +513,18 @@ def _query_kind(cfg: Config, store, kind: str, qs: list, read_cache, serialize) 
     decoded = []
 
     def decode_stage():
+        # what run_query decodes its candidates with (one batch a query)
         decoded.clear()
         for (active, _r), (_lens, f) in zip(gathered, prepared):
             with store.reader.lock:
-                decoded.append([Q.shown(store.reader, o, f) for o in active])
+                decoded.append(Q.shown_many(store.reader, active, f))
     decode_stage()
 
     def read_stage():
+        # the records of that batch (read, CRC, decode), the cache off
         for active, _r in gathered:
             with store.reader.lock:
-                for o in active:
-                    store.reader.read_record(o)
+                store.reader.read_records(active)
     lensed = []
 
     def lens_stage():
@@ -934,8 +935,10 @@ def render(doc: dict) -> str:
                           "query"),
                       row("gather: filter", "`query.gather` - lookup (time, lifecycle, epoch, "
                           "revision, retraction filters)", (kind, "filter"), "query"),
-                      row("decode", "`query.shown` per candidate", (kind, "decode"), "query"),
-                      row("  of which read + CRC + decode", "`Reader.read_record`", (kind, "read"),
+                      row("decode", "`query.shown_many` of the candidates (run_query's batch)",
+                          (kind, "decode"), "query"),
+                      row("  of which read + CRC + decode", "`Reader.read_records` (cache off)",
+                          (kind, "read"),
                           "query"),
                       row("lens", "run_query's branch (" + ", ".join(
                           f"{b}: {n}" for b, n in sorted(q0.get("lens_branch", {}).items()))

@@ -26,6 +26,7 @@ from ..timeutil import format_time
 from . import codec, fast
 from .format import FRAME, FRAME_CRC_FROM, FRAME_SIZE
 from .index import unpack_loc
+from . import qfast
 from .qfast import cache_take, read_frames
 
 # Settings.read_cache_bytes.  48 MiB keeps RSS per assertion at 1,000,000 under
@@ -330,12 +331,18 @@ class Reader:
         loc = int(self.state.cols.loc[o])
         cache = self.cache
         if cache is None:
-            return self._read(loc)[0]
+            return self._read_one(loc)[0]
         rec = cache.record(loc)
         if rec is None:
-            rec, length = self._read(loc)
+            rec, length = self._read_one(loc)
             cache.add_record(loc, rec, entry_size(rec, length))
         return rec
+
+    def _read_one(self, loc: int) -> tuple[AssertionRecord, int]:
+        """:meth:`_read`; compiled, through :meth:`_read_many`'s one call
+        (~2.1 against ~3.1 us a record: bench/results/query-2026-11-27-session7.md);
+        the pure frame reader is slower than _read for one record."""
+        return self._read_many([loc])[0] if qfast.COMPILED else self._read(loc)
 
     def read_records(self, ords: list[int]) -> list[AssertionRecord]:
         """:meth:`read_record` for many ordinals: one cache lock for the
@@ -343,6 +350,8 @@ class Reader:
         locs = take(self.state.cols.loc, ords)
         cache = self.cache
         if cache is None:
+            if qfast.COMPILED:          # one call for them all (see _read_many)
+                return [rec for rec, _n in self._read_many(locs)]
             return [self._read(loc)[0] for loc in locs]
         out = cache.records(locs)
         if None in out:

@@ -73,3 +73,42 @@ def test_a_damaged_sealed_frame_raises_as_read_does(store, where):
     assert outcomes[0] == outcomes[1] != "ok"
     if where != "offset":
         assert outcomes[0] is ChecksumMismatch
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_single_and_uncached_reads_are_read_record_for_record(store, monkeypatch, cached):
+    """read_record (one record: _read_one, through _read_many when compiled)
+    and read_records with the cache off (one _read_many call when compiled)
+    give _read's records, and every ordinal's record the same either way."""
+    r = store.reader
+    if not cached:
+        monkeypatch.setattr(r, "cache", None)
+    locs = _locs(store)
+    want = [r._read(loc)[0] for loc in locs]
+    assert [r.read_record(o) for o in range(300)] == want
+    assert r.read_records(list(range(300))[::-1]) == want[::-1]
+    assert [r._read_one(loc) for loc in locs] == [r._read(loc) for loc in locs]
+
+
+@pytest.mark.parametrize("where", ["crc", "offset"])
+def test_a_damaged_single_read_raises_as_read_does(store, where):
+    r = store.reader
+    seg = r.wal.segments[1]
+    locs = [loc for loc in _locs(store) if loc >> 40 == seg.number]
+    loc = locs[len(locs) // 2]
+    off = loc & ((1 << 40) - 1)
+    data = bytearray(seg.buffer())
+    if where == "crc":
+        data[off + FRAME_SIZE + 3] ^= 0x10
+        seg._map = mmap.mmap(-1, len(data))
+        seg._map.write(bytes(data))
+    else:
+        loc = (seg.number << 40) | (len(data) - 3)
+    outcomes = []
+    for fn in (lambda: r._read(loc), lambda: r._read_one(loc)):
+        try:
+            fn()
+            outcomes.append("ok")
+        except Exception as exc:  # noqa: BLE001 - compared below
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1] != "ok"
