@@ -64,13 +64,15 @@ def test_a_damaged_sealed_frame_raises_as_read_does(store, where):
         seg._map = mmap.mmap(-1, len(data))
         seg._map.write(bytes(data))
     outcomes = []
-    for fn in (lambda: r._read(loc), lambda: r._read_many([locs[0], loc])[1]):
+    # and one record alone (read_record's _read_one)
+    for fn in (lambda: r._read(loc), lambda: r._read_many([locs[0], loc])[1],
+               lambda: r._read_one(loc)):
         try:
             fn()
             outcomes.append("ok")
         except Exception as exc:  # noqa: BLE001 - compared below
             outcomes.append(type(exc))
-    assert outcomes[0] == outcomes[1] != "ok"
+    assert outcomes[0] == outcomes[1] == outcomes[2] != "ok"
     if where != "offset":
         assert outcomes[0] is ChecksumMismatch
 
@@ -88,27 +90,3 @@ def test_single_and_uncached_reads_are_read_record_for_record(store, monkeypatch
     assert [r.read_record(o) for o in range(300)] == want
     assert r.read_records(list(range(300))[::-1]) == want[::-1]
     assert [r._read_one(loc) for loc in locs] == [r._read(loc) for loc in locs]
-
-
-@pytest.mark.parametrize("where", ["crc", "offset"])
-def test_a_damaged_single_read_raises_as_read_does(store, where):
-    r = store.reader
-    seg = r.wal.segments[1]
-    locs = [loc for loc in _locs(store) if loc >> 40 == seg.number]
-    loc = locs[len(locs) // 2]
-    off = loc & ((1 << 40) - 1)
-    data = bytearray(seg.buffer())
-    if where == "crc":
-        data[off + FRAME_SIZE + 3] ^= 0x10
-        seg._map = mmap.mmap(-1, len(data))
-        seg._map.write(bytes(data))
-    else:
-        loc = (seg.number << 40) | (len(data) - 3)
-    outcomes = []
-    for fn in (lambda: r._read(loc), lambda: r._read_one(loc)):
-        try:
-            fn()
-            outcomes.append("ok")
-        except Exception as exc:  # noqa: BLE001 - compared below
-            outcomes.append(type(exc))
-    assert outcomes[0] == outcomes[1] != "ok"
