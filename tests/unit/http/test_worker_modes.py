@@ -283,3 +283,73 @@ def test_anything_but_a_plain_keep_alive_goes_the_event_loops_way(case):
         [("finish_request", conn)], "the event loop finishes it, as in gthread"
     conn.sock.close()
     client.close()
+
+
+# ------------------------------------------- a large gathered body beside its head
+
+def test_deadline_socket_reads_a_held_body_before_the_socket():
+    a, b = socket.socketpair()
+    with a, b:
+        d = W.DeadlineSocket(a)
+        body = bytes(range(256)) * 100
+        d.hold_body(body)
+        assert d.recv(len(body) + 10) is body, "a read that wants it all gets the object itself"
+        d.hold_body(body)
+        pieces = [d.recv(7000) for _ in range(4)]
+        assert b"".join(pieces) == body[:25600] and len(pieces[-1]) == 25600 - 21000
+        b.sendall(b"next")
+        assert d.recv(10) == b"next", "then the socket, as before"
+        d.hold_body(body)
+        d.recv(100)
+        assert d.take_body() == body[100:] and d.take_body() == b""
+
+
+def _big_request(body: bytes, tail: bytes = b"") -> bytes:
+    return (b"POST /v1/assert/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body + tail
+
+
+@pytest.mark.parametrize("read_by_app", [True, False])
+def test_a_large_body_is_held_beside_its_head_and_reads_back_whole(read_by_app):
+    w = _worker()
+    conn, client = _kept_conn(w)
+    body = b'{"assertions":[' + b"7" * (3 * W.SPLIT_BODY) + b"]}"
+    raw = _big_request(body)
+    client.setblocking(False)
+    client.sendall(raw)                 # the socket pair holds it all
+    w.enqueue_req(conn)
+    while not w.tpool.taken:            # the rest, as the poller would call it
+        (key, _), = w.poller.select(1)
+        key.data(key.fileobj)
+    assert conn.parser.unreader.buf.getvalue() == raw[:len(raw) - len(body)], "the head alone"
+    assert conn.deadline_sock._body == body
+    req = next(conn.parser)
+    if read_by_app:
+        assert req.body.read(len(body)) == body
+    assert conn.parser.finish_body() is True, "the keep-alive drain reads what the app left"
+    assert conn.deadline_sock._body is None and conn.parser.unreader.buf.getvalue() == b""
+    conn.sock.close()
+    client.close()
+
+
+@pytest.mark.parametrize("case", ["pipelined", "small", "chunked"])
+def test_other_requests_stay_whole_in_the_parsers_buffer(case):
+    w = _worker()
+    conn, client = _kept_conn(w)
+    body = b"8" * (3 * W.SPLIT_BODY)
+    if case == "pipelined":
+        raw = _big_request(body, b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    elif case == "small":
+        raw = _big_request(b"9" * 100)
+    else:
+        raw = (b"POST /v1/assert/batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    client.setblocking(False)
+    client.sendall(raw)
+    w.enqueue_req(conn)
+    while not w.tpool.taken:
+        (key, _), = w.poller.select(1)
+        key.data(key.fileobj)
+    assert conn.parser.unreader.buf.getvalue() == raw and conn.deadline_sock._body is None
+    conn.sock.close()
+    client.close()
