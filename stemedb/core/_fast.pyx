@@ -1016,7 +1016,7 @@ def merge_runs(cnp.ndarray keys, cnp.ndarray vals, cnp.ndarray ks, cnp.ndarray v
     return okeys, ovals
 
 
-def pending_add(dict pending, list recs, list seqs, req):
+def pending_add(dict pending, recs, seqs, req):
     """``pending[recs[i].hash] = (seqs[i], req)`` for every ``i`` (the
     writer's in-flight hashes; pure twin ``fast.pending_add_py``).  The
     tuples are not tracked by the garbage collector: each holds an int and
@@ -1024,13 +1024,15 @@ def pending_add(dict pending, list recs, list seqs, req):
     tuple, so none is in a cycle.  Tracked, the 1,000 of a batch in flight
     were promoted at every collection that met them, and their count set
     off the full collections that walk the whole heap."""
-    cdef Py_ssize_t i, n = len(recs)
-    if len(seqs) != n:
+    cdef list rl = recs if type(recs) is list else list(recs)
+    cdef list sl = seqs if type(seqs) is list else list(seqs)
+    cdef Py_ssize_t i, n = len(rl)
+    if len(sl) != n:
         raise ValueError("pending_add: one seq per record")
     for i in range(n):
-        t = (seqs[i], req)
+        t = (sl[i], req)
         PyObject_GC_UnTrack(<void*>t)
-        PyDict_SetItem(pending, recs[i].hash, t)
+        PyDict_SetItem(pending, rl[i].hash, t)
 
 
 def add_recent(dict recent, cnp.ndarray keys, Py_ssize_t first, vals=None):

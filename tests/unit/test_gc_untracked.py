@@ -142,6 +142,10 @@ def test_pending_add(impl):
     assert pending == expect
     if impl == "compiled":
         assert not any(gc.is_tracked(pending[r.hash]) for r in recs)
+    # any sequences (a tuple of records, a range of seqs) give the same entries
+    seq_in = {}
+    add(seq_in, tuple(recs), range(100, 150), req)
+    assert seq_in == {r.hash: (s, req) for r, s in zip(recs, seqs)}
     # a hash given twice: the later entry stands, as dict.update gives
     again = {}
     add(again, [recs[0], recs[1], recs[0]], [1, 2, 3], req)
