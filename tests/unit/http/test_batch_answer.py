@@ -22,3 +22,14 @@ def test_the_batch_answer_is_the_contracts_dict_form_byte_for_byte(client, store
     want = {"results": [{"hash": s.hash, "status": x["status"], "seq": s.seq}
                         for s, x in zip(stored, results)]}
     assert r.content == _encoder.encode(want)
+
+
+def test_the_answers_items_are_not_tracked_by_the_gc():
+    """PutOut is gc=False (three scalars: never in a cycle); the bytes are the same."""
+    import gc
+
+    from stemedb.http import schemas as S
+    item = S.PutOut("a" * 64, "created", 7)
+    assert not gc.is_tracked(item)
+    assert _encoder.encode(S.BatchOut([item])) == \
+        b'{"results":[{"hash":"' + b"a" * 64 + b'","status":"created","seq":7}]}'
