@@ -70,9 +70,15 @@ class Writer(MetaWrites):
         self._steps: dict | None = None
 
     def close(self) -> None:
-        """Refuse every later write; one in its critical section finishes first."""
+        """Refuse every later write; one in its critical section finishes first.
+        The in-flight hashes are forgotten (only a later write reads them), so
+        no request, nor the error a failed one holds, outlives the store
+        through them."""
         with self._wmu:
             self.closed = True
+            self._pending.clear()
+            self._settled.clear()
+            self._vote_pending.clear()
 
     def writable(self) -> None:
         if self.closed:
@@ -280,11 +286,20 @@ class Writer(MetaWrites):
                 self.wal.wait(w)
         finally:
             if new:
-                # its _pending entries go at the next write's critical section
-                # (_drop_settled), not under a second _wmu here: with 8 writers
-                # that lock is contended, and a settled entry is harmless until
-                # then (done: the record is in the state, or failed: error set)
-                self._settled.append((req, written))
+                if req.done and req.error is not None:
+                    # a failed batch's entries go now, not at a next write a
+                    # faulted log refuses: the compiled pending_add's tuples
+                    # are not tracked by the GC, and this error's traceback
+                    # reaches this writer (its frames), so a cycle through
+                    # one of them would never be collected
+                    with self._wmu:
+                        self._drop_failed(req, written)
+                else:
+                    # its _pending entries go at the next write's critical section
+                    # (_drop_settled), not under a second _wmu here: with 8 writers
+                    # that lock is contended, and a settled entry is harmless until
+                    # then (done: the record is in the state, or failed: error set)
+                    self._settled.append((req, written))
         return cast("list[PutResult]", results)     # every slot was filled above
 
     def _put_one(self, r: AssertionRecord, batch: bool) -> PutResult:
@@ -349,10 +364,16 @@ class Writer(MetaWrites):
                 else:
                     deque(map(pending.pop, map(_hash_of, recs), repeat(None)), maxlen=0)
                 continue
-            for r in recs:
-                e = pending.get(r.hash)
-                if e is not None and e[1] is req:
-                    del pending[r.hash]
+            self._drop_failed(req, recs)
+
+    def _drop_failed(self, req: Request, recs: list[AssertionRecord]) -> None:
+        """Remove the _pending entries of a failed request where they are
+        still its own (call under _wmu)."""
+        pending = self._pending
+        for r in recs:
+            e = pending.get(r.hash)
+            if e is not None and e[1] is req:
+                del pending[r.hash]
 
     def check_refs(self, r: AssertionRecord, fresh: dict, index: int | None) -> None:
         def exists(h: bytes) -> bool:

@@ -289,3 +289,44 @@ def test_a_merge_gives_the_same_run_either_way(twins, monkeypatch):
     assert m.check("m") == []
     for k, want in ref.items():
         assert m.get(k) == want
+
+
+# ------------------------------------------- a failed batch leaves nothing behind
+# The compiled pending_add's tuples are not tracked by the GC; a failed
+# request's error carries a traceback whose frames reach the writer, so an
+# entry left in _pending would hold a cycle the collector cannot see.  The
+# writer drops a failed batch's entries when its wait returns, and close()
+# forgets the rest: a faulted store, closed and dropped, is collected.
+
+def _faulted_store(path):
+    from stemedb import open_store
+    from stemedb.errors import StoreFaulted
+
+    from .test_group_commit import SlowSyncFS, body
+
+    fs = SlowSyncFS()
+    s = open_store(str(path), fs=fs, audit=False, durability="fsync")
+    s.put_batch([body(i) for i in range(3)])
+    fs.fail = True
+    batch = [body(100 + i) for i in range(5)]
+    with pytest.raises(StoreFaulted):
+        s.put_batch(batch)
+    return s
+
+
+def test_a_failed_batch_leaves_no_pending_entry(tmp_path):
+    s = _faulted_store(tmp_path / "a")
+    try:
+        assert s.writer._pending == {}, "the failed batch's entries went when its wait returned"
+    finally:
+        s.close()
+
+
+def test_a_faulted_store_closed_and_dropped_is_collected(tmp_path):
+    s = _faulted_store(tmp_path / "b")
+    w = weakref.ref(s.writer)
+    s.close()
+    assert s.writer._pending == {} and not s.writer._settled
+    del s
+    gc.collect()
+    assert w() is None, "nothing keeps the faulted store's writer alive"
