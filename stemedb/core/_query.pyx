@@ -959,10 +959,14 @@ cdef bint _head_ok(tuple names, number, at, agent, params):
     return True
 
 
-cdef int _head(Line* o, tuple names, number, at, agent, tuple params) except -1:
-    """``{"id":..,"at":..,"at_us":..,"agent":..,"params":{..}`` (checked by _head_ok)."""
+cdef int _head(Line* o, tuple names, number, at, agent, tuple params,
+               tuple keys=None) except -1:
+    """``{"id":..,"at":..,"at_us":..,"agent":..,"params":{..}`` (checked by
+    _head_ok).  ``keys``: :func:`_name_keys` of ``names``, when the caller
+    keeps them (each name's JSON and its colon, written as they are)."""
     cdef Py_ssize_t i
     cdef bint first = True
+    cdef bytes key
     _raw(o, b'{', 1)
     _jstamp(o, at, number & 0xFFFF)
     _raw(o, b',"at_us":', 9)
@@ -980,8 +984,12 @@ cdef int _head(Line* o, tuple names, number, at, agent, tuple params) except -1:
         if not first:
             _raw(o, b',', 1)
         first = False
-        _jstr(o, names[i])
-        _raw(o, b':', 1)
+        if keys is None:
+            _jstr(o, names[i])
+            _raw(o, b':', 1)
+        else:
+            key = keys[i]
+            _raw(o, <const char*>key, len(key))
         if type(v) is str:
             _jstr(o, v)
         elif v is True:
@@ -992,6 +1000,26 @@ cdef int _head(Line* o, tuple names, number, at, agent, tuple params) except -1:
             _jint(o, v)
     _raw(o, b'}', 1)
     return 0
+
+
+cdef tuple _name_keys(tuple names):
+    """Each of ``names`` as _head writes it before its value: ``"name":``."""
+    cdef Line o
+    out = []
+    for name in names:
+        _open_line(&o)
+        try:
+            _jstr(&o, name)
+            _raw(&o, b':', 1)
+            out.append(PyBytes_FromStringAndSize(o.p, o.n))
+        finally:
+            PyMem_Free(o.p)
+    return tuple(out)
+
+
+def name_keys(tuple names):
+    """_name_keys, for the parity tests."""
+    return _name_keys(names)
 
 
 cdef list _weights(tuple half_life_us, list top, at_us, bint decay):
@@ -1076,17 +1104,18 @@ def audit_tail(tuple half_life_us, list winners, more, list top, at_us, bint dec
 def audit_head(tuple names, bytes tail, number, at, agent, params):
     """audit_line's line from its head and an audit_tail: the same bytes as
     audit_line of the same pieces; None where audit_line gives None."""
-    return _audit_head(names, tail, number, at, agent, params)
+    return _audit_head(names, tail, number, at, agent, params, None)
 
 
-cdef object _audit_head(tuple names, bytes tail, number, at, agent, params):
+cdef object _audit_head(tuple names, bytes tail, number, at, agent, params, tuple keys):
+    """audit_head (``keys``: see _head)."""
     cdef Line o
     if not _head_ok(names, number, at, agent, params):
         return None
     _open_line(&o)
     try:
         try:
-            _head(&o, names, number, at, agent, <tuple>params)
+            _head(&o, names, number, at, agent, <tuple>params, keys)
         except UnicodeEncodeError:
             return None
         _raw(&o, <const char*>tail, len(tail))
@@ -1374,7 +1403,7 @@ cdef class FirstPage:
     cdef dict lenses
     cdef object filters, lifecycles, result, query_result, assertion, moment
     cdef object resolve, finish, audit, log_cls, unset, now_us
-    cdef tuple names
+    cdef tuple names, keys
     cdef Py_ssize_t gen_mask, gen_mix, ntop_max
     cdef Py_ssize_t offsets[ASSERTION_SLOTS]
 
@@ -1384,6 +1413,7 @@ cdef class FirstPage:
          self.finish, self.audit, self.log_cls, self.names, self.now_us) = env
         self.lenses = lenses
         self.unset = self.assertion._UNSET
+        self.keys = _name_keys(self.names)     # the parameters' names as the line writes them
         cdef Py_ssize_t i
         cdef PyTypeObject* t = <PyTypeObject*>self.assertion
         if (not isinstance(self.assertion, type) or t.tp_dictoffset != 0
@@ -1525,7 +1555,8 @@ cdef class FirstPage:
             return False
         at = self._clock(reader)
         try:
-            line = _audit_head(self.names, tail, next(audit._ids), at, agent, params)
+            line = _audit_head(self.names, tail, next(audit._ids), at, agent, params,
+                               self.keys)
         except Exception:  # noqa: BLE001 - qaudit._audit builds it (or counts it)
             line = None
         if line is None:

@@ -310,3 +310,32 @@ def test_below_quick_below_add_only_appends(tmp_path, max_queue):
         assert log.quick_below <= max_queue // 2
     finally:
         log.close()
+
+
+@pytest.mark.skipif(not qfast.COMPILED, reason="the kept end is written by the compiled audit")
+@pytest.mark.parametrize("agent", [None, "agent-7", 'a "quoted" \\ agent é\u2028'])
+def test_the_line_of_a_held_answer_is_audit_heads(clocked, agent):
+    """The line the compiled call queues (its parameters' names written
+    from the JSON it keeps, _name_keys) is audit_head's, byte for byte."""
+    store = clocked(audit=True)
+    _fill(store, 0)
+    first = _query.first_page(Q._FIRST_ENV)
+    store.query("d/e1", predicate="p1", agent=agent)        # the answer and its kept end
+    store.audit.flush()
+    out = first(store.reader, "d/e1", "p1", False, "recency", 100, agent)
+    assert out is not None
+    line = store.audit._queue.pop()
+    [ans] = [v for v in store.reader.cache._d.values()
+             if isinstance(v, Q.Answer) and v.tail is not None]
+    entry = orjson.loads(line)
+    params = ("d/e1", "p1", False, "recency", None, None, None, None, None, False, False,
+              100, None)
+    want = _query.audit_head(Q._AUDIT_PARAMS, ans.tail, int(entry["id"][-4:], 16),
+                             entry["at_us"], agent, params)
+    assert line == want
+
+
+@pytest.mark.skipif(_query is None, reason="compiled _query not built")
+def test_name_keys_are_the_names_json():
+    names = Q._AUDIT_PARAMS + ('a"b', "é\u2028", "\x01\\")
+    assert _query.name_keys(names) == tuple(orjson.dumps(n) + b":" for n in names)
