@@ -22,7 +22,8 @@ benchmark workload (``bench/workload.py``), never a simplified copy:
   ``put`` end to end, so what the stages leave out shows as "unaccounted".
 * **query**: the seams of ``query.run_query``: argument checks, ``gather``
   (index lookup, then the filters), ``shown_many`` (read, CRC, decode: the
-  candidates' batch), the lens on the branch run_query takes (``rows_answer`` from the index columns,
+  candidates' batch), the lens on the branch run_query takes
+  (``rows_answer`` from the index columns,
   ``columns_resolution`` for a small key compiled, or ``_context`` and
   ``resolve_groups``; the page), ``_audit`` (in the query: compiled, it
   writes the entry's JSON line) and the audit writer's share (off the query
