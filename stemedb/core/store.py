@@ -29,7 +29,7 @@ from .audit import MAX_BYTES as AUDIT_MAX_BYTES
 from .fileio import FileSystem
 from .lens import trust_rank
 from .opening import open_parts
-from .query import QueryResult, run_query, run_skeptic, run_trace
+from .query import QueryResult, first_page, run_query, run_skeptic, run_trace
 from .reader import DEFAULT_READ_CACHE_BYTES
 from .writer import PutResult, RetractResult
 
@@ -113,9 +113,15 @@ class Store:
         check_hash(hash, "hash")
         return self.reader.get(bytes.fromhex(hash))
 
-    def query(self, concept_path: str, **params):
-        """Resolve claims at ``concept_path`` through a lens (see docs/semantics)."""
-        return run_query(self.reader, concept_path, **params)
+    def query(self, concept_path: str, *, predicate=None, include_descendants=False,
+              lens="recency", limit=100, agent=None, **filters):
+        """Resolve claims at ``concept_path`` through a lens (see docs/semantics);
+        ``filters``: run_query's other keywords. The plain shape is one call."""
+        out = None if filters else first_page(self.reader, concept_path, predicate,
+                                              include_descendants, lens, limit, agent)
+        return out if out is not None else run_query(
+            self.reader, concept_path, predicate=predicate, lens=lens, limit=limit,
+            include_descendants=include_descendants, agent=agent, **filters)
 
     def skeptic(self, concept_path: str, predicate: str, **filters) -> dict:
         return run_skeptic(self.reader, concept_path, predicate, **filters)

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from stemedb.core import audit as audit_mod
 from stemedb.core import qaudit, qfast, qpure
 from stemedb.core import query as Q
+from stemedb.core import store as store_mod
 from stemedb.core import reader as reader_mod
 from stemedb.core.index import MultiMap
 from stemedb.core.lens import _HALF_LIFE_US
@@ -45,6 +46,13 @@ except ImportError:     # a pure-Python build: nothing compiled to compare
 
 needs_compiled = pytest.mark.skipif(_query is None, reason="compiled _query not built")
 T0 = 1_709_294_400
+
+
+def set_first(monkeypatch, first):
+    """``first`` as query._FIRST, the first-page call of run_query and of
+    Store.query (which holds it as ``first_page``)."""
+    monkeypatch.setattr(Q, "_FIRST", first)
+    monkeypatch.setattr(store_mod, "first_page", first)
 
 
 def _outcome(fn, *args):
@@ -226,7 +234,7 @@ def _pure(monkeypatch):
     monkeypatch.setattr(qfast, "key_ordinals", qpure.key_ordinals)
     monkeypatch.setattr(qfast, "hashed_pairs", qpure.hashed_pairs)
     monkeypatch.setattr(qaudit, "_ENTRY", qaudit._entry)
-    monkeypatch.setattr(Q, "_FIRST", qpure.first_page(Q._FIRST_ENV))
+    set_first(monkeypatch, qpure.first_page(Q._FIRST_ENV))
 
 
 def _fill(store, seed):

@@ -31,6 +31,7 @@ from stemedb.core.audit import AuditLog
 from stemedb.model import Assertion
 from stemedb.timeutil import now_us
 from tests.unit.test_query_fastpath import clocked  # noqa: F401 (a fixture: the store at a set clock)
+from tests.unit.test_query_fastpath import set_first
 
 try:
     from stemedb.core import _query  # type: ignore[attr-defined]
@@ -94,7 +95,7 @@ def _run(store, monkeypatch, first, queries, rounds=2) -> tuple:
     """Each query ``rounds`` times with ``first`` as run_query's one-call
     path (a cold miss, then answers from the cache): the shapes, the cache
     counters and the audit entries without their ids."""
-    monkeypatch.setattr(Q, "_FIRST", first)
+    set_first(monkeypatch, first)
     store.reader.cache.clear()
     c = store.reader.cache
     c.answer_hits = c.answer_misses = c.record_hits = c.record_misses = 0
@@ -144,7 +145,7 @@ def test_a_held_page_is_served_without_run_querys_path(clocked, monkeypatch):
     env[11] = lambda *a, **k: calls.append("finish") or Q._finish(*a, **k)
     makers = [qpure.first_page] + ([_query.first_page] if _query is not None else [])
     for make in makers:
-        monkeypatch.setattr(Q, "_FIRST", make(tuple(env)))
+        set_first(monkeypatch, make(tuple(env)))
         store.reader.cache.clear()
         cold = store.query("d/e1", predicate="p1")
         assert calls == ["resolve", "finish"]
@@ -205,7 +206,7 @@ def test_a_stand_in_audit_log_gets_run_querys_entry(clocked, monkeypatch, name, 
 
     got = []
     for impl in (_off, first):
-        monkeypatch.setattr(Q, "_FIRST", impl)
+        set_first(monkeypatch, impl)
         store.reader.cache.clear()
         cap = Capture()
         monkeypatch.setattr(store.reader, "audit", cap)
@@ -223,7 +224,7 @@ def test_the_real_clock_is_read_as_now_us(opener, monkeypatch):
     store.put({"concept_path": "a", "predicate": "b", "value": 1, "confidence": 0.5,
                "timestamp": T0})
     for name, first in IMPLS:
-        monkeypatch.setattr(Q, "_FIRST", first)
+        set_first(monkeypatch, first)
         store.reader.cache.clear()
         store.query("a", predicate="b", limit=1)
         lo = time.time_ns() // 1000
