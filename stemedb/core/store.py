@@ -114,14 +114,14 @@ class Store:
         return self.reader.get(bytes.fromhex(hash))
 
     def query(self, concept_path: str, *, predicate=None, include_descendants=False,
-              lens="recency", limit=100, agent=None, **filters):
+              lens="recency", limit=100, cursor=None, agent=None, **filters):
         """Resolve claims at ``concept_path`` through a lens (see docs/semantics);
         ``filters``: run_query's other keywords. The plain shape is one call."""
-        out = None if filters else first_page(self.reader, concept_path, predicate,
-                                              include_descendants, lens, limit, agent)
+        out = None if filters or cursor is not None else first_page(
+            self.reader, concept_path, predicate, include_descendants, lens, limit, agent)
         return out if out is not None else run_query(
             self.reader, concept_path, predicate=predicate, lens=lens, limit=limit,
-            include_descendants=include_descendants, agent=agent, **filters)
+            include_descendants=include_descendants, cursor=cursor, agent=agent, **filters)
 
     def skeptic(self, concept_path: str, predicate: str, **filters) -> dict:
         return run_skeptic(self.reader, concept_path, predicate, **filters)

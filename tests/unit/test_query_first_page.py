@@ -153,6 +153,9 @@ def test_a_held_page_is_served_without_run_querys_path(clocked, monkeypatch):
         warm = store.query("d/e1", predicate="p1")
         assert calls == []
         assert _shape(warm) == _shape(cold)
+        # a cursor of None (a pager's first call) is the same plain shape
+        assert _shape(store.query("d/e1", predicate="p1", cursor=None)) == _shape(cold)
+        assert calls == []
 
 
 BAD_ARGS = [
