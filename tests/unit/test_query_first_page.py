@@ -27,6 +27,7 @@ import pytest
 
 from stemedb.core import qfast, qpure
 from stemedb.core import query as Q
+from stemedb.core import store as store_mod
 from stemedb.core.audit import AuditLog
 from stemedb.model import Assertion
 from stemedb.timeutil import now_us
@@ -135,14 +136,17 @@ def test_first_pages_answer_as_run_query_does(clocked, monkeypatch, audit, seed)
 
 def test_a_held_page_is_served_without_run_querys_path(clocked, monkeypatch):
     """The repeat of a small key comes from the held answer in the one
-    call: neither query._resolve nor query._finish runs for it; the cold
-    query goes through both."""
+    call: neither query._resolve nor query._finish runs for it, nor
+    run_query (with or without ``cursor=None``); the cold query goes
+    through the first two."""
     store = clocked(audit=True)
     _fill(store, 0)
     calls: list[str] = []
     env = list(Q._FIRST_ENV)
     env[10] = lambda *a, **k: calls.append("resolve") or Q._resolve(*a, **k)
     env[11] = lambda *a, **k: calls.append("finish") or Q._finish(*a, **k)
+    monkeypatch.setattr(store_mod, "run_query",
+                        lambda *a, **k: calls.append("run_query") or Q.run_query(*a, **k))
     makers = [qpure.first_page] + ([_query.first_page] if _query is not None else [])
     for make in makers:
         set_first(monkeypatch, make(tuple(env)))
@@ -153,7 +157,8 @@ def test_a_held_page_is_served_without_run_querys_path(clocked, monkeypatch):
         warm = store.query("d/e1", predicate="p1")
         assert calls == []
         assert _shape(warm) == _shape(cold)
-        # a cursor of None (a pager's first call) is the same plain shape
+        # a cursor of None (a pager's first call) is the same plain shape:
+        # Store.query serves it by the one call, not through run_query
         assert _shape(store.query("d/e1", predicate="p1", cursor=None)) == _shape(cold)
         assert calls == []
 
