@@ -710,6 +710,16 @@ cdef inline bint _read_slots(object r, PyObject** fv) noexcept:
     return True
 
 
+cdef tuple _fields_by_lookup(object r, PyObject** fv):
+    """``r``'s fields by attribute lookups, into ``fv`` (borrowed from the
+    tuple returned, which the caller keeps while it reads them)."""
+    cdef tuple got = tuple([getattr(r, name) for name in _REC_FIELDS])
+    cdef Py_ssize_t i
+    for i in range(N_REC):
+        fv[i] = _tuple_item(got, i)
+    return got
+
+
 cdef struct _Out:
     uint8_t* p
     Py_ssize_t n
@@ -754,8 +764,6 @@ def encode_assert_frames(records, seqs, recorded_at=None):
     cdef int fields
     cdef double conf
     cdef PyObject* fv[N_REC]
-    cdef PyObject** slots
-    cdef Py_ssize_t i
     cdef _Out out
     cdef list sizes = []
     cdef object rtype = _rec_type
@@ -774,9 +782,7 @@ def encode_assert_frames(records, seqs, recorded_at=None):
             seq = seqs[k]
             got = None
             if rtype is None or type(r) is not rtype or not _read_slots(r, fv):
-                got = tuple([getattr(r, name) for name in _REC_FIELDS])
-                for i in range(N_REC):
-                    fv[i] = _tuple_item(got, i)
+                got = _fields_by_lookup(r, fv)
             # the numbers first: a conversion may run Python code (__index__,
             # __float__), so a record's slots are read again after them
             rec_v = stamp if stamped else <object>fv[R_REC]
@@ -785,9 +791,7 @@ def encode_assert_frames(records, seqs, recorded_at=None):
             sc_v = <object>fv[R_SC]
             lc_v = <object>fv[R_LC]
             if got is None and not _read_slots(r, fv):
-                got = tuple([getattr(r, name) for name in _REC_FIELDS])
-                for i in range(N_REC):
-                    fv[i] = _tuple_item(got, i)
+                got = _fields_by_lookup(r, fv)
             cpath = PyUnicode_AsUTF8AndSize(<object>fv[R_PATH], &lpath)
             cpred = PyUnicode_AsUTF8AndSize(<object>fv[R_PRED], &lpred)
             fields = 0

@@ -102,8 +102,6 @@ if COMPILED:
     from ..model import AssertionRecord as _Rec
     _fast.use_record_type(_Rec, _Rec(b"h" * 32, 1, 2, 0.5, 3, 4, "p", "q", b"1", "s", "e",
                                      b"a" * 32, [b"d" * 32], b"g" * 32, b"s" * 64))
-if COMPILED:
     _index.use_compiled_merge(_fast.recent_items, _fast.merge_runs)
-if COMPILED:
     from .. import timeutil as _timeutil
     _timeutil.use_compiled_formatter(_fast.format_time)

@@ -127,7 +127,8 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         # serves it, from a held answer when the cache has one; None when
         # the arguments are not its plain form (the checks below raise or
         # pass them)
-        out = _FIRST(reader, concept_path, predicate, include_descendants, lens, limit, agent)
+        out = first_page(reader, concept_path, predicate, include_descendants, lens, limit,
+                         agent)
         if out is not None:
             return out
     # A stored path or predicate passed these checks when it was written
@@ -509,14 +510,9 @@ def retraction_targets(reader, target: dict, cascade: bool) -> set[int]:
 _FIRST_ENV = (LENSES, Filters, DEFAULT_LIFECYCLES, GEN_MASK, GEN_MIX, AUDIT_CONTRIBUTORS, Result,
               QueryResult, Assertion, _Moment, _resolve, _finish, _audit, AuditLog,
               _AUDIT_PARAMS, now_us)
-_FIRST = qfast.first_page(_FIRST_ENV)
-
-
-# Store.query's way in for the plain shape, without run_query's keywords:
 # first_page(reader, concept_path, predicate, include_descendants, lens,
-# limit, agent) is run_query's answer for a first page of the default view,
-# or None, having done nothing, when the arguments or the answer are not
-# ones the one call serves.  The call itself, not a function around it (a
-# frame of its own is most of what Store.query saves); a test that swaps
-# _FIRST swaps this name in stemedb.core.store too.
-first_page = _FIRST
+# limit, agent): run_query's answer for a first page of the default view, or
+# None, having done nothing, when the arguments or the answer are not ones
+# the one call serves.  run_query and Store.query (without run_query's
+# keywords) both call it by this module's name.
+first_page = qfast.first_page(_FIRST_ENV)

@@ -24,12 +24,12 @@ from typing import Callable
 
 from ..model import Assertion, check_hash
 from ..timeutil import now_us
-from . import auditview, fast
+from . import auditview, fast, query as _query
 from .audit import MAX_BYTES as AUDIT_MAX_BYTES
 from .fileio import FileSystem
 from .lens import trust_rank
 from .opening import open_parts
-from .query import QueryResult, first_page, run_query, run_skeptic, run_trace
+from .query import QueryResult, run_query, run_skeptic, run_trace
 from .reader import DEFAULT_READ_CACHE_BYTES
 from .writer import PutResult, RetractResult
 
@@ -117,7 +117,7 @@ class Store:
               lens="recency", limit=100, cursor=None, agent=None, **filters):
         """Resolve claims at ``concept_path`` through a lens (see docs/semantics);
         ``filters``: run_query's other keywords. The plain shape is one call."""
-        out = None if filters or cursor is not None else first_page(
+        out = None if filters or cursor is not None else _query.first_page(
             self.reader, concept_path, predicate, include_descendants, lens, limit, agent)
         return out if out is not None else run_query(
             self.reader, concept_path, predicate=predicate, lens=lens, limit=limit,

@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 from stemedb.core import audit as audit_mod
 from stemedb.core import qaudit, qfast, qpure
 from stemedb.core import query as Q
-from stemedb.core import store as store_mod
 from stemedb.core import reader as reader_mod
 from stemedb.core.index import MultiMap
 from stemedb.core.lens import _HALF_LIFE_US
@@ -49,10 +48,9 @@ T0 = 1_709_294_400
 
 
 def set_first(monkeypatch, first):
-    """``first`` as query._FIRST, the first-page call of run_query and of
-    Store.query (which holds it as ``first_page``)."""
-    monkeypatch.setattr(Q, "_FIRST", first)
-    monkeypatch.setattr(store_mod, "first_page", first)
+    """``first`` as query.first_page, the first-page call of run_query and
+    of Store.query."""
+    monkeypatch.setattr(Q, "first_page", first)
 
 
 def _outcome(fn, *args):
