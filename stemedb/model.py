@@ -273,7 +273,7 @@ def prepare_batch(bodies, *, default_time_us: int | None = None,
         cls = type(bodies[0])
         struct = cls if cls is not dict and _struct_fields(cls) == _FIELD_ORDER else None
         recs = _prepare_many(bodies if type(bodies) is list else list(bodies), default_time_us,
-                             AssertionRecord, struct, msgspec.structs.astuple, msgspec.UNSET)
+                             AssertionRecord, struct, _astuple, _MS_UNSET)
         if None not in recs:
             return recs
     for i in range(n):
@@ -294,13 +294,15 @@ def prepare_one(body, *, default_time_us: int, require_signatures: bool = False)
         cls = type(body)
         struct = cls if cls is not dict and _struct_fields(cls) == _FIELD_ORDER else None
         rec = _prepare_many([body], default_time_us, AssertionRecord, struct,
-                            msgspec.structs.astuple, msgspec.UNSET)[0]
+                            _astuple, _MS_UNSET)[0]
         if rec is not None:
             return rec
     return prepare_assertion(body, default_time_us=default_time_us,
                              require_signatures=require_signatures)
 
 
+_astuple = msgspec.structs.astuple
+_MS_UNSET = msgspec.UNSET
 _REQUIRED = ("concept_path", "predicate", "value", "confidence")
 # The order _prepare takes the fields in.
 _FIELD_ORDER = ("concept_path", "predicate", "value", "confidence", "source", "source_class",

@@ -924,6 +924,46 @@ def map_add_many(m, list keys, ords):
         m.merge()
 
 
+cdef inline int _add1(object m, object key, object o, object merge_at) except -1:
+    """map_add's body: ``o`` under ``key`` in ``m``'s recent dict, then the
+    merge at ``merge_at`` additions."""
+    cdef dict recent = m.recent
+    cdef PyObject* lst = PyDict_GetItem(recent, key)
+    if lst == NULL:
+        PyDict_SetItem(recent, key, _ord_list(o))
+    else:
+        PyList_Append(<object>lst, o)
+    n = m.n_recent + 1
+    m.n_recent = n
+    if n >= merge_at:
+        m.merge()
+    return 0
+
+
+def add_one(hmap, hk, kmap, key, pmap, pid, smap, src, o, list kgen, list pgen,
+            int64_t mix, int pred_bits):
+    """See records.add_one: one applied assertion's map entries (hash, index
+    key, path, and source unless ``src`` is None, each ``map_add``) and its
+    two answer generation steps, in one call (a single put's apply, W1)."""
+    cdef Py_ssize_t s, slots = len(kgen)
+    if slots == 0 or slots & (slots - 1) or len(pgen) != slots:
+        raise ValueError("add_one: kgen and pgen must be lists of one power-of-two length")
+    if not 0 <= pred_bits < 63:
+        raise ValueError("add_one: pred_bits must be from 0 to 62")
+    cdef uint64_t mask = <uint64_t>(slots - 1), qmask = (<uint64_t>1 << pred_bits) - 1
+    cdef uint64_t p = <uint64_t>(<int64_t>pid), k = <uint64_t>(<int64_t>key)
+    merge_at = _index.MERGE_AT
+    _add1(hmap, hk, o, merge_at)
+    _add1(kmap, key, o, merge_at)
+    _add1(pmap, pid, o, merge_at)
+    if src is not None:
+        _add1(smap, src, o, merge_at)
+    s = <Py_ssize_t>((p * <uint64_t>mix + (k & qmask)) & mask)
+    kgen[s] = kgen[s] + 1
+    s = <Py_ssize_t>(p & mask)
+    pgen[s] = pgen[s] + 1
+
+
 from cpython.dict cimport PyDict_Next
 from cpython.long cimport PyLong_AsLongLong, PyLong_AsUnsignedLongLong
 

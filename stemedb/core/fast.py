@@ -81,6 +81,8 @@ _hash_of = attrgetter("hash")
 _replace = msgspec.structs.replace
 encode_assert_frames = _fast.encode_assert_frames if COMPILED else encode_assert_frames_py
 bump_gens = _fast.bump_gens if COMPILED else records.bump_gens
+# one applied assertion's map entries and generations (State._apply_one, compiled build)
+add_one = _fast.add_one if COMPILED else records.add_one
 # the WAL's write + fdatasync in one release of the GIL; None: File.write, File.sync
 write_sync = _fast.write_sync if COMPILED else None
 index_one = _fast.index_one if COMPILED else records.index_one

@@ -171,6 +171,36 @@ def index_one(buf, off: int, seq: int, loc_base: int, first: int, cols: tuple,
             sk.item(0) if ns else None, rec, edges[0] if edges else None)
 
 
+def add_one(hmap, hk: int, kmap, key: int, pmap, pid: int, smap, src: int | None, o: int,
+            kgen: list, pgen: list, mix: int, pred_bits: int) -> None:
+    """One applied assertion's map entries and generation steps: ordinal
+    ``o`` under ``hk`` in ``hmap``, ``key`` in ``kmap``, ``pid`` in ``pmap``
+    and, unless ``src`` is None, ``src`` in ``smap`` (``MultiMap.add`` each,
+    in that order); then slot ``(pid * mix + (key & qmask)) & mask`` of
+    ``kgen`` and ``pid & mask`` of ``pgen`` step by one (``qmask`` the low
+    ``pred_bits`` bits, ``mask`` the lists' one power-of-two length - 1).
+    The pure twin of ``_fast.add_one`` (``fast.add_one``); ``State._apply_one``
+    runs these lines itself in the pure build (no call more).  O(1)
+    amortized."""
+    if type(kgen) is not list or type(pgen) is not list:
+        raise TypeError("add_one: kgen and pgen must be lists")
+    slots = len(kgen)
+    if slots == 0 or slots & (slots - 1) or len(pgen) != slots:
+        raise ValueError("add_one: kgen and pgen must be lists of one power-of-two length")
+    if not 0 <= pred_bits < 63:
+        raise ValueError("add_one: pred_bits must be from 0 to 62")
+    if not (-(1 << 63) <= pid < (1 << 63) and -(1 << 63) <= key < (1 << 63)):
+        raise OverflowError("add_one: pid and key must be int64")
+    hmap.add(hk, o)
+    kmap.add(key, o)
+    pmap.add(pid, o)
+    if src is not None:
+        smap.add(src, o)
+    mask = slots - 1
+    kgen[(pid * mix + (key & ((1 << pred_bits) - 1))) & mask] += 1
+    pgen[pid & mask] += 1
+
+
 def bump_gens(kgen: list, pgen: list, keys: np.ndarray, mix: int, pred_bits: int) -> None:
     """One answer generation step per index key of an applied group: slot
     ``(pid * mix + qid) & mask`` of ``kgen`` and ``pid & mask`` of ``pgen``,

@@ -422,14 +422,20 @@ class State:
             buf, off, seq, loc_base, first, c.rows, self.path_ids, self.path_names,
             self.pred_ids, self.pred_names, self.epoch_ids)
         c.n = first + 1
-        add = fast.map_add           # MultiMap.add; compiled, its new lists untracked by the GC
-        add(self.by_hash, hk, first)
-        add(self.by_key, key, first)
-        add(self.by_path, pid, first)
-        if src is not None:
-            add(self.by_source, src, first)
-        self.key_gen[(pid * GEN_MIX + (key & _PRED_MASK)) & GEN_MASK] += 1
-        self.path_gen[pid & GEN_MASK] += 1
+        if fast.COMPILED:
+            # the lines below in one C call (records.add_one, their twin)
+            fast.add_one(self.by_hash, hk, self.by_key, key, self.by_path, pid,
+                         self.by_source, src, first, self.key_gen, self.path_gen,
+                         GEN_MIX, PRED_BITS)
+        else:
+            add = fast.map_add       # MultiMap.add
+            add(self.by_hash, hk, first)
+            add(self.by_key, key, first)
+            add(self.by_path, pid, first)
+            if src is not None:
+                add(self.by_source, src, first)
+            self.key_gen[(pid * GEN_MIX + (key & _PRED_MASK)) & GEN_MASK] += 1
+            self.path_gen[pid & GEN_MASK] += 1
         if rec > self.last_recorded_at:
             self.last_recorded_at = rec
         if seq > self.last_seq:

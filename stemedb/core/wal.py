@@ -36,7 +36,9 @@ import os
 import struct
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
+
+import msgspec
 
 from ..errors import CorruptionError, StoreFaulted
 from . import fast
@@ -50,27 +52,27 @@ _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
 
-class Request:
+class Request(msgspec.Struct):
     """One atomic group of records on its way to disk.
 
     What the state needs to apply it (``records.group_frames``) comes as
     ``frames``, ``(offsets, types, seqs)`` of its records within ``data``,
-    when the writer has them at hand (assertions: one list each per batch,
-    no per-record loop after the fsync), or else as ``apply_arg``, ``(type,
-    seq, body)`` per record.  ``locs`` is set when the group is written:
-    ``[(segment, offset)]`` of its first record (the rest follow contiguously).
+    when the writer has them at hand (assertions: one sequence each per
+    batch, no per-record loop after the fsync), or else as ``apply_arg``,
+    ``(type, seq, body)`` per record.  ``locs`` is set when the group is
+    written: ``[(segment, offset)]`` of its first record (the rest follow
+    contiguously).  A msgspec Struct, not a class with ``__slots__`` and an
+    ``__init__``: every put builds one, and the Struct's construction costs
+    ~0.26 us against ~0.40 (the same fields, read and set as fast).
     """
 
-    __slots__ = ("data", "sizes", "done", "error", "locs", "payload", "apply_arg", "frames")
-
-    def __init__(self, data: bytes, sizes: list[int], apply_arg=None, frames=None):
-        self.data = data          # concatenated frames
-        self.sizes = sizes        # frame sizes, to compute each record's offset
-        self.done = False
-        self.error: BaseException | None = None
-        self.locs: list[tuple[int, int]] = []
-        self.apply_arg = apply_arg
-        self.frames: tuple[list[int], list[int], list[int]] | None = frames
+    data: bytes                 # concatenated frames
+    sizes: list                 # frame sizes, to compute each record's offset
+    apply_arg: Any = None
+    frames: Any = None          # (offsets, types, seqs) or None
+    done: bool = False
+    error: Any = None           # the BaseException of a failed group
+    locs: Any = ()              # [(segment, offset)] once written
 
 
 class WAL:
@@ -89,7 +91,10 @@ class WAL:
         self.log_id: bytes | None = None
         self.fault: str | None = None
         self._file: File | None = None    # the active segment's append handle
-        self._cv = threading.Condition(threading.Lock())
+        # the condition's lock, taken directly where nothing waits on or
+        # notifies the condition (enqueue): Condition.__enter__ is a Python call
+        self._mu = threading.Lock()
+        self._cv = threading.Condition(self._mu)
         self._queue: list[Request] = []
         self._leader = False
         # followers asleep in wait(): (their wake lock, the request they wait for)
@@ -195,7 +200,7 @@ class WAL:
 
     def enqueue(self, req: Request) -> None:
         """Queue a request; call in seq order (the store's write mutex)."""
-        with self._cv:
+        with self._mu:
             if self.fault:
                 raise StoreFaulted(f"writes are stopped after a storage fault: {self.fault}")
             self._queue.append(req)
@@ -241,7 +246,8 @@ class WAL:
                     cv.acquire()
                     held = True
                     self._leader = False
-                    self._wake()
+                    if self._sleepers or self._flushers:
+                        self._wake()
         finally:
             if held:
                 cv.release()
@@ -290,7 +296,8 @@ class WAL:
             seg = self.segments[-1]
             if seg.size > SEGMENT_HEADER_SIZE and seg.size + len(data) > self.segment_size:
                 seg = self._rotate(group[0])
-            t0 = self.clock()
+            observer = self.observer
+            t0 = self.clock() if observer is not None else 0.0
             f = self._file
             assert f is not None, "start_appending() opened the active segment"
             if self._write_sync is not None:
@@ -299,7 +306,7 @@ class WAL:
                 f.write(data)
                 if self.durability != "none":
                     f.sync()
-            elapsed = self.clock() - t0
+            elapsed = self.clock() - t0 if observer is not None else 0.0
         except OSError as exc:
             self.fault = f"{type(exc).__name__}: {exc}"
             log.error("WAL write failed, writes stopped: %s", self.fault)
@@ -332,8 +339,8 @@ class WAL:
             return
         for r in group:
             r.done = True
-        if self.observer is not None:
-            self.observer(sum(len(r.sizes) for r in group), elapsed)
+        if observer is not None:
+            observer(sum(len(r.sizes) for r in group), elapsed)
 
     def _fail(self, group, error) -> None:
         for r in group:

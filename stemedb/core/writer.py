@@ -334,7 +334,7 @@ class Writer(MetaWrites):
                     stamp = self._stamp_us      # recorded_at never goes back
                 seq = self._next_seq
                 data, sizes = fast.encode_assert_frames([r], [seq], stamp)
-                req = Request(data, sizes, None, ([0], [REC_ASSERT], [seq]))
+                req = Request(data, sizes, None, (_OFF0, _ASSERT1, [seq]))
                 self.wal.enqueue(req)       # raises once the log is faulted: no seq used
                 self._next_seq = seq + 1
                 self._stamp_us = stamp
@@ -342,10 +342,24 @@ class Writer(MetaWrites):
         if pend is not None:        # another put queued this hash: its outcome is ours
             self.wal.wait(pend[1])
             return PutResult(h.hex(), pend[0], False)
+        ok = False
         try:
             self.wal.wait(req)
+            ok = True
         finally:
-            self._settled.append((req, [r]))        # see put_records
+            if ok:
+                # Durable and applied: the entry is still this request's (while
+                # it stood without an error no write registered the hash, and
+                # now the state has it), so it goes here, without _wmu: one
+                # dict operation, atomic under the GIL, against the lock and
+                # _drop_settled's call at the next write.  Gone already if
+                # close() cleared the dict.
+                pending.pop(h, None)
+            elif req.done and req.error is not None:
+                with self._wmu:             # see _put_many: not left for a later write
+                    self._drop_failed(req, [r])
+            else:                           # interrupted while queued: the next write's
+                self._settled.append((req, [r]))
         return PutResult(h.hex(), seq, True)
 
     def _drop_settled(self) -> None:
@@ -394,6 +408,9 @@ class Writer(MetaWrites):
             fail("epoch", f"epoch {r.epoch!r} does not exist; create it with POST /v1/epoch first")
 
 
+# a single put's frame offsets and types (Request.frames): read, never changed
+_OFF0 = (0,)
+_ASSERT1 = (REC_ASSERT,)
 _hash_of = attrgetter("hash")
 _parent_of = attrgetter("parent_hash")
 _derived_of = attrgetter("derived_from")
