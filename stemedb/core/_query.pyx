@@ -1037,9 +1037,163 @@ cdef list _weights(tuple half_life_us, list top, at_us, bint decay):
     return weights
 
 
+# A weight's text: Python's repr of the double (what PyOS_double_to_string's
+# 'r' writes, the line's format since it was written here).  Its shortest
+# digits come from orjson, which writes a list of floats with Ryu's
+# shortest round-trip digits at ~100 instructions each, where
+# PyOS_double_to_string's dtoa took ~7,500 a decayed weight (about a sixth
+# of an authority + decay query on a small key; callgrind,
+# bench/results/query-2026-11-27-session8.md); _repr_of rewrites orjson's
+# notation as repr's.  Anything it does not expect falls back to
+# PyOS_double_to_string for that weight (tests/unit/test_float_repr.py holds
+# the two equal on random doubles and the notation's edges).
+
+try:
+    from orjson import dumps as _dumps
+except ImportError:             # pragma: no cover - orjson is a dependency
+    _dumps = None
+
+
+cdef Py_ssize_t _repr_of(const char* s, Py_ssize_t k, char* out) noexcept:
+    """Write into ``out`` (room for 32 bytes) Python's repr of the finite
+    double whose JSON text (orjson's: ``-?digits[.digits][e[+-]digits]``)
+    is ``s[:k]``; its length, or -1 (nothing valid written) for a text it
+    does not expect."""
+    cdef char d[24]             # the significant digits
+    cdef Py_ssize_t nd = 0, i = 0, w = 0, j
+    cdef int decpt = 0          # value = 0.d * 10**decpt
+    cdef int e = 0, esign = 1, ne = 0
+    cdef bint neg = False, seen_point = False, any_digit = False
+    cdef char ch
+    if k <= 0 or k > 40:
+        return -1
+    if s[0] == b'-':
+        neg = True
+        i = 1
+    while i < k:
+        ch = s[i]
+        if b'0' <= ch <= b'9':
+            any_digit = True
+            if nd == 0 and ch == b'0':
+                if seen_point:
+                    decpt -= 1          # a leading zero after the point
+            else:
+                if nd >= 20:
+                    return -1
+                d[nd] = ch
+                nd += 1
+                if not seen_point:
+                    decpt += 1
+        elif ch == b'.':
+            if seen_point:
+                return -1
+            seen_point = True
+        else:
+            break
+        i += 1
+    if not any_digit:
+        return -1
+    if i < k:
+        if s[i] != b'e' and s[i] != b'E':
+            return -1
+        i += 1
+        if i < k and (s[i] == b'+' or s[i] == b'-'):
+            if s[i] == b'-':
+                esign = -1
+            i += 1
+        while i < k and b'0' <= s[i] <= b'9':
+            e = e * 10 + (s[i] - 48)
+            ne += 1
+            if ne > 4:
+                return -1
+            i += 1
+        if ne == 0 or i != k:
+            return -1
+    while nd > 0 and d[nd - 1] == b'0':
+        nd -= 1                 # trailing zeros (e.g. 1234500000000000.0)
+    if nd > 17:
+        return -1
+    if neg:
+        out[w] = b'-'
+        w += 1
+    if nd == 0:                 # zero
+        memcpy(out + w, b"0.0", 3)
+        return w + 3
+    decpt += esign * e
+    if decpt <= -4 or decpt > 16:
+        # d.ddde[+-]XX, at least two exponent digits
+        out[w] = d[0]
+        w += 1
+        if nd > 1:
+            out[w] = b'.'
+            memcpy(out + w + 1, d + 1, nd - 1)
+            w += nd
+        out[w] = b'e'
+        e = decpt - 1
+        out[w + 1] = b'-' if e < 0 else b'+'
+        w += 2
+        if e < 0:
+            e = -e
+        if e >= 100:
+            out[w] = <char>(48 + e // 100)
+            w += 1
+        out[w] = <char>(48 + (e // 10) % 10)
+        out[w + 1] = <char>(48 + e % 10)
+        return w + 2
+    if decpt <= 0:              # 0.000ddd
+        memcpy(out + w, b"0.", 2)
+        w += 2
+        for j in range(-decpt):
+            out[w + j] = b'0'
+        w += -decpt
+        memcpy(out + w, d, nd)
+        return w + nd
+    if decpt >= nd:             # ddd000.0
+        memcpy(out + w, d, nd)
+        w += nd
+        for j in range(decpt - nd):
+            out[w + j] = b'0'
+        w += decpt - nd
+        memcpy(out + w, b".0", 2)
+        return w + 2
+    memcpy(out + w, d, decpt)   # dd.ddd
+    w += decpt
+    out[w] = b'.'
+    memcpy(out + w + 1, d + decpt, nd - decpt)
+    return w + 1 + nd - decpt
+
+
+def float_repr(v):
+    """repr(v) of a finite float through orjson and _repr_of (for the
+    parity tests); None when _repr_of declines orjson's text."""
+    cdef char buf[32]
+    cdef bytes js = _dumps(v)
+    cdef Py_ssize_t n = _repr_of(js, len(js), buf)
+    return None if n < 0 else buf[:n].decode("ascii")
+
+
+def repr_of_text(bytes js):
+    """_repr_of of a JSON number's text (for the parity tests): repr's
+    text, or None where it declines."""
+    cdef char buf[32]
+    cdef Py_ssize_t n = _repr_of(js, len(js), buf)
+    return None if n < 0 else buf[:n].decode("ascii")
+
+
 cdef int _tail(Line* o, list winners, more, list top, list weights, active) except -1:
     """``,"result_hashes":[..],..,"contributing_more":N}`` and the newline."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, pos = 1, end, jn = 0, n
+    cdef bytes js = None
+    cdef const char* jp = NULL
+    cdef char buf[32]
+    if len(weights) and _dumps is not None:
+        try:
+            js = _dumps(weights)        # [w0,w1,...]: each weight's shortest digits
+        except Exception:
+            js = None
+        if js is not None:
+            jp = js
+            jn = len(js)
     _raw(o, b',"result_hashes":[', 18)
     for i in range(len(winners)):
         if i:
@@ -1054,7 +1208,17 @@ cdef int _tail(Line* o, list winners, more, list top, list weights, active) exce
         _raw(o, b'{"hash":', 8)
         _jhex(o, top[i].record.hash)
         _raw(o, b',"weight":', 10)
-        _jfloat(o, weights[i])
+        n = -1
+        if jp != NULL:
+            end = pos
+            while end < jn and jp[end] != b',' and jp[end] != b']':
+                end += 1
+            n = _repr_of(jp + pos, end - pos, buf)
+            pos = end + 1
+        if n >= 0:
+            _raw(o, buf, n)
+        else:
+            _jfloat(o, weights[i])
         _raw(o, b'}', 1)
     _raw(o, b'],"contributing_more":', 22)
     _jint(o, active - len(top))
