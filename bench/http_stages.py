@@ -99,6 +99,7 @@ class _Totals:
             self.profiles.clear()
             self.generation += 1
             self.threads0 = thread_cpu()
+            GC.clear()
 
     def sum(self) -> dict:
         out: dict = {}
@@ -111,6 +112,44 @@ class _Totals:
 
 
 TOTALS = _Totals()
+
+
+class _GCTimes:
+    """The cyclic garbage collector's passes in the server, by generation:
+    count and thread CPU (``gc.callbacks``; a pass runs in whichever thread
+    allocated past the threshold, inside the app or out of it)."""
+
+    def __init__(self):
+        self.t0: dict = {}
+        self.acc: dict = {}
+
+    def install(self) -> None:
+        import gc
+        gc.callbacks.append(self.callback)
+
+    def callback(self, phase: str, info: dict) -> None:
+        tid = threading.get_ident()
+        if phase == "start":
+            self.t0[tid] = time.thread_time()
+            return
+        t0 = self.t0.pop(tid, None)
+        if t0 is None:
+            return
+        gen = info.get("generation", -1)
+        n, s = self.acc.get(gen, (0, 0.0))
+        self.acc[gen] = (n + 1, s + time.thread_time() - t0)
+
+    def clear(self) -> None:
+        self.acc.clear()
+
+    def sum(self) -> dict:
+        import gc
+        return {f"gc generation {g} (passes, CPU)": {"calls": n, "cpu_s": s}
+                for g, (n, s) in sorted(self.acc.items())} | {
+            "gc tracked objects at the end": {"calls": len(gc.get_objects()), "cpu_s": 0.0}}
+
+
+GC = _GCTimes()
 
 
 def thread_cpu() -> dict:
@@ -191,7 +230,7 @@ class StagesApp:
                 TOTALS.reset()
                 body = b"{}"
             else:
-                body = json.dumps({"stages": TOTALS.sum(),
+                body = json.dumps({"stages": TOTALS.sum() | GC.sum(),
                                    "threads": thread_groups(TOTALS.threads0, thread_cpu()),
                                    "profile": self._profile_rows()}).encode()
             start_response("200 OK", [("Content-Type", "application/json"),
@@ -263,6 +302,7 @@ def serve(profile: bool, noop: bool = False) -> None:
 
     def post_worker_init(worker):
         worker.wsgi = StagesApp(worker.wsgi, profile)
+        GC.install()
 
     options["post_worker_init"] = post_worker_init
 
@@ -364,6 +404,13 @@ def report(res: dict) -> str:
     for label in order:
         if label in st:
             row(label, st[label]["cpu_s"], st[label]["calls"])
+    for label in sorted(st):
+        if label.startswith("gc generation"):
+            row(label, st[label]["cpu_s"], st[label]["calls"])
+    tracked = st.get("gc tracked objects at the end")
+    if tracked:
+        lines.append(f"\n{tracked['calls']:,} objects tracked by the collector at the end "
+                     f"of the run")
     if res["profile"]:
         lines += ["", "cProfile, request threads inside the app (own time first):", "",
                   "| own s | cumulative s | calls | function |", "|---:|---:|---:|---|"]
