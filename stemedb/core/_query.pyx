@@ -1235,15 +1235,42 @@ cdef int _open_line(Line* o) except -1:
     return 0
 
 
+cdef tuple _last_names = None, _last_keys = None
+
+
+cdef tuple _keys_of(tuple names):
+    """_name_keys(names), kept for the last ``names`` seen (the query path
+    passes one tuple, qaudit._AUDIT_PARAMS): not escaped again per line."""
+    global _last_names, _last_keys
+    if names is not _last_names:
+        _last_keys = _name_keys(names)
+        _last_names = names
+    return _last_keys
+
+
 def audit_line(tuple names, tuple half_life_us, number, at, agent, params, list winners,
                more, list top, at_us, bint decay, active):
     """audit_entry's entry as one JSON line (ending in a newline), or None
     when it holds anything this does not write (see above): audit_head over
     audit_tail."""
-    tail = audit_tail(half_life_us, winners, more, top, at_us, decay, active)
-    if tail is None:
+    # one buffer, head then tail, no Python call between (the same bytes
+    # as audit_head over audit_tail: test_audit_line.py)
+    cdef Line o
+    if not (_is_i64(more) and _is_i64(active)):
         return None
-    return audit_head(names, tail, number, at, agent, params)
+    weights = _weights(half_life_us, top, at_us, decay)
+    if weights is None or not _head_ok(names, number, at, agent, params):
+        return None
+    _open_line(&o)
+    try:
+        try:
+            _head(&o, names, number, at, agent, <tuple>params, _keys_of(names))
+        except UnicodeEncodeError:
+            return None
+        _tail(&o, winners, more, top, weights, active)
+        return PyBytes_FromStringAndSize(o.p, o.n)
+    finally:
+        PyMem_Free(o.p)
 
 
 def audit_tail(tuple half_life_us, list winners, more, list top, at_us, bint decay, active):
@@ -1731,6 +1758,64 @@ cdef class FirstPage:
         else:
             audit.add(line)
         return True
+
+
+def read_clock(clock, now_us):
+    """``clock()``: read here (CLOCK_REALTIME, as time.time_ns) when it is
+    timeutil's ``now_us`` (its ``time.time_ns() // 1000`` without a Python
+    frame, as FirstPage._clock); the pure twin calls it (qpure.read_clock)."""
+    cdef timespec ts
+    if clock is now_us and clock_gettime(CLOCK_REALTIME, &ts) == 0 and ts.tv_sec >= 0:
+        return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+    return clock()
+
+
+cdef class NewAssertions:
+    """qpure.new_assertions for one Assertion class: ``(recs, seqs)`` ->
+    ``[cls(rec, seq) ...]``, each allocated and its five slots set in place
+    as FirstPage._page does (Assertion.__init__ is a Python frame, ~1.2k
+    instructions each: four a small key's query, every query that decodes
+    its candidates).  recs and seqs must be lists of one length
+    (ValueError otherwise, as the twin)."""
+    cdef object cls, unset
+    cdef Py_ssize_t offsets[ASSERTION_SLOTS]
+
+    def __init__(self, cls):
+        cdef PyTypeObject* t = <PyTypeObject*>cls
+        if (not isinstance(cls, type) or t.tp_dictoffset != 0
+                or t.tp_flags & Py_TPFLAGS_MANAGED_DICT or t.tp_new != PyBaseObject_Type.tp_new):
+            raise TypeError("the Assertion class must be a __slots__ class without a __dict__ "
+                            "or its own __new__")
+        for i, name in enumerate(("record", "seq", "status", "retraction", "_value")):
+            self.offsets[i] = _slot(cls, name)
+        self.cls = cls
+        self.unset = cls._UNSET
+
+    def __call__(self, list recs not None, list seqs not None):
+        cdef Py_ssize_t i, n = PyList_GET_SIZE(recs)
+        cdef PyObject* a
+        cdef PyTypeObject* cls = <PyTypeObject*>self.cls
+        cdef Py_ssize_t* off = self.offsets
+        if PyList_GET_SIZE(seqs) != n:
+            raise ValueError("recs and seqs differ in length")
+        unset = self.unset
+        cdef list out = []
+        for i in range(n):
+            a = cls.tp_alloc(cls, 0)
+            obj = <object>a             # owns the new reference from here
+            Py_DECREF(obj)
+            _put(a, off[0], <object>PyList_GET_ITEM(recs, i))
+            _put(a, off[1], <object>PyList_GET_ITEM(seqs, i))
+            _put(a, off[2], "active")
+            _put(a, off[3], None)
+            _put(a, off[4], unset)
+            out.append(obj)
+        return out
+
+
+def new_assertions(cls):
+    """See qpure.new_assertions."""
+    return NewAssertions(cls)
 
 
 cdef object _cached_answer(cache, key, token):

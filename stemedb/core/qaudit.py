@@ -10,9 +10,9 @@ from __future__ import annotations
 from functools import partial
 
 from ..model import Assertion
-from ..timeutil import format_time
+from ..timeutil import format_time, now_us
 from . import qfast
-from .audit import Pending, query_id
+from .audit import AuditLog, Pending, query_id
 from .lens import _HALF_LIFE_US
 
 _AUDIT_PARAMS = ("concept_path", "predicate", "include_descendants", "lens", "as_of", "known_at",
@@ -78,7 +78,7 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
     ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
     """
     audit = reader.audit
-    at = reader.clock()
+    at = reader.clock() if _CLOCK is None else _CLOCK(reader.clock, now_us)
     if active is None:
         active = sum(map(len, groups.values()))   # ordered lists these first, then retracted
     if (answer is not None and _HEAD is not None and not ctx.decay
@@ -112,13 +112,19 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
         # compiled: the entry's JSON line, written here, so the writer thread
         # only joins bytes (None: an entry _LINE does not write, queued as
         # before)
+        plain = type(audit) is AuditLog
         try:
-            line = _LINE(audit.number(), at, agent, params, winners, more, top, ctx.at_us,
-                         ctx.decay, active)
+            # (audit.number() and, below its quick_below backlog, audit.add,
+            # inline for the AuditLog itself, as FirstPage queues its lines)
+            line = _LINE(next(audit._ids) if plain else audit.number(), at, agent, params,
+                         winners, more, top, ctx.at_us, ctx.decay, active)
         except Exception:  # noqa: BLE001 - an audit entry must never fail its query:
             line = None     # the writer's path builds it, and counts it if it fails
         if line is not None:
-            audit.add(line)
+            if plain and len(audit._queue) < audit.quick_below:
+                audit._queue.append(line)
+            else:
+                audit.add(line)
             return
     audit.add(Pending((_ENTRY, at, agent, params, winners, more, top, ctx.at_us, ctx.decay,
                        active)))
@@ -149,6 +155,8 @@ def _entry(number: int, at: int, agent, params, winners: list[Assertion], more: 
             "contributing_more": active - len(top)}
 
 
+# "now" without now_us's Python frame when compiled (qfast.read_clock)
+_CLOCK = qfast.read_clock if qfast.COMPILED else None
 # The builder the writer thread calls: compiled (_query.audit_entry, held to
 # _entry by tests/unit/test_query_fastpath.py) or _entry itself
 _ENTRY = (partial(qfast._query.audit_entry, _AUDIT_PARAMS, _HALF_LIFE_US, format_time)

@@ -64,7 +64,10 @@ def columns_resolution(reader, lens_obj, ords: list[int], at_us: int, decay: boo
     share a hashed value id: :func:`column_rows` answers then."""
     c = reader.state.cols
     pairs = qfast.hashed_pairs(ords, c.va, c.vb)
-    if len(pairs) > 1 and not _hashed_values_agree(reader, pairs):
+    # only ids held by two or more candidates are compared (dict(pairs): one
+    # entry per id, without _hashed_values_agree's Python when none repeats)
+    if len(pairs) > 1 and len(dict(pairs)) < len(pairs) and not _hashed_values_agree(
+            reader, pairs):
         return None
     got = qfast.resolve_columns(lens_obj.name, ords, c.seq, c.ts, c.conf, c.rank, c.va, c.vb,
                                 at_us, decay, _HALF_LIFE_US, _TIER)

@@ -36,3 +36,5 @@ hashed_pairs = _query.hashed_pairs if COMPILED else qpure.hashed_pairs
 read_frames = _query.read_frames if COMPILED else qpure.read_frames
 answer_token = _query.answer_token if COMPILED else qpure.answer_token
 first_page = _query.first_page if COMPILED else qpure.first_page
+new_assertions = _query.new_assertions if COMPILED else qpure.new_assertions
+read_clock = _query.read_clock if COMPILED else qpure.read_clock

@@ -115,7 +115,8 @@ def gather(reader, paths: list[str], predicate: str | None, f: Filters):
     c = st.cols
     # Allowed lifecycles and epochs as lookup tables: one index per candidate
     # instead of np.isin, which costs ~100 us even on two elements.
-    lc_ok = None if f.lifecycles is None else _lifecycle_table(f.lifecycles)
+    lcs = f.lifecycles
+    lc_ok = None if lcs is None else (_LC_TABLES.get(lcs) or _lifecycle_table(lcs))
     ep_ok = None
     if f.epoch is not None:
         e = st.epochs.get(f.epoch)
@@ -123,7 +124,7 @@ def gather(reader, paths: list[str], predicate: str | None, f: Filters):
             raise UnknownReference(f"epoch {f.epoch!r} does not exist", field="epoch")
         ep_ok = [False] * len(st.epoch_names)
         ep_ok[e.id] = True
-    else:
+    elif st.epochs:         # (none: none superseded)
         gone = st.superseded_epoch_ids(f.known_at, f.seq_bound)
         if gone:
             ep_ok = [i not in gone for i in range(len(st.epoch_names))]

@@ -169,6 +169,28 @@ _RANKS = _class_ranks()
 SMALL_TAKE = 16   # below this many ordinals, per-element item() beats a fancy index
 
 
+def read_clock(clock, now_us) -> int:
+    """``clock()`` (``now_us``: timeutil's, which the compiled twin reads
+    itself when ``clock`` is it).  The query path calls it only compiled:
+    the pure build calls ``reader.clock()`` as it did."""
+    return clock()
+
+
+def new_assertions(cls):
+    """``make(recs, seqs)``: ``[cls(rec, seq) for rec, seq in zip(recs, seqs)]``
+    (active, no retraction), for two lists of one length (ValueError
+    otherwise).  The compiled twin sets the slots in place
+    (``_query.NewAssertions``); ``Reader.assertions`` builds a batch with
+    it when no candidate is retracted."""
+    def make(recs: list, seqs: list) -> list:
+        if type(recs) is not list or type(seqs) is not list:
+            raise TypeError("recs and seqs must be lists")
+        if len(recs) != len(seqs):
+            raise ValueError("recs and seqs differ in length")
+        return list(map(cls, recs, seqs))
+    return make
+
+
 def cache_take(d, ords: list[int], loc, seq) -> tuple[list[int], list, list[int], int]:
     """The read cache's part of reading the records of ``ords`` (call under
     the cache's lock; ``d``: its OrderedDict, record entries keyed by packed

@@ -35,6 +35,8 @@ from .reader import HELD_MAX, Answer
 from .state import GEN_MASK, GEN_MIX
 
 TRACE_LIMIT = 100
+# "now" read without now_us's Python frame when compiled (qfast.read_clock)
+_CLOCK = qfast.read_clock if qfast.COMPILED else None
 # From this many candidates a rows_only lens is resolved from the index
 # columns (rows_answer: no candidate decoded but the winners, the page and
 # the audit's top); below it every candidate is decoded (the page shows
@@ -148,8 +150,10 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
     if type(limit) is not int or not 1 <= limit <= 1000:
         raise ValidationError("limit must be an integer from 1 to 1000", field="limit")
     if (as_of is None and known_at is None and since is None and lifecycle is None
-            and epoch is None and decay is False and include_retracted is False):
-        f = Filters()       # the defaults: nothing to parse
+            and epoch is None and include_retracted is False
+            and (decay is False or decay is True)):
+        # the defaults (or decay alone): nothing to parse
+        f = Filters() if decay is False else Filters(decay=True)
     else:
         f = parse_filters(as_of, known_at, since, lifecycle, epoch, decay, include_retracted)
     offset = 0
@@ -161,12 +165,14 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
         else:
             f.seq_bound = reader.state.last_seq
             f.rec_bound = reader.state.last_recorded_at
-            f.at_us = reader.clock()
+            f.at_us = reader.clock() if _CLOCK is None else _CLOCK(reader.clock, now_us)
         paths = [concept_path]
         if include_descendants:
             paths += reader.state.descendant_paths(concept_path)
         cache, ans, akey, token = reader.cache, None, None, None
-        if cache is not None and (cursor is not None or not _time_bound(f, lens_obj.name)):
+        if cache is not None and (cursor is not None or not (
+                f.decay or lens_obj.name == "trust") or f.as_of is not None):
+            # (not _time_bound, inline)
             akey = _answer_key(concept_path, predicate, include_descendants, lens_obj.name, f,
                                cursor is not None)
             token = _token(reader.state, paths, predicate, include_descendants)
@@ -261,9 +267,11 @@ def _finish(reader, got: tuple, params: tuple, lens_obj, f: Filters, akey, token
             _audit(reader, agent, params, results, None, _Moment(at, f.decay), top,
                    active=ans.active, answer=ans)
         return out
+    nactive = None
     if colres is not None:
         groups, results, ordered = _shown_resolution(colres, cands, active, concept_path,
                                                      predicate)
+        nactive = len(cands)    # the one group's candidates: what _audit would count
     else:
         groups, results, ordered = resolve_groups(lens_obj, cands, ctx, concept_path, predicate,
                                                   include_descendants)
@@ -283,7 +291,8 @@ def _finish(reader, got: tuple, params: tuple, lens_obj, f: Filters, akey, token
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
     if reader.audit is not None:
-        _audit(reader, agent, params, results, groups, ctx, ordered, answer=made)
+        _audit(reader, agent, params, results, groups, ctx, ordered, active=nactive,
+               answer=made)
     return out
 
 

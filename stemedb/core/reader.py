@@ -283,6 +283,10 @@ class ReadCache:
                     "bytes": self.bytes, "entries": len(self._d), "max_bytes": self.max_bytes}
 
 
+# Reader.assertions' batch of active Assertions, compiled (None: the pure
+# build maps Assertion itself, which is what qpure.new_assertions does)
+_ACTIVE = qfast.new_assertions(Assertion) if qfast.COMPILED else None
+
 SMALL_TAKE = 16   # below this many ordinals, per-element item() beats a fancy index
 
 
@@ -424,6 +428,8 @@ class Reader:
                 raise ValueError("seqs and ords differ in length")
         rmap = st.retracted
         if not rmap:
+            if _ACTIVE is not None:     # compiled: the slots set in place
+                return _ACTIVE(recs, seqs)
             return list(map(Assertion, recs, seqs))
         out = []
         for o, rec, seq in zip(ords, recs, seqs):
