@@ -69,6 +69,7 @@ from collections import deque
 from functools import partial
 
 from gunicorn import http, util
+from gunicorn.http import wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from .errors import REQUEST_TIMEOUT_MESSAGE, ClientTimeout, edge_problem, error_body
@@ -96,6 +97,66 @@ def supported() -> bool:
     """Whether the installed gunicorn's gthread worker has what this one builds on."""
     return all(hasattr(ThreadWorker, name) for name in
                ("enqueue_req", "murder_pending", "finish_request", "handle_error", "accept"))
+
+
+# An answer whose whole body comes in one piece of at most this many bytes
+# goes out with its head in one send (OneWriteResponse); a bigger one is
+# written as gunicorn writes it (head, then body), not copied.
+ONE_WRITE_MAX = 64 * 1024
+
+
+class _HeadBytes:
+    """Stands in for the socket while gunicorn's ``send_headers`` runs: keeps
+    the head's bytes instead of sending them."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+class OneWriteResponse(wsgi.Response):
+    """gunicorn's HTTP/1 response, the head and a one-piece body sent together.
+
+    gunicorn writes an answer's head (``send_headers``) and its body in two
+    ``sendall`` calls: two system calls, each letting the GIL go, which
+    under load hands the interpreter to another thread and waits to get it
+    back.  When the first ``write`` is the whole body (its length the
+    answer's ``Content-Length``, not chunked, not a HEAD or a 204/304,
+    nothing sent yet, at most :data:`ONE_WRITE_MAX` bytes) the head is
+    built by gunicorn's own ``send_headers`` into :class:`_HeadBytes` and
+    sent with the body in one call: the same bytes on the wire.  Anything
+    else is gunicorn's ``write``."""
+
+    def write(self, arg):
+        if (self.headers_sent or type(arg) is not bytes or self.chunked or self._omits_body
+                or self.sent or self.response_length != len(arg)
+                or len(arg) > ONE_WRITE_MAX):
+            return super().write(arg)
+        sock, head = self.sock, _HeadBytes()
+        self.sock = head
+        try:
+            self.send_headers()
+        finally:
+            self.sock = sock
+        self.sent = len(arg)
+        util.write(sock, head.data + arg)
+
+
+def one_write_supported() -> bool:
+    """Whether gunicorn's Response keeps the state :class:`OneWriteResponse`
+    reads (a Response's ``__init__`` only sets attributes: one is made and
+    looked at)."""
+    try:
+        r = wsgi.Response(None, None, None)
+    except Exception:  # noqa: BLE001 - another gunicorn: leave its Response alone
+        return False
+    return all(hasattr(r, name) for name in (
+        "headers_sent", "chunked", "_omits_body", "sent", "response_length", "sock")) and all(
+        callable(getattr(r, name, None)) for name in ("send_headers", "write"))
 
 
 class KeptSocket(socket.socket):
@@ -342,6 +403,13 @@ class StemeWorker(ThreadWorker):
         # (_keep_here) until the worker stops (_cap_keepalive)
         self._keep_lock = threading.Lock()
         self._keep_open = hasattr(ThreadWorker, "_cap_keepalive")
+
+    def init_process(self):
+        # In the worker process (after the fork): gunicorn's create() builds
+        # the HTTP/1 responses from wsgi.Response (HTTP/2 passes its own)
+        if one_write_supported():
+            wsgi.Response = OneWriteResponse
+        super().init_process()
 
     # -- sockets that keep their blocking mode --------------------------------
 
