@@ -329,6 +329,16 @@ class State:
         if len(offsets) == 1 and types[0] == REC_ASSERT and self._replay is None:
             self._apply_one(buf, offsets[0], seqs[0], loc_base)
             return
+        if (fast.COMPILED and len(offsets) <= SMALL_GROUP and self._replay is None
+                and types.count(REC_ASSERT) == len(offsets)):
+            # a few single puts' group commit (W2): record by record is the
+            # same result (each names only earlier records) and, compiled,
+            # ~0.4 us a record less than the lists and slices below
+            # (tests/unit/test_index_small_groups.py holds the two equal)
+            one = self._apply_one
+            for off, seq in zip(offsets, seqs):
+                one(buf, off, seq, loc_base)
+            return
         # apply_meta counts the records it applies; this counts each record
         # once, here, whatever its type
         records = self.records + len(offsets)

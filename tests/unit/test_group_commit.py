@@ -172,3 +172,49 @@ def test_flush_waits_for_the_office_between_groups(opener):
     assert not f.is_alive() and not any(t.is_alive() for t in ws)
     assert not errors and s.check() == []
     assert s.writer.wal._sleepers == []
+
+
+class HeldSyncFS(NoFsyncFS):
+    """The first sync waits until another writer sleeps behind the leader;
+    every sync notes the thread that made it."""
+
+    wal = None
+
+    class file_class(File):
+        def sync(self):
+            fs = self.fs
+            fs.sync_threads.append(threading.get_ident())
+            if len(fs.sync_threads) == 1 and fs.wal is not None:
+                deadline = time.monotonic() + 10
+                while not fs.wal._sleepers and time.monotonic() < deadline:
+                    time.sleep(0.001)
+
+
+@pytest.mark.parametrize("lead_more", [0, 1])
+def test_a_leader_commits_at_most_lead_more_queued_groups_more(opener, lead_more):
+    fs = HeldSyncFS()
+    fs.sync_threads = []
+    s = opener(fs=fs, durability="fsync")
+    wal = s.writer.wal
+    wal.lead_more = lead_more
+    fs.sync_threads.clear()
+    fs.wal = wal
+    got = {}
+
+    def put(name, i):
+        got[name] = (s.put(body(i)), threading.get_ident())
+    a = threading.Thread(target=put, args=("a", 1))
+    a.start()
+    while not fs.sync_threads:          # a leads; its sync holds until b sleeps
+        time.sleep(0.001)
+    b = threading.Thread(target=put, args=("b", 2))
+    b.start()
+    a.join(20)
+    b.join(20)
+    assert not a.is_alive() and not b.is_alive()
+    assert len(fs.sync_threads) == 2, "one fsync per group"
+    a_id, b_id = got["a"][1], got["b"][1]
+    # with lead_more=1, a keeps the office for b's group; with 0, b leads it
+    assert fs.sync_threads == [a_id, a_id if lead_more else b_id]
+    assert got["a"][0].created and got["b"][0].created and s.count == 2
+    assert wal._sleepers == [] and not wal._leader and wal._queue == []
