@@ -1,4 +1,5 @@
-"""The gunicorn worker of ``stemedb serve``: ``gthread`` plus two edges.
+"""The gunicorn worker of ``stemedb serve``: ``gthread`` with fewer hand-offs
+per request, error JSON below the application and slow clients off the pool.
 
 **Error JSON below the application.** gunicorn answers a request it cannot
 parse (a malformed request line, 414, 431, bad framing) itself, with an HTML
@@ -50,6 +51,12 @@ share: ``deque.append`` and the selector's ``register`` are single steps
 under the GIL, the deque is only walked at shutdown (``_cap_keepalive``,
 under the lock this path takes, after which it is not taken) and
 ``nr_conns`` is not touched.
+
+**One send per answer.** gunicorn sends an answer's head and its body in
+two ``sendall`` calls (each a system call with the GIL let go); an answer
+whose body comes in one piece of at most :data:`ONE_WRITE_MAX` bytes, with
+its ``Content-Length``, goes out in one (:class:`OneWriteResponse`, the
+head built by gunicorn's own ``send_headers``: the same bytes).
 
 The worker relies on gthread's structure from gunicorn 24 on (connections
 handed to the pool through ``enqueue_req`` on the event-loop thread, the
