@@ -720,6 +720,42 @@ cdef tuple _fields_by_lookup(object r, PyObject** fv):
     return got
 
 
+def no_refs(records):
+    """See fast.no_refs_py: whether no record of ``records`` (a list of
+    ``model.AssertionRecord``) names a parent, a source assertion or an
+    epoch (its parent_hash, derived_from and epoch are all None), read in
+    that order, field by field, as the twin reads them.  The record type
+    use_record_type took is read at its slot offsets; any other by
+    attribute lookups (which raise AttributeError as the twin's do)."""
+    cdef list recs = records
+    cdef object rtype = _rec_type
+    cdef Py_ssize_t i, k, n = len(recs)
+    cdef int slots[3]
+    slots[0] = R_PARENT
+    slots[1] = R_DERIVED
+    slots[2] = R_EP
+    names = ("parent_hash", "derived_from", "epoch")
+    cdef bint named
+    cdef PyObject* v
+    cdef Py_ssize_t off
+    for k in range(3):
+        named = False           # every record's field is read, as the twin's map does
+        off = _rec_off[slots[k]]
+        for i in range(n):
+            r = recs[i]
+            if type(r) is rtype:
+                v = (<PyObject**>((<char*><PyObject*>r) + off))[0]
+                if v == NULL:   # unset slot: the lookup raises AttributeError
+                    getattr(r, names[k])
+                elif <object>v is not None:
+                    named = True
+            elif getattr(r, names[k]) is not None:
+                named = True
+        if named:
+            return False
+    return True
+
+
 cdef struct _Out:
     uint8_t* p
     Py_ssize_t n

@@ -77,7 +77,23 @@ def pending_add_py(pending: dict, recs: list, seqs: list, req) -> None:
     pending.update(zip(map(_hash_of, recs), zip(seqs, repeat(req))))
 
 
+def no_refs_py(records: list) -> bool:
+    """Whether no record names a parent, a source assertion or an epoch
+    (``parent_hash``, ``derived_from`` and ``epoch`` all None): the pure
+    twin of ``_fast.no_refs`` (a batch's check before its per-batch path,
+    writer._put_many).  O(len(records))."""
+    if type(records) is not list:
+        raise TypeError("no_refs: records must be a list")
+    n = len(records)
+    return (list(map(_parent_of, records)).count(None) == n
+            and list(map(_derived_of, records)).count(None) == n
+            and list(map(_epoch_of, records)).count(None) == n)
+
+
 _hash_of = attrgetter("hash")
+_parent_of = attrgetter("parent_hash")
+_derived_of = attrgetter("derived_from")
+_epoch_of = attrgetter("epoch")
 _replace = msgspec.structs.replace
 encode_assert_frames = _fast.encode_assert_frames if COMPILED else encode_assert_frames_py
 bump_gens = _fast.bump_gens if COMPILED else records.bump_gens
@@ -90,6 +106,7 @@ index_one = _fast.index_one if COMPILED else records.index_one
 map_add = _fast.map_add if COMPILED else _index.MultiMap.add
 map_add_many = _fast.map_add_many if COMPILED else _index.MultiMap.add_many
 pending_add = _fast.pending_add if COMPILED else pending_add_py
+no_refs = _fast.no_refs if COMPILED else no_refs_py
 find_hash = _fast.find_hash if COMPILED else _index.find_hash
 find_hashes = _fast.find_hashes if COMPILED else _index.find_hashes
 add_recent = _fast.add_recent if COMPILED else _index.add_recent

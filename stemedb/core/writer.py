@@ -218,9 +218,7 @@ class Writer(MetaWrites):
                     if (not replay and n > 1 and stored.count(None) == n
                             and (not pending or pending.keys().isdisjoint(hashes))
                             and len(set(hashes)) == n
-                            and list(map(_parent_of, recs)).count(None) == n
-                            and list(map(_derived_of, recs)).count(None) == n
-                            and list(map(_epoch_of, recs)).count(None) == n):
+                            and fast.no_refs(recs if type(recs) is list else list(recs))):
                         # every record is new, none twice, none names another:
                         # what the per-record loop (else) does, per batch in C-level maps
                         first = self._next_seq
@@ -412,8 +410,5 @@ class Writer(MetaWrites):
 _OFF0 = (0,)
 _ASSERT1 = (REC_ASSERT,)
 _hash_of = attrgetter("hash")
-_parent_of = attrgetter("parent_hash")
-_derived_of = attrgetter("derived_from")
-_epoch_of = attrgetter("epoch")
 
 

@@ -88,7 +88,8 @@ def test_the_all_new_batch_path_writes_what_the_per_record_loop_writes(tmp_path,
 
     def run(path, force_loop):
         if force_loop:
-            monkeypatch.setattr(writer_mod, "_parent_of", lambda r: b"forces the loop")
+            # "some record names another": the per-record loop
+            monkeypatch.setattr(writer_mod.fast, "no_refs", lambda recs: False)
         s = open_store(str(path), fs=NoFsyncFS(), audit=False)
         s.writer.clock = Clock(1_800_000_000_000_000)
         try:
