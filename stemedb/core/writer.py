@@ -284,7 +284,14 @@ class Writer(MetaWrites):
                 self.wal.wait(w)
         finally:
             if new:
-                if req.done and req.error is not None:
+                if req.done and req.error is None:
+                    # durable and applied: its _pending entries are still its
+                    # own (see _put_one), so they go now, in one C-level pass
+                    # over the hashes at hand, without _wmu (with 8 writers
+                    # that lock is contended; each pop is atomic under the GIL)
+                    deque(map(pending.pop, hashes if written is recs else
+                              map(_hash_of, written), repeat(None)), maxlen=0)
+                elif req.done:
                     # a failed batch's entries go now, not at a next write a
                     # faulted log refuses: the compiled pending_add's tuples
                     # are not tracked by the GC, and this error's traceback
@@ -293,10 +300,8 @@ class Writer(MetaWrites):
                     with self._wmu:
                         self._drop_failed(req, written)
                 else:
-                    # its _pending entries go at the next write's critical section
-                    # (_drop_settled), not under a second _wmu here: with 8 writers
-                    # that lock is contended, and a settled entry is harmless until
-                    # then (done: the record is in the state, or failed: error set)
+                    # interrupted while queued: the next write's critical
+                    # section drops them once settled (_drop_settled)
                     self._settled.append((req, written))
         return cast("list[PutResult]", results)     # every slot was filled above
 
