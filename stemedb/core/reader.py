@@ -65,6 +65,17 @@ ANSWER_RESERVE = 4
 # the cache was slower than none.  Hits are unchanged.
 WINDOW = 8192
 ADMIT_EVERY = 8
+# The same for answers: a working set of answers larger than the cache,
+# asked in a cycle (bench_http's query clients stride over their 5,000 keys
+# in one fixed order), is an LRU's worst case: every answer is evicted
+# before its key comes round again (0 hits but for repeated keys), and each
+# miss pays an insert and an eviction of an answer holding ~20 records.
+# Over each ANSWER_WINDOW answer lookups: when answers were evicted for at
+# least half the misses and fewer than half the lookups hit, only one new
+# answer in ADMIT_EVERY is kept (those kept then live through several
+# cycles and are hit); back to keeping every answer once three lookups in
+# four hit.  Admission never changes an answer, only whether it is kept.
+ANSWER_WINDOW = 512
 
 
 def record_size(rec: AssertionRecord) -> int:
@@ -124,7 +135,10 @@ class Answer:
         if shown is not None and len(shown) == len(ords) <= HELD_MAX:
             recs = [a.record for a in shown]
             self.held = (recs, [a.seq for a in shown])
-            size += sum(HELD_BYTES + record_size(rec) for rec in recs)
+            if qfast.COMPILED:      # the same sum in one call (qfast.held_size)
+                size += qfast.held_size(recs, HELD_BYTES, RECORD_OVERHEAD)
+            else:
+                size += sum(HELD_BYTES + record_size(rec) for rec in recs)
             size += TAIL_BASE + 68 * len(results) + 112 * len(ords)
         self.size = size
 
@@ -146,6 +160,10 @@ class ReadCache:
         self.answer_bytes = 0       # the Answer entries' share of ``bytes``
         self._window = [0, 0]       # record hits, misses since the window began
         self._admit = 0
+        self.answer_thrashing = False
+        self.answers_evicted = 0    # answers dropped by _evict since open
+        self._aw = (0, 0, 0)        # answer hits, misses, evicted when the window began
+        self._admit_answer = 0
 
     def __len__(self) -> int:
         return len(self._d)
@@ -235,8 +253,26 @@ class ReadCache:
             self._evict()
 
     def add_answer(self, key: tuple, ans: Answer) -> None:
-        if ans.size <= self.max_bytes // ANSWER_SHARE:
+        if ans.size <= self.max_bytes // ANSWER_SHARE and self._admit_answer_now():
             self._add(key, ans, ans.size)
+
+    def _admit_answer_now(self) -> bool:
+        """Whether to keep a new answer (see ANSWER_WINDOW): always, unless
+        the answers thrash, then one in ADMIT_EVERY.  The counters are read
+        without the lock: a verdict from a window off by a lookup is as good."""
+        h, m, ev = self.answer_hits, self.answer_misses, self.answers_evicted
+        h0, m0, ev0 = self._aw
+        if h + m - h0 - m0 >= ANSWER_WINDOW:
+            dh, dm = h - h0, m - m0
+            if self.answer_thrashing:
+                self.answer_thrashing = dh < 3 * dm
+            else:
+                self.answer_thrashing = 2 * (ev - ev0) >= dm and dh < dm
+            self._aw = (h, m, ev)
+        if not self.answer_thrashing:
+            return True
+        self._admit_answer += 1
+        return self._admit_answer % ADMIT_EVERY == 0
 
     def _add(self, key, value, size: int) -> None:
         d = self._d
@@ -265,9 +301,11 @@ class ReadCache:
         reserve = self.max_bytes // ANSWER_RESERVE
         while self.bytes > self.max_bytes and d:
             k, v = d.popitem(last=False)
-            if type(v) is not tuple and self.answer_bytes <= reserve:
-                d[k] = v
-                continue
+            if type(v) is not tuple:
+                if self.answer_bytes <= reserve:
+                    d[k] = v
+                    continue
+                self.answers_evicted += 1
             self._forget(v)
 
     def clear(self) -> None:
