@@ -14,12 +14,15 @@ requests are done and one follower whose request is still queued (the next
 leader: it takes everything queued meanwhile).  A condition's
 ``notify_all`` would wake every follower to find, most of them, that their
 records are in the next group and go back to sleep: with 8 writers that was
-several thread switches per record, for nothing.  A leader whose group is
-done while more requests are queued commits the next group itself, up to
-``lead_more`` groups more (default 1), instead of waking a follower for it:
-it already holds the GIL and the mutex, where the hand-off cost a group
-~10 us of wake-up and GIL wait with 8 writers (bench/group_trace.py).  Each
-group is still one write and one fdatasync, and done before the next starts.
+several thread switches per record, for nothing.  With ``lead_more`` > 0 a
+leader whose group is done while more requests are queued commits up to that
+many groups more itself instead of waking a follower for them: it already
+holds the GIL and the mutex (bench.group_trace with a 100 us sleep for the
+sync: "apply -> next write" 28-30 -> 17-20 us).  Each group is still one
+write and one fdatasync, done before the next starts.  Off by default: on
+the shared 2-core machine of bench/results/write-path-2026-11-27-session8.md
+12 paired 8-writer runs split 6-6 and the leader's own puts then join fewer
+groups (records per fsync 3.0-3.9 against 3.8-4.0), so a gain is not shown.
 
 The leader writes and syncs a group in one compiled call
 (``fast.write_sync``) that lets go of the GIL once: after ``os.write`` and
@@ -105,8 +108,9 @@ class WAL:
         # followers asleep in wait(): (their wake lock, the request they wait for)
         self._sleepers: list[tuple] = []
         self._flushers = 0          # flush() calls waiting on the condition for the office
-        # groups a leader commits after its own while more are queued (wait())
-        self.lead_more = 1
+        # groups a leader commits after its own while more are queued (wait());
+        # 0: the office passes at once (see the module docstring)
+        self.lead_more = 0
         # Run by the leader after each durable group, in seq order, with the log
         # position just past it: the caller applies the group and takes the
         # position together, so a snapshot never claims a group it lacks.
