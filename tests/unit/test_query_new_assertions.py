@@ -109,3 +109,18 @@ def test_query_answers_through_them(tmp_path):
         assert {a.hash: a.status for a in r.assertions}[hashes[0]] == "retracted"
     finally:
         s.close()
+
+
+@compiled
+def test_the_audit_lines_stamp_is_right_when_seconds_repeat_and_change():
+    """_jstamp keeps the last second's date and time: lines of the same
+    second, the next one, and an earlier one again all stamp their own."""
+    from stemedb.core import qaudit
+    from stemedb.timeutil import format_time
+    import orjson
+    base = 1_764_201_600_123_456
+    for at in (base, base + 1, base + 999_999, base + 1_000_000, base - 86_400_000_000 * 400,
+               base, 0, 253402300799999999, base + 5):
+        line = _query.audit_line(qaudit._AUDIT_PARAMS, qaudit._HALF_LIFE_US, 7, at, None,
+                                 ("g",) + (None,) * 12, [], 0, [], at, False, 0)
+        assert orjson.loads(line)["at"] == format_time(at)
