@@ -104,7 +104,11 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
                 audit.add(line)
                 return
     top = ordered[:AUDIT_CONTRIBUTORS if active > AUDIT_CONTRIBUTORS else active]
-    winners = [w for r in results if (w := r["winner"]) is not None]
+    if len(results) == 1:       # one key: no comprehension's frame
+        w = results[0]["winner"]
+        winners = [] if w is None else [w]
+    else:
+        winners = [w for r in results if (w := r["winner"]) is not None]
     more = len(winners) - AUDIT_RESULTS
     if more > 0:
         winners = winners[:AUDIT_RESULTS]

@@ -373,8 +373,9 @@ def _shown_resolution(res: Resolution, cands: list[Assertion], ords: list[int],
                    winner=None if res.winner is None else of[res.winner],
                    confidence=res.confidence, conflict_score=res.conflict_score,
                    candidates_count=len(cands))
-    entry.update(extra)
-    return {(concept_path, predicate): cands}, [entry], [of[o] for o in res.ordered]
+    if extra:
+        entry.update(extra)
+    return {(concept_path, predicate): cands}, [entry], list(map(of.__getitem__, res.ordered))
 
 
 def resolve_groups(lens_obj, cands: list[Assertion], ctx, concept_path: str,
