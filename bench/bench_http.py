@@ -420,8 +420,10 @@ def build_query_store(data_dir: str, n: int, duration: float,
         done, shown, end = 0, 0, time.monotonic() + duration
         cpu0 = time.process_time()
         while time.monotonic() < end:
-            # the clients' stride over the keys (_bodies), not their order: a
-            # cyclic scan is an LRU cache's worst case, which the clients never are
+            # one client's stride over the keys (_bodies): every key once per
+            # len(keys) queries, in one fixed order (a cyclic scan, an LRU
+            # cache's worst case); the 16 HTTP clients walk the same cycle from
+            # 16 offsets, so the server sees a key again sooner than this loop
             path, pred = keys[(done * 104729) % len(keys)]
             shown += len(s.query(path, predicate=pred, lens="consensus").assertions)
             done += 1
