@@ -25,7 +25,7 @@ setup-test: $(STAMP_TEST)
 
 $(STAMP_SERVE): pyproject.toml setup.py stemedb/core/_fast.pyx stemedb/core/_canon.pyx \
 		stemedb/core/_query.pyx \
-		stemedb/core/crc32c.h $(wildcard stemedb/core/blake3/*.c stemedb/core/blake3/*.h) \
+		stemedb/core/crc32c.h $(wildcard stemedb/core/blake3/*.c stemedb/core/blake3/*.h stemedb/core/blake3/*.S) \
 		scripts/setup-system.sh
 	PYTHON=$(PYTHON) bash scripts/setup-system.sh
 	$(PYTHON) -m venv $(VENV)
