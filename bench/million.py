@@ -32,10 +32,15 @@ import gc, json, os, resource, sys, time
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def rss_kinds():
+    # resident anonymous (heap) and file-backed (the mapped snapshot) bytes
+    with open("/proc/self/status") as f:
+        kv = dict(line.split(":", 1) for line in f if line.startswith(("RssAnon", "RssFile")))
+    return {k: int(v.split()[0]) * 1024 for k, v in kv.items()}
 import numpy, sortedcontainers, msgspec, orjson, blake3, google_crc32c  # noqa: F401
 from stemedb import open_store
 import stemedb.core.store, stemedb.core.lens, stemedb.core.query  # noqa: F401
-gc.collect(); base = rss()
+gc.collect(); base = rss(); kinds0 = rss_kinds()
 t = time.perf_counter(); s = open_store(sys.argv[1], audit=False); el = time.perf_counter() - t
 gc.collect(); used = rss() - base
 out = {"open_s": el, "rebuilt": s.rebuilt, "count": s.count, "records": s.replayed,
@@ -56,7 +61,10 @@ if sys.argv[2] == "fill":
     while not full() and o < s.count:
         s.reader.read_record(o); o += 1
     gc.collect()
-    out.update(rss_full_bytes=rss() - base, fill_queries=asked, fill_records=o,
+    kinds = rss_kinds()
+    out.update(rss_full_bytes=rss() - base,
+               rss_full_anon=kinds["RssAnon"] - kinds0["RssAnon"],
+               rss_full_file=kinds["RssFile"] - kinds0["RssFile"], fill_queries=asked, fill_records=o,
                fill_s=time.perf_counter() - t, cache=cache.stats())
 out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 print(json.dumps(out))
@@ -118,7 +126,8 @@ def main(argv=None) -> int:
               f"RSS {p['rss_bytes'] / p['count']:.0f} bytes/assertion "
               f"({p['rss_bytes'] / 1e6:.0f} MB for {p['count']:,}) after open")
         print(f"RSS with the read cache full: {p['rss_full_bytes'] / p['count']:.0f} "
-              f"bytes/assertion ({p['rss_full_bytes'] / 1e6:.0f} MB; cache "
+              f"bytes/assertion ({p['rss_full_bytes'] / 1e6:.0f} MB: anonymous "
+              f"{p['rss_full_anon'] / 1e6:.0f} MB, file-backed {p['rss_full_file'] / 1e6:.0f} MB; cache "
               f"{c['bytes'] / 2**20:.1f} of {c['max_bytes'] / 2**20:.0f} MiB, {c['entries']:,} "
               f"entries, after {p['fill_queries']:,} queries and {p['fill_records']:,} "
               f"record reads) (target <= 300, caches at their default bound)")
