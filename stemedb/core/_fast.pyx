@@ -925,16 +925,7 @@ def map_add(m, key, o):
     """``MultiMap.add(m, key, o)`` (its pure twin): ordinal ``o`` under
     ``key`` in ``m``'s recent dict, a new key's list untracked; then the
     merge when the recent dict reaches ``MERGE_AT``."""
-    cdef dict recent = m.recent
-    cdef PyObject* lst = PyDict_GetItem(recent, key)
-    if lst == NULL:
-        PyDict_SetItem(recent, key, _ord_list(o))
-    else:
-        PyList_Append(<object>lst, o)
-    n = m.n_recent + 1
-    m.n_recent = n
-    if n >= _index.MERGE_AT:
-        m.merge()
+    _add1(m, key, o, _index.MERGE_AT)
 
 
 def map_add_many(m, list keys, ords):

@@ -169,28 +169,6 @@ _RANKS = _class_ranks()
 SMALL_TAKE = 16   # below this many ordinals, per-element item() beats a fancy index
 
 
-def held_size(recs: list, per: int, overhead: int) -> int:
-    """``sum(per + reader.record_size(rec) for rec in recs)`` with
-    ``overhead`` as reader.RECORD_OVERHEAD (the reference of the compiled
-    ``_query.held_size``; the pure build calls record_size itself)."""
-    if type(recs) is not list:
-        raise TypeError("recs must be a list")
-    n = 0
-    for rec in recs:
-        n += per + overhead + len(rec.concept_path) + len(rec.predicate) + len(rec.value_json)
-        if rec.source is not None:
-            n += len(rec.source) + 56
-        if rec.epoch is not None:
-            n += len(rec.epoch) + 56
-        if rec.parent_hash is not None:
-            n += 72
-        if rec.derived_from is not None:
-            n += 64 + 80 * len(rec.derived_from)
-        if rec.agent_id is not None:
-            n += 72 + 104
-    return n
-
-
 def read_clock(clock, now_us) -> int:
     """``clock()`` (``now_us``: timeutil's, which the compiled twin reads
     itself when ``clock`` is it).  The query path calls it only compiled:
