@@ -14,15 +14,9 @@ requests are done and one follower whose request is still queued (the next
 leader: it takes everything queued meanwhile).  A condition's
 ``notify_all`` would wake every follower to find, most of them, that their
 records are in the next group and go back to sleep: with 8 writers that was
-several thread switches per record, for nothing.  With ``lead_more`` > 0 a
-leader whose group is done while more requests are queued commits up to that
-many groups more itself instead of waking a follower for them: it already
-holds the GIL and the mutex (bench.group_trace with a 100 us sleep for the
-sync: "apply -> next write" 28-30 -> 17-20 us).  Each group is still one
-write and one fdatasync, done before the next starts.  Off by default: on
-the shared 2-core machine of bench/results/write-path-2026-11-27-session8.md
-12 paired 8-writer runs split 6-6 and the leader's own puts then join fewer
-groups (records per fsync 3.0-3.9 against 3.8-4.0), so a gain is not shown.
+several thread switches per record, for nothing.  (A leader committing the
+group queued meanwhile itself, instead of waking a follower for it, was
+measured and not kept: bench/results/write-lead-more-2026-11-27-session8.txt.)
 
 The leader writes and syncs a group in one compiled call
 (``fast.write_sync``) that lets go of the GIL once: after ``os.write`` and
@@ -108,9 +102,6 @@ class WAL:
         # followers asleep in wait(): (their wake lock, the request they wait for)
         self._sleepers: list[tuple] = []
         self._flushers = 0          # flush() calls waiting on the condition for the office
-        # groups a leader commits after its own while more are queued (wait());
-        # 0: the office passes at once (see the module docstring)
-        self.lead_more = 0
         # Run by the leader after each durable group, in seq order, with the log
         # position just past it: the caller applies the group and takes the
         # position together, so a snapshot never claims a group it lacks.
@@ -246,28 +237,13 @@ class WAL:
                     held = True
                     continue
                 self._leader = True
-                more = self.lead_more
                 try:
-                    while True:
-                        if self.durability == "batch" and self.batch_delay > 0:
-                            cv.wait(self.batch_delay)   # let more writers join this group
-                        group, self._queue = self._queue, []
-                        cv.release()
-                        held = False
-                        self._commit(group)
-                        cv.acquire()
-                        held = True
-                        if more <= 0 or not self._queue or self.fault or self._flushers:
-                            break
-                        # Keep the office for the group queued meanwhile: this
-                        # thread holds the GIL and the mutex now, where a woken
-                        # follower would first have to be scheduled and get the
-                        # GIL back from the writers its wake-up races (W2).
-                        # Bounded, so that this writer's own return waits for
-                        # at most lead_more groups more.
-                        more -= 1
-                        if self._sleepers:
-                            self._wake(lead=False)
+                    if self.durability == "batch" and self.batch_delay > 0:
+                        cv.wait(self.batch_delay)   # let more writers join this group
+                    group, self._queue = self._queue, []
+                    cv.release()
+                    held = False
+                    self._commit(group)
                 finally:
                     if not held:
                         cv.acquire()
@@ -291,10 +267,10 @@ class WAL:
                 if not self._leader and not entry[1].done:
                     self._wake()
 
-    def _wake(self, lead: bool = True) -> None:
+    def _wake(self) -> None:
         """After a group (under the mutex): release every follower whose
-        request is done, and (``lead``) the first one whose request is still
-        queued, who leads next.  ``flush`` waits on the condition itself."""
+        request is done, and the first one whose request is still queued, who
+        leads next.  ``flush`` waits on the condition itself."""
         sleepers = self._sleepers
         if sleepers:
             keep = []
@@ -303,7 +279,7 @@ class WAL:
             for item in sleepers:
                 if item[1].done:
                     done.append(item[0])
-                elif first is None and lead:
+                elif first is None:
                     first = item
                 else:
                     keep.append(item)

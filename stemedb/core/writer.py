@@ -291,18 +291,8 @@ class Writer(MetaWrites):
                     # that lock is contended; each pop is atomic under the GIL)
                     deque(map(pending.pop, hashes if written is recs else
                               map(_hash_of, written), repeat(None)), maxlen=0)
-                elif req.done:
-                    # a failed batch's entries go now, not at a next write a
-                    # faulted log refuses: the compiled pending_add's tuples
-                    # are not tracked by the GC, and this error's traceback
-                    # reaches this writer (its frames), so a cycle through
-                    # one of them would never be collected
-                    with self._wmu:
-                        self._drop_failed(req, written)
                 else:
-                    # interrupted while queued: the next write's critical
-                    # section drops them once settled (_drop_settled)
-                    self._settled.append((req, written))
+                    self._unfinished(req, written)
         return cast("list[PutResult]", results)     # every slot was filled above
 
     def _put_one(self, r: AssertionRecord, batch: bool) -> PutResult:
@@ -358,11 +348,8 @@ class Writer(MetaWrites):
                 # _drop_settled's call at the next write.  Gone already if
                 # close() cleared the dict.
                 pending.pop(h, None)
-            elif req.done and req.error is not None:
-                with self._wmu:             # see _put_many: not left for a later write
-                    self._drop_failed(req, [r])
-            else:                           # interrupted while queued: the next write's
-                self._settled.append((req, [r]))
+            else:
+                self._unfinished(req, [r])
         return PutResult(h.hex(), seq, True)
 
     def _drop_settled(self) -> None:
@@ -382,6 +369,20 @@ class Writer(MetaWrites):
                     deque(map(pending.pop, map(_hash_of, recs), repeat(None)), maxlen=0)
                 continue
             self._drop_failed(req, recs)
+
+    def _unfinished(self, req: Request, recs: list[AssertionRecord]) -> None:
+        """The _pending entries of a request whose wait did not return:
+        failed, they go now, not at a next write a faulted log refuses (the
+        compiled pending_add's tuples are not tracked by the GC, and the
+        error's traceback reaches this writer through its frames, so a cycle
+        through one of them would never be collected); interrupted while
+        queued, the next write's critical section drops them once settled
+        (_drop_settled)."""
+        if req.done:
+            with self._wmu:
+                self._drop_failed(req, recs)
+        else:
+            self._settled.append((req, recs))
 
     def _drop_failed(self, req: Request, recs: list[AssertionRecord]) -> None:
         """Remove the _pending entries of a failed request where they are

@@ -190,13 +190,11 @@ class HeldSyncFS(NoFsyncFS):
                     time.sleep(0.001)
 
 
-@pytest.mark.parametrize("lead_more", [0, 1])
-def test_a_leader_commits_at_most_lead_more_queued_groups_more(opener, lead_more):
+def test_the_group_queued_behind_a_leader_is_led_by_its_own_writer(opener):
     fs = HeldSyncFS()
     fs.sync_threads = []
     s = opener(fs=fs, durability="fsync")
     wal = s.writer.wal
-    wal.lead_more = lead_more
     fs.sync_threads.clear()
     fs.wal = wal
     got = {}
@@ -214,7 +212,7 @@ def test_a_leader_commits_at_most_lead_more_queued_groups_more(opener, lead_more
     assert not a.is_alive() and not b.is_alive()
     assert len(fs.sync_threads) == 2, "one fsync per group"
     a_id, b_id = got["a"][1], got["b"][1]
-    # with lead_more=1, a keeps the office for b's group; with 0, b leads it
-    assert fs.sync_threads == [a_id, a_id if lead_more else b_id]
+    # a leaves the office once its group is done; b, woken, leads its own
+    assert fs.sync_threads == [a_id, b_id]
     assert got["a"][0].created and got["b"][0].created and s.count == 2
     assert wal._sleepers == [] and not wal._leader and wal._queue == []
