@@ -28,6 +28,7 @@ tests/unit/test_canon.py.
 """
 from libc.math cimport fabs, isfinite
 from libc.stdlib cimport free, malloc, realloc
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, strlen
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -93,25 +94,11 @@ cdef inline int putc(Buf* b, char c) except -1:
 
 
 cdef int put_ll(Buf* b, long long x) except -1:
-    """Decimal digits of ``x`` (what ``str(int)`` writes)."""
+    """Decimal digits of ``x`` (what ``str(int)`` writes): ``w_ll``'s, put
+    as they are (no room reserved beyond them: ``number_json`` writes into
+    a fixed buffer that must not grow)."""
     cdef char tmp[24]
-    cdef int i = 24
-    cdef unsigned long long u
-    cdef bint neg = x < 0
-    if neg:
-        u = <unsigned long long>(-(x + 1)) + 1
-    else:
-        u = <unsigned long long>x
-    while True:
-        i -= 1
-        tmp[i] = <char>(48 + u % 10)
-        u //= 10
-        if u == 0:
-            break
-    if neg:
-        i -= 1
-        tmp[i] = b'-'
-    return put(b, tmp + i, 24 - i)
+    return put(b, tmp, w_ll(tmp, x) - tmp)
 
 
 cdef const char* HEX = b"0123456789abcdef"
@@ -140,48 +127,17 @@ cdef object utf8(s, const char** u, Py_ssize_t* n):
 
 cdef int put_str(Buf* b, s) except -1:
     """A JSON string per RFC 8785 3.2.2.2: '"' and '\\' escaped, control
-    characters as \\b \\t \\n \\f \\r or \\u00xx, everything else as UTF-8.
-    Returns 1 when ``s`` is not valid UTF-8 text (a lone surrogate)."""
-    cdef Py_ssize_t n, i, start = 0
+    characters as \\b \\t \\n \\f \\r or \\u00xx, everything else as UTF-8
+    (``w_str``).  Returns 1 when ``s`` is not valid UTF-8 text (a lone
+    surrogate)."""
+    cdef Py_ssize_t n
     cdef const char* u
-    cdef unsigned char c
-    cdef char esc[6]
     keep = utf8(s, &u, &n)
     if u == NULL:
         return 1
-    putc(b, b'"')
-    for i in range(n):
-        c = <unsigned char>u[i]
-        if c >= 0x20 and c != 0x22 and c != 0x5c:
-            continue
-        if i > start:
-            put(b, u + start, i - start)
-        start = i + 1
-        esc[0] = b'\\'
-        if c == 0x22:
-            put(b, b'\\"', 2)
-        elif c == 0x5c:
-            put(b, b'\\\\', 2)
-        elif c == 0x08:
-            put(b, b'\\b', 2)
-        elif c == 0x09:
-            put(b, b'\\t', 2)
-        elif c == 0x0a:
-            put(b, b'\\n', 2)
-        elif c == 0x0c:
-            put(b, b'\\f', 2)
-        elif c == 0x0d:
-            put(b, b'\\r', 2)
-        else:
-            esc[1] = b'u'
-            esc[2] = b'0'
-            esc[3] = b'0'
-            esc[4] = HEX[c >> 4]
-            esc[5] = HEX[c & 15]
-            put(b, esc, 6)
-    if n > start:
-        put(b, u + start, n - start)
-    putc(b, b'"')
+    if b.n + 6 * n + 2 > b.cap:
+        grow(b, 6 * n + 2)
+    b.n = w_str(b.p + b.n, u, n) - b.p
     return 0
 
 
@@ -945,81 +901,33 @@ cdef bint c_value_as_is(bytes vj):
     return True
 
 
-cdef int put_hex(Buf* b, object h) except -1:
-    """``"<lower-case hex of the bytes h>"``."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(h)
-    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(h)
-    if b.n + 2 * n + 2 > b.cap:
-        grow(b, 2 * n + 2)
-    b.p[b.n] = b'"'
-    b.n += 1
-    for i in range(n):
-        b.p[b.n] = HEX[p[i] >> 4]
-        b.p[b.n + 1] = HEX[p[i] & 15]
-        b.n += 2
-    b.p[b.n] = b'"'
-    b.n += 1
-    return 0
+# "00" .. "99" and the two hex digits of each byte: one 2-byte copy each
+cdef char _digits2[200]
+cdef char _hex2[512]
+for _i in range(100):
+    _digits2[2 * _i] = <char>(48 + _i // 10)
+    _digits2[2 * _i + 1] = <char>(48 + _i % 10)
+for _i in range(256):
+    _hex2[2 * _i] = HEX[_i >> 4]
+    _hex2[2 * _i + 1] = HEX[_i & 15]
 
 
-cdef inline void two(char* p, long v):
-    p[0] = <char>(48 + v // 10)
-    p[1] = <char>(48 + v % 10)
+cdef inline void two(char* p, long v) noexcept:
+    memcpy(p, _digits2 + 2 * v, 2)
 
 
 cdef int put_time(Buf* b, object us) except -1:
     """``"YYYY-MM-DDTHH:MM:SS.ffffffZ"`` of ``us`` microseconds since the
-    epoch, as ``timeutil.format_time`` writes it (civil date from days:
-    H. Hinnant's algorithm); years outside 1000-9999 are left to it."""
-    cdef int overflow = 0
-    cdef long long v = PyLong_AsLongLongAndOverflow(us, &overflow)
-    cdef long long secs, frac, days, sod, z, era, doe, yoe, y, doy, mp, d, m
-    cdef char t[29]
-    if overflow:
+    epoch, as ``timeutil.format_time`` writes it (``w_time``: civil date
+    from days, H. Hinnant's algorithm); years outside 1000-9999 are left to
+    it."""
+    cdef long long v = 0
+    if not time_fast(us, &v):
         return put_str(b, _a_format_time(us))
-    secs = v // 1000000
-    frac = v % 1000000
-    if frac < 0:
-        frac += 1000000
-        secs -= 1
-    days = secs // 86400
-    sod = secs % 86400
-    if sod < 0:
-        sod += 86400
-        days -= 1
-    z = days + 719468
-    era = (z if z >= 0 else z - 146096) // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    y = yoe + era * 400
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    d = doy - (153 * mp + 2) // 5 + 1
-    m = mp + 3 if mp < 10 else mp - 9
-    if m <= 2:
-        y += 1
-    if y < 1000 or y > 9999:
-        return put_str(b, _a_format_time(us))
-    t[0] = b'"'
-    two(t + 1, <long>(y // 100))
-    two(t + 3, <long>(y % 100))
-    t[5] = b'-'
-    two(t + 6, <long>m)
-    t[8] = b'-'
-    two(t + 9, <long>d)
-    t[11] = b'T'
-    two(t + 12, <long>(sod // 3600))
-    t[14] = b':'
-    two(t + 15, <long>((sod // 60) % 60))
-    t[17] = b':'
-    two(t + 18, <long>(sod % 60))
-    t[20] = b'.'
-    two(t + 21, <long>(frac // 10000))
-    two(t + 23, <long>((frac // 100) % 100))
-    two(t + 25, <long>(frac % 100))
-    t[27] = b'Z'
-    t[28] = b'"'
-    return put(b, t, 29)
+    if b.n + 29 > b.cap:
+        grow(b, 29)
+    b.n = w_time(b.p + b.n, v) - b.p
+    return 0
 
 
 def answer_time(us):
@@ -1047,7 +955,7 @@ cdef struct ConfText:
     int n
     char s[32]
 
-DEF CONF_SLOTS = 1024
+DEF CONF_SLOTS = 4096    # a page's confidences: the workload's 1,001 three-decimal ones fit with few collisions
 cdef ConfText _conf_texts[CONF_SLOTS]     # zeroed: every slot empty
 
 
@@ -1059,29 +967,32 @@ cdef int put_conf(Buf* b, object conf) except -1:
     value in a direct-mapped table keyed by the double's exact bits (so
     -0.0 is not 0.0): a page's confidences repeat across queries (the
     workload's have three decimals).  The table is read and written with
-    the GIL held."""
+    the GIL held (``w_conf``)."""
     cdef double x = PyFloat_AS_DOUBLE(conf)
-    cdef unsigned long long bits
-    cdef ConfText* slot
-    cdef char* r
-    cdef size_t m
-    if isfinite(x) and (x == 0.0 or 1e-4 <= fabs(x) < 1e16):
-        memcpy(&bits, &x, 8)
-        slot = &_conf_texts[(bits ^ (bits >> 23) ^ (bits >> 41)) & (CONF_SLOTS - 1)]
-        if bits != 0 and slot.bits == bits:
-            return put(b, slot.s, slot.n)
-        r = PyOS_double_to_string(x, b'r', 0, 0x02, NULL)    # Py_DTSF_ADD_DOT_0
-        try:
-            m = strlen(r)
-            put(b, r, m)
-            if bits != 0 and m < 32:
-                memcpy(slot.s, r, m)
-                slot.n = <int>m
-                slot.bits = bits
-        finally:
-            PyMem_Free(r)
-        return 0
-    return put_bytes(b, _a_number(conf))
+    if not conf_fast(x):
+        return put_bytes(b, _a_number(conf))
+    if b.n + 32 > b.cap:
+        grow(b, 32)
+    b.n = w_conf(b.p + b.n, x) - b.p
+    return 0
+
+
+def answer_str(s):
+    """``w_str``'s bytes of the str ``s`` (for the parity test), or None
+    where it is not valid UTF-8."""
+    cdef Py_ssize_t n
+    cdef const char* u
+    cdef char* p
+    keep = utf8(s, &u, &n)
+    if u == NULL:
+        return None
+    p = <char*>malloc(6 * n + 2)
+    if p == NULL:
+        raise MemoryError()
+    try:
+        return PyBytes_FromStringAndSize(p, w_str(p, u, n) - p)
+    finally:
+        free(p)
 
 
 def answer_conf(conf):
@@ -1100,14 +1011,245 @@ def answer_conf(conf):
         free(b.p)
 
 
+# The writer below reserves the assertion's room once (an upper bound from
+# the fields' lengths: a character is at most 6 bytes escaped, and a UTF-8
+# byte at most one character) and then writes through a local cursor with
+# no capacity check or call per piece: the fixed keys are constant-length
+# copies the compiler turns into moves.  The fields' text is read in place
+# (ASCII) or from one UTF-8 copy held for the call (``utf8``).
+
+cdef inline char* w_put(char* q, const char* s, Py_ssize_t n) noexcept:
+    memcpy(q, s, n)
+    return q + n
+
+
+cdef inline char* w_hex(char* q, object h) noexcept:
+    """``"<lower-case hex of the bytes h>"``: 2 * len(h) + 2 bytes."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(h)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(h)
+    q[0] = b'"'
+    q += 1
+    for i in range(n):
+        memcpy(q, _hex2 + 2 * p[i], 2)
+        q += 2
+    q[0] = b'"'
+    return q + 1
+
+
+cdef inline bint word_escapes(uint64_t w) noexcept:
+    """Whether one of the eight bytes of ``w`` is a control character
+    (< 0x20), '"' or '\\' (the exact "has a zero byte" tests, on ``w``,
+    ``w ^ '"'*8`` and ``w ^ '\\'*8``; bytes >= 0x80 are none of them)."""
+    cdef uint64_t ones = 0x0101010101010101ULL
+    cdef uint64_t highs = 0x8080808080808080ULL
+    cdef uint64_t x = w ^ (ones * 0x22)
+    cdef uint64_t y = w ^ (ones * 0x5c)
+    return (((w - ones * 0x20) & ~w) | ((x - ones) & ~x) | ((y - ones) & ~y)) & highs != 0
+
+
+cdef char* w_str(char* q, const char* u, Py_ssize_t n) noexcept:
+    """``put_str``'s bytes of the UTF-8 text ``u[:n]``: at most 6 * n + 2."""
+    cdef Py_ssize_t i, start = 0
+    cdef unsigned char c
+    cdef uint64_t w
+    q[0] = b'"'
+    q += 1
+    i = 0
+    while i < n:
+        # eight bytes at a time while none needs an escape
+        while i + 8 <= n:
+            memcpy(&w, u + i, 8)
+            if not word_escapes(w):
+                i += 8
+            else:
+                break
+        if i >= n:
+            break
+        c = <unsigned char>u[i]
+        i += 1
+        if c >= 0x20 and c != 0x22 and c != 0x5c:
+            continue
+        i -= 1
+        if i > start:
+            memcpy(q, u + start, i - start)
+            q += i - start
+        start = i + 1
+        q[0] = b'\\'
+        if c == 0x22:
+            q[1] = b'"'
+        elif c == 0x5c:
+            q[1] = b'\\'
+        elif c == 0x08:
+            q[1] = b'b'
+        elif c == 0x09:
+            q[1] = b't'
+        elif c == 0x0a:
+            q[1] = b'n'
+        elif c == 0x0c:
+            q[1] = b'f'
+        elif c == 0x0d:
+            q[1] = b'r'
+        else:
+            q[1] = b'u'
+            q[2] = b'0'
+            q[3] = b'0'
+            q[4] = HEX[c >> 4]
+            q[5] = HEX[c & 15]
+            q += 4
+        q += 2
+        i += 1
+    if n > start:
+        memcpy(q, u + start, n - start)
+        q += n - start
+    q[0] = b'"'
+    return q + 1
+
+
+cdef char* w_ll(char* q, long long x) noexcept:
+    """``put_ll``'s digits: at most 20 bytes."""
+    cdef char tmp[24]
+    cdef int i = 24
+    cdef unsigned long long u
+    cdef bint neg = x < 0
+    if neg:
+        u = <unsigned long long>(-(x + 1)) + 1
+    else:
+        u = <unsigned long long>x
+    while True:
+        i -= 1
+        tmp[i] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if neg:
+        i -= 1
+        tmp[i] = b'-'
+    memcpy(q, tmp + i, 24 - i)
+    return q + (24 - i)
+
+
+cdef bint time_fast(object us, long long* out) except -1:
+    """Whether ``w_time`` writes ``us`` (an int of microseconds): it fits a
+    long long and its year is 1000-9999, as ``put_time`` decides."""
+    cdef int overflow = 0
+    cdef long long v = PyLong_AsLongLongAndOverflow(us, &overflow)
+    if overflow:
+        return False
+    out[0] = v
+    # 1000-01-01T00:00:00Z and 10000-01-01T00:00:00Z in microseconds
+    return -30610224000000000 <= v < 253402300800000000
+
+
+# The day last written and its "YYYY-MM-DD" (a page's recorded_at times
+# mostly share a day); read and written with the GIL held.
+cdef long long _date_days = -(1LL << 62)
+cdef char _date_text[10]
+
+
+cdef char* w_time(char* q, long long v) noexcept:
+    """``put_time``'s 29 bytes of ``v`` microseconds (``time_fast`` said yes)."""
+    global _date_days
+    cdef long long secs, frac, days, sod, z, era, doe, yoe, y, doy, mp, d, m
+    secs = v // 1000000
+    frac = v % 1000000
+    if frac < 0:
+        frac += 1000000
+        secs -= 1
+    days = secs // 86400
+    sod = secs % 86400
+    if sod < 0:
+        sod += 86400
+        days -= 1
+    q[0] = b'"'
+    if days == _date_days:
+        memcpy(q + 1, _date_text, 10)
+    else:
+        z = days + 719468
+        era = (z if z >= 0 else z - 146096) // 146097
+        doe = z - era * 146097
+        yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+        y = yoe + era * 400
+        doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+        mp = (5 * doy + 2) // 153
+        d = doy - (153 * mp + 2) // 5 + 1
+        m = mp + 3 if mp < 10 else mp - 9
+        if m <= 2:
+            y += 1
+        two(q + 1, <long>(y // 100))
+        two(q + 3, <long>(y % 100))
+        q[5] = b'-'
+        two(q + 6, <long>m)
+        q[8] = b'-'
+        two(q + 9, <long>d)
+        memcpy(_date_text, q + 1, 10)
+        _date_days = days
+    q[11] = b'T'
+    two(q + 12, <long>(sod // 3600))
+    q[14] = b':'
+    two(q + 15, <long>((sod // 60) % 60))
+    q[17] = b':'
+    two(q + 18, <long>(sod % 60))
+    q[20] = b'.'
+    two(q + 21, <long>(frac // 10000))
+    two(q + 23, <long>((frac // 100) % 100))
+    two(q + 25, <long>(frac % 100))
+    q[27] = b'Z'
+    q[28] = b'"'
+    return q + 29
+
+
+cdef inline bint conf_fast(double x) noexcept:
+    """Whether ``w_conf`` writes ``x`` (where repr and msgspec agree)."""
+    return isfinite(x) and (x == 0.0 or 1e-4 <= fabs(x) < 1e16)
+
+
+cdef char* w_conf(char* q, double x) except NULL:
+    """``put_conf``'s bytes of ``x`` (``conf_fast`` said yes): at most 32,
+    from the same table."""
+    cdef unsigned long long bits
+    cdef ConfText* slot
+    cdef char* r
+    cdef size_t m
+    memcpy(&bits, &x, 8)
+    slot = &_conf_texts[(bits ^ (bits >> 23) ^ (bits >> 41)) & (CONF_SLOTS - 1)]
+    if bits != 0 and slot.bits == bits:
+        memcpy(q, slot.s, slot.n)
+        return q + slot.n
+    r = PyOS_double_to_string(x, b'r', 0, 0x02, NULL)    # Py_DTSF_ADD_DOT_0
+    try:
+        m = strlen(r)
+        if m > 32:          # never for a finite double in this range (at most 24)
+            m = 32
+        memcpy(q, r, m)
+        if bits != 0 and m < 32:
+            memcpy(slot.s, r, m)
+            slot.n = <int>m
+            slot.bits = bits
+    finally:
+        PyMem_Free(r)
+    return q + m
+
+
 cdef int write_assertion(Buf* b, record, seq, status) except -1:
     """Append one assertion's JSON (see ``assertion_answer``) to ``b``: 0, or
-    1 when this pass does not decide (``b`` may then hold part of it: the
-    caller cuts it back)."""
+    1 when this pass does not decide (``b`` is then as it was)."""
     cdef tuple r
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, need, n_path, n_pred, n_src = 0, n_epoch = 0, n_status, n_sc, n_lc
+    cdef Py_ssize_t n_ts = 0, n_rec = 0
+    cdef const char* u_path
+    cdef const char* u_pred
+    cdef const char* u_src = NULL
+    cdef const char* u_epoch = NULL
+    cdef const char* u_status
+    cdef const char* u_sc
+    cdef const char* u_lc
+    cdef const char* u_ts = NULL
+    cdef const char* u_rec = NULL
     cdef int overflow = 0
-    cdef long long seq_n
+    cdef long long seq_n, ts_v = 0, rec_v = 0
+    cdef double conf_d
+    cdef bint ts_ok, rec_ok, conf_ok
+    cdef char* q
     if _a_astuple is None or type(status) is not str or type(seq) is not int:
         return 1
     seq_n = PyLong_AsLongLongAndOverflow(seq, &overflow)
@@ -1130,74 +1272,134 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
             or not 0 <= <long>sc < len(_a_source_classes)
             or not 0 <= <long>lc < len(_a_lifecycles)):
         return 1
+    need = 512      # the keys, punctuation, null words, seq digits, times, confidence (~390)
     if derived is not None:
         for x in <list>derived:
             if type(x) is not bytes:
                 return 1
-    put(b, b'{"hash":', 8)
-    put_hex(b, h)
-    put(b, b',"seq":', 7)
-    put_ll(b, seq_n)
-    put(b, b',"concept_path":', 16)
-    if put_str(b, path):
+            need += 2 * PyBytes_GET_SIZE(x) + 3
+    # the text fields as UTF-8 (a str that is not valid UTF-8: not decided here)
+    k_path = utf8(path, &u_path, &n_path)
+    if u_path == NULL:
         return 1
-    put(b, b',"predicate":', 13)
-    if put_str(b, pred):
+    k_pred = utf8(pred, &u_pred, &n_pred)
+    if u_pred == NULL:
         return 1
-    put(b, b',"value":', 9)
+    if source is not None:
+        k_src = utf8(source, &u_src, &n_src)
+        if u_src == NULL:
+            return 1
+    if epoch is not None:
+        k_epoch = utf8(epoch, &u_epoch, &n_epoch)
+        if u_epoch == NULL:
+            return 1
+    k_status = utf8(status, &u_status, &n_status)
+    if u_status == NULL:
+        return 1
+    sc_text = _a_source_classes[sc]
+    lc_text = _a_lifecycles[lc]
+    k_sc = utf8(sc_text, &u_sc, &n_sc)
+    k_lc = utf8(lc_text, &u_lc, &n_lc)
+    if u_sc == NULL or u_lc == NULL:
+        return 1
+    # what another writer gives: a value with a fraction or an exponent
+    # (msgspec's), a confidence outside repr's range, a year outside 1000-9999
     if c_value_as_is(vj):
-        put_bytes(b, vj)
+        value = vj
     else:
-        put_bytes(b, _a_value(vj))
-    put(b, b',"confidence":', 14)
-    put_conf(b, conf)
-    put(b, b',"source":', 10)
+        value = _a_value(vj)
+        if type(value) is not bytes:
+            raise TypeError("the value writer must return bytes")
+    conf_d = PyFloat_AS_DOUBLE(conf)
+    conf_ok = conf_fast(conf_d)
+    if not conf_ok:
+        conf_text = _a_number(conf)
+        if type(conf_text) is not bytes:
+            raise TypeError("the number writer must return bytes")
+        need += PyBytes_GET_SIZE(conf_text)
+    ts_ok = time_fast(ts, &ts_v)
+    if not ts_ok:
+        k_ts = utf8(_a_format_time(ts), &u_ts, &n_ts)
+        if u_ts == NULL:
+            return 1
+    rec_ok = time_fast(rec_at, &rec_v)
+    if not rec_ok:
+        k_rec = utf8(_a_format_time(rec_at), &u_rec, &n_rec)
+        if u_rec == NULL:
+            return 1
+    need += (2 * PyBytes_GET_SIZE(h) + PyBytes_GET_SIZE(value)
+             + 6 * (n_path + n_pred + n_src + n_epoch + n_status + n_sc + n_lc + n_ts + n_rec)
+             + (2 * PyBytes_GET_SIZE(parent) if parent is not None else 0)
+             + (2 * PyBytes_GET_SIZE(agent) if agent is not None else 0)
+             + (2 * PyBytes_GET_SIZE(sig) if sig is not None else 0))
+    if b.n + need > b.cap:
+        grow(b, need)
+    q = b.p + b.n
+    q = w_put(q, b'{"hash":', 8)
+    q = w_hex(q, h)
+    q = w_put(q, b',"seq":', 7)
+    q = w_ll(q, seq_n)
+    q = w_put(q, b',"concept_path":', 16)
+    q = w_str(q, u_path, n_path)
+    q = w_put(q, b',"predicate":', 13)
+    q = w_str(q, u_pred, n_pred)
+    q = w_put(q, b',"value":', 9)
+    q = w_put(q, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+    q = w_put(q, b',"confidence":', 14)
+    if conf_ok:
+        q = w_conf(q, conf_d)
+    else:
+        q = w_put(q, PyBytes_AS_STRING(conf_text), PyBytes_GET_SIZE(conf_text))
+    q = w_put(q, b',"source":', 10)
     if source is None:
-        put(b, b'null', 4)
-    elif put_str(b, source):
-        return 1
-    put(b, b',"source_class":', 16)
-    put_str(b, _a_source_classes[sc])
-    put(b, b',"lifecycle":', 13)
-    put_str(b, _a_lifecycles[lc])
-    put(b, b',"parent_hash":', 15)
+        q = w_put(q, b'null', 4)
+    else:
+        q = w_str(q, u_src, n_src)
+    q = w_put(q, b',"source_class":', 16)
+    q = w_str(q, u_sc, n_sc)
+    q = w_put(q, b',"lifecycle":', 13)
+    q = w_str(q, u_lc, n_lc)
+    q = w_put(q, b',"parent_hash":', 15)
     if parent is None:
-        put(b, b'null', 4)
+        q = w_put(q, b'null', 4)
     else:
-        put_hex(b, parent)
-    put(b, b',"derived_from":', 16)
+        q = w_hex(q, parent)
+    q = w_put(q, b',"derived_from":', 16)
     if derived is None:
-        put(b, b'null', 4)
+        q = w_put(q, b'null', 4)
     else:
-        putc(b, b'[')
+        q[0] = b'['
+        q += 1
         for i in range(len(<list>derived)):
             if i:
-                putc(b, b',')
-            put_hex(b, (<list>derived)[i])
-        putc(b, b']')
-    put(b, b',"epoch":', 9)
+                q[0] = b','
+                q += 1
+            q = w_hex(q, (<list>derived)[i])
+        q[0] = b']'
+        q += 1
+    q = w_put(q, b',"epoch":', 9)
     if epoch is None:
-        put(b, b'null', 4)
-    elif put_str(b, epoch):
-        return 1
-    put(b, b',"timestamp":', 13)
-    put_time(b, ts)
-    put(b, b',"agent_id":', 12)
+        q = w_put(q, b'null', 4)
+    else:
+        q = w_str(q, u_epoch, n_epoch)
+    q = w_put(q, b',"timestamp":', 13)
+    q = w_time(q, ts_v) if ts_ok else w_str(q, u_ts, n_ts)
+    q = w_put(q, b',"agent_id":', 12)
     if agent is None:
-        put(b, b'null', 4)
+        q = w_put(q, b'null', 4)
     else:
-        put_hex(b, agent)
-    put(b, b',"signature":', 13)
+        q = w_hex(q, agent)
+    q = w_put(q, b',"signature":', 13)
     if sig is None:
-        put(b, b'null', 4)
+        q = w_put(q, b'null', 4)
     else:
-        put_hex(b, sig)
-    put(b, b',"recorded_at":', 15)
-    put_time(b, rec_at)
-    put(b, b',"status":', 10)
-    if put_str(b, status):
-        return 1
-    putc(b, b'}')
+        q = w_hex(q, sig)
+    q = w_put(q, b',"recorded_at":', 15)
+    q = w_time(q, rec_v) if rec_ok else w_str(q, u_rec, n_rec)
+    q = w_put(q, b',"status":', 10)
+    q = w_str(q, u_status, n_status)
+    q[0] = b'}'
+    b.n = q + 1 - b.p
     return 0
 
 

@@ -228,3 +228,43 @@ def test_true_and_false_are_no_exponent(value, as_is):
     from stemedb.canonical import canonical_json
     assert _canon.value_as_is(canonical_json(value)) is as_is
     _same(_record(value=value))
+
+
+# The string writer reads eight bytes at a time while none needs an escape:
+# every escape at every offset of strings around the word size, and text of
+# every kind, against msgspec's encoding of the same str.
+_ESCAPED = [chr(c) for c in range(0x20)] + ['"', "\\", "\x7f", "\x80", "é", "\u2028", "😀"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 15, 16, 17, 31, 33])
+def test_the_string_writer_on_every_offset(n):
+    for ch in _ESCAPED:
+        for at in range(n + 1):
+            s = "a" * at + ch + "b" * (n - at)
+            assert _canon.answer_str(s) == msgspec.json.encode(s), (n, at, ch)
+    assert _canon.answer_str("x" * n) == msgspec.json.encode("x" * n)
+
+
+@settings(max_examples=500, deadline=None)
+@given(s=st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
+       | st.text(st.sampled_from(["a", '"', "\\", "\x00", "\x1f", " ", "\x7f", "é", "\n"]),
+                 max_size=40))
+def test_the_string_writer_is_msgspecs(s):
+    assert _canon.answer_str(s) == msgspec.json.encode(s)
+
+
+def test_the_string_writer_declines_what_is_not_utf8():
+    assert _canon.answer_str("a\ud800b") is None
+
+
+def test_the_time_writer_keeps_no_stale_day():
+    # the writer keeps the last day's date text: times of one day, of the
+    # next, of a far one and back must each be their own
+    import orjson
+
+    from stemedb.timeutil import format_time
+    day = 86_400_000_000
+    base = 1_764_201_600_000_000
+    for us in [base, base + 1, base + day - 1, base + day, base - 1, base, -day * 400,
+               base + 3 * day + 12_345, base, 253402300799999999, base, -30_610_224_000_000_000]:
+        assert _canon.answer_time(us) == orjson.dumps(format_time(us)), us
