@@ -794,11 +794,14 @@ cdef struct Line:
     Py_ssize_t n
     Py_ssize_t cap
 
-cdef int _room(Line* o, Py_ssize_t k) except -1:
+cdef inline int _room(Line* o, Py_ssize_t k) except -1:
+    if o.n + k <= o.cap:
+        return 0
+    return _grow(o, k)
+
+cdef int _grow(Line* o, Py_ssize_t k) except -1:
     cdef Py_ssize_t cap = o.cap
     cdef char* q
-    if o.n + k <= cap:
-        return 0
     while cap < o.n + k:
         cap *= 2
     q = <char*>PyMem_Realloc(o.p, cap)
@@ -1314,21 +1317,31 @@ def audit_head(tuple names, bytes tail, number, at, agent, params):
     return _audit_head(names, tail, number, at, agent, params, None)
 
 
+cdef Line _scratch                  # _audit_head's buffer, kept between calls
+
+
 cdef object _audit_head(tuple names, bytes tail, number, at, agent, params, tuple keys):
-    """audit_head (``keys``: see _head)."""
-    cdef Line o
+    """audit_head (``keys``: see _head).  The head is written into one
+    buffer kept between calls (the GIL is held from here to the bytes made
+    from it, and nothing in between runs Python code), not a buffer
+    allocated and freed per line (a warm R1 query's line: malloc and free
+    of 1 KiB, above pymalloc's 512 bytes)."""
+    cdef Line* o = &_scratch
     if not _head_ok(names, number, at, agent, params):
         return None
-    _open_line(&o)
+    if o.p == NULL:
+        _open_line(o)
+    o.n = 0
     try:
-        try:
-            _head(&o, names, number, at, agent, <tuple>params, keys)
-        except UnicodeEncodeError:
-            return None
-        _raw(&o, <const char*>tail, len(tail))
-        return PyBytes_FromStringAndSize(o.p, o.n)
-    finally:
+        _head(o, names, number, at, agent, <tuple>params, keys)
+    except UnicodeEncodeError:
+        return None
+    _raw(o, <const char*>tail, len(tail))
+    line = PyBytes_FromStringAndSize(o.p, o.n)
+    if o.cap > 65536:       # not kept at a rare long line's size
         PyMem_Free(o.p)
+        o.p = NULL
+    return line
 
 
 # ------------------------------------------------------------ gather and ranking helpers
@@ -1861,11 +1874,109 @@ def new_assertions(cls):
     return NewAssertions(cls)
 
 
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK,
+                               NOWAIT_LOCK)
+
+cdef extern from "pythread.h":
+    int PyThread_acquire_lock_timed(PyThread_type_lock, long long microseconds,
+                                    int intr_flag) nogil
+    int PY_LOCK_ACQUIRED
+    long long PY_TIMEOUT_MAX
+
+
+cdef class CacheLock:
+    """The read cache's lock (reader.ReadCache._lock) in the compiled build:
+    threading.Lock's behaviour for what the cache asks of it (acquire with
+    or without blocking, release, locked, a ``with`` block), over
+    CPython's own PyThread lock, taken here from C without a method call:
+    a warm R1 query took and released it through two Python method calls
+    (argument parsing included), ~1k of its ~32k instructions (callgrind).
+    A blocked acquire waits with the GIL released, as threading.Lock's
+    does.  Not reentrant, as threading.Lock.  The pure build keeps
+    threading.Lock (qpure.CacheLock); tests/unit/test_cache_lock.py holds
+    the two to the same behaviour."""
+    cdef PyThread_type_lock _l
+    cdef bint _held
+
+    def __cinit__(self):
+        self._l = PyThread_allocate_lock()
+        if self._l == NULL:
+            raise MemoryError("cannot allocate a lock")
+        self._held = False
+
+    def __dealloc__(self):
+        if self._l != NULL:
+            if self._held:
+                PyThread_release_lock(self._l)
+            PyThread_free_lock(self._l)
+
+    cdef inline int take(self) except -1:
+        if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
+            with nogil:
+                PyThread_acquire_lock(self._l, WAIT_LOCK)
+        self._held = True
+        return 0
+
+    cdef inline int give(self) except -1:
+        if not self._held:
+            raise RuntimeError("release unlocked lock")
+        self._held = False
+        PyThread_release_lock(self._l)
+        return 0
+
+    def acquire(self, bint blocking=True, double timeout=-1):
+        cdef int got
+        cdef long long us
+        if not blocking and timeout != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        if timeout < 0 and timeout != -1:
+            raise ValueError("timeout value must be a non-negative number")
+        if not blocking:
+            if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
+                return False
+            self._held = True
+            return True
+        if timeout == -1:
+            self.take()
+            return True
+        if timeout * 1e6 > <double>PY_TIMEOUT_MAX:
+            raise OverflowError("timeout value is too large")
+        us = <long long>(timeout * 1e6)
+        got = PyThread_acquire_lock_timed(self._l, 0, 0)
+        if got != PY_LOCK_ACQUIRED and us > 0:
+            with nogil:
+                got = PyThread_acquire_lock_timed(self._l, us, 0)
+        if got != PY_LOCK_ACQUIRED:
+            return False
+        self._held = True
+        return True
+
+    def release(self):
+        self.give()
+
+    def locked(self):
+        return self._held
+
+    def __enter__(self):
+        self.take()
+        return True
+
+    def __exit__(self, t, v, tb):
+        self.give()
+        return None
+
+
 cdef object _cached_answer(cache, key, token):
-    """reader.ReadCache.answer, inline."""
+    """reader.ReadCache.answer, inline (its lock taken from C when it is
+    a CacheLock)."""
     cdef PyObject* e
     lock = cache._lock
-    lock.acquire()
+    cdef bint ours = type(lock) is CacheLock
+    if ours:
+        (<CacheLock>lock).take()
+    else:
+        lock.acquire()
     try:
         d = cache._d
         e = PyDict_GetItem(d, key)
@@ -1877,7 +1988,10 @@ cdef object _cached_answer(cache, key, token):
         cache.answer_hits += 1
         return ans
     finally:
-        lock.release()
+        if ours:
+            (<CacheLock>lock).give()
+        else:
+            lock.release()
 
 
 def first_page(tuple env):

@@ -18,6 +18,7 @@ the cost; bench/results/query-compiled-2026-11-26.md.)
 """
 from __future__ import annotations
 
+import threading
 from math import isfinite
 
 import numpy as np
@@ -167,6 +168,11 @@ _RANKS = _class_ranks()
 
 
 SMALL_TAKE = 16   # below this many ordinals, per-element item() beats a fancy index
+
+
+# The read cache's lock (reader.ReadCache._lock); the compiled build's is
+# _query.CacheLock, which behaves as this one for what the cache asks of it
+CacheLock = threading.Lock
 
 
 def read_clock(clock, now_us) -> int:
