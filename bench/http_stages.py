@@ -63,6 +63,7 @@ STAGES = (
     ("stemedb.core.store", "Store.query", "store.query (engine)"),
     ("stemedb.core.store", "Store.put_batch", "store.put_batch (engine)"),
     ("stemedb.core.store", "Store.put_records", "store.put_records (engine)"),
+    ("stemedb.http.resources", "query_body", "query_body (the answer's JSON)"),
     ("stemedb.http.resources", "query_answer", "query_answer (answer objects)"),
     ("stemedb.http.resources", "send", "send (encode)"),
     ("stemedb.http.resources", "RecentWrites.add", "RecentWrites.add"),

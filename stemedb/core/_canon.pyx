@@ -1422,33 +1422,166 @@ def assertion_answer(record, seq, status):
         free(b.p)
 
 
-def assertions_answer(list items, fallback):
-    """The JSON array of the assertions ``items`` (``model.Assertion``), as
-    msgspec encodes the list of what ``answer.assertion_out`` gives for each:
-    those without a retraction written here (``write_assertion``), any other
-    one (or one this pass does not decide) as ``fallback(a)``'s bytes."""
-    cdef Buf b
+cdef int write_page(Buf* b, list items, fallback) except -1:
+    """Append the JSON array of the assertions ``items`` (``model.Assertion``)
+    to ``b``, as msgspec encodes the list of what ``answer.assertion_out``
+    gives for each: those without a retraction written here
+    (``write_assertion``), any other one (or one this pass does not decide)
+    as ``fallback(a)``'s bytes."""
     cdef Py_ssize_t i, mark, n = len(items)
+    putc(b, b'[')
+    for i in range(n):
+        a = items[i]
+        if i:
+            putc(b, b',')
+        mark = b.n
+        if (a.retraction is not None
+                or write_assertion(b, a.record, a.seq, a.status)):
+            b.n = mark
+            fb = fallback(a)
+            if type(fb) is not bytes:
+                raise TypeError("the fallback must return bytes")
+            put_bytes(b, fb)
+    putc(b, b']')
+    return 0
+
+
+def assertions_answer(list items, fallback):
+    """The JSON array of the assertions ``items`` (``write_page``)."""
+    cdef Buf b
     b.n = 0
-    b.cap = 64 + 700 * n
+    b.cap = 64 + 700 * len(items)
     b.p = <char*>malloc(b.cap)
     if b.p == NULL:
         raise MemoryError()
     try:
-        putc(&b, b'[')
-        for i in range(n):
-            a = items[i]
+        write_page(&b, items, fallback)
+        return PyBytes_FromStringAndSize(b.p, b.n)
+    finally:
+        free(b.p)
+
+
+# A result of the query answer (``query.Result``, a dict) as msgspec encodes
+# the dict ``answer._out`` makes of it, when it has exactly the six keys of
+# every lens but layered, in that order, with their usual types: a winner
+# without a retraction (or null), numbers that are floats or ints.
+cdef tuple _RESULT_KEYS = ("concept_path", "predicate", "winner", "confidence",
+                           "conflict_score", "candidates_count")
+
+
+cdef int put_number(Buf* b, x) except -1:
+    """A float as msgspec writes it (``put_conf``), an int as ``str(int)``;
+    1 for anything else (or an int beyond a long long)."""
+    cdef int overflow = 0
+    cdef long long v
+    if type(x) is float:
+        return put_conf(b, x)
+    if type(x) is int:
+        v = PyLong_AsLongLongAndOverflow(x, &overflow)
+        if overflow:
+            return 1
+        return put_ll(b, v)
+    return 1
+
+
+cdef int write_result(Buf* b, r) except -1:
+    """Append the result ``r`` to ``b``: 0, or 1 when this pass does not
+    decide (``b`` may then hold part of it: the caller cuts it back)."""
+    cdef Py_ssize_t i = 0
+    if not isinstance(r, dict) or len(<dict>r) != 6:
+        return 1
+    for k in <dict>r:
+        if k != _RESULT_KEYS[i]:
+            return 1
+        i += 1
+    path = (<dict>r)["concept_path"]
+    pred = (<dict>r)["predicate"]
+    w = (<dict>r)["winner"]
+    if type(path) is not str or not (pred is None or type(pred) is str):
+        return 1
+    put(b, b'{"concept_path":', 16)
+    if put_str(b, path):
+        return 1
+    put(b, b',"predicate":', 13)
+    if pred is None:
+        put(b, b'null', 4)
+    elif put_str(b, pred):
+        return 1
+    put(b, b',"winner":', 10)
+    if w is None:
+        put(b, b'null', 4)
+    elif (_a_assertion is None or type(w) is not _a_assertion or w.retraction is not None
+            or write_assertion(b, w.record, w.seq, w.status)):
+        return 1
+    put(b, b',"confidence":', 14)
+    if put_number(b, (<dict>r)["confidence"]):
+        return 1
+    put(b, b',"conflict_score":', 18)
+    if put_number(b, (<dict>r)["conflict_score"]):
+        return 1
+    put(b, b',"candidates_count":', 20)
+    x = (<dict>r)["candidates_count"]
+    if type(x) is not int or put_number(b, x):
+        return 1
+    putc(b, b'}')
+    return 0
+
+
+cdef object _a_assertion = None
+
+
+def configure_query_answer(assertion_type):
+    """``model.Assertion``: the only winner type ``write_result`` writes."""
+    global _a_assertion
+    _a_assertion = assertion_type
+
+
+def query_answer(concept_path, lens, list results, list assertions, next_cursor,
+                 page_fallback, result_fallback):
+    """The whole ``POST /v1/query`` answer, as msgspec encodes
+    ``answer.query_doc``'s dict: ``{"concept_path", "lens", "results",
+    "assertions", "next_cursor"}``, each result by ``write_result`` or as
+    ``result_fallback(r)``'s bytes, the page by ``write_page`` (its
+    fallback ``page_fallback``); None when a top-level field is not a str
+    (or None for the cursor) that is valid UTF-8 (the caller encodes the
+    dict)."""
+    cdef Buf b
+    cdef Py_ssize_t i, mark
+    if (type(concept_path) is not str or type(lens) is not str
+            or not (next_cursor is None or type(next_cursor) is str)):
+        return None
+    b.n = 0
+    b.cap = 256 + 700 * len(assertions) + 800 * len(results)
+    b.p = <char*>malloc(b.cap)
+    if b.p == NULL:
+        raise MemoryError()
+    try:
+        put(&b, b'{"concept_path":', 16)
+        if put_str(&b, concept_path):
+            return None
+        put(&b, b',"lens":', 8)
+        if put_str(&b, lens):
+            return None
+        put(&b, b',"results":[', 12)
+        for i in range(len(results)):
+            r = results[i]
             if i:
                 putc(&b, b',')
             mark = b.n
-            if (a.retraction is not None
-                    or write_assertion(&b, a.record, a.seq, a.status)):
+            if write_result(&b, r):
                 b.n = mark
-                fb = fallback(a)
+                fb = result_fallback(r)
                 if type(fb) is not bytes:
                     raise TypeError("the fallback must return bytes")
                 put_bytes(&b, fb)
-        putc(&b, b']')
+        put(&b, b'],"assertions":', 15)
+        write_page(&b, assertions, page_fallback)
+        put(&b, b',"next_cursor":', 15)
+        if next_cursor is None:
+            put(&b, b'null', 4)
+        elif put_str(&b, next_cursor):
+            return None
+        putc(&b, b'}')
         return PyBytes_FromStringAndSize(b.p, b.n)
     finally:
         free(b.p)

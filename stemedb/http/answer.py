@@ -114,14 +114,16 @@ def configure_compiled(canon) -> None:
     tests do it in the pure run too)."""
     canon.configure_answer(SOURCE_CLASSES, LIFECYCLES, format_time, _encode, _value_bytes,
                            msgspec.structs.astuple)
+    canon.configure_query_answer(Assertion)
 
 
 if _canonical.COMPILED:
     _assertion_answer = _canonical._canon.assertion_answer
     _assertions_answer = _canonical._canon.assertions_answer
+    _query_answer = _canonical._canon.query_answer
     configure_compiled(_canonical._canon)
 else:
-    _assertion_answer = _assertions_answer = None
+    _assertion_answer = _assertions_answer = _query_answer = None
 
 
 def assertions_out(assertions: list):
@@ -174,5 +176,28 @@ def query_doc(result) -> dict:
             "next_cursor": result.next_cursor}
 
 
+def _result_bytes(r) -> bytes:
+    """The pure twin's bytes of one result of ``results`` (what the
+    compiled pass does not write: layered's, a retracted winner)."""
+    return _encode(_out(r))
+
+
+def query_bytes(result) -> bytes:
+    """The answer's JSON: ``_encode(query_doc(result))``'s bytes.  Compiled,
+    the whole document is written by one call (``_canon.query_answer``: the
+    results, the page and the fields around them into one buffer, instead
+    of a dict, a ``msgspec.Raw`` per part and the encoder copying each);
+    a part it does not write comes from the pure twin (:func:`_one_bytes`,
+    :func:`_result_bytes`).  tests/unit/http/test_answer_bytes.py holds the
+    two to the same bytes on every lens."""
+    if (_query_answer is not None and type(result) is QueryResult
+            and type(result.results) is list and type(result.assertions) is list):
+        b = _query_answer(result.concept_path, result.lens, result.results, result.assertions,
+                          result.next_cursor, _one_bytes, _result_bytes)
+        if b is not None:
+            return b
+    return _encode(query_doc(result))
+
+
 __all__ = ["AssertionJSON", "assertion_bytes_py", "assertion_json", "assertion_out",
-           "assertions_out", "enc_hook", "query_doc"]
+           "assertions_out", "enc_hook", "query_bytes", "query_doc"]

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .. import __version__
 from ..errors import NotFound, ValidationError
 from . import schemas as S
-from .answer import enc_hook, query_doc
+from .answer import enc_hook, query_bytes, query_doc
 from .errors import HTTPProblem, bad_request, from_msgspec
 
 JSON = "application/json"
@@ -259,6 +259,15 @@ def query_answer(result) -> dict:
                 "next_cursor": result.next_cursor}
 
 
+def query_body(result) -> bytes:
+    """The answer's bytes: what ``send`` would encode of
+    ``query_answer(result)``, written by ``answer.query_bytes``."""
+    try:
+        return query_bytes(result)
+    except NotImplementedError:
+        return _encoder.encode(query_answer(result))
+
+
 class QueryResource(_Base):
     limit_name = "query"
 
@@ -277,7 +286,9 @@ class QueryResource(_Base):
             min_seq(self.state, req, kwargs.pop("min_seq"))
         path = kwargs.pop("concept_path")
         result = self.store.query(path, agent=req.context.key_id, **kwargs)
-        send(resp, 200, query_answer(result))
+        resp.status = 200
+        resp.content_type = JSON
+        resp.data = query_body(result)
 
 
 @falcon.before(_read_barrier)

@@ -9,7 +9,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from stemedb.core.lens import LENSES
-from stemedb.http.answer import AssertionJSON, assertion_json, query_doc
+from stemedb.http.answer import AssertionJSON, assertion_json, query_bytes, query_doc
 from stemedb.http.resources import _encoder
 from stemedb.model import assertion_hash
 
@@ -45,7 +45,9 @@ def filled(store):
 
 
 def _same(result):
-    assert _encoder.encode(query_doc(result)) == _encoder.encode(result.to_dict())
+    want = _encoder.encode(result.to_dict())
+    assert _encoder.encode(query_doc(result)) == want
+    assert query_bytes(result) == want     # the whole document (compiled: one call)
 
 
 @pytest.mark.parametrize("lens", sorted(LENSES))

@@ -268,3 +268,76 @@ def test_the_time_writer_keeps_no_stale_day():
     for us in [base, base + 1, base + day - 1, base + day, base - 1, base, -day * 400,
                base + 3 * day + 12_345, base, 253402300799999999, base, -30_610_224_000_000_000]:
         assert _canon.answer_time(us) == orjson.dumps(format_time(us)), us
+
+
+# The whole query answer in one call (_canon.query_answer) against the pure
+# document (answer.query_doc encoded): results of the usual shape written
+# here, any other (layered's, a retracted winner, odd types or key orders)
+# by the pure twin, and top-level fields it cannot write declined.
+def _doc_bytes(result):
+    return answer._encode(answer.query_doc(result))
+
+
+def _compiled_doc(result):
+    return _canon.query_answer(result.concept_path, result.lens, result.results,
+                               result.assertions, result.next_cursor, answer._one_bytes,
+                               answer._result_bytes)
+
+
+def test_the_document_writer_on_every_lens(store):
+    from stemedb.core.lens import LENSES
+    roots = [store.put({"concept_path": "drugs/x", "predicate": "risk", "value": v,
+                        "confidence": c, "timestamp": 1_700_000_000 + i}).hash
+             for i, (v, c) in enumerate([("rare", 0.9), ("common", 0.35), (1.5, 0.0),
+                                         ({"a": [1, "é\n"]}, 1.0), ("rare", 1e-5)])]
+    store.put({"concept_path": "drugs/x/y", "predicate": "other", "value": "x",
+               "confidence": 0.5, "parent_hash": roots[0], "timestamp": 1_700_000_100})
+    store.retract(hash=roots[1], reason="wrong")
+    for lens in sorted(LENSES):
+        for extra in ({}, {"include_retracted": True}, {"limit": 2},
+                      {"include_descendants": True}, {"predicate": "nothing"}):
+            r = store.query("drugs/x", lens=lens, **extra)
+            assert _compiled_doc(r) == _doc_bytes(r), (lens, extra)
+            if r.next_cursor:
+                r2 = store.query("drugs/x", lens=lens, cursor=r.next_cursor, **extra)
+                assert _compiled_doc(r2) == _doc_bytes(r2)
+
+
+def test_the_document_writer_on_odd_results(store):
+    from stemedb.core.query import QueryResult, Result
+    store.put({"concept_path": "drugs/x", "predicate": "risk", "value": "rare",
+               "confidence": 0.9, "timestamp": 1_700_000_000})
+    r = store.query("drugs/x", lens="consensus")
+    base = dict(r.results[0])
+    w = base["winner"]
+    odd = [
+        {**base, "confidence": 1},                      # an int
+        {**base, "confidence": True},                   # a bool: not a number here
+        {**base, "conflict_score": float("nan")},       # msgspec writes null
+        {**base, "confidence": 1e-7},                   # msgspec's exponent
+        {**base, "candidates_count": 2**70},            # beyond a long long
+        {**base, "predicate": None},
+        {**base, "winner": None},
+        {k: base[k] for k in reversed(list(base))},     # another key order
+        {**base, "layers": []},                         # a seventh key
+        {k: v for k, v in base.items() if k != "winner"},
+        Result(base),
+        {**base, "concept_path": 'a\\"b\x01'},
+    ]
+    for res in odd:
+        q = QueryResult("drugs/x", "consensus", [res], [w, w], 'cur\\"sor')
+        assert _compiled_doc(q) == _doc_bytes(q), res
+
+
+def test_the_document_writer_declines_top_level_fields_it_cannot_write():
+    assert _canon.query_answer("a\ud800", "recency", [], [], None, answer._one_bytes,
+                               answer._result_bytes) is None
+    assert _canon.query_answer("a", 1, [], [], None, answer._one_bytes,
+                               answer._result_bytes) is None
+    assert _canon.query_answer("a", "recency", [], [], 5, answer._one_bytes,
+                               answer._result_bytes) is None
+    assert _canon.query_answer("a", "recency", [], [], "c\ud800", answer._one_bytes,
+                               answer._result_bytes) is None
+    assert _canon.query_answer("a", "recency", [], [], None, answer._one_bytes,
+                               answer._result_bytes) == (
+        b'{"concept_path":"a","lens":"recency","results":[],"assertions":[],"next_cursor":null}')
