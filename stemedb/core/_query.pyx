@@ -983,9 +983,13 @@ cdef int _head(Line* o, tuple names, number, at, agent, tuple params,
     """``{"id":..,"at":..,"at_us":..,"agent":..,"params":{..}`` (checked by
     _head_ok).  ``keys``: :func:`_name_keys` of ``names``, when the caller
     keeps them (each name's JSON and its colon, written as they are)."""
-    cdef Py_ssize_t i
-    cdef bint first = True
-    cdef bytes key
+    _stamp_head(o, number, at, agent)
+    _params_json(o, names, params, keys)
+    return 0
+
+
+cdef int _stamp_head(Line* o, number, at, agent) except -1:
+    """_head's ``{"id":..,"at":..,"at_us":..,"agent":..``."""
     _raw(o, b'{', 1)
     _jstamp(o, at, number & 0xFFFF)
     _raw(o, b',"at_us":', 9)
@@ -995,6 +999,14 @@ cdef int _head(Line* o, tuple names, number, at, agent, tuple params,
         _raw(o, b'null', 4)
     else:
         _jstr(o, agent)
+    return 0
+
+
+cdef int _params_json(Line* o, tuple names, tuple params, tuple keys) except -1:
+    """_head's ``,"params":{..}``."""
+    cdef Py_ssize_t i
+    cdef bint first = True
+    cdef bytes key
     _raw(o, b',"params":{', 11)
     for i in range(len(params)):
         v = params[i]
@@ -1326,21 +1338,32 @@ cdef object _audit_head(tuple names, bytes tail, number, at, agent, params, tupl
     from it, and nothing in between runs Python code), not a buffer
     allocated and freed per line (a warm R1 query's line: malloc and free
     of 1 KiB, above pymalloc's 512 bytes)."""
-    cdef Line* o = &_scratch
     if not _head_ok(names, number, at, agent, params):
         return None
-    if o.p == NULL:
-        _open_line(o)
-    o.n = 0
+    cdef Line* o = _scratch_line()
     try:
         _head(o, names, number, at, agent, <tuple>params, keys)
     except UnicodeEncodeError:
         return None
     _raw(o, <const char*>tail, len(tail))
-    line = PyBytes_FromStringAndSize(o.p, o.n)
-    if o.cap > 65536:       # not kept at a rare long line's size
-        PyMem_Free(o.p)
-        o.p = NULL
+    return _scratch_bytes()
+
+
+cdef Line* _scratch_line() except NULL:
+    """_scratch, emptied (allocated at its first use)."""
+    if _scratch.p == NULL:
+        _open_line(&_scratch)
+    _scratch.n = 0
+    return &_scratch
+
+
+cdef bytes _scratch_bytes():
+    """What _scratch holds, as bytes (the buffer given back when a rare long
+    line grew it past 64 KiB)."""
+    line = PyBytes_FromStringAndSize(_scratch.p, _scratch.n)
+    if _scratch.cap > 65536:
+        PyMem_Free(_scratch.p)
+        _scratch.p = NULL
     return line
 
 
@@ -1624,6 +1647,7 @@ cdef class FirstPage:
     cdef object filters, lifecycles, result, query_result, assertion, moment
     cdef object resolve, finish, audit, log_cls, unset, now_us
     cdef tuple names, keys
+    cdef bint keep_params
     cdef Py_ssize_t gen_mask, gen_mix, ntop_max
     cdef Py_ssize_t offsets[ASSERTION_SLOTS]
 
@@ -1634,6 +1658,9 @@ cdef class FirstPage:
         self.lenses = lenses
         self.unset = self.assertion._UNSET
         self.keys = _name_keys(self.names)     # the parameters' names as the line writes them
+        # an answer's key names its lens by the lens's name, which is then
+        # the parameter every page of it was asked with (_kept_line)
+        self.keep_params = all(type(k) is str and k == v.name for k, v in lenses.items())
         cdef Py_ssize_t i
         cdef PyTypeObject* t = <PyTypeObject*>self.assertion
         if (not isinstance(self.assertion, type) or t.tp_dictoffset != 0
@@ -1764,6 +1791,43 @@ cdef class FirstPage:
                        page[:self.ntop_max if n > self.ntop_max else n], active=n, answer=ans)
         return obj
 
+    cdef object _kept_line(self, ans, bytes tail, number, at, agent, tuple params):
+        """_audit_head's line, its parameters' JSON and ``tail`` kept by the
+        answer (``ans.ptail``, for pages of ``ans.plimit``) once written:
+        the same bytes, as ``params`` is this call's (the answer's key and
+        ``limit``; the lens by its own name, checked in __init__), so only
+        the id, the times and the agent are written per line (the
+        parameters' JSON was ~3k of a warm R1 query's ~37k instructions,
+        callgrind).  Kept when they fit the answer's reserved ``proom``."""
+        cdef Line* o
+        cdef Py_ssize_t k
+        limit = params[11]
+        pt = ans.ptail
+        if type(pt) is not bytes or ans.plimit != limit:
+            if not _head_ok(self.names, number, at, agent, params):
+                return None
+            o = _scratch_line()
+            try:
+                _params_json(o, self.names, params, self.keys)
+            except UnicodeEncodeError:
+                return None
+            k = o.n
+            _raw(o, <const char*>tail, len(tail))
+            pt = PyBytes_FromStringAndSize(o.p, o.n)
+            if k + 33 <= ans.proom:     # the bytes object's own 33 included
+                ans.ptail = pt
+                ans.plimit = limit
+        elif not (type(number) is int and _is_i64(at) and 0 <= at <= MAX_STAMP
+                  and (agent is None or type(agent) is str)):
+            return None             # (_head_ok's checks of what is not kept)
+        o = _scratch_line()
+        try:
+            _stamp_head(o, number, at, agent)
+        except UnicodeEncodeError:
+            return None
+        _raw(o, <const char*>pt, len(pt))
+        return _scratch_bytes()
+
     cdef bint _line(self, reader, audit, ans, agent, tuple params) except -1:
         """qaudit._audit's line from a held answer's kept end, queued;
         False when that is not the way (no kept end yet, a stand-in audit
@@ -1775,8 +1839,11 @@ cdef class FirstPage:
             return False
         at = self._clock(reader)
         try:
-            line = _audit_head(self.names, tail, next(audit._ids), at, agent, params,
-                               self.keys)
+            if self.keep_params:
+                line = self._kept_line(ans, tail, next(audit._ids), at, agent, params)
+            else:
+                line = _audit_head(self.names, tail, next(audit._ids), at, agent, params,
+                                   self.keys)
         except Exception:  # noqa: BLE001 - qaudit._audit builds it (or counts it)
             line = None
         if line is None:

@@ -48,6 +48,7 @@ ANSWER_SHARE = 16           # one answer may take at most 1/16 of the bound
 HELD_MAX = 32               # an answer of this many candidates or fewer holds their records
 HELD_BYTES = 56             # a held record's list slots and seq, besides the record
 TAIL_BASE = 200             # a held answer's audit line end, besides its hashes and weights
+PARAMS_BASE = 240           # its parameters' JSON (kept compiled), besides path and predicate
 # Answers together may hold up to 1/ANSWER_RESERVE of the bound against the
 # records' churn: while they hold no more, evicting for a record passes over
 # an answer (it goes to the recent end) instead of dropping it.  A working
@@ -110,7 +111,8 @@ class Answer:
     keeps its audit line's end too (``tail``, see query._audit), whose room
     ``size`` reserves."""
 
-    __slots__ = ("token", "results", "ords", "active", "size", "held", "tail")
+    __slots__ = ("token", "results", "ords", "active", "size", "held", "tail", "ptail",
+                 "plimit", "proom")
 
     def __init__(self, token, results: list, ords: list[int], active: int,
                  shown: list[Assertion] | None = None):
@@ -139,6 +141,19 @@ class Answer:
             else:
                 size += sum(HELD_BYTES + record_size(rec) for rec in recs)
             size += TAIL_BASE + 68 * len(results) + 112 * len(ords)
+        # The compiled first page also keeps the line's parameters with that
+        # end (``ptail``: ``,"params":{..}`` and ``tail``, for pages of
+        # ``plimit``; _query.FirstPage._line), within ``proom`` bytes
+        # reserved here: the parameters' JSON but for the path and the
+        # predicate, and theirs (a longer one is not kept)
+        self.ptail: bytes | None = None
+        self.plimit: int | None = None
+        self.proom = 0
+        if self.held is not None and qfast.COMPILED:
+            longest = max((len(r["concept_path"]) + len(r["predicate"] or "")
+                           for r in results), default=0)
+            self.proom = PARAMS_BASE + longest
+            size += self.proom
         self.size = size
 
 

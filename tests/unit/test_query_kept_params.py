@@ -1,0 +1,107 @@
+"""The compiled first page keeps a held answer's parameters' JSON with its
+line's end (``Answer.ptail`` for pages of ``Answer.plimit``,
+_query.FirstPage._kept_line): every line it queues is still audit_head's,
+byte for byte, over any order of limits and agents (the kept JSON made
+again when the limit changes), a path too long for the answer's reserved
+room is not kept (and still written right), an agent audit_head does not
+write leaves the entry to qaudit._audit, and the room is counted in the
+answer's size."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from stemedb.core import qfast
+from stemedb.core import query as Q
+from stemedb.core import reader as reader_mod
+from tests.unit.test_query_fastpath import clocked  # noqa: F401 (a fixture: the store at a set clock)
+
+try:
+    from stemedb.core import _query  # type: ignore[attr-defined]
+except ImportError:
+    _query = None
+
+pytestmark = pytest.mark.skipif(not qfast.COMPILED, reason="kept by the compiled first page")
+
+T0 = 1_709_294_400
+
+
+def _put(store, path, pred, n=3):
+    for i in range(n):
+        store.put({"concept_path": path, "predicate": pred, "value": i, "confidence": 0.5,
+                   "source": "fda://x", "timestamp": T0 + i})
+
+
+def _answer(store, path):
+    [ans] = [v for k, v in store.reader.cache._d.items()
+             if isinstance(v, Q.Answer) and type(k) is tuple and k[0] == path]
+    return ans
+
+
+def _check_line(store, path, pred, limit, agent):
+    line = store.audit._queue.pop()
+    entry = orjson.loads(line)
+    ans = _answer(store, path)
+    params = (path, pred, False, "recency", None, None, None, None, None, False, False,
+              limit, None)
+    want = _query.audit_head(Q._AUDIT_PARAMS, ans.tail, int(entry["id"][-4:], 16),
+                             entry["at_us"], agent, params)
+    assert line == want
+    return ans
+
+
+def test_every_line_is_audit_heads_whatever_the_limits_and_agents(clocked):
+    store = clocked(audit=True)
+    _put(store, "d/e", "p")
+    store.query("d/e", predicate="p")               # the answer and its kept end
+    store.audit.flush()
+    seq = [(100, None), (100, "a"), (100, None), (5, None), (5, 'q "x" \\ é'), (1000, None),
+           (100, None), (3, "b"), (3, None)]
+    for limit, agent in seq:
+        store.query("d/e", predicate="p", limit=limit, agent=agent)
+        ans = _check_line(store, "d/e", "p", limit, agent)
+        assert ans.plimit == limit and type(ans.ptail) is bytes
+        assert ans.ptail.endswith(ans.tail) and ans.ptail.startswith(b',"params":{')
+        assert len(ans.ptail) - len(ans.tail) + 33 <= ans.proom
+
+
+def test_a_path_beyond_the_room_is_not_kept_and_still_written(clocked, monkeypatch):
+    store = clocked(audit=True)
+    monkeypatch.setattr(reader_mod, "PARAMS_BASE", 40)    # room for almost nothing
+    _put(store, "d/long", "p")
+    store.query("d/long", predicate="p")
+    store.audit.flush()
+    for limit in (100, 7, 100):
+        store.query("d/long", predicate="p", limit=limit)
+        ans = _check_line(store, "d/long", "p", limit, None)
+        assert ans.ptail is None and ans.plimit is None and ans.proom == 40 + len("d/long") + 1
+
+
+def test_an_agent_it_does_not_write_is_left_to_the_writer(clocked):
+    store = clocked(audit=True)
+    _put(store, "d/e", "p")
+    store.query("d/e", predicate="p")
+    store.query("d/e", predicate="p", limit=9)                  # kept for 9
+    store.audit.flush()
+    n = len(store.audit._queue)
+    # not UTF-8: no line written here; qaudit._audit queues the entry its way
+    res = store.query("d/e", predicate="p", limit=9, agent="\ud800")
+    assert len(res.assertions) == 3
+    q = store.audit._queue
+    assert len(q) == n + 1 and type(q[-1]) is not bytes
+    q.pop()
+    store.query("d/e", predicate="p", limit=9, agent="ok")
+    _check_line(store, "d/e", "p", 9, "ok")
+
+
+def test_the_room_is_counted_in_the_answers_size(clocked):
+    store = clocked(audit=True)
+    _put(store, "d/e", "p")
+    store.query("d/e", predicate="p")
+    ans = _answer(store, "d/e")
+    assert ans.proom == reader_mod.PARAMS_BASE + len("d/e") + len("p")
+    cache = store.reader.cache
+    kept = Q.Answer(ans.token, ans.results, list(ans.ords), ans.active)   # not held: no room
+    assert kept.proom == 0 and kept.ptail is None
+    assert ans.size >= kept.size + ans.proom
+    assert cache.bytes >= ans.size
