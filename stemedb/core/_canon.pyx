@@ -1048,32 +1048,31 @@ cdef inline bint word_escapes(uint64_t w) noexcept:
 
 
 cdef char* w_str(char* q, const char* u, Py_ssize_t n) noexcept:
-    """``put_str``'s bytes of the UTF-8 text ``u[:n]``: at most 6 * n + 2."""
-    cdef Py_ssize_t i, start = 0
+    """``put_str``'s bytes of the UTF-8 text ``u[:n]``: at most 6 * n + 2.
+    Eight bytes are read and written at a time while none needs an escape
+    (a whole word of the text each time: nothing is written past its
+    end), the rest byte by byte."""
+    cdef Py_ssize_t i = 0
     cdef unsigned char c
     cdef uint64_t w
     q[0] = b'"'
     q += 1
-    i = 0
-    while i < n:
-        # eight bytes at a time while none needs an escape
+    while True:
         while i + 8 <= n:
             memcpy(&w, u + i, 8)
-            if not word_escapes(w):
-                i += 8
-            else:
+            if word_escapes(w):
                 break
+            memcpy(q, &w, 8)
+            q += 8
+            i += 8
         if i >= n:
             break
         c = <unsigned char>u[i]
         i += 1
         if c >= 0x20 and c != 0x22 and c != 0x5c:
+            q[0] = <char>c
+            q += 1
             continue
-        i -= 1
-        if i > start:
-            memcpy(q, u + start, i - start)
-            q += i - start
-        start = i + 1
         q[0] = b'\\'
         if c == 0x22:
             q[1] = b'"'
@@ -1097,10 +1096,6 @@ cdef char* w_str(char* q, const char* u, Py_ssize_t n) noexcept:
             q[5] = HEX[c & 15]
             q += 4
         q += 2
-        i += 1
-    if n > start:
-        memcpy(q, u + start, n - start)
-        q += n - start
     q[0] = b'"'
     return q + 1
 
