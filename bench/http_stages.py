@@ -159,6 +159,9 @@ def thread_cpu() -> dict:
     import threading as th
     tick = os.sysconf("SC_CLK_TCK")
     names = {t.native_id: t.name for t in th.enumerate()}
+    # the worker's main thread (gunicorn's event loop): after the fork its
+    # id is the process id, not the one threading recorded in the master
+    names.setdefault(os.getpid(), "MainThread (event loop)")
     out = {}
     for tid in os.listdir("/proc/self/task"):
         try:
