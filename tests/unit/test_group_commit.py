@@ -41,21 +41,6 @@ class SlowSyncFS(NoFsyncFS):
                 raise OSError(5, "injected fsync failure")
 
 
-def _asleep(wal, *done: bool) -> list[tuple]:
-    """Followers asleep in ``wal.wait`` as the WAL holds them: a held lock and
-    a request each (done or queued), on the sleepers' list, the queued ones in
-    the queue."""
-    entries = []
-    for d in done:
-        req, lock = Request(b"", []), threading.Lock()
-        req.done = d
-        lock.acquire()
-        entries.append((lock, req))
-    wal._sleepers = list(entries)
-    wal._queue = [r for _, r in entries if not r.done]
-    return entries
-
-
 def _run(threads, timeout=20):
     for t in threads:
         t.start()
@@ -129,7 +114,12 @@ def test_a_failed_fsync_fails_every_writer_of_its_group_and_stops_writes(opener)
 def test_a_follower_picked_to_lead_that_leaves_passes_the_office_on(opener):
     s = opener()
     wal = s.writer.wal
-    (la, a), (lb, b) = _asleep(wal, False, False)
+    a, b = Request(b"", []), Request(b"", [])
+    la, lb = threading.Lock(), threading.Lock()
+    la.acquire()
+    lb.acquire()
+    wal._queue = [a, b]
+    wal._sleepers = [(la, a), (lb, b)]
     with wal._cv:
         wal._wake()            # a leader's end: a is handed the office
     assert not la.locked(), "a is woken to lead"
@@ -147,7 +137,13 @@ def test_a_follower_picked_to_lead_that_leaves_passes_the_office_on(opener):
 def test_the_writers_of_a_done_group_wake_when_the_heir_takes_the_office(opener):
     s = opener()
     wal = s.writer.wal
-    (ld, d), (la, a) = _asleep(wal, True, False)
+    a, d = Request(b"", []), Request(b"", [])
+    d.done = True
+    la, ld = threading.Lock(), threading.Lock()
+    la.acquire()
+    ld.acquire()
+    wal._queue = [a]
+    wal._sleepers = [(ld, d), (la, a)]
     with wal._cv:
         wal._wake()            # a leader's end: d's group is done, a is queued
     assert not la.locked() and wal._heir == (la, a)
@@ -161,7 +157,11 @@ def test_the_writers_of_a_done_group_wake_when_the_heir_takes_the_office(opener)
 def test_a_follower_woken_beside_a_flush_is_not_handed_the_office(opener):
     s = opener()
     wal = s.writer.wal
-    ((la, a),) = _asleep(wal, False)
+    a = Request(b"", [])
+    la = threading.Lock()
+    la.acquire()
+    wal._queue = [a]
+    wal._sleepers = [(la, a)]
     wal._flushers = 1
     with wal._cv:
         wal._wake()
@@ -176,8 +176,10 @@ def test_a_follower_woken_beside_a_flush_is_not_handed_the_office(opener):
 def test_an_interrupted_follower_still_asleep_is_taken_off_the_list(opener):
     s = opener()
     wal = s.writer.wal
-    ((la, a),) = _asleep(wal, False)
-    wal._queue = []
+    a = Request(b"", [])
+    la = threading.Lock()
+    la.acquire()
+    wal._sleepers = [(la, a)]
     wal._leave((la, a))
     assert wal._sleepers == [] and la.locked(), "nobody else is woken"
 
