@@ -10,22 +10,11 @@ records are durable.
 
 Wake-ups are targeted: a follower sleeps on a lock of its own, and the
 leader, once its group is durable and applied, releases the followers whose
-requests are done and one follower whose request is still queued: the heir,
-handed the office with its wake-up (``_heir``), who leads next and takes
-everything queued meanwhile.  A condition's ``notify_all`` would wake every
-follower to find, most of them, that their records are in the next group
-and go back to sleep: with 8 writers that was several thread switches per
-record, for nothing.  The office is handed over, not left vacant for the
-woken follower to take, because the old leader, which holds the GIL while
-the heir wakes, came back with its next put and took a vacant office first
-in 962 of 965 groups (8 writers): the heir's wake-up, its wait for the GIL
-and its second sleep were spent for nothing, and the leader's own next put
-went into the group it led alone.  Handed over, the heir's group takes the
-old leader's next put with it; and the writers of the group just done are
-released when the heir takes the office, not beside it, so that the thread
-the GIL goes to next is the heir (records per fsync 3.9 -> 4.4 with 8
-writers, thread switches 4.4 -> 2.4 a put, CPU a put -18%:
-bench/results/write-2026-11-27-session9.md).  (A leader committing the
+requests are done and one follower whose request is still queued (the next
+leader: it takes everything queued meanwhile).  A condition's
+``notify_all`` would wake every follower to find, most of them, that their
+records are in the next group and go back to sleep: with 8 writers that was
+several thread switches per record, for nothing.  (A leader committing the
 group queued meanwhile itself, instead of waking a follower for it, was
 measured and not kept: bench/results/write-lead-more-2026-11-27-session8.txt.)
 
@@ -110,12 +99,6 @@ class WAL:
         self._cv = threading.Condition(self._mu)
         self._queue: list[Request] = []
         self._leader = False
-        # the sleeper _wake handed the office to (``_leader`` stays set for it):
-        # it leads when it wakes, nobody else takes the office meanwhile
-        self._heir: tuple | None = None
-        # wake locks of writers whose group is done, released when the heir
-        # takes the office (or by _wake when nobody is handed it)
-        self._ready: list = []
         # followers asleep in wait(): (their wake lock, the request they wait for)
         self._sleepers: list[tuple] = []
         self._flushers = 0          # flush() calls waiting on the condition for the office
@@ -229,7 +212,7 @@ class WAL:
 
         Several threads may wait for one request (a put of a hash another
         put has queued); each sleeps on its own lock until the leader that
-        made the request durable releases it, or hands it the office.
+        made the request durable releases it, or picks it to lead next.
         """
         cv = self._cv
         cv.acquire()
@@ -245,24 +228,16 @@ class WAL:
                     held = False
                     try:
                         wake.acquire()    # released by a leader: done, or lead next
-                        if req.done:      # done and error are set before the release
-                            break
-                        cv.acquire()
                     except BaseException:
                         self._leave(entry)
                         raise
+                    if req.done:          # done and error are set before the release
+                        break
+                    cv.acquire()
                     held = True
-                    if self._heir is not entry:
-                        continue          # woken beside a flush: compete for the office
-                    self._heir = None     # handed the office (_leader is set): lead
-                else:
-                    self._leader = True
+                    continue
+                self._leader = True
                 try:
-                    ready = self._ready
-                    if ready:               # the last group's writers (see _wake)
-                        self._ready = []
-                        for w in ready:
-                            w.release()
                     if self.durability == "batch" and self.batch_delay > 0:
                         cv.wait(self.batch_delay)   # let more writers join this group
                     group, self._queue = self._queue, []
@@ -274,7 +249,7 @@ class WAL:
                         cv.acquire()
                         held = True
                     self._leader = False
-                    if self._sleepers or self._flushers or self._ready:
+                    if self._sleepers or self._flushers:
                         self._wake()
         finally:
             if held:
@@ -283,32 +258,23 @@ class WAL:
             raise req.error
 
     def _leave(self, entry: tuple) -> None:
-        """A follower interrupted in its sleep (or on its way back to the
-        mutex): take it off the list, and if a leader had already handed it
-        the office, or picked it to compete for it, pass that on."""
+        """A follower interrupted in its sleep: take it off the list, and if a
+        leader had already picked it to lead next, pass that on."""
         with self._cv:
             try:
                 self._sleepers.remove(entry)
             except ValueError:      # released meanwhile
-                if self._heir == entry:     # (a tuple equal to it: its lock)
-                    self._heir = None
-                    self._leader = False
-                    self._wake()
-                elif not self._leader and not entry[1].done:
+                if not self._leader and not entry[1].done:
                     self._wake()
 
     def _wake(self) -> None:
-        """After a group (under the mutex, the office vacant): hand the office
-        to the first follower whose request is still queued, who leads next,
-        and release every follower whose request is done once it takes the
-        office (now, when nobody is handed it).  While ``flush`` waits
-        for the office (on the condition) it is left vacant instead, that
-        follower woken to compete for it, so a flush is not held off by
-        writers handing the office on."""
+        """After a group (under the mutex): release every follower whose
+        request is done, and the first one whose request is still queued, who
+        leads next.  ``flush`` waits on the condition itself."""
         sleepers = self._sleepers
-        done = []
         if sleepers:
             keep = []
+            done = []
             first = None
             for item in sleepers:
                 if item[1].done:
@@ -318,26 +284,12 @@ class WAL:
                 else:
                     keep.append(item)
             if first is not None:
-                if not self._flushers and not self._leader:
-                    self._leader = True
-                    self._heir = first
                 # the next leader first: the group it takes waits for its
                 # wake-up, the returning writers do not
                 first[0].release()
-            self._sleepers = keep
-        if self._heir is not None:
-            # the writers of the group just done wake when the heir takes the
-            # office: by then the heir has the GIL, and they run their next
-            # puts while its group syncs, instead of each waking now to sleep
-            # again on the GIL the heir and the old leader want
-            self._ready.extend(done)
-        else:
-            ready = self._ready
-            if ready:               # an heir that left before taking the office
-                self._ready = []
-                done.extend(ready)
             for wake in done:
                 wake.release()
+            self._sleepers = keep
         if self._flushers:
             self._cv.notify_all()   # flush() waits for the office on the condition
 

@@ -1,14 +1,13 @@
 """The WAL's group commit with targeted wake-ups (stemedb/core/wal.py).
 
 A follower sleeps on a lock of its own; the leader releases the followers
-whose requests its group made durable, and hands the office to one whose
-request is still queued, who leads next.  These tests hold the properties
-that must survive that: every writer returns (none is left asleep), several
-waiters on one request all return, a failed fsync fails every writer of its
-group and stops writes (never retried), a follower handed the office that
-is interrupted passes it on, the office handed over is not taken by a writer
-arriving before its heir wakes, and ``flush`` (``durability="none"``) takes
-the office between groups.
+whose requests its group made durable, and one whose request is still queued
+to lead next.  These tests hold the properties that must survive that: every
+writer returns (none is left asleep), several waiters on one request all
+return, a failed fsync fails every writer of its group and stops writes
+(never retried), a follower picked to lead that is interrupted passes the
+office on, and ``flush`` (``durability="none"``) takes the office between
+groups.
 """
 from __future__ import annotations
 
@@ -73,8 +72,7 @@ def test_every_writer_returns_and_duplicates_share_one_record(opener, durability
     assert all(len(v) == 1 for v in by_key.values()), "a duplicate answers the stored seq"
     assert s.count == len(by_key) + 8 * 3 * 3 and s.check() == []
     wal = s.writer.wal
-    assert wal._sleepers == [] and not wal._leader and wal._queue == [] and wal._heir is None
-    assert wal._ready == []
+    assert wal._sleepers == [] and not wal._leader and wal._queue == []
     # a put's and a batch's in-flight entries go when its own wait returns
     # (durable and applied: the state has the hashes)
     s.put_batch([body(99_990), body(99_991)])
@@ -121,55 +119,12 @@ def test_a_follower_picked_to_lead_that_leaves_passes_the_office_on(opener):
     wal._queue = [a, b]
     wal._sleepers = [(la, a), (lb, b)]
     with wal._cv:
-        wal._wake()            # a leader's end: a is handed the office
+        wal._wake()            # a leader's end: a is picked to lead
     assert not la.locked(), "a is woken to lead"
-    assert wal._leader and wal._heir == (la, a), "the office is a's, not vacant"
     assert wal._sleepers == [(lb, b)] and lb.locked(), "b sleeps on"
     wal._leave((la, a))        # a is interrupted before it took the office
     assert not lb.locked(), "the office passes to b"
-    assert wal._leader and wal._heir == (lb, b)
     assert wal._sleepers == []
-    wal._leave((lb, b))        # b too: nobody is left asleep, the office is vacant
-    assert not wal._leader and wal._heir is None
-    wal._queue = []
-
-
-def test_the_writers_of_a_done_group_wake_when_the_heir_takes_the_office(opener):
-    s = opener()
-    wal = s.writer.wal
-    a, d = Request(b"", []), Request(b"", [])
-    d.done = True
-    la, ld = threading.Lock(), threading.Lock()
-    la.acquire()
-    ld.acquire()
-    wal._queue = [a]
-    wal._sleepers = [(ld, d), (la, a)]
-    with wal._cv:
-        wal._wake()            # a leader's end: d's group is done, a is queued
-    assert not la.locked() and wal._heir == (la, a)
-    assert ld.locked() and wal._ready == [ld], "d waits for a to take the office"
-    wal._leave((la, a))        # a leaves before it took the office: nobody is left
-    assert not ld.locked(), "d is released all the same"
-    assert wal._ready == [] and wal._sleepers == [] and not wal._leader
-    wal._queue = []
-
-
-def test_a_follower_woken_beside_a_flush_is_not_handed_the_office(opener):
-    s = opener()
-    wal = s.writer.wal
-    a = Request(b"", [])
-    la = threading.Lock()
-    la.acquire()
-    wal._queue = [a]
-    wal._sleepers = [(la, a)]
-    wal._flushers = 1
-    with wal._cv:
-        wal._wake()
-    assert not la.locked(), "a is woken to compete for the office"
-    assert not wal._leader and wal._heir is None, "vacant: the flush may take it"
-    wal._flushers = 0
-    wal._leave((la, a))        # a leaves: nobody else to wake, still vacant
-    assert not wal._leader and wal._sleepers == []
     wal._queue = []
 
 
@@ -261,40 +216,3 @@ def test_the_group_queued_behind_a_leader_is_led_by_its_own_writer(opener):
     assert fs.sync_threads == [a_id, b_id]
     assert got["a"][0].created and got["b"][0].created and s.count == 2
     assert wal._sleepers == [] and not wal._leader and wal._queue == []
-
-
-def test_the_office_handed_to_a_follower_is_not_taken_before_it_wakes(opener):
-    """a leads and, once its group is done, hands the office to b (queued
-    behind it) and goes straight on to its next put: that put is queued and
-    waits for b's group, a does not take the office again."""
-    fs = HeldSyncFS()
-    fs.sync_threads = []
-    s = opener(fs=fs, durability="fsync")
-    wal = s.writer.wal
-    fs.sync_threads.clear()
-    fs.wal = wal
-    got = {}
-
-    def a_puts():
-        got["a1"] = s.put(body(1))
-        got["a2"] = s.put(body(3))
-        got["a"] = threading.get_ident()
-
-    def b_puts():
-        got["b1"] = s.put(body(2))
-        got["b"] = threading.get_ident()
-    a = threading.Thread(target=a_puts)
-    a.start()
-    while not fs.sync_threads:          # a leads; its sync holds until b sleeps
-        time.sleep(0.001)
-    b = threading.Thread(target=b_puts)
-    b.start()
-    a.join(20)
-    b.join(20)
-    assert not a.is_alive() and not b.is_alive()
-    assert fs.sync_threads[:2] == [got["a"], got["b"]], "b, handed the office, leads next"
-    assert len(fs.sync_threads) in (2, 3)   # a's next put in b's group, or after it
-    assert all(got[k].created for k in ("a1", "a2", "b1")) and s.count == 3
-    assert s.check() == []
-    assert wal._sleepers == [] and not wal._leader and wal._queue == [] and wal._heir is None
-    assert wal._ready == []
