@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from . import datadir, fast, records, recovery
+from . import datadir, records, recovery
 from .audit import AuditLog, audit_enabled
 from .checkpoint import Checkpoints
 from .implementation import log_startup
-from .format import REC_ASSERT
 from .reader import Reader
-from .state import SMALL_GROUP
 from .wal import WAL
 from .writer import Writer
 
@@ -45,34 +43,20 @@ def on_durable(parts: list[Any], group: list, anchor: dict) -> None:
     (State.apply_group) and move the position it covers with it, both under
     the index lock, so a snapshot is a consistent cut.  ``parts`` holds the
     Parts once the open has wired them (no group is durable before).
-
-    A group of single puts (W1's group of one; W2's few, compiled) goes
-    to ``State._apply_one`` request by request, as ``apply_group`` would
-    send it, without ``records.group_frames`` joining the requests' bytes
-    and listing their offsets, types and seqs for it to take apart again
-    (~0.5 us a put; tests/unit/test_on_durable.py holds the two equal)."""
+    A group of single puts goes to ``State.apply_requests`` as it is, without
+    ``records.group_frames`` (``State.single_puts`` says which groups)."""
     p: Parts = parts[0]
     st = p.reader.state
-    n = len(group)
-    if st._replay is None and (n == 1 or (fast.COMPILED and n <= SMALL_GROUP)):
-        for r in group:
-            fr = r.frames
-            if fr is None or len(fr[1]) != 1 or fr[1][0] != REC_ASSERT:
-                break
-        else:
-            one = st._apply_one
-            with p.reader.lock:
-                for r in group:
-                    segno, at = r.locs[0]
-                    one(r.data, 0, r.frames[2][0], (segno << 40) + at)
-                p.checkpoints.anchor = anchor
-            p.checkpoints.applied(anchor, n)
-            return
-    args = records.group_frames(group)
+    args: tuple
+    if st.single_puts(group):
+        apply, args, n = st.apply_requests, (group,), len(group)
+    else:
+        args = records.group_frames(group)
+        apply, n = st.apply_group, len(args[1])
     with p.reader.lock:
-        st.apply_group(*args)
+        apply(*args)
         p.checkpoints.anchor = anchor
-    p.checkpoints.applied(anchor, len(args[1]))
+    p.checkpoints.applied(anchor, n)
 
 
 def open_parts(path: str, fs, clock, *, durability: str, segment_size: int,
