@@ -1569,33 +1569,6 @@ cdef object _answer_token(st, dict path_ids, dict pred_ids, list paths, predicat
     return (st.gen, npaths, npreds, tuple(parts))
 
 
-cdef object _key_token(st, dict path_ids, dict pred_ids, str path, str predicate,
-                       Py_ssize_t gen_mask, Py_ssize_t gen_mix):
-    """``_answer_token(st, path_ids, pred_ids, [path], predicate, False, ..)``,
-    the same tuple, for a first page's one path and predicate: the key's
-    generation read straight into the token, without the lists of the
-    general case (a path or predicate not stored takes that case)."""
-    cdef list kg = st.key_gen, pg = st.path_gen
-    cdef PyObject* ep
-    cdef PyObject* eq
-    cdef Py_ssize_t pid, qid
-    if len(kg) <= gen_mask or len(pg) <= gen_mask or gen_mask < 0:
-        raise ValueError("the generation slots are fewer than the mask covers")
-    ep = PyDict_GetItem(path_ids, path)
-    eq = PyDict_GetItem(pred_ids, predicate)
-    if ep == NULL or eq == NULL:
-        return _answer_token(st, path_ids, pred_ids, [path], predicate, False, gen_mask,
-                             gen_mix)
-    pid = <object>ep
-    qid = <object>eq
-    return (st.gen, -1, -1, (kg[(pid * gen_mix + qid) & gen_mask],))
-
-
-def key_token(st, str path, str predicate, gen_mask, gen_mix):
-    """_key_token, for the parity tests (against answer_token)."""
-    return _key_token(st, st.path_ids, st.pred_ids, path, predicate, gen_mask, gen_mix)
-
-
 def answer_token(st, list paths, predicate, include_descendants, gen_mask, gen_mix):
     """See qpure.answer_token."""
     return _answer_token(st, st.path_ids, st.pred_ids, paths, predicate,
@@ -1783,12 +1756,8 @@ cdef class FirstPage:
                 paths += st.descendant_paths(concept_path)
             akey = (concept_path, predicate, include_descendants, name, None, None, None,
                     self.lifecycles, None, False, False, None)
-            if incl or predicate is None:
-                token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
-                                      self.gen_mask, self.gen_mix)
-            else:
-                token = _key_token(st, path_ids, pred_ids, concept_path, predicate,
-                                   self.gen_mask, self.gen_mix)
+            token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
+                                  self.gen_mask, self.gen_mix)
             ans = _cached_answer(cache, akey, token)
             if ans is not None and ans.held is not None and len(ans.ords) <= limit:
                 page = self._page(st, ans)

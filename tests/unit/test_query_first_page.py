@@ -250,9 +250,6 @@ def _tokens(st, paths, pred, desc):
            Q._token(st, paths, pred, desc)]
     if _query is not None:
         out.append(_query.answer_token(st, paths, pred, desc, Q.GEN_MASK, Q.GEN_MIX))
-        if len(paths) == 1 and pred is not None and not desc:
-            # the first page's one-key token (_key_token), stored or not
-            out.append(_query.key_token(st, paths[0], pred, Q.GEN_MASK, Q.GEN_MIX))
     return out
 
 
@@ -281,16 +278,10 @@ def test_a_damaged_generation_table_is_refused_by_both(clocked, monkeypatch):
     if _query is not None:
         with pytest.raises(ValueError):
             _query.answer_token(st, ["d/e0"], "p0", False, Q.GEN_MASK, Q.GEN_MIX)
-        for path, pred in (("d/e0", "p0"), ("d/none", "p0"), ("d/e0", "p9")):
-            with pytest.raises(ValueError):
-                _query.key_token(st, path, pred, Q.GEN_MASK, Q.GEN_MIX)
     monkeypatch.setattr(st, "key_gen", st.path_gen)
     monkeypatch.setattr(st, "path_gen", st.path_gen[:100])
     with pytest.raises(ValueError):
         qpure.answer_token(st, ["d/e0"], "p0", False, Q.GEN_MASK, Q.GEN_MIX)
-    if _query is not None:
-        with pytest.raises(ValueError):
-            _query.key_token(st, "d/e0", "p0", Q.GEN_MASK, Q.GEN_MIX)
 
 
 # ------------------------------------------------------------------ construction
