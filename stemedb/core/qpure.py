@@ -385,7 +385,8 @@ def first_page(env: tuple):
     Result, QueryResult and Assertion classes, the audit's moment class,
     query._resolve, query._finish, qaudit._audit, the AuditLog class, the
     audit parameters' names and timeutil.now_us (the last three are read by
-    the compiled twin only).
+    the compiled twin only; the default lifecycles by neither since the
+    default view's answer key is the short one, query._answer_key).
 
     The returned function takes ``(reader, concept_path, predicate,
     include_descendants, lens, limit, agent)`` and gives run_query's
@@ -422,9 +423,8 @@ def first_page(env: tuple):
             paths = [concept_path]
             if include_descendants:
                 paths += st.descendant_paths(concept_path)
-            # query._answer_key of the default Filters
-            akey = (concept_path, predicate, include_descendants, name, None, None, None,
-                    lifecycles, None, False, False, None)
+            # query._answer_key of the default Filters (its short key)
+            akey = (concept_path, predicate, include_descendants, name)
             token = answer_token(st, paths, predicate, include_descendants, gen_mask, gen_mix)
             ans = cache.answer(akey, token)
             page = None

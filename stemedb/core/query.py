@@ -105,7 +105,15 @@ def _answer_key(concept_path, predicate, include_descendants, lens_name, f: Filt
     is left out: while the generations of ``_token`` stand still nothing the
     answer reads has changed, so the view at any later moment gives the same
     answer (time-bound queries, whose "now" does matter, are not kept
-    unpinned).  A cursor's page is filed under its pin."""
+    unpinned).  A cursor's page is filed under its pin.  The default view's
+    first page (every filter at its default, as qfast.first_page asks it) is
+    filed under the first four alone: a key of another length never equals
+    it, and a short key is hashed and compared in a third of the work (it
+    is hashed twice and compared twice on every answer hit)."""
+    if (not pinned and f.as_of is None and f.known_at is None and f.since is None
+            and f.lifecycles == DEFAULT_LIFECYCLES and f.epoch is None and f.decay is False
+            and f.include_retracted is False):
+        return (concept_path, predicate, include_descendants, lens_name)
     pin = (f.seq_bound, f.rec_bound, f.at_us) if pinned else None
     return (concept_path, predicate, include_descendants, lens_name, f.as_of, f.known_at,
             f.since, f.lifecycles, f.epoch, f.decay, f.include_retracted, pin)

@@ -352,3 +352,48 @@ def test_the_line_of_a_held_answer_is_audit_heads(clocked, agent):
 def test_name_keys_are_the_names_json():
     names = Q._AUDIT_PARAMS + ('a"b', "é\u2028", "\x01\\")
     assert _query.name_keys(names) == tuple(orjson.dumps(n) + b":" for n in names)
+
+
+@pytest.mark.parametrize("changed", [
+    {}, {"as_of": "2024-03-01T00:00:00Z"}, {"known_at": "2024-03-01T00:00:00Z"},
+    {"since": "2024-03-01T00:00:00Z"}, {"lifecycle": "approved"}, {"lifecycle": "any"},
+    {"epoch": "e1"}, {"decay": True}, {"include_retracted": True}])
+@pytest.mark.parametrize("pinned", [False, True])
+def test_answer_key_short_only_for_the_default_view(changed, pinned):
+    """query._answer_key files the default view's first page (what
+    first_page asks) under (path, predicate, include_descendants, lens)
+    and anything else (a filter not at its default, a cursor's pin) under
+    the whole 12-tuple: keys of two lengths are never equal, so no other
+    view can take the default one's answer or give it its own."""
+    f = Q.parse_filters(**changed)
+    f.seq_bound, f.rec_bound, f.at_us = 7, 8, 9
+    key = Q._answer_key("d/e0", "p0", False, "recency", f, pinned)
+    if not changed and not pinned:
+        assert key == ("d/e0", "p0", False, "recency")
+    else:
+        assert len(key) == 12 and key[:4] == ("d/e0", "p0", False, "recency")
+        assert key[11] == ((7, 8, 9) if pinned else None)
+        assert key != ("d/e0", "p0", False, "recency")
+
+
+@pytest.mark.parametrize("name,first", IMPLS)
+def test_first_page_and_run_query_share_the_default_answer(clocked, monkeypatch, name, first):
+    """The answer the one-call path files is the one run_query finds (an
+    answer hit, no second answer), and the reverse; a filtered query of
+    the same key is a miss filed beside it."""
+    store = clocked()
+    _fill(store, 3)
+    cache = store.reader.cache
+    out = first(store.reader, "d/e1", "p1", False, "recency", 100, None)
+    assert out is not None
+    h, n = cache.answer_hits, len(cache._d)
+    set_first(monkeypatch, _off)
+    assert Q.run_query(store.reader, "d/e1", predicate="p1").assertions == out.assertions
+    assert (cache.answer_hits, len(cache._d)) == (h + 1, n)
+    Q.run_query(store.reader, "d/e2", predicate="p0")           # run_query files it
+    h = cache.answer_hits
+    assert first(store.reader, "d/e2", "p0", False, "recency", 100, None) is not None
+    assert cache.answer_hits == h + 1
+    m = cache.answer_misses
+    Q.run_query(store.reader, "d/e1", predicate="p1", lifecycle="any")
+    assert cache.answer_misses == m + 1
