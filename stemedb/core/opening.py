@@ -83,7 +83,7 @@ def open_parts(path: str, fs, clock, *, durability: str, segment_size: int,
         wal.start_appending()
         trail = AuditLog(os.path.join(path, "audit"), max_bytes=audit_max_bytes,
                          fs=fs) if audit else None
-        reader = Reader(got.state, wal, threading.RLock(), clock, trail, read_cache_bytes)
+        reader = Reader(got.state, wal, Reader.new_lock(), clock, trail, read_cache_bytes)
         parts = Parts(lock_fd, wal, trail, reader, Writer(wal, reader, clock),
                       Checkpoints(path, fs, wal, reader, clock, snapshot_interval),
                       got.rebuilt, got.replayed)

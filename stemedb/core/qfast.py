@@ -39,5 +39,6 @@ first_page = _query.first_page if COMPILED else qpure.first_page
 new_assertions = _query.new_assertions if COMPILED else qpure.new_assertions
 read_clock = _query.read_clock if COMPILED else qpure.read_clock
 CacheLock = _query.CacheLock if COMPILED else qpure.CacheLock
+ReaderLock = _query.ReaderLock if COMPILED else qpure.ReaderLock
 if COMPILED:    # (the pure build sums reader.record_size itself: its twin)
     held_size = _query.held_size

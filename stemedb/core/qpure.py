@@ -174,6 +174,10 @@ SMALL_TAKE = 16   # below this many ordinals, per-element item() beats a fancy i
 # _query.CacheLock, which behaves as this one for what the cache asks of it
 CacheLock = threading.Lock
 
+# The reader's lock (reader.Reader.lock, made by Reader.new_lock); the
+# compiled build's is _query.ReaderLock, which behaves as this one
+ReaderLock = threading.RLock
+
 
 def read_clock(clock, now_us) -> int:
     """``clock()`` (``now_us``: timeutil's, which the compiled twin reads

@@ -372,6 +372,11 @@ def entry_size(rec: AssertionRecord, length: int) -> int:
 class Reader:
     """Reads of one open store; thread-safe (``lock`` guards ``state``)."""
 
+    # The store's reader lock (opening.py): threading.RLock, or in the
+    # compiled build _query.ReaderLock, its twin that the first page takes
+    # from C (qfast.ReaderLock)
+    new_lock = staticmethod(qfast.ReaderLock)
+
     def __init__(self, state, wal, lock, clock: Callable[[], int], audit=None,
                  cache_bytes: int = DEFAULT_READ_CACHE_BYTES):
         self.state = state          # the in-memory indexes (stemedb.core.state.State)
