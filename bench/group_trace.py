@@ -22,6 +22,16 @@ wrapper of the WAL's ``on_durable`` step, the apply.  Per run it prints:
   the apply to the next group's ``write`` (negative when the next group was
   written before this one was applied).
 
+With ``--slice K`` the puts are made as ``bench.run``'s W2 makes them:
+slices of ``K`` puts per thread, new threads per slice released at a
+barrier, the time the sum of the slices'.  Per run it adds the spread of the
+threads' end times within a slice (median over the slices: a thread that
+leads group after group puts once a cycle, the others once every two, so
+it finishes first and the slice ends with fewer writers and smaller
+groups) and the fdatasync's median by tenth of a slice's groups (on the
+shared VM a sync after an idle gap is slower: bench/results/
+write-2026-11-27-session10.md).
+
 A diagnostic, not a benchmark with a target: its figures are wall-clock on a
 shared machine; compare runs made one after the other (``--reps``).
 """
@@ -87,7 +97,7 @@ class SleepSyncFS(TracedFS):
 
 
 def run(threads: int, puts: int, durability: str, offset: int, delay_ms: float = 2.0,
-        sleep_sync_us: float = 0.0, where: str | None = None) -> dict:
+        sleep_sync_us: float = 0.0, where: str | None = None, slice_puts: int = 0) -> dict:
     from bench.workload import generate
     from stemedb import open_store
 
@@ -128,29 +138,42 @@ def run(threads: int, puts: int, durability: str, offset: int, delay_ms: float =
     wal.on_durable = on_durable
     fs.events.clear()
     lats: list[float] = []
-    barrier = threading.Barrier(threads + 1)
-
-    def work(part):
-        put = s.put
-        mine = []
-        barrier.wait()
-        for b in part:
-            t = _now()
-            put(b)
-            mine.append(_now() - t)
-        lats.extend(mine)
-
-    ts = [threading.Thread(target=work, args=(items[i::threads],)) for i in range(threads)]
-    for th in ts:
-        th.start()
+    parts = [items[i::threads][:puts] for i in range(threads)]
+    step = slice_puts or puts
+    bounds: list[tuple[float, float]] = []   # each slice's (start, end)
+    spreads: list[float] = []                # each slice's last thread end - first
     gc.collect()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
-    barrier.wait()
-    t0, c0 = _now(), time.process_time()
-    for th in ts:
-        th.join()
-    t1, c1 = _now(), time.process_time()
+    c0 = time.process_time()
+    for k in range(0, puts, step):
+        barrier = threading.Barrier(threads + 1)
+        ends = [0.0] * threads
+
+        def work(i, part, barrier=barrier, ends=ends):
+            put = s.put
+            mine = []
+            barrier.wait()
+            for b in part:
+                t = _now()
+                put(b)
+                mine.append(_now() - t)
+            ends[i] = _now()
+            lats.extend(mine)
+
+        ts = [threading.Thread(target=work, args=(i, parts[i][k:k + step]))
+              for i in range(threads)]
+        for th in ts:
+            th.start()
+        barrier.wait()
+        ts0 = _now()
+        for th in ts:
+            th.join()
+        bounds.append((ts0, _now()))
+        spreads.append(max(ends) - min(ends))
+    c1 = time.process_time()
     r1 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = bounds[0][0]
+    wall = sum(b - a for a, b in bounds)
     n = threads * puts
     events = [e for e in fs.events if e[1] >= t0]
     if s.count != n or s.check():
@@ -180,13 +203,21 @@ def run(threads: int, puts: int, durability: str, offset: int, delay_ms: float =
             busy += s1 - max(s0, end)
             end = s1
     total = sum(e[2] - e[1] for e in syncs)
+    # fdatasync by position in its slice: tenths of the slice's groups
+    tenths: dict[int, list[float]] = {}
+    for a, b in bounds:
+        mine = [e for e in syncs if a <= e[1] <= b]
+        for j, e in enumerate(mine):
+            tenths.setdefault(j * 10 // len(mine), []).append(e[2] - e[1])
     lats.sort()
     return {
-        "rps": n / (t1 - t0), "groups": len(applies), "per_fsync": n / max(1, len(applies)),
+        "rps": n / wall, "groups": len(applies), "per_fsync": n / max(1, len(applies)),
+        "spread_ms": statistics.median(spreads) * 1e3,
+        "sync_by_tenth_us": [round(statistics.median(tenths[j]) * 1e6) for j in sorted(tenths)],
         "hist": dict(sorted(Counter(sizes).items())),
         "cpu_us": (c1 - c0) / n * 1e6,
         "csw": ((r1.ru_nvcsw - r0.ru_nvcsw) + (r1.ru_nivcsw - r0.ru_nivcsw)) / n,
-        "disk_busy": busy / (t1 - t0), "overlap": total / busy if busy else 0.0,
+        "disk_busy": busy / wall, "overlap": total / busy if busy else 0.0,
         "cycle_us": {k: statistics.median(v) * 1e6 if v else 0.0 for k, v in cyc.items()},
         "p50_ms": lats[len(lats) // 2] * 1e3, "p99_ms": lats[int(0.99 * len(lats))] * 1e3,
     }
@@ -205,18 +236,25 @@ def main() -> None:
     ap.add_argument("--dir", help="where the stores go (default: the temp directory); a "
                                   "tmpfs such as /dev/shm takes the disk out (fdatasync "
                                   "returns at once) and leaves the code's own costs")
+    ap.add_argument("--slice", type=int, default=0, metavar="K",
+                    help="bench.run's shape: slices of K puts per thread, new threads "
+                         "per slice (bench.run's W2: --puts 500 --slice 50)")
     a = ap.parse_args()
     from stemedb.core.implementation import describe
     print(f"bench.group_trace: {a.threads} threads x {a.puts} puts, durability={a.durability}, "
-          f"{describe()[0]}, load {os.getloadavg()[0]:.2f}")
+          f"{describe()[0]}, load {os.getloadavg()[0]:.2f}"
+          + (f", slices of {a.slice} puts a thread" if a.slice else ""))
     for r in range(a.reps):
         x = run(a.threads, a.puts, a.durability, r * a.threads * a.puts, a.batch_delay_ms,
-                a.sleep_sync_us, a.dir)
+                a.sleep_sync_us, a.dir, a.slice)
         c = x["cycle_us"]
         print(f"run {r + 1}: {x['rps']:,.0f} records/s, {x['per_fsync']:.2f} per fsync "
               f"{x['hist']}, CPU {x['cpu_us']:.1f} us/record, {x['csw']:.2f} switches/record, "
               f"disk busy {x['disk_busy']:.0%} (overlap {x['overlap']:.2f}), p50 {x['p50_ms']:.3f} ms p99 {x['p99_ms']:.3f} ms")
         print("       cycle (median us): " + ", ".join(f"{k} {v:.1f}" for k, v in c.items()))
+        if a.slice:
+            print(f"       threads' end spread in a slice (median) {x['spread_ms']:.2f} ms; "
+                  f"fdatasync median by tenth of a slice (us) {x['sync_by_tenth_us']}")
 
 
 if __name__ == "__main__":

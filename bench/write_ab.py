@@ -14,6 +14,10 @@ the fsync's; otherwise ``durability="fsync"``):
 
 * ``w1``: one writer, 2,000 puts;
 * ``w2``: 8 threads, 500 puts each;
+* ``w2s``: the same 4,000 puts in ``bench.run``'s W2 shape: ten slices of
+  8 threads x 50 puts, new threads per slice released at a barrier, the
+  time the sum of the slices' (a slice's start and its last stragglers
+  count; CPU includes the threads' start);
 * ``w3``: ``put_batch`` of 1,000, 50,000 assertions;
 * ``w3l``: the same, 200,000 assertions (``bench.run``'s W3: past 65,536
   records each group goes to the maps' recent dicts, and the heap holds the
@@ -75,6 +79,23 @@ def one(mode: str, offset: int) -> dict:
             t = perf()
             s.put(b)
             lats.append(perf() - t)
+    elif kind == "w2s":
+        # bench.run's W2 as it runs there: slices of 8 x 50 puts, each slice
+        # new threads released at a barrier (bench.suite.w2_threads), the
+        # time the sum of the slices' (so a slice's start and its last
+        # stragglers count, as they do in bench.run)
+        from bench.suite import w2_threads
+
+        class Adapter:
+            put = s.put
+        items = items_all[offset:offset + 4000]
+        wall = 0.0
+        c0 = time.process_time()
+        for i in range(0, len(items), 400):
+            r = w2_threads(Adapter, items[i:i + 400], threads=8)
+            wall += r["seconds"]
+            lats.extend(r["latencies"])
+        t0 = perf() - wall
     elif kind == "w2":
         items = items_all[offset:offset + 4000]
 
