@@ -1905,6 +1905,45 @@ def held_size(list recs not None, Py_ssize_t per, Py_ssize_t overhead):
     return n
 
 
+def missed_entries(list recs not None, list locs not None, read_many, Py_ssize_t base,
+                   Py_ssize_t derived_extra, Py_ssize_t signed_extra):
+    """reader.Reader._fill's loop, in one call: the records missing (None)
+    from ``recs`` read by ``read_many(their locs)`` (a list of ``(record,
+    frame body length)``) and put in place, and their cache entries
+    ``(loc, record, reader.entry_size(record, length))`` returned, the size
+    with entry_size's formula (``base``, ``derived_extra``,
+    ``signed_extra``: reader's RECORD_BASE, DERIVED_EXTRA, SIGNED_EXTRA).
+    The pure build runs _fill's own loop, its twin
+    (tests/unit/test_missed_entries.py): ~10 us of the glue around the read
+    in a consensus query's miss of 20 candidates (bench.http_engine
+    --stages), a Python entry_size call a record among it.  ValueError when
+    recs and locs, or what read_many gives and the missing ones, differ in
+    length."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(recs), i, k, m, size
+    if PyList_GET_SIZE(locs) != n:
+        raise ValueError("recs and locs differ in length")
+    cdef list miss = [], mlocs = [], new = []
+    for i in range(n):
+        if PyList_GET_ITEM(recs, i) == <PyObject*>None:
+            miss.append(i)
+            mlocs.append(<object>PyList_GET_ITEM(locs, i))
+    got = read_many(mlocs)
+    m = PyList_GET_SIZE(miss)
+    if len(got) != m:
+        raise ValueError("the records read and the ones missing differ in number")
+    for k in range(m):
+        rec, length = got[k]
+        size = base + <Py_ssize_t?>length
+        d = rec.derived_from
+        if d is not None:
+            size += derived_extra * (1 + len(d))
+        if rec.agent_id is not None:
+            size += signed_extra
+        recs[<Py_ssize_t>(<object>PyList_GET_ITEM(miss, k))] = rec
+        new.append((<object>PyList_GET_ITEM(mlocs, k), rec, size))
+    return new
+
+
 def read_clock(clock, now_us):
     """``clock()``: read here (CLOCK_REALTIME, as time.time_ns) when it is
     timeutil's ``now_us`` (its ``time.time_ns() // 1000`` without a Python

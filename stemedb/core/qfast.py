@@ -42,3 +42,5 @@ CacheLock = _query.CacheLock if COMPILED else qpure.CacheLock
 ReaderLock = _query.ReaderLock if COMPILED else qpure.ReaderLock
 if COMPILED:    # (the pure build sums reader.record_size itself: its twin)
     held_size = _query.held_size
+    # (the pure build runs reader.Reader._fill's own loop: its twin)
+    missed_entries = _query.missed_entries
