@@ -2017,6 +2017,30 @@ cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident() nogil
 
 
+cdef int _check_timeout(bint blocking, double timeout) except -1:
+    """threading's refusals of an acquire's arguments."""
+    if not blocking and timeout != -1:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    if timeout < 0 and timeout != -1:
+        raise ValueError("timeout value must be a non-negative number")
+    return 0
+
+
+cdef int _acquire_within(PyThread_type_lock l, double timeout) except -1:
+    """1 when ``l`` was taken within ``timeout`` seconds (>= 0; waiting with
+    the GIL released), else 0."""
+    cdef int got
+    cdef long long us
+    if timeout * 1e6 > <double>PY_TIMEOUT_MAX:
+        raise OverflowError("timeout value is too large")
+    us = <long long>(timeout * 1e6)
+    got = PyThread_acquire_lock_timed(l, 0, 0)
+    if got != PY_LOCK_ACQUIRED and us > 0:
+        with nogil:
+            got = PyThread_acquire_lock_timed(l, us, 0)
+    return 1 if got == PY_LOCK_ACQUIRED else 0
+
+
 cdef class CacheLock:
     """The read cache's lock (reader.ReadCache._lock) in the compiled build:
     threading.Lock's behaviour for what the cache asks of it (acquire with
@@ -2058,12 +2082,7 @@ cdef class CacheLock:
         return 0
 
     def acquire(self, bint blocking=True, double timeout=-1):
-        cdef int got
-        cdef long long us
-        if not blocking and timeout != -1:
-            raise ValueError("can't specify a timeout for a non-blocking call")
-        if timeout < 0 and timeout != -1:
-            raise ValueError("timeout value must be a non-negative number")
+        _check_timeout(blocking, timeout)
         if not blocking:
             if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
                 return False
@@ -2072,14 +2091,7 @@ cdef class CacheLock:
         if timeout == -1:
             self.take()
             return True
-        if timeout * 1e6 > <double>PY_TIMEOUT_MAX:
-            raise OverflowError("timeout value is too large")
-        us = <long long>(timeout * 1e6)
-        got = PyThread_acquire_lock_timed(self._l, 0, 0)
-        if got != PY_LOCK_ACQUIRED and us > 0:
-            with nogil:
-                got = PyThread_acquire_lock_timed(self._l, us, 0)
-        if got != PY_LOCK_ACQUIRED:
+        if not _acquire_within(self._l, timeout):
             return False
         self._held = True
         return True
@@ -2163,13 +2175,8 @@ cdef class ReaderLock:
         return 0
 
     def acquire(self, bint blocking=True, double timeout=-1):
-        cdef int got
-        cdef long long us
         cdef unsigned long me = PyThread_get_thread_ident()
-        if not blocking and timeout != -1:
-            raise ValueError("can't specify a timeout for a non-blocking call")
-        if timeout < 0 and timeout != -1:
-            raise ValueError("timeout value must be a non-negative number")
+        _check_timeout(blocking, timeout)
         if self._count and self._owner == me:
             self.take()
             return True
@@ -2179,16 +2186,8 @@ cdef class ReaderLock:
         elif timeout == -1:
             if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
                 self._wait()
-        else:
-            if timeout * 1e6 > <double>PY_TIMEOUT_MAX:
-                raise OverflowError("timeout value is too large")
-            us = <long long>(timeout * 1e6)
-            got = PyThread_acquire_lock_timed(self._l, 0, 0)
-            if got != PY_LOCK_ACQUIRED and us > 0:
-                with nogil:
-                    got = PyThread_acquire_lock_timed(self._l, us, 0)
-            if got != PY_LOCK_ACQUIRED:
-                return False
+        elif not _acquire_within(self._l, timeout):
+            return False
         self._owner = me
         self._count = 1
         return True

@@ -46,7 +46,9 @@ def test_acquire_release_locked(cls):
     assert not lock.locked()
 
 
-@pytest.mark.parametrize("cls", IMPLS)
+# (the reader's lock, test_reader_lock.py, refuses them the same way)
+@pytest.mark.parametrize("cls", IMPLS + [qpure.ReaderLock] + (
+    [_query.ReaderLock] if _query is not None else []))
 def test_bad_timeouts_are_refused_as_threading_refuses_them(cls):
     lock = cls()
     with pytest.raises(ValueError):
@@ -55,7 +57,11 @@ def test_bad_timeouts_are_refused_as_threading_refuses_them(cls):
         lock.acquire(True, -2)
     with pytest.raises(OverflowError):
         lock.acquire(True, 1e300)
-    assert not lock.locked()
+    got = []
+    t = threading.Thread(target=lambda: got.append(lock.acquire(blocking=False)))
+    t.start()
+    t.join()
+    assert got == [True]                # none of them took it
 
 
 @pytest.mark.parametrize("cls", IMPLS)
