@@ -844,6 +844,8 @@ cdef object _a_format_time = None
 cdef object _a_number = None
 cdef object _a_value = None
 cdef object _a_astuple = None
+cdef tuple _a_sc_json = ()      # each source class and lifecycle as its JSON string,
+cdef tuple _a_lc_json = ()      # written by w_str once, not per assertion
 
 
 def configure_answer(tuple source_classes, tuple lifecycles, format_time, number, value,
@@ -852,13 +854,28 @@ def configure_answer(tuple source_classes, tuple lifecycles, format_time, number
     msgspec's encoder of a float, the encoder of a value from its canonical
     JSON (``value_json -> bytes``) and ``msgspec.structs.astuple``."""
     global _a_source_classes, _a_lifecycles, _a_format_time, _a_number, _a_value, _a_astuple
+    global _a_sc_json, _a_lc_json
+    sc_json = tuple(answer_str(x) if type(x) is str else None for x in source_classes)
+    lc_json = tuple(answer_str(x) if type(x) is str else None for x in lifecycles)
+    if None in sc_json or None in lc_json:
+        raise ValueError("the source classes and lifecycles must be str, valid UTF-8")
     _a_source_classes, _a_lifecycles = source_classes, lifecycles
+    _a_sc_json, _a_lc_json = sc_json, lc_json
     _a_format_time, _a_number, _a_value, _a_astuple = format_time, number, value, astuple
 
 
 def value_as_is(bytes vj):
     """``c_value_as_is`` (for the tests)."""
     return c_value_as_is(vj)
+
+
+cdef inline bint word_quote_or_backslash(uint64_t w) noexcept:
+    """Whether one of the eight bytes of ``w`` is '"' or '\\' (the exact
+    "has a zero byte" test on ``w ^ '"'*8`` and ``w ^ '\\'*8``)."""
+    cdef uint64_t ones = 0x0101010101010101ULL
+    cdef uint64_t x = w ^ (ones * 0x22)
+    cdef uint64_t y = w ^ (ones * 0x5c)
+    return (((x - ones) & ~x) | ((y - ones) & ~y)) & 0x8080808080808080ULL != 0
 
 
 cdef bint c_value_as_is(bytes vj):
@@ -876,11 +893,22 @@ cdef bint c_value_as_is(bytes vj):
     cdef bint in_str = False
     cdef int digits = 0
     cdef unsigned char c
+    cdef uint64_t w
     i = 0
     while i < n:
         c = p[i]
         if in_str:
-            # the string's plain run in a tight loop, then its end or escape
+            # the string's plain run eight bytes at a time while no byte of
+            # the word is '"' or '\\' (the values' text: most of their bytes),
+            # then byte by byte to its end or escape
+            while i + 8 <= n:
+                memcpy(&w, p + i, 8)
+                if word_quote_or_backslash(w):
+                    break
+                i += 8
+            if i >= n:
+                return True
+            c = p[i]
             while c != 0x22 and c != 0x5c:
                 i += 1
                 if i >= n:
@@ -1403,8 +1431,6 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
     cdef const char* u_src = NULL
     cdef const char* u_epoch = NULL
     cdef const char* u_status
-    cdef const char* u_sc
-    cdef const char* u_lc
     cdef const char* u_ts = NULL
     cdef const char* u_rec = NULL
     cdef int overflow = 0
@@ -1473,12 +1499,10 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
     k_status = utf8(status, &u_status, &n_status)
     if u_status == NULL:
         return 1
-    sc_text = _a_source_classes[sc]
-    lc_text = _a_lifecycles[lc]
-    k_sc = utf8(sc_text, &u_sc, &n_sc)
-    k_lc = utf8(lc_text, &u_lc, &n_lc)
-    if u_sc == NULL or u_lc == NULL:
-        return 1
+    sc_json = <bytes>_a_sc_json[<Py_ssize_t>sc]
+    lc_json = <bytes>_a_lc_json[<Py_ssize_t>lc]
+    n_sc = PyBytes_GET_SIZE(sc_json)
+    n_lc = PyBytes_GET_SIZE(lc_json)
     # what another writer gives: a value with a fraction or an exponent
     # (msgspec's), a confidence outside repr's range, a year outside 1000-9999
     if c_value_as_is(vj):
@@ -1505,7 +1529,8 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
         if u_rec == NULL:
             return 1
     need += (2 * PyBytes_GET_SIZE(h) + PyBytes_GET_SIZE(value)
-             + 6 * (n_path + n_pred + n_src + n_epoch + n_status + n_sc + n_lc + n_ts + n_rec)
+             + n_sc + n_lc
+             + 6 * (n_path + n_pred + n_src + n_epoch + n_status + n_ts + n_rec)
              + (2 * PyBytes_GET_SIZE(parent) if parent is not None else 0)
              + (2 * PyBytes_GET_SIZE(agent) if agent is not None else 0)
              + (2 * PyBytes_GET_SIZE(sig) if sig is not None else 0))
@@ -1533,9 +1558,9 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
     else:
         q = w_str(q, u_src, n_src)
     q = w_put(q, b',"source_class":', 16)
-    q = w_str(q, u_sc, n_sc)
+    q = w_put(q, PyBytes_AS_STRING(sc_json), n_sc)
     q = w_put(q, b',"lifecycle":', 13)
-    q = w_str(q, u_lc, n_lc)
+    q = w_put(q, PyBytes_AS_STRING(lc_json), n_lc)
     q = w_put(q, b',"parent_hash":', 15)
     if parent is None:
         q = w_put(q, b'null', 4)

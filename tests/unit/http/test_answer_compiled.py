@@ -463,3 +463,56 @@ def test_configure_slots_refuses_other_layouts():
         assert _canon.configure_slots(5, "x") == (False, False)
     finally:
         assert _canon.configure_slots(AssertionRecord, Assertion) == (True, True)
+
+
+# c_value_as_is reads a string's text eight bytes at a time while no byte is
+# '"' or '\\': a quote or backslash at every offset of strings around the
+# word size, each followed by what must not be copied as it is (an
+# exponent, a tiny fraction) and by what may.
+@pytest.mark.parametrize("n", [0, 1, 6, 7, 8, 9, 15, 16, 17, 24, 31, 33])
+def test_the_value_scan_on_every_offset(n):
+    import orjson
+
+    from stemedb.canonical import canonical_json
+    for ch in ['"', "\\", "e", "E", "1", "é", "\x01", "\\\"", "\"\\"]:
+        for at in range(n + 1):
+            s = "a" * at + ch + "b" * (n - at)
+            for value, as_is in (([s, 1e21], False), ([s, 0.0000015], False),
+                                 ({s: [1e-7]}, False), ([s, 1.5, True], True),
+                                 ({s: s, "x": [s, 12]}, True), (s, True)):
+                vj = canonical_json(value)
+                assert _canon.value_as_is(vj) is as_is, (n, at, ch, value)
+                if as_is:
+                    assert msgspec.json.encode(orjson.loads(vj)) == vj
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=json_values)
+def test_a_value_copied_as_it_is_is_msgspecs(value):
+    # the scan's promise: what it copies is what msgspec writes of the decoded value
+    import orjson
+
+    from stemedb.canonical import canonical_json
+    try:
+        vj = canonical_json(value)
+    except (ValueError, TypeError):
+        return
+    if _canon.value_as_is(vj):
+        assert msgspec.json.encode(orjson.loads(vj)) == vj, vj
+
+
+def test_source_class_and_lifecycle_are_written_from_their_json():
+    # configure_answer writes each source class and lifecycle once; a table
+    # that is not text is refused
+    from stemedb.model import LIFECYCLES, SOURCE_CLASSES
+    from stemedb.timeutil import format_time
+    with pytest.raises(ValueError):
+        _canon.configure_answer(SOURCE_CLASSES + (5,), LIFECYCLES, format_time,
+                                answer._encode, answer._value_bytes, msgspec.structs.astuple)
+    with pytest.raises(ValueError):
+        _canon.configure_answer(SOURCE_CLASSES, LIFECYCLES + ("a\ud800",), format_time,
+                                answer._encode, answer._value_bytes, msgspec.structs.astuple)
+    answer.configure_compiled(_canon)
+    for sc in range(len(SOURCE_CLASSES)):
+        for lc in range(len(LIFECYCLES)):
+            _same(msgspec.structs.replace(_record(), source_class=sc, lifecycle=lc))
