@@ -32,6 +32,8 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, strlen
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
+from types import MemberDescriptorType
+
 cdef extern from "blake3/blake3.h":
     # the vendored official C implementation (stemedb/core/blake3/README.md)
     ctypedef struct blake3_hasher:
@@ -54,6 +56,16 @@ cdef extern from "Python.h":
     enum: PyUnicode_4BYTE_KIND
     long long PyLong_AsLongLongAndOverflow(object v, int* overflow) except? -1
     double PyFloat_AS_DOUBLE(object v)
+    ctypedef struct PyObject
+    # a slot's place in its object (the answer writer's field reads: configure_slots)
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+
+cdef extern from "structmember.h":
+    enum: T_OBJECT_EX
 
 DEF MAX_DEPTH = 64
 DEF MAX_SAFE = 9007199254740991          # 2**53 - 1
@@ -832,6 +844,8 @@ cdef object _a_format_time = None
 cdef object _a_number = None
 cdef object _a_value = None
 cdef object _a_astuple = None
+cdef tuple _a_sc_json = ()      # each source class and lifecycle as its JSON string,
+cdef tuple _a_lc_json = ()      # written by w_str once, not per assertion
 
 
 def configure_answer(tuple source_classes, tuple lifecycles, format_time, number, value,
@@ -840,13 +854,28 @@ def configure_answer(tuple source_classes, tuple lifecycles, format_time, number
     msgspec's encoder of a float, the encoder of a value from its canonical
     JSON (``value_json -> bytes``) and ``msgspec.structs.astuple``."""
     global _a_source_classes, _a_lifecycles, _a_format_time, _a_number, _a_value, _a_astuple
+    global _a_sc_json, _a_lc_json
+    sc_json = tuple(answer_str(x) if type(x) is str else None for x in source_classes)
+    lc_json = tuple(answer_str(x) if type(x) is str else None for x in lifecycles)
+    if None in sc_json or None in lc_json:
+        raise ValueError("the source classes and lifecycles must be str, valid UTF-8")
     _a_source_classes, _a_lifecycles = source_classes, lifecycles
+    _a_sc_json, _a_lc_json = sc_json, lc_json
     _a_format_time, _a_number, _a_value, _a_astuple = format_time, number, value, astuple
 
 
 def value_as_is(bytes vj):
     """``c_value_as_is`` (for the tests)."""
     return c_value_as_is(vj)
+
+
+cdef inline bint word_quote_or_backslash(uint64_t w) noexcept:
+    """Whether one of the eight bytes of ``w`` is '"' or '\\' (the exact
+    "has a zero byte" test on ``w ^ '"'*8`` and ``w ^ '\\'*8``)."""
+    cdef uint64_t ones = 0x0101010101010101ULL
+    cdef uint64_t x = w ^ (ones * 0x22)
+    cdef uint64_t y = w ^ (ones * 0x5c)
+    return (((x - ones) & ~x) | ((y - ones) & ~y)) & 0x8080808080808080ULL != 0
 
 
 cdef bint c_value_as_is(bytes vj):
@@ -864,11 +893,22 @@ cdef bint c_value_as_is(bytes vj):
     cdef bint in_str = False
     cdef int digits = 0
     cdef unsigned char c
+    cdef uint64_t w
     i = 0
     while i < n:
         c = p[i]
         if in_str:
-            # the string's plain run in a tight loop, then its end or escape
+            # the string's plain run eight bytes at a time while no byte of
+            # the word is '"' or '\\' (the values' text: most of their bytes),
+            # then byte by byte to its end or escape
+            while i + 8 <= n:
+                memcpy(&w, p + i, 8)
+                if word_quote_or_backslash(w):
+                    break
+                i += 8
+            if i >= n:
+                return True
+            c = p[i]
             while c != 0x22 and c != 0x5c:
                 i += 1
                 if i >= n:
@@ -1123,6 +1163,10 @@ cdef char* w_ll(char* q, long long x) noexcept:
     return q + (24 - i)
 
 
+cdef long long _TIME_LO = -30610224000000000LL
+cdef long long _TIME_HI = 253402300800000000LL
+
+
 cdef bint time_fast(object us, long long* out) except -1:
     """Whether ``w_time`` writes ``us`` (an int of microseconds): it fits a
     long long and its year is 1000-9999, as ``put_time`` decides."""
@@ -1131,8 +1175,10 @@ cdef bint time_fast(object us, long long* out) except -1:
     if overflow:
         return False
     out[0] = v
-    # 1000-01-01T00:00:00Z and 10000-01-01T00:00:00Z in microseconds
-    return -30610224000000000 <= v < 253402300800000000
+    # 1000-01-01T00:00:00Z and 10000-01-01T00:00:00Z in microseconds, as C
+    # constants (the bare literals made Cython compare Python ints: two
+    # PyLongs built and freed a call)
+    return _TIME_LO <= v < _TIME_HI
 
 
 # The day last written and its "YYYY-MM-DD" (a page's recorded_at times
@@ -1198,6 +1244,66 @@ cdef inline bint conf_fast(double x) noexcept:
     return isfinite(x) and (x == 0.0 or 1e-4 <= fabs(x) < 1e16)
 
 
+cdef double _pow10[7]
+_pow10[:] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6]
+
+
+cdef char* w_decimal(char* q, double x) noexcept:
+    """repr's digits of ``x`` when ``x`` is the double nearest a decimal of
+    at most six places and 15 significant digits (``m / 10**k``, found by
+    scaling and checked by the correctly rounded division ``m / 10**k ==
+    |x|``), else NULL: at most 24 bytes.  Two decimals of at most 15
+    significant digits are never the same double (DBL_DIG), so such a
+    decimal is the only one of at most 15 digits that reads back as ``x``:
+    the shortest round-trip digits repr writes, laid out as repr lays out
+    1e-4 <= |x| < 1e16 (``"123.45"``, ``"5.0"``).  The confidences people
+    and the workload write (three decimals) cost this instead of dtoa's
+    ~2,000 instructions when the table misses."""
+    cdef double a = fabs(x)
+    cdef double s
+    cdef long long m, ip, fp, p
+    cdef int k, j
+    if not (a >= 1e-4 and a < 1e15):
+        return NULL
+    for k in range(7):
+        s = a * _pow10[k]
+        if s >= 1e15:
+            return NULL
+        m = <long long>(s + 0.5)
+        if <double>m / _pow10[k] == a:
+            break
+    else:
+        return NULL
+    if x < 0:
+        q[0] = b'-'
+        q += 1
+    if k == 0:
+        q = w_ll(q, m)
+        memcpy(q, b".0", 2)
+        return q + 2
+    p = <long long>_pow10[k]
+    ip = m // p
+    fp = m % p
+    while k > 1 and fp % 10 == 0:      # never after the first k that reads back; kept exact
+        fp //= 10
+        k -= 1
+    q = w_ll(q, ip)
+    q[0] = b'.'
+    for j in range(k, 0, -1):
+        q[j] = <char>(48 + fp % 10)
+        fp //= 10
+    return q + k + 1
+
+
+def answer_decimal(double x):
+    """``w_decimal``'s bytes of ``x``, or None (for the parity test)."""
+    cdef char buf[64]
+    cdef char* e = w_decimal(buf, x)
+    if e == NULL:
+        return None
+    return PyBytes_FromStringAndSize(buf, e - buf)
+
+
 cdef char* w_conf(char* q, double x) except NULL:
     """``put_conf``'s bytes of ``x`` (``conf_fast`` said yes): at most 32,
     from the same table."""
@@ -1210,6 +1316,13 @@ cdef char* w_conf(char* q, double x) except NULL:
     if bits != 0 and slot.bits == bits:
         memcpy(q, slot.s, slot.n)
         return q + slot.n
+    r = w_decimal(q, x)
+    if r != NULL:
+        if bits != 0:
+            memcpy(slot.s, q, r - q)
+            slot.n = <int>(r - q)
+            slot.bits = bits
+        return r
     r = PyOS_double_to_string(x, b'r', 0, 0x02, NULL)    # Py_DTSF_ADD_DOT_0
     try:
         m = strlen(r)
@@ -1225,6 +1338,88 @@ cdef char* w_conf(char* q, double x) except NULL:
     return q + m
 
 
+# The answer writer reads an assertion's record (``model.AssertionRecord``,
+# a msgspec Struct) and the ``model.Assertion`` around it from their slots,
+# at the offsets of their member descriptors, found once (configure_slots)
+# and used only for objects of exactly those types: the reads the
+# descriptors themselves make, without an attribute lookup each (four an
+# assertion) or ``msgspec.structs.astuple``'s tuple.  An empty slot (never
+# for these types once built) takes the path of before: astuple, or the
+# attribute reads, which raise what they raise.
+_REC_FIELDS = ("hash", "recorded_at", "timestamp", "confidence", "source_class", "lifecycle",
+               "concept_path", "predicate", "value_json", "source", "epoch", "parent_hash",
+               "derived_from", "agent_id", "signature")
+_AS_FIELDS = ("record", "seq", "status", "retraction")
+cdef object _rec_type = None
+cdef Py_ssize_t _rec_off[15]
+cdef object _as_type = None
+cdef Py_ssize_t _as_off[4]
+
+
+cdef inline PyObject* slot_at(char* o, Py_ssize_t off) noexcept:
+    return (<PyObject**>(o + off))[0]
+
+
+cdef inline object slot_obj(char* o, Py_ssize_t off):
+    """The object in a slot known not to be empty (a new reference)."""
+    return <object>(<PyObject**>(o + off))[0]
+
+
+cdef bint member_offsets(tp, tuple names, Py_ssize_t* out) except -1:
+    """The slot offsets of ``names`` in ``tp`` (each a plain object member
+    descriptor of ``tp`` itself: ``T_OBJECT_EX``), or False."""
+    cdef PyMemberDescrObject* d
+    cdef Py_ssize_t off
+    if not isinstance(tp, type):
+        return False
+    for i, name in enumerate(names):
+        desc = tp.__dict__.get(name)
+        if type(desc) is not MemberDescriptorType or desc.__objclass__ is not tp:
+            return False
+        d = <PyMemberDescrObject*><PyObject*>desc
+        off = d.d_member.offset
+        if (d.d_member.type != T_OBJECT_EX or off < <Py_ssize_t>(2 * sizeof(void*))
+                or off + <Py_ssize_t>sizeof(void*) > tp.__basicsize__):
+            return False
+        out[i] = off
+    return True
+
+
+def configure_slots(record_type, assertion_type):
+    """Read ``record_type``'s fields (``model.AssertionRecord``, in
+    ``_REC_FIELDS``' order, which must be its ``__struct_fields__``) and
+    ``assertion_type``'s ``record, seq, status, retraction``
+    (``model.Assertion``) from their slots; ``None`` for either: by
+    attribute as before.  Returns which of the two are read from slots."""
+    global _rec_type, _as_type
+    _rec_type = _as_type = None
+    rec_ok = as_ok = False
+    if (record_type is not None
+            and tuple(getattr(record_type, "__struct_fields__", ())) == _REC_FIELDS
+            and member_offsets(record_type, _REC_FIELDS, _rec_off)):
+        _rec_type, rec_ok = record_type, True
+    if assertion_type is not None and member_offsets(assertion_type, _AS_FIELDS, _as_off):
+        _as_type, as_ok = assertion_type, True
+    return rec_ok, as_ok
+
+
+cdef int write_item(Buf* b, a) except -1:
+    """``write_assertion`` of the ``model.Assertion`` ``a``: 1 (nothing
+    written) when it has a retraction or the writer does not decide."""
+    cdef char* o
+    if _as_type is not None and type(a) is _as_type:
+        o = <char*><PyObject*>a
+        if (slot_at(o, _as_off[0]) != NULL and slot_at(o, _as_off[1]) != NULL
+                and slot_at(o, _as_off[2]) != NULL and slot_at(o, _as_off[3]) != NULL):
+            if slot_at(o, _as_off[3]) != <PyObject*>None:
+                return 1
+            return write_assertion(b, slot_obj(o, _as_off[0]), slot_obj(o, _as_off[1]),
+                                   slot_obj(o, _as_off[2]))
+    if a.retraction is not None:
+        return 1
+    return write_assertion(b, a.record, a.seq, a.status)
+
+
 cdef int write_assertion(Buf* b, record, seq, status) except -1:
     """Append one assertion's JSON (see ``assertion_answer``) to ``b``: 0, or
     1 when this pass does not decide (``b`` is then as it was)."""
@@ -1236,8 +1431,6 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
     cdef const char* u_src = NULL
     cdef const char* u_epoch = NULL
     cdef const char* u_status
-    cdef const char* u_sc
-    cdef const char* u_lc
     cdef const char* u_ts = NULL
     cdef const char* u_rec = NULL
     cdef int overflow = 0
@@ -1245,16 +1438,31 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
     cdef double conf_d
     cdef bint ts_ok, rec_ok, conf_ok
     cdef char* q
+    cdef char* o
     if _a_astuple is None or type(status) is not str or type(seq) is not int:
         return 1
     seq_n = PyLong_AsLongLongAndOverflow(seq, &overflow)
     if overflow:
         return 1
-    r = <tuple>_a_astuple(record)
     # hash, recorded_at, timestamp, confidence, source_class, lifecycle,
     # concept_path, predicate, value_json, source, epoch, parent_hash,
     # derived_from, agent_id, signature (model.AssertionRecord)
-    h, rec_at, ts, conf, sc, lc, path, pred, vj, source, epoch, parent, derived, agent, sig = r
+    if _rec_type is not None and type(record) is _rec_type:
+        # read from the record's slots (configure_slots): what astuple
+        # reads, without its 15-tuple built and freed per assertion
+        o = <char*><PyObject*>record
+        for i in range(15):
+            if slot_at(o, _rec_off[i]) == NULL:
+                return 1
+        h, rec_at, ts = slot_obj(o, _rec_off[0]), slot_obj(o, _rec_off[1]), slot_obj(o, _rec_off[2])
+        conf, sc, lc = slot_obj(o, _rec_off[3]), slot_obj(o, _rec_off[4]), slot_obj(o, _rec_off[5])
+        path, pred = slot_obj(o, _rec_off[6]), slot_obj(o, _rec_off[7])
+        vj, source, epoch = slot_obj(o, _rec_off[8]), slot_obj(o, _rec_off[9]), slot_obj(o, _rec_off[10])
+        parent, derived = slot_obj(o, _rec_off[11]), slot_obj(o, _rec_off[12])
+        agent, sig = slot_obj(o, _rec_off[13]), slot_obj(o, _rec_off[14])
+    else:
+        r = <tuple>_a_astuple(record)
+        h, rec_at, ts, conf, sc, lc, path, pred, vj, source, epoch, parent, derived, agent, sig = r
     if (type(h) is not bytes or type(rec_at) is not int or type(ts) is not int
             or type(conf) is not float or type(sc) is not int or type(lc) is not int
             or type(path) is not str or type(pred) is not str or type(vj) is not bytes
@@ -1291,12 +1499,10 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
     k_status = utf8(status, &u_status, &n_status)
     if u_status == NULL:
         return 1
-    sc_text = _a_source_classes[sc]
-    lc_text = _a_lifecycles[lc]
-    k_sc = utf8(sc_text, &u_sc, &n_sc)
-    k_lc = utf8(lc_text, &u_lc, &n_lc)
-    if u_sc == NULL or u_lc == NULL:
-        return 1
+    sc_json = <bytes>_a_sc_json[<Py_ssize_t>sc]
+    lc_json = <bytes>_a_lc_json[<Py_ssize_t>lc]
+    n_sc = PyBytes_GET_SIZE(sc_json)
+    n_lc = PyBytes_GET_SIZE(lc_json)
     # what another writer gives: a value with a fraction or an exponent
     # (msgspec's), a confidence outside repr's range, a year outside 1000-9999
     if c_value_as_is(vj):
@@ -1323,7 +1529,8 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
         if u_rec == NULL:
             return 1
     need += (2 * PyBytes_GET_SIZE(h) + PyBytes_GET_SIZE(value)
-             + 6 * (n_path + n_pred + n_src + n_epoch + n_status + n_sc + n_lc + n_ts + n_rec)
+             + n_sc + n_lc
+             + 6 * (n_path + n_pred + n_src + n_epoch + n_status + n_ts + n_rec)
              + (2 * PyBytes_GET_SIZE(parent) if parent is not None else 0)
              + (2 * PyBytes_GET_SIZE(agent) if agent is not None else 0)
              + (2 * PyBytes_GET_SIZE(sig) if sig is not None else 0))
@@ -1351,9 +1558,9 @@ cdef int write_assertion(Buf* b, record, seq, status) except -1:
     else:
         q = w_str(q, u_src, n_src)
     q = w_put(q, b',"source_class":', 16)
-    q = w_str(q, u_sc, n_sc)
+    q = w_put(q, PyBytes_AS_STRING(sc_json), n_sc)
     q = w_put(q, b',"lifecycle":', 13)
-    q = w_str(q, u_lc, n_lc)
+    q = w_put(q, PyBytes_AS_STRING(lc_json), n_lc)
     q = w_put(q, b',"parent_hash":', 15)
     if parent is None:
         q = w_put(q, b'null', 4)
@@ -1430,8 +1637,7 @@ cdef int write_page(Buf* b, list items, fallback) except -1:
         if i:
             putc(b, b',')
         mark = b.n
-        if (a.retraction is not None
-                or write_assertion(b, a.record, a.seq, a.status)):
+        if write_item(b, a):
             b.n = mark
             fb = fallback(a)
             if type(fb) is not bytes:
@@ -1505,8 +1711,7 @@ cdef int write_result(Buf* b, r) except -1:
     put(b, b',"winner":', 10)
     if w is None:
         put(b, b'null', 4)
-    elif (_a_assertion is None or type(w) is not _a_assertion or w.retraction is not None
-            or write_assertion(b, w.record, w.seq, w.status)):
+    elif _a_assertion is None or type(w) is not _a_assertion or write_item(b, w):
         return 1
     put(b, b',"confidence":', 14)
     if put_number(b, (<dict>r)["confidence"]):

@@ -30,7 +30,7 @@ from msgspec import UNSET, Raw, Struct, UnsetType
 
 from .. import canonical as _canonical
 from ..core.query import QueryResult
-from ..model import LIFECYCLES, SOURCE_CLASSES, Assertion
+from ..model import LIFECYCLES, SOURCE_CLASSES, Assertion, AssertionRecord
 from ..timeutil import format_time
 
 
@@ -115,6 +115,7 @@ def configure_compiled(canon) -> None:
     canon.configure_answer(SOURCE_CLASSES, LIFECYCLES, format_time, _encode, _value_bytes,
                            msgspec.structs.astuple)
     canon.configure_query_answer(Assertion)
+    canon.configure_slots(AssertionRecord, Assertion)
 
 
 if _canonical.COMPILED:

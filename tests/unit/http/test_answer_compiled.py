@@ -341,3 +341,178 @@ def test_the_document_writer_declines_top_level_fields_it_cannot_write():
     assert _canon.query_answer("a", "recency", [], [], None, answer._one_bytes,
                                answer._result_bytes) == (
         b'{"concept_path":"a","lens":"recency","results":[],"assertions":[],"next_cursor":null}')
+
+
+# -- session 11: the decimal confidence writer and the slot reads ------------
+
+@settings(max_examples=1000, deadline=None)
+@given(m=st.integers(1, 10**15 - 1), k=st.integers(0, 8), neg=st.booleans())
+def test_the_decimal_writer_is_repr(m, k, neg):
+    # w_decimal writes x when it is the double nearest m / 10**k (at most six
+    # places, 15 digits) and must then write repr's digits, which are
+    # msgspec's in this range; else it declines (dtoa decides)
+    x = (-m if neg else m) / 10**k
+    got = _canon.answer_decimal(x)
+    if not 1e-4 <= abs(x) < 1e15:
+        assert got is None
+        return
+    if got is not None:
+        assert got == repr(x).encode() == msgspec.json.encode(x), (x, got)
+    if k <= 6 and len(str(m)) <= 15:
+        assert got is not None, x     # a decimal it is for: written, not declined
+
+
+@settings(max_examples=500, deadline=None)
+@given(x=st.floats(allow_nan=True, allow_infinity=True))
+def test_the_decimal_writer_on_any_double(x):
+    got = _canon.answer_decimal(x)
+    assert got is None or got == repr(x).encode() == msgspec.json.encode(x), (x, got)
+
+
+@pytest.mark.parametrize("x", [
+    0.0001, 0.00011, 0.000123, 0.05, 0.5, 0.95, 1.0, 5.0, -0.75, 0.123, 12345.678,
+    123456789012345.0, 99999999999999.9, 0.999999, 1.000001, 0.1 + 0.2, 1 / 3, 1e15,
+    999999999999999.0, 9.999999999999999e-05, 0.0, -0.0, 5e-324, float("nan"), float("inf"),
+])
+def test_the_decimal_writer_on_edges(x):
+    got = _canon.answer_decimal(x)
+    assert got is None or got == repr(x).encode() == msgspec.json.encode(x), (x, got)
+    # and the whole confidence path (table, decimal, dtoa) is msgspec's, twice
+    for _ in range(2):
+        assert _canon.answer_conf(x) == msgspec.json.encode(x), x
+
+
+def test_three_decimal_confidences_take_the_decimal_writer():
+    # the workload's confidences (round(x, 3) in 0.05..1.0) never need dtoa
+    for i in range(50, 1001):
+        x = round(i / 1000, 3)
+        assert _canon.answer_decimal(x) == repr(x).encode(), x
+
+
+def _page(store):
+    from stemedb.model import Assertion
+    store.create_epoch("e1")
+    hashes = [store.put({"concept_path": "a/b", "predicate": "p", "value": v,
+                         "confidence": c, "timestamp": 1_700_000_000 + i,
+                         "source": "https://x.org/é"}).hash
+              for i, (v, c) in enumerate([(1.5, 0.5), ("x", 1e-05), ({"k": [0.000001]}, 0.0),
+                                          (None, 1.0), ([1e20], 0.3333333333333333)])]
+    store.put({"concept_path": "a/b", "predicate": "p", "value": "rev", "confidence": 0.5,
+               "parent_hash": hashes[0], "derived_from": hashes[1:3], "epoch": "e1",
+               "timestamp": 1})
+    store.retract(hash=hashes[3], reason="wrong")
+    page = store.query("a/b", predicate="p", include_retracted=True, lifecycle="any",
+                       limit=1000).assertions
+    assert any(a.retraction is not None for a in page)
+    assert all(type(a) is Assertion for a in page)
+    return page
+
+
+def test_the_slot_reads_equal_the_attribute_reads(store):
+    """configure_slots: the writer reads records and assertions from their
+    slots; the bytes are those of the attribute reads (slots off) and of the
+    pure Structs, on a page with every optional field, a retraction and a
+    record the writer declines."""
+    from stemedb.model import Assertion, AssertionRecord
+    page = _page(store)
+    damaged = Assertion(msgspec.structs.replace(page[0].record, confidence=1), 99)
+
+    class Sub(Assertion):
+        __slots__ = ()
+
+    sub = Sub(page[1].record, page[1].seq, page[1].status, page[1].retraction)
+    items = page + [damaged, sub]
+    want = msgspec.json.encode([answer.assertion_json(a) for a in items])
+    try:
+        assert _canon.configure_slots(None, None) == (False, False)
+        off = _canon.assertions_answer(items, answer._one_bytes)
+        assert _canon.configure_slots(AssertionRecord, Assertion) == (True, True)
+        on = _canon.assertions_answer(items, answer._one_bytes)
+    finally:
+        _canon.configure_slots(AssertionRecord, Assertion)
+    assert off == on == want
+
+
+def test_an_assertion_with_an_empty_slot_fails_as_before():
+    from stemedb.model import Assertion
+    a = Assertion.__new__(Assertion)       # no slot set: the attribute read raises
+    with pytest.raises(AttributeError):
+        _canon.assertions_answer([a], answer._one_bytes)
+    a.retraction = None                    # retraction set, record not
+    with pytest.raises(AttributeError):
+        _canon.assertions_answer([a], answer._one_bytes)
+
+
+def test_configure_slots_refuses_other_layouts():
+    from stemedb.model import Assertion, AssertionRecord
+
+    class Other(msgspec.Struct):           # other fields
+        hash: bytes
+        seq: int
+
+    class Props:                           # properties, not slots
+        record = property(lambda s: None)
+        seq = status = retraction = record
+
+    class Sub(Assertion):                  # its descriptors are the base's
+        __slots__ = ()
+
+    try:
+        assert _canon.configure_slots(Other, Props) == (False, False)
+        assert _canon.configure_slots(AssertionRecord, Sub) == (True, False)
+        assert _canon.configure_slots(5, "x") == (False, False)
+    finally:
+        assert _canon.configure_slots(AssertionRecord, Assertion) == (True, True)
+
+
+# c_value_as_is reads a string's text eight bytes at a time while no byte is
+# '"' or '\\': a quote or backslash at every offset of strings around the
+# word size, each followed by what must not be copied as it is (an
+# exponent, a tiny fraction) and by what may.
+@pytest.mark.parametrize("n", [0, 1, 6, 7, 8, 9, 15, 16, 17, 24, 31, 33])
+def test_the_value_scan_on_every_offset(n):
+    import orjson
+
+    from stemedb.canonical import canonical_json
+    for ch in ['"', "\\", "e", "E", "1", "é", "\x01", "\\\"", "\"\\"]:
+        for at in range(n + 1):
+            s = "a" * at + ch + "b" * (n - at)
+            for value, as_is in (([s, 1e21], False), ([s, 0.0000015], False),
+                                 ({s: [1e-7]}, False), ([s, 1.5, True], True),
+                                 ({s: s, "x": [s, 12]}, True), (s, True)):
+                vj = canonical_json(value)
+                assert _canon.value_as_is(vj) is as_is, (n, at, ch, value)
+                if as_is:
+                    assert msgspec.json.encode(orjson.loads(vj)) == vj
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=json_values)
+def test_a_value_copied_as_it_is_is_msgspecs(value):
+    # the scan's promise: what it copies is what msgspec writes of the decoded value
+    import orjson
+
+    from stemedb.canonical import canonical_json
+    try:
+        vj = canonical_json(value)
+    except (ValueError, TypeError):
+        return
+    if _canon.value_as_is(vj):
+        assert msgspec.json.encode(orjson.loads(vj)) == vj, vj
+
+
+def test_source_class_and_lifecycle_are_written_from_their_json():
+    # configure_answer writes each source class and lifecycle once; a table
+    # that is not text is refused
+    from stemedb.model import LIFECYCLES, SOURCE_CLASSES
+    from stemedb.timeutil import format_time
+    with pytest.raises(ValueError):
+        _canon.configure_answer(SOURCE_CLASSES + (5,), LIFECYCLES, format_time,
+                                answer._encode, answer._value_bytes, msgspec.structs.astuple)
+    with pytest.raises(ValueError):
+        _canon.configure_answer(SOURCE_CLASSES, LIFECYCLES + ("a\ud800",), format_time,
+                                answer._encode, answer._value_bytes, msgspec.structs.astuple)
+    answer.configure_compiled(_canon)
+    for sc in range(len(SOURCE_CLASSES)):
+        for lc in range(len(LIFECYCLES)):
+            _same(msgspec.structs.replace(_record(), source_class=sc, lifecycle=lc))
