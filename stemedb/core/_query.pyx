@@ -1695,6 +1695,8 @@ cdef class FirstPage:
                 for o in ans.ords:
                     if o in rmap:
                         return None
+            if len(recs) < 4 or _rd32(<const uint8_t*>PyBytes_AS_STRING(recs)) != len(ans.ords):
+                raise ValueError("the held frames and the candidates differ in number")
             seqs = raw_seqs(recs, 0, len(ans.ords), 4)
             recs = raw_records(recs, 0, len(ans.ords), self.decode, 12)
         cdef list rl = recs, sl = seqs
@@ -1722,6 +1724,11 @@ cdef class FirstPage:
             _put(a, off[4], unset)
             out.append(obj)
         return out
+
+    def held_page(self, st, ans):
+        """_page, for the tests (its twin is qpure.held_page)."""
+        return self._page(st, ans)
+
     cdef object _clock(self, reader):
         """``reader.clock()``; timeutil.now_us's ``time.time_ns() // 1000``
         read here when it is that clock (the same CLOCK_REALTIME)."""
@@ -1824,15 +1831,17 @@ cdef class FirstPage:
         return obj
 
     cdef object _kept_line(self, ans, bytes tail, number, at, agent, tuple params):
-        """_audit_head's line, its parameters' JSON and ``tail`` kept by the
-        answer (``ans.ptail``, for pages of ``ans.plimit``) once written:
-        the same bytes, as ``params`` is this call's (the answer's key and
-        ``limit``; the lens by its own name, checked in __init__), so only
-        the id, the times and the agent are written per line (the
-        parameters' JSON was ~3k of a warm R1 query's ~37k instructions,
-        callgrind).  Kept when they fit the answer's reserved ``proom``."""
+        """_audit_head's line, its parameters' JSON kept by the answer
+        (``ans.ptail``, for pages of ``ans.plimit``) once written: the same
+        bytes, as ``params`` is this call's (the answer's key and ``limit``;
+        the lens by its own name, checked in __init__), so only the id, the
+        times and the agent are written per line, then the kept JSON and
+        ``tail`` (the parameters' JSON was ~3k of a warm R1 query's ~37k
+        instructions, callgrind).  Kept when it fits the answer's reserved
+        ``proom``.  The kept bytes are the parameters' alone: with ``tail``
+        in them too (as before session 11) every held answer held its tail
+        twice, ~2 KB of a 20-candidate answer that its size did not count."""
         cdef Line* o
-        cdef Py_ssize_t k
         limit = params[11]
         pt = ans.ptail
         if type(pt) is not bytes or ans.plimit != limit:
@@ -1843,10 +1852,8 @@ cdef class FirstPage:
                 _params_json(o, self.names, params, self.keys)
             except UnicodeEncodeError:
                 return None
-            k = o.n
-            _raw(o, <const char*>tail, len(tail))
             pt = PyBytes_FromStringAndSize(o.p, o.n)
-            if k + 33 <= ans.proom:     # the bytes object's own 33 included
+            if o.n + 33 <= ans.proom:   # the bytes object's own 33 included
                 ans.ptail = pt
                 ans.plimit = limit
         elif not (type(number) is int and _is_i64(at) and 0 <= at <= MAX_STAMP
@@ -1858,6 +1865,7 @@ cdef class FirstPage:
         except UnicodeEncodeError:
             return None
         _raw(o, <const char*>pt, len(pt))
+        _raw(o, <const char*>tail, len(tail))
         return _scratch_bytes()
 
     cdef bint _line(self, reader, audit, ans, agent, tuple params) except -1:

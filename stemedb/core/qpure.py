@@ -512,6 +512,8 @@ def held_page(st, ans, assertion) -> list | None:
     if type(recs) is bytes:     # raw frames (reader.raw_pack): decoded per page
         from . import fast
         n = len(ans.ords)
+        if len(recs) < 4 or int.from_bytes(recs[:4], "little") != n:
+            raise ValueError("the held frames and the candidates differ in number")
         seqs = raw_seqs(recs, 0, n, RAW_SEQ)
         recs = raw_records(recs, 0, n, fast.decode_assert, RAW_AT)
     return list(map(assertion, recs, seqs))

@@ -56,6 +56,7 @@ HELD_BYTES = 56             # a held record's list slots and seq, besides the re
 # few candidates (~6 us) would pay a decode per candidate.
 RAW_FROM = 8
 TAIL_BASE = 200             # a held answer's audit line end, besides its hashes and weights
+TAIL_NAMED = 20             # the candidates it names at most (qaudit.AUDIT_CONTRIBUTORS)
 PARAMS_BASE = 240           # its parameters' JSON (kept compiled), besides path and predicate
 # Answers together may hold up to 1/ANSWER_RESERVE of the bound against the
 # records' churn: while they hold no more, evicting for a record passes over
@@ -123,7 +124,8 @@ class Answer:
                  "plimit", "proom")
 
     def __init__(self, token, results: list, ords: list[int], active: int,
-                 shown: list[Assertion] | None = None, raw: bytes | None = None):
+                 shown: list[Assertion] | None = None, raw: bytes | None = None,
+                 tail: bytes | None = None):
         self.token = token
         self.results = results
         self.ords = array("q", ords)
@@ -139,9 +141,12 @@ class Answer:
         # A held answer also keeps the end of its audit line once written
         # (qaudit._audit: without decay it names only what the answer
         # holds), its room reserved here: a JSON hash per result and a hash
-        # and weight per candidate at most.
+        # and weight per named candidate at most (112 bytes: a weight's
+        # repr may take 24).  An answer made with that end (``tail``)
+        # counts its bytes instead.
         self.tail: bytes | None = None
         if shown is not None and len(shown) == len(ords) <= HELD_MAX:
+            self.tail = tail
             if raw is not None:
                 # the frame bodies (raw_pack's), decoded by each page that
                 # shows them (raw_records): the bytes object and its header
@@ -159,9 +164,14 @@ class Answer:
                     size += qfast.held_size(recs, HELD_BYTES, RECORD_OVERHEAD)
                 else:
                     size += sum(HELD_BYTES + record_size(rec) for rec in recs)
-            size += TAIL_BASE + 68 * len(results) + 112 * len(ords)
-        # The compiled first page also keeps the line's parameters with that
-        # end (``ptail``: ``,"params":{..}`` and ``tail``, for pages of
+            if tail is not None:
+                # the end itself, made with the answer (query.rows_answer):
+                # its bytes, not the room for the longest it could be
+                size += 33 + len(tail)
+            else:
+                size += TAIL_BASE + 68 * len(results) + 112 * min(len(ords), TAIL_NAMED)
+        # The compiled first page also keeps the line's parameters beside
+        # that end (``ptail``: ``,"params":{..}`` alone, for pages of
         # ``plimit``; _query.FirstPage._line), within ``proom`` bytes
         # reserved here: the parameters' JSON but for the path and the
         # predicate, and theirs (a longer one is not kept)
