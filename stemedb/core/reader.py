@@ -55,6 +55,18 @@ HELD_BYTES = 56             # a held record's list slots and seq, besides the re
 # saved are small against the answer's fixed ~3.5 KB, and a warm hit of a
 # few candidates (~6 us) would pay a decode per candidate.
 RAW_FROM = 8
+# What such an answer is charged against the bound: its estimate (which
+# tracemalloc holds above its real heap) times RAW_CHARGE.  Records and
+# record-holding answers are counted as if nothing shared them, and a held
+# answer's records are mostly the record entries' own objects, so a cache
+# full of them holds about half the bound in real heap; frame bodies are
+# shared with nothing, so a cache full of them at RAW_CHARGE 1 held ~10 MB
+# more heap at the 48 MiB bound (bench.million's fill of answers of ~20
+# candidates: 316-323 against main's 307-310 bytes an assertion).  At 1.5
+# that fill reads what main's does (307-312), so the default bound's RSS
+# figure stands for either form (bench/results/rawframes-2026-11-27-session11.md,
+# which also has the hit rates each charge gives).
+RAW_CHARGE = 1.5
 TAIL_BASE = 200             # a held answer's audit line end, besides its hashes and weights
 TAIL_NAMED = 20             # the candidates it names at most (qaudit.AUDIT_CONTRIBUTORS)
 PARAMS_BASE = 240           # its parameters' JSON (kept compiled), besides path and predicate
@@ -183,6 +195,8 @@ class Answer:
                            for r in results), default=0)
             self.proom = PARAMS_BASE + longest
             size += self.proom
+        if raw is not None and self.held is not None:
+            size = int(size * RAW_CHARGE)
         self.size = size
 
 
