@@ -51,7 +51,7 @@ HELD_BYTES = 56             # a held record's list slots and seq, besides the re
 # (query.rows_answer) holds their frame bodies as read from the log, in one
 # bytes object (``held[0]``, see raw_pack), instead of decoded records: a
 # decoded record takes ~2.3x its frame's bytes in the heap, and a hit decodes
-# them in C (~1 us each).  Fewer than that keep decoded records: the bytes
+# them in C (~0.2 us each).  Fewer than that keep decoded records: the bytes
 # saved are small against the answer's fixed ~3.5 KB, and a warm hit of a
 # few candidates (~6 us) would pay a decode per candidate.
 RAW_FROM = 8
