@@ -97,10 +97,10 @@ def main(argv=None) -> None:
     if a.what_if:
         made = Q.Answer
 
-        def answer(token, results, ords, active, shown=None):
+        def answer(token, results, ords, active, shown=None, raw=None, tail=None):
             if a.what_if == "unheld" or cache.answer_thrashing:
-                shown = None
-            return made(token, results, ords, active, shown)
+                shown = raw = tail = None
+            return made(token, results, ords, active, shown, raw, tail)
         Q.Answer = answer       # type: ignore[misc, assignment]
 
     def one_pass(start: int) -> None:
@@ -126,6 +126,13 @@ def main(argv=None) -> None:
               f"{cache.bytes / 2**20:.1f} of {cache.max_bytes / 2**20:.0f} MiB, answers "
               f"{cache.answer_bytes / 2**20:.1f} MiB, {len(cache):,} entries, thrashing "
               f"{cache.thrashing}, answers thrashing {cache.answer_thrashing}")
+        held = [type(v.held[0]).__name__ if v.held is not None else "none"
+                for v in list(cache._d.values()) if type(v) is not tuple]
+        if held:
+            est = cache.answer_bytes / len(held)
+            print(f"  answers held: {held.count('bytes'):,} as frame bodies, "
+                  f"{held.count('list'):,} as records, {held.count('none'):,} without; "
+                  f"{est:,.0f} estimated bytes an answer")
         for label in order:
             print(f"  {label}: {acc[label] / 1e3 / max(cnt[label], 1):.1f} us a call "
                   f"({cnt[label]:,} calls)")

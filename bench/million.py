@@ -8,7 +8,10 @@ Loads N assertions (the workload's shape: 10,000 paths, 50 predicates, ~250
 bytes) in durable batches of 1,000, closes the store, then measures each
 figure in a fresh subprocess (so RSS is the store's, not the loader's):
 open with the snapshot (RSS after the open, and again with the read cache
-filled to its default bound by queries: the figure the RSS target counts),
+filled to its default bound by queries: the figure the RSS target counts,
+the larger of two fills, one per form of answer the cache holds: small
+keys' answers with their records, and answers of ~20 candidates holding
+frame bodies, asked twice with the audit on),
 then open after deleting ``db/indexes`` (rebuild),
 ``--rebuilds`` times, each figure printed and their median.
 Prints one line per figure; the implementation is the one the environment
@@ -41,17 +44,35 @@ import numpy, sortedcontainers, msgspec, orjson, blake3, google_crc32c  # noqa: 
 from stemedb import open_store
 import stemedb.core.store, stemedb.core.lens, stemedb.core.query  # noqa: F401
 gc.collect(); base = rss(); kinds0 = rss_kinds()
-t = time.perf_counter(); s = open_store(sys.argv[1], audit=False); el = time.perf_counter() - t
+raw = sys.argv[2] == "fill-raw"
+t = time.perf_counter(); s = open_store(sys.argv[1], audit=raw); el = time.perf_counter() - t
 gc.collect(); used = rss() - base
 out = {"open_s": el, "rebuilt": s.rebuilt, "count": s.count, "records": s.replayed,
        "rss_bytes": used, "implementation": s.implementation}
-if sys.argv[2] == "fill":
+if sys.argv[2] in ("fill", "fill-raw"):
     # The issue's figure counts the caches at their default bound: fill the
     # read cache to 98% of it by queries (answers and their records), as a
     # server's would be, then by single record reads if the queries stop
     # short (answers that thrash are admitted one in eight), and read RSS again.
     cache, full = s.reader.cache, lambda: cache.bytes >= 0.98 * cache.max_bytes
     paths, preds, asked, t = s.state.path_names, [f"pred{i}" for i in range(50)], 0, time.perf_counter()
+    if raw:
+        # The other form an answer takes (reader.Answer): a parent path with
+        # its descendants and one predicate, ~20 candidates over ~10 paths,
+        # every one on the page; compiled, such an answer holds its
+        # candidates' frame bodies (reader.raw_pack).  Each asked twice with
+        # the audit on: the answer then holds its audit line's end and its
+        # parameters' JSON too, all it ever holds.
+        parents = sorted({p.rsplit("/", 1)[0] for p in paths})
+        for i in range(len(parents) * len(preds)):
+            if full():
+                break
+            parent = parents[(i * 7919) % len(parents)]      # every (parent, predicate) once
+            for _ in range(2):
+                s.query(parent, predicate=preds[i // len(parents)], include_descendants=True,
+                        limit=100)
+            asked += 1
+        s.audit.flush()
     for i in range(len(paths) * len(preds)):
         if full():
             break
@@ -60,8 +81,14 @@ if sys.argv[2] == "fill":
     o = 0
     while not full() and o < s.count:
         s.reader.read_record(o); o += 1
+    if s.audit is not None:
+        s.audit.flush()
     gc.collect()
     kinds = rss_kinds()
+    held = [type(v.held[0]).__name__ for v in list(cache._d.values())
+            if type(v) is not tuple and v.held is not None]
+    out.update(raw_answers=held.count("bytes"), list_answers=held.count("list"),
+               answers_bytes=cache.answer_bytes)
     out.update(rss_full_bytes=rss() - base,
                rss_full_anon=kinds["RssAnon"] - kinds0["RssAnon"],
                rss_full_file=kinds["RssFile"] - kinds0["RssFile"], fill_queries=asked, fill_records=o,
@@ -94,8 +121,9 @@ def load(path: str, n: int) -> float:
     return time.perf_counter() - t
 
 
-def probe(path: str, fill: bool = False) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, path, "fill" if fill else "open"],
+def probe(path: str, fill: str | bool = False) -> dict:
+    mode = fill if isinstance(fill, str) else "fill" if fill else "open"
+    out = subprocess.run([sys.executable, "-c", PROBE, path, mode],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -121,16 +149,28 @@ def main(argv=None) -> int:
         print(f"disk: WAL {wal / args.n:.0f} + snapshot {db / args.n:.0f} = "
               f"{(wal + db) / args.n:.0f} bytes/assertion")
         p = probe(path, fill=True)
-        c = p["cache"]
         print(f"open from snapshot ({p['implementation']}): {p['open_s']:.2f} s, "
               f"RSS {p['rss_bytes'] / p['count']:.0f} bytes/assertion "
               f"({p['rss_bytes'] / 1e6:.0f} MB for {p['count']:,}) after open")
-        print(f"RSS with the read cache full: {p['rss_full_bytes'] / p['count']:.0f} "
-              f"bytes/assertion ({p['rss_full_bytes'] / 1e6:.0f} MB: anonymous "
-              f"{p['rss_full_anon'] / 1e6:.0f} MB, file-backed {p['rss_full_file'] / 1e6:.0f} MB; cache "
-              f"{c['bytes'] / 2**20:.1f} of {c['max_bytes'] / 2**20:.0f} MiB, {c['entries']:,} "
-              f"entries, after {p['fill_queries']:,} queries and {p['fill_records']:,} "
-              f"record reads) (target <= 300, caches at their default bound)")
+        # The cache full of each form of answer (reader.Answer): the small
+        # keys' (decoded records, and records), then answers of ~20
+        # candidates that hold frame bodies (compiled).  The figure is the
+        # larger of the two.
+        worst = 0.0
+        for label, p in (("records and small answers", p),
+                         ("answers of ~20 candidates, audit on", probe(path, fill="fill-raw"))):
+            c = p["cache"]
+            worst = max(worst, p["rss_full_bytes"] / p["count"])
+            print(f"RSS with the read cache full ({label}): "
+                  f"{p['rss_full_bytes'] / p['count']:.0f} bytes/assertion "
+                  f"({p['rss_full_bytes'] / 1e6:.0f} MB: anonymous "
+                  f"{p['rss_full_anon'] / 1e6:.0f} MB, file-backed {p['rss_full_file'] / 1e6:.0f} "
+                  f"MB; cache {c['bytes'] / 2**20:.1f} of {c['max_bytes'] / 2**20:.0f} MiB, "
+                  f"answers {p['answers_bytes'] / 2**20:.1f} MiB: {p['raw_answers']:,} holding "
+                  f"frame bodies, {p['list_answers']:,} records; {c['entries']:,} entries, after "
+                  f"{p['fill_queries']:,} queries and {p['fill_records']:,} record reads)")
+        print(f"RSS with the read cache full: {worst:.0f} bytes/assertion, the larger "
+              f"(target <= 300, caches at their default bound)")
         # One open is one sample on a shared machine: each rebuild deletes
         # the indexes again (the previous one wrote them), the median is the figure.
         rates = []

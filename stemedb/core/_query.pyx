@@ -780,7 +780,7 @@ def audit_entry(tuple names, tuple half_life_us, format_time, number, at, agent,
 # the writer thread as before.
 
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 
 cdef extern from "Python.h":
@@ -1649,6 +1649,7 @@ cdef class FirstPage:
     cdef dict lenses
     cdef object filters, lifecycles, result, query_result, assertion, moment
     cdef object resolve, finish, audit, log_cls, unset, now_us
+    cdef public object decode       # fast.decode_assert (a raw-held answer's page)
     cdef tuple names, keys
     cdef bint keep_params
     cdef Py_ssize_t gen_mask, gen_mix, ntop_max
@@ -1659,6 +1660,8 @@ cdef class FirstPage:
          self.result, self.query_result, self.assertion, self.moment, self.resolve,
          self.finish, self.audit, self.log_cls, self.names, self.now_us) = env
         self.lenses = lenses
+        from . import fast
+        self.decode = fast.decode_assert
         self.unset = self.assertion._UNSET
         self.keys = _name_keys(self.names)     # the parameters' names as the line writes them
         # an answer's key names its lens by the lens's name, which is then
@@ -1687,6 +1690,15 @@ cdef class FirstPage:
         slots are set where Assertion.__init__ sets them, in place."""
         cdef dict rmap = st.retracted
         recs, seqs = ans.held
+        if type(recs) is bytes:     # raw frames (reader.raw_pack): decoded here
+            if rmap:
+                for o in ans.ords:
+                    if o in rmap:
+                        return None
+            if len(recs) < 4 or _rd32(<const uint8_t*>PyBytes_AS_STRING(recs)) != len(ans.ords):
+                raise ValueError("the held frames and the candidates differ in number")
+            seqs = raw_seqs(recs, 0, len(ans.ords), 4)
+            recs = raw_records(recs, 0, len(ans.ords), self.decode, 12)
         cdef list rl = recs, sl = seqs
         cdef Py_ssize_t i, k, n = len(rl)
         cdef PyObject* a
@@ -1712,6 +1724,11 @@ cdef class FirstPage:
             _put(a, off[4], unset)
             out.append(obj)
         return out
+
+    def held_page(self, st, ans):
+        """_page, for the tests (its twin is qpure.held_page)."""
+        return self._page(st, ans)
+
     cdef object _clock(self, reader):
         """``reader.clock()``; timeutil.now_us's ``time.time_ns() // 1000``
         read here when it is that clock (the same CLOCK_REALTIME)."""
@@ -1814,15 +1831,17 @@ cdef class FirstPage:
         return obj
 
     cdef object _kept_line(self, ans, bytes tail, number, at, agent, tuple params):
-        """_audit_head's line, its parameters' JSON and ``tail`` kept by the
-        answer (``ans.ptail``, for pages of ``ans.plimit``) once written:
-        the same bytes, as ``params`` is this call's (the answer's key and
-        ``limit``; the lens by its own name, checked in __init__), so only
-        the id, the times and the agent are written per line (the
-        parameters' JSON was ~3k of a warm R1 query's ~37k instructions,
-        callgrind).  Kept when they fit the answer's reserved ``proom``."""
+        """_audit_head's line, its parameters' JSON kept by the answer
+        (``ans.ptail``, for pages of ``ans.plimit``) once written: the same
+        bytes, as ``params`` is this call's (the answer's key and ``limit``;
+        the lens by its own name, checked in __init__), so only the id, the
+        times and the agent are written per line, then the kept JSON and
+        ``tail`` (the parameters' JSON was ~3k of a warm R1 query's ~37k
+        instructions, callgrind).  Kept when it fits the answer's reserved
+        ``proom``.  The kept bytes are the parameters' alone: with ``tail``
+        in them too (as before session 11) every held answer held its tail
+        twice, ~2 KB of a 20-candidate answer that its size did not count."""
         cdef Line* o
-        cdef Py_ssize_t k
         limit = params[11]
         pt = ans.ptail
         if type(pt) is not bytes or ans.plimit != limit:
@@ -1833,10 +1852,8 @@ cdef class FirstPage:
                 _params_json(o, self.names, params, self.keys)
             except UnicodeEncodeError:
                 return None
-            k = o.n
-            _raw(o, <const char*>tail, len(tail))
             pt = PyBytes_FromStringAndSize(o.p, o.n)
-            if k + 33 <= ans.proom:     # the bytes object's own 33 included
+            if o.n + 33 <= ans.proom:   # the bytes object's own 33 included
                 ans.ptail = pt
                 ans.plimit = limit
         elif not (type(number) is int and _is_i64(at) and 0 <= at <= MAX_STAMP
@@ -1848,6 +1865,7 @@ cdef class FirstPage:
         except UnicodeEncodeError:
             return None
         _raw(o, <const char*>pt, len(pt))
+        _raw(o, <const char*>tail, len(tail))
         return _scratch_bytes()
 
     cdef bint _line(self, reader, audit, ans, agent, tuple params) except -1:
@@ -1876,6 +1894,49 @@ cdef class FirstPage:
         else:
             audit.add(line)
         return True
+
+
+def raw_records(raw, Py_ssize_t lo, Py_ssize_t hi, decode, Py_ssize_t at):
+    """See qpure.raw_records: one loop over the header, each body copied out
+    (PyBytes_FromStringAndSize) and decoded by ``decode``."""
+    if type(raw) is not bytes or len(raw) < 4:
+        raise ValueError("not a raw frames object")
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(raw), n = _rd32(p), i, s, e, head
+    head = 4 + 4 * (n + 1)
+    if n < 0 or head > size:
+        raise ValueError("the raw frames' header does not fit")
+    lo, hi, _ = slice(lo, hi).indices(n)
+    cdef list out = []
+    for i in range(lo, hi):
+        s = _rd32(p + 4 + 4 * i)
+        e = _rd32(p + 8 + 4 * i)
+        if not head <= s <= e <= size:
+            raise ValueError("a raw frame's offsets are out of bounds")
+        out.append(decode(PyBytes_FromStringAndSize(<const char*>(p + s), e - s), at))
+    return out
+
+
+def raw_seqs(raw, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t at):
+    """See qpure.raw_seqs."""
+    if type(raw) is not bytes or len(raw) < 4:
+        raise ValueError("not a raw frames object")
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(raw), n = _rd32(p), i, s, e, head
+    cdef uint64_t v
+    head = 4 + 4 * (n + 1)
+    if n < 0 or head > size:
+        raise ValueError("the raw frames' header does not fit")
+    lo, hi, _ = slice(lo, hi).indices(n)
+    cdef list out = []
+    for i in range(lo, hi):
+        s = _rd32(p + 4 + 4 * i)
+        e = _rd32(p + 8 + 4 * i)
+        if not head <= s <= e <= size or e - s < at + 8:
+            raise ValueError("a raw frame's offsets are out of bounds")
+        v = _rd32(p + s + at) | (<uint64_t>_rd32(p + s + at + 4) << 32)
+        out.append(v)
+    return out
 
 
 def held_size(list recs not None, Py_ssize_t per, Py_ssize_t overhead):

@@ -354,6 +354,47 @@ def read_frames(locs: list[int], segs: list, decode) -> list:
     return out
 
 
+def raw_records(raw: bytes, lo: int, hi: int, decode, at: int) -> list:
+    """The records of bodies ``lo:hi`` (clipped as a slice is) of
+    ``reader.raw_pack``'s ``raw``: each body's payload, at ``at`` in it,
+    decoded by ``decode`` (``fast.decode_assert``) from a copy of the body
+    (a bytes object of its own).  A header that does not fit ``raw``
+    raises ValueError."""
+    if type(raw) is not bytes or len(raw) < 4:
+        raise ValueError("not a raw frames object")
+    n = int.from_bytes(raw[:4], "little")
+    if 4 + 4 * (n + 1) > len(raw):
+        raise ValueError("the raw frames' header does not fit")
+    lo, hi, _ = slice(lo, hi).indices(n)
+    out = []
+    for i in range(lo, hi):
+        s = int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "little")
+        e = int.from_bytes(raw[8 + 4 * i:12 + 4 * i], "little")
+        if not 4 + 4 * (n + 1) <= s <= e <= len(raw):
+            raise ValueError("a raw frame's offsets are out of bounds")
+        out.append(decode(raw[s:e], at))
+    return out
+
+
+def raw_seqs(raw: bytes, lo: int, hi: int, at: int) -> list[int]:
+    """The seqs (uint64 at ``at`` in each body) of bodies ``lo:hi`` of
+    ``reader.raw_pack``'s ``raw``; ValueError as raw_records."""
+    if type(raw) is not bytes or len(raw) < 4:
+        raise ValueError("not a raw frames object")
+    n = int.from_bytes(raw[:4], "little")
+    if 4 + 4 * (n + 1) > len(raw):
+        raise ValueError("the raw frames' header does not fit")
+    lo, hi, _ = slice(lo, hi).indices(n)
+    out = []
+    for i in range(lo, hi):
+        s = int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "little")
+        e = int.from_bytes(raw[8 + 4 * i:12 + 4 * i], "little")
+        if not 4 + 4 * (n + 1) <= s <= e <= len(raw) or e - s < at + 8:
+            raise ValueError("a raw frame's offsets are out of bounds")
+        out.append(int.from_bytes(raw[s + at:s + at + 8], "little"))
+    return out
+
+
 def answer_token(st, paths: list[str], predicate: str | None, include_descendants: bool,
                  gen_mask: int, gen_mix: int) -> tuple:
     """The generations an answer over ``paths`` (and ``predicate``) reads
@@ -454,6 +495,10 @@ def first_page(env: tuple):
     return first
 
 
+RAW_AT = 12     # reader.BODY_PAYLOAD: a frame body's payload offset
+RAW_SEQ = 4     # reader.BODY_SEQ: its seq's
+
+
 def held_page(st, ans, assertion) -> list | None:
     """The Assertions of a held answer's candidates (``ans.held``: their
     records and seqs), all active, or None when one of them is retracted
@@ -464,4 +509,11 @@ def held_page(st, ans, assertion) -> list | None:
             if o in rmap:
                 return None
     recs, seqs = ans.held
+    if type(recs) is bytes:     # raw frames (reader.raw_pack): decoded per page
+        from . import fast
+        n = len(ans.ords)
+        if len(recs) < 4 or int.from_bytes(recs[:4], "little") != n:
+            raise ValueError("the held frames and the candidates differ in number")
+        seqs = raw_seqs(recs, 0, n, RAW_SEQ)
+        recs = raw_records(recs, 0, n, fast.decode_assert, RAW_AT)
     return list(map(assertion, recs, seqs))

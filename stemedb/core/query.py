@@ -21,7 +21,7 @@ from . import qfast
 from .lens import LENSES, LensContext, Resolution, conflict_analysis, get_lens
 from .qaudit import (  # noqa: F401 (re-exported: the audit entry's pieces)
     _AUDIT_PARAMS, AUDIT_CONTRIBUTORS, AUDIT_RESULTS, _audit, _audit_params,
-    _contributing, _entry, _Moment,
+    _contributing, _entry, _Moment, _tail,
 )
 from .qcolumns import (  # noqa: F401 (column_rows, _hashed_values_agree: re-exported)
     _hashed_values_agree, column_rows, columns_resolution, rank_rows,
@@ -31,7 +31,7 @@ from .qfilters import (  # noqa: F401 (re-exported: the filters, gather, shown, 
     shown, shown_many,
 )
 from .audit import AuditLog
-from .reader import HELD_MAX, Answer
+from .reader import HELD_MAX, RAW_FROM, Answer, raw_records, raw_seqs
 from .state import GEN_MASK, GEN_MIX
 
 TRACE_LIMIT = 100
@@ -338,7 +338,23 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
     for a, b in want:
         show += ordered[a:b]
     show = list(dict.fromkeys(show))
-    shown_of = dict(zip(show, shown_many(reader, show, f))) if show else {}
+    raw = None
+    if (RAW_FROM <= len(ordered) <= HELD_MAX and reader.cache is not None
+            and len(show) == len(ordered) and set(show) == set(ordered)):
+        # every candidate shown (the page and the top): read as frame
+        # bodies the answer holds (reader.raw_pack) and decoded from them,
+        # past the record cache
+        got = reader.raw_frames(ordered)
+        if got is not None and raw_seqs(got[0], 0, len(ordered)) != got[1]:
+            got = None      # (the frames' seqs are the State's: held as theirs)
+        if got is not None:
+            raw, seqs = got
+            recs = raw_records(raw, 0, len(ordered))
+            shown_of = dict(zip(ordered, reader.assertions(
+                ordered, known_at=f.retraction_cut, seq_bound=f.seq_bound, recs=recs,
+                seqs=seqs)))
+    if raw is None:
+        shown_of = dict(zip(show, shown_many(reader, show, f))) if show else {}
     for layer in layers:
         layer["winner"] = shown_of[layer["winner"]]
     results = []
@@ -352,7 +368,19 @@ def rows_answer(reader, lens_obj, f: Filters, active: list[int], retracted: list
     # held when every candidate was decoded
     held = ([shown_of[o] for o in ordered]
             if len(ordered) <= HELD_MAX and all(o in shown_of for o in ordered) else None)
-    return Answer(token, results, ordered, len(active), held), shown_of
+    tail = None
+    if held is not None and reader.audit is not None and not f.decay and qfast.COMPILED:
+        # the end of its audit line, which this query's _audit would make
+        # next (the same bytes: without decay no weight reads the time),
+        # made here so that the answer's size counts its bytes rather than
+        # the room for the longest end (~0.5 KB less for 20 candidates)
+        try:
+            tail = _tail(held[:AUDIT_CONTRIBUTORS], results, _Moment(0, False),
+                         len(active)) or b""
+        except Exception:  # noqa: BLE001 - as _audit: the writer's path builds it
+            tail = b""
+    return Answer(token, results, ordered, len(active), held, raw if held else None,
+                  tail), shown_of
 
 
 def _answer_shown(reader, ans: Answer, lo: int, hi: int, f: Filters) -> list[Assertion]:
@@ -363,8 +391,11 @@ def _answer_shown(reader, ans: Answer, lo: int, hi: int, f: Filters) -> list[Ass
     if ans.held is None:
         return shown_many(reader, ords, f)
     recs, seqs = ans.held
+    if type(recs) is bytes:     # raw frames: only this range decoded
+        return reader.assertions(ords, known_at=f.retraction_cut, seq_bound=f.seq_bound,
+                                 recs=raw_records(recs, lo, hi), seqs=raw_seqs(recs, lo, hi))
     return reader.assertions(ords, known_at=f.retraction_cut, seq_bound=f.seq_bound,
-                             recs=recs[lo:hi], seqs=seqs[lo:hi])
+                             recs=recs[lo:hi], seqs=None if seqs is None else seqs[lo:hi])
 
 
 def _shown_resolution(res: Resolution, cands: list[Assertion], ords: list[int],

@@ -23,7 +23,7 @@ from ..errors import ChecksumMismatch
 from ..model import Assertion, AssertionRecord
 from ..timeutil import format_time
 from . import codec, fast
-from .format import FRAME, FRAME_CRC_FROM, FRAME_SIZE
+from .format import FRAME, FRAME_CRC_FROM, FRAME_SEQ_OFF, FRAME_SIZE
 from .index import unpack_loc
 from . import qfast
 from .qfast import cache_take, read_frames
@@ -47,7 +47,28 @@ RESULT_BYTES = 640          # a Result dict and its numbers, besides the winners
 ANSWER_SHARE = 16           # one answer may take at most 1/16 of the bound
 HELD_MAX = 32               # an answer of this many candidates or fewer holds their records
 HELD_BYTES = 56             # a held record's list slots and seq, besides the record
+# An answer of at least RAW_FROM candidates ranked over the columns
+# (query.rows_answer) holds their frame bodies as read from the log, in one
+# bytes object (``held[0]``, see raw_pack), instead of decoded records: a
+# decoded record takes ~2.3x its frame's bytes in the heap, and a hit decodes
+# them in C (~0.2 us each).  Fewer than that keep decoded records: the bytes
+# saved are small against the answer's fixed ~3.5 KB, and a warm hit of a
+# few candidates (~6 us) would pay a decode per candidate.
+RAW_FROM = 8
+# What such an answer is charged against the bound: its estimate (which
+# tracemalloc holds above its real heap) times RAW_CHARGE.  Records and
+# record-holding answers are counted as if nothing shared them, and a held
+# answer's records are mostly the record entries' own objects, so a cache
+# full of them holds about half the bound in real heap; frame bodies are
+# shared with nothing, so a cache full of them at RAW_CHARGE 1 held ~10 MB
+# more heap at the 48 MiB bound (bench.million's fill of answers of ~20
+# candidates: 316-323 against main's 307-310 bytes an assertion).  At 1.5
+# that fill reads what main's does (307-312), so the default bound's RSS
+# figure stands for either form (bench/results/rawframes-2026-11-27-session11.md,
+# which also has the hit rates each charge gives).
+RAW_CHARGE = 1.5
 TAIL_BASE = 200             # a held answer's audit line end, besides its hashes and weights
+TAIL_NAMED = 20             # the candidates it names at most (qaudit.AUDIT_CONTRIBUTORS)
 PARAMS_BASE = 240           # its parameters' JSON (kept compiled), besides path and predicate
 # Answers together may hold up to 1/ANSWER_RESERVE of the bound against the
 # records' churn: while they hold no more, evicting for a record passes over
@@ -115,7 +136,8 @@ class Answer:
                  "plimit", "proom")
 
     def __init__(self, token, results: list, ords: list[int], active: int,
-                 shown: list[Assertion] | None = None):
+                 shown: list[Assertion] | None = None, raw: bytes | None = None,
+                 tail: bytes | None = None):
         self.token = token
         self.results = results
         self.ords = array("q", ords)
@@ -127,22 +149,41 @@ class Answer:
                 w = held.get("winner")
                 if w is not None:
                     size += 80 + record_size(w.record)
-        self.held: tuple[list[AssertionRecord], list[int]] | None = None
+        self.held: tuple[list[AssertionRecord] | bytes, list[int] | None] | None = None
         # A held answer also keeps the end of its audit line once written
         # (qaudit._audit: without decay it names only what the answer
         # holds), its room reserved here: a JSON hash per result and a hash
-        # and weight per candidate at most.
+        # and weight per named candidate at most (112 bytes: a weight's
+        # repr may take 24).  An answer made with that end (``tail``)
+        # counts its bytes instead.
         self.tail: bytes | None = None
         if shown is not None and len(shown) == len(ords) <= HELD_MAX:
-            recs = [a.record for a in shown]
-            self.held = (recs, [a.seq for a in shown])
-            if qfast.COMPILED:      # the same sum in one call (qfast.held_size)
-                size += qfast.held_size(recs, HELD_BYTES, RECORD_OVERHEAD)
+            self.tail = tail
+            if raw is not None:
+                # the frame bodies (raw_pack's), decoded by each page that
+                # shows them (raw_records): the bytes object and its header
+                # (33), the seqs' list and ints, the tuple
+                if raw_count(raw) != len(ords):
+                    raise ValueError("the raw frames and the candidates differ in number")
+                # their seqs are the frames' own (raw_seqs), checked by the
+                # caller against the State's
+                self.held = (raw, None)
+                size += 33 + len(raw) + 64
             else:
-                size += sum(HELD_BYTES + record_size(rec) for rec in recs)
-            size += TAIL_BASE + 68 * len(results) + 112 * len(ords)
-        # The compiled first page also keeps the line's parameters with that
-        # end (``ptail``: ``,"params":{..}`` and ``tail``, for pages of
+                recs = [a.record for a in shown]
+                self.held = (recs, [a.seq for a in shown])
+                if qfast.COMPILED:      # the same sum in one call (qfast.held_size)
+                    size += qfast.held_size(recs, HELD_BYTES, RECORD_OVERHEAD)
+                else:
+                    size += sum(HELD_BYTES + record_size(rec) for rec in recs)
+            if tail is not None:
+                # the end itself, made with the answer (query.rows_answer):
+                # its bytes, not the room for the longest it could be
+                size += 33 + len(tail)
+            else:
+                size += TAIL_BASE + 68 * len(results) + 112 * min(len(ords), TAIL_NAMED)
+        # The compiled first page also keeps the line's parameters beside
+        # that end (``ptail``: ``,"params":{..}`` alone, for pages of
         # ``plimit``; _query.FirstPage._line), within ``proom`` bytes
         # reserved here: the parameters' JSON but for the path and the
         # predicate, and theirs (a longer one is not kept)
@@ -154,6 +195,8 @@ class Answer:
                            for r in results), default=0)
             self.proom = PARAMS_BASE + longest
             size += self.proom
+        if raw is not None and self.held is not None:
+            size = int(size * RAW_CHARGE)
         self.size = size
 
 
@@ -352,6 +395,52 @@ def take(col, ords: list[int]) -> list[int]:
     return col[ords].tolist()
 
 
+def raw_pack(bodies: list[bytes]) -> bytes:
+    """Frame bodies (as ``read_frames`` passes them to its ``decode``: the
+    frame from its type byte, the payload at BODY_PAYLOAD) in one bytes
+    object: a uint32 count, the n + 1 uint32 offsets of the bodies (from the
+    object's start), then the bodies."""
+    n = len(bodies)
+    start = 4 + 4 * (n + 1)
+    offs = array("I", [n])
+    for b in bodies:
+        offs.append(start)
+        start += len(b)
+    offs.append(start)
+    if offs.itemsize != 4:
+        raise ValueError("array('I') is not 4 bytes here")
+    return offs.tobytes() + b"".join(bodies)
+
+
+def raw_count(raw: bytes) -> int:
+    """How many bodies :func:`raw_pack`'s ``raw`` holds."""
+    return int.from_bytes(raw[:4], "little")
+
+
+def raw_records(raw: bytes, lo: int, hi: int) -> list[AssertionRecord]:
+    """The records of bodies ``lo:hi`` of :func:`raw_pack`'s ``raw`` (the
+    range clipped to the count as a slice is); compiled, in one call
+    (qfast.raw_records, whose twin is qpure.raw_records)."""
+    return qfast.raw_records(raw, lo, hi, fast.decode_assert, BODY_PAYLOAD)
+
+
+def raw_seqs(raw: bytes, lo: int, hi: int) -> list[int]:
+    """The seqs of bodies ``lo:hi`` of :func:`raw_pack`'s ``raw``, from
+    their frame heads (qfast.raw_seqs)."""
+    return qfast.raw_seqs(raw, lo, hi, BODY_SEQ)
+
+
+BODY_SEQ = FRAME_SEQ_OFF - FRAME_CRC_FROM          # where a frame body's seq is
+
+
+def _body(body: bytes, off: int) -> bytes:
+    """read_frames' ``decode`` that keeps the checked body as it is."""
+    return body
+
+
+BODY_PAYLOAD = FRAME_SIZE - FRAME_CRC_FROM      # where a frame body's payload starts
+
+
 def _size(v) -> int:
     return v[1] if type(v) is tuple else v.size
 
@@ -453,6 +542,17 @@ class Reader:
         if None in got:
             return [r if r is not None else self._read(loc) for r, loc in zip(got, locs)]
         return got
+
+    def raw_frames(self, ords: list[int]) -> tuple[bytes, list[int]] | None:
+        """The frame bodies of ``ords`` packed by :func:`raw_pack` (CRC
+        checked), and their seqs; None when one does not check out (the
+        caller then reads them as records, which raises what it raises)."""
+        st = self.state
+        locs = take(st.cols.loc, ords)
+        got = read_frames(locs, list(self.wal.segments), _body)
+        if None in got:
+            return None
+        return raw_pack([b for b, _n in got]), take(st.cols.seq, ords)
 
     def _read(self, loc: int) -> tuple[AssertionRecord, int]:
         """The record at packed location ``loc`` and its frame body's length."""

@@ -61,8 +61,11 @@ def test_every_line_is_audit_heads_whatever_the_limits_and_agents(clocked):
         store.query("d/e", predicate="p", limit=limit, agent=agent)
         ans = _check_line(store, "d/e", "p", limit, agent)
         assert ans.plimit == limit and type(ans.ptail) is bytes
-        assert ans.ptail.endswith(ans.tail) and ans.ptail.startswith(b',"params":{')
-        assert len(ans.ptail) - len(ans.tail) + 33 <= ans.proom
+        # the parameters' JSON alone (the tail is the answer's own, not
+        # held twice), within the room the answer's size reserves
+        assert ans.ptail.startswith(b',"params":{') and ans.ptail.endswith(b"}")
+        assert not ans.ptail.endswith(ans.tail)
+        assert len(ans.ptail) + 33 <= ans.proom
 
 
 def test_a_path_beyond_the_room_is_not_kept_and_still_written(clocked, monkeypatch):
