@@ -1548,15 +1548,24 @@ cdef object _answer_token(st, dict path_ids, dict pred_ids, list paths, predicat
         raise ValueError("the generation slots are fewer than the mask covers")
     if predicate is not None:
         e = PyDict_GetItem(pred_ids, predicate)
-        if e != NULL:
+        if e != NULL and <object>e is not None:
             qid = <object>e
             has_qid = True
     if include_descendants:
         npaths = len(st.path_names)
+    elif len(paths) == 1 and (predicate is None or has_qid):
+        # one stored path (a first page's usual key): the loop's one part
+        # without its list (~0.4k instructions of a warm R1 query's ~30k)
+        e = PyDict_GetItem(path_ids, paths[0])
+        if e != NULL and <object>e is not None:
+            pid = <object>e
+            if predicate is None:
+                return (st.gen, -1, -1, (pg[pid & gen_mask],))
+            return (st.gen, -1, -1, (kg[(pid * gen_mix + qid) & gen_mask],))
     cdef list parts = []
     for i in range(len(paths)):
         e = PyDict_GetItem(path_ids, paths[i])
-        if e == NULL:
+        if e == NULL or <object>e is None:     # (the twin's .get)
             npaths = len(st.path_names)
         elif predicate is None:
             pid = <object>e
@@ -2013,6 +2022,100 @@ def read_clock(clock, now_us):
     if clock is now_us and clock_gettime(CLOCK_REALTIME, &ts) == 0 and ts.tv_sec >= 0:
         return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
     return clock()
+
+
+# ------------------------------------------------------------ Store.query, compiled
+# Store.query's plain shape (a first page of the default view: no filter,
+# no cursor) entered without its Python frame: the frame, its keyword
+# binding and the first page's own argument parsing were ~2.3k of a warm
+# R1 query's ~31k instructions (callgrind, bench.r1_warm).
+
+import functools
+from cpython.method cimport PyMethod_Check, PyMethod_GET_FUNCTION, PyMethod_GET_SELF
+
+cdef object _ABSENT = object()      # a positional argument not given
+
+
+cdef object _again(method, self, concept_path, tuple args, dict filters, predicate,
+                   include_descendants, lens, limit, cursor, agent):
+    """``method`` called as the compiled Store.query was (the keywords
+    given, in ``method``'s order, then the others in theirs)."""
+    kw = {}
+    for k, v in (("predicate", predicate), ("include_descendants", include_descendants),
+                 ("lens", lens), ("limit", limit), ("cursor", cursor), ("agent", agent)):
+        if v is not _ABSENT:
+            kw[k] = v
+    kw.update(filters)
+    if self is _ABSENT:
+        return method(*args, **kw)
+    if concept_path is _ABSENT:
+        return method(self, *args, **kw)
+    return method(self, concept_path, *args, **kw)
+
+
+def store_query(method, module):
+    """``method`` (store.Store.query, a Python function) as a compiled
+    function with its name, doc and signature (``functools.wraps``).  The
+    plain shape (self and ``concept_path``, keywords of ``method``'s own,
+    no cursor, no filter) calls ``module.first_page`` (``module``: query.py,
+    read at each call as ``method`` reads it) and, when that gives None,
+    ``run_query`` from ``method``'s globals, as ``method`` does.  Any other
+    call, bad ones included, is ``method``'s own (its errors word for
+    word).  The pure build keeps ``method`` (qpure.store_query)."""
+    code = method.__code__
+    if code.co_argcount != 2 or code.co_kwonlyargcount != 6 or not code.co_flags & 0x08:
+        raise TypeError("store_query wraps Store.query(self, concept_path, *, <6>, **filters)")
+    cdef dict qd = module.__dict__, sd = method.__globals__
+
+    fp_call = FirstPage.__dict__["call"]
+
+    # Every call parses (self and concept_path positional-only, absent
+    # keywords left _ABSENT, the rest in args and filters), so a call that
+    # is not the plain shape is ``method``'s own, word for word
+    def query(self=_ABSENT, concept_path=_ABSENT, /, *args, predicate=_ABSENT,
+              include_descendants=_ABSENT, lens=_ABSENT, limit=_ABSENT, cursor=_ABSENT,
+              agent=_ABSENT, **filters):
+        cdef PyObject* e
+        if (self is _ABSENT or concept_path is _ABSENT or args or filters
+                or (cursor is not _ABSENT and cursor is not None)):
+            return _again(method, self, concept_path, args, filters, predicate,
+                          include_descendants, lens, limit, cursor, agent)
+        if predicate is _ABSENT:
+            predicate = None
+        if include_descendants is _ABSENT:
+            include_descendants = False
+        if lens is _ABSENT:
+            lens = "recency"
+        if limit is _ABSENT:
+            limit = 100
+        if agent is _ABSENT:
+            agent = None
+        e = PyDict_GetItem(qd, "first_page")
+        if e == NULL:
+            return method(self, concept_path, predicate=predicate, lens=lens, limit=limit,
+                          include_descendants=include_descendants, agent=agent)
+        first = <object>e
+        reader = self.reader
+        # query.first_page as first_page(env) made it (FirstPage.call bound
+        # to a FirstPage): its _first, without the call's argument parsing
+        if (PyMethod_Check(first) and type(<object>PyMethod_GET_SELF(first)) is FirstPage
+                and <object>PyMethod_GET_FUNCTION(first) is fp_call):
+            out = (<FirstPage><object>PyMethod_GET_SELF(first))._first(
+                reader, concept_path, predicate, include_descendants, lens, limit, agent)
+        else:
+            out = first(reader, concept_path, predicate, include_descendants, lens, limit,
+                        agent)
+        if out is not None:
+            return out
+        e = PyDict_GetItem(sd, "run_query")
+        if e == NULL:       # (method's NameError)
+            return method(self, concept_path, predicate=predicate, lens=lens, limit=limit,
+                          include_descendants=include_descendants, agent=agent)
+        return (<object>e)(self.reader, concept_path, predicate=predicate, lens=lens,
+                           limit=limit, include_descendants=include_descendants, cursor=None,
+                           agent=agent)
+
+    return functools.wraps(method)(query)
 
 
 cdef class NewAssertions:

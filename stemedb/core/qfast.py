@@ -38,6 +38,7 @@ answer_token = _query.answer_token if COMPILED else qpure.answer_token
 first_page = _query.first_page if COMPILED else qpure.first_page
 new_assertions = _query.new_assertions if COMPILED else qpure.new_assertions
 read_clock = _query.read_clock if COMPILED else qpure.read_clock
+store_query = _query.store_query if COMPILED else qpure.store_query
 CacheLock = _query.CacheLock if COMPILED else qpure.CacheLock
 ReaderLock = _query.ReaderLock if COMPILED else qpure.ReaderLock
 raw_records = _query.raw_records if COMPILED else qpure.raw_records

@@ -9,11 +9,10 @@ state covers, snapshots and ``metadata.json``).  ``opening.py`` takes
 ``LOCK`` and wires them, applying each durable group through
 ``State.apply_group``; this module is the API over them, and close.
 
-Threading: the writer's mutex serializes the short critical section of a
-write; the fsync happens outside it through the WAL's group commit.  The
-reader's ``lock`` guards the in-memory state: the group-commit leader takes
-it to apply a durable group, readers take it to gather candidates, then
-decode records outside it.
+Threading: the writer's mutex serializes the short critical section of a write;
+the fsync happens outside it through the WAL's group commit.  The reader's
+``lock`` guards the in-memory state: the group-commit leader takes it to apply
+a durable group, readers take it to gather candidates, then decode records outside it.
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from typing import Callable
 
 from ..model import Assertion, check_hash
 from ..timeutil import now_us
-from . import auditview, fast, query as _query
+from . import auditview, fast, qfast, query as _query
 from .audit import MAX_BYTES as AUDIT_MAX_BYTES
 from .fileio import FileSystem
 from .lens import trust_rank
@@ -122,6 +121,7 @@ class Store:
         return out if out is not None else run_query(
             self.reader, concept_path, predicate=predicate, lens=lens, limit=limit,
             include_descendants=include_descendants, cursor=cursor, agent=agent, **filters)
+    query = qfast.store_query(query, _query)    # compiled: the plain shape without this frame
 
     def skeptic(self, concept_path: str, predicate: str, **filters) -> dict:
         return run_skeptic(self.reader, concept_path, predicate, **filters)

@@ -284,6 +284,28 @@ def test_a_damaged_generation_table_is_refused_by_both(clocked, monkeypatch):
         qpure.answer_token(st, ["d/e0"], "p0", False, Q.GEN_MASK, Q.GEN_MIX)
 
 
+@pytest.mark.parametrize("pid", [-5, 2**40 + 3, "x", 1.5, None])
+@pytest.mark.parametrize("table", ["path_ids", "pred_ids"])
+def test_a_damaged_id_gives_both_the_same_token_or_error(clocked, monkeypatch, pid, table):
+    """One path (the compiled token's short way) and two, with the path's
+    or the predicate's id replaced: the same token, or the same error
+    type, from both (None: not stored, as the twin's ``.get`` reads it)."""
+    store = clocked()
+    _fill(store, 0)
+    st = store.state
+    monkeypatch.setattr(st, table, dict(getattr(st, table), **{
+        "d/e0" if table == "path_ids" else "p0": pid}))
+    for paths in (["d/e0"], ["d/e0", "d/e1"]):
+        for pred in ("p0", "p9", None):
+            got = []
+            for fn in [qpure.answer_token] + ([_query.answer_token] if _query else []):
+                try:
+                    got.append(fn(st, paths, pred, False, Q.GEN_MASK, Q.GEN_MIX))
+                except (TypeError, OverflowError) as exc:
+                    got.append(TypeError if isinstance(exc, TypeError) else OverflowError)
+            assert all(g == got[0] for g in got), (pid, paths, pred, got)
+
+
 # ------------------------------------------------------------------ construction
 
 @pytest.mark.skipif(_query is None, reason="compiled _query not built")
