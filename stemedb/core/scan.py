@@ -164,7 +164,8 @@ def scan_segment(buf, path: str, number: int, *, last: bool, prev_seq: int = 0,
         del offsets[n:], types[n:], flags[n:], seqs[n:]
     kept_last = seqs[-1] if seqs else prev_seq
     if floor is not None and last:
-        _check_floor(path, number, end, size, kept_last, floor)
+        # judged as the file without its zero tail would be
+        _check_floor(path, number, end, size - zeros, kept_last, floor)
     return SegmentScan(path, number, offsets, types, flags, seqs, end, size,
                        seqs[0] if seqs else 0, kept_last, zeros)
 

@@ -228,7 +228,8 @@ class WAL:
         bytes about to be written (no further than ``segment_size``), and
         sync the zeros, so that the groups written over them are data-only
         fdatasyncs.  No space for the zeros: go on without them (the group's
-        own write then succeeds or fails on its own).  A failed sync raises
+        own write then succeeds or fails on its own; no more preallocation
+        until the store is reopened).  A failed sync raises
         (the caller stops writes: a failed fsync is never retried)."""
         if not self.prealloc:
             return
@@ -246,8 +247,10 @@ class WAL:
                 raise
             f.truncate(start)
             f.seek(seg.size)
+            self.prealloc = 0       # not again until the store is reopened
             log.warning("No space to preallocate %d bytes of WAL segment %s; appending "
-                        "without it", target - start, seg.path)
+                        "without preallocation until the store is reopened",
+                        target - start, seg.path)
             return
         f.sync()
         self._zero_end = target

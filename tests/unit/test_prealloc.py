@@ -210,9 +210,12 @@ def test_no_space_for_the_zeros_appends_without_them(tmp_path, caplog):
     assert any("No space to preallocate" in r.getMessage() for r in caplog.records)
     assert ("truncate", "segment-00001.log", size) in fs.events, "the part of the zeros is cut"
     assert os.path.getsize(data / SEG1) == log_end(data / SEG1), "appended, the file grew"
+    n = len([e for e in fs.events if e[0] == "zero"])
+    s.put_batch(big_batch(start=2000))
+    assert len([e for e in fs.events if e[0] == "zero"]) == n, "not tried again"
     s.close()
     with open_store(data, audit=False) as s2:
-        assert s2.count == 1101
+        assert s2.count == 2201
 
 
 def test_durability_none_does_not_preallocate(tmp_path):

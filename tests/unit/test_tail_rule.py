@@ -244,7 +244,8 @@ def test_a_later_page_of_a_group_without_the_earlier_one_is_damage(tmp_path):
     assert_refused(v, str(seg), offs[-2])
 
 
-def test_a_log_cut_below_its_snapshot_is_refused(tmp_path):
+@pytest.mark.parametrize("zeros", ZERO_TAILS)
+def test_a_log_cut_below_its_snapshot_is_refused(tmp_path, zeros):
     """Issue 8 item 14: after a clean shutdown, cutting the last bytes (records the
     snapshot and metadata.json say exist) used to start healthy, rewrite both and
     reuse the lost seqs."""
@@ -254,19 +255,22 @@ def test_a_log_cut_below_its_snapshot_is_refused(tmp_path):
     offs = frames(seg)
     with open(seg, "r+b") as f:
         f.truncate(offs[-5] + 7)                # mid-record: looks like a torn write
+        f.truncate(offs[-5] + 7 + zeros)
     v = verdicts(data, tmp_path)
     assert_refused(v, str(seg))
     assert "is durable according to" in str(v["open"])
     assert "seqs 36-40 are not in this directory" in v["salvage"], v["salvage"]
 
 
-def test_a_log_cut_at_a_record_boundary_below_metadata_is_refused(tmp_path):
+@pytest.mark.parametrize("zeros", ZERO_TAILS)
+def test_a_log_cut_at_a_record_boundary_below_metadata_is_refused(tmp_path, zeros):
     data = tmp_path / "data"
     crashed_store(data, 40, close=True)
     seg = data / SEG
     offs = frames(seg)
     with open(seg, "r+b") as f:
         f.truncate(offs[-3])                    # whole records only: no torn bytes at all
+        f.truncate(offs[-3] + zeros)            # (and the zero tail: the same verdict)
     with pytest.raises(CorruptionError, match="ends at seq 37.*seq 40 is durable according to metadata.json"):
         open_store(data, audit=False)
     buf = io.StringIO()
