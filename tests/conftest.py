@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import socket
 
+from stemedb.core import codec
 from stemedb.core.fileio import File, FileSystem
+from stemedb.core.format import SEGMENT_HEADER_SIZE
 
 T0 = 1_709_294_400                    # 2024-03-01T12:00:00Z, in Unix seconds
 
@@ -30,6 +32,24 @@ def body(i: int = 0, **over) -> dict:
          "value": {"i": i}, "confidence": 0.5, "timestamp": T0 + i}
     b.update(over)
     return {k: v for k, v in b.items() if v is not None or k == "value"}
+
+
+def log_end(path) -> int:
+    """Offset just past the last whole record of a segment file; an open or
+    crashed store's active segment has its preallocated zeros after it."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    return codec.scan_frames(buf, SEGMENT_HEADER_SIZE, len(buf))[4]
+
+
+def append_to_log(path, data: bytes) -> None:
+    """Write ``data`` just past the last whole record of a segment, where the
+    next write would go: over the preallocated zeros when the file has them
+    (as a crash leaves a write there), else at its end."""
+    end = log_end(path)
+    with open(path, "r+b") as f:
+        f.seek(end)
+        f.write(data)
 
 
 class _CountingFile(File):

@@ -23,6 +23,9 @@ def no_space(path: str, need: int) -> OSError:
                                  f"system (see docs/operations/runbooks/disk-full.md)", path)
 
 
+ZERO_PIECE = 1 << 20       # zero_fill writes at most this much at a time
+
+
 class File:
     """An open file for appending."""
 
@@ -44,9 +47,28 @@ class File:
         """Make everything written so far durable (fdatasync)."""
         os.fdatasync(self.fd)
 
+    def sync_all(self) -> None:
+        """Make the data and the file's size durable (fsync): after a
+        ``truncate`` that shortens the file, whose new size ``sync`` (an
+        fdatasync) need not write."""
+        os.fsync(self.fd)
+
+    def zero_fill(self, start: int, end: int) -> None:
+        """Write zeros over ``[start, end)`` (not yet durable) without moving
+        the append position: the WAL's preallocated space (docs/design.md)."""
+        zeros = bytes(min(end - start, ZERO_PIECE))
+        view = memoryview(zeros)
+        pos = start
+        while pos < end:
+            pos += os.pwrite(self.fd, view[:end - pos], pos)
+
     def truncate(self, size: int) -> None:
         os.ftruncate(self.fd, size)
         os.lseek(self.fd, size, os.SEEK_SET)
+
+    def seek(self, offset: int) -> None:
+        """Move the append position (onto preallocated zeros kept at open)."""
+        os.lseek(self.fd, offset, os.SEEK_SET)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size

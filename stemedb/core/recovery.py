@@ -82,7 +82,9 @@ def recover(wal, data_dir: str) -> Recovered:
         state.end_replay()
     seg, buf, verdict = tail
     if verdict.torn:
-        wal.cut_tail(seg, buf, verdict.end)
+        wal.cut_tail(seg, buf, verdict.end, verdict.size - verdict.zeros)
+    else:
+        wal.tail_zeros = verdict.zeros  # the preallocated clean end, appended over again
     if isinstance(buf, mmap.mmap):
         try:
             buf.close()     # nothing reads it after the cut (the state holds copies)

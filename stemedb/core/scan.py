@@ -15,9 +15,10 @@ same verdict everywhere.  It owns four rules:
    contract's ``Checksum mismatch in WAL segment <file> at offset <n>``:
 
    - they are in the last segment;
-   - a failing record is either cut short by the end of the file, or whole
-     with nothing but zeros after it, or the bytes are all zero (a file
-     system that extended the file and lost the data);
+   - a failing record is either cut short by the end of the file, or has
+     nothing but zeros after its frame (it ends at the end of the file, or
+     its write reached the disk in part over the preallocated zeros: those
+     zeros after its frame are the zero tail, below);
    - no valid record (a frame whose CRC holds, with a later seq) follows
      the failing one: a real torn write is the end of the log, while one
      flipped bit in a length field leaves good records behind it;
@@ -26,6 +27,19 @@ same verdict everywhere.  It owns four rules:
      (:class:`Floor`).  Those files are written only after the records
      they count were made durable, so a log that ends before them has lost
      acknowledged writes.
+
+   **The zero tail.**  The active segment is preallocated: the WAL writes
+   zeros ahead of its appends and syncs them, and each group overwrites
+   them (docs/design.md, "Preallocated active segment").  So in the *last*
+   segment, bytes that are all zero from the end of the last good record
+   to the end of the file are its clean end, not a torn tail: nothing is
+   cut or quarantined, and the WAL appends over them again.  A zero frame
+   cannot pass for a record: its CRC field (0) never matches the CRC32C of
+   its 12 zero bytes, and type 0 is no record type.  In a sealed segment
+   (cut to its exact size when sealed) zeros after the last record are
+   corruption, as before.  A failing record with only zeros after its
+   frame (a group write that reached the disk only in part, over zeros) is
+   a torn tail under the rules above.
 """
 from __future__ import annotations
 
@@ -82,14 +96,15 @@ class SegmentScan:
     size: int           # bytes scanned
     first_seq: int      # seq of the first record kept (0 when none)
     last_seq: int       # seq of the last record kept, else the previous segment's
+    zeros: int = 0      # the last segment's clean zero tail: bytes [end, size), all zero
 
     @property
     def torn(self) -> bool:
-        return self.end < self.size
+        return self.end < self.size - self.zeros
 
     @property
     def torn_bytes(self) -> int:
-        return self.size - self.end
+        return self.size - self.zeros - self.end
 
     def last_record(self, buf) -> list[int] | None:
         """``[segment, offset, seq, crc]`` of the last record kept (a snapshot anchor)."""
@@ -120,17 +135,24 @@ def scan_segment(buf, path: str, number: int, *, last: bool, prev_seq: int = 0,
     offsets, types, flags, seqs, stop, reason = fast.scan_frames(buf, start, size)
     _check_order(path, offsets, seqs, prev_seq)
     end = stop
+    zeros = 0
     if reason != codec.STOP_END:
         if not last:
             raise mismatch(path, stop, "" if reason == codec.STOP_CHECKSUM
                            else _REASONS[reason] + " inside a sealed segment")
-        if reason == codec.STOP_CHECKSUM and not _whole_then_zeros(buf, stop, size):
-            raise mismatch(path, stop)
-        after = seqs[-1] if seqs else prev_seq
-        found = find_valid_frame(buf, stop + 1, size, after)
-        if found is not None:
-            raise mismatch(path, stop, f"a valid record follows at offset {found}, so this is "
-                                       f"damage, not a torn write")
+        if all_zero(buf, stop, size):
+            zeros = size - stop     # the preallocated clean end of the active segment
+        else:
+            if reason == codec.STOP_CHECKSUM:
+                frame_end = _frame_end(buf, stop)
+                if not all_zero(buf, frame_end, size):
+                    raise mismatch(path, stop)
+                zeros = size - frame_end    # the failing frame is torn, the zeros after it not
+            after = seqs[-1] if seqs else prev_seq
+            found = find_valid_frame(buf, stop + 1, size, after)
+            if found is not None:
+                raise mismatch(path, stop, f"a valid record follows at offset {found}, so "
+                                           f"this is damage, not a torn write")
     # An atomic group whose closing record is missing belongs to the torn tail.
     n = len(offsets)
     while n and flags[n - 1] & FLAG_MORE:
@@ -142,9 +164,10 @@ def scan_segment(buf, path: str, number: int, *, last: bool, prev_seq: int = 0,
         del offsets[n:], types[n:], flags[n:], seqs[n:]
     kept_last = seqs[-1] if seqs else prev_seq
     if floor is not None and last:
-        _check_floor(path, number, end, size, kept_last, floor)
+        # judged as the file without its zero tail would be
+        _check_floor(path, number, end, size - zeros, kept_last, floor)
     return SegmentScan(path, number, offsets, types, flags, seqs, end, size,
-                       seqs[0] if seqs else 0, kept_last)
+                       seqs[0] if seqs else 0, kept_last, zeros)
 
 
 _REASONS = {
@@ -166,12 +189,20 @@ def _check_order(path: str, offsets, seqs, prev: int) -> None:
         prev = seq
 
 
-def _whole_then_zeros(buf, stop: int, size: int) -> bool:
-    """A failing record that ends at the end of the file, or only zeros from it on."""
-    length = int.from_bytes(buf[stop:stop + 4], "little")
-    if stop + FRAME_SIZE + length == size:
+def _frame_end(buf, stop: int) -> int:
+    """Where the frame at ``stop`` ends by its length field.  A failing record
+    is a torn write only with nothing but zeros after that: it ends at the
+    end of the file, or its write reached the disk in part over the
+    preallocated zeros."""
+    return stop + FRAME_SIZE + int.from_bytes(buf[stop:stop + 4], "little")
+
+
+def all_zero(buf, begin: int, end: int) -> bool:
+    """``buf[begin:end]`` holds only zero bytes (vectorized: a preallocated
+    tail is up to a MiB)."""
+    if end <= begin:
         return True
-    return not any(buf[stop:size])
+    return not np.frombuffer(buf, dtype=np.uint8, count=end - begin, offset=begin).any()
 
 
 def _check_floor(path: str, number: int, end: int, size: int, kept_last: int,

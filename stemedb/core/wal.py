@@ -24,6 +24,18 @@ again after ``os.fdatasync`` the leader had to take the GIL back from a
 writer preparing its next put, which cost a group ~20-40 us with 8 writers
 (bench/group_trace.py; bench/results/write-path-2026-11-26-session6.md).
 
+Preallocation: the active segment's file runs ``PREALLOC`` bytes ahead of
+its records, zeros written and synced before any group lands on them, so a
+group's fdatasync flushes its data only: appending to a growing file also
+made the new file size durable every time, an ext4 journal commit (a second
+device flush, in another kernel thread).  Measured: bench.write_ab w2s and
+bench.run W2 (bench/results/write-2026-11-27-session11.md).  When a group
+would pass the zeroed end, the leader zeros the next ``PREALLOC`` bytes and
+syncs them first (~4 ms, once a MiB).  Sealing, close and recovery's cut
+truncate the file to its records; the scanner reads an all-zero tail of the
+last segment as its clean end (scan.py, the zero tail).  Not with
+``durability="none"``, which syncs nothing per group.
+
 Fail-stop: if a write or fsync raises, the whole group fails (nothing in it
 is acknowledged), the log records the fault and refuses every later write.
 A failed fsync is never retried: after it the kernel may have dropped the
@@ -33,6 +45,7 @@ disk.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -52,6 +65,8 @@ log = logging.getLogger("stemedb")
 _new_lock = threading.Lock
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+# bytes of zeros kept ahead of the active segment's records (docs/design.md)
+PREALLOC = 1 << 20
 
 
 class Request(msgspec.Struct):
@@ -80,7 +95,7 @@ class Request(msgspec.Struct):
 class WAL:
     def __init__(self, wal_dir: str, *, fs: FileSystem | None = None,
                  segment_size: int = 64 * 1024 * 1024, durability: str = "fsync",
-                 batch_delay: float = 0.002,
+                 batch_delay: float = 0.002, prealloc: int = PREALLOC,
                  clock: Callable[[], float] = time.perf_counter,
                  on_durable: Callable[[list, dict], None] = lambda group, anchor: None):
         self.dir = wal_dir
@@ -93,6 +108,13 @@ class WAL:
         self.log_id: bytes | None = None
         self.fault: str | None = None
         self._file: File | None = None    # the active segment's append handle
+        # zeros kept ahead of the records (none when groups are not synced)
+        self.prealloc = prealloc if durability != "none" else 0
+        # the active segment's file size: [size, _zero_end) is zeros (synced
+        # when this WAL wrote them), which the next groups overwrite
+        self._zero_end = 0
+        # set by recovery: the zero tail the scanner found after the last record
+        self.tail_zeros = 0
         # the condition's lock, taken directly where nothing waits on or
         # notifies the condition (enqueue): Condition.__enter__ is a Python call
         self._mu = threading.Lock()
@@ -157,10 +179,11 @@ class WAL:
         seg.seal()
         return seg.buffer()
 
-    def cut_tail(self, seg: Segment, buf, cut: int) -> None:
-        """Move the torn bytes ``buf[cut:]`` aside (durably) and truncate the
-        segment there.  Only recovery calls this, on the scanner's verdict."""
-        end = len(buf)
+    def cut_tail(self, seg: Segment, buf, cut: int, end: int | None = None) -> None:
+        """Move the torn bytes ``buf[cut:end]`` aside (durably) and truncate the
+        segment at ``cut`` (zeros after ``end`` go with the cut; the WAL
+        preallocates again).  Only recovery calls this, on the scanner's verdict."""
+        end = len(buf) if end is None else end
         qdir = os.path.join(self.dir, "quarantine")
         self.fs.makedirs(qdir)
         qpath = os.path.join(qdir, f"{seg.name}.{cut}.torn")
@@ -175,7 +198,7 @@ class WAL:
         f = self.fs.open_append(seg.path)
         try:
             f.truncate(cut)
-            f.sync()
+            f.sync_all()
         finally:
             f.close()
         self.quarantined.append(qpath)
@@ -190,8 +213,47 @@ class WAL:
                 seg.seal()
         active = self.segments[-1]
         self._file = f = self.fs.open_append(active.path)
-        if f.size() != active.size:
+        size = f.size()
+        if self.tail_zeros and size == active.size + self.tail_zeros:
+            f.seek(active.size)     # reuse the zeros the scanner read as the clean end
+            self._zero_end = size
+            return
+        if size != active.size:
             f.truncate(active.size)
+        self._zero_end = active.size
+        self._preallocate(active, 0)
+
+    def _preallocate(self, seg: Segment, need: int) -> None:
+        """Zero the active segment's file ``PREALLOC`` bytes past the ``need``
+        bytes about to be written (no further than ``segment_size``), and
+        sync the zeros, so that the groups written over them are data-only
+        fdatasyncs.  No space for the zeros: go on without them (the group's
+        own write then succeeds or fails on its own; no more preallocation
+        until the store is reopened).  A failed sync raises
+        (the caller stops writes: a failed fsync is never retried)."""
+        if not self.prealloc:
+            return
+        want = seg.size + need
+        target = min(want + self.prealloc, self.segment_size)
+        if target < want or target <= self._zero_end:
+            return                  # a group larger than a segment: plain append
+        f = self._file
+        assert f is not None, "start_appending() opened the active segment"
+        start = max(self._zero_end, seg.size)
+        try:
+            f.zero_fill(start, target)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            f.truncate(start)
+            f.seek(seg.size)
+            self.prealloc = 0       # not again until the store is reopened
+            log.warning("No space to preallocate %d bytes of WAL segment %s; appending "
+                        "without preallocation until the store is reopened",
+                        target - start, seg.path)
+            return
+        f.sync()
+        self._zero_end = target
 
     # ------------------------------------------------------------ writing
     @property
@@ -304,6 +366,8 @@ class WAL:
             seg = self.segments[-1]
             if seg.size > SEGMENT_HEADER_SIZE and seg.size + len(data) > self.segment_size:
                 seg = self._rotate(group[0])
+            if seg.size + len(data) > self._zero_end:
+                self._preallocate(seg, len(data))
             observer = self.observer
             t0 = self.clock() if observer is not None else 0.0
             f = self._file
@@ -330,6 +394,8 @@ class WAL:
             r.locs = [(number, pos)]
             pos += len(r.data)
         seg.size = pos
+        if pos > self._zero_end:
+            self._zero_end = pos
         tail = group[-1]
         last = tail.sizes[-1]
         k = len(tail.data) - last
@@ -364,12 +430,19 @@ class WAL:
             # Groups were not synced; a sealed segment must never end torn
             # (recovery would call that corruption), so flush it once, here.
             f.sync()
+        if self._zero_end > old.size:
+            # sealed at the exact size of its records: only the last segment
+            # may end in zeros; and the new size durable before the next
+            # segment exists
+            f.truncate(old.size)
+            f.sync_all()
         f.close()
         first_seq = int.from_bytes(first.data[12:20], "little")
         new = Segment.create(self.fs, self.dir, old.number + 1, first_seq, self.log_id)
         old.seal()
         self.segments.append(new)
         self._file = self.fs.open_append(new.path)
+        self._zero_end = new.size
         return new
 
     def read(self, segment_number: int, offset: int, length: int):
@@ -414,7 +487,13 @@ class WAL:
     def close(self) -> None:
         if self._file is not None:
             try:
-                if self.durability != "none" and not self.fault:
+                size = self.segments[-1].size
+                if self.fault:
+                    pass            # nothing more is written to a faulted log
+                elif self._zero_end > size:
+                    self._file.truncate(size)   # a closed log ends at its last record
+                    self._file.sync_all()
+                elif self.durability != "none":
                     self._file.sync()
             finally:
                 self._file.close()

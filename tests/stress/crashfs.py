@@ -5,11 +5,17 @@ after it.  The store takes it as ``fs=`` (STYLE principle 8).
 What is modelled
 ----------------
 * **File data.**  An inode's durable bytes are its content at its last
-  ``File.sync()`` (fdatasync).  On a crash every file becomes its durable
-  bytes plus, when the crash keeps unsynced data, a random-length prefix
-  (seeded) of what was appended after the sync: appends reach the disk in
-  order, but any amount of them may be missing.  A file truncated since its
-  last sync comes back either at its durable bytes or at its current bytes.
+  ``File.sync()`` (fdatasync) or ``File.sync_all()`` (fsync).  On a crash
+  every file becomes its durable bytes plus, when the crash keeps unsynced
+  data, a random-length prefix (seeded) of what changed after the sync:
+  from the first byte that differs from the durable bytes to the end of the
+  current bytes.  Writes reach the disk in order, but any amount of them may
+  be missing.  For appends that is a prefix of the appended bytes; for an
+  overwrite inside the file (the WAL's groups over its preallocated zeros,
+  ``File.zero_fill``) it is the durable bytes with a prefix of the
+  overwrite in place: the write may be lost, or torn anywhere, zeros after
+  the tear.  A file truncated since its last sync comes back either at its
+  durable bytes or at its current bytes.
 * **Directory entries.**  A name created by ``open`` (O_CREAT), ``rename``
   or ``mkdir`` is durable only once its directory was fsynced
   (``fsync_dir``) after the change.  On a crash each directory holds
@@ -32,7 +38,9 @@ What is not modelled
 --------------------
 * Data reaching the disk out of order within the unsynced part of a file
   (holes, zero-filled blocks: XFS, or ext4 with data=writeback or delayed
-  allocation, can leave a file size covering blocks never written), and
+  allocation, can leave a file size covering blocks never written; a later
+  page of a group written over preallocated zeros landing while an earlier
+  one did not, which the scanner refuses as damage, docs/design.md), and
   sector tearing or bit rot inside synced data.
 * Files written outside the file layer (``LOCK``, the query audit log):
   they have no durable bytes of their own and come back with a prefix of
@@ -50,6 +58,8 @@ import shutil
 import stat
 import threading
 
+import numpy as np
+
 from stemedb.core.fileio import File, FileSystem
 
 
@@ -60,6 +70,14 @@ class _Node:
         self.durable = durable      # bytes made durable by the last sync
         self.pin = pin              # O_RDONLY descriptor: reads the inode, keeps its number
         self.dirty_trunc = False    # truncated since the last sync
+
+
+def _first_difference(a: bytes, b: bytes) -> int:
+    """The first offset where ``a`` and ``b`` differ (the shorter's length if
+    one is a prefix of the other)."""
+    m = min(len(a), len(b))
+    diff = np.flatnonzero(np.frombuffer(a, np.uint8, m) != np.frombuffer(b, np.uint8, m))
+    return int(diff[0]) if len(diff) else m
 
 
 def _read_fd(fd: int) -> bytes:
@@ -74,6 +92,15 @@ class CrashFile(File):
             fs._op("write")
             super().write(data)
 
+    def zero_fill(self, start: int, end: int) -> None:
+        fs = self.fs
+        with fs._mu:
+            fs._op("write")
+            super().zero_fill(start, end)
+
+    def sync_all(self) -> None:
+        self.sync()     # the model's durable bytes include the size already
+
     def sync(self) -> None:
         fs = self.fs
         with fs._mu:
@@ -82,14 +109,8 @@ class CrashFile(File):
             if fs.fail_sync:
                 raise OSError(errno.EIO, "injected fsync failure")
             node = fs._node_for_fd(self.fd)
-            if node.dirty_trunc:
-                node.durable = _read_fd(node.pin)
-                node.dirty_trunc = False
-            else:
-                size = os.fstat(node.pin).st_size
-                have = len(node.durable)
-                if size > have:
-                    node.durable += os.pread(node.pin, size - have, have)
+            node.durable = _read_fd(node.pin)   # appends, overwrites and truncations
+            node.dirty_trunc = False
             # no real fdatasync: durability is what this model says it is
 
     def truncate(self, size: int) -> None:
@@ -235,10 +256,12 @@ class CrashFS(FileSystem):
         durable = node.durable
         if not keep_unsynced:
             return durable
-        if not node.dirty_trunc and current.startswith(durable):
-            extra = current[len(durable):]
-            return durable + extra[:self.rng.randint(0, len(extra))]
-        return self.rng.choice([durable, current])
+        if node.dirty_trunc or len(current) < len(durable):
+            return self.rng.choice([durable, current])
+        # in order from the first changed byte: appends and overwrites alike
+        n = _first_difference(durable, current)
+        k = n + self.rng.randint(0, len(current) - n)
+        return current[:k] + durable[k:]
 
     def close(self) -> None:
         """Forget everything without a crash (the test is over)."""

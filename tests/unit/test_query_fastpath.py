@@ -37,6 +37,7 @@ from stemedb.core.lens import _HALF_LIFE_US
 from stemedb.errors import ChecksumMismatch
 from stemedb.model import Assertion, AssertionRecord
 from stemedb.timeutil import format_time
+from tests.conftest import log_end
 
 try:
     from stemedb.core import _query  # type: ignore[attr-defined]
@@ -296,7 +297,7 @@ def test_a_damaged_record_is_the_same_checksum_mismatch(clocked, monkeypatch, pu
         store.put({"concept_path": "g", "predicate": "r", "value": f"v{i}", "confidence": 0.5,
                    "timestamp": T0 + i})
     [seg] = glob.glob(os.path.join(store.path, "**", "segment-*.log"), recursive=True)
-    size = os.path.getsize(seg)
+    size = log_end(seg)                 # the records (the active segment's zeros follow)
     with open(seg, "r+b") as fh:        # a byte in the middle of the log's records
         fh.seek(size // 2)
         b = fh.read(1)

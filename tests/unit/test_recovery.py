@@ -15,7 +15,7 @@ from stemedb.core import codec
 from stemedb.core.format import FLAG_MORE, FRAME_SIZE, REC_ASSERT, SEGMENT_HEADER_SIZE
 from stemedb.errors import ChecksumMismatch, CorruptionError
 from stemedb.model import prepare_assertion
-from tests.conftest import NoFsyncFS, abandon, body, tree_bytes
+from tests.conftest import NoFsyncFS, abandon, append_to_log, body, log_end, tree_bytes
 
 
 @pytest.fixture
@@ -34,11 +34,20 @@ def seg_path(data, n=1):
 
 
 def frames(path):
-    """Offsets and flags of the records in a segment file."""
+    """Offsets and flags of the records in a segment file, and its bytes up to
+    the end of the last record (without the zero tail of a preallocated one)."""
     with open(path, "rb") as f:
         buf = f.read()
     offsets, _t, flags, seqs, stop, _r = codec.scan_frames(buf, SEGMENT_HEADER_SIZE, len(buf))
-    return list(offsets), list(flags), buf
+    return list(offsets), list(flags), buf[:stop]
+
+
+def ends_at(path, end):
+    """The segment's records end at ``end``, and nothing but zeros follows
+    (the active segment's preallocated space)."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    return log_end(path) == end and not any(buf[end:])
 
 
 def messages(caplog):
@@ -309,8 +318,8 @@ def test_seqs_that_do_not_increase_are_corruption(data):
     path = seg_path(data)
     offs, _f, buf = frames(path)
     r = prepare_assertion(body(77))
-    with open(path, "ab") as f:                 # a valid record whose seq goes back to 2
-        f.write(codec.encode_frame(REC_ASSERT, 0, 2, codec.encode_assert(r)))
+    # a valid record whose seq goes back to 2
+    append_to_log(path, codec.encode_frame(REC_ASSERT, 0, 2, codec.encode_assert(r)))
     with pytest.raises(ChecksumMismatch) as exc:
         op(data)
     assert str(exc.value).startswith(f"Checksum mismatch in WAL segment {path} at offset {len(buf)}")
@@ -369,7 +378,7 @@ def test_torn_tail_is_cut_and_kept_aside(data, caplog, tail, snapshot):
     assert warn == [f"Truncated torn write at end of WAL segment {path}: {len(torn)} bytes "
                     f"moved to {qpath}"], "the contract's warning, naming file, size and path"
     assert open(qpath, "rb").read() == torn, "the cut bytes are kept in wal/quarantine/"
-    assert os.path.getsize(path) == len(good), "the segment ends at the last whole record"
+    assert ends_at(path, len(good)), "the segment ends at the last whole record"
     assert all(s.get(h) for h in hs) and s.count == len(hs)
     r = s.put(body(500))
     s.close()
@@ -391,7 +400,7 @@ def test_a_batch_cut_short_vanishes_whole(data, caplog):
     assert warn and f"{len(buf[:offs[6] + 25]) - offs[3]} bytes" in warn[0]
     assert all(s.get(h) is None for h in batch), "a batch is all or nothing"
     assert all(s.get(h) for h in kept) and s.count == 3
-    assert os.path.getsize(path) == offs[3]
+    assert ends_at(path, offs[3])
     s.close()
 
 
@@ -414,8 +423,7 @@ def test_torn_tail_in_the_last_of_several_segments(data, caplog):
     abandon(s)
     last = sorted(n for n in os.listdir(os.path.join(data, "wal")) if n.endswith(".log"))[-1]
     path = os.path.join(data, "wal", last)
-    with open(path, "ab") as f:
-        f.write(b"\xff" * 13)
+    append_to_log(path, b"\xff" * 13)
     s, warn = _torn_open(data, caplog, segment_size=4096)
     assert len(warn) == 1 and path in warn[0]
     assert s.count == 40 and all(s.get(h) for h in hs)

@@ -11,6 +11,7 @@ salvage would cut.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import shutil
@@ -24,17 +25,18 @@ from stemedb.core import verify
 from stemedb.core.format import FRAME, FRAME_SIZE, SEGMENT_HEADER_SIZE
 from stemedb.errors import CorruptionError, StemeError
 from stemedb.ops import backup, salvage
-from tests.conftest import NoFsyncFS, abandon, body
+from tests.conftest import NoFsyncFS, abandon, body, log_end
 
 SEG = os.path.join("wal", "segment-00001.log")
 
 
 def frames(path) -> list[int]:
-    """Offsets of the records of one segment, walked by their lengths."""
+    """Offsets of the records of one segment, walked by their lengths up to
+    the end of the file or the zero tail of a preallocated active segment."""
     with open(path, "rb") as f:
         buf = f.read()
     offs, pos = [], SEGMENT_HEADER_SIZE
-    while pos + FRAME_SIZE <= len(buf):
+    while pos + FRAME_SIZE <= len(buf) and any(buf[pos:pos + FRAME_SIZE]):
         offs.append(pos)
         pos += FRAME_SIZE + FRAME.unpack_from(buf, pos)[0]
     return offs
@@ -49,6 +51,21 @@ def crashed_store(path, n=10, *, close=False):
     else:
         abandon(s)
     return hashes
+
+
+def with_tail(path, zeros: int) -> None:
+    """The segment as its records and then ``zeros`` zero bytes: 0 as a
+    closed store leaves it, more as the preallocated active segment of a
+    running or crashed one (docs/design.md).  Every verdict below must be
+    the same either way."""
+    end = log_end(path)
+    with open(path, "r+b") as f:
+        f.truncate(end)
+        f.seek(end)
+        f.write(bytes(zeros))
+
+
+ZERO_TAILS = [0, 100, 1 << 20]
 
 
 def flip(path, offset, mask=0x01):
@@ -110,11 +127,13 @@ def assert_refused(v, seg_path, offset=None):
     assert v["salvage_rc"] == 1, v["salvage"]
 
 
-def test_one_flipped_byte_in_record_3_of_10_is_refused_everywhere(tmp_path):
+@pytest.mark.parametrize("zeros", ZERO_TAILS)
+def test_one_flipped_byte_in_record_3_of_10_is_refused_everywhere(tmp_path, zeros):
     """Issue 8 item 7: before, backup published 2 assertions as if the rest were in flight."""
     data = tmp_path / "data"
     crashed_store(data)
     seg = data / SEG
+    with_tail(seg, zeros)
     offs = frames(seg)
     flip(seg, offs[2] + FRAME_SIZE + 40)        # inside record 3's payload
     v = verdicts(data, tmp_path)
@@ -124,12 +143,14 @@ def test_one_flipped_byte_in_record_3_of_10_is_refused_everywhere(tmp_path):
     assert "kept: 2 records, up to seq 2" in v["salvage"], v["salvage"]
 
 
+@pytest.mark.parametrize("zeros", ZERO_TAILS)
 @pytest.mark.parametrize("bit", [0x01, 0x10, 0x80])
-def test_one_flipped_length_bit_mid_segment_is_damage_not_a_torn_tail(tmp_path, bit):
+def test_one_flipped_length_bit_mid_segment_is_damage_not_a_torn_tail(tmp_path, bit, zeros):
     """Issue 8 item 14: a length that runs past the end, with good records after it."""
     data = tmp_path / "data"
     crashed_store(data, 30)
     seg = data / SEG
+    with_tail(seg, zeros)
     offs = frames(seg)
     flip(seg, offs[12] + 2, bit)                # the third byte of record 13's length
     v = verdicts(data, tmp_path)
@@ -138,35 +159,93 @@ def test_one_flipped_length_bit_mid_segment_is_damage_not_a_torn_tail(tmp_path, 
     assert "17 valid records after them (seqs 14-30)" in v["salvage"], v["salvage"]
 
 
-def test_a_real_torn_tail_is_cut_and_agreed_on(tmp_path):
+@pytest.mark.parametrize("zeros", ZERO_TAILS)
+def test_a_real_torn_tail_is_cut_and_agreed_on(tmp_path, zeros):
+    """The last record's write cut after 30 bytes: at the end of the file, or
+    over the preallocated zeros (the rest of its frame and after it zero)."""
     data = tmp_path / "data"
     hashes = crashed_store(data)
     seg = data / SEG
     offs = frames(seg)
-    size = os.path.getsize(seg)
+    size = log_end(seg)
     with open(seg, "r+b") as f:
-        f.truncate(offs[-1] + 30)               # the last record's write was cut
+        f.truncate(offs[-1] + 30)
+        if zeros:
+            f.truncate(size + zeros)
+    frame_end = size
     v = verdicts(data, tmp_path)
     assert v["salvage_rc"] == 0 and "nothing to salvage" in v["salvage"]
     assert v["verify_rc"] == 0 and "warning: torn write" in v["verify"], v["verify"]
+    torn = (frame_end if zeros else offs[-1] + 30) - offs[-1]
+    assert f"{torn} bytes after offset {offs[-1]}" in v["verify"], v["verify"]
     assert v["backup"]["assertion_count"] == 9 and len(v["published"]) == 1
     assert v["open"] == 9
     assert size > offs[-1] + 30
+    q = os.listdir(data / "wal" / "quarantine")
+    assert q == [f"segment-00001.log.{offs[-1]}.torn"], q
+    assert os.path.getsize(data / "wal" / "quarantine" / q[0]) == torn
     with open_store(data, audit=False) as s:
         assert [s.get(h) is not None for h in hashes] == [True] * 9 + [False]
 
 
-def test_zero_filled_tail_is_torn_everywhere(tmp_path):
+@pytest.mark.parametrize("zeros", [1, 19, 20, 4096, 1 << 20])
+def test_a_zero_tail_is_the_clean_end_everywhere(tmp_path, zeros, caplog):
+    """Zeros after the last record of the last segment are the preallocated
+    space of the active segment: no torn write, nothing cut or quarantined,
+    nothing left out of a backup, and the store appends over them."""
     data = tmp_path / "data"
     crashed_store(data)
-    with open(data / SEG, "ab") as f:
-        f.write(b"\0" * 4096)
+    seg = data / SEG
+    with_tail(seg, zeros)
+    end = log_end(seg)
+    caplog.set_level(logging.WARNING, logger="stemedb")
     v = verdicts(data, tmp_path)
     assert v["verify_rc"] == 0 and v["salvage_rc"] == 0 and v["open"] == 10
+    assert "warning: torn" not in v["verify"], v["verify"]
     assert v["backup"]["assertion_count"] == 10
+    bseg = os.path.join(tmp_path / "backups", v["published"][0], SEG)
+    assert os.path.getsize(bseg) == end, "a backup holds the records, not the zeros"
+    assert not any("torn" in r.getMessage() for r in caplog.records)
+    assert not os.path.exists(data / "wal" / "quarantine")
+    with open_store(data, audit=False) as s:
+        assert log_end(seg) == end, "reopened on the zeros: the log is unchanged"
+        s.put(body(50))
+    assert log_end(seg) > end and os.path.getsize(seg) == log_end(seg), "closed: cut to its records"
 
 
-def test_a_log_cut_below_its_snapshot_is_refused(tmp_path):
+def test_zeros_after_the_records_of_a_sealed_segment_are_damage(tmp_path):
+    """Only the active segment is preallocated; a sealed one is cut to its
+    records when sealed, so zeros after them are corruption, refused."""
+    data = tmp_path / "data"
+    s = open_store(data, fs=NoFsyncFS(), audit=False, segment_size=4096)
+    for i in range(40):
+        s.put(body(i, value="y" * 200))
+    abandon(s)
+    first = data / SEG
+    assert os.path.getsize(first) == log_end(first) <= 4096, "sealed at its exact size"
+    with_tail(first, 64)
+    v = verdicts(data, tmp_path)
+    assert_refused(v, str(first), log_end(first))
+
+
+def test_a_later_page_of_a_group_without_the_earlier_one_is_damage(tmp_path):
+    """The limit of the zero tail: a group's write that reached the disk out
+    of order (a later record whole, the one before it still zeros) leaves a
+    valid record after a failing one; the scanner cannot tell that from
+    damage and refuses it (salvage cuts it)."""
+    data = tmp_path / "data"
+    crashed_store(data)
+    seg = data / SEG
+    offs = frames(seg)
+    with open(seg, "r+b") as f:
+        f.seek(offs[-2])
+        f.write(bytes(offs[-1] - offs[-2]))     # record 9 never landed, record 10 did
+    v = verdicts(data, tmp_path)
+    assert_refused(v, str(seg), offs[-2])
+
+
+@pytest.mark.parametrize("zeros", ZERO_TAILS)
+def test_a_log_cut_below_its_snapshot_is_refused(tmp_path, zeros):
     """Issue 8 item 14: after a clean shutdown, cutting the last bytes (records the
     snapshot and metadata.json say exist) used to start healthy, rewrite both and
     reuse the lost seqs."""
@@ -176,19 +255,22 @@ def test_a_log_cut_below_its_snapshot_is_refused(tmp_path):
     offs = frames(seg)
     with open(seg, "r+b") as f:
         f.truncate(offs[-5] + 7)                # mid-record: looks like a torn write
+        f.truncate(offs[-5] + 7 + zeros)
     v = verdicts(data, tmp_path)
     assert_refused(v, str(seg))
     assert "is durable according to" in str(v["open"])
     assert "seqs 36-40 are not in this directory" in v["salvage"], v["salvage"]
 
 
-def test_a_log_cut_at_a_record_boundary_below_metadata_is_refused(tmp_path):
+@pytest.mark.parametrize("zeros", ZERO_TAILS)
+def test_a_log_cut_at_a_record_boundary_below_metadata_is_refused(tmp_path, zeros):
     data = tmp_path / "data"
     crashed_store(data, 40, close=True)
     seg = data / SEG
     offs = frames(seg)
     with open(seg, "r+b") as f:
         f.truncate(offs[-3])                    # whole records only: no torn bytes at all
+        f.truncate(offs[-3] + zeros)            # (and the zero tail: the same verdict)
     with pytest.raises(CorruptionError, match="ends at seq 37.*seq 40 is durable according to metadata.json"):
         open_store(data, audit=False)
     buf = io.StringIO()
