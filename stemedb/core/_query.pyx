@@ -1905,17 +1905,24 @@ cdef class FirstPage:
         return True
 
 
+cdef Py_ssize_t _raw_head(raw) except -1:
+    """Where ``reader.raw_pack``'s bodies start in ``raw``, its header
+    checked (the ValueErrors of qpure._raw_span)."""
+    if type(raw) is not bytes or len(raw) < 4:
+        raise ValueError("not a raw frames object")
+    cdef Py_ssize_t n = _rd32(<const uint8_t*>PyBytes_AS_STRING(raw))
+    cdef Py_ssize_t head = 4 + 4 * (n + 1)
+    if n < 0 or head > PyBytes_GET_SIZE(raw):
+        raise ValueError("the raw frames' header does not fit")
+    return head
+
+
 def raw_records(raw, Py_ssize_t lo, Py_ssize_t hi, decode, Py_ssize_t at):
     """See qpure.raw_records: one loop over the header, each body copied out
     (PyBytes_FromStringAndSize) and decoded by ``decode``."""
-    if type(raw) is not bytes or len(raw) < 4:
-        raise ValueError("not a raw frames object")
+    cdef Py_ssize_t head = _raw_head(raw), size = PyBytes_GET_SIZE(raw), i, s, e
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(raw)
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(raw), n = _rd32(p), i, s, e, head
-    head = 4 + 4 * (n + 1)
-    if n < 0 or head > size:
-        raise ValueError("the raw frames' header does not fit")
-    lo, hi, _ = slice(lo, hi).indices(n)
+    lo, hi, _ = slice(lo, hi).indices(_rd32(p))
     cdef list out = []
     for i in range(lo, hi):
         s = _rd32(p + 4 + 4 * i)
@@ -1928,15 +1935,10 @@ def raw_records(raw, Py_ssize_t lo, Py_ssize_t hi, decode, Py_ssize_t at):
 
 def raw_seqs(raw, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t at):
     """See qpure.raw_seqs."""
-    if type(raw) is not bytes or len(raw) < 4:
-        raise ValueError("not a raw frames object")
+    cdef Py_ssize_t head = _raw_head(raw), size = PyBytes_GET_SIZE(raw), i, s, e
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(raw)
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(raw), n = _rd32(p), i, s, e, head
     cdef uint64_t v
-    head = 4 + 4 * (n + 1)
-    if n < 0 or head > size:
-        raise ValueError("the raw frames' header does not fit")
-    lo, hi, _ = slice(lo, hi).indices(n)
+    lo, hi, _ = slice(lo, hi).indices(_rd32(p))
     cdef list out = []
     for i in range(lo, hi):
         s = _rd32(p + 4 + 4 * i)

@@ -362,23 +362,30 @@ def read_frames(locs: list[int], segs: list, decode) -> list:
     return out
 
 
+def _raw_span(raw: bytes, lo: int, hi: int) -> tuple[int, range]:
+    """Where ``reader.raw_pack``'s bodies start in ``raw`` (its header
+    checked, ValueError otherwise) and the indexes ``lo:hi`` of its bodies,
+    clipped as a slice is."""
+    if type(raw) is not bytes or len(raw) < 4:
+        raise ValueError("not a raw frames object")
+    n = int.from_bytes(raw[:4], "little")
+    if 4 + 4 * (n + 1) > len(raw):
+        raise ValueError("the raw frames' header does not fit")
+    return 4 + 4 * (n + 1), range(*slice(lo, hi).indices(n))
+
+
 def raw_records(raw: bytes, lo: int, hi: int, decode, at: int) -> list:
     """The records of bodies ``lo:hi`` (clipped as a slice is) of
     ``reader.raw_pack``'s ``raw``: each body's payload, at ``at`` in it,
     decoded by ``decode`` (``fast.decode_assert``) from a copy of the body
     (a bytes object of its own).  A header that does not fit ``raw``
     raises ValueError."""
-    if type(raw) is not bytes or len(raw) < 4:
-        raise ValueError("not a raw frames object")
-    n = int.from_bytes(raw[:4], "little")
-    if 4 + 4 * (n + 1) > len(raw):
-        raise ValueError("the raw frames' header does not fit")
-    lo, hi, _ = slice(lo, hi).indices(n)
+    head, span = _raw_span(raw, lo, hi)
     out = []
-    for i in range(lo, hi):
+    for i in span:
         s = int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "little")
         e = int.from_bytes(raw[8 + 4 * i:12 + 4 * i], "little")
-        if not 4 + 4 * (n + 1) <= s <= e <= len(raw):
+        if not head <= s <= e <= len(raw):
             raise ValueError("a raw frame's offsets are out of bounds")
         out.append(decode(raw[s:e], at))
     return out
@@ -387,17 +394,12 @@ def raw_records(raw: bytes, lo: int, hi: int, decode, at: int) -> list:
 def raw_seqs(raw: bytes, lo: int, hi: int, at: int) -> list[int]:
     """The seqs (uint64 at ``at`` in each body) of bodies ``lo:hi`` of
     ``reader.raw_pack``'s ``raw``; ValueError as raw_records."""
-    if type(raw) is not bytes or len(raw) < 4:
-        raise ValueError("not a raw frames object")
-    n = int.from_bytes(raw[:4], "little")
-    if 4 + 4 * (n + 1) > len(raw):
-        raise ValueError("the raw frames' header does not fit")
-    lo, hi, _ = slice(lo, hi).indices(n)
+    head, span = _raw_span(raw, lo, hi)
     out = []
-    for i in range(lo, hi):
+    for i in span:
         s = int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "little")
         e = int.from_bytes(raw[8 + 4 * i:12 + 4 * i], "little")
-        if not 4 + 4 * (n + 1) <= s <= e <= len(raw) or e - s < at + 8:
+        if not head <= s <= e <= len(raw) or e - s < at + 8:
             raise ValueError("a raw frame's offsets are out of bounds")
         out.append(int.from_bytes(raw[s + at:s + at + 8], "little"))
     return out
