@@ -43,6 +43,7 @@ def main(argv=None) -> None:
 
     from stemedb.core import query as Q
     from stemedb.core import reader as R
+    from stemedb.core import readcache as RC
     from stemedb.core.store import open_store
     keys_file = os.path.join(a.store, "http-keys.json")
     if not os.path.exists(keys_file):
@@ -81,11 +82,11 @@ def main(argv=None) -> None:
         wrap(Q, "rows_answer", "rows_answer (lens over the columns, winners, Answer)")
         wrap(Q, "rank_rows", "  rank_rows (the lens's rows and ranking)")
         wrap(R.Reader, "assertions", "  Reader.assertions (the candidates decoded)")
-        wrap(R.ReadCache, "take", "    ReadCache.take (record cache lookups)")
+        wrap(RC.ReadCache, "take", "    ReadCache.take (record cache lookups)")
         wrap(R.Reader, "_fill", "    Reader._fill (missed records read, sized, cached)")
         wrap(R.Reader, "_read_many", "      Reader._read_many (pread/mapping + CRC + decode)")
-        wrap(R.ReadCache, "add_records", "      ReadCache.add_records")
-        wrap(R.Answer, "__init__", "  Answer.__init__ (its size estimate)")
+        wrap(RC.ReadCache, "add_records", "      ReadCache.add_records")
+        wrap(RC.Answer, "__init__", "  Answer.__init__ (its size estimate)")
         wrap(Q, "_audit", "_audit (the entry, on a miss)")
         wrap(qaudit, "_tail", "  qaudit._tail (the line's end the answer keeps)")
 

@@ -43,7 +43,7 @@ CacheLock = _query.CacheLock if COMPILED else qpure.CacheLock
 ReaderLock = _query.ReaderLock if COMPILED else qpure.ReaderLock
 raw_records = _query.raw_records if COMPILED else qpure.raw_records
 raw_seqs = _query.raw_seqs if COMPILED else qpure.raw_seqs
-if COMPILED:    # (the pure build sums reader.record_size itself: its twin)
+if COMPILED:    # (the pure build sums readcache.record_size itself: its twin)
     held_size = _query.held_size
     # (the pure build runs reader.Reader._fill's own loop: its twin)
     missed_entries = _query.missed_entries

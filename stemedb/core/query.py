@@ -31,7 +31,7 @@ from .qfilters import (  # noqa: F401 (re-exported: the filters, gather, shown, 
     shown, shown_many,
 )
 from .audit import AuditLog
-from .reader import HELD_MAX, RAW_FROM, Answer, raw_records, raw_seqs
+from .readcache import HELD_MAX, RAW_FROM, Answer, raw_records, raw_seqs
 from .state import GEN_MASK, GEN_MIX
 
 TRACE_LIMIT = 100

@@ -29,7 +29,7 @@ from .fileio import FileSystem
 from .lens import trust_rank
 from .opening import open_parts
 from .query import QueryResult, run_query, run_skeptic, run_trace
-from .reader import DEFAULT_READ_CACHE_BYTES
+from .readcache import DEFAULT_READ_CACHE_BYTES
 from .writer import PutResult, RetractResult
 
 log = logging.getLogger("stemedb")

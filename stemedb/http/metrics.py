@@ -302,7 +302,7 @@ def _runtime_collectors(registry) -> None:
 
 
 def _read_cache_metrics(store):
-    """The read cache's hits, misses and size (stemedb.core.reader.ReadCache);
+    """The read cache's hits, misses and size (stemedb.core.readcache.ReadCache);
     zeros when it is off (STEMEDB_READ_CACHE_BYTES=0)."""
     cache = getattr(getattr(store, "reader", None), "cache", None)
     st = cache.stats() if cache is not None else {

@@ -1,11 +1,11 @@
-"""Answers that thrash (reader.ANSWER_WINDOW): a cycle of keys whose
+"""Answers that thrash (readcache.ANSWER_WINDOW): a cycle of keys whose
 answers do not all fit the read cache, the shape of bench_http's query
 clients, is LRU's worst case (every answer evicted before its key comes
 round again); the cache then keeps one new answer in ADMIT_EVERY, which
 live through several cycles and are hit.  Admission decides only whether
 an answer is kept: every answer, kept or not, equals a fresh computation.
 A working set that fits keeps every answer.  Also: ``qfast.held_size``
-(compiled ``_query.held_size``) against reader.record_size."""
+(compiled ``_query.held_size``) against readcache.record_size."""
 from __future__ import annotations
 
 import random
@@ -13,7 +13,7 @@ import random
 import pytest
 
 from stemedb import open_store
-from stemedb.core import reader as R
+from stemedb.core import readcache as RC
 from stemedb.model import AssertionRecord
 from tests.conftest import NoFsyncFS
 
@@ -83,7 +83,7 @@ def test_the_verdict_turns_off_when_lookups_hit_again(tmp_path):
             for i in range(200):
                 s.query(f"k/{(i * 7) % 200}", predicate="r", lens="consensus")
         assert cache.answer_thrashing
-        for _ in range(R.ANSWER_WINDOW * 3 // 4):       # a few keys, asked again and again
+        for _ in range(RC.ANSWER_WINDOW * 3 // 4):       # a few keys, asked again and again
             for i in range(4):
                 s.query(f"k/{i}", predicate="r", lens="consensus")
         assert cache.answer_thrashing       # judged when an answer is to be kept:
@@ -109,7 +109,7 @@ def _records(n, seed=1):
 
 
 # _query.held_size's twin is what the pure build runs in its place (Answer):
-# the sum of reader.record_size over the held records
+# the sum of readcache.record_size over the held records
 needs_compiled = pytest.mark.skipif(_query is None, reason="needs the compiled _query module")
 
 
@@ -117,12 +117,12 @@ needs_compiled = pytest.mark.skipif(_query is None, reason="needs the compiled _
 @pytest.mark.parametrize("n", [0, 1, 20, 33])
 def test_held_size_is_record_sizes_sum(n):
     recs = _records(n, seed=n)
-    want = sum(R.HELD_BYTES + R.record_size(rec) for rec in recs)
-    assert _query.held_size(recs, R.HELD_BYTES, R.RECORD_OVERHEAD) == want
+    want = sum(RC.HELD_BYTES + RC.record_size(rec) for rec in recs)
+    assert _query.held_size(recs, RC.HELD_BYTES, RC.RECORD_OVERHEAD) == want
 
 
 @needs_compiled
 @pytest.mark.parametrize("bad,exc", [(None, TypeError), ((), TypeError), ([object()], AttributeError)])
 def test_held_size_refuses_what_is_not_a_list_of_records(bad, exc):
     with pytest.raises(exc):
-        _query.held_size(bad, R.HELD_BYTES, R.RECORD_OVERHEAD)
+        _query.held_size(bad, RC.HELD_BYTES, RC.RECORD_OVERHEAD)

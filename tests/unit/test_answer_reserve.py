@@ -1,11 +1,11 @@
 """Materialized answers hold their share of the read cache against records'
-churn (stemedb/core/reader.py, ANSWER_RESERVE): a working set of records
+churn (stemedb/core/readcache.py, ANSWER_RESERVE): a working set of records
 above the bound no longer cycles every answer out, the bound still holds,
 and answers beyond the reserve are evicted as before."""
 from __future__ import annotations
 
 from stemedb import open_store
-from stemedb.core import reader as R
+from stemedb.core import readcache as RC
 from tests.conftest import NoFsyncFS
 
 
@@ -15,8 +15,8 @@ def _claim(i, path):
 
 
 def _sizes(cache):
-    answers = sum(v.size for v in cache._d.values() if isinstance(v, R.Answer))
-    return cache.bytes == sum(R._size(v) for v in cache._d.values()), answers
+    answers = sum(v.size for v in cache._d.values() if isinstance(v, RC.Answer))
+    return cache.bytes == sum(RC._size(v) for v in cache._d.values()), answers
 
 
 def test_answers_survive_records_churn_within_the_reserve(tmp_path):
@@ -51,7 +51,7 @@ def test_answers_beyond_the_reserve_are_evicted_and_the_bound_holds(tmp_path):
         # more answers were made than the whole cache holds: most are gone,
         # and records were not all squeezed out below the reserve's share
         assert 0 < cache.answer_bytes
-        assert sum(isinstance(v, R.Answer) for v in cache._d.values()) < 400
+        assert sum(isinstance(v, RC.Answer) for v in cache._d.values()) < 400
         cache.clear()
         assert cache.bytes == cache.answer_bytes == 0
 
@@ -59,7 +59,7 @@ def test_answers_beyond_the_reserve_are_evicted_and_the_bound_holds(tmp_path):
 def test_without_the_reserve_records_churn_evicts_answers(tmp_path, monkeypatch):
     """The first test's counterpart: with no reserve the answers are cycled out
     (so that test checks what the reserve does)."""
-    monkeypatch.setattr(R, "ANSWER_RESERVE", 10 ** 9)
+    monkeypatch.setattr(RC, "ANSWER_RESERVE", 10 ** 9)
     with open_store(str(tmp_path / "d"), fs=NoFsyncFS(), durability="none", audit=False,
                     read_cache_bytes=200_000) as s:
         s.put_batch([_claim(i, f"p{i % 5}") for i in range(5)])

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from stemedb.core import qfast, qpure
-from stemedb.core.reader import ReadCache
+from stemedb.core.readcache import ReadCache
 
 try:
     from stemedb.core import _query  # type: ignore[attr-defined]

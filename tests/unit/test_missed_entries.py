@@ -12,6 +12,7 @@ import pytest
 
 from stemedb.core import qfast
 from stemedb.core import reader as R
+from stemedb.core import readcache as RC
 
 try:
     from stemedb.core import _query  # type: ignore[attr-defined]
@@ -65,8 +66,8 @@ def _run_pure(fake, recs, locs):
 
 
 def _run_compiled(fake, recs, locs):
-    fake.cache.add_records(_query.missed_entries(recs, locs, fake._read_many, R.RECORD_BASE,
-                                                 R.DERIVED_EXTRA, R.SIGNED_EXTRA))
+    fake.cache.add_records(_query.missed_entries(recs, locs, fake._read_many, RC.RECORD_BASE,
+                                                 RC.DERIVED_EXTRA, RC.SIGNED_EXTRA))
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -87,7 +88,7 @@ def test_the_same_records_entries_and_reads(seed):
     assert outs[0] == outs[1]
     recs, calls, added = outs[1]
     assert recs == recs_all
-    assert [e[2] for e in added[0]] == [R.entry_size(table[e[0]], lengths[e[0]])
+    assert [e[2] for e in added[0]] == [RC.entry_size(table[e[0]], lengths[e[0]])
                                         for e in added[0]]
 
 
@@ -120,7 +121,7 @@ def test_a_read_that_is_not_a_pair_is_refused(run):
 def test_the_reader_uses_it_when_compiled(opener):
     """A store's query that misses records goes through it, and its entries
     are what the cache counts.  (40 candidates: an answer of 16 to 32 holds
-    their frame bodies and reads no record entry, reader.RAW_FROM.)"""
+    their frame bodies and reads no record entry, readcache.RAW_FROM.)"""
     if not qfast.COMPILED:
         pytest.skip("pure build")
     s = opener()

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from stemedb.core import audit as audit_mod
 from stemedb.core import qaudit, qfast, qpure
 from stemedb.core import query as Q
-from stemedb.core import reader as reader_mod
+from stemedb.core import readcache as RC
 from stemedb.core.index import MultiMap
 from stemedb.core.lens import _HALF_LIFE_US
 from stemedb.errors import ChecksumMismatch
@@ -229,7 +229,7 @@ def clocked(opener):
 def _pure(monkeypatch):
     """The pure twins in place of every compiled helper of this path."""
     monkeypatch.setattr(qfast, "cache_take", qpure.cache_take)
-    monkeypatch.setattr(reader_mod, "cache_take", qpure.cache_take)
+    monkeypatch.setattr(RC, "cache_take", qpure.cache_take)
     monkeypatch.setattr(qfast, "key_ordinals", qpure.key_ordinals)
     monkeypatch.setattr(qfast, "hashed_pairs", qpure.hashed_pairs)
     monkeypatch.setattr(qaudit, "_ENTRY", qaudit._entry)

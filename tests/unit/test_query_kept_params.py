@@ -13,7 +13,7 @@ import pytest
 
 from stemedb.core import qfast
 from stemedb.core import query as Q
-from stemedb.core import reader as reader_mod
+from stemedb.core import readcache as RC
 from tests.unit.test_query_fastpath import clocked  # noqa: F401 (a fixture: the store at a set clock)
 
 try:
@@ -70,7 +70,7 @@ def test_every_line_is_audit_heads_whatever_the_limits_and_agents(clocked):
 
 def test_a_path_beyond_the_room_is_not_kept_and_still_written(clocked, monkeypatch):
     store = clocked(audit=True)
-    monkeypatch.setattr(reader_mod, "PARAMS_BASE", 40)    # room for almost nothing
+    monkeypatch.setattr(RC, "PARAMS_BASE", 40)    # room for almost nothing
     _put(store, "d/long", "p")
     store.query("d/long", predicate="p")
     store.audit.flush()
@@ -102,7 +102,7 @@ def test_the_room_is_counted_in_the_answers_size(clocked):
     _put(store, "d/e", "p")
     store.query("d/e", predicate="p")
     ans = _answer(store, "d/e")
-    assert ans.proom == reader_mod.PARAMS_BASE + len("d/e") + len("p")
+    assert ans.proom == RC.PARAMS_BASE + len("d/e") + len("p")
     cache = store.reader.cache
     kept = Q.Answer(ans.token, ans.results, list(ans.ords), ans.active)   # not held: no room
     assert kept.proom == 0 and kept.ptail is None

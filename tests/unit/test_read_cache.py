@@ -1,4 +1,4 @@
-"""The read cache (stemedb.core.reader.ReadCache): decoded records and
+"""The read cache (stemedb.core.readcache.ReadCache): decoded records and
 materialized query answers.
 
 The property test is the contract of issue 9, section 3: over random
@@ -22,6 +22,7 @@ from nacl.signing import SigningKey
 from stemedb import open_store
 from stemedb.config import Settings
 from stemedb.core import reader as R
+from stemedb.core import readcache as RC
 from stemedb.core.lens import LENSES
 from stemedb.errors import ConfigError, StemeError
 from stemedb.model import assertion_hash
@@ -323,15 +324,15 @@ def test_a_small_answer_serves_its_pages_from_the_records_it_holds(store, monkey
     hashes = [store.put(claim(i, ts=i)).hash for i in range(5)]
     store.retract(hash=hashes[1], reason="bad")
     first = store.query("g", predicate="r", include_retracted=True, limit=3)
-    [ans] = [v for v in store.reader.cache._d.values() if isinstance(v, R.Answer)]
+    [ans] = [v for v in store.reader.cache._d.values() if isinstance(v, RC.Answer)]
     assert ans.held is not None and len(ans.held[0]) == len(ans.ords) == 5
     assert ans.held[1] == [int(store.reader.state.cols.seq[o]) for o in ans.ords]
-    bare = R.Answer(ans.token, ans.results, list(ans.ords), ans.active)
+    bare = RC.Answer(ans.token, ans.results, list(ans.ords), ans.active)
     assert bare.held is None
     # (compiled, also the room of the parameters' JSON kept with that end)
-    assert ans.proom == (R.PARAMS_BASE + len("g") + len("r") if R.qfast.COMPILED else 0)
-    assert ans.size == bare.size + sum(R.HELD_BYTES + R.record_size(r) for r in ans.held[0]) \
-        + R.TAIL_BASE + 68 * len(ans.results) + 112 * min(len(ans.ords), R.TAIL_NAMED) + ans.proom
+    assert ans.proom == (RC.PARAMS_BASE + len("g") + len("r") if R.qfast.COMPILED else 0)
+    assert ans.size == bare.size + sum(RC.HELD_BYTES + RC.record_size(r) for r in ans.held[0]) \
+        + RC.TAIL_BASE + 68 * len(ans.results) + 112 * min(len(ans.ords), RC.TAIL_NAMED) + ans.proom
 
     def no_lookup(*a, **k):
         raise AssertionError("a held answer looked its records up")
@@ -339,7 +340,7 @@ def test_a_small_answer_serves_its_pages_from_the_records_it_holds(store, monkey
     for cursor in (None, first.next_cursor):
         store.query("g", predicate="r", include_retracted=True, limit=3, cursor=cursor)
         with monkeypatch.context() as m:
-            m.setattr(R.ReadCache, "take", no_lookup)
+            m.setattr(RC.ReadCache, "take", no_lookup)
             again = store.query("g", predicate="r", include_retracted=True, limit=3,
                                 cursor=cursor)
         with monkeypatch.context() as m:
@@ -354,9 +355,9 @@ def test_a_small_answer_serves_its_pages_from_the_records_it_holds(store, monkey
 
 
 def test_a_large_answer_holds_no_records(store):
-    store.put_batch([claim(i, ts=i) for i in range(R.HELD_MAX + 1)])
+    store.put_batch([claim(i, ts=i) for i in range(RC.HELD_MAX + 1)])
     store.query("g", predicate="r", limit=2)
-    [ans] = [v for v in store.reader.cache._d.values() if isinstance(v, R.Answer)]
+    [ans] = [v for v in store.reader.cache._d.values() if isinstance(v, RC.Answer)]
     assert ans.held is None
 
 
@@ -374,7 +375,7 @@ def test_records_are_cached_and_the_bound_holds(tmp_path):
         hits = cache.record_hits
         assert s.reader.read_record(199) is rec
         assert cache.record_hits == hits + 1
-        assert cache.bytes == sum(R._size(v) for v in cache._d.values())
+        assert cache.bytes == sum(RC._size(v) for v in cache._d.values())
 
 
 def _signed(body):
@@ -397,7 +398,7 @@ def test_the_size_estimate_is_not_below_what_records_take(tmp_path, shape):
             bodies = [_signed(dict(b, derived_from=roots[:1 + i % 5]))
                       for i, b in enumerate(bodies)]
         s.put_batch(bodies)
-        s.reader.cache = R.ReadCache(1 << 40)
+        s.reader.cache = RC.ReadCache(1 << 40)
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
@@ -485,13 +486,13 @@ def test_a_thrashing_cache_admits_one_miss_in_eight(tmp_path):
         cache = s.reader.cache
         assert not cache.thrashing
         ords = list(range(2000))
-        for _ in range(R.WINDOW // 2000 + 1):
+        for _ in range(RC.WINDOW // 2000 + 1):
             s.reader.read_records(ords)
         assert cache.thrashing
         before = len(cache)
         cache.clear()
         s.reader.read_records(list(range(80)))
-        assert before > 20 and len(cache) == 80 // R.ADMIT_EVERY
+        assert before > 20 and len(cache) == 80 // RC.ADMIT_EVERY
         for p in range(40):
             assert s.query(f"p{p}", predicate="r").to_dict() == _uncached(
                 s, lambda p=p: s.query(f"p{p}", predicate="r")).to_dict()

@@ -1,4 +1,4 @@
-"""Answers that hold their candidates' frame bodies (reader.raw_pack, one
+"""Answers that hold their candidates' frame bodies (readcache.raw_pack, one
 bytes object) instead of decoded records: an answer of RAW_FROM..HELD_MAX
 candidates ranked over the columns (query.rows_answer) whose every
 candidate was shown.  The same answers as without the cache, first pages
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from stemedb.core import qfast, qpure
 from stemedb.core import query as Q
-from stemedb.core import reader as R
+from stemedb.core import readcache as CACHE
 from stemedb.core.lens import LENSES
 from tests.unit import test_read_cache as RC
 from tests.unit.test_query_first_page import IMPLS, _shape, _slots
@@ -67,7 +67,7 @@ QUERIES = [dict(predicate="r", lens=lens, limit=limit)
 
 def _held_kinds(s):
     return sorted({type(v.held[0]).__name__ for v in s.reader.cache._d.values()
-                   if isinstance(v, R.Answer) and v.held is not None})
+                   if isinstance(v, CACHE.Answer) and v.held is not None})
 
 
 @pytest.mark.parametrize("impl", [n for n, _ in IMPLS])
@@ -109,7 +109,7 @@ def test_compiled_builds_raw_answers_by_default(tmp_path):
         s.query("k0", predicate="r", lens="consensus", limit=100)
         s.query("small", predicate="r", lens="consensus", limit=100)
         kinds = {v.ords.tolist().__len__(): type(v.held[0]).__name__
-                 for v in s.reader.cache._d.values() if isinstance(v, R.Answer)}
+                 for v in s.reader.cache._d.values() if isinstance(v, CACHE.Answer)}
         assert kinds == {25: "bytes", 5: "list"}
 
 
@@ -119,7 +119,7 @@ def test_raw_records_is_its_twin(tmp_path):
         got = s.reader.raw_frames(list(range(12)))
         assert got is not None
         raw, seqs = got
-        assert R.raw_count(raw) == 12 and seqs == list(range(1, 13))
+        assert CACHE.raw_count(raw) == 12 and seqs == list(range(1, 13))
         want = s.reader.read_records(list(range(12)))
     twins = [qpure.raw_records] + ([_query.raw_records] if _query is not None else [])
     seq_twins = [qpure.raw_seqs] + ([_query.raw_seqs] if _query is not None else [])
@@ -130,17 +130,17 @@ def test_raw_records_is_its_twin(tmp_path):
             return ("ok", fn(*a))
         except Exception as exc:  # noqa: BLE001 - compared as outcomes
             return ("error", type(exc).__name__)
-    assert qpure.raw_records(raw, 0, 12, fast.decode_assert, R.BODY_PAYLOAD) == want
+    assert qpure.raw_records(raw, 0, 12, fast.decode_assert, CACHE.BODY_PAYLOAD) == want
     bad = [raw, raw[:3], b"", raw[:40], b"\xff\xff\xff\x7f" + raw[4:], raw[:-7],
            raw[:8] + b"\xff\xff\x00\x00" + raw[12:], bytearray(raw)]
     for blob in bad:
         for lo, hi in [(0, 12), (3, 5), (-2, 100), (5, 2), (0, 0), (11, 12)]:
-            outs = [outcome(t, blob, lo, hi, fast.decode_assert, R.BODY_PAYLOAD)
+            outs = [outcome(t, blob, lo, hi, fast.decode_assert, CACHE.BODY_PAYLOAD)
                     for t in twins]
             assert all(o == outs[0] for o in outs), (blob[:12], lo, hi, outs)
-            outs = [outcome(t, blob, lo, hi, R.BODY_SEQ) for t in seq_twins]
+            outs = [outcome(t, blob, lo, hi, CACHE.BODY_SEQ) for t in seq_twins]
             assert all(o == outs[0] for o in outs), (blob[:12], lo, hi, outs)
-    assert qpure.raw_seqs(raw, 0, 12, R.BODY_SEQ) == seqs
+    assert qpure.raw_seqs(raw, 0, 12, CACHE.BODY_SEQ) == seqs
 
 
 @pytest.mark.parametrize("audit", [False, True])
@@ -150,12 +150,12 @@ def test_a_raw_answers_size_estimate_covers_what_it_holds(tmp_path, rows, audit)
     JSON (``ptail``, compiled); both are in what the estimate must cover."""
     with _open(str(tmp_path / "d"), Clock(), audit=audit) as s:
         _fill(s, keys=60, n=20)
-        s.reader.cache = R.ReadCache(1 << 40)
+        s.reader.cache = CACHE.ReadCache(1 << 40)
         s.query("k0", predicate="r", lens="consensus", limit=100)   # imports, first calls
         s.query("k0", predicate="r", lens="consensus", limit=100)
         if audit:
             s.audit.flush()
-        s.reader.cache = cache = R.ReadCache(1 << 40)
+        s.reader.cache = cache = CACHE.ReadCache(1 << 40)
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
@@ -167,12 +167,12 @@ def test_a_raw_answers_size_estimate_covers_what_it_holds(tmp_path, rows, audit)
             used = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        answers = [v for v in cache._d.values() if isinstance(v, R.Answer)]
+        answers = [v for v in cache._d.values() if isinstance(v, CACHE.Answer)]
         assert len(answers) == 59 and all(type(a.held[0]) is bytes for a in answers)
         # the estimate itself (the bound is charged RAW_CHARGE times it)
         assert all(type(a.held[0]) is bytes for a in answers)
-        assert cache.bytes / R.RAW_CHARGE >= used, (cache.bytes / 59, used / 59)
-        assert R.RAW_CHARGE >= 1
+        assert cache.bytes / CACHE.RAW_CHARGE >= used, (cache.bytes / 59, used / 59)
+        assert CACHE.RAW_CHARGE >= 1
     if audit and qfast.COMPILED:
         assert all(type(a.tail) is bytes and a.tail and type(a.ptail) is bytes
                    for a in answers)
@@ -197,7 +197,7 @@ def _page_outcome(fn, *args):
 
 def _damaged(raw: bytes) -> list[bytes]:
     """``raw`` (raw_pack's, 20 bodies) broken in the ways a blob can be."""
-    n = R.raw_count(raw)
+    n = CACHE.raw_count(raw)
     offs = list(struct.unpack_from(f"<{n + 1}I", raw, 4))
 
     def with_offs(new):
@@ -211,7 +211,7 @@ def _damaged(raw: bytes) -> list[bytes]:
     past = offs[:]
     past[-1] += 1                       # the last body's end past the object
     huge_len = bytearray(raw)
-    huge_len[offs[2] + R.BODY_PAYLOAD + 72:offs[2] + R.BODY_PAYLOAD + 76] = b"\xff\xff\xff\x0f"
+    huge_len[offs[2] + CACHE.BODY_PAYLOAD + 72:offs[2] + CACHE.BODY_PAYLOAD + 76] = b"\xff\xff\xff\x0f"
     return [raw[:3], b"", raw[:40], raw[:-7], raw + b"tail bytes",
             struct.pack("<I", n - 1) + raw[4:], struct.pack("<I", n + 1) + raw[4:],
             b"\xff\xff\xff\x7f" + raw[4:], with_offs(swapped), with_offs(short),
@@ -231,7 +231,7 @@ def test_the_held_page_is_its_twin(tmp_path, rows):
         s.put_batch([claim(i, path="small", ts=i) for i in range(5)])
         for key in ("k0", "k1", "small"):
             s.query(key, predicate="r", lens="consensus", limit=100)
-        got = {k[0]: v for k, v in s.reader.cache._d.items() if isinstance(v, R.Answer)}
+        got = {k[0]: v for k, v in s.reader.cache._d.items() if isinstance(v, CACHE.Answer)}
         st_ = s.reader.state
         raw_ans, small = got["k0"], got["small"]
         assert type(raw_ans.held[0]) is bytes and type(small.held[0]) is list
@@ -305,7 +305,7 @@ def test_cached_large_answers_equal_fresh_ones(n_g, n_ga, rnd, queries, program,
                         rnd.choice([None, None, None, 0]))
         n = len(s.query("g", predicate="r", lens="consensus", limit=100).assertions)
         made = _held_kinds(s)      # (n: the same claim twice is one candidate)
-        if (Q.ROWS_FROM if not forced else R.RAW_FROM) <= n <= R.HELD_MAX:
+        if (Q.ROWS_FROM if not forced else CACHE.RAW_FROM) <= n <= CACHE.HELD_MAX:
             assert made == ["bytes"], (made, n, forced, audit)
         run.ask("g", "r", False, "consensus", None, None, None, None, None, False, False, 100)
         for op in program:
@@ -321,4 +321,4 @@ def test_cached_large_answers_equal_fresh_ones(n_g, n_ga, rnd, queries, program,
 
 def test_a_held_answers_named_candidates_are_the_audits():
     from stemedb.core.qaudit import AUDIT_CONTRIBUTORS
-    assert R.TAIL_NAMED == AUDIT_CONTRIBUTORS
+    assert CACHE.TAIL_NAMED == AUDIT_CONTRIBUTORS
