@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from ..errors import ChecksumMismatch
-from ..model import Assertion
+from ..model import Assertion, AssertionRecord
 from ..timeutil import format_time
 from . import codec, fast
 from .format import FRAME, FRAME_CRC_FROM, FRAME_SIZE
