@@ -3,14 +3,14 @@ bytes-bounded LRU, and what each entry is charged against the bound.
 
 :class:`ReadCache` (``STEMEDB_READ_CACHE_BYTES``; 0 turns it off) keeps
 decoded records keyed by their location in the log (a record never changes
-once written, so its entry needs no invalidation) and :class:`Answer`\ s
+once written, so its entry needs no invalidation) and answers (:class:`Answer`)
 keyed and checked by ``query.py`` (see ``_answer_key`` there).  The size
 estimates (``record_size``, ``entry_size``, ``Answer``'s own) are measured
 against tracemalloc by ``tests/unit/test_read_cache.py``.  An answer of
 ``RAW_FROM`` to ``HELD_MAX`` candidates holds their frame bodies as read
 from the log, packed by :func:`raw_pack` and decoded per page in C
-(:func:`raw_records`, :func:`raw_seqs`).  :mod:`stemedb.core.reader` uses
-all of it and re-exports the names its callers import from it.
+(:func:`raw_records`, :func:`raw_seqs`).  :mod:`stemedb.core.reader` fills
+the cache with records, ``query.py`` with answers.
 """
 from __future__ import annotations
 
