@@ -15,8 +15,8 @@ WAL's preallocated space through a wrapper of ``WAL._preallocate``.
 Each put is tagged by what its interval overlapped, first match: ``zeroing``
 (a zeroing of the WAL), ``slow-sync`` (a group whose write + fdatasync took
 more than ``--slow-sync-ms``), ``slice-start`` (it began within 5 ms of its
-slice's start: new threads, and the disk's first syncs after a pause are
-slower), else ``other``.  Prints per rep the puts/s and the zeroings, then
+slice's first put: the disk's first syncs after a pause are slower), else
+``other``.  Prints per rep the puts/s and the zeroings, then
 p50/p99/p99.9 of all puts, the tags of the slowest 1% against their share of
 all puts, the p99 without each tag, and per tag p50/p99/max.
 
@@ -77,8 +77,9 @@ def main() -> None:
         starts = []
         wall = 0.0
         for i in range(0, len(items), 400):
-            starts.append(perf())
+            first = len(puts)
             wall += w2_threads(Adapter, items[i:i + 400], threads=8)["seconds"]
+            starts.append(min(t0 for t0, _ in puts[first:]))    # the slice's first put
             time.sleep(a.gap_ms / 1e3)
         z, g = list(zeroings), list(groups)
         s.close()
