@@ -14,8 +14,12 @@ keys' answers with their records, and answers of ~20 candidates holding
 frame bodies, asked twice with the audit on),
 then open after deleting ``db/indexes`` (rebuild),
 ``--rebuilds`` times, each figure printed and their median.
-Prints one line per figure; the implementation is the one the environment
-selects (``STEMEDB_PURE_PYTHON=1`` for the pure path).
+Prints one line per figure; each RSS line also says how much of the store's
+own mapped files is resident in the process (the snapshot, the WAL
+segments: /proc/self/smaps) and how much anonymous memory sits in
+transparent huge pages (the figure moves with them,
+``bench/results/million-2026-11-27-session10.md``).  The implementation is
+the one the environment selects (``STEMEDB_PURE_PYTHON=1`` for the pure path).
 """
 from __future__ import annotations
 
@@ -36,10 +40,26 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 def rss_kinds():
-    # resident anonymous (heap) and file-backed (the mapped snapshot) bytes
+    # resident anonymous (heap) and file-backed (mapped files) bytes
     with open("/proc/self/status") as f:
         kv = dict(line.split(":", 1) for line in f if line.startswith(("RssAnon", "RssFile")))
     return {k: int(v.split()[0]) * 1024 for k, v in kv.items()}
+def rss_store_maps(root):
+    # resident bytes of the store's own mapped files (/proc/self/smaps): the
+    # snapshot (db/) and the WAL segments (wal/), the two that can be large;
+    # and the anonymous memory in transparent huge pages (numpy advises them)
+    out, cur = {"snapshot": 0, "wal": 0, "thp": 0}, None
+    db, wal = os.path.join(root, "db") + "/", os.path.join(root, "wal") + "/"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                name = line.split(None, 5)[5].strip() if len(line.split(None, 5)) > 5 else ""
+                cur = "snapshot" if name.startswith(db) else "wal" if name.startswith(wal) else None
+            elif cur and line.startswith("Rss:"):
+                out[cur] += int(line.split()[1]) * 1024
+            elif line.startswith("AnonHugePages:"):
+                out["thp"] += int(line.split()[1]) * 1024
+    return out
 import numpy, sortedcontainers, msgspec, orjson, blake3, google_crc32c  # noqa: F401
 from stemedb import open_store
 import stemedb.core.store, stemedb.core.lens, stemedb.core.query  # noqa: F401
@@ -48,7 +68,8 @@ raw = sys.argv[2] == "fill-raw"
 t = time.perf_counter(); s = open_store(sys.argv[1], audit=raw); el = time.perf_counter() - t
 gc.collect(); used = rss() - base
 out = {"open_s": el, "rebuilt": s.rebuilt, "count": s.count, "records": s.replayed,
-       "rss_bytes": used, "implementation": s.implementation}
+       "rss_bytes": used, "implementation": s.implementation,
+       "rss_maps": rss_store_maps(os.path.abspath(sys.argv[1]))}
 if sys.argv[2] in ("fill", "fill-raw"):
     # The issue's figure counts the caches at their default bound: fill the
     # read cache to 98% of it by queries (answers and their records), as a
@@ -92,6 +113,7 @@ if sys.argv[2] in ("fill", "fill-raw"):
     out.update(rss_full_bytes=rss() - base,
                rss_full_anon=kinds["RssAnon"] - kinds0["RssAnon"],
                rss_full_file=kinds["RssFile"] - kinds0["RssFile"], fill_queries=asked, fill_records=o,
+               rss_full_maps=rss_store_maps(os.path.abspath(sys.argv[1])),
                fill_s=time.perf_counter() - t, cache=cache.stats())
 out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 print(json.dumps(out))
@@ -128,6 +150,12 @@ def probe(path: str, fill: str | bool = False) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def maps(m: dict) -> str:
+    """The store's mapped files resident, as a probe measured them."""
+    return (f"mapped: snapshot {m['snapshot'] / 1e6:.0f} MB, WAL {m['wal'] / 1e6:.0f} MB; "
+            f"huge pages {m['thp'] / 1e6:.0f} MB")
+
+
 def du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -151,7 +179,8 @@ def main(argv=None) -> int:
         p = probe(path, fill=True)
         print(f"open from snapshot ({p['implementation']}): {p['open_s']:.2f} s, "
               f"RSS {p['rss_bytes'] / p['count']:.0f} bytes/assertion "
-              f"({p['rss_bytes'] / 1e6:.0f} MB for {p['count']:,}) after open")
+              f"({p['rss_bytes'] / 1e6:.0f} MB for {p['count']:,}) after open "
+              f"({maps(p['rss_maps'])})")
         # The cache full of each form of answer (reader.Answer): the small
         # keys' (decoded records, and records), then answers of ~20
         # candidates that hold frame bodies (compiled).  The figure is the
@@ -165,7 +194,8 @@ def main(argv=None) -> int:
                   f"{p['rss_full_bytes'] / p['count']:.0f} bytes/assertion "
                   f"({p['rss_full_bytes'] / 1e6:.0f} MB: anonymous "
                   f"{p['rss_full_anon'] / 1e6:.0f} MB, file-backed {p['rss_full_file'] / 1e6:.0f} "
-                  f"MB; cache {c['bytes'] / 2**20:.1f} of {c['max_bytes'] / 2**20:.0f} MiB, "
+                  f"MB ({maps(p['rss_full_maps'])}); "
+                  f"cache {c['bytes'] / 2**20:.1f} of {c['max_bytes'] / 2**20:.0f} MiB, "
                   f"answers {p['answers_bytes'] / 2**20:.1f} MiB: {p['raw_answers']:,} holding "
                   f"frame bodies, {p['list_answers']:,} records; {c['entries']:,} entries, after "
                   f"{p['fill_queries']:,} queries and {p['fill_records']:,} record reads)")

@@ -13,8 +13,9 @@ that still grows there is not the data).
 
 Every ``--window`` seconds it prints the worker's RSS (``/proc/<pid>/status``),
 the assertions stored, RSS per assertion above the idle worker, the heap
-alone per assertion (RssAnon above the idle worker's: RSS also counts the WAL
-pages that queries read through mmap, page cache the kernel can drop), requests/s of
+alone per assertion (RssAnon above the idle worker's: RSS also counts the
+snapshot's pages that queries read through its mapping, page cache the kernel
+can drop; WAL records are read by pread, never mapped), requests/s of
 the window (reads, writes), the audit trail's size and the window's read cache
 hit rates, records and answers (``/metrics``); at the
 end the first and last windows of the mixed phase and of the read-only phase.
@@ -236,8 +237,8 @@ def soak(args) -> dict:
                        "rss": rss, "rss_anon": rss_bytes(pid, "RssAnon"),
                        "rss_file": rss_bytes(pid, "RssFile"),
                        "rss_per_assertion": (rss - idle) / n if n else None,
-                       # the heap alone: RSS also counts the WAL pages queries
-                       # read through mmap, which the page cache can drop
+                       # the heap alone: RSS also counts the snapshot's pages
+                       # queries read through its mapping, which the page cache can drop
                        "heap_per_assertion": (rss_bytes(pid, "RssAnon") - idle_anon) / n
                        if n else None,
                        "reads_per_s": (r - last[1]) / dt, "writes_per_s": (w - last[2]) / dt,

@@ -1477,8 +1477,6 @@ def read_frames(list locs, list segs, decode):
     cdef int fd
     cdef uint8_t head[FIRST_READ]
     cdef uint8_t* big
-    cdef const uint8_t[:] mv
-    cdef dict maps = {}
     cdef list out = []
     if nseg:
         first = (<object>PyList_GET_ITEM(segs, 0)).number
@@ -1490,41 +1488,26 @@ def read_frames(list locs, list segs, decode):
         if loc < 0 or not 0 <= k < nseg:
             out.append(None)
             continue
-        seg = <object>PyList_GET_ITEM(segs, k)
-        buf = maps.get(k)
-        if buf is None:
-            # a sealed segment's mapping (b"" for none); the active one: its fd
-            if k < nseg - 1 and seg.sealed and seg.size > 0:
-                buf = maps[k] = seg.buffer()
-            else:
-                buf = maps[k] = seg._fd
-        if type(buf) is int:
-            fd = buf
-            got = pread(fd, head, FIRST_READ, off)
-            if got < FRAME_HEAD:
-                out.append(None)
-                continue
-            need = FRAME_HEAD + <Py_ssize_t>_rd32(head)
-            if need > FRAME_HEAD + MAX_PAYLOAD:
-                out.append(None)        # a damaged length: Reader._read refuses it
-                continue
-            if need <= got:
-                out.append(_frame(head, got, decode))
-                continue
-            big = <uint8_t*>malloc(need)
-            if big == NULL:
-                raise MemoryError()
-            try:
-                got = pread(fd, big, need, off)
-                out.append(_frame(big, got, decode) if got == need else None)
-            finally:
-                free(big)
-            continue
-        mv = buf
-        if off >= mv.shape[0] or mv.shape[0] == 0:
+        fd = (<object>PyList_GET_ITEM(segs, k))._fd
+        got = pread(fd, head, FIRST_READ, off)
+        if got < FRAME_HEAD:
             out.append(None)
             continue
-        out.append(_frame(&mv[off], mv.shape[0] - off, decode))
+        need = FRAME_HEAD + <Py_ssize_t>_rd32(head)
+        if need > FRAME_HEAD + MAX_PAYLOAD:
+            out.append(None)        # a damaged length: Reader._read refuses it
+            continue
+        if need <= got:
+            out.append(_frame(head, got, decode))
+            continue
+        big = <uint8_t*>malloc(need)
+        if big == NULL:
+            raise MemoryError()
+        try:
+            got = pread(fd, big, need, off)
+            out.append(_frame(big, got, decode) if got == need else None)
+        finally:
+            free(big)
     return out
 
 

@@ -2,8 +2,9 @@
 bytes without monkey-patching (STYLE principle 8).
 
 The engine writes only through a :class:`FileSystem`; the default is the
-real one.  Reads of sealed segments go straight to mmap (a read cannot lose
-data).
+real one.  Reads of segments go straight to ``pread`` (and recovery's scan
+of a sealed segment to a read-only mapping: segment.py); a read cannot lose
+data.
 """
 from __future__ import annotations
 

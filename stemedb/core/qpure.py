@@ -311,16 +311,16 @@ def _frame(buf, off: int, decode):
 def read_frames(locs: list[int], segs: list, decode) -> list:
     """The records at the packed log locations ``locs`` (``index.pack_loc``)
     of the WAL segments ``segs`` (``WAL.segments``, oldest first), each as
-    ``(record, frame body length)``: a sealed segment's frame sliced out of
-    its mapping (but the last segment's), any other read by ``pread`` on the
-    segment's descriptor (the first FIRST_READ bytes, then the whole frame
-    if it is longer), its CRC checked and its body decoded by ``decode``
+    ``(record, frame body length)``: each frame read by ``pread`` on its
+    segment's descriptor, sealed or not (the first FIRST_READ bytes, then
+    the whole frame if it is longer; never through a mapping, which would
+    map ~64 KiB of the log into the process for each frame: segment.py),
+    its CRC checked and its body decoded by ``decode``
     (``fast.decode_assert``).  None for a frame that does not check out
     (short, torn, CRC, an unknown segment): ``Reader._read`` reads those
     and raises what it always raised.  O(the frames' bytes)."""
     import os
     first = segs[0].number if segs else 0
-    maps: dict = {}
     out: list = []
     for loc in locs:
         segno, off = loc >> LOC_BITS, loc & ((1 << LOC_BITS) - 1)
@@ -328,37 +328,28 @@ def read_frames(locs: list[int], segs: list, decode) -> list:
         if loc < 0 or not 0 <= k < len(segs):
             out.append(None)
             continue
-        seg = segs[k]
-        buf = maps.get(k)
-        if buf is None:
-            if k < len(segs) - 1 and seg.sealed and seg.size > 0:
-                buf = maps[k] = seg.buffer()
-            else:
-                buf = maps[k] = seg._fd
-        if type(buf) is int:
-            try:
-                raw = os.pread(buf, FIRST_READ, off)
-            except OSError:
+        fd = segs[k]._fd
+        try:
+            raw = os.pread(fd, FIRST_READ, off)
+        except OSError:
+            out.append(None)
+            continue
+        if len(raw) >= FRAME_HEAD:
+            need = FRAME_HEAD + int.from_bytes(raw[:4], "little")
+            if need > FRAME_HEAD + MAX_PAYLOAD:
+                # a damaged length (up to 4 GiB): Reader._read refuses it
                 out.append(None)
                 continue
-            if len(raw) >= FRAME_HEAD:
-                need = FRAME_HEAD + int.from_bytes(raw[:4], "little")
-                if need > FRAME_HEAD + MAX_PAYLOAD:
-                    # a damaged length (up to 4 GiB): Reader._read refuses it
+            if need > len(raw):
+                try:
+                    raw = os.pread(fd, need, off)
+                except OSError:
                     out.append(None)
                     continue
-                if need > len(raw):
-                    try:
-                        raw = os.pread(buf, need, off)
-                    except OSError:
-                        out.append(None)
-                        continue
-                    if len(raw) != need:
-                        out.append(None)
-                        continue
-            out.append(_frame(raw, 0, decode))
-            continue
-        out.append(_frame(buf, off, decode))
+                if len(raw) != need:
+                    out.append(None)
+                    continue
+        out.append(_frame(raw, 0, decode))
     return out
 
 

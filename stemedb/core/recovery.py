@@ -138,6 +138,8 @@ def _walk(wal, state: State, pos: dict | None, floor: Floor):
         if v.offsets:
             last_frame = v.last_record(buf)
         prev = v.last_seq
+        if not last:
+            seg.unmap()     # scanned: its pages leave RSS; records are read by pread
         progress.update(records=len(v.offsets), bytes=v.size)
         if last:
             progress.done()

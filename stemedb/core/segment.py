@@ -2,7 +2,21 @@
 
 A segment is ``wal/segment-NNNNN.log``: a 40-byte header (docs/format.md)
 then framed records.  The active segment is appended to through the file
-layer and read with ``pread``; a sealed segment is read through ``mmap``.
+layer; every segment's records are read with ``pread``.  A scan of a whole
+sealed segment (recovery's) reads it through a read-only ``mmap``
+(:meth:`Segment.buffer`), dropped once the scan is done (:meth:`Segment.unmap`).
+
+Why records are not read through a mapping (docs/design.md, "Memory"): a
+page fault on a file mapping maps the pages around it too (Linux's fault-
+around, 64 KiB, or the whole page-cache folio, which is as large as the
+write that made it: up to ~1 MiB for the WAL's), and no advice turns that
+off for one mapping (``MADV_RANDOM`` does not).  A query reads a few
+~250-byte records scattered over the log, so after a few thousand queries
+every page of every sealed segment was mapped, counted in the process's
+RSS: the whole WAL, ~231 bytes per assertion and growing with it.  A
+``pread`` copies the same bytes out of the same page cache and maps
+nothing; it costs a system call a record (measured in
+bench/results/rss-2026-11-27-session12.md).
 """
 from __future__ import annotations
 
@@ -84,30 +98,40 @@ class Segment:
         return cls(path, number, first_seq, log_id, SEGMENT_HEADER_SIZE)
 
     def seal(self) -> None:
-        """No more appends: map the file for reads."""
+        """No more appends (the size is final: a scan may map it)."""
         self.sealed = True
-        if self.size > 0:
-            self._map = mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ)
 
     def buffer(self):
-        """A read-only buffer over the valid bytes (mmap, or a fresh read)."""
+        """A read-only buffer over the valid bytes, for a scan of the whole
+        segment: a sealed one mapped (kept until :meth:`unmap`), any other
+        read into the heap."""
         if self._map is not None:
+            return self._map
+        if self.sealed and self.size > 0:
+            self._map = mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ)
             return self._map
         return os.pread(self._fd, self.size, 0)
 
-    def read(self, offset: int, length: int):
-        m = self._map
-        if m is not None:
-            return m[offset:offset + length]
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer at the end of the file)."""
         return os.pread(self._fd, length, offset)
 
+    def unmap(self) -> None:
+        """Drop the mapping :meth:`buffer` made, and its pages from this
+        process's RSS (they stay in the page cache); reads go on by pread."""
+        m, self._map = self._map, None
+        if m is None:
+            return
+        try:
+            m.close()
+        except BufferError:
+            # a view of it is still alive (the GC unmaps it with the last
+            # one): drop the pages now; a shared read-only mapping has no
+            # changes to lose, a later touch reads them back from the cache
+            m.madvise(mmap.MADV_DONTNEED)
+
     def close(self) -> None:
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:  # a reader still holds a view; the GC closes it
-                pass
-            self._map = None
+        self.unmap()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

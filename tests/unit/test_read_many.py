@@ -1,10 +1,8 @@
-"""Reader._read_many (the read cache's misses in one pass: frames of sealed
-segments sliced out of their mappings) gives what Reader._read gives, record
+"""Reader._read_many (the read cache's misses in one pass: every frame read
+by pread, sealed segment or not) gives what Reader._read gives, record
 for record, over sealed and active segments; a damaged frame raises what
 _read raises for it."""
 from __future__ import annotations
-
-import mmap
 
 import pytest
 
@@ -53,7 +51,8 @@ def test_a_damaged_sealed_frame_raises_as_read_does(store, where):
     locs = [loc for loc in _locs(store) if loc >> 40 == seg.number]
     loc = locs[len(locs) // 2]
     off = loc & ((1 << 40) - 1)
-    data = bytearray(seg.buffer())
+    with open(seg.path, "rb") as f:
+        data = bytearray(f.read(seg.size))
     if where == "crc":
         data[off + FRAME_SIZE + 3] ^= 0x10          # a payload byte: the CRC no longer fits
     elif where == "length":
@@ -61,8 +60,8 @@ def test_a_damaged_sealed_frame_raises_as_read_does(store, where):
     if where == "offset":
         loc = (seg.number << 40) | (len(data) - 3)   # fewer bytes than a frame header
     else:
-        seg._map = mmap.mmap(-1, len(data))
-        seg._map.write(bytes(data))
+        with open(seg.path, "r+b") as f:    # the file: a sealed segment's records are pread
+            f.write(data)
     outcomes = []
     # and one record alone (read_record's _read_one)
     for fn in (lambda: r._read(loc), lambda: r._read_many([locs[0], loc])[1],
