@@ -70,7 +70,8 @@ def thread_names(pid: int) -> dict:
                               timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {int(t): ("pool" if n.startswith("ThreadPoolExecutor") else n)
+    alias = {"MainThread": "event loop"}
+    return {int(t): ("pool" if n.startswith("ThreadPoolExecutor") else alias.get(n, n))
             for t, n in re.findall(r'Thread (\d+) \([^)]*\): "([^"]+)"', text)}
 
 
@@ -97,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE")
     a = p.parse_args(argv)
     settings = server_settings(a.server_env)
+    if a.clients < 1 or (a.clients > 2 and a.clients % 2):
+        p.error("--clients: 1, 2 or an even number (two load processes share them)")
     tmp = tempfile.mkdtemp(prefix="stemedb-http-load-")
     keys = None
     try:
