@@ -46,6 +46,13 @@ raw keep-alive HTTP/1.1 sockets; it shares the two cores with the server, the
 same for every workload, so the ratios compare like with like.  Results go to
 ``bench/results/http.md`` and ``bench/results/http.json``.
 
+``--server-env NAME=VALUE`` (repeatable) starts the stemedb server with a
+``STEMEDB_*`` setting other than its default (not one of those fixed above,
+and never the no-op server's): e.g. ``STEMEDB_READ_CACHE_BYTES`` to see what
+a larger read cache gives the query row (the engine-alone figure opens its
+store with the same settings).  The results state the settings given; without
+the option every setting is at its default, as ``stemedb serve`` runs.
+
 Where each request's CPU goes inside the server (middleware, body, decode,
 the engine's call, the answer, gunicorn around the app, the store's
 threads): ``python -m bench.http_stages`` (same servers, same load).
@@ -176,9 +183,33 @@ class Proc:
             self.log.close()
 
 
-def start_stemedb(data_dir: str, logdir: str) -> Proc:
+# Settings the benchmark fixes for the stemedb server (start_stemedb): not
+# for --server-env to change.
+FIXED_SETTINGS = ("STEMEDB_DATA_DIR", "STEMEDB_BIND", "STEMEDB_DASHBOARD_BIND",
+                  "STEMEDB_RATE_LIMITS", "STEMEDB_DURABILITY", "STEMEDB_LOG_LEVEL")
+
+
+def server_settings(pairs: list[str]) -> dict:
+    """``--server-env NAME=VALUE`` pairs as a dict: ``STEMEDB_*`` settings for
+    the stemedb server (a setting's effect on the same workload, e.g.
+    ``STEMEDB_READ_CACHE_BYTES``), never one the benchmark fixes."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("STEMEDB_") or name in FIXED_SETTINGS:
+            raise SystemExit(f"--server-env {pair!r}: NAME=VALUE with a STEMEDB_ setting "
+                             f"other than {', '.join(FIXED_SETTINGS)}")
+        out[name] = value
+    return out
+
+
+def start_stemedb(data_dir: str, logdir: str, settings: dict | None = None) -> Proc:
+    """``stemedb serve`` on ``data_dir``: the benchmark's fixed settings, the
+    defaults for the rest but ``settings`` (:func:`server_settings`); any
+    ``STEMEDB_*`` of the caller's environment is left out."""
     port, dport = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STEMEDB_")}
+    env.update(settings or {})
     env.update(STEMEDB_DATA_DIR=data_dir, STEMEDB_BIND=f"127.0.0.1:{port}",
                STEMEDB_DASHBOARD_BIND=f"127.0.0.1:{dport}", STEMEDB_RATE_LIMITS=NO_LIMITS,
                STEMEDB_DURABILITY="fsync", STEMEDB_LOG_LEVEL="warning")
@@ -407,13 +438,17 @@ def query_workload(n: int, candidates: int | None,
 
 def build_query_store(data_dir: str, n: int, duration: float,
                       candidates: int | None = None,
-                      query_keys: int = QUERY_KEYS) -> tuple[list, dict]:
+                      query_keys: int = QUERY_KEYS,
+                      settings: dict | None = None) -> tuple[list, dict]:
     """A store of ``n`` workload assertions (embedded API; see
     :func:`query_workload`), the query keys, and the engine's own query rate
-    and CPU per query on it (no HTTP), for comparison."""
+    and CPU per query on it (no HTTP), for comparison; ``settings``: the
+    server's ``--server-env`` (the store's own settings apply here too)."""
+    from stemedb.config import Settings
     from stemedb.core.store import open_store
     assertions, keys, shape = query_workload(n, candidates, query_keys)
-    with open_store(data_dir, durability="none") as s:
+    with open_store(data_dir, settings=Settings.from_env(settings or {}),
+                    durability="none") as s:
         for i in range(0, n, 5000):
             s.put_batch(assertions[i:i + 5000])
         del assertions
@@ -506,9 +541,14 @@ def main(argv=None) -> int:
                    help="comma-separated workloads to run (noop,assert,batch,query; "
                         "default all); the .md is written only for a full run")
     p.add_argument("--out", default=None, help="results base name (default bench/results/http)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a STEMEDB_* setting for the stemedb server (not the no-op), e.g. "
+                        "STEMEDB_READ_CACHE_BYTES=100663296; repeatable; stated in the "
+                        "results (default: every setting at its default)")
     p.add_argument("--noop-server", nargs=2, type=int, help=argparse.SUPPRESS)
     p.add_argument("--render", metavar="JSON", help="rewrite the .md of a saved results .json")
     args = p.parse_args(argv)
+    settings = server_settings(args.server_env)
     if args.noop_server:
         noop_server(*args.noop_server)
         return 0
@@ -564,7 +604,7 @@ def main(argv=None) -> int:
             return out
 
         if only & {"assert", "batch"}:
-            srv = start_stemedb(os.path.join(tmp, "w"), tmp)
+            srv = start_stemedb(os.path.join(tmp, "w"), tmp, settings)
             try:
                 impl = srv.health()["implementation"]
                 if "assert" in only:
@@ -589,10 +629,10 @@ def main(argv=None) -> int:
         if "query" in only:
             t0 = time.monotonic()
             keys, eq = build_query_store(os.path.join(tmp, "q"), size, duration, candidates,
-                                         args.query_keys)
+                                         args.query_keys, settings)
             engine["query_rps"], engine["query_cpu_us"] = eq["rps"], eq["cpu_us"]
             build_s = time.monotonic() - t0
-            srv = start_stemedb(os.path.join(tmp, "q"), tmp)
+            srv = start_stemedb(os.path.join(tmp, "q"), tmp, settings)
             try:
                 impl = srv.health()["implementation"]
                 count = srv.health()["assertion_count"]
@@ -613,7 +653,8 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     doc = {"header": header(impl), "settings": {"duration_s": duration, "repeats": repeats,
                                                  "store_size": size, "candidates": candidates,
-                                                 "store_build_s": build_s},
+                                                 "store_build_s": build_s,
+                                                 "server_env": settings},
            "results": results, "engine_alone": engine}
     if only >= {"noop", "assert", "batch", "query"}:
         write(doc, out)
@@ -675,6 +716,9 @@ def write(doc: dict, out: str) -> None:
          + f"; {q['page_mean']:.1f} assertions per answer), " + (f"built with --candidates {st['candidates']}" if st.get("candidates")
                          else "the workload's own keys")) if "store_keys" in q
         else f"- query store: {shape}",
+        *([f"- stemedb server settings (--server-env; every other at its default): "
+           + ", ".join(f"{k}={v}" for k, v in sorted(st["server_env"].items()))]
+          if st.get("server_env") else []),
         "- server CPU: user + system seconds of the server's processes over the median "
         "run, per request (what holds on a shared machine)",
         "", "| workload | req/s (median) | p50 ms | p99 ms | max ms | server CPU us/req | "
