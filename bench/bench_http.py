@@ -431,7 +431,7 @@ def query_workload(n: int, candidates: int | None,
              "candidates_mean": statistics.fmean(per), "candidates_min": min(per),
              "candidates_max": max(per), "query_keys": len(set(keys)),
              # what the queries touch: a working set that fits the read cache
-             # (48 MiB by default) costs the engine less than the whole store
+             # (128 MiB by default) costs the engine less than the whole store
              "queried_assertions": sum(counts[k] for k in set(keys))}
     return w.assertions, keys, shape
 

@@ -76,7 +76,7 @@ class Settings:
     require_fast: bool = field(default=False, metadata={"unit": "0|1"})
     audit: str = field(default="on", metadata={"unit": "on|off"})
     audit_max_bytes: int = field(default=1024 * 1024 * 1024, metadata={"unit": "bytes"})
-    read_cache_bytes: int = field(default=48 * 1024 * 1024, metadata={"unit": "bytes"})
+    read_cache_bytes: int = field(default=128 * 1024 * 1024, metadata={"unit": "bytes"})
 
     def __post_init__(self):
         if self.durability not in DURABILITY_MODES:
