@@ -1737,12 +1737,14 @@ cdef class FirstPage:
                             "or its own __new__")
         for i, name in enumerate(("record", "seq", "status", "retraction", "_value")):
             self.offsets[i] = _slot(self.assertion, name)
-        # an answer's fields read at their slots (_aget: ~100 instructions
-        # less each than a descriptor's lookup and call; nine a warm query)
-        if not isinstance(self.answer_cls, type):
-            raise TypeError("the Answer class must be a class")
+        # an answer's fields read at their slots (_a: ~100 instructions less
+        # each than a descriptor's lookup and call; nine a warm query); a
+        # field that is no writable object slot of the class is read by name
         for i, name in enumerate(_ANSWER_READ):
-            self.aoffsets[i] = _slot(self.answer_cls, name)
+            try:
+                self.aoffsets[i] = _slot(self.answer_cls, name)
+            except (TypeError, AttributeError):
+                self.aoffsets[i] = -1
         res = self.result
         if (not isinstance(res, type) or not issubclass(res, dict) or res.__new__ is not dict.__new__
                 or res.__init__ is not dict.__init__):
@@ -1756,7 +1758,7 @@ cdef class FirstPage:
         """``getattr(ans, _ANSWER_READ[i])``: read at its slot when ``ans``
         is an Answer (the class itself) whose slot is set."""
         cdef PyObject* v
-        if type(ans) is self.answer_cls:
+        if type(ans) is self.answer_cls and self.aoffsets[i] > 0:
             v = (<PyObject**>(<char*><PyObject*>ans + self.aoffsets[i]))[0]
             if v != NULL:
                 return <object>v

@@ -231,3 +231,21 @@ def test_the_cache_order_and_the_queue_are_the_twins(clocked, monkeypatch, subcl
     assert all(v == got["pure"] for v in got.values()), got
     if subclass:
         assert got["pure"][1], "the subclass's move_to_end was called"
+
+
+class Plain:
+    """An answer class without __slots__: every field read by name."""
+
+
+@pytest.mark.skipif(_query is None, reason="compiled _query not built")
+def test_an_answer_class_without_slots_is_read_by_name(clocked, monkeypatch):
+    """A FirstPage made for an Answer class without slots (reader.Answer
+    changed) still serves reader.Answer's answers, by name."""
+    store = clocked(audit=True)
+    _fill(store, 0)
+    env = list(Q._FIRST_ENV)
+    env[-1] = Plain
+    first = _query.first_page(tuple(env))
+    got = {name: _first_of(store, monkeypatch, f, DAMAGES["none"])
+           for name, f in IMPLS + [("plain", first)]}
+    assert all(v == got["pure"] for v in got.values()), got
