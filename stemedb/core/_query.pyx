@@ -12,7 +12,7 @@ move to the index columns.
 """
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.math cimport pow
-from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
+from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM, PyList_New, PyList_SET_ITEM
 
 # Below 2**53 an int64 converts to a double exactly, so one IEEE division
 # gives Python's correctly rounded int / int; beyond it Python's own runs.
@@ -607,6 +607,8 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
 # Python loop).
 
 from cpython.dict cimport PyDict_GetItem, PyDict_Update
+from cpython.object cimport PyObject_RichCompareBool, Py_EQ
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 
 
@@ -819,6 +821,10 @@ cdef inline int _raw(Line* o, const char* s, Py_ssize_t k) except -1:
 
 cdef const char* _HEX = b"0123456789abcdef"
 
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object v, int* overflow) except? -1
+    unsigned long PyLong_AsUnsignedLongMask(object v) except? <unsigned long>-1
+
 cdef int _jstr(Line* o, str s) except -1:
     """``s`` as a JSON string, escaped as orjson (and RFC 8785) escape it."""
     cdef Py_ssize_t k, i
@@ -865,17 +871,31 @@ cdef int _jhex(Line* o, bytes h) except -1:
     o.n += 2 * k + 2
     return 0
 
+cdef const char* _PAIRS = (b"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+                            b"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+                            b"8081828384858687888990919293949596979899")
+
+
 cdef int _jint(Line* o, long long v) except -1:
-    """``v`` in decimal (snprintf's "%lld" cost more than the rest of a line)."""
+    """``v`` in decimal (snprintf's "%lld" cost more than the rest of a
+    line), two digits a step (an entry's at_us: 8 steps, not 16)."""
     cdef char buf[24]
     cdef int i = 24
     cdef unsigned long long u = <unsigned long long>(-(v + 1)) + 1 if v < 0 else v
-    while True:
+    cdef unsigned int r
+    while u >= 100:
+        r = <unsigned int>(u % 100)
+        u //= 100
+        i -= 2
+        buf[i] = _PAIRS[2 * r]
+        buf[i + 1] = _PAIRS[2 * r + 1]
+    if u >= 10:
+        i -= 2
+        buf[i] = _PAIRS[2 * u]
+        buf[i + 1] = _PAIRS[2 * u + 1]
+    else:
         i -= 1
-        buf[i] = <char>(48 + u % 10)
-        u //= 10
-        if u == 0:
-            break
+        buf[i] = <char>(48 + u)
     if v < 0:
         i -= 1
         buf[i] = b'-'
@@ -948,7 +968,12 @@ cdef int _jstamp(Line* o, int64_t at, unsigned long number) except -1:
     return 0
 
 cdef bint _is_i64(v):
-    return type(v) is int and INT64_MIN <= v <= INT64_MAX
+    """``type(v) is int and INT64_MIN <= v <= INT64_MAX``, in C."""
+    cdef int overflow = 0
+    if type(v) is not int:
+        return False
+    PyLong_AsLongLongAndOverflow(v, &overflow)
+    return overflow == 0
 
 cdef int _jfloat(Line* o, double v) except -1:
     cdef char* t = PyOS_double_to_string(v, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
@@ -991,7 +1016,13 @@ cdef int _head(Line* o, tuple names, number, at, agent, tuple params,
 cdef int _stamp_head(Line* o, number, at, agent) except -1:
     """_head's ``{"id":..,"at":..,"at_us":..,"agent":..``."""
     _raw(o, b'{', 1)
-    _jstamp(o, at, number & 0xFFFF)
+    # the id's low 16 bits read in C (no int object made for them)
+    cdef unsigned long low
+    if type(number) is int:
+        low = PyLong_AsUnsignedLongMask(number) & 0xFFFF
+    else:
+        low = number & 0xFFFF
+    _jstamp(o, at, low)
     _raw(o, b',"at_us":', 9)
     _jint(o, at)
     _raw(o, b',"agent":', 9)
@@ -1635,22 +1666,44 @@ cdef Py_ssize_t _slot(cls, str name) except -1:
 
 
 cdef class ReaderLock       # (below, with CacheLock)
+cdef class CacheLock
+
+from collections import OrderedDict, deque
+# The read cache's OrderedDict and the audit queue's deque, moved and
+# appended to by their methods called directly (PyObject_VectorcallMethod's
+# lookup by name was ~230 instructions of each call, callgrind)
+cdef object _ODict = OrderedDict, _MOVE_TO_END = OrderedDict.move_to_end
+cdef object _Deque = deque, _APPEND = deque.append
+
+
+DEF ANSWER_SLOTS = 8         # reader.Answer's __slots__ that FirstPage reads (_ANSWER_READ)
+_ANSWER_READ = ("token", "results", "ords", "active", "held", "tail", "ptail", "plimit")
+DEF A_TOKEN = 0
+DEF A_RESULTS = 1
+DEF A_ORDS = 2
+DEF A_ACTIVE = 3
+DEF A_HELD = 4
+DEF A_TAIL = 5
+DEF A_PTAIL = 6
+DEF A_PLIMIT = 7
 
 
 cdef class FirstPage:
     cdef dict lenses
     cdef object filters, lifecycles, result, query_result, assertion, moment
-    cdef object resolve, finish, audit, log_cls, unset, now_us
+    cdef object resolve, finish, audit, log_cls, unset, now_us, answer_cls
     cdef public object decode       # fast.decode_assert (a raw-held answer's page)
     cdef tuple names, keys
     cdef bint keep_params
     cdef Py_ssize_t gen_mask, gen_mix, ntop_max
     cdef Py_ssize_t offsets[ASSERTION_SLOTS]
+    cdef Py_ssize_t aoffsets[ANSWER_SLOTS]
 
     def __init__(self, tuple env):
         (lenses, self.filters, self.lifecycles, self.gen_mask, self.gen_mix, self.ntop_max,
          self.result, self.query_result, self.assertion, self.moment, self.resolve,
-         self.finish, self.audit, self.log_cls, self.names, self.now_us) = env
+         self.finish, self.audit, self.log_cls, self.names, self.now_us,
+         self.answer_cls) = env
         self.lenses = lenses
         from . import fast
         self.decode = fast.decode_assert
@@ -1667,6 +1720,14 @@ cdef class FirstPage:
                             "or its own __new__")
         for i, name in enumerate(("record", "seq", "status", "retraction", "_value")):
             self.offsets[i] = _slot(self.assertion, name)
+        # an answer's fields read at their slots (_a: ~100 instructions less
+        # each than a descriptor's lookup and call; nine a warm query); a
+        # field that is no writable object slot of the class is read by name
+        for i, name in enumerate(_ANSWER_READ):
+            try:
+                self.aoffsets[i] = _slot(self.answer_cls, name)
+            except (TypeError, AttributeError):
+                self.aoffsets[i] = -1
         res = self.result
         if (not isinstance(res, type) or not issubclass(res, dict) or res.__new__ is not dict.__new__
                 or res.__init__ is not dict.__init__):
@@ -1676,21 +1737,32 @@ cdef class FirstPage:
         if not isinstance(self.query_result, type) or t.tp_new != PyBaseObject_Type.tp_new:
             raise TypeError("the QueryResult class must use object's __new__")
 
+    cdef inline object _a(self, ans, int i):
+        """``getattr(ans, _ANSWER_READ[i])``: read at its slot when ``ans``
+        is an Answer (the class itself) whose slot is set."""
+        cdef PyObject* v
+        if type(ans) is self.answer_cls and self.aoffsets[i] > 0:
+            v = (<PyObject**>(<char*><PyObject*>ans + self.aoffsets[i]))[0]
+            if v != NULL:
+                return <object>v
+        return getattr(ans, _ANSWER_READ[i])
+
     cdef object _page(self, st, ans):
         """qpure.held_page.  Each Assertion is allocated as object.__new__
         allocates it (its type's tp_alloc: zeroed, tracked) and its five
         slots are set where Assertion.__init__ sets them, in place."""
         cdef dict rmap = st.retracted
-        recs, seqs = ans.held
+        recs, seqs = self._a(ans, A_HELD)
         if type(recs) is bytes:     # raw frames (reader.raw_pack): decoded here
+            ords = self._a(ans, A_ORDS)
             if rmap:
-                for o in ans.ords:
+                for o in ords:
                     if o in rmap:
                         return None
-            if len(recs) < 4 or _rd32(<const uint8_t*>PyBytes_AS_STRING(recs)) != len(ans.ords):
+            if len(recs) < 4 or _rd32(<const uint8_t*>PyBytes_AS_STRING(recs)) != len(ords):
                 raise ValueError("the held frames and the candidates differ in number")
-            seqs = raw_seqs(recs, 0, len(ans.ords), 4)
-            recs = raw_records(recs, 0, len(ans.ords), self.decode, 12)
+            seqs = raw_seqs(recs, 0, len(ords), 4)
+            recs = raw_records(recs, 0, len(ords), self.decode, 12)
         cdef list rl = recs, sl = seqs
         cdef Py_ssize_t i, k, n = len(rl)
         cdef PyObject* a
@@ -1699,10 +1771,11 @@ cdef class FirstPage:
         if len(sl) != n:
             raise ValueError("the held records and seqs differ in length")
         if rmap:
-            for o in ans.ords:
+            for o in self._a(ans, A_ORDS):
                 if o in rmap:
                     return None
-        cdef list out = []
+        # made at its length and filled in place (no append's growth checks)
+        cdef list out = PyList_New(n)
         cdef Py_ssize_t* off = self.offsets
         unset = self.unset
         for i in range(n):
@@ -1714,7 +1787,8 @@ cdef class FirstPage:
             _put(a, off[2], "active")
             _put(a, off[3], None)
             _put(a, off[4], unset)
-            out.append(obj)
+            Py_INCREF(obj)
+            PyList_SET_ITEM(out, i, obj)
         return out
 
     def held_page(self, st, ans):
@@ -1746,17 +1820,29 @@ cdef class FirstPage:
     cdef object _first(self, reader, concept_path, predicate, include_descendants, lens, limit,
                        agent):
         cdef PyObject* e
+        cdef Py_ssize_t pid_c, qid_c = 0, slot = -1
         st = reader.state
         cache = reader.cache
         path_ids = st.path_ids
         pred_ids = st.pred_ids
         if (cache is None or type(concept_path) is not str or type(path_ids) is not dict
-                or type(pred_ids) is not dict
-                or PyDict_GetItem(path_ids, concept_path) == NULL):
+                or type(pred_ids) is not dict):
             return None
-        if predicate is not None and (type(predicate) is not str
-                                      or PyDict_GetItem(pred_ids, predicate) == NULL):
+        # The ids read here are the ones the token reads under the lock: a
+        # State gives a path or predicate its id once (its count then) and
+        # never changes or removes it, and this State is the one used below
+        e = PyDict_GetItem(path_ids, concept_path)
+        if e == NULL:
             return None
+        pid = <object>e
+        qid = None
+        if predicate is not None:
+            if type(predicate) is not str:
+                return None
+            e = PyDict_GetItem(pred_ids, predicate)
+            if e == NULL:
+                return None
+            qid = <object>e
         if include_descendants is not False and include_descendants is not True:
             return None
         if type(lens) is not str or type(limit) is not int or not 1 <= limit <= 1000:
@@ -1770,6 +1856,7 @@ cdef class FirstPage:
             return None
         cdef bint incl = include_descendants is True
         page = None
+        token = None
         lock = reader.lock
         cdef bint own_lock = type(lock) is ReaderLock
         if own_lock:
@@ -1777,18 +1864,41 @@ cdef class FirstPage:
         else:
             lock.acquire()
         try:
-            paths = [concept_path]
-            if incl:
-                paths += st.descendant_paths(concept_path)
             akey = (concept_path, predicate, include_descendants, name)   # (query._answer_key)
-            token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
-                                  self.gen_mask, self.gen_mix)
-            ans = _cached_answer(cache, akey, token)
-            if ans is not None and ans.held is not None and len(ans.ords) <= limit:
+            if (not incl and type(pid) is int
+                    and (predicate is None or (qid is not None and type(qid) is int))):
+                # one stored path (and predicate): _answer_token's one part,
+                # its tuple made only when the answer is not the cached one
+                # (the cached token compared in place, _token_is)
+                kg = st.key_gen
+                pg = st.path_gen
+                if (len(kg) <= self.gen_mask or len(pg) <= self.gen_mask
+                        or self.gen_mask < 0):
+                    raise ValueError("the generation slots are fewer than the mask covers")
+                gen = st.gen
+                pid_c = pid
+                if predicate is None:
+                    part = pg[pid_c & self.gen_mask]
+                else:
+                    qid_c = qid
+                    part = kg[(pid_c * self.gen_mix + qid_c) & self.gen_mask]
+                ans = self._cached(cache, akey, None, gen, part)
+            else:
+                paths = [concept_path]
+                if incl:
+                    paths += st.descendant_paths(concept_path)
+                token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
+                                      self.gen_mask, self.gen_mix)
+                ans = self._cached(cache, akey, token, None, None)
+            if (ans is not None and self._a(ans, A_HELD) is not None
+                    and len(self._a(ans, A_ORDS)) <= limit):
                 page = self._page(st, ans)
             if page is None:
                 # the pinned view: read only for a computed answer (a held
                 # one is the same at any moment its token stands)
+                if token is None:
+                    token = (gen, -1, -1, (part,))
+                    paths = [concept_path]
                 f = self.filters()
                 f.seq_bound = st.last_seq
                 f.rec_bound = st.last_recorded_at
@@ -1800,11 +1910,11 @@ cdef class FirstPage:
                 (<ReaderLock>lock).give()
             else:
                 lock.release()
-        params = (concept_path, predicate, include_descendants, lens, None, None, None, None,
-                  None, False, False, limit, None)
         if page is None:
-            return self.finish(reader, got, params, lens_obj, f, akey, token, 0, agent)
-        results = [_copy_dict(self.result, r) for r in ans.results]
+            return self.finish(reader, got, _params(concept_path, predicate, include_descendants,
+                                                    lens, limit), lens_obj, f, akey, token, 0,
+                               agent)
+        results = [_copy_dict(self.result, r) for r in self._a(ans, A_RESULTS)]
         # QueryResult(concept_path, lens, results, page, None): the dataclass's
         # __init__ sets these six fields, in this order (extra: a new dict)
         obj = _new(self.query_result)
@@ -1815,28 +1925,78 @@ cdef class FirstPage:
         obj.next_cursor = None
         obj.extra = {}
         audit = reader.audit
-        if audit is not None and not self._line(reader, audit, ans, agent, params):
-            n = ans.active
-            self.audit(reader, agent, params, results, None,
-                       self.moment(self._clock(reader), False),
-                       page[:self.ntop_max if n > self.ntop_max else n], active=n, answer=ans)
+        if audit is None:
+            return obj
+        # the audit's count and top read first, as the twin reads them (a
+        # damaged answer's error is the same)
+        n = self._a(ans, A_ACTIVE)
+        ntop = self.ntop_max if n > self.ntop_max else n
+        if not self._line(reader, audit, ans, agent, concept_path, predicate,
+                          include_descendants, lens, limit):
+            self.audit(reader, agent, _params(concept_path, predicate, include_descendants, lens,
+                                              limit), results, None,
+                       self.moment(self._clock(reader), False), page[:ntop], active=n,
+                       answer=ans)
         return obj
 
-    cdef object _kept_line(self, ans, bytes tail, number, at, agent, tuple params):
+    cdef object _cached(self, cache, key, token, gen, part):
+        """reader.ReadCache.answer(key, token), inline (its lock taken from C
+        when it is a CacheLock, its OrderedDict moved by the method itself);
+        ``token`` None: the one-part token ``(gen, -1, -1, (part,))``,
+        compared in place (_token_is)."""
+        cdef PyObject* e
+        cdef bint same
+        lock = cache._lock
+        cdef bint ours = type(lock) is CacheLock
+        if ours:
+            (<CacheLock>lock).take()
+        else:
+            lock.acquire()
+        try:
+            d = cache._d
+            e = PyDict_GetItem(d, key)
+            if e == NULL:
+                same = False
+            elif token is None:
+                same = _token_is(self._a(<object>e, A_TOKEN), gen, part)
+            else:
+                same = not (self._a(<object>e, A_TOKEN) != token)
+            if not same:
+                cache.answer_misses += 1
+                return None
+            ans = <object>e
+            if type(d) is _ODict:
+                _MOVE_TO_END(d, key)
+            else:
+                d.move_to_end(key)
+            cache.answer_hits += 1
+            return ans
+        finally:
+            if ours:
+                (<CacheLock>lock).give()
+            else:
+                lock.release()
+
+    cdef object _kept_line(self, ans, bytes tail, number, at, agent, concept_path, predicate,
+                           include_descendants, lens, limit):
         """_audit_head's line, its parameters' JSON kept by the answer
         (``ans.ptail``, for pages of ``ans.plimit``) once written: the same
-        bytes, as ``params`` is this call's (the answer's key and ``limit``;
-        the lens by its own name, checked in __init__), so only the id, the
-        times and the agent are written per line, then the kept JSON and
-        ``tail`` (the parameters' JSON was ~3k of a warm R1 query's ~37k
-        instructions, callgrind).  Kept when it fits the answer's reserved
-        ``proom``.  The kept bytes are the parameters' alone: with ``tail``
-        in them too (as before session 11) every held answer held its tail
-        twice, ~2 KB of a 20-candidate answer that its size did not count."""
+        bytes, as the parameters are this call's (the answer's key and
+        ``limit``; the lens by its own name, checked in __init__), so only
+        the id, the times and the agent are written per line, then the kept
+        JSON and ``tail`` (the parameters' JSON was ~3k of a warm R1 query's
+        ~37k instructions, callgrind).  Kept when it fits the answer's
+        reserved ``proom``.  The kept bytes are the parameters' alone: with
+        ``tail`` in them too (as before session 11) every held answer held
+        its tail twice, ~2 KB of a 20-candidate answer that its size did not
+        count.  The line is made as one bytes object of its length, the
+        head written in the scratch buffer and the kept pieces copied once."""
         cdef Line* o
-        limit = params[11]
-        pt = ans.ptail
-        if type(pt) is not bytes or ans.plimit != limit:
+        cdef Py_ssize_t h, npt, nt
+        cdef char* w
+        pt = self._a(ans, A_PTAIL)
+        if type(pt) is not bytes or self._a(ans, A_PLIMIT) != limit:
+            params = _params(concept_path, predicate, include_descendants, lens, limit)
             if not _head_ok(self.names, number, at, agent, params):
                 return None
             o = _scratch_line()
@@ -1856,36 +2016,89 @@ cdef class FirstPage:
             _stamp_head(o, number, at, agent)
         except UnicodeEncodeError:
             return None
-        _raw(o, <const char*>pt, len(pt))
-        _raw(o, <const char*>tail, len(tail))
-        return _scratch_bytes()
+        h, npt, nt = o.n, PyBytes_GET_SIZE(pt), PyBytes_GET_SIZE(tail)
+        line = PyBytes_FromStringAndSize(NULL, h + npt + nt)
+        w = PyBytes_AS_STRING(line)
+        memcpy(w, o.p, h)
+        memcpy(w + h, PyBytes_AS_STRING(pt), npt)
+        memcpy(w + h + npt, PyBytes_AS_STRING(tail), nt)
+        if _scratch.cap > 65536:    # (as _scratch_bytes: a long agent's line)
+            PyMem_Free(_scratch.p)
+            _scratch.p = NULL
+        return line
 
-    cdef bint _line(self, reader, audit, ans, agent, tuple params) except -1:
+    cdef bint _line(self, reader, audit, ans, agent, concept_path, predicate,
+                    include_descendants, lens, limit) except -1:
         """qaudit._audit's line from a held answer's kept end, queued;
         False when that is not the way (no kept end yet, a stand-in audit
         log, an agent or a parameter audit_head does not write): then
         qaudit._audit does what it does."""
-        tail = ans.tail
+        try:
+            tail = self._a(ans, A_TAIL)
+        except AttributeError:      # (not this way: qaudit._audit reads it or not)
+            return False
         if (type(audit) is not self.log_cls or type(tail) is not bytes or not tail
                 or not (agent is None or type(agent) is str)):
             return False
         at = self._clock(reader)
         try:
             if self.keep_params:
-                line = self._kept_line(ans, tail, next(audit._ids), at, agent, params)
+                line = self._kept_line(ans, tail, next(audit._ids), at, agent, concept_path,
+                                       predicate, include_descendants, lens, limit)
             else:
-                line = _audit_head(self.names, tail, next(audit._ids), at, agent, params,
-                                   self.keys)
+                line = _audit_head(self.names, tail, next(audit._ids), at, agent,
+                                   _params(concept_path, predicate, include_descendants, lens,
+                                           limit), self.keys)
         except Exception:  # noqa: BLE001 - qaudit._audit builds it (or counts it)
             line = None
         if line is None:
             return False
         q = audit._queue
         if len(q) < audit.quick_below:
-            q.append(line)
+            if type(q) is _Deque:
+                _APPEND(q, line)
+            else:
+                q.append(line)
         else:
             audit.add(line)
         return True
+
+
+cdef inline tuple _params(concept_path, predicate, include_descendants, lens, limit):
+    """A first page's parameters in qaudit._AUDIT_PARAMS order (made only
+    where they are read: a computed answer, a line whose parameters'
+    JSON is not kept yet, the audit's own path)."""
+    return (concept_path, predicate, include_descendants, lens, None, None, None, None,
+            None, False, False, limit, None)
+
+
+cdef object _MINUS_ONE = -1
+
+cdef int _token_is(tok, gen, part) except -1:
+    """``not (tok != (gen, -1, -1, (part,)))`` without making the tuple (a
+    cached answer's token against this query's one-part token): as a
+    tuple's ``!=`` decides it, the lengths and then each pair of elements
+    in order, identity first, then ``==``, up to the first unequal one."""
+    if type(tok) is not tuple or PyTuple_GET_SIZE(tok) != 4:
+        return not (tok != (gen, -1, -1, (part,)))
+    if not (_eq((<tuple>tok)[0], gen) and _eq((<tuple>tok)[1], _MINUS_ONE)
+            and _eq((<tuple>tok)[2], _MINUS_ONE)):
+        return 0
+    parts = (<tuple>tok)[3]
+    if type(parts) is tuple and PyTuple_GET_SIZE(parts) == 1:
+        return _eq((<tuple>parts)[0], part)     # (the inner tuples' own compare)
+    return _eq(parts, (part,))
+
+
+def token_is(tok, gen, part):
+    """_token_is, for the parity tests (its twin is qpure.token_is)."""
+    return _token_is(tok, gen, part) == 1
+
+
+cdef inline int _eq(a, b) except -1:
+    """A tuple's test of one pair of its elements (PyObject_RichCompareBool:
+    identity, then ``==``)."""
+    return a is b or PyObject_RichCompareBool(a, b, Py_EQ)
 
 
 cdef Py_ssize_t _raw_head(raw) except -1:
@@ -2375,33 +2588,6 @@ cdef class ReaderLock:
         return (f"<{'locked' if self._count else 'unlocked'} {type(self).__module__}."
                 f"{type(self).__qualname__} object owner={self._owner} count={self._count} "
                 f"at {hex(id(self))}>")
-
-
-cdef object _cached_answer(cache, key, token):
-    """reader.ReadCache.answer, inline (its lock taken from C when it is
-    a CacheLock)."""
-    cdef PyObject* e
-    lock = cache._lock
-    cdef bint ours = type(lock) is CacheLock
-    if ours:
-        (<CacheLock>lock).take()
-    else:
-        lock.acquire()
-    try:
-        d = cache._d
-        e = PyDict_GetItem(d, key)
-        if e == NULL or (<object>e).token != token:
-            cache.answer_misses += 1
-            return None
-        ans = <object>e
-        d.move_to_end(key)
-        cache.answer_hits += 1
-        return ans
-    finally:
-        if ours:
-            (<CacheLock>lock).give()
-        else:
-            lock.release()
 
 
 def first_page(tuple env):

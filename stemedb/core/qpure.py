@@ -422,6 +422,15 @@ def answer_token(st, paths: list[str], predicate: str | None, include_descendant
     return (st.gen, npaths, npreds, tuple(parts))
 
 
+def token_is(tok, gen, part) -> bool:
+    """Whether a cached answer's token ``tok`` is this query's one-part
+    token ``(gen, -1, -1, (part,))`` (one stored path, and its predicate:
+    answer_token's short way), as ReadCache.answer asks it (``!=``).  The
+    compiled first page compares the two in place, without making the
+    tuple (``_query.token_is``); this is its reference."""
+    return not (tok != (gen, -1, -1, (part,)))
+
+
 def first_page(env: tuple):
     """``query.run_query`` for a first page of the default view (no cursor,
     no filter), as one call: the reference of the compiled
@@ -430,8 +439,9 @@ def first_page(env: tuple):
     generation mask and mix, how many candidates an audit entry names, the
     Result, QueryResult and Assertion classes, the audit's moment class,
     query._resolve, query._finish, qaudit._audit, the AuditLog class, the
-    audit parameters' names and timeutil.now_us (the last three are read by
-    the compiled twin only; the default lifecycles by neither since the
+    audit parameters' names, timeutil.now_us and the Answer class (the
+    last four are read by the compiled twin only, which reads an Answer's
+    fields at their slots; the default lifecycles by neither since the
     default view's answer key is the short one, query._answer_key).
 
     The returned function takes ``(reader, concept_path, predicate,
@@ -446,7 +456,7 @@ def first_page(env: tuple):
     query._resolve and query._finish as run_query's own path, with the key,
     the token and the pinned view computed here."""
     (lenses, filters, lifecycles, gen_mask, gen_mix, ntop_max, result, query_result,
-     assertion, moment, resolve, finish, audit, _log, _names, _now_us) = env
+     assertion, moment, resolve, finish, audit, _log, _names, _now_us, _answer) = env
 
     def first(reader, concept_path, predicate, include_descendants, lens, limit, agent):
         st = reader.state

@@ -558,7 +558,7 @@ def retraction_targets(reader, target: dict, cascade: bool) -> set[int]:
 # _query.first_page; the reference: qpure.first_page, which documents env)
 _FIRST_ENV = (LENSES, Filters, DEFAULT_LIFECYCLES, GEN_MASK, GEN_MIX, AUDIT_CONTRIBUTORS, Result,
               QueryResult, Assertion, _Moment, _resolve, _finish, _audit, AuditLog,
-              _AUDIT_PARAMS, now_us)
+              _AUDIT_PARAMS, now_us, Answer)
 # first_page(reader, concept_path, predicate, include_descendants, lens,
 # limit, agent): run_query's answer for a first page of the default view, or
 # None, having done nothing, when the arguments or the answer are not ones

@@ -127,6 +127,22 @@ def test_a_lone_surrogate_is_left_to_the_writer(agent):
         orjson.dumps(Q._entry(*args))       # which drops and counts it, as before
 
 
+EDGE_INTS = sorted({s * (10**k + d) for k in range(19) for d in (-1, 0, 1) for s in (1, -1)
+                    if -INT64 <= s * (10**k + d) < INT64} | {0, INT64 - 1, -INT64, -INT64 + 1})
+
+
+@pytest.mark.parametrize("v", EDGE_INTS)
+def test_integers_at_each_number_of_digits_are_orjsons(v):
+    """Every integer parameter, ``at_us`` and count is written as orjson
+    writes it (the compiled line writes two digits a step): each power of
+    ten and its neighbours, both signs, int64's ends."""
+    params = ("g", None, False, "recency", None, None, None, None, None, False, False, v, None)
+    at = min(abs(v), MAX_STAMP)
+    args = (abs(v) % 2**16, at, None, params, [], v, [], 0, False, v)
+    line = _line(*args)
+    assert line == orjson.dumps(Q._entry(*args)) + b"\n"
+
+
 def test_a_dict_of_parameters_is_left_to_the_writer():
     params = dict(zip(Q._AUDIT_PARAMS, ("g",) + (None,) * 12))
     assert _line(1, 0, None, params, [], 0, [], 0, False, 0) is None
