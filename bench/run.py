@@ -799,14 +799,9 @@ def _engine_rows(results: dict, wl: str, peer: str | None, labels: list[str],
 # pure pass, and the same through the peer each pass measured itself (the
 # two passes run minutes apart in different processes; the peer's own drift
 # between them cancels in the second column).
-COMPILED_VS_PURE = (("W3", "bulk load (W3)", "rocksdb"), ("R1", "R1 candidates", "lmdb"),
-                    ("REC", "rebuild from the WAL", None))
+COMPILED_VS_PURE = (("W3", "bulk load (W3)"), ("R1", "R1 candidates"),
+                    ("REC-rebuild", "rebuild from the WAL"))
 COMPILED_VS_PURE_MIN = 3.0
-
-
-def _figure(res: dict, wl: str):
-    r = res.get(wl) or {}
-    return r.get("rebuild_records_per_s") if wl == "REC" else r.get("throughput_median")
 
 
 def _compiled_vs_pure(doc: dict) -> list[str]:
@@ -815,14 +810,16 @@ def _compiled_vs_pure(doc: dict) -> list[str]:
     if (doc.get("implementation") or {}).get("stemedb") != "compiled" or not pure:
         return []
     rows = []
-    for wl, what, peer in COMPILED_VS_PURE:
-        c, p = _figure(comp, wl), _figure(pure, wl)
+    targets = {t["id"]: t for t in TARGETS}
+    for tid, what in COMPILED_VS_PURE:
+        get, peer = targets[tid]["get"], targets[tid].get("peer")
+        c, p = get(comp), get(pure)
         if not c or not p:
             continue
         ratio = c / p
         through = "—"
         if peer:
-            pc, pp = _figure(res.get(peer) or {}, wl), _figure(peers.get(peer) or {}, wl)
+            pc, pp = get(res.get(peer) or {}), get(peers.get(peer) or {})
             if pc and pp:
                 through = f"{(c / pc) / (p / pp):.2f}x ({c / pc:.2f} / {p / pp:.2f} {peer})"
         verdict = "met" if ratio >= COMPILED_VS_PURE_MIN else "MISSED"

@@ -18,6 +18,14 @@ from .errors import ConfigError
 DURABILITY_MODES = ("fsync", "batch", "none")
 MIN_AUDIT_MAX_BYTES = 64 * 1024
 MAX_READ_CACHE_BYTES = 1 << 40
+# Settings.read_cache_bytes.  128 MiB since session 12: once records were
+# read by pread (no WAL pages mapped; core/segment.py), RSS per assertion at
+# 1,000,000 with a 48 MiB cache full read 111-120 bytes against a target of
+# 300, and bench_http's query working set (4,771 answers of ~20 candidates,
+# ~81 MB charged) first fits at 96 MiB (bench/results/http-2026-11-27-session12.md).
+# 128 MiB leaves it room; bench/results/million-2026-11-27-session12.md has
+# the RSS with this bound full.
+DEFAULT_READ_CACHE_BYTES = 128 * 1024 * 1024
 
 DEFAULT_RATE_LIMITS = (
     "assert=2000/second;batch=100/second;query=2000/second;"
@@ -76,7 +84,7 @@ class Settings:
     require_fast: bool = field(default=False, metadata={"unit": "0|1"})
     audit: str = field(default="on", metadata={"unit": "on|off"})
     audit_max_bytes: int = field(default=1024 * 1024 * 1024, metadata={"unit": "bytes"})
-    read_cache_bytes: int = field(default=128 * 1024 * 1024, metadata={"unit": "bytes"})
+    read_cache_bytes: int = field(default=DEFAULT_READ_CACHE_BYTES, metadata={"unit": "bytes"})
 
     def __post_init__(self):
         if self.durability not in DURABILITY_MODES:

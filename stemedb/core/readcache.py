@@ -22,15 +22,6 @@ from . import fast, qfast
 from .qfast import cache_take
 from .format import FRAME_CRC_FROM, FRAME_SEQ_OFF, FRAME_SIZE
 
-# Settings.read_cache_bytes.  128 MiB since session 12: once records were
-# read by pread (no WAL pages mapped; segment.py), RSS per assertion at
-# 1,000,000 with a 48 MiB cache full read 111-120 bytes against a target of
-# 300, and bench_http's query working set (4,771 answers of ~20 candidates,
-# ~81 MB charged) first fits at 96 MiB (bench/results/http-2026-11-27-session12.md).
-# 128 MiB leaves it room; bench/results/million-2026-11-27-session12.md has
-# the RSS with this bound full.
-DEFAULT_READ_CACHE_BYTES = 128 * 1024 * 1024
-
 # What one cached record costs in the heap besides the lengths of its
 # variable fields: the msgspec Struct (15 slots + GC head), the hash bytes
 # object, the int/float objects of its numbers, the str/bytes headers of its

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+from ..config import DEFAULT_READ_CACHE_BYTES
 from ..errors import ChecksumMismatch
 from ..model import Assertion, AssertionRecord
 from ..timeutil import format_time
@@ -26,8 +27,7 @@ from .index import unpack_loc
 from . import qfast
 from .qfast import read_frames
 from .readcache import (
-    DEFAULT_READ_CACHE_BYTES, DERIVED_EXTRA, RECORD_BASE, SIGNED_EXTRA, ReadCache, _body,
-    entry_size, raw_pack,
+    DERIVED_EXTRA, RECORD_BASE, SIGNED_EXTRA, ReadCache, _body, entry_size, raw_pack,
 )
 
 

@@ -21,6 +21,7 @@ import os
 import time
 from typing import Callable
 
+from ..config import DEFAULT_READ_CACHE_BYTES
 from ..model import Assertion, check_hash
 from ..timeutil import now_us
 from . import auditview, fast, qfast, query as _query
@@ -29,7 +30,6 @@ from .fileio import FileSystem
 from .lens import trust_rank
 from .opening import open_parts
 from .query import QueryResult, run_query, run_skeptic, run_trace
-from .readcache import DEFAULT_READ_CACHE_BYTES
 from .writer import PutResult, RetractResult
 
 log = logging.getLogger("stemedb")
