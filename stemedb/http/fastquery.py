@@ -99,7 +99,7 @@ class FastQuery:
         store = self.handle.peek()
         length = environ.get("CONTENT_LENGTH")
         if (store is None or environ.get("QUERY_STRING") or self.limit_name is None
-                or not length or not length.isdigit() or not length.isascii()
+                or not length or len(length) > 12 or not length.isdigit() or not length.isascii()
                 or not is_json_type(environ.get("CONTENT_TYPE"))):
             return self.api(environ, start_response)
         length = int(length)

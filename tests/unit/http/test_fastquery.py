@@ -131,6 +131,7 @@ REFUSED = [
     (q(), {"length": str(2 * 1024 * 1024)}), (q(), {"query": "min_seq=0"}),
     (q(min_seq=0), {}), (q(min_seq=10**6), {}), (q(cursor="zz"), {}),
     (q(), {"length": "-1"}), (q(), {"length": "1e3"}), (q(), {"length": "\u0663"}),
+    (q(), {"length": "0" * 13 + "9"}),
     (q(), {"path": "/v1/query/"}), (q(), {"method": "PUT"}), (q(), {"port": "18188"}),
 ]
 
@@ -239,11 +240,12 @@ def test_engine_errors_are_answered_by_falcon_and_the_query_runs_once(filled, mo
     assert fast.counts() == slow.counts()
 
 
-def test_a_store_still_opening_is_falcons_503(filled):
+@pytest.mark.parametrize("attr,value", [("_store", None), ("_closed", True)])
+def test_a_store_opening_or_closed_is_falcons_503(filled, attr, value):
     fast = Stack(filled, True)
     slow = Stack(filled, False)
     for s in (fast, slow):
-        s.state.handle._store = None
+        setattr(s.state.handle, attr, value)
     a, b = fast.call(environ(q())), slow.call(environ(q()))
     assert a == b and a["status"].startswith("503")
 
