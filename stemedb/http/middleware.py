@@ -308,7 +308,6 @@ class Gate:
     def __init__(self, observe: Observe, authenticate: Authenticate, limit: Limit | None,
                  headers: dict, access_context: bool = True):
         self.observe = observe
-        self.auth = authenticate
         self.authenticate = authenticate.process_resource
         self.limit = limit
         self.headers = list(headers.items())
