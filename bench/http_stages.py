@@ -64,6 +64,10 @@ STAGES = (
     ("stemedb.core.store", "Store.put_batch", "store.put_batch (engine)"),
     ("stemedb.core.store", "Store.put_records", "store.put_records (engine)"),
     ("stemedb.http.resources", "query_body", "query_body (the answer's JSON)"),
+    # POST /v1/query's plain request skips Falcon and the middleware above
+    # (stemedb.http.fastquery); it calls query_body by its own name
+    ("stemedb.http.fastquery", "FastQuery.__call__", "FastQuery (POST /v1/query without Falcon)"),
+    ("stemedb.http.fastquery", "query_body", "query_body (the answer's JSON)"),
     ("stemedb.http.resources", "query_answer", "query_answer (answer objects)"),
     ("stemedb.http.resources", "send", "send (encode)"),
     ("stemedb.http.resources", "RecentWrites.add", "RecentWrites.add"),

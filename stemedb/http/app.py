@@ -22,6 +22,8 @@ from . import errors as http_errors
 from .auth import KeyRing, bind_host
 from .base import StemeApp
 from .dashboard import create_dashboard_app
+from .fastquery import PATH as FAST_PATH
+from .fastquery import FastQuery
 from .handle import StoreHandle
 from .logs import configure_logging
 from .metrics import Metrics
@@ -78,11 +80,13 @@ def create_app(store, settings: Settings | None = None, *, keyring: KeyRing | No
     # One component doing the work of five (middleware.Gate): request id,
     # metrics and log line; key; rate limit and breaker; nosniff; and last the
     # access log's fields (logs.AccessContext)
-    app = StemeApp(middleware=[Gate(
+    gate = Gate(
         Observe(metrics, parse_proxies(settings.trusted_proxies)),
         Authenticate(keyring, limiter, metrics),
         Limit(limiter, breaker, metrics),
-        NOSNIFF, access_context=True)])
+        NOSNIFF, access_context=True)
+    app = StemeApp(middleware=[gate])
+    app.gate = gate     # fastquery.FastQuery answers with the same parts
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.register(app)
     for path, resource in ROUTES:
@@ -96,8 +100,10 @@ class PortRouter:
     """One WSGI callable for two listening sockets: the dashboard's port goes to
     the dashboard app, everything else to the API."""
 
-    def __init__(self, api, dashboard, dashboard_bind: str, api_bind: str):
+    def __init__(self, api, dashboard, dashboard_bind: str, api_bind: str, fast=None):
         self.api = api
+        # POST /v1/query's plain case without Falcon (fastquery); None: all to the API
+        self.fast = fast
         self.dashboard = dashboard
         self.state = api.state
         self.port = dashboard_bind.rsplit(":", 1)[-1]
@@ -109,6 +115,9 @@ class PortRouter:
         if environ.get("SERVER_PORT") == self.port and (
                 self.host is None or environ.get("SERVER_NAME") == self.host):
             return self.dashboard(environ, start_response)
+        if (self.fast is not None and environ.get("PATH_INFO") == FAST_PATH
+                and environ.get("REQUEST_METHOD") == "POST"):
+            return self.fast(environ, start_response)
         return self.api(environ, start_response)
 
 
@@ -117,7 +126,8 @@ def build_wsgi(handle: StoreHandle, settings: Settings, started_at: float | None
     api = create_app(handle, settings, started_at=started_at)
     dashboard = create_dashboard_app(api.state)
     # A keyless server answers only loopback Host names (DNS rebinding).
-    return HostGuard(PortRouter(api, dashboard, settings.dashboard_bind, settings.bind),
+    return HostGuard(PortRouter(api, dashboard, settings.dashboard_bind, settings.bind,
+                                FastQuery(api)),
                      api.state.keyring, settings.allow_anonymous)
 
 

@@ -11,3 +11,4 @@ class StemeApp(falcon.App):
     """A Falcon app that carries its ``ServerState`` (stemedb.http.app) as ``app.state``."""
 
     state: Any
+    gate: Any

@@ -25,6 +25,9 @@ from .errors import error_body, forbidden, too_many, unauthorized
 from .logs import ACCESS_FIELDS
 
 log = logging.getLogger("stemedb.http")
+# fastquery.FAST: the environ key of what the Falcon-less POST /v1/query did
+# before it handed a request to the app (stated here: fastquery imports this)
+FAST_QUERY = "stemedb.fast_query"
 _RID_RE = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}\Z")
 
 
@@ -98,8 +101,9 @@ class Observe:
 
     def process_request(self, req, resp):
         ctx = req.context
-        ctx.t0 = time.perf_counter()
         env = req.env    # the headers straight from the environ (get_header's own lookup)
+        handoff = env.get(FAST_QUERY)     # fastquery.Handoff: the request began there
+        ctx.t0 = time.perf_counter() if handoff is None else handoff.t0
         rid = env.get("HTTP_X_REQUEST_ID")
         ctx.request_id = rid if rid and _RID_RE.match(rid) else self.new_id()
         if self.proxies:
@@ -369,7 +373,8 @@ class Limit:
                                wait, code="circuit_open")
             ctx.breaker_client = client
         if self.limiter is not None:
-            wait = self.limiter.check(endpoint, client)
+            handoff = req.env.get(FAST_QUERY)   # fastquery.Handoff: asked there, once
+            wait = self.limiter.check(endpoint, client) if handoff is None else handoff.limit_wait
             if wait is not None:
                 self._count(endpoint, "rate_limit")
                 raise too_many(f"rate limit for {endpoint} exceeded; retry in {wait} s", wait)

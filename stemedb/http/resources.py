@@ -20,6 +20,7 @@ from ..errors import NotFound, ValidationError
 from . import schemas as S
 from .answer import enc_hook, query_bytes, query_doc
 from .errors import HTTPProblem, bad_request, from_msgspec
+from .middleware import FAST_QUERY
 
 JSON = "application/json"
 _HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
@@ -285,6 +286,9 @@ class QueryResource(_Base):
         if "min_seq" in kwargs:
             min_seq(self.state, req, kwargs.pop("min_seq"))
         path = kwargs.pop("concept_path")
+        handoff = req.env.get(FAST_QUERY)
+        if handoff is not None and handoff.error is not None:
+            raise handoff.error    # fastquery ran this query: its error, not a second run
         result = self.store.query(path, agent=req.context.key_id, **kwargs)
         resp.status = 200
         resp.content_type = JSON

@@ -206,6 +206,46 @@ def test_crud_over_http(servers):
     assert s.terminate() == 0
 
 
+def test_post_query_fast_path_over_a_real_server(servers, tmp_path):
+    """POST /v1/query's plain request (answered without Falcon,
+    stemedb.http.fastquery) and its refusals (Falcon's), through gunicorn:
+    keys, the rate limit counted once a request, the headers, the metric."""
+    keys = str(tmp_path / "keys.json")
+    key = subprocess.run([sys.executable, "-m", "stemedb.cli", "keys", "add", "--id", "rd",
+                          "--scopes", "admin", "--file", keys],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    s = servers(STEMEDB_API_KEYS_FILE=keys, STEMEDB_RATE_LIMITS="query=6/minute").start()
+    Client(s.url, api_key=key).put(body(1))
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+
+    def post(doc, **headers):
+        data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        conn.request("POST", "/v1/query", body=data, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {key}", **headers})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+
+    status, headers, out = post({"concept_path": "drugs/d1"}, **{"X-Request-Id": "rid-q"})
+    assert status == 200 and json.loads(out)["assertions"][0]["value"] == 1
+    assert headers["x-request-id"] == "rid-q" and headers["x-content-type-options"] == "nosniff"
+    assert headers["content-type"] == "application/json"
+    assert headers["content-length"] == str(len(out))
+    status, headers, out = post({"concept_path": "drugs/d1", "limit": "ten"})
+    assert status == 400 and json.loads(out)["error"]["field"] == "limit"
+    assert len(headers["x-request-id"]) == 32
+    assert post({"concept_path": "drugs/d1"}, Authorization="Bearer nope")[0] == 401
+    assert post(b"{")[0] == 400
+    assert [post({"concept_path": "drugs/d1"})[0] for _ in range(4)] == [200, 200, 200, 429], \
+        "query=6/minute: the 200, the 400s and these three are six (a wrong key is not counted)"
+    metrics = Client(s.url, api_key=key).metrics()
+    assert [line for line in metrics.splitlines() if line.startswith(
+        "stemedb_http_requests_total") and "/v1/query" in line and "POST" in line] == [
+        f'stemedb_http_requests_total{{method="POST",route="/v1/query",status="{st}"}} {n}'
+        for st, n in (("200", "4.0"), ("400", "2.0"), ("401", "1.0"), ("429", "1.0"))]
+    conn.close()
+    assert s.terminate() == 0
+
+
 def test_dashboard_port_serves_only_the_dashboard(servers):
     s = servers().start()
     with pytest.raises(urllib.error.HTTPError) as e:
