@@ -609,7 +609,7 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
 from cpython.dict cimport PyDict_GetItem, PyDict_Update
 from cpython.object cimport PyObject_RichCompareBool, Py_EQ
 from cpython.tuple cimport PyTuple_GET_SIZE
-from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 
 
 def cache_take(d, list ords, loc, seq):
@@ -1676,6 +1676,151 @@ cdef object _ODict = OrderedDict, _MOVE_TO_END = OrderedDict.move_to_end
 cdef object _Deque = deque, _APPEND = deque.append
 
 
+cdef extern from *:
+    """
+    /* A type whose attributes are got and set the generic way (no
+       __getattribute__, __getattr__ or __setattr__ of its own). */
+    static int stemedb_generic_attrs(PyTypeObject* t) {
+        return t->tp_getattro == PyObject_GenericGetAttr
+            && t->tp_setattro == PyObject_GenericSetAttr;
+    }
+    static unsigned int stemedb_version_tag(PyTypeObject* t) {
+        return (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) ? t->tp_version_tag : 0;
+    }
+    """
+    int stemedb_generic_attrs(PyTypeObject* t)
+    unsigned int stemedb_version_tag(PyTypeObject* t)
+    PyObject* _PyType_Lookup(PyTypeObject* t, object name)
+
+
+DEF MAX_FIELDS = 6
+
+cdef class Fields:
+    """``getattr(obj, names[i])`` (and ``setattr``) for the objects a warm
+    first page reads (the Reader, its State, ReadCache and AuditLog), read
+    at their ``__slots__`` offsets when ``type(obj)`` keeps them there: a
+    generic attribute read was ~170 instructions, ~17 of them a warm query
+    (callgrind, session 12).  What it learned of one class (the last one
+    seen) holds while that class's version tag stands: CPython gives a type
+    a new one when its dict or a base's changes, so a descriptor put on the
+    class later is seen.  Otherwise (another class, no slot, an unset slot,
+    a class with its own __getattribute__/__getattr__/__setattr__, no valid
+    tag) it is the generic getattr/setattr, so the values and errors are
+    getattr's.  Its twin is getattr itself (tests/unit/test_fields.py)."""
+    cdef tuple names
+    cdef object cls
+    cdef unsigned int tag
+    cdef Py_ssize_t n
+    cdef Py_ssize_t off[MAX_FIELDS]
+
+    def __init__(self, tuple names):
+        if not 0 < len(names) <= MAX_FIELDS or not all(type(x) is str for x in names):
+            raise ValueError(f"1 to {MAX_FIELDS} names")
+        self.names = tuple([sys_intern(x) for x in names])
+        self.n = len(names)
+        self.cls = None
+        self.tag = 0
+
+    cdef int _learn(self, cls) except -1:
+        """The offsets of ``cls``'s slots for ``names`` (-1: read by name)."""
+        cdef PyTypeObject* t = <PyTypeObject*>cls
+        cdef PyObject* d
+        cdef PyMemberDef* m
+        cdef Py_ssize_t i
+        cdef bint generic = stemedb_generic_attrs(t)
+        for i in range(self.n):
+            self.off[i] = -1
+            if not generic:
+                continue
+            d = _PyType_Lookup(t, self.names[i])    # (assigns the type its tag)
+            if d == NULL or type(<object>d) is not _MEMBER_DESCR:
+                continue
+            m = (<PyMemberDescrObject*>d).d_member
+            if m.type == T_OBJECT_EX and not (m.flags & READONLY) and m.offset > 0:
+                self.off[i] = m.offset
+        self.tag = stemedb_version_tag(t)
+        self.cls = cls if self.tag != 0 else None
+        return 0
+
+    cdef inline Py_ssize_t _at(self, obj, Py_ssize_t i) except -2:
+        """The offset to read ``names[i]`` of ``obj`` at, or -1."""
+        cls = type(obj)
+        cdef PyTypeObject* t = <PyTypeObject*>cls
+        if cls is not self.cls or stemedb_version_tag(t) != self.tag:
+            self._learn(cls)
+            if cls is not self.cls:
+                return -1
+        return self.off[i]
+
+    cdef inline object get(self, obj, Py_ssize_t i):
+        cdef Py_ssize_t o = self._at(obj, i)
+        cdef PyObject* v
+        if o > 0:
+            v = (<PyObject**>(<char*><PyObject*>obj + o))[0]
+            if v != NULL:
+                return <object>v
+        return getattr(obj, self.names[i])
+
+    cdef inline int bump(self, obj, Py_ssize_t i) except -1:
+        """``obj.<names[i]> += 1``."""
+        cdef Py_ssize_t o = self._at(obj, i)
+        cdef PyObject** p
+        cdef PyObject* old
+        if o > 0:
+            p = <PyObject**>(<char*><PyObject*>obj + o)
+            if p[0] != NULL:
+                cur = <object>p[0]          # (held while adding)
+                new = cur + 1
+                old = p[0]                  # what the add left there
+                Py_INCREF(new)
+                p[0] = <PyObject*>new
+                Py_XDECREF(old)
+                return 0
+        name = self.names[i]
+        setattr(obj, name, getattr(obj, name) + 1)
+        return 0
+
+    def read(self, obj, Py_ssize_t i):
+        """get, for the tests."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.get(obj, i)
+
+    def add_one(self, obj, Py_ssize_t i):
+        """bump, for the tests."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        self.bump(obj, i)
+
+
+from types import MemberDescriptorType as _MEMBER_DESCR
+from sys import intern as sys_intern
+
+# What a warm first page reads of each object (Fields)
+_READER_READ = ("state", "cache", "lock", "audit", "clock")
+DEF R_STATE = 0
+DEF R_CACHE = 1
+DEF R_LOCK = 2
+DEF R_AUDIT = 3
+DEF R_CLOCK = 4
+_STATE_READ = ("path_ids", "pred_ids", "key_gen", "path_gen", "gen", "retracted")
+DEF S_PATH_IDS = 0
+DEF S_PRED_IDS = 1
+DEF S_KEY_GEN = 2
+DEF S_PATH_GEN = 3
+DEF S_GEN = 4
+DEF S_RETRACTED = 5
+_CACHE_READ = ("_lock", "_d", "answer_hits", "answer_misses")
+DEF C_LOCK = 0
+DEF C_D = 1
+DEF C_HITS = 2
+DEF C_MISSES = 3
+_AUDIT_READ = ("_ids", "_queue", "quick_below")
+DEF L_IDS = 0
+DEF L_QUEUE = 1
+DEF L_QUICK = 2
+
+
 DEF ANSWER_SLOTS = 8         # reader.Answer's __slots__ that FirstPage reads (_ANSWER_READ)
 _ANSWER_READ = ("token", "results", "ords", "active", "held", "tail", "ptail", "plimit")
 DEF A_TOKEN = 0
@@ -1698,6 +1843,8 @@ cdef class FirstPage:
     cdef Py_ssize_t gen_mask, gen_mix, ntop_max
     cdef Py_ssize_t offsets[ASSERTION_SLOTS]
     cdef Py_ssize_t aoffsets[ANSWER_SLOTS]
+    # the Reader's, State's, ReadCache's and AuditLog's fields read (Fields)
+    cdef Fields rf, sf, cf, lf
 
     def __init__(self, tuple env):
         (lenses, self.filters, self.lifecycles, self.gen_mask, self.gen_mix, self.ntop_max,
@@ -1705,6 +1852,8 @@ cdef class FirstPage:
          self.finish, self.audit, self.log_cls, self.names, self.now_us,
          self.answer_cls) = env
         self.lenses = lenses
+        self.rf, self.sf = Fields(_READER_READ), Fields(_STATE_READ)
+        self.cf, self.lf = Fields(_CACHE_READ), Fields(_AUDIT_READ)
         from . import fast
         self.decode = fast.decode_assert
         self.unset = self.assertion._UNSET
@@ -1751,7 +1900,7 @@ cdef class FirstPage:
         """qpure.held_page.  Each Assertion is allocated as object.__new__
         allocates it (its type's tp_alloc: zeroed, tracked) and its five
         slots are set where Assertion.__init__ sets them, in place."""
-        cdef dict rmap = st.retracted
+        cdef dict rmap = self.sf.get(st, S_RETRACTED)
         recs, seqs = self._a(ans, A_HELD)
         if type(recs) is bytes:     # raw frames (reader.raw_pack): decoded here
             ords = self._a(ans, A_ORDS)
@@ -1799,7 +1948,7 @@ cdef class FirstPage:
         """``reader.clock()``; timeutil.now_us's ``time.time_ns() // 1000``
         read here when it is that clock (the same CLOCK_REALTIME)."""
         cdef timespec ts
-        clock = reader.clock
+        clock = self.rf.get(reader, R_CLOCK)
         if clock is self.now_us and clock_gettime(CLOCK_REALTIME, &ts) == 0 and ts.tv_sec >= 0:
             return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
         return clock()
@@ -1821,10 +1970,10 @@ cdef class FirstPage:
                        agent):
         cdef PyObject* e
         cdef Py_ssize_t pid_c, qid_c = 0, slot = -1
-        st = reader.state
-        cache = reader.cache
-        path_ids = st.path_ids
-        pred_ids = st.pred_ids
+        st = self.rf.get(reader, R_STATE)
+        cache = self.rf.get(reader, R_CACHE)
+        path_ids = self.sf.get(st, S_PATH_IDS)
+        pred_ids = self.sf.get(st, S_PRED_IDS)
         if (cache is None or type(concept_path) is not str or type(path_ids) is not dict
                 or type(pred_ids) is not dict):
             return None
@@ -1857,7 +2006,7 @@ cdef class FirstPage:
         cdef bint incl = include_descendants is True
         page = None
         token = None
-        lock = reader.lock
+        lock = self.rf.get(reader, R_LOCK)
         cdef bint own_lock = type(lock) is ReaderLock
         if own_lock:
             (<ReaderLock>lock).take()
@@ -1870,12 +2019,12 @@ cdef class FirstPage:
                 # one stored path (and predicate): _answer_token's one part,
                 # its tuple made only when the answer is not the cached one
                 # (the cached token compared in place, _token_is)
-                kg = st.key_gen
-                pg = st.path_gen
+                kg = self.sf.get(st, S_KEY_GEN)
+                pg = self.sf.get(st, S_PATH_GEN)
                 if (len(kg) <= self.gen_mask or len(pg) <= self.gen_mask
                         or self.gen_mask < 0):
                     raise ValueError("the generation slots are fewer than the mask covers")
-                gen = st.gen
+                gen = self.sf.get(st, S_GEN)
                 pid_c = pid
                 if predicate is None:
                     part = pg[pid_c & self.gen_mask]
@@ -1924,7 +2073,7 @@ cdef class FirstPage:
         obj.assertions = page
         obj.next_cursor = None
         obj.extra = {}
-        audit = reader.audit
+        audit = self.rf.get(reader, R_AUDIT)
         if audit is None:
             return obj
         # the audit's count and top read first, as the twin reads them (a
@@ -1946,14 +2095,14 @@ cdef class FirstPage:
         compared in place (_token_is)."""
         cdef PyObject* e
         cdef bint same
-        lock = cache._lock
+        lock = self.cf.get(cache, C_LOCK)
         cdef bint ours = type(lock) is CacheLock
         if ours:
             (<CacheLock>lock).take()
         else:
             lock.acquire()
         try:
-            d = cache._d
+            d = self.cf.get(cache, C_D)
             e = PyDict_GetItem(d, key)
             if e == NULL:
                 same = False
@@ -1962,14 +2111,14 @@ cdef class FirstPage:
             else:
                 same = not (self._a(<object>e, A_TOKEN) != token)
             if not same:
-                cache.answer_misses += 1
+                self.cf.bump(cache, C_MISSES)
                 return None
             ans = <object>e
             if type(d) is _ODict:
                 _MOVE_TO_END(d, key)
             else:
                 d.move_to_end(key)
-            cache.answer_hits += 1
+            self.cf.bump(cache, C_HITS)
             return ans
         finally:
             if ours:
@@ -2043,18 +2192,18 @@ cdef class FirstPage:
         at = self._clock(reader)
         try:
             if self.keep_params:
-                line = self._kept_line(ans, tail, next(audit._ids), at, agent, concept_path,
+                line = self._kept_line(ans, tail, next(self.lf.get(audit, L_IDS)), at, agent, concept_path,
                                        predicate, include_descendants, lens, limit)
             else:
-                line = _audit_head(self.names, tail, next(audit._ids), at, agent,
+                line = _audit_head(self.names, tail, next(self.lf.get(audit, L_IDS)), at, agent,
                                    _params(concept_path, predicate, include_descendants, lens,
                                            limit), self.keys)
         except Exception:  # noqa: BLE001 - qaudit._audit builds it (or counts it)
             line = None
         if line is None:
             return False
-        q = audit._queue
-        if len(q) < audit.quick_below:
+        q = self.lf.get(audit, L_QUEUE)
+        if len(q) < self.lf.get(audit, L_QUICK):
             if type(q) is _Deque:
                 _APPEND(q, line)
             else:

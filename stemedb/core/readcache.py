@@ -196,6 +196,10 @@ class ReadCache:
     lock around each lookup or insert.  ``bytes`` is the estimated heap the
     entries hold; it never exceeds ``max_bytes`` after an insert returns."""
 
+    # The fields the compiled first page reads and counts at their offsets
+    # (_query.Fields); the rest in the instance dict, as before
+    __slots__ = ("_d", "_lock", "answer_hits", "answer_misses", "__dict__", "__weakref__")
+
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
         self.bytes = 0
