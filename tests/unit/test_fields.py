@@ -9,6 +9,7 @@ import pytest
 
 from stemedb.core import audit as audit_mod
 from stemedb.core import readcache, reader
+from stemedb.core import state as state_mod
 
 try:
     from stemedb.core import _query  # type: ignore[attr-defined]
@@ -183,7 +184,9 @@ def test_the_read_objects_keep_their_fields_in_slots():
     them by name: right, only slower), and still take other attributes."""
     for cls, names in ((reader.Reader, ("state", "cache", "lock", "audit", "clock")),
                        (readcache.ReadCache, ("_d", "_lock", "answer_hits", "answer_misses")),
-                       (audit_mod.AuditLog, ("_ids", "_queue", "quick_below"))):
+                       (audit_mod.AuditLog, ("_ids", "_queue", "quick_below")),
+                       (state_mod.State, ("path_ids", "pred_ids", "key_gen", "path_gen", "gen",
+                                          "retracted"))):
         for name in names:
             assert type(cls.__dict__[name]).__name__ == "member_descriptor", (cls, name)
         assert "__dict__" in cls.__slots__ and "__weakref__" in cls.__slots__
