@@ -1821,8 +1821,8 @@ DEF L_QUEUE = 1
 DEF L_QUICK = 2
 
 
-DEF ANSWER_SLOTS = 8         # reader.Answer's __slots__ that FirstPage reads (_ANSWER_READ)
-_ANSWER_READ = ("token", "results", "ords", "active", "held", "tail", "ptail", "plimit")
+DEF ANSWER_SLOTS = 9         # reader.Answer's __slots__ that FirstPage reads (_ANSWER_READ)
+_ANSWER_READ = ("token", "results", "ords", "active", "held", "tail", "ptail", "plimit", "gslot")
 DEF A_TOKEN = 0
 DEF A_RESULTS = 1
 DEF A_ORDS = 2
@@ -1831,6 +1831,7 @@ DEF A_HELD = 4
 DEF A_TAIL = 5
 DEF A_PTAIL = 6
 DEF A_PLIMIT = 7
+DEF A_GSLOT = 8             # (read at its slot only: FirstPage._gslot_hit)
 
 
 cdef class FirstPage:
@@ -1970,6 +1971,7 @@ cdef class FirstPage:
                        agent):
         cdef PyObject* e
         cdef Py_ssize_t pid_c, qid_c = 0, slot = -1
+        cdef PyObject* gpart = NULL
         st = self.rf.get(reader, R_STATE)
         cache = self.rf.get(reader, R_CACHE)
         path_ids = self.sf.get(st, S_PATH_IDS)
@@ -1977,21 +1979,8 @@ cdef class FirstPage:
         if (cache is None or type(concept_path) is not str or type(path_ids) is not dict
                 or type(pred_ids) is not dict):
             return None
-        # The ids read here are the ones the token reads under the lock: a
-        # State gives a path or predicate its id once (its count then) and
-        # never changes or removes it, and this State is the one used below
-        e = PyDict_GetItem(path_ids, concept_path)
-        if e == NULL:
+        if predicate is not None and type(predicate) is not str:
             return None
-        pid = <object>e
-        qid = None
-        if predicate is not None:
-            if type(predicate) is not str:
-                return None
-            e = PyDict_GetItem(pred_ids, predicate)
-            if e == NULL:
-                return None
-            qid = <object>e
         if include_descendants is not False and include_descendants is not True:
             return None
         if type(lens) is not str or type(limit) is not int or not 1 <= limit <= 1000:
@@ -2014,31 +2003,60 @@ cdef class FirstPage:
             lock.acquire()
         try:
             akey = (concept_path, predicate, include_descendants, name)   # (query._answer_key)
-            if (not incl and type(pid) is int
-                    and (predicate is None or (qid is not None and type(qid) is int))):
-                # one stored path (and predicate): _answer_token's one part,
-                # its tuple made only when the answer is not the cached one
-                # (the cached token compared in place, _token_is)
+            ans = None
+            if not incl:
+                # the cached answer whose generation slot a hit before kept
+                # (_gslot_hit): its token tested without the ids' lookups
                 kg = self.sf.get(st, S_KEY_GEN)
                 pg = self.sf.get(st, S_PATH_GEN)
-                if (len(kg) <= self.gen_mask or len(pg) <= self.gen_mask
-                        or self.gen_mask < 0):
-                    raise ValueError("the generation slots are fewer than the mask covers")
                 gen = self.sf.get(st, S_GEN)
-                pid_c = pid
-                if predicate is None:
-                    part = pg[pid_c & self.gen_mask]
-                else:
-                    qid_c = qid
-                    part = kg[(pid_c * self.gen_mix + qid_c) & self.gen_mask]
-                ans = self._cached(cache, akey, None, gen, part)
+                ans = self._gslot_hit(cache, akey, gen, pg if predicate is None else kg,
+                                      predicate is None, &gpart)
+            if ans is not None:
+                part = <object>gpart    # (the token's part, for the pinned view below)
+                Py_DECREF(part)         # (gpart's reference, now part's)
             else:
-                paths = [concept_path]
-                if incl:
-                    paths += st.descendant_paths(concept_path)
-                token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
-                                      self.gen_mask, self.gen_mix)
-                ans = self._cached(cache, akey, token, None, None)
+                # The ids read here are the ones the token reads: a State
+                # gives a path or predicate its id once (its count then) and
+                # never changes or removes it (lookups of str keys in dicts
+                # of str keys: no Python code runs under the lock)
+                e = PyDict_GetItem(path_ids, concept_path)
+                if e == NULL:
+                    return None
+                pid = <object>e
+                qid = None
+                if predicate is not None:
+                    e = PyDict_GetItem(pred_ids, predicate)
+                    if e == NULL:
+                        return None
+                    qid = <object>e
+                if (not incl and type(pid) is int
+                        and (predicate is None or (qid is not None and type(qid) is int))):
+                    # one stored path (and predicate): _answer_token's one
+                    # part, its tuple made only when the answer is not the
+                    # cached one (the cached token compared in place,
+                    # _token_is)
+                    if (len(kg) <= self.gen_mask or len(pg) <= self.gen_mask
+                            or self.gen_mask < 0):
+                        raise ValueError("the generation slots are fewer than the mask covers")
+                    pid_c = pid
+                    if predicate is None:
+                        slot = pid_c & self.gen_mask
+                        part = pg[slot]
+                    else:
+                        qid_c = qid
+                        slot = (pid_c * self.gen_mix + qid_c) & self.gen_mask
+                        part = kg[slot]
+                    ans = self._cached(cache, akey, None, gen, part)
+                    if ans is not None:
+                        self._keep_gslot(ans, -1 - slot if predicate is None else slot)
+                else:
+                    paths = [concept_path]
+                    if incl:
+                        paths += st.descendant_paths(concept_path)
+                    token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
+                                          self.gen_mask, self.gen_mix)
+                    ans = self._cached(cache, akey, token, None, None)
             if (ans is not None and self._a(ans, A_HELD) is not None
                     and len(self._a(ans, A_ORDS)) <= limit):
                 page = self._page(st, ans)
@@ -2087,6 +2105,78 @@ cdef class FirstPage:
                        self.moment(self._clock(reader), False), page[:ntop], active=n,
                        answer=ans)
         return obj
+
+    cdef object _gslot_hit(self, cache, key, gen, gens, bint by_path, PyObject** part_out):
+        """The answer under ``key`` as _cached finds it with its one-part
+        token, when that answer keeps its generation slot (``gslot``, kept
+        by _keep_gslot at an earlier hit under the same State: a token
+        carries its State's gen, whose high bits are that State's own
+        serial, and a State never changes a path's or predicate's id, so
+        the slot is the one the ids would give); else None, having changed
+        nothing (no counter, no LRU move): _cached then does it all.  Only
+        plain tokens are compared here (exact ints and tuples: no Python
+        code runs), anything else goes the long way.  A hit's part (a new
+        reference) is left in ``part_out``."""
+        cdef PyObject* e
+        cdef PyObject* v
+        cdef Py_ssize_t k
+        if type(gen) is not int or type(gens) is not list or self.aoffsets[A_GSLOT] <= 0:
+            return None
+        lock = self.cf.get(cache, C_LOCK)
+        cdef bint ours = type(lock) is CacheLock
+        if ours:
+            (<CacheLock>lock).take()
+        else:
+            lock.acquire()
+        try:
+            d = self.cf.get(cache, C_D)
+            if type(d) is not _ODict:
+                return None
+            e = PyDict_GetItem(d, key)
+            if e == NULL or type(<object>e) is not self.answer_cls:
+                return None
+            ans = <object>e
+            v = (<PyObject**>(<char*>e + self.aoffsets[A_GSLOT]))[0]
+            if v == NULL or type(<object>v) is not int:
+                return None
+            g = <object>v
+            if not -(1 << 30) < g < (1 << 30):
+                return None
+            k = g
+            if by_path:
+                k = -1 - k              # (a path's slot is kept as -1 - slot)
+            if not 0 <= k <= self.gen_mask or k >= PyList_GET_SIZE(gens):
+                return None
+            part = gens[k]
+            v = (<PyObject**>(<char*>e + self.aoffsets[A_TOKEN]))[0]
+            if v == NULL or not _plain_token(<object>v, gen, part):
+                return None
+            _MOVE_TO_END(d, key)
+            self.cf.bump(cache, C_HITS)
+            Py_INCREF(part)
+            part_out[0] = <PyObject*>part
+            return ans
+        finally:
+            if ours:
+                (<CacheLock>lock).give()
+            else:
+                lock.release()
+
+    cdef int _keep_gslot(self, ans, Py_ssize_t slot) except -1:
+        """Keep the generation slot of a hit's one-part token in the answer
+        (an Answer of the class itself, its ``gslot`` slot; a path's as
+        ``-1 - slot``) for _gslot_hit."""
+        cdef PyObject** p
+        cdef PyObject* old
+        if type(ans) is not self.answer_cls or self.aoffsets[A_GSLOT] <= 0:
+            return 0
+        p = <PyObject**>(<char*><PyObject*>ans + self.aoffsets[A_GSLOT])
+        cdef object new = slot
+        Py_INCREF(new)
+        old = p[0]
+        p[0] = <PyObject*>new
+        Py_XDECREF(old)
+        return 0
 
     cdef object _cached(self, cache, key, token, gen, part):
         """reader.ReadCache.answer(key, token), inline (its lock taken from C
@@ -2222,6 +2312,22 @@ cdef inline tuple _params(concept_path, predicate, include_descendants, lens, li
 
 
 cdef object _MINUS_ONE = -1
+
+cdef bint _plain_token(tok, gen, part):
+    """``tok == (gen, -1, -1, (part,))`` for a token of exact ints and
+    tuples only (``gen`` an int): True or False, no Python code run; False
+    for any other token (then _cached compares it as it does)."""
+    if type(tok) is not tuple or PyTuple_GET_SIZE(tok) != 4 or type(part) is not int:
+        return False
+    t0, t1, t2, parts = (<tuple>tok)[0], (<tuple>tok)[1], (<tuple>tok)[2], (<tuple>tok)[3]
+    if (type(t0) is not int or type(t1) is not int or type(t2) is not int
+            or type(parts) is not tuple or PyTuple_GET_SIZE(parts) != 1):
+        return False
+    p0 = (<tuple>parts)[0]
+    if type(p0) is not int:
+        return False
+    return (PyObject_RichCompareBool(t0, gen, Py_EQ) == 1 and t1 == -1 and t2 == -1
+            and PyObject_RichCompareBool(p0, part, Py_EQ) == 1)
 
 cdef int _token_is(tok, gen, part) except -1:
     """``not (tok != (gen, -1, -1, (part,)))`` without making the tuple (a

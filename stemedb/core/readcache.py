@@ -123,7 +123,7 @@ class Answer:
     ``size`` reserves."""
 
     __slots__ = ("token", "results", "ords", "active", "size", "held", "tail", "ptail",
-                 "plimit", "proom")
+                 "plimit", "proom", "gslot")
 
     def __init__(self, token, results: list, ords: list[int], active: int,
                  shown: list[Assertion] | None = None, raw: bytes | None = None,
@@ -179,6 +179,10 @@ class Answer:
         # predicate, and theirs (a longer one is not kept)
         self.ptail: bytes | None = None
         self.plimit: int | None = None
+        # The compiled first page keeps here the generation slot its token's
+        # part is read from (_query.FirstPage._gslot_hit: a later hit then
+        # skips the path's and predicate's id lookups); None until then
+        self.gslot: int | None = None
         self.proom = 0
         if self.held is not None and qfast.COMPILED:
             longest = max((len(r["concept_path"]) + len(r["predicate"] or "")
