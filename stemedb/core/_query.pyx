@@ -609,7 +609,7 @@ def resolve_columns(str lens_name, list ords, seq, ts, conf, rank, va, vb, at_us
 from cpython.dict cimport PyDict_GetItem, PyDict_Update
 from cpython.object cimport PyObject_RichCompareBool, Py_EQ
 from cpython.tuple cimport PyTuple_GET_SIZE
-from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 
 
 def cache_take(d, list ords, loc, seq):
@@ -1676,8 +1676,153 @@ cdef object _ODict = OrderedDict, _MOVE_TO_END = OrderedDict.move_to_end
 cdef object _Deque = deque, _APPEND = deque.append
 
 
-DEF ANSWER_SLOTS = 8         # reader.Answer's __slots__ that FirstPage reads (_ANSWER_READ)
-_ANSWER_READ = ("token", "results", "ords", "active", "held", "tail", "ptail", "plimit")
+cdef extern from *:
+    """
+    /* A type whose attributes are got and set the generic way (no
+       __getattribute__, __getattr__ or __setattr__ of its own). */
+    static int stemedb_generic_attrs(PyTypeObject* t) {
+        return t->tp_getattro == PyObject_GenericGetAttr
+            && t->tp_setattro == PyObject_GenericSetAttr;
+    }
+    static unsigned int stemedb_version_tag(PyTypeObject* t) {
+        return (t->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) ? t->tp_version_tag : 0;
+    }
+    """
+    int stemedb_generic_attrs(PyTypeObject* t)
+    unsigned int stemedb_version_tag(PyTypeObject* t)
+    PyObject* _PyType_Lookup(PyTypeObject* t, object name)
+
+
+DEF MAX_FIELDS = 6
+
+cdef class Fields:
+    """``getattr(obj, names[i])`` (and ``setattr``) for the objects a warm
+    first page reads (the Reader, its State, ReadCache and AuditLog), read
+    at their ``__slots__`` offsets when ``type(obj)`` keeps them there: a
+    generic attribute read was ~170 instructions, ~17 of them a warm query
+    (callgrind, session 12).  What it learned of one class (the last one
+    seen) holds while that class's version tag stands: CPython gives a type
+    a new one when its dict or a base's changes, so a descriptor put on the
+    class later is seen.  Otherwise (another class, no slot, an unset slot,
+    a class with its own __getattribute__/__getattr__/__setattr__, no valid
+    tag) it is the generic getattr/setattr, so the values and errors are
+    getattr's.  Its twin is getattr itself (tests/unit/test_fields.py)."""
+    cdef tuple names
+    cdef object cls
+    cdef unsigned int tag
+    cdef Py_ssize_t n
+    cdef Py_ssize_t off[MAX_FIELDS]
+
+    def __init__(self, tuple names):
+        if not 0 < len(names) <= MAX_FIELDS or not all(type(x) is str for x in names):
+            raise ValueError(f"1 to {MAX_FIELDS} names")
+        self.names = tuple([sys_intern(x) for x in names])
+        self.n = len(names)
+        self.cls = None
+        self.tag = 0
+
+    cdef int _learn(self, cls) except -1:
+        """The offsets of ``cls``'s slots for ``names`` (-1: read by name)."""
+        cdef PyTypeObject* t = <PyTypeObject*>cls
+        cdef PyObject* d
+        cdef PyMemberDef* m
+        cdef Py_ssize_t i
+        cdef bint generic = stemedb_generic_attrs(t)
+        for i in range(self.n):
+            self.off[i] = -1
+            if not generic:
+                continue
+            d = _PyType_Lookup(t, self.names[i])    # (assigns the type its tag)
+            if d == NULL or type(<object>d) is not _MEMBER_DESCR:
+                continue
+            m = (<PyMemberDescrObject*>d).d_member
+            if m.type == T_OBJECT_EX and not (m.flags & READONLY) and m.offset > 0:
+                self.off[i] = m.offset
+        self.tag = stemedb_version_tag(t)
+        self.cls = cls if self.tag != 0 else None
+        return 0
+
+    cdef inline Py_ssize_t _at(self, obj, Py_ssize_t i) except -2:
+        """The offset to read ``names[i]`` of ``obj`` at, or -1."""
+        cls = type(obj)
+        cdef PyTypeObject* t = <PyTypeObject*>cls
+        if cls is not self.cls or stemedb_version_tag(t) != self.tag:
+            self._learn(cls)
+            if cls is not self.cls:
+                return -1
+        return self.off[i]
+
+    cdef inline object get(self, obj, Py_ssize_t i):
+        cdef Py_ssize_t o = self._at(obj, i)
+        cdef PyObject* v
+        if o > 0:
+            v = (<PyObject**>(<char*><PyObject*>obj + o))[0]
+            if v != NULL:
+                return <object>v
+        return getattr(obj, self.names[i])
+
+    cdef inline int bump(self, obj, Py_ssize_t i) except -1:
+        """``obj.<names[i]> += 1``."""
+        cdef Py_ssize_t o = self._at(obj, i)
+        cdef PyObject** p
+        cdef PyObject* old
+        if o > 0:
+            p = <PyObject**>(<char*><PyObject*>obj + o)
+            if p[0] != NULL:
+                cur = <object>p[0]          # (held while adding)
+                new = cur + 1
+                old = p[0]                  # what the add left there
+                Py_INCREF(new)
+                p[0] = <PyObject*>new
+                Py_XDECREF(old)
+                return 0
+        name = self.names[i]
+        setattr(obj, name, getattr(obj, name) + 1)
+        return 0
+
+    def read(self, obj, Py_ssize_t i):
+        """get, for the tests."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.get(obj, i)
+
+    def add_one(self, obj, Py_ssize_t i):
+        """bump, for the tests."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        self.bump(obj, i)
+
+
+from types import MemberDescriptorType as _MEMBER_DESCR
+from sys import intern as sys_intern
+
+# What a warm first page reads of each object (Fields)
+_READER_READ = ("state", "cache", "lock", "audit", "clock")
+DEF R_STATE = 0
+DEF R_CACHE = 1
+DEF R_LOCK = 2
+DEF R_AUDIT = 3
+DEF R_CLOCK = 4
+_STATE_READ = ("path_ids", "pred_ids", "key_gen", "path_gen", "gen", "retracted")
+DEF S_PATH_IDS = 0
+DEF S_PRED_IDS = 1
+DEF S_KEY_GEN = 2
+DEF S_PATH_GEN = 3
+DEF S_GEN = 4
+DEF S_RETRACTED = 5
+_CACHE_READ = ("_lock", "_d", "answer_hits", "answer_misses")
+DEF C_LOCK = 0
+DEF C_D = 1
+DEF C_HITS = 2
+DEF C_MISSES = 3
+_AUDIT_READ = ("_ids", "_queue", "quick_below")
+DEF L_IDS = 0
+DEF L_QUEUE = 1
+DEF L_QUICK = 2
+
+
+DEF ANSWER_SLOTS = 9         # reader.Answer's __slots__ that FirstPage reads (_ANSWER_READ)
+_ANSWER_READ = ("token", "results", "ords", "active", "held", "tail", "ptail", "plimit", "gslot")
 DEF A_TOKEN = 0
 DEF A_RESULTS = 1
 DEF A_ORDS = 2
@@ -1686,6 +1831,7 @@ DEF A_HELD = 4
 DEF A_TAIL = 5
 DEF A_PTAIL = 6
 DEF A_PLIMIT = 7
+DEF A_GSLOT = 8             # (read at its slot only: FirstPage._gslot_hit)
 
 
 cdef class FirstPage:
@@ -1698,6 +1844,8 @@ cdef class FirstPage:
     cdef Py_ssize_t gen_mask, gen_mix, ntop_max
     cdef Py_ssize_t offsets[ASSERTION_SLOTS]
     cdef Py_ssize_t aoffsets[ANSWER_SLOTS]
+    # the Reader's, State's, ReadCache's and AuditLog's fields read (Fields)
+    cdef Fields rf, sf, cf, lf
 
     def __init__(self, tuple env):
         (lenses, self.filters, self.lifecycles, self.gen_mask, self.gen_mix, self.ntop_max,
@@ -1705,6 +1853,8 @@ cdef class FirstPage:
          self.finish, self.audit, self.log_cls, self.names, self.now_us,
          self.answer_cls) = env
         self.lenses = lenses
+        self.rf, self.sf = Fields(_READER_READ), Fields(_STATE_READ)
+        self.cf, self.lf = Fields(_CACHE_READ), Fields(_AUDIT_READ)
         from . import fast
         self.decode = fast.decode_assert
         self.unset = self.assertion._UNSET
@@ -1751,7 +1901,7 @@ cdef class FirstPage:
         """qpure.held_page.  Each Assertion is allocated as object.__new__
         allocates it (its type's tp_alloc: zeroed, tracked) and its five
         slots are set where Assertion.__init__ sets them, in place."""
-        cdef dict rmap = st.retracted
+        cdef dict rmap = self.sf.get(st, S_RETRACTED)
         recs, seqs = self._a(ans, A_HELD)
         if type(recs) is bytes:     # raw frames (reader.raw_pack): decoded here
             ords = self._a(ans, A_ORDS)
@@ -1799,7 +1949,7 @@ cdef class FirstPage:
         """``reader.clock()``; timeutil.now_us's ``time.time_ns() // 1000``
         read here when it is that clock (the same CLOCK_REALTIME)."""
         cdef timespec ts
-        clock = reader.clock
+        clock = self.rf.get(reader, R_CLOCK)
         if clock is self.now_us and clock_gettime(CLOCK_REALTIME, &ts) == 0 and ts.tv_sec >= 0:
             return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
         return clock()
@@ -1821,28 +1971,16 @@ cdef class FirstPage:
                        agent):
         cdef PyObject* e
         cdef Py_ssize_t pid_c, qid_c = 0, slot = -1
-        st = reader.state
-        cache = reader.cache
-        path_ids = st.path_ids
-        pred_ids = st.pred_ids
+        cdef PyObject* gpart = NULL
+        st = self.rf.get(reader, R_STATE)
+        cache = self.rf.get(reader, R_CACHE)
+        path_ids = self.sf.get(st, S_PATH_IDS)
+        pred_ids = self.sf.get(st, S_PRED_IDS)
         if (cache is None or type(concept_path) is not str or type(path_ids) is not dict
                 or type(pred_ids) is not dict):
             return None
-        # The ids read here are the ones the token reads under the lock: a
-        # State gives a path or predicate its id once (its count then) and
-        # never changes or removes it, and this State is the one used below
-        e = PyDict_GetItem(path_ids, concept_path)
-        if e == NULL:
+        if predicate is not None and type(predicate) is not str:
             return None
-        pid = <object>e
-        qid = None
-        if predicate is not None:
-            if type(predicate) is not str:
-                return None
-            e = PyDict_GetItem(pred_ids, predicate)
-            if e == NULL:
-                return None
-            qid = <object>e
         if include_descendants is not False and include_descendants is not True:
             return None
         if type(lens) is not str or type(limit) is not int or not 1 <= limit <= 1000:
@@ -1857,7 +1995,7 @@ cdef class FirstPage:
         cdef bint incl = include_descendants is True
         page = None
         token = None
-        lock = reader.lock
+        lock = self.rf.get(reader, R_LOCK)
         cdef bint own_lock = type(lock) is ReaderLock
         if own_lock:
             (<ReaderLock>lock).take()
@@ -1865,31 +2003,60 @@ cdef class FirstPage:
             lock.acquire()
         try:
             akey = (concept_path, predicate, include_descendants, name)   # (query._answer_key)
-            if (not incl and type(pid) is int
-                    and (predicate is None or (qid is not None and type(qid) is int))):
-                # one stored path (and predicate): _answer_token's one part,
-                # its tuple made only when the answer is not the cached one
-                # (the cached token compared in place, _token_is)
-                kg = st.key_gen
-                pg = st.path_gen
-                if (len(kg) <= self.gen_mask or len(pg) <= self.gen_mask
-                        or self.gen_mask < 0):
-                    raise ValueError("the generation slots are fewer than the mask covers")
-                gen = st.gen
-                pid_c = pid
-                if predicate is None:
-                    part = pg[pid_c & self.gen_mask]
-                else:
-                    qid_c = qid
-                    part = kg[(pid_c * self.gen_mix + qid_c) & self.gen_mask]
-                ans = self._cached(cache, akey, None, gen, part)
+            ans = None
+            if not incl:
+                # the cached answer whose generation slot a hit before kept
+                # (_gslot_hit): its token tested without the ids' lookups
+                kg = self.sf.get(st, S_KEY_GEN)
+                pg = self.sf.get(st, S_PATH_GEN)
+                gen = self.sf.get(st, S_GEN)
+                ans = self._gslot_hit(cache, akey, gen, pg if predicate is None else kg,
+                                      predicate is None, &gpart)
+            if ans is not None:
+                part = <object>gpart    # (the token's part, for the pinned view below)
+                Py_DECREF(part)         # (gpart's reference, now part's)
             else:
-                paths = [concept_path]
-                if incl:
-                    paths += st.descendant_paths(concept_path)
-                token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
-                                      self.gen_mask, self.gen_mix)
-                ans = self._cached(cache, akey, token, None, None)
+                # The ids read here are the ones the token reads: a State
+                # gives a path or predicate its id once (its count then) and
+                # never changes or removes it (lookups of str keys in dicts
+                # of str keys: no Python code runs under the lock)
+                e = PyDict_GetItem(path_ids, concept_path)
+                if e == NULL:
+                    return None
+                pid = <object>e
+                qid = None
+                if predicate is not None:
+                    e = PyDict_GetItem(pred_ids, predicate)
+                    if e == NULL:
+                        return None
+                    qid = <object>e
+                if (not incl and type(pid) is int
+                        and (predicate is None or (qid is not None and type(qid) is int))):
+                    # one stored path (and predicate): _answer_token's one
+                    # part, its tuple made only when the answer is not the
+                    # cached one (the cached token compared in place,
+                    # _token_is)
+                    if (len(kg) <= self.gen_mask or len(pg) <= self.gen_mask
+                            or self.gen_mask < 0):
+                        raise ValueError("the generation slots are fewer than the mask covers")
+                    pid_c = pid
+                    if predicate is None:
+                        slot = pid_c & self.gen_mask
+                        part = pg[slot]
+                    else:
+                        qid_c = qid
+                        slot = (pid_c * self.gen_mix + qid_c) & self.gen_mask
+                        part = kg[slot]
+                    ans = self._cached(cache, akey, None, gen, part)
+                    if ans is not None:
+                        self._keep_gslot(ans, -1 - slot if predicate is None else slot)
+                else:
+                    paths = [concept_path]
+                    if incl:
+                        paths += st.descendant_paths(concept_path)
+                    token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
+                                          self.gen_mask, self.gen_mix)
+                    ans = self._cached(cache, akey, token, None, None)
             if (ans is not None and self._a(ans, A_HELD) is not None
                     and len(self._a(ans, A_ORDS)) <= limit):
                 page = self._page(st, ans)
@@ -1924,7 +2091,7 @@ cdef class FirstPage:
         obj.assertions = page
         obj.next_cursor = None
         obj.extra = {}
-        audit = reader.audit
+        audit = self.rf.get(reader, R_AUDIT)
         if audit is None:
             return obj
         # the audit's count and top read first, as the twin reads them (a
@@ -1939,6 +2106,78 @@ cdef class FirstPage:
                        answer=ans)
         return obj
 
+    cdef object _gslot_hit(self, cache, key, gen, gens, bint by_path, PyObject** part_out):
+        """The answer under ``key`` as _cached finds it with its one-part
+        token, when that answer keeps its generation slot (``gslot``, kept
+        by _keep_gslot at an earlier hit under the same State: a token
+        carries its State's gen, whose high bits are that State's own
+        serial, and a State never changes a path's or predicate's id, so
+        the slot is the one the ids would give); else None, having changed
+        nothing (no counter, no LRU move): _cached then does it all.  Only
+        plain tokens are compared here (exact ints and tuples: no Python
+        code runs), anything else goes the long way.  A hit's part (a new
+        reference) is left in ``part_out``."""
+        cdef PyObject* e
+        cdef PyObject* v
+        cdef Py_ssize_t k
+        if type(gen) is not int or type(gens) is not list or self.aoffsets[A_GSLOT] <= 0:
+            return None
+        lock = self.cf.get(cache, C_LOCK)
+        cdef bint ours = type(lock) is CacheLock
+        if ours:
+            (<CacheLock>lock).take()
+        else:
+            lock.acquire()
+        try:
+            d = self.cf.get(cache, C_D)
+            if type(d) is not _ODict:
+                return None
+            e = PyDict_GetItem(d, key)
+            if e == NULL or type(<object>e) is not self.answer_cls:
+                return None
+            ans = <object>e
+            v = (<PyObject**>(<char*>e + self.aoffsets[A_GSLOT]))[0]
+            if v == NULL or type(<object>v) is not int:
+                return None
+            g = <object>v
+            if not -(1 << 30) < g < (1 << 30):
+                return None
+            k = g
+            if by_path:
+                k = -1 - k              # (a path's slot is kept as -1 - slot)
+            if not 0 <= k <= self.gen_mask or k >= PyList_GET_SIZE(gens):
+                return None
+            part = gens[k]
+            v = (<PyObject**>(<char*>e + self.aoffsets[A_TOKEN]))[0]
+            if v == NULL or not _plain_token(<object>v, gen, part):
+                return None
+            _MOVE_TO_END(d, key)
+            self.cf.bump(cache, C_HITS)
+            Py_INCREF(part)
+            part_out[0] = <PyObject*>part
+            return ans
+        finally:
+            if ours:
+                (<CacheLock>lock).give()
+            else:
+                lock.release()
+
+    cdef int _keep_gslot(self, ans, Py_ssize_t slot) except -1:
+        """Keep the generation slot of a hit's one-part token in the answer
+        (an Answer of the class itself, its ``gslot`` slot; a path's as
+        ``-1 - slot``) for _gslot_hit."""
+        cdef PyObject** p
+        cdef PyObject* old
+        if type(ans) is not self.answer_cls or self.aoffsets[A_GSLOT] <= 0:
+            return 0
+        p = <PyObject**>(<char*><PyObject*>ans + self.aoffsets[A_GSLOT])
+        cdef object new = slot
+        Py_INCREF(new)
+        old = p[0]
+        p[0] = <PyObject*>new
+        Py_XDECREF(old)
+        return 0
+
     cdef object _cached(self, cache, key, token, gen, part):
         """reader.ReadCache.answer(key, token), inline (its lock taken from C
         when it is a CacheLock, its OrderedDict moved by the method itself);
@@ -1946,14 +2185,14 @@ cdef class FirstPage:
         compared in place (_token_is)."""
         cdef PyObject* e
         cdef bint same
-        lock = cache._lock
+        lock = self.cf.get(cache, C_LOCK)
         cdef bint ours = type(lock) is CacheLock
         if ours:
             (<CacheLock>lock).take()
         else:
             lock.acquire()
         try:
-            d = cache._d
+            d = self.cf.get(cache, C_D)
             e = PyDict_GetItem(d, key)
             if e == NULL:
                 same = False
@@ -1962,14 +2201,14 @@ cdef class FirstPage:
             else:
                 same = not (self._a(<object>e, A_TOKEN) != token)
             if not same:
-                cache.answer_misses += 1
+                self.cf.bump(cache, C_MISSES)
                 return None
             ans = <object>e
             if type(d) is _ODict:
                 _MOVE_TO_END(d, key)
             else:
                 d.move_to_end(key)
-            cache.answer_hits += 1
+            self.cf.bump(cache, C_HITS)
             return ans
         finally:
             if ours:
@@ -2043,18 +2282,18 @@ cdef class FirstPage:
         at = self._clock(reader)
         try:
             if self.keep_params:
-                line = self._kept_line(ans, tail, next(audit._ids), at, agent, concept_path,
+                line = self._kept_line(ans, tail, next(self.lf.get(audit, L_IDS)), at, agent, concept_path,
                                        predicate, include_descendants, lens, limit)
             else:
-                line = _audit_head(self.names, tail, next(audit._ids), at, agent,
+                line = _audit_head(self.names, tail, next(self.lf.get(audit, L_IDS)), at, agent,
                                    _params(concept_path, predicate, include_descendants, lens,
                                            limit), self.keys)
         except Exception:  # noqa: BLE001 - qaudit._audit builds it (or counts it)
             line = None
         if line is None:
             return False
-        q = audit._queue
-        if len(q) < audit.quick_below:
+        q = self.lf.get(audit, L_QUEUE)
+        if len(q) < self.lf.get(audit, L_QUICK):
             if type(q) is _Deque:
                 _APPEND(q, line)
             else:
@@ -2073,6 +2312,22 @@ cdef inline tuple _params(concept_path, predicate, include_descendants, lens, li
 
 
 cdef object _MINUS_ONE = -1
+
+cdef bint _plain_token(tok, gen, part):
+    """``tok == (gen, -1, -1, (part,))`` for a token of exact ints and
+    tuples only (``gen`` an int): True or False, no Python code run; False
+    for any other token (then _cached compares it as it does)."""
+    if type(tok) is not tuple or PyTuple_GET_SIZE(tok) != 4 or type(part) is not int:
+        return False
+    t0, t1, t2, parts = (<tuple>tok)[0], (<tuple>tok)[1], (<tuple>tok)[2], (<tuple>tok)[3]
+    if (type(t0) is not int or type(t1) is not int or type(t2) is not int
+            or type(parts) is not tuple or PyTuple_GET_SIZE(parts) != 1):
+        return False
+    p0 = (<tuple>parts)[0]
+    if type(p0) is not int:
+        return False
+    return (PyObject_RichCompareBool(t0, gen, Py_EQ) == 1 and t1 == -1 and t2 == -1
+            and PyObject_RichCompareBool(p0, part, Py_EQ) == 1)
 
 cdef int _token_is(tok, gen, part) except -1:
     """``not (tok != (gen, -1, -1, (part,)))`` without making the tuple (a

@@ -98,6 +98,11 @@ def trail_bytes(directory: str) -> int:
 
 
 class AuditLog:
+    # The fields the compiled first page reads at their offsets
+    # (_query.Fields: the line's id, the queue, its quick bound); the rest
+    # in the instance dict, as before
+    __slots__ = ("_ids", "_queue", "quick_below", "__dict__", "__weakref__")
+
     def __init__(self, directory: str, *, max_bytes: int = MAX_BYTES,
                  rotate_at: int | None = None, fs: FileSystem | None = None,
                  max_queue: int = MAX_QUEUE, clock=time.monotonic):

@@ -123,7 +123,7 @@ class Answer:
     ``size`` reserves."""
 
     __slots__ = ("token", "results", "ords", "active", "size", "held", "tail", "ptail",
-                 "plimit", "proom")
+                 "plimit", "proom", "gslot")
 
     def __init__(self, token, results: list, ords: list[int], active: int,
                  shown: list[Assertion] | None = None, raw: bytes | None = None,
@@ -179,6 +179,10 @@ class Answer:
         # predicate, and theirs (a longer one is not kept)
         self.ptail: bytes | None = None
         self.plimit: int | None = None
+        # The compiled first page keeps here the generation slot its token's
+        # part is read from (_query.FirstPage._gslot_hit: a later hit then
+        # skips the path's and predicate's id lookups); None until then
+        self.gslot: int | None = None
         self.proom = 0
         if self.held is not None and qfast.COMPILED:
             longest = max((len(r["concept_path"]) + len(r["predicate"] or "")
@@ -195,6 +199,10 @@ class ReadCache:
     int) and materialized answers (key: a tuple).  Thread-safe: one short
     lock around each lookup or insert.  ``bytes`` is the estimated heap the
     entries hold; it never exceeds ``max_bytes`` after an insert returns."""
+
+    # The fields the compiled first page reads and counts at their offsets
+    # (_query.Fields); the rest in the instance dict, as before
+    __slots__ = ("_d", "_lock", "answer_hits", "answer_misses", "__dict__", "__weakref__")
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes

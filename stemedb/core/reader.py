@@ -57,6 +57,12 @@ class Reader:
     # from C (qfast.ReaderLock)
     new_lock = staticmethod(qfast.ReaderLock)
 
+    # Slots: the compiled first page reads state, cache, lock, audit and
+    # clock at their offsets (_query.Fields: a generic attribute read was
+    # ~170 instructions); the pure build reads them as fast as before
+    # (LOAD_ATTR_SLOT).  A __dict__ keeps any other attribute settable.
+    __slots__ = ("state", "wal", "lock", "clock", "audit", "cache", "__dict__", "__weakref__")
+
     def __init__(self, state, wal, lock, clock: Callable[[], int], audit=None,
                  cache_bytes: int = DEFAULT_READ_CACHE_BYTES):
         self.state = state          # the in-memory indexes (stemedb.core.state.State)
