@@ -10,8 +10,15 @@ records are durable.
 
 Wake-ups are targeted: a follower sleeps on a lock of its own, and the
 leader, once its group is durable and applied, releases the followers whose
-requests are done and one follower whose request is still queued (the next
-leader: it takes everything queued meanwhile).  A condition's
+requests are done.  The next group is led by whoever finds the office vacant:
+nearly always the old leader, which holds the GIL and comes back with its
+next put.  If the group released nobody, the leader wakes one follower whose
+request is still queued (it takes everything queued meanwhile); else each
+released follower, once it runs, does so if the office is still vacant (a
+leader whose thread does not come back strands nobody).  Waking the queued
+follower at every group's end, as before, paid two thread switches a group
+for a follower that found the office taken
+(bench/results/write-2026-11-27-session13.md).  A condition's
 ``notify_all`` would wake every follower to find, most of them, that their
 records are in the next group and go back to sleep: with 8 writers that was
 several thread switches per record, for nothing.  (A leader committing the
