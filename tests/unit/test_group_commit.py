@@ -312,3 +312,60 @@ def test_writers_that_stop_leave_nobody_asleep(opener, rounds):
     wal = s.writer.wal
     assert s.count == n and s.check() == []
     assert wal._sleepers == [] and not wal._leader and wal._queue == []
+
+
+class StepSyncFS(NoFsyncFS):
+    """Each sync first waits (up to 10 s) until ``wal`` has ``want[k]``
+    followers asleep, k counting the syncs since ``wal`` was set."""
+
+    wal = None
+    want: list = []
+
+    class file_class(File):
+        def sync(self):
+            fs = self.fs
+            if fs.wal is None:
+                return
+            k = fs.syncs
+            fs.syncs += 1
+            need = fs.want[k] if k < len(fs.want) else 0
+            deadline = time.monotonic() + 10
+            while len(fs.wal._sleepers) < need and time.monotonic() < deadline:
+                time.sleep(0.001)
+
+
+def test_a_leader_that_does_not_come_back_strands_nobody(opener):
+    # x leads alone while a and b queue; a, woken (x's group released
+    # nobody), leads [a, b] while c queues; a's group releases b only and a's
+    # thread ends: b, once it runs, must call c to lead (with the hand-on
+    # gone, c sleeps for ever).
+    fs = StepSyncFS()
+    s = opener(fs=fs, durability="fsync")
+    wal = s.writer.wal
+    fs.syncs = 0
+    fs.want = [2, 2]            # x's sync: a and b asleep; a's sync: b and c asleep
+    fs.wal = wal
+    done = {}
+
+    def put(name, i):
+        done[name] = s.put(body(i))
+
+    def start(name, i):
+        t = threading.Thread(target=put, args=(name, i), daemon=True)
+        t.start()
+        return t
+    ts = [start("x", 1)]
+    while fs.syncs < 1:
+        time.sleep(0.001)
+    ts.append(start("a", 2))
+    while len(wal._sleepers) < 1:
+        time.sleep(0.001)
+    ts.append(start("b", 3))
+    while fs.syncs < 2:         # a leads [a, b]
+        time.sleep(0.001)
+    ts.append(start("c", 4))
+    for t in ts:
+        t.join(15)
+    assert not any(t.is_alive() for t in ts), "a writer was left asleep"
+    assert sorted(done) == ["a", "b", "c", "x"] and fs.syncs == 3
+    assert s.count == 4 and wal._sleepers == [] and not wal._leader
