@@ -504,6 +504,7 @@ class WAL:
                 finally:
                     self._flushers -= 1
             self._leader = True
+            self._called = False    # the office is taken: a called follower sleeps again
         try:
             if self._file is not None and not self.fault:
                 try:

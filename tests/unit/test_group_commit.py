@@ -369,3 +369,20 @@ def test_a_leader_that_does_not_come_back_strands_nobody(opener):
     assert not any(t.is_alive() for t in ts), "a writer was left asleep"
     assert sorted(done) == ["a", "b", "c", "x"] and fs.syncs == 3
     assert s.count == 4 and wal._sleepers == [] and not wal._leader
+
+
+def test_flush_taking_the_office_clears_a_call(opener):
+    # A follower called to lead that finds the office taken by a flush sleeps
+    # again; the call must not stay set, or released writers would never hand
+    # the office on (they do only while nobody is called).
+    s = opener(durability="none")
+    wal = s.writer.wal
+    wal._called = True
+    wal.flush()
+    assert not wal._called and not wal._leader
+    c = Request(b"", [])
+    lc = threading.Lock()
+    lc.acquire()
+    wal._sleepers = [(lc, c)]
+    wal._hand_on()
+    assert not lc.locked() and wal._sleepers == []
