@@ -10,8 +10,15 @@ records are durable.
 
 Wake-ups are targeted: a follower sleeps on a lock of its own, and the
 leader, once its group is durable and applied, releases the followers whose
-requests are done and one follower whose request is still queued (the next
-leader: it takes everything queued meanwhile).  A condition's
+requests are done.  The next group is led by whoever finds the office vacant:
+nearly always the old leader, which holds the GIL and comes back with its
+next put.  If the group released nobody, the leader wakes one follower whose
+request is still queued (it takes everything queued meanwhile); else each
+released follower, once it runs, does so if the office is still vacant (a
+leader whose thread does not come back strands nobody).  Waking the queued
+follower at every group's end, as before, paid two thread switches a group
+for a follower that found the office taken
+(bench/results/write-2026-11-27-session13.md).  A condition's
 ``notify_all`` would wake every follower to find, most of them, that their
 records are in the next group and go back to sleep: with 8 writers that was
 several thread switches per record, for nothing.  (A leader committing the
@@ -123,6 +130,8 @@ class WAL:
         self._leader = False
         # followers asleep in wait(): (their wake lock, the request they wait for)
         self._sleepers: list[tuple] = []
+        # a follower was woken to lead and has not taken the office yet
+        self._called = False
         self._flushers = 0          # flush() calls waiting on the condition for the office
         # Run by the leader after each durable group, in seq order, with the log
         # position just past it: the caller applies the group and takes the
@@ -294,11 +303,14 @@ class WAL:
                         self._leave(entry)
                         raise
                     if req.done:          # done and error are set before the release
+                        if not self._leader and not self._called and self._sleepers:
+                            self._hand_on()     # the office is vacant: see _wake
                         break
                     cv.acquire()
                     held = True
                     continue
                 self._leader = True
+                self._called = False
                 try:
                     if self.durability == "batch" and self.batch_delay > 0:
                         cv.wait(self.batch_delay)   # let more writers join this group
@@ -325,35 +337,57 @@ class WAL:
         with self._cv:
             try:
                 self._sleepers.remove(entry)
-            except ValueError:      # released meanwhile
-                if not self._leader and not entry[1].done:
-                    self._wake()
+            except ValueError:      # released meanwhile: to lead, or to pass the office on
+                if not self._leader:
+                    self._called = False
+                    self._call_heir()
 
     def _wake(self) -> None:
         """After a group (under the mutex): release every follower whose
-        request is done, and the first one whose request is still queued, who
-        leads next.  ``flush`` waits on the condition itself."""
+        request is done; if none is, release the first one whose request is
+        still queued, who leads next.  ``flush`` waits on the condition itself.
+
+        With followers released, none still queued is woken: the leader, who
+        holds the GIL, almost always comes back with its next put and takes
+        the office again before a woken follower gets the GIL, and such a
+        follower only found the office taken and slept again (two thread
+        switches, and a GIL waiter that took the CPU from the leader as it
+        let go of the GIL to write the next group).  Instead each released
+        follower, once it runs, hands the office on if it is still vacant
+        with followers queued (``_hand_on``): one of them runs after the
+        leader let go of the GIL, so a writer that does not come back leaves
+        nobody stranded."""
         sleepers = self._sleepers
         if sleepers:
             keep = []
             done = []
-            first = None
             for item in sleepers:
                 if item[1].done:
                     done.append(item[0])
-                elif first is None:
-                    first = item
                 else:
                     keep.append(item)
-            if first is not None:
-                # the next leader first: the group it takes waits for its
-                # wake-up, the returning writers do not
-                first[0].release()
-            for wake in done:
-                wake.release()
             self._sleepers = keep
+            if done:
+                for wake in done:
+                    wake.release()
+            elif keep:
+                self._call_heir()
         if self._flushers:
             self._cv.notify_all()   # flush() waits for the office on the condition
+
+    def _call_heir(self) -> None:
+        """Release the first follower still queued, to lead (under the mutex)."""
+        sleepers = self._sleepers
+        if sleepers:
+            self._called = True
+            sleepers.pop(0)[0].release()
+
+    def _hand_on(self) -> None:
+        """A released follower's last step: call a leader if the office is
+        vacant while followers wait (see ``_wake``)."""
+        with self._cv:
+            if not self._leader and not self._called:
+                self._call_heir()
 
     def _commit(self, group: list[Request]) -> None:
         if not group:
@@ -470,6 +504,7 @@ class WAL:
                 finally:
                     self._flushers -= 1
             self._leader = True
+            self._called = False    # the office is taken: a called follower sleeps again
         try:
             if self._file is not None and not self.fault:
                 try:

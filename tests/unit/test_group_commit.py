@@ -216,3 +216,173 @@ def test_the_group_queued_behind_a_leader_is_led_by_its_own_writer(opener):
     assert fs.sync_threads == [a_id, b_id]
     assert got["a"][0].created and got["b"][0].created and s.count == 2
     assert wal._sleepers == [] and not wal._leader and wal._queue == []
+
+
+def test_with_writers_released_no_follower_is_woken_to_find_the_office_taken(opener):
+    # The old leader, holding the GIL, nearly always comes back with its next
+    # put and leads again; a queued follower woken at the group's end only
+    # found the office taken and slept again (two thread switches, and a GIL
+    # waiter taking the CPU from the leader as it let go of the GIL to write).
+    s = opener()
+    wal = s.writer.wal
+    b, c = Request(b"", []), Request(b"", [])
+    b.done = True                # in the group just made durable
+    lb, lc = threading.Lock(), threading.Lock()
+    lb.acquire()
+    lc.acquire()
+    wal._queue = [c]
+    wal._sleepers = [(lb, b), (lc, c)]
+    with wal._cv:
+        wal._wake()
+    assert not lb.locked(), "the writer whose request is done returns"
+    assert lc.locked() and wal._sleepers == [(lc, c)], "the queued one sleeps on"
+    assert not wal._called
+    # b runs once the leader let go of the GIL; the leader did not come back:
+    # b hands the office on to the queued follower
+    wal._hand_on()
+    assert not lc.locked() and wal._sleepers == [] and wal._called
+    wal._queue = []
+
+
+def test_a_released_writer_does_not_call_a_second_leader(opener):
+    s = opener()
+    wal = s.writer.wal
+    c, d = Request(b"", []), Request(b"", [])
+    lc, ld = threading.Lock(), threading.Lock()
+    lc.acquire()
+    ld.acquire()
+    wal._sleepers = [(lc, c), (ld, d)]
+    wal._leader = True           # the old leader came back and leads
+    wal._hand_on()
+    assert lc.locked() and ld.locked(), "nobody is woken while the office is held"
+    wal._leader = False
+    wal._hand_on()
+    assert not lc.locked() and ld.locked(), "one follower is called to lead"
+    wal._hand_on()
+    assert ld.locked(), "not a second one while the first is on its way"
+    with wal._cv:
+        wal._leader = True       # c takes the office (wait() clears the call)
+        wal._called = False
+    wal._leader = False
+    wal._sleepers = []
+
+
+def test_a_released_writer_interrupted_hands_the_office_on(opener):
+    s = opener()
+    wal = s.writer.wal
+    b, c = Request(b"", []), Request(b"", [])
+    b.done = True
+    lb, lc = threading.Lock(), threading.Lock()
+    lb.acquire()
+    lc.acquire()
+    wal._sleepers = [(lb, b), (lc, c)]
+    with wal._cv:
+        wal._wake()              # b released, c sleeps on
+    assert lc.locked()
+    wal._leave((lb, b))          # b interrupted as it woke: it passes the office on
+    assert not lc.locked() and wal._sleepers == []
+
+
+class LastGroupFS(NoFsyncFS):
+    """Every sync takes 1 ms, so writers queue behind each group."""
+
+    class file_class(File):
+        def sync(self):
+            self.fs.syncs += 1
+            time.sleep(0.001)
+
+
+@pytest.mark.parametrize("rounds", [1, 10])
+def test_writers_that_stop_leave_nobody_asleep(opener, rounds):
+    # Threads that end at different times (bench.run's W2 slices): the leader
+    # of a group often makes its last put and does not come back, so the
+    # writers it released must hand the office on to those still queued.
+    fs = LastGroupFS()
+    s = opener(fs=fs, durability="fsync")
+    n = 0
+    for r in range(rounds):
+        start = threading.Barrier(8)
+
+        def worker(t, r=r):
+            start.wait()
+            for i in range(1 + t * 3):
+                s.put(body(100_000 * r + 1000 * t + i))
+        _run([threading.Thread(target=worker, args=(t,), daemon=True) for t in range(8)])
+        n += sum(1 + t * 3 for t in range(8))
+    wal = s.writer.wal
+    assert s.count == n and s.check() == []
+    assert wal._sleepers == [] and not wal._leader and wal._queue == []
+
+
+class StepSyncFS(NoFsyncFS):
+    """Each sync first waits (up to 10 s) until ``wal`` has ``want[k]``
+    followers asleep, k counting the syncs since ``wal`` was set."""
+
+    wal = None
+    want: list = []
+
+    class file_class(File):
+        def sync(self):
+            fs = self.fs
+            if fs.wal is None:
+                return
+            k = fs.syncs
+            fs.syncs += 1
+            need = fs.want[k] if k < len(fs.want) else 0
+            deadline = time.monotonic() + 10
+            while len(fs.wal._sleepers) < need and time.monotonic() < deadline:
+                time.sleep(0.001)
+
+
+def test_a_leader_that_does_not_come_back_strands_nobody(opener):
+    # x leads alone while a and b queue; a, woken (x's group released
+    # nobody), leads [a, b] while c queues; a's group releases b only and a's
+    # thread ends: b, once it runs, must call c to lead (with the hand-on
+    # gone, c sleeps for ever).
+    fs = StepSyncFS()
+    s = opener(fs=fs, durability="fsync")
+    wal = s.writer.wal
+    fs.syncs = 0
+    fs.want = [2, 2]            # x's sync: a and b asleep; a's sync: b and c asleep
+    fs.wal = wal
+    done = {}
+
+    def put(name, i):
+        done[name] = s.put(body(i))
+
+    def start(name, i):
+        t = threading.Thread(target=put, args=(name, i), daemon=True)
+        t.start()
+        return t
+    ts = [start("x", 1)]
+    while fs.syncs < 1:
+        time.sleep(0.001)
+    ts.append(start("a", 2))
+    while len(wal._sleepers) < 1:
+        time.sleep(0.001)
+    ts.append(start("b", 3))
+    while fs.syncs < 2:         # a leads [a, b]
+        time.sleep(0.001)
+    ts.append(start("c", 4))
+    for t in ts:
+        t.join(15)
+    assert not any(t.is_alive() for t in ts), "a writer was left asleep"
+    assert sorted(done) == ["a", "b", "c", "x"] and fs.syncs == 3
+    assert s.count == 4 and wal._sleepers == [] and not wal._leader
+
+
+def test_flush_taking_the_office_clears_a_call(opener):
+    # A follower called to lead that finds the office taken by a flush sleeps
+    # again; the call must not stay set, or released writers would never hand
+    # the office on (they do only while nobody is called).
+    s = opener(durability="none")
+    wal = s.writer.wal
+    wal._called = True
+    wal.flush()
+    assert not wal._called and not wal._leader
+    c = Request(b"", [])
+    lc = threading.Lock()
+    lc.acquire()
+    wal._sleepers = [(lc, c)]
+    wal._hand_on()
+    assert not lc.locked() and wal._sleepers == []
