@@ -2123,11 +2123,7 @@ cdef class FirstPage:
         if type(gen) is not int or type(gens) is not list or self.aoffsets[A_GSLOT] <= 0:
             return None
         lock = self.cf.get(cache, C_LOCK)
-        cdef bint ours = type(lock) is CacheLock
-        if ours:
-            (<CacheLock>lock).take()
-        else:
-            lock.acquire()
+        cdef bint ours = _take_cache_lock(lock)
         try:
             d = self.cf.get(cache, C_D)
             if type(d) is not _ODict:
@@ -2157,10 +2153,7 @@ cdef class FirstPage:
             part_out[0] = <PyObject*>part
             return ans
         finally:
-            if ours:
-                (<CacheLock>lock).give()
-            else:
-                lock.release()
+            _give_cache_lock(lock, ours)
 
     cdef int _keep_gslot(self, ans, Py_ssize_t slot) except -1:
         """Keep the generation slot of a hit's one-part token in the answer
@@ -2186,11 +2179,7 @@ cdef class FirstPage:
         cdef PyObject* e
         cdef bint same
         lock = self.cf.get(cache, C_LOCK)
-        cdef bint ours = type(lock) is CacheLock
-        if ours:
-            (<CacheLock>lock).take()
-        else:
-            lock.acquire()
+        cdef bint ours = _take_cache_lock(lock)
         try:
             d = self.cf.get(cache, C_D)
             e = PyDict_GetItem(d, key)
@@ -2211,10 +2200,7 @@ cdef class FirstPage:
             self.cf.bump(cache, C_HITS)
             return ans
         finally:
-            if ours:
-                (<CacheLock>lock).give()
-            else:
-                lock.release()
+            _give_cache_lock(lock, ours)
 
     cdef object _kept_line(self, ans, bytes tail, number, at, agent, concept_path, predicate,
                            include_descendants, lens, limit):
@@ -2726,6 +2712,26 @@ cdef class CacheLock:
     def __exit__(self, t, v, tb):
         self.give()
         return None
+
+
+cdef inline bint _take_cache_lock(lock) except -1:
+    """Take the read cache's lock: from C when it is a CacheLock (the
+    compiled build's), else by its ``acquire``.  Whether it was ours, for
+    _give_cache_lock."""
+    if type(lock) is CacheLock:
+        (<CacheLock>lock).take()
+        return True
+    lock.acquire()
+    return False
+
+
+cdef inline int _give_cache_lock(lock, bint ours) except -1:
+    """Release what _take_cache_lock took."""
+    if ours:
+        (<CacheLock>lock).give()
+    else:
+        lock.release()
+    return 0
 
 
 cdef class ReaderLock:
