@@ -1695,6 +1695,15 @@ cdef extern from *:
 
 DEF MAX_FIELDS = 6
 
+cdef inline void _put_at(PyObject** p, object new):
+    """Store ``new`` in the object slot at ``p``, releasing what was there
+    (a slot written in place: Fields.bump, FirstPage._keep_gslot)."""
+    cdef PyObject* old = p[0]
+    Py_INCREF(new)
+    p[0] = <PyObject*>new
+    Py_XDECREF(old)
+
+
 cdef class Fields:
     """``getattr(obj, names[i])`` (and ``setattr``) for the objects a warm
     first page reads (the Reader, its State, ReadCache and AuditLog), read
@@ -1765,16 +1774,11 @@ cdef class Fields:
         """``obj.<names[i]> += 1``."""
         cdef Py_ssize_t o = self._at(obj, i)
         cdef PyObject** p
-        cdef PyObject* old
         if o > 0:
             p = <PyObject**>(<char*><PyObject*>obj + o)
             if p[0] != NULL:
                 cur = <object>p[0]          # (held while adding)
-                new = cur + 1
-                old = p[0]                  # what the add left there
-                Py_INCREF(new)
-                p[0] = <PyObject*>new
-                Py_XDECREF(old)
+                _put_at(p, cur + 1)         # (replaces what the add left there)
                 return 0
         name = self.names[i]
         setattr(obj, name, getattr(obj, name) + 1)
@@ -2159,16 +2163,9 @@ cdef class FirstPage:
         """Keep the generation slot of a hit's one-part token in the answer
         (an Answer of the class itself, its ``gslot`` slot; a path's as
         ``-1 - slot``) for _gslot_hit."""
-        cdef PyObject** p
-        cdef PyObject* old
         if type(ans) is not self.answer_cls or self.aoffsets[A_GSLOT] <= 0:
             return 0
-        p = <PyObject**>(<char*><PyObject*>ans + self.aoffsets[A_GSLOT])
-        cdef object new = slot
-        Py_INCREF(new)
-        old = p[0]
-        p[0] = <PyObject*>new
-        Py_XDECREF(old)
+        _put_at(<PyObject**>(<char*><PyObject*>ans + self.aoffsets[A_GSLOT]), slot)
         return 0
 
     cdef object _cached(self, cache, key, token, gen, part):

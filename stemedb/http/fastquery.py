@@ -43,7 +43,8 @@ import time
 
 from . import schemas as S
 from .logs import ENV_CLIENT, ENV_KEY_ID, ENV_REQUEST_ID
-from .middleware import _RID_RE, AUTH_FAILURES, FAST_QUERY, client_address, required_scope
+from .middleware import (_RID_RE, AUTH_FAILURES, FAST_QUERY, client_address, key_of,
+                         required_scope)
 from .resources import QueryResource, is_json_type, query_body
 
 FAST = FAST_QUERY   # the environ key of a Handoff
@@ -168,15 +169,7 @@ class FastQuery:
     def _key(self, environ, client):
         """The presented key when it is valid and its client not throttled
         (``Authenticate``'s read-only steps), else None (Falcon answers)."""
-        auth = environ.get("HTTP_AUTHORIZATION")
-        presented = None
-        if auth:
-            kind, _, token = auth.strip().partition(" ")
-            if kind.lower() == "bearer" and token.strip():
-                presented = token.strip()
-        if presented is None:
-            key = environ.get("HTTP_X_API_KEY")
-            presented = key.strip() if key else None
+        presented = key_of(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
         if presented is None:
             return None
         if self.limiter is not None and self.limiter.exhausted(AUTH_FAILURES, client) is not None:

@@ -146,13 +146,17 @@ def required_scope(resource, method: str) -> str | None:
 
 
 def presented_key(req) -> str | None:
-    auth = req.get_header("Authorization")
-    if auth:
-        kind, _, token = auth.strip().partition(" ")
+    return key_of(req.get_header("Authorization"), req.get_header("X-API-Key"))
+
+
+def key_of(authorization: str | None, api_key: str | None) -> str | None:
+    """The key a request presents: ``Authorization: Bearer <key>``, else
+    ``X-API-Key`` (also fastquery's, from the environ)."""
+    if authorization:
+        kind, _, token = authorization.strip().partition(" ")
         if kind.lower() == "bearer" and token.strip():
             return token.strip()
-    key = req.get_header("X-API-Key")
-    return key.strip() if key else None
+    return api_key.strip() if api_key else None
 
 
 class Authenticate:
