@@ -2623,78 +2623,145 @@ cdef int _check_timeout(bint blocking, double timeout) except -1:
         raise ValueError("can't specify a timeout for a non-blocking call")
     if timeout < 0 and timeout != -1:
         raise ValueError("timeout value must be a non-negative number")
+    if blocking and timeout != -1 and timeout * 1e6 > <double>PY_TIMEOUT_MAX:
+        raise OverflowError("timeout value is too large")
     return 0
 
 
-cdef int _acquire_within(PyThread_type_lock l, double timeout) except -1:
-    """1 when ``l`` was taken within ``timeout`` seconds (>= 0; waiting with
-    the GIL released), else 0."""
+# The two locks below are taken and released under the GIL, and the GIL
+# alone makes their state (held or not, by whom, who waits) consistent
+# while nobody waits: a free lock is taken, and a lock nobody waits for is
+# released, by plain stores, with no atomic instruction.  A PyThread lock
+# each (``gate.sig``) is only the waiters' signal, released once ("posted")
+# by a release that finds waiters.  Before, every take and release of the
+# reader's and the cache's lock (two each a warm first page) was a
+# PyThread lock's sem_trywait/sem_post: a locked compare-and-swap each,
+# which waits for every store before it to drain, ~3% of a warm R1 query's
+# time in sem_post (perf, cpu-clock samples; callgrind does not see it).
+# Only what holds the GIL ever looks at them (the build refuses a
+# free-threaded interpreter: see the check at the end of this module).
+
+cdef struct Gate:
+    PyThread_type_lock sig      # held, but while a post waits for a waiter
+    Py_ssize_t waiters          # threads waiting for the lock
+    bint posted                 # a release posted sig and no waiter took it yet
+
+
+cdef int _gate_init(Gate* g) except -1:
+    g.sig = PyThread_allocate_lock()
+    if g.sig == NULL:
+        raise MemoryError("cannot allocate a lock")
+    PyThread_acquire_lock(g.sig, WAIT_LOCK)     # (a new lock: free, taken at once)
+    g.waiters = 0
+    g.posted = False
+    return 0
+
+
+cdef void _gate_free(Gate* g):
+    if g.sig != NULL:
+        if not g.posted:
+            PyThread_release_lock(g.sig)
+        PyThread_free_lock(g.sig)
+        g.sig = NULL
+
+
+cdef inline void _gate_open(Gate* g):
+    """A release: wake one waiter, if any (one post at a time)."""
+    if g.waiters and not g.posted:
+        g.posted = True
+        PyThread_release_lock(g.sig)
+
+
+cdef double _deadline(double timeout) except? -2:
+    """The monotonic time ``timeout`` seconds (>= 0, checked by
+    _check_timeout) from now."""
+    return _monotonic() + timeout
+
+
+cdef int _gate_wait(Gate* g, double deadline, bint intr) except -1:
+    """Wait for a post, the GIL released (the caller counted itself in
+    ``waiters`` and saw the lock held): 1 when woken (by a post, taken, or
+    by a signal whose handler returned; the caller looks again), 0 when
+    ``deadline`` (monotonic; < 0: none) passed first.  ``intr``: a signal
+    interrupts the wait and its handler runs here (and may raise)."""
     cdef int got
-    cdef long long us
-    if timeout * 1e6 > <double>PY_TIMEOUT_MAX:
-        raise OverflowError("timeout value is too large")
-    us = <long long>(timeout * 1e6)
-    got = PyThread_acquire_lock_timed(l, 0, 0)
-    if got != PY_LOCK_ACQUIRED and us > 0:
-        with nogil:
-            got = PyThread_acquire_lock_timed(l, us, 0)
-    return 1 if got == PY_LOCK_ACQUIRED else 0
+    cdef long long us = -1
+    cdef double left
+    if deadline >= 0:
+        left = deadline - _monotonic()
+        if left <= 0:
+            return 0
+        us = <long long>(left * 1e6)
+        if us < 1:
+            us = 1
+    with nogil:
+        got = PyThread_acquire_lock_timed(g.sig, us, intr)
+    if got == PY_LOCK_ACQUIRED:
+        g.posted = False
+        return 1
+    if got == PY_LOCK_INTR:
+        PyErr_CheckSignals()        # a handler's exception propagates (except -1)
+        return 1
+    return 0
 
 
 cdef class CacheLock:
     """The read cache's lock (reader.ReadCache._lock) in the compiled build:
     threading.Lock's behaviour for what the cache asks of it (acquire with
-    or without blocking, release, locked, a ``with`` block), over
-    CPython's own PyThread lock, taken here from C without a method call:
-    a warm R1 query took and released it through two Python method calls
-    (argument parsing included), ~1k of its ~32k instructions (callgrind).
-    A blocked acquire waits with the GIL released, as threading.Lock's
-    does.  Not reentrant, as threading.Lock.  The pure build keeps
-    threading.Lock (qpure.CacheLock); tests/unit/test_cache_lock.py holds
-    the two to the same behaviour."""
-    cdef PyThread_type_lock _l
+    or without blocking, release, locked, a ``with`` block), taken here
+    from C without a method call: a warm R1 query took and released it
+    through two Python method calls (argument parsing included), ~1k of its
+    ~32k instructions (callgrind).  Taken and released under the GIL (see
+    Gate above); a blocked acquire waits with the GIL released, as
+    threading.Lock's does.  Not reentrant, as threading.Lock.  The pure
+    build keeps threading.Lock (qpure.CacheLock);
+    tests/unit/test_cache_lock.py holds the two to the same behaviour."""
+    cdef Gate gate
     cdef bint _held
 
     def __cinit__(self):
-        self._l = PyThread_allocate_lock()
-        if self._l == NULL:
-            raise MemoryError("cannot allocate a lock")
+        _gate_init(&self.gate)
         self._held = False
 
     def __dealloc__(self):
-        if self._l != NULL:
-            if self._held:
-                PyThread_release_lock(self._l)
-            PyThread_free_lock(self._l)
+        _gate_free(&self.gate)
+
+    cdef int _take_within(self, double deadline) except -1:
+        """Wait for the lock, then take it: 1, or 0 when ``deadline``
+        (monotonic; < 0: none) passed first."""
+        self.gate.waiters += 1
+        try:
+            while self._held:
+                if not _gate_wait(&self.gate, deadline, False):
+                    return 0
+        finally:
+            self.gate.waiters -= 1
+        self._held = True
+        return 1
 
     cdef inline int take(self) except -1:
-        if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
-            with nogil:
-                PyThread_acquire_lock(self._l, WAIT_LOCK)
-        self._held = True
+        if self._held:
+            self._take_within(-1)
+        else:
+            self._held = True
         return 0
 
     cdef inline int give(self) except -1:
         if not self._held:
             raise RuntimeError("release unlocked lock")
         self._held = False
-        PyThread_release_lock(self._l)
+        if self.gate.waiters:
+            _gate_open(&self.gate)
         return 0
 
     def acquire(self, bint blocking=True, double timeout=-1):
         _check_timeout(blocking, timeout)
-        if not blocking:
-            if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
-                return False
+        if not self._held:
             self._held = True
             return True
-        if timeout == -1:
-            self.take()
-            return True
-        if not _acquire_within(self._l, timeout):
+        if not blocking:
             return False
-        self._held = True
-        return True
+        return self._take_within(-1 if timeout == -1 else _deadline(timeout)) == 1
 
     def release(self):
         self.give()
@@ -2736,53 +2803,52 @@ cdef class ReaderLock:
     build: threading.RLock's behaviour (reentrant by its owner thread;
     acquire with or without blocking or a timeout, release, a ``with``
     block, and _is_owned / _release_save / _acquire_restore, which
-    threading.Condition uses) over CPython's own PyThread lock, taken here
-    from C by FirstPage without a method call: RLock.acquire parses its
-    arguments as keywords, and with release it was ~800 of a warm R1
-    query's ~31.5k instructions (callgrind).  A blocked acquire waits with
-    the GIL released and, without a timeout, lets a signal's handler run
-    (and raise) as RLock's does.  The pure build keeps threading.RLock
-    (qpure.ReaderLock); tests/unit/test_reader_lock.py holds the two to the
-    same behaviour."""
-    cdef PyThread_type_lock _l
+    threading.Condition uses), taken here from C by FirstPage without a
+    method call: RLock.acquire parses its arguments as keywords, and with
+    release it was ~800 of a warm R1 query's ~31.5k instructions
+    (callgrind).  Taken and released under the GIL (see Gate above); a
+    blocked acquire waits with the GIL released and, without a timeout,
+    lets a signal's handler run (and raise) as RLock's does.  The pure
+    build keeps threading.RLock (qpure.ReaderLock);
+    tests/unit/test_reader_lock.py holds the two to the same behaviour."""
+    cdef Gate gate
     cdef unsigned long _owner
     cdef unsigned long _count
 
     def __cinit__(self):
-        self._l = PyThread_allocate_lock()
-        if self._l == NULL:
-            raise MemoryError("cannot allocate a lock")
+        _gate_init(&self.gate)
         self._owner = 0
         self._count = 0
 
     def __dealloc__(self):
-        if self._l != NULL:
-            if self._count:
-                PyThread_release_lock(self._l)
-            PyThread_free_lock(self._l)
+        _gate_free(&self.gate)
 
-    cdef int _wait(self) except -1:
-        """The underlying lock, blocking: GIL released, signals handled."""
-        cdef int got
-        while True:
-            with nogil:
-                got = PyThread_acquire_lock_timed(self._l, -1, 1)
-            if got == PY_LOCK_ACQUIRED:
-                return 0
-            if got == PY_LOCK_INTR:
-                PyErr_CheckSignals()    # a handler's exception propagates (except -1)
+    cdef int _take_within(self, unsigned long me, double deadline) except -1:
+        """Wait for the lock (held by another thread), then take it once:
+        1, or 0 when ``deadline`` (monotonic; < 0: none, and a signal's
+        handler runs while waiting) passed first."""
+        self.gate.waiters += 1
+        try:
+            while self._count:
+                if not _gate_wait(&self.gate, deadline, deadline < 0):
+                    return 0
+        finally:
+            self.gate.waiters -= 1
+        self._owner = me
+        self._count = 1
+        return 1
 
     cdef inline int take(self) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
-        if self._count and self._owner == me:
+        if self._count == 0:
+            self._owner = me
+            self._count = 1
+        elif self._owner == me:
             if self._count == <unsigned long>-1:
                 raise OverflowError("Internal lock count overflowed")
             self._count += 1
-            return 0
-        if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
-            self._wait()
-        self._owner = me
-        self._count = 1
+        else:
+            self._take_within(me, -1)
         return 0
 
     cdef inline int give(self) except -1:
@@ -2791,26 +2857,19 @@ cdef class ReaderLock:
         self._count -= 1
         if self._count == 0:
             self._owner = 0
-            PyThread_release_lock(self._l)
+            if self.gate.waiters:
+                _gate_open(&self.gate)
         return 0
 
     def acquire(self, bint blocking=True, double timeout=-1):
         cdef unsigned long me = PyThread_get_thread_ident()
         _check_timeout(blocking, timeout)
-        if self._count and self._owner == me:
+        if self._count == 0 or self._owner == me:
             self.take()
             return True
         if not blocking:
-            if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
-                return False
-        elif timeout == -1:
-            if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
-                self._wait()
-        elif not _acquire_within(self._l, timeout):
             return False
-        self._owner = me
-        self._count = 1
-        return True
+        return self._take_within(me, -1 if timeout == -1 else _deadline(timeout)) == 1
 
     def release(self):
         self.give()
@@ -2832,13 +2891,14 @@ cdef class ReaderLock:
         state = (self._count, self._owner)
         self._count = 0
         self._owner = 0
-        PyThread_release_lock(self._l)
+        if self.gate.waiters:
+            _gate_open(&self.gate)
         return state
 
     def _acquire_restore(self, tuple state):
         count, owner = state
-        if PyThread_acquire_lock(self._l, NOWAIT_LOCK) == 0:
-            self._wait()
+        if self._count:
+            self._take_within(PyThread_get_thread_ident(), -1)
         self._owner = owner
         self._count = count
 
@@ -2846,6 +2906,14 @@ cdef class ReaderLock:
         return (f"<{'locked' if self._count else 'unlocked'} {type(self).__module__}."
                 f"{type(self).__qualname__} object owner={self._owner} count={self._count} "
                 f"at {hex(id(self))}>")
+
+
+from time import monotonic as _monotonic
+import sys as _sys
+if not getattr(_sys, "_is_gil_enabled", lambda: True)():
+    # CacheLock and ReaderLock rely on the GIL (see Gate)
+    raise ImportError("stemedb.core._query needs the GIL (a free-threaded interpreter runs "
+                      "without it); use STEMEDB_PURE_PYTHON=1")
 
 
 def first_page(tuple env):

@@ -289,6 +289,16 @@ class AuditLog:
         ``rotate_at`` (so no file, and no write, outgrows the cap's share)."""
         with self._write_lock:
             i = 0
+            used = self._sizes[self._number]
+            if lines and used + sum(map(len, lines)) <= self.rotate_at:
+                # all of them fit in this file: the loop below would take
+                # them as one run; their lengths summed in C (the loop's
+                # Python steps were ~0.08 us a line, a warm compiled R1
+                # query's line included)
+                self._append(b"".join(lines), len(lines))
+                i = len(lines)
+                if self._sizes[self._number] >= self.rotate_at:
+                    self._rotate()
             while i < len(lines):
                 used = self._sizes[self._number]
                 j, size = i, 0
