@@ -203,8 +203,8 @@ def apply_puts(state, group: list, limit: int, mix: int, pred_bits: int) -> int:
     mask, qmask = slots - 1, (1 << pred_bits) - 1
     c = state.cols
     hmap, kmap, pmap, smap = state.by_hash, state.by_key, state.by_path, state.by_source
-    tables = (state.path_ids, state.path_names, state.pred_ids, state.pred_names,
-              state.epoch_ids)
+    path_ids, path_names, pred_ids, pred_names, epoch_ids = (
+        state.path_ids, state.path_names, state.pred_ids, state.pred_names, state.epoch_ids)
     for req in group:
         first = c.n
         if first >= c.cap:
@@ -214,7 +214,8 @@ def apply_puts(state, group: list, limit: int, mix: int, pred_bits: int) -> int:
         if type(seq) is not int or not -(1 << 63) <= seq < (1 << 63):
             raise TypeError(f"apply_puts: seq {seq!r} is not an int64")
         hk, key, pid, src, rec, edge = index_one(req.data, 0, seq, (segno << 40) + at, first,
-                                                 c.rows, *tables)
+                                                 c.rows, path_ids, path_names, pred_ids,
+                                                 pred_names, epoch_ids)
         c.n = first + 1
         hmap.add(hk, first)
         kmap.add(key, first)
