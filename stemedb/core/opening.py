@@ -16,9 +16,9 @@ from functools import partial
 from typing import Any
 
 from . import datadir, records, recovery
-from .fast import apply_puts
 from .audit import AuditLog, audit_enabled
 from .checkpoint import Checkpoints
+from .fast import apply_puts
 from .implementation import log_startup
 from .reader import Reader
 from .state import GEN_MIX, PRED_BITS, PUT_GROUP

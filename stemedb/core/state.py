@@ -42,9 +42,10 @@ GEN_BULK = 4096
 # Python lists; numpy's per-call costs outweigh a few records.
 SMALL_GROUP = 8
 # The on-durable step applies a group of up to this many single puts request
-# by request in one call (``fast.apply_puts``, opening.on_durable); pure,
-# a group of one only: the twin's Python loop per record is slower than
-# apply_group's lists for a group.
+# by request in one call (``fast.apply_puts``, opening.on_durable).  Pure, a
+# group of one only, as before: there the twin's loop per record is slower
+# than apply_group's lists for a larger group (groups of 4: 18.1 against
+# 13.9 us a record, bench/results/write-lead-2026-11-27-session14.md).
 PUT_GROUP = SMALL_GROUP if fast.COMPILED else 1
 
 # Generations for the materialized query answers (query.py, ``_token``): an
