@@ -276,6 +276,36 @@ def write_section(cfg: Config, bodies: list[dict], workdir: str) -> dict:
     out["apply_batch"] = per(timed(lambda: apply(r1000), reps))
     out["apply_single"] = per(timed(lambda: apply(r1), reps))
 
+    # The on-durable step itself for W2's groups: 4 single puts' requests
+    # (each one record, framed as Writer._put_one frames it), applied as
+    # opening.on_durable applies them: fast.apply_puts, or, where it declines
+    # (the pure build's groups of more than one), group_frames + apply_group.
+    from stemedb.core.format import REC_ASSERT
+    from stemedb.core.state import GEN_MIX, PRED_BITS, PUT_GROUP
+    from stemedb.core.wal import Request
+
+    def put_groups(size):
+        groups, at = [], 40
+        for i in range(0, n, size):
+            g = []
+            for q, r in enumerate(stamped[i:i + size], i + 1):
+                data, sizes = fast.encode_assert_frames([r], [q])
+                req = Request(data, sizes, None, ((0,), (REC_ASSERT,), [q]))
+                req.locs = [(1, at)]
+                at += len(data)
+                g.append(req)
+            groups.append(g)
+        return groups
+
+    def on_durable(groups):
+        st = State()
+        for g in groups:
+            if not fast.apply_puts(st, g, PUT_GROUP, GEN_MIX, PRED_BITS):
+                st.apply_group(*records.group_frames(g))
+    log("write: the on-durable step of groups of 4 single puts")
+    g4 = put_groups(4)
+    out["apply_puts4"] = per(timed(lambda: on_durable(g4), reps))
+
     # Group commit on a real store: W3 (batches of 1,000), W1 (one put per
     # commit), W2 (8 threads, one put each per commit).
     commits: dict[str, list] = {}
@@ -899,6 +929,9 @@ def render(doc: dict) -> str:
                       "group's frames (the store's on-durable step)", "apply_batch", "write"),
                   row("index apply, group of 1", "the same, groups of one record",
                       "apply_single", "write"),
+                  row("index apply, W2's groups", "the on-durable step (`opening.on_durable`) of "
+                      "groups of 4 single puts: `fast.apply_puts`, or where it declines (pure), "
+                      "`group_frames` + `apply_group`", "apply_puts4", "write"),
                   "", "Group commit on a real store (`durability=\"fsync\"`, the commit observer); "
                   "wall clock, one run each:",
                   "", f"| shape | figure | {cols} |", sep]

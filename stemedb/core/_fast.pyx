@@ -1162,6 +1162,116 @@ def bump_gens(list kgen, list pgen, cnp.ndarray keys, int64_t mix, int pred_bits
         pgen[s] = pgen[s] + 1
 
 
+cdef struct _Cols:
+    # the 13 state columns' data pointers, in Columns.rows' order
+    int64_t* seq
+    int64_t* loc
+    int64_t* ts
+    int64_t* rec
+    int64_t* key
+    int32_t* path
+    int32_t* ep
+    int8_t* lc
+    double* conf
+    uint8_t* rank
+    uint64_t* va
+    uint64_t* vb
+    uint8_t* hb
+
+
+cdef int _cols_of(tuple cols, Py_ssize_t need_rows, _Cols* c, str fn) except -1:
+    """``c`` <- the data pointers of ``cols`` (``Columns.rows``), each checked
+    for type, layout and at least ``need_rows`` rows."""
+    if len(cols) != 13:
+        raise ValueError(f"{fn}: cols must be Columns.rows (13 arrays)")
+    c.seq = <int64_t*>_column(cols[0], cnp.NPY_INT64, need_rows, "seq")
+    c.loc = <int64_t*>_column(cols[1], cnp.NPY_INT64, need_rows, "loc")
+    c.ts = <int64_t*>_column(cols[2], cnp.NPY_INT64, need_rows, "ts")
+    c.rec = <int64_t*>_column(cols[3], cnp.NPY_INT64, need_rows, "rec")
+    c.key = <int64_t*>_column(cols[4], cnp.NPY_INT64, need_rows, "key")
+    c.path = <int32_t*>_column(cols[5], cnp.NPY_INT32, need_rows, "path")
+    c.ep = <int32_t*>_column(cols[6], cnp.NPY_INT32, need_rows, "epoch")
+    c.lc = <int8_t*>_column(cols[7], cnp.NPY_INT8, need_rows, "lc")
+    c.conf = <double*>_column(cols[8], cnp.NPY_FLOAT64, need_rows, "conf")
+    c.rank = <uint8_t*>_column(cols[9], cnp.NPY_UINT8, need_rows, "rank")
+    c.va = <uint64_t*>_column(cols[10], cnp.NPY_UINT64, need_rows, "va")
+    c.vb = <uint64_t*>_column(cols[11], cnp.NPY_UINT64, need_rows, "vb")
+    cdef cnp.ndarray hash_c = cols[12]
+    if cnp.PyArray_NDIM(hash_c) != 2 or cnp.PyArray_DIM(hash_c, 1) != 32:
+        raise ValueError(f"{fn}: column hashes is not an array of 32-byte rows")
+    c.hb = <uint8_t*>_column(hash_c, cnp.NPY_UINT8, need_rows, "hashes")
+    return 0
+
+
+cdef struct _Row:
+    # what the maps and generations take of one indexed assertion
+    uint64_t hkey
+    int64_t key
+    long pid
+    bint has_src
+    uint64_t src
+    int64_t rec
+
+
+cdef object _index_row(const uint8_t* base, Py_ssize_t size, Py_ssize_t off, int64_t seq,
+                       int64_t loc_base, Py_ssize_t r, _Cols* c, dict path_ids,
+                       list path_names, dict pred_ids, list pred_names, dict epoch_ids,
+                       _Row* out):
+    """index_records' row of the one assertion framed at ``off``, into row
+    ``r`` of ``c``; its map keys and recorded_at into ``out``.  Returns its
+    ``(r, parent, derived)`` citation, or None.  index_one and apply_puts
+    read a frame through it."""
+    cdef _Head h
+    cdef const uint8_t* p
+    cdef const uint8_t* q
+    cdef Py_ssize_t j
+    cdef long pid, qid
+    edge = None
+    _read_head(base, off, size, &h)
+    p = h.p
+    q = p + HEAD_SIZE
+    pid = _intern(NULL, q, h.lpath, path_ids, path_names); q += h.lpath
+    qid = _intern(NULL, q, h.lpred, pred_ids, pred_names); q += h.lpred
+    out.has_src = False
+    if h.fields & F_SOURCE:
+        out.has_src = True
+        out.src = fnv1a(q, h.lsrc)
+        q += h.lsrc
+    if h.fields & F_EPOCH:
+        name = PyUnicode_DecodeUTF8(<const char*>q, h.lep, NULL)
+        eid = epoch_ids.get(name)
+        if eid is None:
+            raise CorruptionError(f"the assertion record at offset {off} names epoch "
+                                  f"{name!r}, which no earlier record creates", offset=off)
+        c.ep[r] = eid
+        q += h.lep
+    else:
+        c.ep[r] = 0
+    if h.fields & (F_PARENT | F_DERIVED):
+        parent = derived = None
+        if h.fields & F_PARENT:
+            parent = (<const char*>q)[:32]; q += 32
+        if h.fields & F_DERIVED:
+            derived = [(<const char*>(q + 32 * j))[:32] for j in range(h.nd)]
+        edge = (r, parent, derived)
+    out.rec = rd64(p + RECORDED_AT_OFF)
+    out.key = (<int64_t>pid << 24) | qid
+    out.pid = pid
+    out.hkey = <uint64_t>rd64(p)
+    c.seq[r] = seq
+    c.loc[r] = loc_base + off
+    c.rec[r] = out.rec
+    c.ts[r] = rd64(p + TIMESTAMP_OFF)
+    c.key[r] = out.key
+    c.path[r] = pid
+    c.lc[r] = p[57]
+    memcpy(&c.conf[r], p + CONFIDENCE_OFF, 8)
+    c.rank[r] = p[SOURCE_CLASS_OFF]
+    _value_id(p + h.need - h.lval, h.lval, &c.va[r], &c.vb[r])
+    memcpy(c.hb + 32 * r, p, 32)
+    return edge
+
+
 def index_one(buf, Py_ssize_t off, int64_t seq, int64_t loc_base, Py_ssize_t first,
               tuple cols, dict path_ids, list path_names, dict pred_ids, list pred_names,
               dict epoch_ids):
@@ -1172,78 +1282,145 @@ def index_one(buf, Py_ssize_t off, int64_t seq, int64_t loc_base, Py_ssize_t fir
         raise ValueError("index_one: cols must be Columns.rows (13 arrays)")
     if first < 0:
         raise ValueError("index_one: first must be >= 0")
-    cdef Py_ssize_t need_rows = first + 1
-    cdef int64_t* seq_a = <int64_t*>_column(cols[0], cnp.NPY_INT64, need_rows, "seq")
-    cdef int64_t* loc_a = <int64_t*>_column(cols[1], cnp.NPY_INT64, need_rows, "loc")
-    cdef int64_t* ts_a = <int64_t*>_column(cols[2], cnp.NPY_INT64, need_rows, "ts")
-    cdef int64_t* rec_a = <int64_t*>_column(cols[3], cnp.NPY_INT64, need_rows, "rec")
-    cdef int64_t* key_a = <int64_t*>_column(cols[4], cnp.NPY_INT64, need_rows, "key")
-    cdef int32_t* path_a = <int32_t*>_column(cols[5], cnp.NPY_INT32, need_rows, "path")
-    cdef int32_t* ep_a = <int32_t*>_column(cols[6], cnp.NPY_INT32, need_rows, "epoch")
-    cdef int8_t* lc_a = <int8_t*>_column(cols[7], cnp.NPY_INT8, need_rows, "lc")
-    cdef double* conf_a = <double*>_column(cols[8], cnp.NPY_FLOAT64, need_rows, "conf")
-    cdef uint8_t* rank_a = <uint8_t*>_column(cols[9], cnp.NPY_UINT8, need_rows, "rank")
-    cdef uint64_t* va_a = <uint64_t*>_column(cols[10], cnp.NPY_UINT64, need_rows, "va")
-    cdef uint64_t* vb_a = <uint64_t*>_column(cols[11], cnp.NPY_UINT64, need_rows, "vb")
-    cdef cnp.ndarray hash_c = cols[12]
-    if cnp.PyArray_NDIM(hash_c) != 2 or cnp.PyArray_DIM(hash_c, 1) != 32:
-        raise ValueError("index_one: column hashes is not an array of 32-byte rows")
-    cdef uint8_t* hb_a = <uint8_t*>_column(hash_c, cnp.NPY_UINT8, need_rows, "hashes")
+    cdef _Cols c
+    _cols_of(cols, first + 1, &c, "index_one")
     cdef Py_buffer view
+    cdef _Row row
     PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
-    cdef const uint8_t* base = <const uint8_t*>view.buf
-    cdef Py_ssize_t size = view.len
-    cdef const uint8_t* p
-    cdef const uint8_t* q
-    cdef Py_ssize_t lpath, lpred, lsrc, lep, nd, lval, j, need
-    cdef int64_t rec
-    cdef int fields
-    cdef _Head h
-    cdef long pid, qid
-    src_key = edge = None
     try:
-        _read_head(base, off, size, &h)
-        p, fields, need = h.p, h.fields, h.need
-        lpath, lpred, lsrc, lep, nd, lval = h.lpath, h.lpred, h.lsrc, h.lep, h.nd, h.lval
-        q = p + HEAD_SIZE
-        pid = _intern(NULL, q, lpath, path_ids, path_names); q += lpath
-        qid = _intern(NULL, q, lpred, pred_ids, pred_names); q += lpred
-        if fields & F_SOURCE:
-            src_key = fnv1a(q, lsrc)
-            q += lsrc
-        if fields & F_EPOCH:
-            name = PyUnicode_DecodeUTF8(<const char*>q, lep, NULL)
-            eid = epoch_ids.get(name)
-            if eid is None:
-                raise CorruptionError(f"the assertion record at offset {off} names epoch "
-                                      f"{name!r}, which no earlier record creates", offset=off)
-            ep_a[first] = eid
-            q += lep
-        else:
-            ep_a[first] = 0
-        if fields & (F_PARENT | F_DERIVED):
-            parent = derived = None
-            if fields & F_PARENT:
-                parent = (<const char*>q)[:32]; q += 32
-            if fields & F_DERIVED:
-                derived = [(<const char*>(q + 32 * j))[:32] for j in range(nd)]
-            edge = (first, parent, derived)
-        rec = rd64(p + RECORDED_AT_OFF)
-        seq_a[first] = seq
-        loc_a[first] = loc_base + off
-        rec_a[first] = rec
-        ts_a[first] = rd64(p + TIMESTAMP_OFF)
-        key_a[first] = (<int64_t>pid << 24) | qid
-        path_a[first] = pid
-        lc_a[first] = p[57]
-        memcpy(&conf_a[first], p + CONFIDENCE_OFF, 8)
-        rank_a[first] = p[SOURCE_CLASS_OFF]
-        _value_id(p + need - lval, lval, &va_a[first], &vb_a[first])
-        memcpy(hb_a + 32 * first, p, 32)
-        hkey = <uint64_t>rd64(p)
+        edge = _index_row(<const uint8_t*>view.buf, view.len, off, seq, loc_base, first, &c,
+                          path_ids, path_names, pred_ids, pred_names, epoch_ids, &row)
     finally:
         PyBuffer_Release(&view)
-    return hkey, (<int64_t>pid << 24) | qid, pid, src_key, rec, edge
+    return (row.hkey, row.key, row.pid, row.src if row.has_src else None, row.rec, edge)
+
+
+cdef inline int _recent_add(dict recent, object key, object o) except -1:
+    """``o`` under ``key`` in a MultiMap's recent dict (map_add without the
+    count and the merge)."""
+    cdef PyObject* lst = PyDict_GetItem(recent, key)
+    if lst == NULL:
+        PyDict_SetItem(recent, key, _ord_list(o))
+    else:
+        PyList_Append(<object>lst, o)
+    return 0
+
+
+def apply_puts(state, list group, Py_ssize_t limit, int64_t mix, int pred_bits):
+    """See records.apply_puts: a durable group of single puts (each request
+    one assertion's frame, as Writer._put_one queues it), applied request by
+    request as ``State._apply_one`` applies each, in one call: the rows
+    through ``_index_row`` (index_one's), the map entries into the recent
+    dicts read once per group (each map's count written back before a
+    merge and at the end), the generation steps, the counters, and each
+    citation through ``State._link`` right after its record.  Returns the
+    records applied, or 0, having done nothing, unless the group is 1 to
+    ``limit`` such requests and the state is not replaying."""
+    cdef Py_ssize_t n = len(group), i, applied = 0, s, slots, first, r, checked = -1
+    if n == 0 or n > limit or state._replay is not None:
+        return 0
+    for req in group:
+        fr = req.frames
+        if fr is None or len(fr[1]) != 1 or fr[1][0] != REC_ASSERT:
+            return 0
+    if not 0 <= pred_bits < 63:
+        raise ValueError("apply_puts: pred_bits must be from 0 to 62")
+    cols = state.cols
+    cdef dict path_ids = state.path_ids
+    cdef list path_names = state.path_names
+    cdef dict pred_ids = state.pred_ids
+    cdef list pred_names = state.pred_names
+    cdef dict epoch_ids = state.epoch_ids
+    cdef list kgen = state.key_gen
+    cdef list pgen = state.path_gen
+    slots = len(kgen)
+    if slots == 0 or slots & (slots - 1) or len(pgen) != slots:
+        raise ValueError("apply_puts: key_gen and path_gen must be lists of one power-of-two length")
+    cdef uint64_t mask = <uint64_t>(slots - 1), qmask = (<uint64_t>1 << pred_bits) - 1, pid
+    m0, m1, m2, m3 = state.by_hash, state.by_key, state.by_path, state.by_source
+    cdef dict r0 = m0.recent, r1 = m1.recent, r2 = m2.recent, r3 = m3.recent
+    cdef Py_ssize_t c0 = m0.n_recent, c1 = m1.n_recent, c2 = m2.n_recent, c3 = m3.n_recent
+    cdef Py_ssize_t merge_at = _index.MERGE_AT
+    cdef _Cols c
+    cdef _Row row
+    cdef Py_buffer view
+    cdef int64_t max_rec = 0, seq
+    cdef bint any_rec = False
+    max_seq = None
+    first = cols.n
+    try:
+        for i in range(n):
+            req = group[i]
+            loc = req.locs[0]
+            seq_o = req.frames[2][0]
+            if type(seq_o) is not int or not -9223372036854775808 <= seq_o <= 9223372036854775807:
+                raise TypeError(f"apply_puts: seq {seq_o!r} is not an int64")
+            seq = seq_o
+            r = first + i
+            if r >= checked:            # once a group, unless the columns grow
+                if r >= cols.cap:
+                    cols._grow(r + 1)
+                checked = min(first + n, <Py_ssize_t>cols.cap)
+                _cols_of(cols.rows, checked, &c, "apply_puts")
+            PyObject_GetBuffer(req.data, &view, PyBUF_SIMPLE)
+            try:
+                edge = _index_row(<const uint8_t*>view.buf, view.len, 0, seq,
+                                  (<int64_t>loc[0] << 40) + <int64_t>loc[1], r, &c, path_ids,
+                                  path_names, pred_ids, pred_names, epoch_ids, &row)
+            finally:
+                PyBuffer_Release(&view)
+            o = r
+            cols.n = r + 1
+            _recent_add(r0, row.hkey, o)
+            c0 += 1
+            if c0 >= merge_at:
+                m0.n_recent = c0
+                m0.merge()
+                r0, c0 = m0.recent, m0.n_recent
+            _recent_add(r1, row.key, o)
+            c1 += 1
+            if c1 >= merge_at:
+                m1.n_recent = c1
+                m1.merge()
+                r1, c1 = m1.recent, m1.n_recent
+            _recent_add(r2, row.pid, o)
+            c2 += 1
+            if c2 >= merge_at:
+                m2.n_recent = c2
+                m2.merge()
+                r2, c2 = m2.recent, m2.n_recent
+            if row.has_src:
+                _recent_add(r3, row.src, o)
+                c3 += 1
+                if c3 >= merge_at:
+                    m3.n_recent = c3
+                    m3.merge()
+                    r3, c3 = m3.recent, m3.n_recent
+            pid = <uint64_t>row.pid
+            s = <Py_ssize_t>((pid * <uint64_t>mix + (<uint64_t>row.key & qmask)) & mask)
+            kgen[s] = kgen[s] + 1
+            s = <Py_ssize_t>(pid & mask)
+            pgen[s] = pgen[s] + 1
+            if not any_rec or row.rec > max_rec:
+                max_rec = row.rec
+                any_rec = True
+            if max_seq is None or seq_o > max_seq:
+                max_seq = seq_o
+            if edge is not None:
+                state._link((edge,))
+            applied += 1
+    finally:
+        m0.n_recent = c0
+        m1.n_recent = c1
+        m2.n_recent = c2
+        m3.n_recent = c3
+        if any_rec and max_rec > state.last_recorded_at:
+            state.last_recorded_at = max_rec
+        if max_seq is not None and max_seq > state.last_seq:
+            state.last_seq = int(max_seq)
+        if applied:
+            state.records = state.records + applied
+    return applied
 
 
 cdef _check_run(cnp.ndarray keys, cnp.ndarray vals, cnp.ndarray hashes):

@@ -102,6 +102,8 @@ add_one = _fast.add_one if COMPILED else records.add_one
 # the WAL's write + fdatasync in one release of the GIL; None: File.write, File.sync
 write_sync = _fast.write_sync if COMPILED else None
 index_one = _fast.index_one if COMPILED else records.index_one
+# a durable group of single puts, applied in one call (the on-durable step, W1/W2)
+apply_puts = _fast.apply_puts if COMPILED else records.apply_puts
 # MultiMap.add / add_many; compiled, a new key's list is not tracked by the GC
 map_add = _fast.map_add if COMPILED else _index.MultiMap.add
 map_add_many = _fast.map_add_many if COMPILED else _index.MultiMap.add_many

@@ -18,8 +18,10 @@ from typing import Any
 from . import datadir, records, recovery
 from .audit import AuditLog, audit_enabled
 from .checkpoint import Checkpoints
+from .fast import apply_puts
 from .implementation import log_startup
 from .reader import Reader
+from .state import GEN_MIX, PRED_BITS, PUT_GROUP
 from .wal import WAL
 from .writer import Writer
 
@@ -42,18 +44,18 @@ def on_durable(parts: list[Any], group: list, anchor: dict) -> None:
     (State.apply_group) and move the position it covers with it, both under
     the index lock, so a snapshot is a consistent cut.  ``parts`` holds the
     Parts once the open has wired them (no group is durable before).
-    A group of single puts goes to ``State.apply_requests`` as it is, without
-    ``records.group_frames`` (``State.single_puts`` says which groups)."""
+    A group of single puts is applied as it is, request by request, in one
+    call (``fast.apply_puts``: up to ``PUT_GROUP`` requests), without
+    ``records.group_frames`` joining their bytes for apply_group to take
+    apart again; any other group goes through group_frames and apply_group."""
     p: Parts = parts[0]
     st = p.reader.state
-    args: tuple
-    if st.single_puts(group):
-        apply, args, n = st.apply_requests, (group,), len(group)
-    else:
-        args = records.group_frames(group)
-        apply, n = st.apply_group, len(args[1])
     with p.reader.lock:
-        apply(*args)
+        n = apply_puts(st, group, PUT_GROUP, GEN_MIX, PRED_BITS)
+        if not n:
+            args = records.group_frames(group)
+            st.apply_group(*args)
+            n = len(args[1])
         p.checkpoints.anchor = anchor
     p.checkpoints.applied(anchor, n)
 

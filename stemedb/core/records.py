@@ -171,6 +171,69 @@ def index_one(buf, off: int, seq: int, loc_base: int, first: int, cols: tuple,
             sk.item(0) if ns else None, rec, edges[0] if edges else None)
 
 
+def apply_puts(state, group: list, limit: int, mix: int, pred_bits: int) -> int:
+    """Apply a durable WAL group of single puts to ``state``: every request
+    one assertion's frame with ``frames`` ``((0,), (REC_ASSERT,), [seq])``
+    (as ``Writer._put_one`` queues it) and ``locs`` set by the WAL.  Each
+    request is applied as ``State._apply_one`` applies one record: its row
+    (:func:`index_one`), ``MultiMap.add`` of its hash, index key, path and
+    source (if any), the generation steps of slot ``(pid * mix + (key &
+    qmask)) & mask`` of ``key_gen`` and ``pid & mask`` of ``path_gen``
+    (``qmask`` the low ``pred_bits`` bits), ``last_recorded_at``,
+    ``last_seq``, its citation (``State._link``) and ``records``; so the
+    result is ``State.apply_group``'s (tests/unit/test_on_durable.py).
+    Returns the records applied, or 0, having done nothing, unless the
+    group is 1 to ``limit`` such requests and the state is not replaying.
+    The pure twin of ``_fast.apply_puts`` (``fast.apply_puts``), which does
+    it in one call (the store's on-durable step, W1 and W2).  O(group)."""
+    n = len(group)
+    if not 1 <= n <= limit or state._replay is not None:
+        return 0
+    for req in group:
+        fr = req.frames
+        if fr is None or len(fr[1]) != 1 or fr[1][0] != REC_ASSERT:
+            return 0
+    if not 0 <= pred_bits < 63:
+        raise ValueError("apply_puts: pred_bits must be from 0 to 62")
+    kgen, pgen = state.key_gen, state.path_gen
+    slots = len(kgen)
+    if slots == 0 or slots & (slots - 1) or len(pgen) != slots:
+        raise ValueError("apply_puts: key_gen and path_gen must be lists of one "
+                         "power-of-two length")
+    mask, qmask = slots - 1, (1 << pred_bits) - 1
+    c = state.cols
+    hmap, kmap, pmap, smap = state.by_hash, state.by_key, state.by_path, state.by_source
+    path_ids, path_names, pred_ids, pred_names, epoch_ids = (
+        state.path_ids, state.path_names, state.pred_ids, state.pred_names, state.epoch_ids)
+    for req in group:
+        first = c.n
+        if first >= c.cap:
+            c._grow(first + 1)
+        segno, at = req.locs[0]
+        seq = req.frames[2][0]
+        if type(seq) is not int or not -(1 << 63) <= seq < (1 << 63):
+            raise TypeError(f"apply_puts: seq {seq!r} is not an int64")
+        hk, key, pid, src, rec, edge = index_one(req.data, 0, seq, (segno << 40) + at, first,
+                                                 c.rows, path_ids, path_names, pred_ids,
+                                                 pred_names, epoch_ids)
+        c.n = first + 1
+        hmap.add(hk, first)
+        kmap.add(key, first)
+        pmap.add(pid, first)
+        if src is not None:
+            smap.add(src, first)
+        kgen[(pid * mix + (key & qmask)) & mask] += 1
+        pgen[pid & mask] += 1
+        if rec > state.last_recorded_at:
+            state.last_recorded_at = rec
+        if seq > state.last_seq:
+            state.last_seq = int(seq)
+        if edge is not None:
+            state._link((edge,))
+        state.records += 1
+    return n
+
+
 def add_one(hmap, hk: int, kmap, key: int, pmap, pid: int, smap, src: int | None, o: int,
             kgen: list, pgen: list, mix: int, pred_bits: int) -> None:
     """One applied assertion's map entries and generation steps: ordinal

@@ -41,6 +41,12 @@ GEN_BULK = 4096
 # A group of at most this many records goes to the maps' recent dicts as
 # Python lists; numpy's per-call costs outweigh a few records.
 SMALL_GROUP = 8
+# The on-durable step applies a group of up to this many single puts request
+# by request in one call (``fast.apply_puts``, opening.on_durable).  Pure, a
+# group of one only, as before: there the twin's loop per record is slower
+# than apply_group's lists for a larger group (groups of 4: 18.1 against
+# 13.9 us a record, bench/results/write-lead-2026-11-27-session14.md).
+PUT_GROUP = SMALL_GROUP if fast.COMPILED else 1
 
 # Generations for the materialized query answers (query.py, ``_token``): an
 # answer is reused only while every generation it was computed under is
@@ -422,31 +428,6 @@ class State:
                 if rtype != REC_EPOCH:             # epochs went first, above
                     self.apply_meta(rtype, seq, decode_meta(rtype, buf, off, segno))
         self.records = records
-
-    def single_puts(self, group) -> bool:
-        """Whether the WAL's durable ``group`` (its requests) is single puts
-        that :meth:`apply_requests` takes request by request, as
-        :meth:`apply_group` would split their frames: a group of one, or
-        compiled, up to ``SMALL_GROUP``; never during replay."""
-        n = len(group)
-        if self._replay is not None or not (n == 1 or (fast.COMPILED and n <= SMALL_GROUP)):
-            return False
-        for r in group:
-            fr = r.frames
-            if fr is None or len(fr[1]) != 1 or fr[1][0] != REC_ASSERT:
-                return False
-        return True
-
-    def apply_requests(self, group) -> None:
-        """Apply a group :meth:`single_puts` accepts, each request's record
-        where the WAL wrote it, without ``records.group_frames`` joining the
-        requests' bytes and listing offsets, types and seqs for
-        :meth:`apply_group` to take apart again (~0.5 us a put;
-        tests/unit/test_on_durable.py holds the two equal)."""
-        one = self._apply_one
-        for r in group:
-            segno, at = r.locs[0]
-            one(r.data, 0, r.frames[2][0], (segno << 40) + at)
 
     def _apply_one(self, buf, off: int, seq: int, loc_base: int) -> None:
         """:meth:`apply_group` of one assertion (a single put's group, W1 and

@@ -312,7 +312,11 @@ class Writer(MetaWrites):
             pending = self._pending
             with self.reader.lock:
                 st = self.reader.state
-                o = st.ordinal(h)
+                m = st.by_hash
+                try:        # State.ordinal's compiled path, without its frame
+                    o = _find_hash(m.keys, m.vals, m.recent, st.cols.hashes, h)
+                except ValueError:
+                    o = st.ordinal(h)
                 if o is not None:
                     return PutResult(h.hex(), int(st.cols.seq[o]), False)
                 pend = pending.get(h) if pending else None
@@ -416,5 +420,8 @@ class Writer(MetaWrites):
 _OFF0 = (0,)
 _ASSERT1 = (REC_ASSERT,)
 _hash_of = attrgetter("hash")
+# State.ordinal's lookup (its pure twin raises ValueError where it declines,
+# as the compiled one does, and State.ordinal then takes its general path)
+_find_hash = fast.find_hash
 
 

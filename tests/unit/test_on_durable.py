@@ -1,5 +1,5 @@
-"""The open's "on durable" step (``opening.on_durable``) sends a group of
-single puts to ``State._apply_one`` request by request, without
+"""The open's "on durable" step (``opening.on_durable``) applies a group of
+single puts request by request in one call (``fast.apply_puts``), without
 ``records.group_frames``; every other group goes through
 ``State.apply_group``.  Both must leave the state ``apply_group`` leaves:
 the same columns, maps (recent dicts included), generations and counters,
