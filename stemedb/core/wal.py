@@ -48,7 +48,9 @@ is acknowledged), the log records the fault and refuses every later write.
 A failed fsync is never retried: after it the kernel may have dropped the
 dirty pages and a retry could report success for data that is gone
 (PostgreSQL's "fsyncgate").  Reopening the store recovers from what is on
-disk.
+disk.  So does any other exception that cuts a leader's commit short (a
+KeyboardInterrupt raised when the write returns): the rest of its group fails,
+writes stop, and the leader sees the exception (``_abandon``).
 """
 from __future__ import annotations
 
