@@ -48,7 +48,9 @@ is acknowledged), the log records the fault and refuses every later write.
 A failed fsync is never retried: after it the kernel may have dropped the
 dirty pages and a retry could report success for data that is gone
 (PostgreSQL's "fsyncgate").  Reopening the store recovers from what is on
-disk.
+disk.  So does any other exception that cuts a leader's commit short (a
+KeyboardInterrupt raised when the write returns): the rest of its group fails,
+writes stop, and the leader sees the exception (``_abandon``).
 """
 from __future__ import annotations
 
@@ -311,6 +313,7 @@ class WAL:
                     continue
                 self._leader = True
                 self._called = False
+                group = None
                 try:
                     if self.durability == "batch" and self.batch_delay > 0:
                         cv.wait(self.batch_delay)   # let more writers join this group
@@ -318,6 +321,10 @@ class WAL:
                     cv.release()
                     held = False
                     self._commit(group)
+                except BaseException as exc:
+                    if group:
+                        self._abandon(group, exc)
+                    raise
                 finally:
                     if not held:
                         cv.acquire()
@@ -449,6 +456,30 @@ class WAL:
             r.done = True
         if observer is not None:
             observer(sum(len(r.sizes) for r in group), elapsed)
+
+    def _abandon(self, group: list[Request], exc: BaseException) -> None:
+        """The leader's commit of ``group`` was cut short by an exception that
+        is not a failed write or apply (``_commit`` handles those): an
+        interrupt (a signal handler's KeyboardInterrupt, raised in the leader
+        when ``write_sync`` returns), or a bug.  The group's outcome is
+        unknown (it may be on disk, not applied), so it fails as a failed
+        write does: every request of it not done yet fails, and writes stop
+        until the store is reopened.  Its other writers must not sleep for
+        ever, nor a later group land behind records the state lacks."""
+        if all(r.done for r in group):
+            return
+        if not self.fault:
+            self.fault = f"{type(exc).__name__} while committing a group: {exc}"
+            log.error("WAL commit interrupted, writes stopped: %s", self.fault)
+        error = StoreFaulted(
+            f"the outcome of this write is unknown: its commit was interrupted "
+            f"({self.fault}), so it may or may not be on disk. Writes are stopped until "
+            f"the store is reopened; then retrying is safe (an assertion already stored "
+            f"answers with the same hash and status exists)")
+        for r in group:
+            if not r.done:
+                r.error = error
+                r.done = True
 
     def _fail(self, group, error) -> None:
         for r in group:

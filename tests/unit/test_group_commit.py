@@ -11,6 +11,7 @@ groups.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -386,3 +387,56 @@ def test_flush_taking_the_office_clears_a_call(opener):
     wal._sleepers = [(lc, c)]
     wal._hand_on()
     assert not lc.locked() and wal._sleepers == []
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_a_leader_interrupted_in_its_write_fails_its_group_and_stops_writes(opener, exc):
+    # A signal handler's KeyboardInterrupt is raised in the leader when the
+    # write + fdatasync call returns (or a bug raises there): not an OSError,
+    # so the group's outcome is unknown.  Every other writer of the group
+    # must return (StoreFaulted), writes stop, and the leader sees its own
+    # exception.  Without the guard, c slept for ever and writes went on.
+    s = opener(durability="fsync")
+    wal = s.writer.wal
+    calls = []
+
+    def write_sync(fd, data, sync, *rest):
+        calls.append(len(data))
+        if len(calls) == 1:     # a's group: held until b and c sleep behind it
+            deadline = time.monotonic() + 10
+            while len(wal._sleepers) < 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            return
+        raise exc("injected in the leader")
+    wal._write_sync = write_sync
+    out = {}
+
+    def put(name, i):
+        try:
+            out[name] = s.put(body(i))
+        except BaseException as e:  # noqa: BLE001 - the outcome is the test
+            out[name] = e
+    ts = [threading.Thread(target=put, args=("a", 1), daemon=True)]
+    ts[0].start()
+    while not calls:
+        time.sleep(0.001)
+    for n, (name, i) in enumerate((("b", 2), ("c", 3)), 1):
+        ts.append(threading.Thread(target=put, args=(name, i), daemon=True))
+        ts[-1].start()
+        while len(wal._sleepers) < n:
+            time.sleep(0.001)
+    for t in ts:
+        t.join(10)
+    assert not any(t.is_alive() for t in ts), "a writer of the interrupted group was left asleep"
+    assert len(calls) == 2, "one group, then the interrupted one (b leads b and c)"
+    assert out["a"].created
+    led, other = (out["b"], out["c"]) if isinstance(out["b"], exc) else (out["c"], out["b"])
+    assert isinstance(led, exc), "the leader sees its own exception"
+    assert isinstance(other, StoreFaulted), "the other writer of its group fails"
+    assert wal.fault and exc.__name__ in wal.fault
+    with pytest.raises(StoreFaulted):
+        s.put(body(4))
+    assert s.count == 1 and wal._sleepers == [] and not wal._leader
