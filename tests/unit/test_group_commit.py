@@ -421,13 +421,18 @@ def test_a_leader_interrupted_in_its_write_fails_its_group_and_stops_writes(open
             out[name] = e
     ts = [threading.Thread(target=put, args=("a", 1), daemon=True)]
     ts[0].start()
-    while not calls:
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
         time.sleep(0.001)
+    assert calls, f"a's group never reached the write: {out}"
     for n, (name, i) in enumerate((("b", 2), ("c", 3)), 1):
         ts.append(threading.Thread(target=put, args=(name, i), daemon=True))
         ts[-1].start()
-        while len(wal._sleepers) < n:
+        # c's sleep can be over (a's group done, b's failed) before this
+        # thread looks again: it waited on the write, which waits for both.
+        while len(wal._sleepers) < n and name not in out and time.monotonic() < deadline:
             time.sleep(0.001)
+        assert len(wal._sleepers) >= n or name in out, f"{name} never slept behind a's group: {out}"
     for t in ts:
         t.join(10)
     assert not any(t.is_alive() for t in ts), "a writer of the interrupted group was left asleep"
