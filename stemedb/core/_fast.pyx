@@ -1306,6 +1306,31 @@ cdef inline int _recent_add(dict recent, object key, object o) except -1:
     return 0
 
 
+cdef dict _map_merged(object m, Py_ssize_t* count):
+    """_map_put's merge (once in ``MERGE_AT`` additions): the count written
+    back to map ``m``, the merge, the map's new recent dict returned and its
+    new count read into ``count[0]``."""
+    m.n_recent = count[0]
+    m.merge()
+    recent = m.recent
+    count[0] = m.n_recent
+    return recent
+
+
+cdef inline dict _map_put(object m, dict recent, Py_ssize_t* count, object key, object o,
+                          Py_ssize_t merge_at):
+    """apply_puts' MultiMap.add of ``o`` under ``key`` into map ``m``, whose
+    recent dict the caller holds as ``recent`` and whose count as
+    ``count[0]`` (read once per group): merged (``_map_merged``) once the
+    count reaches ``merge_at``.  Returns the recent dict to go on with (the
+    map's new one after a merge)."""
+    _recent_add(recent, key, o)
+    count[0] += 1
+    if count[0] >= merge_at:
+        return _map_merged(m, count)
+    return recent
+
+
 def apply_puts(state, list group, Py_ssize_t limit, int64_t mix, int pred_bits):
     """See records.apply_puts: a durable group of single puts (each request
     one assertion's frame, as Writer._put_one queues it), applied request by
@@ -1371,31 +1396,11 @@ def apply_puts(state, list group, Py_ssize_t limit, int64_t mix, int pred_bits):
                 PyBuffer_Release(&view)
             o = r
             cols.n = r + 1
-            _recent_add(r0, row.hkey, o)
-            c0 += 1
-            if c0 >= merge_at:
-                m0.n_recent = c0
-                m0.merge()
-                r0, c0 = m0.recent, m0.n_recent
-            _recent_add(r1, row.key, o)
-            c1 += 1
-            if c1 >= merge_at:
-                m1.n_recent = c1
-                m1.merge()
-                r1, c1 = m1.recent, m1.n_recent
-            _recent_add(r2, row.pid, o)
-            c2 += 1
-            if c2 >= merge_at:
-                m2.n_recent = c2
-                m2.merge()
-                r2, c2 = m2.recent, m2.n_recent
+            r0 = _map_put(m0, r0, &c0, row.hkey, o, merge_at)
+            r1 = _map_put(m1, r1, &c1, row.key, o, merge_at)
+            r2 = _map_put(m2, r2, &c2, row.pid, o, merge_at)
             if row.has_src:
-                _recent_add(r3, row.src, o)
-                c3 += 1
-                if c3 >= merge_at:
-                    m3.n_recent = c3
-                    m3.merge()
-                    r3, c3 = m3.recent, m3.n_recent
+                r3 = _map_put(m3, r3, &c3, row.src, o, merge_at)
             pid = <uint64_t>row.pid
             s = <Py_ssize_t>((pid * <uint64_t>mix + (<uint64_t>row.key & qmask)) & mask)
             kgen[s] = kgen[s] + 1

@@ -217,6 +217,12 @@ def apply_puts(state, group: list, limit: int, mix: int, pred_bits: int) -> int:
                                                  c.rows, path_ids, path_names, pred_ids,
                                                  pred_names, epoch_ids)
         c.n = first + 1
+        # State._apply_one's lines, written out again on purpose: calling it
+        # would run fast.index_one and fast.add_one (the compiled ones where
+        # built, so this would stop being a pure reference for the parity
+        # tests) with GEN_MIX and PRED_BITS instead of ``mix`` and
+        # ``pred_bits``; a helper shared by the two would cost the pure
+        # build's W1 path a Python call a record
         hmap.add(hk, first)
         kmap.add(key, first)
         pmap.add(pid, first)

@@ -26,10 +26,14 @@ the limiter has been asked, the request goes there with a :class:`Handoff`
 under :data:`FAST` in its environ, and with its body put back if it was read
 (``wsgi.input`` a ``BytesIO`` of the same bytes, or a stream that raises the
 read's own error again).  ``Limit`` takes the limiter's answer from the
-handoff instead of counting the request twice, the query resource raises the
-engine's error from it instead of running the query again, and ``Observe``
-takes the request's start time from it.  A client cannot set an environ key without
-an ``HTTP_`` prefix, so nothing outside the server can forge it.
+handoff instead of counting the request twice, ``Authenticate`` takes the key
+checked here from it instead of checking the key again (the request is
+decided on the one view of the keys it was admitted and counted under: a
+keys file reloaded in between does not turn it into a 401, nor count a wrong
+key against its address), the query resource raises the engine's error from
+it instead of running the query again, and ``Observe`` takes the request's
+start time from it.  A client cannot set an environ key without an ``HTTP_``
+prefix, so nothing outside the server can forge it.
 
 ``tests/unit/http/test_fastquery.py`` holds the answers, the metrics, the
 limiter's counts and the log lines of this path to Falcon's, request by
@@ -56,10 +60,11 @@ log = logging.getLogger("stemedb.http")   # Observe's logger
 class Handoff:
     """What the fast path already did, for the Falcon app that finishes the request."""
 
-    __slots__ = ("t0", "limit_wait", "error")
+    __slots__ = ("t0", "key", "limit_wait", "error")
 
-    def __init__(self, t0: float, limit_wait, error=None):
+    def __init__(self, t0: float, key, limit_wait, error=None):
         self.t0 = t0
+        self.key = key                   # the ApiKey checked, or None: none was needed
         self.limit_wait = limit_wait     # the limiter's answer: None, or seconds to wait
         self.error = error               # the engine's (or the answer's) exception
 
@@ -110,7 +115,7 @@ class FastQuery:
         remote = environ.get("REMOTE_ADDR", "127.0.0.1") or "unknown"
         client = (client_address(remote, environ.get("HTTP_X_FORWARDED_FOR"), observe.proxies)
                   if observe.proxies else remote)
-        key_id = None
+        key = key_id = None
         keyring = self.keyring
         if self.scope is not None and keyring.configured:
             key = self._key(environ, client)
@@ -121,14 +126,14 @@ class FastQuery:
         limiter = self.limiter
         wait = limiter.check(self.limit_name, key_id or client) if limiter is not None else None
         if wait is not None:
-            environ[FAST] = Handoff(t0, wait)
+            environ[FAST] = Handoff(t0, key, wait)
             return self.api(environ, start_response)
         # -------- the body (read once; put back for Falcon if it refuses)
         try:
             data = environ["wsgi.input"].read(length)
         except Exception as exc:  # noqa: BLE001 - Falcon's read raises it again
             environ["wsgi.input"] = _Raises(exc)
-            environ[FAST] = Handoff(t0, None)
+            environ[FAST] = Handoff(t0, key, None)
             return self.api(environ, start_response)
         try:
             kwargs = S.query_kwargs(_decode(data)) if data else None
@@ -136,7 +141,7 @@ class FastQuery:
             kwargs = None
         if kwargs is None or "min_seq" in kwargs:
             environ["wsgi.input"] = io.BytesIO(data)
-            environ[FAST] = Handoff(t0, None)
+            environ[FAST] = Handoff(t0, key, None)
             return self.api(environ, start_response)
         # -------- the engine, the answer
         try:
@@ -144,7 +149,7 @@ class FastQuery:
             body = query_body(store.query(path, agent=key_id, **kwargs))
         except Exception as exc:  # noqa: BLE001 - Falcon's error handlers answer it
             environ["wsgi.input"] = io.BytesIO(data)
-            environ[FAST] = Handoff(t0, None, exc)
+            environ[FAST] = Handoff(t0, key, None, exc)
             return self.api(environ, start_response)
         # -------- Gate.process_response's work for a 200
         rid = environ.get("HTTP_X_REQUEST_ID")

@@ -166,7 +166,9 @@ class Authenticate:
     ``auth=N/period``, default 30/minute): past the limit every request from
     that address that presents a key gets 429 until the window ends, the
     right key included, so that the answers say nothing about guesses.
-    Requests without a key are not counted (they guess nothing).
+    Requests without a key are not counted (they guess nothing).  A request
+    that ``fastquery`` hands over (a ``Handoff`` under ``FAST_QUERY``) keeps
+    the key it checked there: one view of the keys a request.
     """
 
     def __init__(self, keyring, limiter=None, metrics=None):
@@ -176,7 +178,17 @@ class Authenticate:
 
     def process_resource(self, req, resp, resource, params):
         scope = required_scope(resource, req.method)
-        if scope is None or not self.keyring.configured:
+        if scope is None:
+            return
+        handoff = req.env.get(FAST_QUERY)
+        if handoff is not None:
+            # fastquery checked the key (and the limiter counted the request
+            # under it) before handing the request over: it is answered on
+            # that one view of the keys, not refused by a reload since
+            if handoff.key is not None:
+                req.context.key_id = handoff.key.id
+            return
+        if not self.keyring.configured:
             return
         presented = presented_key(req)
         if presented is None:

@@ -279,3 +279,64 @@ def test_trusted_proxies_name_the_client(filled):
     h = {"X-Forwarded-For": "203.0.113.7, 127.0.0.1"}
     a, b = fast.call(environ(q(), headers=h)), slow.call(environ(q(), headers=h))
     assert a == b and a["access"][1] == "203.0.113.7"
+
+
+def _drop_key_after_query_check(stack, path: str, monkeypatch, drop: str = "reader"):
+    """The keys file loses ``drop`` right after the limiter's ``query`` check
+    of each request, and the keyring rereads it at its next look (a reload
+    between the fast path's limiter call and Falcon's key check)."""
+    import os
+
+    from stemedb.http.auth import hash_key
+    limiter, keyring = stack.state.limiter, stack.state.keyring
+    real = limiter.check
+
+    def check(endpoint, client):
+        wait = real(endpoint, client)
+        if endpoint == "query":
+            tmp = path + ".new"
+            with open(tmp, "w") as f:
+                json.dump({"keys": [{"id": k, "sha256": hash_key(s), "scopes": sc}
+                                    for k, (s, sc) in KEYS.items() if k != drop]}, f)
+            os.replace(tmp, path)
+            keyring._checked = float("-inf")    # its next look stats the file
+        return wait
+    monkeypatch.setattr(limiter, "check", check)
+
+
+@pytest.mark.parametrize("data,limits,status", [
+    (q(), "query=1/minute", "429"),     # handed over with the limiter's answer
+    (b"{", "query=off", "400"),         # handed over with the body it refused
+])
+def test_a_keys_reload_after_the_limiter_does_not_change_the_answer(
+        filled, keys_file, tmp_path, monkeypatch, data, limits, status):
+    """A request is decided on one view of the keys: the one it was admitted
+    (and counted) under.  A reload between the fast path's limiter call and
+    the Falcon app's key check must not turn the answer into a 401 (nor count
+    a wrong key against the address): the answer is the one Falcon gives
+    when the same reload comes right after its own limiter call."""
+    import shutil
+    stacks = []
+    for name, fast in (("fast", True), ("slow", False)):
+        path = str(tmp_path / f"keys-{name}.json")
+        shutil.copy(keys_file, path)
+        s = Stack(filled, fast, api_keys_file=path, rate_limits=f"auth=30/minute;{limits}")
+        if status == "429":     # the reader's one query a minute, used
+            assert s.call(environ(q(), headers=auth("reader")))["status"] == "200 OK"
+        _drop_key_after_query_check(s, path, monkeypatch)
+        stacks.append(s)
+    fast, slow = stacks
+    before = fast.to_falcon
+    a = fast.call(environ(data, headers=auth("reader")))
+    b = slow.call(environ(data, headers=auth("reader")))
+    assert fast.to_falcon == before + 1, "handed to Falcon after the limiter was asked"
+    assert a["status"][:3] == status, a
+    assert a == b
+    assert fast.counts() == slow.counts()
+    assert fast.ratelimited("auth", "auth_failures") is None
+    assert slow.ratelimited("auth", "auth_failures") is None
+    assert fast.ratelimited("query", "rate_limit") == slow.ratelimited("query", "rate_limit")
+    # the reload has happened: the next request with the dropped key is refused, by both
+    a = fast.call(environ(q(), headers=auth("reader")))
+    b = slow.call(environ(q(), headers=auth("reader")))
+    assert a == b and a["status"][:3] == "401"
