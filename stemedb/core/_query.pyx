@@ -2152,7 +2152,8 @@ cdef class FirstPage:
     cdef object _gslot_hit(self, cache, key, gen, gens, bint by_path, PyObject** part_out):
         """The answer under ``key`` as _cached finds it with its one-part
         token, when that answer keeps its generation slot (``gslot``, kept
-        by _keep_gslot at an earlier hit under the same State: a token
+        by the query that made it, query._finish, or by _keep_gslot at an
+        earlier hit, under the same State: a token
         carries its State's gen, whose high bits are that State's own
         serial, and a State never changes a path's or predicate's id, so
         the slot is the one the ids would give); else None, having changed
@@ -2241,7 +2242,8 @@ cdef class FirstPage:
     cdef object _kept_line(self, ans, bytes tail, number, at, agent, concept_path, predicate,
                            include_descendants, lens, limit):
         """_audit_head's line, its parameters' JSON kept by the answer
-        (``ans.ptail``, for pages of ``ans.plimit``) once written: the same
+        (``ans.ptail``, for pages of ``ans.plimit``) once written (by the
+        query that made it, audit_head_keep, or here): the same
         bytes, as the parameters are this call's (the answer's key and
         ``limit``; the lens by its own name, checked in __init__), so only
         the id, the times and the agent are written per line, then the kept

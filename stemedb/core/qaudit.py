@@ -78,7 +78,7 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
     thread then holds the GIL only to join and write bytes.
     ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
     ``keep``: ``answer`` was just made by the compiled first page
-    (query._finish's ``first``) and ``params`` are that page's plain ones:
+    (query._finish's ``keep``) and ``params`` are that page's plain ones:
     the line's parameters' JSON is kept in the answer with its end
     (:data:`_HEAD_KEEP`), so its first hit writes what a later hit writes.
     """
