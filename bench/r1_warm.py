@@ -16,6 +16,15 @@ the 200,000-assertion workload: one untimed pass, then ``--reps`` passes.
 
 The difference of two runs leaves out the start, the open and the first
 two passes (which make the answers and what they keep).
+
+``--passes N`` times every pass from the open instead, the first ones
+included: pass 1 makes the answers (cold), pass 2 is each answer's first
+hit (what ``bench.run``'s R1 run 2 mostly is: its warm-up covers a fifth of
+the keys), pass 3 on the steady warm hit.  ``--twice`` asks each key twice
+in pass 1 (its first hit done there), so pass 2 against pass 3 shows what
+warms up after an answer's first hit::
+
+    python -m bench.r1_warm --store /tmp/r1store --passes 6 [--twice]
 """
 from __future__ import annotations
 
@@ -50,6 +59,10 @@ def main(argv=None) -> None:
     ap.add_argument("--store", required=True, help="the store (built here if missing)")
     ap.add_argument("--n", type=int, default=200_000, help="assertions, when building")
     ap.add_argument("--reps", type=int, default=10, help="timed passes over the keys")
+    ap.add_argument("--passes", type=int, default=0,
+                    help="time each of this many passes from the open, the cold one included")
+    ap.add_argument("--twice", action="store_true",
+                    help="with --passes: pass 1 asks each key twice (its first hit done)")
     a = ap.parse_args(argv)
     if not os.path.exists(os.path.join(a.store, "r1-keys.json")):
         build(a.store, a.n)
@@ -60,12 +73,26 @@ def main(argv=None) -> None:
     eng = StemeAdapter(a.store)
     cand, settle = eng.candidates, eng.settle
 
-    def one_pass() -> None:
+    def one_pass(twice: bool = False) -> None:
         for i in range(0, len(keys), SLICE):
             for k in keys[i:i + SLICE]:
                 cand(*k)
+                if twice:
+                    cand(*k)
             settle()
     try:
+        if a.passes > 0:
+            per = []
+            for p in range(a.passes):
+                c0 = time.process_time()
+                one_pass(a.twice and p == 0)
+                per.append((time.process_time() - c0) / len(keys) * 1e6)
+            what = ("1: answers made and hit once, 2: second hits" if a.twice
+                    else "1: answers made, 2: first hits")
+            print(f"{eng.implementation}: CPU us per query by pass from the open ({what}; "
+                  f"{len(keys):,} keys): "
+                  + "  ".join(f"{i + 1}: {v:.2f}" for i, v in enumerate(per)))
+            return
         one_pass()
         cpu = []
         for _ in range(a.reps):

@@ -1360,6 +1360,41 @@ def audit_head(tuple names, bytes tail, number, at, agent, params):
     return _audit_head(names, tail, number, at, agent, params, None)
 
 
+def audit_head_keep(tuple names, bytes tail, number, at, agent, params, ans):
+    """audit_head's line, and the answer ``ans`` that the query made keeps
+    the line's parameters' JSON (``ans.ptail``, for pages of
+    ``ans.plimit``: ``params[11]``) as FirstPage._kept_line would keep it
+    at its first hit, when ``ans`` keeps none yet and it fits ``ans.proom``:
+    the first hit then writes only the id, the times and the agent, as a
+    later one does.  The caller vouches that ``params`` are a plain first
+    page's (FirstPage's _params, the lens by its own name), the parameters
+    every page of the answer is asked with but the limit.  Both slots are
+    set here, under the GIL with no Python code run between them (a hit
+    reads the pair in one piece)."""
+    cdef Py_ssize_t h
+    if not _head_ok(names, number, at, agent, params):
+        return None
+    cdef Line* o = _scratch_line()
+    try:
+        _stamp_head(o, number, at, agent)
+        h = o.n
+        _params_json(o, names, <tuple>params, _keys_of(names))
+    except UnicodeEncodeError:
+        return None
+    pt = limit = None
+    if len(<tuple>params) > 11 and type((<tuple>params)[11]) is int:
+        limit = (<tuple>params)[11]
+        pt = PyBytes_FromStringAndSize(o.p + h, o.n - h)
+    _raw(o, <const char*>tail, len(tail))
+    line = _scratch_bytes()
+    # (the answer read only once the scratch buffer is done with)
+    if (pt is not None and getattr(ans, "ptail", None) is None
+            and PyBytes_GET_SIZE(pt) + 33 <= ans.proom):    # (the bytes object's own 33)
+        ans.ptail = pt
+        ans.plimit = limit
+    return line
+
+
 cdef Line _scratch                  # _audit_head's buffer, kept between calls
 
 
@@ -1999,6 +2034,7 @@ cdef class FirstPage:
         cdef bint incl = include_descendants is True
         page = None
         token = None
+        gslot = None        # the one-part token's slot, kept by an answer made here (_finish)
         lock = self.rf.get(reader, R_LOCK)
         cdef bint own_lock = type(lock) is ReaderLock
         if own_lock:
@@ -2051,9 +2087,10 @@ cdef class FirstPage:
                         qid_c = qid
                         slot = (pid_c * self.gen_mix + qid_c) & self.gen_mask
                         part = kg[slot]
+                    gslot = -1 - slot if predicate is None else slot
                     ans = self._cached(cache, akey, None, gen, part)
                     if ans is not None:
-                        self._keep_gslot(ans, -1 - slot if predicate is None else slot)
+                        self._keep_gslot(ans, gslot)
                 else:
                     paths = [concept_path]
                     if incl:
@@ -2082,9 +2119,11 @@ cdef class FirstPage:
             else:
                 lock.release()
         if page is None:
+            # the answer made here keeps what its first hit would keep (the
+            # slot, the line's parameters' JSON): that hit costs a later one's
             return self.finish(reader, got, _params(concept_path, predicate, include_descendants,
                                                     lens, limit), lens_obj, f, akey, token, 0,
-                               agent)
+                               agent, gslot, self.keep_params)
         results = [_copy_dict(self.result, r) for r in self._a(ans, A_RESULTS)]
         # QueryResult(concept_path, lens, results, page, None): the dataclass's
         # __init__ sets these six fields, in this order (extra: a new dict)
@@ -2113,7 +2152,8 @@ cdef class FirstPage:
     cdef object _gslot_hit(self, cache, key, gen, gens, bint by_path, PyObject** part_out):
         """The answer under ``key`` as _cached finds it with its one-part
         token, when that answer keeps its generation slot (``gslot``, kept
-        by _keep_gslot at an earlier hit under the same State: a token
+        by the query that made it, query._finish, or by _keep_gslot at an
+        earlier hit, under the same State: a token
         carries its State's gen, whose high bits are that State's own
         serial, and a State never changes a path's or predicate's id, so
         the slot is the one the ids would give); else None, having changed
@@ -2202,7 +2242,8 @@ cdef class FirstPage:
     cdef object _kept_line(self, ans, bytes tail, number, at, agent, concept_path, predicate,
                            include_descendants, lens, limit):
         """_audit_head's line, its parameters' JSON kept by the answer
-        (``ans.ptail``, for pages of ``ans.plimit``) once written: the same
+        (``ans.ptail``, for pages of ``ans.plimit``) once written (by the
+        query that made it, audit_head_keep, or here): the same
         bytes, as the parameters are this call's (the answer's key and
         ``limit``; the lens by its own name, checked in __init__), so only
         the id, the times and the agent are written per line, then the kept

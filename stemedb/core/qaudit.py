@@ -60,7 +60,8 @@ def _contributing(top: list[Assertion], at_us: int, decay: bool) -> list[dict]:
     return out
 
 
-def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, answer=None):
+def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, answer=None,
+           keep=False):
     """Queue the query's audit entry; O(len(results)) here, whatever the candidates.
 
     The entry names the winners (``result_hashes``, at most AUDIT_RESULTS,
@@ -76,6 +77,10 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
     entry's JSON line is written here instead (:data:`_LINE`): the writer
     thread then holds the GIL only to join and write bytes.
     ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
+    ``keep``: ``answer`` was just made by the compiled first page
+    (query._finish's ``keep``) and ``params`` are that page's plain ones:
+    the line's parameters' JSON is kept in the answer with its end
+    (:data:`_HEAD_KEEP`), so its first hit writes what a later hit writes.
     """
     audit = reader.audit
     at = reader.clock() if _CLOCK is None else _CLOCK(reader.clock, now_us)
@@ -97,7 +102,8 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
             answer.tail = tail
         if tail:
             try:
-                line = _HEAD(tail, audit.number(), at, agent, params)
+                line = (_HEAD_KEEP(tail, audit.number(), at, agent, params, answer) if keep
+                        else _HEAD(tail, audit.number(), at, agent, params))
             except Exception:  # noqa: BLE001 - as above
                 line = None
             if line is not None:
@@ -172,3 +178,7 @@ _LINE = (partial(qfast._query.audit_line, _AUDIT_PARAMS, _HALF_LIFE_US)
          if qfast.COMPILED else None)
 # A line from a kept end (_query.audit_head, the same bytes as _LINE's)
 _HEAD = partial(qfast._query.audit_head, _AUDIT_PARAMS) if qfast.COMPILED else None
+# The same line, its parameters' JSON kept by the answer the query made
+# (_query.audit_head_keep; the kept bytes FirstPage._kept_line's)
+_HEAD_KEEP = (partial(qfast._query.audit_head_keep, _AUDIT_PARAMS) if qfast.COMPILED
+              else None)

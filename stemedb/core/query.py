@@ -257,14 +257,22 @@ def _resolve(reader, concept_path, predicate, include_descendants, lens_obj, f: 
 
 
 def _finish(reader, got: tuple, params: tuple, lens_obj, f: Filters, akey, token, offset: int,
-            agent) -> QueryResult:
+            agent, gslot=None, keep=False) -> QueryResult:
     """run_query's part after the lock: the results, the page, the answer
     kept (when ``akey``), and the audit entry; ``got``: :func:`_resolve`'s,
-    ``params``: the query's parameters in _AUDIT_PARAMS order."""
+    ``params``: the query's parameters in _AUDIT_PARAMS order.  The
+    compiled first page (_query.FirstPage) passes what a hit would keep in
+    the answer, kept here when the answer is made so that its first hit
+    costs what a later one does: ``gslot``, its one-part token's generation
+    slot (FirstPage._keep_gslot's form; None: not such a token), and
+    ``keep``, ``params`` are a plain first page's (the line's parameters'
+    JSON kept with its end: qaudit._audit)."""
     ans, page, top, cands, rcands, ctx, colres, active, retracted = got
     concept_path, predicate, include_descendants, lens = params[:4]
     limit = params[11]
     if ans is not None:
+        if gslot is not None and ans.token is token:
+            ans.gslot = gslot       # (made by rows_answer under this token)
         results: list[dict] = [Result(r) for r in ans.results]
         nxt = _cursor(offset + limit, f) if offset + limit < len(ans.ords) else None
         out = QueryResult(concept_path, lens, results, page, nxt)
@@ -273,7 +281,7 @@ def _finish(reader, got: tuple, params: tuple, lens_obj, f: Filters, akey, token
             at = f.as_of if f.as_of is not None else f.at_us if f.at_us is not None \
                 else reader.clock()
             _audit(reader, agent, params, results, None, _Moment(at, f.decay), top,
-                   active=ans.active, answer=ans)
+                   active=ans.active, answer=ans, keep=keep)
         return out
     nactive = None
     if colres is not None:
@@ -294,13 +302,15 @@ def _finish(reader, got: tuple, params: tuple, lens_obj, f: Filters, akey, token
         where.update((id(a), o) for a, o in zip(rcands, retracted))
         made = Answer(token, [Result(r) for r in results], [where[id(a)] for a in ordered],
                       len(cands), ordered)
+        if gslot is not None:
+            made.gslot = gslot
         cache.add_answer(akey, made)
     page = ordered[offset:offset + limit]
     nxt = _cursor(offset + limit, f) if offset + limit < len(ordered) else None
     out = QueryResult(concept_path, lens, results, page, nxt)
     if reader.audit is not None:
         _audit(reader, agent, params, results, groups, ctx, ordered, active=nactive,
-               answer=made)
+               answer=made, keep=keep)
     return out
 
 

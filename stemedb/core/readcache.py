@@ -174,14 +174,16 @@ class Answer:
                 size += TAIL_BASE + 68 * len(results) + 112 * min(len(ords), TAIL_NAMED)
         # The compiled first page also keeps the line's parameters beside
         # that end (``ptail``: ``,"params":{..}`` alone, for pages of
-        # ``plimit``; _query.FirstPage._line), within ``proom`` bytes
+        # ``plimit``; _query.FirstPage._line, or the making query's line,
+        # _query.audit_head_keep), within ``proom`` bytes
         # reserved here: the parameters' JSON but for the path and the
         # predicate, and theirs (a longer one is not kept)
         self.ptail: bytes | None = None
         self.plimit: int | None = None
         # The compiled first page keeps here the generation slot its token's
-        # part is read from (_query.FirstPage._gslot_hit: a later hit then
-        # skips the path's and predicate's id lookups); None until then
+        # part is read from (_query.FirstPage._gslot_hit: a hit then skips
+        # the path's and predicate's id lookups): set by the query that made
+        # the answer (query._finish), or by a hit of one made without it
         self.gslot: int | None = None
         self.proom = 0
         if self.held is not None and qfast.COMPILED:

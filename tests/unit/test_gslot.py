@@ -81,22 +81,29 @@ def test_a_kept_slot_hit_is_the_twins(clocked, monkeypatch, audit, damage, key):
 
 @pytest.mark.skipif(_query is None, reason="the compiled page keeps the slot")
 def test_the_slot_is_kept_and_used(clocked, monkeypatch):
-    """The compiled page keeps the slot at its first hit (a path's as
-    -1 - slot), the pure one never; a kept slot serves the next hit."""
+    """The compiled page keeps the slot in the answer it makes (a path's as
+    -1 - slot; before session 15 at the answer's first hit), the pure one
+    never; a kept slot serves the next hit, and the slot a made answer
+    keeps is the one its first hit keeps when it has none."""
     store = clocked(audit=True)
     _fill(store, 0)
+    cache = store.reader.cache
     for name, first in IMPLS:
         set_first(monkeypatch, first)
-        store.reader.cache.clear()
+        cache.clear()
         for key in KEYS:
             store.query(key[0], predicate=key[1])
-            assert _cached(store, key).gslot is None       # computed: no slot yet
-            store.query(key[0], predicate=key[1])
-            g = _cached(store, key).gslot
+            g = _cached(store, key).gslot                  # made: kept at once, compiled
             if name == "pure":
                 assert g is None
-            else:
-                assert type(g) is int and ((g < 0) == (key[1] is None))
+                continue
+            assert type(g) is int and ((g < 0) == (key[1] is None))
+            hits = cache.answer_hits
+            store.query(key[0], predicate=key[1])
+            assert cache.answer_hits == hits + 1 and _cached(store, key).gslot == g
+            _cached(store, key).gslot = None                 # as an answer made before
+            store.query(key[0], predicate=key[1])           # the first hit keeps it
+            assert _cached(store, key).gslot == g
     # the kept slot is the one the ids give (state.gen_slot's formula)
     st = store.reader.state
     for key in KEYS:
@@ -104,6 +111,24 @@ def test_the_slot_is_kept_and_used(clocked, monkeypatch):
         want = (-1 - (pid & Q.GEN_MASK) if key[1] is None
                 else (pid * Q.GEN_MIX + st.pred_ids[key[1]]) & Q.GEN_MASK)
         assert _cached(store, key).gslot == want
+
+
+@pytest.mark.skipif(_query is None, reason="the compiled page keeps the slot")
+def test_a_made_answers_first_hit_takes_the_slots_way(clocked, monkeypatch):
+    """The first hit of an answer the compiled page made takes _gslot_hit's
+    way: the path's and predicate's ids are not looked up (a State whose
+    id dicts lost the key still serves it; the ids' way, or run_query's,
+    would find no such path)."""
+    store = clocked(audit=True)
+    _fill(store, 0)
+    set_first(monkeypatch, IMPLS[-1][1])
+    store.reader.cache.clear()
+    key = KEYS[0]
+    want = _outcome(store, key)                     # made
+    st = store.reader.state
+    monkeypatch.setattr(st, "path_ids", {k: v for k, v in st.path_ids.items() if k != key[0]})
+    monkeypatch.setattr(st, "pred_ids", {k: v for k, v in st.pred_ids.items() if k != key[1]})
+    assert _outcome(store, key) == want
 
 
 def test_a_write_moves_the_kept_slots_generation(clocked, monkeypatch):

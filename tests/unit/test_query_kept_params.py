@@ -108,3 +108,100 @@ def test_the_room_is_counted_in_the_answers_size(clocked):
     assert kept.proom == 0 and kept.ptail is None
     assert ans.size >= kept.size + ans.proom
     assert cache.bytes >= ans.size
+
+
+@pytest.mark.parametrize("limit,agent", [(100, None), (7, "a"), (1000, 'q "x" \\ é\u2028')])
+def test_a_made_answer_keeps_its_parameters_for_its_first_hit(clocked, limit, agent):
+    """The query that makes a held answer keeps its line's parameters' JSON
+    in it (session 15; before, its first hit made and kept them): the
+    making line and every hit's are audit_head's, the first hit writes
+    from the kept bytes (not made again), and they are the bytes a first
+    hit keeps for an answer that kept none."""
+    store = clocked(audit=True)
+    _put(store, "d/e", "p")
+    store.query("d/e", predicate="p", limit=limit, agent=agent)         # made
+    ans = _check_line(store, "d/e", "p", limit, agent)
+    pt = ans.ptail
+    assert type(pt) is bytes and ans.plimit == limit
+    entries = []
+    for _ in range(2):
+        store.query("d/e", predicate="p", limit=limit, agent=agent)
+        entries.append(orjson.loads(store.audit._queue[-1]))
+        _check_line(store, "d/e", "p", limit, agent)
+        assert ans.ptail is pt and ans.plimit == limit
+    ans.ptail = ans.plimit = None       # as an answer made before session 15
+    store.query("d/e", predicate="p", limit=limit, agent=agent)
+    entries.append(orjson.loads(store.audit._queue[-1]))
+    _check_line(store, "d/e", "p", limit, agent)
+    assert ans.ptail == pt and ans.plimit == limit
+    for e in entries:
+        del e["id"]
+    assert entries[0] == entries[1] == entries[2]
+
+
+def test_an_answer_made_off_the_first_page_keeps_nothing(clocked):
+    """Only the compiled first page vouches for its parameters: an answer
+    run_query's own path makes (filed under its long key here) keeps no
+    parameters' JSON and no slot, and its lines are still audit_head's."""
+    store = clocked(audit=True)
+    _put(store, "d/e", "p")
+    store.query("d/e", predicate="p", since="2020-01-01T00:00:00Z")
+    [ans] = [v for v in store.reader.cache._d.values() if isinstance(v, Q.Answer)]
+    assert ans.tail and ans.ptail is None and ans.plimit is None and ans.gslot is None
+
+
+def test_an_agent_it_does_not_write_at_the_making_keeps_nothing(clocked):
+    """A making query whose agent audit_head does not write leaves its
+    entry to the writer's path and keeps no parameters; the first hit with
+    a plain agent keeps them as before."""
+    store = clocked(audit=True)
+    _put(store, "d/e", "p")
+    store.query("d/e", predicate="p", agent="\ud800")
+    q = store.audit._queue
+    assert type(q[-1]) is not bytes
+    ans = _answer(store, "d/e")
+    assert ans.ptail is None and ans.plimit is None
+    store.query("d/e", predicate="p", agent="ok")
+    _check_line(store, "d/e", "p", 100, "ok")
+    assert type(ans.ptail) is bytes and ans.plimit == 100
+
+
+def test_a_made_answer_beyond_the_room_keeps_nothing(clocked, monkeypatch):
+    store = clocked(audit=True)
+    monkeypatch.setattr(RC, "PARAMS_BASE", 40)
+    _put(store, "d/long", "p")
+    store.query("d/long", predicate="p")
+    ans = _check_line(store, "d/long", "p", 100, None)
+    assert ans.ptail is None and ans.plimit is None
+
+
+@pytest.mark.parametrize("params", [
+    ("d/e", "p", False, "recency", None, None, None, None, None, False, False, 9, None),
+    ("d/e", "p", False, "recency", None, None, None, None, None, False, False, "9", None),
+    ("d/e", "p", False, "recency"),
+    ("d/e", "p", False, "recency", None, None, None, None, None, False, False, 9, None, 1.5),
+])
+def test_audit_head_keep_is_audit_head(params):
+    """audit_head_keep's line is audit_head's (None where that is None); it
+    keeps the parameters' JSON of a limit that is an int, once, in room."""
+    class Ans:
+        ptail = plimit = None
+        proom = 10_000
+
+    tail = b',"result_hashes":[]}\n'
+    for agent in (None, "a", "\ud800"):
+        a = Ans()
+        want = _query.audit_head(Q._AUDIT_PARAMS, tail, 5, 1_000_000, agent, params)
+        got = _query.audit_head_keep(Q._AUDIT_PARAMS, tail, 5, 1_000_000, agent, params, a)
+        assert got == want
+        if want is None or len(params) < 12 or type(params[11]) is not int:
+            assert a.ptail is None and a.plimit is None
+            continue
+        assert a.plimit == params[11] and want.index(a.ptail) > 0
+        assert want.endswith(a.ptail + tail)
+        kept = a.ptail
+        _query.audit_head_keep(Q._AUDIT_PARAMS, tail, 6, 1_000_000, agent, params[:11] + (3, None), a)
+        assert a.ptail is kept and a.plimit == params[11]       # kept once
+        a.ptail, a.proom = None, len(kept) + 32
+        _query.audit_head_keep(Q._AUDIT_PARAMS, tail, 5, 1_000_000, agent, params, a)
+        assert a.ptail is None                                  # beyond its room
