@@ -1660,6 +1660,7 @@ cdef extern from "<time.h>" nogil:
     clockid_t CLOCK_REALTIME
 
 DEF ASSERTION_SLOTS = 5     # model.Assertion's __slots__, as its __init__ sets them
+DEF RESULT_SLOTS = 6        # query.QueryResult's fields, as its __init__ sets them
 
 
 cdef tuple _NO_ARGS = ()
@@ -1861,6 +1862,7 @@ DEF L_QUICK = 2
 
 
 DEF ANSWER_SLOTS = 9         # reader.Answer's __slots__ that FirstPage reads (_ANSWER_READ)
+_RESULT_FIELDS = ("concept_path", "lens", "results", "assertions", "next_cursor", "extra")
 _ANSWER_READ = ("token", "results", "ords", "active", "held", "tail", "ptail", "plimit", "gslot")
 DEF A_TOKEN = 0
 DEF A_RESULTS = 1
@@ -1883,6 +1885,9 @@ cdef class FirstPage:
     cdef Py_ssize_t gen_mask, gen_mix, ntop_max
     cdef Py_ssize_t offsets[ASSERTION_SLOTS]
     cdef Py_ssize_t aoffsets[ANSWER_SLOTS]
+    # the QueryResult's six fields' slots (qslots: set in place), or by setattr
+    cdef Py_ssize_t qoffsets[RESULT_SLOTS]
+    cdef bint qslots
     # the Reader's, State's, ReadCache's and AuditLog's fields read (Fields)
     cdef Fields rf, sf, cf, lf
 
@@ -1925,6 +1930,19 @@ cdef class FirstPage:
         t = <PyTypeObject*>self.query_result
         if not isinstance(self.query_result, type) or t.tp_new != PyBaseObject_Type.tp_new:
             raise TypeError("the QueryResult class must use object's __new__")
+        # a __slots__ QueryResult without a __dict__ (query.py's) is filled
+        # as the Assertions are, its six fields set at their slots: six
+        # generic setattrs into a new instance dict were ~1.1k instructions
+        # of a warm query; a class with an instance dict gets the six
+        # setattrs, and one with neither is refused
+        self.qslots = t.tp_dictoffset == 0 and not t.tp_flags & Py_TPFLAGS_MANAGED_DICT
+        if self.qslots:
+            try:
+                for i, name in enumerate(_RESULT_FIELDS):
+                    self.qoffsets[i] = _slot(self.query_result, name)
+            except (TypeError, AttributeError):
+                raise TypeError("the QueryResult class must have an instance dict or a "
+                                "writable slot for each of its six fields") from None
 
     cdef inline object _a(self, ans, int i):
         """``getattr(ans, _ANSWER_READ[i])``: read at its slot when ``ans``
@@ -2127,13 +2145,27 @@ cdef class FirstPage:
         results = [_copy_dict(self.result, r) for r in self._a(ans, A_RESULTS)]
         # QueryResult(concept_path, lens, results, page, None): the dataclass's
         # __init__ sets these six fields, in this order (extra: a new dict)
-        obj = _new(self.query_result)
-        obj.concept_path = concept_path
-        obj.lens = lens
-        obj.results = results
-        obj.assertions = page
-        obj.next_cursor = None
-        obj.extra = {}
+        cdef PyTypeObject* qcls
+        cdef PyObject* q
+        if self.qslots:     # allocated as object.__new__ does, its slots set in place
+            qcls = <PyTypeObject*>self.query_result
+            q = qcls.tp_alloc(qcls, 0)
+            obj = <object>q             # owns the new reference from here
+            Py_DECREF(obj)
+            _put(q, self.qoffsets[0], concept_path)
+            _put(q, self.qoffsets[1], lens)
+            _put(q, self.qoffsets[2], results)
+            _put(q, self.qoffsets[3], page)
+            _put(q, self.qoffsets[4], None)
+            _put(q, self.qoffsets[5], {})
+        else:
+            obj = _new(self.query_result)
+            obj.concept_path = concept_path
+            obj.lens = lens
+            obj.results = results
+            obj.assertions = page
+            obj.next_cursor = None
+            obj.extra = {}
         audit = self.rf.get(reader, R_AUDIT)
         if audit is None:
             return obj

@@ -63,7 +63,10 @@ class Result(dict):
             raise AttributeError(name) from None
 
 
-@dataclass
+# __slots__ (no instance __dict__): the compiled first page sets the six
+# fields at their slots (_query.FirstPage); a __weakref__ slot keeps the
+# instances weak-referenceable, as a plain class's are
+@dataclass(slots=True, weakref_slot=True)
 class QueryResult:
     concept_path: str
     lens: str

@@ -19,8 +19,12 @@ compiled"):
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import pickle
 import random
 import time
+import weakref
 
 import orjson
 import pytest
@@ -85,11 +89,19 @@ def _slots(a: Assertion) -> tuple:
     return (type(a), a.record, a.seq, a.status, a.retraction, a.value)
 
 
+def _fields(res) -> list:
+    """A QueryResult's fields by name, in order, each as a caller reads it
+    (a field left unset raises AttributeError), and its instance dict if it
+    has one (QueryResult is a __slots__ class: it has none)."""
+    return ([(f.name, type(getattr(res, f.name))) for f in dataclasses.fields(res)],
+            getattr(res, "__dict__", None))
+
+
 def _shape(res) -> tuple:
     """Everything a caller can read of a QueryResult."""
-    return (type(res), list(vars(res)), orjson.dumps(res.to_dict()),
+    return (type(res), _fields(res), orjson.dumps(res.to_dict()),
             [_slots(a) for a in res.assertions],
-            [(type(r), list(r)) for r in res.results], res.extra)
+            [(type(r), list(r)) for r in res.results], res.extra, res.next_cursor)
 
 
 def _run(store, monkeypatch, first, queries, rounds=2) -> tuple:
@@ -123,6 +135,8 @@ def test_first_pages_answer_as_run_query_does(clocked, monkeypatch, audit, seed)
     _fill(store, seed)
     ref_shapes, ref_stats, ref_entries = _run(store, monkeypatch, _off, QUERIES)
     assert ref_stats["answer_hits"] > 0, "the repeats were answered from the cache"
+    # (errors are compared as outcomes: most of these queries answer)
+    assert sum(s[0] is Q.QueryResult for s in ref_shapes) > len(ref_shapes) * 3 // 4
     n = len(ref_entries)
     for k, (name, first) in enumerate(IMPLS):
         shapes, stats, entries = _run(store, monkeypatch, first, QUERIES)
@@ -243,6 +257,96 @@ def test_the_real_clock_is_read_as_now_us(opener, monkeypatch):
         assert lo <= e["at_us"] <= hi, name
 
 
+# ------------------------------------------------------------------ the QueryResult
+
+def test_query_result_is_a_slotted_dataclass():
+    """What the embedded API keeps of QueryResult as a __slots__ class:
+    its fields by attribute, in order, with their defaults; ``==``, repr,
+    ``dataclasses.replace``/``asdict``, pickling (protocol 2 and up, as an
+    Assertion's), copies and weak references.  No instance ``__dict__``
+    (``vars()``, a new attribute): what the compiled page sets in place."""
+    res = Q.QueryResult("d/e0", "recency", [Q.Result(a=1)], [])
+    assert [f.name for f in dataclasses.fields(res)] == [
+        "concept_path", "lens", "results", "assertions", "next_cursor", "extra"]
+    assert (res.next_cursor, res.extra) == (None, {})
+    assert res.extra is not Q.QueryResult("d/e0", "recency", [], []).extra
+    assert dataclasses.replace(res, next_cursor="c").next_cursor == "c"
+    assert dataclasses.asdict(res)["results"] == [{"a": 1}]
+    for proto in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        assert pickle.loads(pickle.dumps(res, proto)) == res
+    assert weakref.ref(res)() is res
+    assert "QueryResult(concept_path='d/e0'" in repr(res)
+    assert not hasattr(res, "__dict__")
+    res.extra = {"k": 1}        # a field is still assignable
+    assert res.extra == {"k": 1}
+
+
+@pytest.mark.parametrize("audit", [False, True])
+def test_a_warm_query_result_is_the_callers_own(clocked, monkeypatch, audit):
+    """A held answer's page, served twice: a caller changing everything it
+    got (the fields, the results dicts, the lists, extra) changes nothing
+    the next query gets, in both builds, and every field is set."""
+    store = clocked(audit=audit)
+    _fill(store, 0)
+    got = {}
+    for name, first in IMPLS:
+        set_first(monkeypatch, first)
+        store.reader.cache.clear()
+        shapes = []
+        for i in range(4):
+            res = store.query("d/e1", predicate="p1")
+            shapes.append(copy.deepcopy(_shape(res)))     # (before it is changed)
+            res.results[0]["winner"] = None
+            res.results.append(Q.Result(x=i))
+            res.assertions.clear()
+            res.extra["x"] = i
+            res.concept_path = res.lens = res.next_cursor = "changed"
+        assert shapes[1:] == shapes[:1] * 3, name
+        assert shapes[0][0] is Q.QueryResult and shapes[0][3], name
+        got[name] = shapes[0]
+    assert all(v == got["pure"] for v in got.values())
+
+
+@dataclasses.dataclass
+class DictResult:
+    """QueryResult as a plain dataclass (an instance dict): the compiled
+    page sets its fields by setattr."""
+    concept_path: str
+    lens: str
+    results: list
+    assertions: list
+    next_cursor: str | None = None
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def test_a_query_result_class_with_a_dict_is_set_by_name(clocked):
+    """A first page made with a QueryResult class that has an instance dict
+    answers what the twin answers with it: the same fields, in the same
+    order, in the instance dict."""
+    store = clocked(audit=True)
+    _fill(store, 0)
+    env = list(Q._FIRST_ENV)
+    env[7] = DictResult
+    got = {}
+    for name, make in [("pure", qpure.first_page)] + (
+            [("compiled", _query.first_page)] if _query is not None else []):
+        first = make(tuple(env))
+        store.reader.cache.clear()
+        out = []
+        for _ in range(3):
+            try:
+                res = first(store.reader, "d/e1", "p1", False, "recency", 100, None)
+                out.append((type(res), vars(res) if hasattr(res, "__dict__") else
+                            [getattr(res, n, "unset") for n in
+                             ("concept_path", "lens", "next_cursor", "extra")]))
+            except Exception as exc:  # noqa: BLE001 - compared as outcomes
+                out.append(type(exc))
+        got[name] = out
+    assert all(v == got["pure"] for v in got.values()), got
+    assert got["pure"][1][0] is DictResult      # (the first is the cold page's run_query's)
+    assert list(got["pure"][1][1]) == [f.name for f in dataclasses.fields(DictResult)]
+
+
 # ------------------------------------------------------------------ answer_token
 
 def _tokens(st, paths, pred, desc):
@@ -326,7 +430,19 @@ def test_it_refuses_classes_it_cannot_build_in_place():
         def __init__(self, *a):
             super().__init__(*a)
 
-    for i, bad in ((8, WithDict), (8, Slotted), (6, NotDict)):
+    @dataclasses.dataclass(slots=True)
+    class MissingSlot:      # (QueryResult without ``extra``: nowhere to set it)
+        concept_path: str
+        lens: str
+        results: list
+        assertions: list
+        next_cursor: str | None = None
+
+    class ReadOnly:         # (a field that is no writable slot)
+        __slots__ = ("concept_path", "lens", "results", "assertions", "next_cursor")
+        extra = property(lambda self: {})
+
+    for i, bad in ((8, WithDict), (8, Slotted), (6, NotDict), (7, MissingSlot), (7, ReadOnly)):
         e = list(env)
         e[i] = bad
         with pytest.raises(TypeError):

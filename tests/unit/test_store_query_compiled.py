@@ -26,6 +26,7 @@ from stemedb.core import query as Q
 from stemedb.core import store as store_mod
 from stemedb.core.store import Store
 from tests.unit.test_query_fastpath import clocked  # noqa: F401 (a fixture: the store at a set clock)
+from tests.unit.test_query_first_page import _fields
 
 try:
     from stemedb.core import _query  # type: ignore[attr-defined]
@@ -96,7 +97,7 @@ def _outcome(fn):
         res = fn()
     except Exception as exc:  # noqa: BLE001 - the error itself is compared
         return ("raised", type(exc), str(exc), getattr(exc, "field", None))
-    return ("answer", type(res), list(vars(res)), orjson.dumps(res.to_dict()))
+    return ("answer", type(res), _fields(res), orjson.dumps(res.to_dict()))
 
 
 def _shapes(s, cursor):
