@@ -921,6 +921,17 @@ def ord_list(o):
 from stemedb.core import index as _index     # its MERGE_AT, read per call as MultiMap does
 
 
+cdef inline int _recent_add(dict recent, object key, object o) except -1:
+    """``o`` under ``key`` in a MultiMap's recent dict (map_add without the
+    count and the merge)."""
+    cdef PyObject* lst = PyDict_GetItem(recent, key)
+    if lst == NULL:
+        PyDict_SetItem(recent, key, _ord_list(o))
+    else:
+        PyList_Append(<object>lst, o)
+    return 0
+
+
 def map_add(m, key, o):
     """``MultiMap.add(m, key, o)`` (its pure twin): ordinal ``o`` under
     ``key`` in ``m``'s recent dict, a new key's list untracked; then the
@@ -933,18 +944,11 @@ def map_add_many(m, list keys, ords):
     ``ords[i]`` (a list or a range of ascending ordinals), new keys' lists
     untracked, then at most one merge."""
     cdef dict recent = m.recent
-    cdef PyObject* lst
     cdef Py_ssize_t i, n = len(keys)
     if len(ords) < n:
         raise ValueError("map_add_many: fewer ordinals than keys")
     for i in range(n):
-        k = keys[i]
-        o = ords[i]
-        lst = PyDict_GetItem(recent, k)
-        if lst == NULL:
-            PyDict_SetItem(recent, k, _ord_list(o))
-        else:
-            PyList_Append(<object>lst, o)
+        _recent_add(recent, keys[i], ords[i])
     total = m.n_recent + n
     m.n_recent = total
     if total >= _index.MERGE_AT:
@@ -954,12 +958,7 @@ def map_add_many(m, list keys, ords):
 cdef inline int _add1(object m, object key, object o, object merge_at) except -1:
     """map_add's body: ``o`` under ``key`` in ``m``'s recent dict, then the
     merge at ``merge_at`` additions."""
-    cdef dict recent = m.recent
-    cdef PyObject* lst = PyDict_GetItem(recent, key)
-    if lst == NULL:
-        PyDict_SetItem(recent, key, _ord_list(o))
-    else:
-        PyList_Append(<object>lst, o)
+    _recent_add(m.recent, key, o)
     n = m.n_recent + 1
     m.n_recent = n
     if n >= merge_at:
@@ -1115,7 +1114,6 @@ def add_recent(dict recent, cnp.ndarray keys, Py_ssize_t first, vals=None):
     cdef const int32_t* va = NULL
     cdef const int64_t* ks = NULL
     cdef cnp.ndarray varr
-    cdef PyObject* lst
     if n < 0 or not cnp.PyArray_IS_C_CONTIGUOUS(keys) or typenum not in (cnp.NPY_INT64, cnp.NPY_UINT64):
         raise ValueError("add_recent: keys must be a contiguous 1-d int64 or uint64 array")
     ks = <const int64_t*>cnp.PyArray_DATA(keys)
@@ -1130,12 +1128,7 @@ def add_recent(dict recent, cnp.ndarray keys, Py_ssize_t first, vals=None):
             k = PyLong_FromLongLong(ks[i])
         else:
             k = PyLong_FromUnsignedLongLong(<uint64_t>ks[i])
-        o = (va[i] if va != NULL else first + i)
-        lst = PyDict_GetItem(recent, k)
-        if lst == NULL:
-            PyDict_SetItem(recent, k, _ord_list(o))
-        else:
-            PyList_Append(<object>lst, o)
+        _recent_add(recent, k, va[i] if va != NULL else first + i)
     return n
 
 
@@ -1293,17 +1286,6 @@ def index_one(buf, Py_ssize_t off, int64_t seq, int64_t loc_base, Py_ssize_t fir
     finally:
         PyBuffer_Release(&view)
     return (row.hkey, row.key, row.pid, row.src if row.has_src else None, row.rec, edge)
-
-
-cdef inline int _recent_add(dict recent, object key, object o) except -1:
-    """``o`` under ``key`` in a MultiMap's recent dict (map_add without the
-    count and the merge)."""
-    cdef PyObject* lst = PyDict_GetItem(recent, key)
-    if lst == NULL:
-        PyDict_SetItem(recent, key, _ord_list(o))
-    else:
-        PyList_Append(<object>lst, o)
-    return 0
 
 
 cdef dict _map_merged(object m, Py_ssize_t* count):

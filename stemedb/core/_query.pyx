@@ -1371,46 +1371,39 @@ def audit_head_keep(tuple names, bytes tail, number, at, agent, params, ans):
     every page of the answer is asked with but the limit.  Both slots are
     set here, under the GIL with no Python code run between them (a hit
     reads the pair in one piece)."""
-    cdef Py_ssize_t h
-    if not _head_ok(names, number, at, agent, params):
-        return None
-    cdef Line* o = _scratch_line()
-    try:
-        _stamp_head(o, number, at, agent)
-        h = o.n
-        _params_json(o, names, <tuple>params, _keys_of(names))
-    except UnicodeEncodeError:
-        return None
-    pt = limit = None
-    if len(<tuple>params) > 11 and type((<tuple>params)[11]) is int:
-        limit = (<tuple>params)[11]
-        pt = PyBytes_FromStringAndSize(o.p + h, o.n - h)
-    _raw(o, <const char*>tail, len(tail))
-    line = _scratch_bytes()
-    # (the answer read only once the scratch buffer is done with)
-    if (pt is not None and getattr(ans, "ptail", None) is None
-            and PyBytes_GET_SIZE(pt) + 33 <= ans.proom):    # (the bytes object's own 33)
-        ans.ptail = pt
-        ans.plimit = limit
+    kept = []
+    line = _audit_head(names, tail, number, at, agent, params, _keys_of(names), kept)
+    if (line is not None and len(<tuple>params) > 11 and type((<tuple>params)[11]) is int
+            and getattr(ans, "ptail", None) is None
+            and PyBytes_GET_SIZE(kept[0]) + 33 <= ans.proom):   # (the bytes object's own 33)
+        ans.ptail = kept[0]
+        ans.plimit = (<tuple>params)[11]
     return line
 
 
 cdef Line _scratch                  # _audit_head's buffer, kept between calls
 
 
-cdef object _audit_head(tuple names, bytes tail, number, at, agent, params, tuple keys):
+cdef object _audit_head(tuple names, bytes tail, number, at, agent, params, tuple keys,
+                        list kept=None):
     """audit_head (``keys``: see _head).  The head is written into one
     buffer kept between calls (the GIL is held from here to the bytes made
     from it, and nothing in between runs Python code), not a buffer
     allocated and freed per line (a warm R1 query's line: malloc and free
-    of 1 KiB, above pymalloc's 512 bytes)."""
+    of 1 KiB, above pymalloc's 512 bytes).  ``kept``: a list the line's
+    parameters' JSON is appended to, as bytes (audit_head_keep)."""
+    cdef Py_ssize_t h
     if not _head_ok(names, number, at, agent, params):
         return None
     cdef Line* o = _scratch_line()
     try:
-        _head(o, names, number, at, agent, <tuple>params, keys)
+        _stamp_head(o, number, at, agent)      # (_head, split where the parameters start)
+        h = o.n
+        _params_json(o, names, <tuple>params, keys)
     except UnicodeEncodeError:
         return None
+    if kept is not None:
+        kept.append(PyBytes_FromStringAndSize(o.p + h, o.n - h))
     _raw(o, <const char*>tail, len(tail))
     return _scratch_bytes()
 
