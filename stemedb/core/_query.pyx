@@ -1694,6 +1694,83 @@ cdef Py_ssize_t _slot(cls, str name) except -1:
     return m.offset
 
 
+cdef extern from *:
+    """
+    /* Prefetches (hints only: nothing is read through them that the hit
+       does not read itself, no reference is taken, no Python code runs).
+       In bench.run's R1 the peers' slices of 250 queries between ours
+       leave a warm answer's objects out of the caches, and the hit reads
+       them as a chain of dependent misses: the Answer, its held tuple, the
+       record and seq lists, their item arrays, each record and seq (their
+       reference counts), the results list, each Result dict, its keys and
+       values.  stemedb_warm_answer asks for the Answer's fields' objects at
+       once (by _gslot_hit, as soon as the Answer is found, so that they
+       come in under the token check and the LRU move); stemedb_warm_page
+       walks the rest level by level, each level's objects asked for
+       together, so the hit waits about once a level instead of once an
+       object (bench/results/r1-interleave-2026-11-28-session16.md). */
+    #define STEMEDB_WARM_MAX 64
+    static inline void stemedb_pf(const void* p) {
+        if (p) __builtin_prefetch(p, 1, 3);
+    }
+    static inline void stemedb_warm_answer(PyObject* held, PyObject* results, PyObject* ords) {
+        stemedb_pf(held);
+        stemedb_pf(results);
+        stemedb_pf(ords);
+    }
+    static void stemedb_warm_page(PyObject* held, PyObject* results) {
+        PyObject *recs = NULL, *seqs = NULL, **ri = NULL, **si = NULL, **di = NULL;
+        Py_ssize_t nr = 0, ns = 0, nd = 0, i;
+        Py_ssize_t pos;
+        PyObject *k, *v;
+        if (held && PyTuple_CheckExact(held) && PyTuple_GET_SIZE(held) == 2) {
+            recs = PyTuple_GET_ITEM(held, 0);
+            seqs = PyTuple_GET_ITEM(held, 1);
+            stemedb_pf(recs);
+            stemedb_pf(seqs);
+        }
+        if (results && PyList_CheckExact(results)) {
+            di = ((PyListObject*)results)->ob_item;
+            nd = PyList_GET_SIZE(results);
+            if (nd > STEMEDB_WARM_MAX) nd = STEMEDB_WARM_MAX;
+            stemedb_pf(di);
+        }
+        if (recs && PyList_CheckExact(recs)) {
+            ri = ((PyListObject*)recs)->ob_item;
+            nr = PyList_GET_SIZE(recs);
+            stemedb_pf(ri);
+        }
+        if (seqs && PyList_CheckExact(seqs)) {
+            si = ((PyListObject*)seqs)->ob_item;
+            ns = PyList_GET_SIZE(seqs);
+            stemedb_pf(si);
+        }
+        if (nr > STEMEDB_WARM_MAX) nr = STEMEDB_WARM_MAX;
+        if (ns > STEMEDB_WARM_MAX) ns = STEMEDB_WARM_MAX;
+        for (i = 0; i < nd; i++) stemedb_pf(di[i]);
+        for (i = 0; i < nr; i++) stemedb_pf(ri[i]);
+        for (i = 0; i < ns; i++) stemedb_pf(si[i]);
+        for (i = 0; i < nd; i++) {
+            if (di[i] && PyDict_Check(di[i])) {
+                const char* keys = (const char*)((PyDictObject*)di[i])->ma_keys;
+                stemedb_pf(keys);
+                stemedb_pf(keys + 64);
+                stemedb_pf(keys + 128);
+                stemedb_pf(keys + 192);
+            }
+        }
+        for (i = 0; i < nd; i++) {
+            if (di[i] && PyDict_Check(di[i])) {
+                pos = 0;
+                while (PyDict_Next(di[i], &pos, &k, &v)) stemedb_pf(v);
+            }
+        }
+    }
+    """
+    void stemedb_warm_answer(PyObject* held, PyObject* results, PyObject* ords)
+    void stemedb_warm_page(PyObject* held, PyObject* results)
+
+
 cdef class ReaderLock       # (below, with CacheLock)
 cdef class CacheLock
 
@@ -1947,6 +2024,13 @@ cdef class FirstPage:
                 return <object>v
         return getattr(ans, _ANSWER_READ[i])
 
+    cdef inline PyObject* _at(self, PyObject* e, int i):
+        """The object at an Answer's (``e``, of the class itself) slot
+        ``i``, borrowed, or NULL (for the prefetches only)."""
+        if self.aoffsets[i] > 0:
+            return (<PyObject**>(<char*>e + self.aoffsets[i]))[0]
+        return NULL
+
     cdef object _page(self, st, ans):
         """qpure.held_page.  Each Assertion is allocated as object.__new__
         allocates it (its type's tp_alloc: zeroed, tracked) and its five
@@ -2109,6 +2193,9 @@ cdef class FirstPage:
                     token = _answer_token(st, path_ids, pred_ids, paths, predicate, incl,
                                           self.gen_mask, self.gen_mix)
                     ans = self._cached(cache, akey, token, None, None)
+            if ans is not None and type(ans) is self.answer_cls:
+                stemedb_warm_page(self._at(<PyObject*>ans, A_HELD),
+                                  self._at(<PyObject*>ans, A_RESULTS))
             if (ans is not None and self._a(ans, A_HELD) is not None
                     and len(self._a(ans, A_ORDS)) <= limit):
                 page = self._page(st, ans)
@@ -2201,6 +2288,7 @@ cdef class FirstPage:
             if e == NULL or type(<object>e) is not self.answer_cls:
                 return None
             ans = <object>e
+            stemedb_warm_answer(self._at(e, A_HELD), self._at(e, A_RESULTS), self._at(e, A_ORDS))
             v = (<PyObject**>(<char*>e + self.aoffsets[A_GSLOT]))[0]
             if v == NULL or type(<object>v) is not int:
                 return None
@@ -2255,6 +2343,9 @@ cdef class FirstPage:
                 self.cf.bump(cache, C_MISSES)
                 return None
             ans = <object>e
+            if type(ans) is self.answer_cls:
+                stemedb_warm_answer(self._at(e, A_HELD), self._at(e, A_RESULTS),
+                                    self._at(e, A_ORDS))
             if type(d) is _ODict:
                 _MOVE_TO_END(d, key)
             else:

@@ -150,6 +150,14 @@ DAMAGES = {
     "no-tail": lambda a: delattr(a, "tail"),
     "no-ptail": lambda a: delattr(a, "ptail"),
     "no-ords": lambda a: delattr(a, "ords"),
+    # shapes the compiled hit's prefetches (_query.stemedb_warm_page) pass
+    # over without reading through them: the page is the twin's
+    "held-list": lambda a: setattr(a, "held", list(a.held)),
+    "held-three": lambda a: setattr(a, "held", a.held + ([],)),
+    "held-none-item": lambda a: setattr(a, "held", (a.held[0], None)),
+    "results-tuple": lambda a: setattr(a, "results", tuple(a.results)),
+    "results-many": lambda a: setattr(a, "results", list(a.results) * 70),
+    "results-dicts": lambda a: setattr(a, "results", [dict(r) for r in a.results]),
 }
 
 
