@@ -1015,13 +1015,19 @@ cdef int _head(Line* o, tuple names, number, at, agent, tuple params,
 
 cdef int _stamp_head(Line* o, number, at, agent) except -1:
     """_head's ``{"id":..,"at":..,"at_us":..,"agent":..``."""
-    _raw(o, b'{', 1)
     # the id's low 16 bits read in C (no int object made for them)
     cdef unsigned long low
     if type(number) is int:
         low = PyLong_AsUnsignedLongMask(number) & 0xFFFF
     else:
         low = number & 0xFFFF
+    return _stamp(o, low, at, agent)
+
+
+cdef int _stamp(Line* o, unsigned long low, int64_t at, agent) except -1:
+    """_stamp_head of the id's low 16 bits (a KeptLine's, written at the
+    flush)."""
+    _raw(o, b'{', 1)
     _jstamp(o, at, low)
     _raw(o, b',"at_us":', 9)
     _jint(o, at)
@@ -1424,6 +1430,174 @@ cdef bytes _scratch_bytes():
         PyMem_Free(_scratch.p)
         _scratch.p = NULL
     return line
+
+
+# ------------------------------------------------------------ the kept line, built at the flush
+# A warm hit's line is the id, the times and the agent, then the answer's
+# kept parameters' JSON (``ptail``) and its kept end (``tail``): the hit
+# queues those (a KeptLine: the id's low bits, the time, three references)
+# and the flush writes the lines of a chunk into one bytes object
+# (audit_take).  Made on the query's thread, each line was a ~1 KB bytes
+# object (malloc and free: above pymalloc's 512 bytes) its pieces copied
+# into, then copied again by the flush's join, its pieces popped and
+# appended one by one by the flush's Python loop.
+
+cimport cython
+
+cdef extern from "Python.h":
+    PyObject* _bytes_of_size "PyBytes_FromStringAndSize"(const char* s, Py_ssize_t n)
+    int _PyBytes_Resize(PyObject** b, Py_ssize_t n) except -1
+
+
+@cython.freelist(512)
+@cython.no_gc
+@cython.final
+cdef class KeptLine:
+    """A queued line: ``{"id":..,"at":..,"at_us":..,"agent":..`` (the id's
+    low 16 bits ``low``, the time ``at``, the agent: None or a str whose
+    UTF-8 was read when queued, ``alen`` bytes) then ``pt`` and ``tail``
+    as they are.  Holds no answer, only the two bytes objects the answer
+    holds (no more than the line itself was), and nothing that can hold it
+    (no cycles: not tracked by the GC)."""
+    cdef unsigned long low
+    cdef int64_t at
+    cdef Py_ssize_t alen
+    cdef object agent
+    cdef bytes pt, tail
+
+
+cdef object _kept(number, at, agent, bytes pt, bytes tail):
+    """The KeptLine of _kept_line's checked pieces (``number`` an int,
+    ``at`` an int64 stamp, ``agent`` None or a str); None when the agent
+    has no UTF-8 (a lone surrogate: _stamp_head's UnicodeEncodeError), as
+    _kept_line's line was None, so the flush only copies."""
+    cdef Py_ssize_t alen = 0
+    if agent is not None:
+        try:
+            PyUnicode_AsUTF8AndSize(agent, &alen)      # (kept by the str)
+        except UnicodeEncodeError:
+            return None
+    cdef KeptLine k = KeptLine.__new__(KeptLine)
+    k.low = PyLong_AsUnsignedLongMask(number) & 0xFFFF
+    k.at = at
+    k.alen = alen
+    k.agent = agent
+    k.pt = pt
+    k.tail = tail
+    return k
+
+
+def kept_line(tuple names, bytes tail, number, at, agent, params):
+    """audit_head's line as a warm hit queues it (a KeptLine, built by
+    audit_take), for the parity tests: None where audit_head gives None."""
+    cdef Line* o
+    if not _head_ok(names, number, at, agent, params):
+        return None
+    o = _scratch_line()
+    try:
+        _params_json(o, names, <tuple>params, _keys_of(names))
+    except UnicodeEncodeError:
+        return None
+    return _kept(number, at, agent, _scratch_bytes(), tail)
+
+
+DEF KEPT_HEAD = 128     # a KeptLine's head but its agent: 1 + 64 (_jstamp) + 9 + 20 + 9 + 4
+
+
+def audit_take(q, Py_ssize_t budget, ids, dumps, pending):
+    """audit.take_lines, compiled: entries popped off the deque ``q``
+    while it has some and ``budget`` is left, a finished line (bytes) or a
+    KeptLine at no cost, anything else 1, built as its twin builds it
+    (``pending``: audit.Pending, numbered from ``ids``; ``dumps``: orjson's).
+    Every line is written, in queue order, into one bytes object of their
+    length.  ``(data, ends, failed, error)``: ``ends`` the lines' end
+    offsets (packed Py_ssize_t: split_lines), ``failed`` the entries that
+    could not be built and ``error`` the last one's exception."""
+    cdef list items = []
+    cdef Py_ssize_t need = 0, i, j, nl, start
+    cdef Py_ssize_t failed = 0
+    cdef KeptLine k
+    cdef Line o
+    cdef PyObject* raw
+    cdef Py_ssize_t* ends
+    error = None
+    popleft = q.popleft
+    while budget > 0 and len(q):
+        fn = popleft()
+        t = type(fn)
+        if t is KeptLine:
+            k = <KeptLine>fn
+            need += (KEPT_HEAD + 6 * k.alen + PyBytes_GET_SIZE(k.pt)
+                     + PyBytes_GET_SIZE(k.tail))
+        elif t is bytes:
+            need += PyBytes_GET_SIZE(fn)
+        else:
+            budget -= 1
+            try:
+                e = fn[0](next(ids), *fn[1:]) if t is pending else fn()
+                fn = dumps(e) + b"\n"
+            except Exception as exc:  # noqa: BLE001 - counted by the caller
+                failed += 1
+                error = exc
+                continue
+            need += PyBytes_GET_SIZE(fn)
+        items.append(fn)
+    nl = len(items)
+    ends_b = PyBytes_FromStringAndSize(NULL, nl * sizeof(Py_ssize_t))
+    ends = <Py_ssize_t*>PyBytes_AS_STRING(ends_b)
+    raw = _bytes_of_size(NULL, need)
+    if raw == NULL:
+        raise MemoryError()
+    data = <object>raw              # owns the new reference from here
+    Py_DECREF(data)
+    # the lines written in place: ``need`` bounds every write below, so
+    # _room never grows this buffer (it is the bytes object's own)
+    o.p = PyBytes_AS_STRING(data)
+    o.n = 0
+    o.cap = need
+    j = 0
+    for i in range(nl):
+        fn = <object>PyList_GET_ITEM(items, i)
+        if type(fn) is KeptLine:
+            k = <KeptLine>fn
+            start = o.n
+            if (start + KEPT_HEAD + 6 * k.alen + PyBytes_GET_SIZE(k.pt)
+                    + PyBytes_GET_SIZE(k.tail) > o.cap):
+                raise SystemError("audit_take: a line outgrew its bound")    # (never)
+            try:
+                _stamp(&o, k.low, k.at, k.agent)
+            except Exception as exc:  # noqa: BLE001 - (checked when queued: not seen)
+                o.n = start
+                failed += 1
+                error = exc
+                continue
+            _raw(&o, PyBytes_AS_STRING(k.pt), PyBytes_GET_SIZE(k.pt))
+            _raw(&o, PyBytes_AS_STRING(k.tail), PyBytes_GET_SIZE(k.tail))
+        else:
+            _raw(&o, PyBytes_AS_STRING(fn), PyBytes_GET_SIZE(fn))
+        ends[j] = o.n
+        j += 1
+    if j != nl:
+        ends_b = ends_b[:j * sizeof(Py_ssize_t)]
+    if o.n != need:
+        raw = <PyObject*>data
+        Py_INCREF(data)
+        data = None
+        _PyBytes_Resize(&raw, o.n)
+        data = <object>raw
+        Py_DECREF(data)
+    return data, ends_b, failed, error
+
+
+def split_lines(bytes data, bytes ends):
+    """audit_take's data as its lines (the list its twin gives)."""
+    cdef const Py_ssize_t* e = <const Py_ssize_t*>PyBytes_AS_STRING(ends)
+    cdef Py_ssize_t i, at = 0, n = PyBytes_GET_SIZE(ends) // sizeof(Py_ssize_t)
+    out = []
+    for i in range(n):
+        out.append(data[at:e[i]])
+        at = e[i]
+    return out
 
 
 # ------------------------------------------------------------ gather and ranking helpers
@@ -2277,11 +2451,10 @@ cdef class FirstPage:
         reserved ``proom``.  The kept bytes are the parameters' alone: with
         ``tail`` in them too (as before session 11) every held answer held
         its tail twice, ~2 KB of a 20-candidate answer that its size did not
-        count.  The line is made as one bytes object of its length, the
-        head written in the scratch buffer and the kept pieces copied once."""
+        count.  Returned as a KeptLine of the pieces (the kept JSON as it
+        is now: a page of another limit may replace it before the flush),
+        written by the flush (audit_take)."""
         cdef Line* o
-        cdef Py_ssize_t h, npt, nt
-        cdef char* w
         pt = self._a(ans, A_PTAIL)
         if type(pt) is not bytes or self._a(ans, A_PLIMIT) != limit:
             params = _params(concept_path, predicate, include_descendants, lens, limit)
@@ -2292,28 +2465,14 @@ cdef class FirstPage:
                 _params_json(o, self.names, params, self.keys)
             except UnicodeEncodeError:
                 return None
-            pt = PyBytes_FromStringAndSize(o.p, o.n)
-            if o.n + 33 <= ans.proom:   # the bytes object's own 33 included
+            pt = _scratch_bytes()
+            if PyBytes_GET_SIZE(pt) + 33 <= ans.proom:   # the bytes object's own 33 included
                 ans.ptail = pt
                 ans.plimit = limit
         elif not (type(number) is int and _is_i64(at) and 0 <= at <= MAX_STAMP
                   and (agent is None or type(agent) is str)):
             return None             # (_head_ok's checks of what is not kept)
-        o = _scratch_line()
-        try:
-            _stamp_head(o, number, at, agent)
-        except UnicodeEncodeError:
-            return None
-        h, npt, nt = o.n, PyBytes_GET_SIZE(pt), PyBytes_GET_SIZE(tail)
-        line = PyBytes_FromStringAndSize(NULL, h + npt + nt)
-        w = PyBytes_AS_STRING(line)
-        memcpy(w, o.p, h)
-        memcpy(w + h, PyBytes_AS_STRING(pt), npt)
-        memcpy(w + h + npt, PyBytes_AS_STRING(tail), nt)
-        if _scratch.cap > 65536:    # (as _scratch_bytes: a long agent's line)
-            PyMem_Free(_scratch.p)
-            _scratch.p = NULL
-        return line
+        return _kept(number, at, agent, pt, tail)
 
     cdef bint _line(self, reader, audit, ans, agent, concept_path, predicate,
                     include_descendants, lens, limit) except -1:
