@@ -1500,7 +1500,7 @@ cdef class KeptLine:
     cdef bytes pt, tail
 
 
-cdef object _kept(number, at, agent, bytes pt, bytes tail):
+cdef object _kept(number, int64_t at, agent, bytes pt, bytes tail):
     """The KeptLine of _kept_line's checked pieces (``number`` an int,
     ``at`` an int64 stamp, ``agent`` None or a str); None when the agent
     has no UTF-8 (a lone surrogate: _stamp_head's UnicodeEncodeError), as
@@ -2212,6 +2212,16 @@ cdef class FirstPage:
             return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
         return clock()
 
+    cdef bint _now(self, reader, int64_t* out) except -1:
+        """_clock's CLOCK_REALTIME read, as an int64 in ``out`` (True), when
+        the reader's clock is timeutil.now_us; else False (call _clock)."""
+        cdef timespec ts
+        clock = self.rf.get(reader, R_CLOCK)
+        if clock is self.now_us and clock_gettime(CLOCK_REALTIME, &ts) == 0 and ts.tv_sec >= 0:
+            out[0] = <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+            return True
+        return False
+
     def __call__(self, reader, concept_path, predicate, include_descendants, lens, limit,
                  agent):
         return self._first(reader, concept_path, predicate, include_descendants, lens, limit,
@@ -2472,8 +2482,8 @@ cdef class FirstPage:
         finally:
             _give_cache_lock(lock, ours)
 
-    cdef object _kept_line(self, ans, bytes tail, number, at, agent, concept_path, predicate,
-                           include_descendants, lens, limit):
+    cdef object _kept_line(self, ans, bytes tail, number, int64_t at, bint at_ok, agent,
+                           concept_path, predicate, include_descendants, lens, limit):
         """_audit_head's line, its parameters' JSON kept by the answer
         (``ans.ptail``, for pages of ``ans.plimit``) once written (by the
         query that made it, audit_head_keep, or here): the same
@@ -2487,12 +2497,13 @@ cdef class FirstPage:
         its tail twice, ~2 KB of a 20-candidate answer that its size did not
         count.  Returned as a KeptLine of the pieces (the kept JSON as it
         is now: a page of another limit may replace it before the flush),
-        written by the flush (audit_take)."""
+        written by the flush (audit_take).  ``at_ok``: ``at`` is a time the
+        line writes (_head_ok's check of it)."""
         cdef Line* o
         pt = self._a(ans, A_PTAIL)
         if type(pt) is not bytes or self._a(ans, A_PLIMIT) != limit:
             params = _params(concept_path, predicate, include_descendants, lens, limit)
-            if not _head_ok(self.names, number, at, agent, params):
+            if not (at_ok and _head_ok(self.names, number, at, agent, params)):
                 return None
             o = _scratch_line()
             try:
@@ -2503,8 +2514,7 @@ cdef class FirstPage:
             if PyBytes_GET_SIZE(pt) + 33 <= ans.proom:   # the bytes object's own 33 included
                 ans.ptail = pt
                 ans.plimit = limit
-        elif not (type(number) is int and _is_i64(at) and 0 <= at <= MAX_STAMP
-                  and (agent is None or type(agent) is str)):
+        elif not (type(number) is int and at_ok and (agent is None or type(agent) is str)):
             return None             # (_head_ok's checks of what is not kept)
         return _kept(number, at, agent, pt, tail)
 
@@ -2521,13 +2531,27 @@ cdef class FirstPage:
         if (type(audit) is not self.log_cls or type(tail) is not bytes or not tail
                 or not (agent is None or type(agent) is str)):
             return False
-        at = self._clock(reader)
+        cdef int64_t at_c = 0
+        cdef bint at_ok
+        cdef int over = 0
+        cdef long long quick
+        cdef bint below
+        at = None
+        if self._now(reader, &at_c):        # (no int made for the time)
+            at_ok = 0 <= at_c <= MAX_STAMP
+        else:
+            at = self._clock(reader)
+            at_ok = _is_i64(at) and 0 <= at <= MAX_STAMP
+            if at_ok:
+                at_c = at
         try:
             if self.keep_params:
-                line = self._kept_line(ans, tail, next(self.lf.get(audit, L_IDS)), at, agent, concept_path,
-                                       predicate, include_descendants, lens, limit)
+                line = self._kept_line(ans, tail, next(self.lf.get(audit, L_IDS)), at_c, at_ok,
+                                       agent, concept_path, predicate, include_descendants,
+                                       lens, limit)
             else:
-                line = _audit_head(self.names, tail, next(self.lf.get(audit, L_IDS)), at, agent,
+                line = _audit_head(self.names, tail, next(self.lf.get(audit, L_IDS)),
+                                   at_c if at is None else at, agent,
                                    _params(concept_path, predicate, include_descendants, lens,
                                            limit), self.keys)
         except Exception:  # noqa: BLE001 - qaudit._audit builds it (or counts it)
@@ -2535,7 +2559,13 @@ cdef class FirstPage:
         if line is None:
             return False
         q = self.lf.get(audit, L_QUEUE)
-        if len(q) < self.lf.get(audit, L_QUICK):
+        bound = self.lf.get(audit, L_QUICK)
+        if type(bound) is int:      # len(q) < bound, compared in C
+            quick = PyLong_AsLongLongAndOverflow(bound, &over)
+            below = over > 0 or (over == 0 and len(q) < quick)
+        else:
+            below = len(q) < bound
+        if below:
             if type(q) is _Deque:
                 _APPEND(q, line)
             else:
