@@ -998,6 +998,7 @@ cdef int _jfloat(Line* o, double v) except -1:
     return 0
 
 DEF MAX_STAMP = 253402300799999999     # 9999-12-31T23:59:59.999999Z in us
+cdef int64_t _MAX_STAMP_C = MAX_STAMP  # (compared as C ints: a DEF this large is a Python int)
 
 
 cdef bint _plain(v):
@@ -1045,7 +1046,6 @@ cdef int _stamp(Line* o, unsigned long low, int64_t at, agent) except -1:
     number: two-digit steps and a call of _raw were ~200 instructions of a
     warm R1 query's line)."""
     cdef char* w
-    cdef int64_t frac
     _room(o, 1 + 64 + 9 + 20 + 9)      # ("{", _jstamp's, at_us's and the agent's key)
     o.p[o.n] = b'{'
     o.n += 1
@@ -1056,8 +1056,7 @@ cdef int _stamp(Line* o, unsigned long low, int64_t at, agent) except -1:
     if at >= 1000000:           # (_jstamp kept its second's digits)
         memcpy(w, _secs_text, _secs_len)
         w += _secs_len
-        frac = at % 1000000
-        _digits(w, <int>frac, 6)
+        memcpy(w, w - _secs_len - 9 - 8, 6)    # the microseconds, as "at" ends: ...ffffffZ"
         w += 6
         o.n = w - o.p
     else:
@@ -2528,8 +2527,8 @@ cdef class FirstPage:
             tail = self._a(ans, A_TAIL)
         except AttributeError:      # (not this way: qaudit._audit reads it or not)
             return False
-        if (type(audit) is not self.log_cls or type(tail) is not bytes or not tail
-                or not (agent is None or type(agent) is str)):
+        if (type(audit) is not self.log_cls or type(tail) is not bytes
+                or PyBytes_GET_SIZE(tail) == 0 or not (agent is None or type(agent) is str)):
             return False
         cdef int64_t at_c = 0
         cdef bint at_ok
@@ -2538,7 +2537,7 @@ cdef class FirstPage:
         cdef bint below
         at = None
         if self._now(reader, &at_c):        # (no int made for the time)
-            at_ok = 0 <= at_c <= MAX_STAMP
+            at_ok = 0 <= at_c and at_c <= _MAX_STAMP_C
         else:
             at = self._clock(reader)
             at_ok = _is_i64(at) and 0 <= at <= MAX_STAMP
