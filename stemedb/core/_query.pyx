@@ -1554,9 +1554,13 @@ def audit_take(q, Py_ssize_t budget, ids, dumps, pending):
     cdef PyObject* raw
     cdef Py_ssize_t* ends
     error = None
-    popleft = q.popleft
+    cdef bint plain = type(q) is _Deque and _deque_popleft != NULL
+    popleft = None if plain else q.popleft
     while budget > 0 and len(q):
-        fn = popleft()
+        if plain:
+            fn = _deque_popleft(q, NULL)
+        else:
+            fn = popleft()
         t = type(fn)
         if t is KeptLine:
             k = <KeptLine>fn
@@ -1910,6 +1914,49 @@ from collections import OrderedDict, deque
 # lookup by name was ~230 instructions of each call, callgrind)
 cdef object _ODict = OrderedDict, _MOVE_TO_END = OrderedDict.move_to_end
 cdef object _Deque = deque, _APPEND = deque.append
+
+# deque.append and deque.popleft called as their C functions (METH_O,
+# METH_NOARGS), when CPython's descriptors hold them so: the call through
+# the method descriptor (argument checks, vectorcall) was ~60 instructions
+# of each, a warm R1 query's line queued and popped (callgrind)
+# (a new reference, or NULL with the error set: an object return, as Cython takes it)
+ctypedef object (*_CMethO)(object self, object arg)
+ctypedef object (*_CMethN)(object self, PyObject* unused)
+
+cdef extern from "Python.h":
+    ctypedef struct _MethDef "PyMethodDef":
+        void* ml_meth
+        int ml_flags
+    ctypedef struct _MethDescr "PyMethodDescrObject":
+        _MethDef* d_method
+    int METH_O, METH_NOARGS, METH_VARARGS, METH_KEYWORDS, METH_FASTCALL
+
+from types import MethodDescriptorType as _METHOD_DESCR
+
+
+cdef void* _c_method(name, int flags):
+    """The C function of deque's method ``name`` when it is a plain method
+    descriptor of exactly ``flags``; else NULL (then called as a method)."""
+    d = deque.__dict__.get(name)
+    if type(d) is not _METHOD_DESCR:
+        return NULL
+    cdef _MethDef* m = (<_MethDescr*><PyObject*>d).d_method
+    if m == NULL or m.ml_flags != flags:
+        return NULL
+    return m.ml_meth
+
+
+cdef _CMethO _deque_append = <_CMethO>_c_method("append", METH_O)
+cdef _CMethN _deque_popleft = <_CMethN>_c_method("popleft", METH_NOARGS)
+
+
+cdef inline int _append(q, item) except -1:
+    """``q.append(item)`` for a deque (the class itself)."""
+    if _deque_append != NULL:
+        _deque_append(q, item)
+    else:
+        _APPEND(q, item)
+    return 0
 
 
 cdef extern from *:
@@ -2566,7 +2613,7 @@ cdef class FirstPage:
             below = len(q) < bound
         if below:
             if type(q) is _Deque:
-                _APPEND(q, line)
+                _append(q, line)
             else:
                 q.append(line)
         else:

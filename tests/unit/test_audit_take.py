@@ -304,3 +304,27 @@ def test_a_page_of_another_limit_before_the_flush_keeps_each_lines_own(clocked):
     assert [e["params"]["limit"] for e in entries] == [100, 50, 100, 7, 7]
     assert all(store.audit_query(e["id"])["params"]["limit"] == e["params"]["limit"]
                for e in entries)
+
+
+@pytest.mark.parametrize("subclass", [False, True])
+def test_audit_take_pops_each_entry_once(subclass):
+    """Popped by deque.popleft's C function (a deque subclass by its own
+    popleft): each entry given back once, none kept, none leaked."""
+    import sys
+
+    class Q(collections.deque):
+        popped = 0
+
+        def popleft(self):
+            Q.popped += 1
+            return super().popleft()
+
+    line = b'{"a":1}\n'
+    kept = _query.kept_line(NAMES, b"}\n", 1, 1_764_300_000_000_000, "a", _params("g", 1))
+    q = (Q if subclass else collections.deque)([line, kept] * 5)
+    before = sys.getrefcount(line), sys.getrefcount(kept)
+    data, ends, failed, error = _query.audit_take(q, 1, None, None, None)
+    assert not q and failed == 0 and Q.popped == (10 if subclass else 0)
+    assert _query.split_lines(data, ends)[::2] == [line] * 5
+    del q
+    assert (sys.getrefcount(line), sys.getrefcount(kept)) == (before[0] - 5, before[1] - 5)
