@@ -2566,8 +2566,10 @@ cdef class FirstPage:
 
     cdef bint _line(self, reader, audit, ans, agent, concept_path, predicate,
                     include_descendants, lens, limit) except -1:
-        """qaudit._audit's line from a held answer's kept end, queued;
-        False when that is not the way (no kept end yet, a stand-in audit
+        """qaudit._audit's line from a held answer's kept end, queued (as
+        a KeptLine when the parameters' JSON is kept: written by the
+        flush's audit_take; the same bytes, ids and order); False when that
+        is not the way (no kept end yet, a stand-in audit
         log, an agent or a parameter audit_head does not write): then
         qaudit._audit does what it does."""
         try:

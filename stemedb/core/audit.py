@@ -27,8 +27,11 @@ back off the file, so no torn line is left between two good ones.
 It is not fsynced per query (a crash may lose the last second of audit
 entries, never an assertion); it is fsynced at rotation and at close.  The
 compiled query path queues the entry's finished JSON line (``qaudit._LINE``),
-so the writer only joins and writes bytes, all it finds at once; the pure
-path queues the entry's pieces and the writer builds them in chunks of half
+or, for a warm hit on a held answer, the line's pieces (``_query.KeptLine``:
+the id's number, the time, the agent and the answer's kept parameters' JSON
+and end, referenced, not copied: no more memory than the line), and the
+writer writes a chunk's lines into one bytes object in C
+(``_query.audit_take``), all it finds at once; the pure path queues the entry's pieces and the writer builds them in chunks of half
 the backlog (at least ``CHUNK``), yielding the GIL between chunks, so a busy
 reader never waits for a whole backlog to be serialized.  Reads go newest file first and
 stop at the limit, so they cost what they return, not the whole history.
@@ -285,7 +288,8 @@ class AuditLog:
         dropped.  Half the backlog keeps up with any rate the GIL leaves,
         holding it ~1 ms at a time.  A finished line (the compiled query's)
         costs only its append: they are taken all at once, as chunks of them
-        paid a 5 ms wait each and fell behind a warm loop (8% dropped).
+        paid a 5 ms wait each and fell behind a warm loop (8% dropped).  A
+        KeptLine (a warm compiled hit's) is such a line, written here.
         """
         q = self._queue
         budget = max(CHUNK, len(q) // 2)
