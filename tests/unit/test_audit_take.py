@@ -328,3 +328,25 @@ def test_audit_take_pops_each_entry_once(subclass):
     assert _query.split_lines(data, ends)[::2] == [line] * 5
     del q
     assert (sys.getrefcount(line), sys.getrefcount(kept)) == (before[0] - 5, before[1] - 5)
+
+
+@needs_compiled
+def test_a_lone_warm_hit_reaches_the_disk_by_the_writer_thread(clocked, monkeypatch):  # noqa: F811
+    """No flush: the writer thread writes a lone KeptLine at its next turn,
+    as it wrote a lone line."""
+    monkeypatch.setattr(audit_mod, "FLUSH_EVERY", 0.05)
+    store = clocked(audit=True)
+    _fill(store, 0)
+    store.query("d/e1", predicate="p1")
+    store.audit.flush()
+    before = b"".join(b for _, b in _files(store.audit))
+    store.query("d/e1", predicate="p1", agent="lone")    # a warm hit: its KeptLine queued
+    import time
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        trail = b"".join(b for _, b in _files(store.audit))
+        if len(trail) > len(before):
+            break
+        time.sleep(0.02)
+    new = trail[len(before):].splitlines()
+    assert len(new) == 1 and orjson.loads(new[0])["agent"] == "lone"
