@@ -46,6 +46,7 @@ import re
 import struct
 import threading
 import time
+from typing import Any
 
 import orjson
 
@@ -507,8 +508,8 @@ class AuditLog:
 
 # The chunk's taking: compiled (its lines written into one bytes object,
 # _query.audit_take) or take_lines
-_TAKE = qfast._query.audit_take if qfast.COMPILED else None
-_SPLIT = qfast._query.split_lines if qfast.COMPILED else None
+_TAKE: Any = qfast._query.audit_take if qfast.COMPILED else None
+_SPLIT: Any = qfast._query.split_lines if qfast.COMPILED else None
 _END = struct.calcsize("n")             # bytes of one of audit_take's line ends
 
 
