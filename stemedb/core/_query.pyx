@@ -1573,6 +1573,8 @@ def audit_take(q, Py_ssize_t budget, ids, dumps, pending):
             try:
                 e = fn[0](next(ids), *fn[1:]) if t is pending else fn()
                 fn = dumps(e) + b"\n"
+                if type(fn) is not bytes:   # (copied below as bytes: orjson's are)
+                    fn = bytes(fn)
             except Exception as exc:  # noqa: BLE001 - counted by the caller
                 failed += 1
                 error = exc

@@ -350,3 +350,14 @@ def test_a_lone_warm_hit_reaches_the_disk_by_the_writer_thread(clocked, monkeypa
         time.sleep(0.02)
     new = trail[len(before):].splitlines()
     assert len(new) == 1 and orjson.loads(new[0])["agent"] == "lone"
+
+
+def test_a_built_line_that_is_not_bytes_is_copied_as_bytes():
+    """An entry built by a ``dumps`` that gives a bytearray: its line is
+    written as its bytes (as b"".join would), never read as a bytes object
+    it is not."""
+    q = collections.deque([Pending((_entry_fn, 1)), b'{"a":1}\n'])
+    data, ends, failed, error = _query.audit_take(
+        q, 5, itertools.count(3), lambda e: bytearray(orjson.dumps(e)), Pending)
+    assert failed == 0 and data == b'{"number":3,"tag":1}\n{"a":1}\n'
+    assert _query.split_lines(data, ends) == [b'{"number":3,"tag":1}\n', b'{"a":1}\n']
