@@ -910,13 +910,15 @@ cdef inline void _digits(char* w, int v, int k) noexcept:
 
 cdef int64_t _stamp_secs = -1     # the second _stamp_text holds (-1: none)
 cdef char _stamp_text[19]          # "YYYY-MM-DDTHH:MM:SS" of _stamp_secs
+cdef char _secs_text[20]           # _stamp_secs in decimal (_stamp's at_us), _secs_len digits
+cdef int _secs_len = 0
 
 
 cdef int _jstamp(Line* o, int64_t at, unsigned long number) except -1:
     """The entry's ``"id":"q...","at":"..."``: query_id(at, number) and
     format_time(at), for 0 <= at and a year up to 9999 (checked by the
     caller); by hand, as snprintf cost ~1 us of a ~3 us line."""
-    global _stamp_secs
+    global _stamp_secs, _secs_len
     cdef time_t t = at // 1000000
     cdef int frac = at - (at // 1000000) * 1000000
     cdef tm out
@@ -941,6 +943,18 @@ cdef int _jstamp(Line* o, int64_t at, unsigned long number) except -1:
         _digits(_stamp_text + 14, out.tm_min, 2)
         _stamp_text[16] = b':'
         _digits(_stamp_text + 17, out.tm_sec, 2)
+        k = 0
+        a = t
+        while a != 0:
+            k += 1
+            a //= 10
+        a = t
+        for i in range(k - 1, -1, -1):  # (no digits for the second 0)
+            _secs_text[i] = <char>(48 + a % 10)
+            a //= 10
+        _secs_len = k
+        a = at
+        k = 0
         _stamp_secs = t
     while True:
         hexa[15 - k] = _HEX[a & 15]
@@ -984,6 +998,7 @@ cdef int _jfloat(Line* o, double v) except -1:
     return 0
 
 DEF MAX_STAMP = 253402300799999999     # 9999-12-31T23:59:59.999999Z in us
+cdef int64_t _MAX_STAMP_C = MAX_STAMP  # (compared as C ints: a DEF this large is a Python int)
 
 
 cdef bint _plain(v):
@@ -1015,17 +1030,41 @@ cdef int _head(Line* o, tuple names, number, at, agent, tuple params,
 
 cdef int _stamp_head(Line* o, number, at, agent) except -1:
     """_head's ``{"id":..,"at":..,"at_us":..,"agent":..``."""
-    _raw(o, b'{', 1)
     # the id's low 16 bits read in C (no int object made for them)
     cdef unsigned long low
     if type(number) is int:
         low = PyLong_AsUnsignedLongMask(number) & 0xFFFF
     else:
         low = number & 0xFFFF
+    return _stamp(o, low, at, agent)
+
+
+cdef int _stamp(Line* o, unsigned long low, int64_t at, agent) except -1:
+    """_stamp_head of the id's low 16 bits (a KeptLine's, written at the
+    flush).  ``at_us`` is written as the second's decimal digits that
+    _jstamp keeps and the microseconds' six (_jint's digits of the same
+    number: two-digit steps and a call of _raw were ~200 instructions of a
+    warm R1 query's line)."""
+    cdef char* w
+    _room(o, 1 + 64 + 9 + 20 + 9)      # ("{", _jstamp's, at_us's and the agent's key)
+    o.p[o.n] = b'{'
+    o.n += 1
     _jstamp(o, at, low)
-    _raw(o, b',"at_us":', 9)
-    _jint(o, at)
-    _raw(o, b',"agent":', 9)
+    w = o.p + o.n
+    memcpy(w, b',"at_us":', 9)
+    w += 9
+    if at >= 1000000:           # (_jstamp kept its second's digits)
+        memcpy(w, _secs_text, _secs_len)
+        w += _secs_len
+        memcpy(w, w - _secs_len - 9 - 8, 6)    # the microseconds, as "at" ends: ...ffffffZ"
+        w += 6
+        o.n = w - o.p
+    else:
+        o.n = w - o.p
+        _jint(o, at)
+    w = o.p + o.n
+    memcpy(w, b',"agent":', 9)
+    o.n += 9
     if agent is None:
         _raw(o, b'null', 4)
     else:
@@ -1426,6 +1465,180 @@ cdef bytes _scratch_bytes():
     return line
 
 
+# ------------------------------------------------------------ the kept line, built at the flush
+# A warm hit's line is the id, the times and the agent, then the answer's
+# kept parameters' JSON (``ptail``) and its kept end (``tail``): the hit
+# queues those (a KeptLine: the id's low bits, the time, three references)
+# and the flush writes the lines of a chunk into one bytes object
+# (audit_take).  Made on the query's thread, each line was a ~1 KB bytes
+# object (malloc and free: above pymalloc's 512 bytes) its pieces copied
+# into, then copied again by the flush's join, its pieces popped and
+# appended one by one by the flush's Python loop.
+
+cimport cython
+
+cdef extern from "Python.h":
+    PyObject* _bytes_of_size "PyBytes_FromStringAndSize"(const char* s, Py_ssize_t n)
+    int _PyBytes_Resize(PyObject** b, Py_ssize_t n) except -1
+
+
+@cython.freelist(512)
+@cython.no_gc
+@cython.final
+cdef class KeptLine:
+    """A queued line: ``{"id":..,"at":..,"at_us":..,"agent":..`` (the id's
+    low 16 bits ``low``, the time ``at``, the agent: None or a str whose
+    UTF-8 was read when queued, ``alen`` bytes) then ``pt`` and ``tail``
+    as they are.  Holds no answer, only the two bytes objects the answer
+    holds (no more than the line itself was), and nothing that can hold it
+    (no cycles: not tracked by the GC)."""
+    cdef unsigned long low
+    cdef int64_t at
+    cdef Py_ssize_t alen
+    cdef object agent
+    cdef bytes pt, tail
+
+
+cdef object _kept(number, int64_t at, agent, bytes pt, bytes tail):
+    """The KeptLine of _kept_line's checked pieces (``number`` an int,
+    ``at`` an int64 stamp, ``agent`` None or a str); None when the agent
+    has no UTF-8 (a lone surrogate: _stamp_head's UnicodeEncodeError), as
+    _kept_line's line was None, so the flush only copies."""
+    cdef Py_ssize_t alen = 0
+    if agent is not None:
+        try:
+            PyUnicode_AsUTF8AndSize(agent, &alen)      # (kept by the str)
+        except UnicodeEncodeError:
+            return None
+    cdef KeptLine k = KeptLine.__new__(KeptLine)
+    k.low = PyLong_AsUnsignedLongMask(number) & 0xFFFF
+    k.at = at
+    k.alen = alen
+    k.agent = agent
+    k.pt = pt
+    k.tail = tail
+    return k
+
+
+def kept_line(tuple names, bytes tail, number, at, agent, params):
+    """audit_head's line as a warm hit queues it (a KeptLine, built by
+    audit_take), for the parity tests: None where audit_head gives None."""
+    cdef Line* o
+    if not _head_ok(names, number, at, agent, params):
+        return None
+    o = _scratch_line()
+    try:
+        _params_json(o, names, <tuple>params, _keys_of(names))
+    except UnicodeEncodeError:
+        return None
+    return _kept(number, at, agent, _scratch_bytes(), tail)
+
+
+DEF KEPT_HEAD = 128     # a KeptLine's head but its agent: 1 + 64 (_jstamp) + 9 + 20 + 9 + 4
+
+
+def audit_take(q, Py_ssize_t budget, ids, dumps, pending):
+    """audit.take_lines, compiled: entries popped off the deque ``q``
+    while it has some and ``budget`` is left, a finished line (bytes) or a
+    KeptLine at no cost, anything else 1, built as its twin builds it
+    (``pending``: audit.Pending, numbered from ``ids``; ``dumps``: orjson's).
+    Every line is written, in queue order, into one bytes object of their
+    length.  ``(data, ends, failed, error)``: ``ends`` the lines' end
+    offsets (packed Py_ssize_t: split_lines), ``failed`` the entries that
+    could not be built and ``error`` the last one's exception."""
+    cdef list items = []
+    cdef Py_ssize_t need = 0, i, j, nl, start
+    cdef Py_ssize_t failed = 0
+    cdef KeptLine k
+    cdef Line o
+    cdef PyObject* raw
+    cdef Py_ssize_t* ends
+    error = None
+    cdef bint plain = type(q) is _Deque and _deque_popleft != NULL
+    popleft = None if plain else q.popleft
+    while budget > 0 and len(q):
+        if plain:
+            fn = _deque_popleft(q, NULL)
+        else:
+            fn = popleft()
+        t = type(fn)
+        if t is KeptLine:
+            k = <KeptLine>fn
+            need += (KEPT_HEAD + 6 * k.alen + PyBytes_GET_SIZE(k.pt)
+                     + PyBytes_GET_SIZE(k.tail))
+        elif t is bytes:
+            need += PyBytes_GET_SIZE(fn)
+        else:
+            budget -= 1
+            try:
+                e = fn[0](next(ids), *fn[1:]) if t is pending else fn()
+                fn = dumps(e) + b"\n"
+                if type(fn) is not bytes:   # (copied below as bytes: orjson's are)
+                    fn = bytes(fn)
+            except Exception as exc:  # noqa: BLE001 - counted by the caller
+                failed += 1
+                error = exc
+                continue
+            need += PyBytes_GET_SIZE(fn)
+        items.append(fn)
+    nl = len(items)
+    ends_b = PyBytes_FromStringAndSize(NULL, nl * sizeof(Py_ssize_t))
+    ends = <Py_ssize_t*>PyBytes_AS_STRING(ends_b)
+    raw = _bytes_of_size(NULL, need)
+    if raw == NULL:
+        raise MemoryError()
+    data = <object>raw              # owns the new reference from here
+    Py_DECREF(data)
+    # the lines written in place: ``need`` bounds every write below, so
+    # _room never grows this buffer (it is the bytes object's own)
+    o.p = PyBytes_AS_STRING(data)
+    o.n = 0
+    o.cap = need
+    j = 0
+    for i in range(nl):
+        fn = <object>PyList_GET_ITEM(items, i)
+        if type(fn) is KeptLine:
+            k = <KeptLine>fn
+            start = o.n
+            if (start + KEPT_HEAD + 6 * k.alen + PyBytes_GET_SIZE(k.pt)
+                    + PyBytes_GET_SIZE(k.tail) > o.cap):
+                raise SystemError("audit_take: a line outgrew its bound")    # (never)
+            try:
+                _stamp(&o, k.low, k.at, k.agent)
+            except Exception as exc:  # noqa: BLE001 - (checked when queued: not seen)
+                o.n = start
+                failed += 1
+                error = exc
+                continue
+            _raw(&o, PyBytes_AS_STRING(k.pt), PyBytes_GET_SIZE(k.pt))
+            _raw(&o, PyBytes_AS_STRING(k.tail), PyBytes_GET_SIZE(k.tail))
+        else:
+            _raw(&o, PyBytes_AS_STRING(fn), PyBytes_GET_SIZE(fn))
+        ends[j] = o.n
+        j += 1
+    if j != nl:
+        ends_b = ends_b[:j * sizeof(Py_ssize_t)]
+    if o.n != need:
+        raw = <PyObject*>data
+        Py_INCREF(data)
+        data = None
+        _PyBytes_Resize(&raw, o.n)
+        data = <object>raw
+        Py_DECREF(data)
+    return data, ends_b, failed, error
+
+
+def split_lines(bytes data, bytes ends):
+    """audit_take's data as its lines (the list its twin gives)."""
+    cdef const Py_ssize_t* e = <const Py_ssize_t*>PyBytes_AS_STRING(ends)
+    cdef Py_ssize_t i, at = 0, n = PyBytes_GET_SIZE(ends) // sizeof(Py_ssize_t)
+    out = []
+    for i in range(n):
+        out.append(data[at:e[i]])
+        at = e[i]
+    return out
+
+
 # ------------------------------------------------------------ gather and ranking helpers
 # key_ordinals: index.MultiMap.get for the int64 by_key map, one binary
 # search in C instead of two numpy searchsorted calls (~1.5 us each, the
@@ -1781,6 +1994,49 @@ from collections import OrderedDict, deque
 cdef object _ODict = OrderedDict, _MOVE_TO_END = OrderedDict.move_to_end
 cdef object _Deque = deque, _APPEND = deque.append
 
+# deque.append and deque.popleft called as their C functions (METH_O,
+# METH_NOARGS), when CPython's descriptors hold them so: the call through
+# the method descriptor (argument checks, vectorcall) was ~60 instructions
+# of each, a warm R1 query's line queued and popped (callgrind)
+# (a new reference, or NULL with the error set: an object return, as Cython takes it)
+ctypedef object (*_CMethO)(object self, object arg)
+ctypedef object (*_CMethN)(object self, PyObject* unused)
+
+cdef extern from "Python.h":
+    ctypedef struct _MethDef "PyMethodDef":
+        void* ml_meth
+        int ml_flags
+    ctypedef struct _MethDescr "PyMethodDescrObject":
+        _MethDef* d_method
+    int METH_O, METH_NOARGS, METH_VARARGS, METH_KEYWORDS, METH_FASTCALL
+
+from types import MethodDescriptorType as _METHOD_DESCR
+
+
+cdef void* _c_method(name, int flags):
+    """The C function of deque's method ``name`` when it is a plain method
+    descriptor of exactly ``flags``; else NULL (then called as a method)."""
+    d = deque.__dict__.get(name)
+    if type(d) is not _METHOD_DESCR:
+        return NULL
+    cdef _MethDef* m = (<_MethDescr*><PyObject*>d).d_method
+    if m == NULL or m.ml_flags != flags:
+        return NULL
+    return m.ml_meth
+
+
+cdef _CMethO _deque_append = <_CMethO>_c_method("append", METH_O)
+cdef _CMethN _deque_popleft = <_CMethN>_c_method("popleft", METH_NOARGS)
+
+
+cdef inline int _append(q, item) except -1:
+    """``q.append(item)`` for a deque (the class itself)."""
+    if _deque_append != NULL:
+        _deque_append(q, item)
+    else:
+        _APPEND(q, item)
+    return 0
+
 
 cdef extern from *:
     """
@@ -2088,6 +2344,16 @@ cdef class FirstPage:
             return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
         return clock()
 
+    cdef bint _now(self, reader, int64_t* out) except -1:
+        """_clock's CLOCK_REALTIME read, as an int64 in ``out`` (True), when
+        the reader's clock is timeutil.now_us; else False (call _clock)."""
+        cdef timespec ts
+        clock = self.rf.get(reader, R_CLOCK)
+        if clock is self.now_us and clock_gettime(CLOCK_REALTIME, &ts) == 0 and ts.tv_sec >= 0:
+            out[0] = <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+            return True
+        return False
+
     def __call__(self, reader, concept_path, predicate, include_descendants, lens, limit,
                  agent):
         return self._first(reader, concept_path, predicate, include_descendants, lens, limit,
@@ -2355,8 +2621,8 @@ cdef class FirstPage:
         finally:
             _give_cache_lock(lock, ours)
 
-    cdef object _kept_line(self, ans, bytes tail, number, at, agent, concept_path, predicate,
-                           include_descendants, lens, limit):
+    cdef object _kept_line(self, ans, bytes tail, number, int64_t at, bint at_ok, agent,
+                           concept_path, predicate, include_descendants, lens, limit):
         """_audit_head's line, its parameters' JSON kept by the answer
         (``ans.ptail``, for pages of ``ans.plimit``) once written (by the
         query that made it, audit_head_keep, or here): the same
@@ -2368,64 +2634,65 @@ cdef class FirstPage:
         reserved ``proom``.  The kept bytes are the parameters' alone: with
         ``tail`` in them too (as before session 11) every held answer held
         its tail twice, ~2 KB of a 20-candidate answer that its size did not
-        count.  The line is made as one bytes object of its length, the
-        head written in the scratch buffer and the kept pieces copied once."""
+        count.  Returned as a KeptLine of the pieces (the kept JSON as it
+        is now: a page of another limit may replace it before the flush),
+        written by the flush (audit_take).  ``at_ok``: ``at`` is a time the
+        line writes (_head_ok's check of it)."""
         cdef Line* o
-        cdef Py_ssize_t h, npt, nt
-        cdef char* w
         pt = self._a(ans, A_PTAIL)
         if type(pt) is not bytes or self._a(ans, A_PLIMIT) != limit:
             params = _params(concept_path, predicate, include_descendants, lens, limit)
-            if not _head_ok(self.names, number, at, agent, params):
+            if not (at_ok and _head_ok(self.names, number, at, agent, params)):
                 return None
             o = _scratch_line()
             try:
                 _params_json(o, self.names, params, self.keys)
             except UnicodeEncodeError:
                 return None
-            pt = PyBytes_FromStringAndSize(o.p, o.n)
-            if o.n + 33 <= ans.proom:   # the bytes object's own 33 included
+            pt = _scratch_bytes()
+            if PyBytes_GET_SIZE(pt) + 33 <= ans.proom:   # the bytes object's own 33 included
                 ans.ptail = pt
                 ans.plimit = limit
-        elif not (type(number) is int and _is_i64(at) and 0 <= at <= MAX_STAMP
-                  and (agent is None or type(agent) is str)):
+        elif not (type(number) is int and at_ok and (agent is None or type(agent) is str)):
             return None             # (_head_ok's checks of what is not kept)
-        o = _scratch_line()
-        try:
-            _stamp_head(o, number, at, agent)
-        except UnicodeEncodeError:
-            return None
-        h, npt, nt = o.n, PyBytes_GET_SIZE(pt), PyBytes_GET_SIZE(tail)
-        line = PyBytes_FromStringAndSize(NULL, h + npt + nt)
-        w = PyBytes_AS_STRING(line)
-        memcpy(w, o.p, h)
-        memcpy(w + h, PyBytes_AS_STRING(pt), npt)
-        memcpy(w + h + npt, PyBytes_AS_STRING(tail), nt)
-        if _scratch.cap > 65536:    # (as _scratch_bytes: a long agent's line)
-            PyMem_Free(_scratch.p)
-            _scratch.p = NULL
-        return line
+        return _kept(number, at, agent, pt, tail)
 
     cdef bint _line(self, reader, audit, ans, agent, concept_path, predicate,
                     include_descendants, lens, limit) except -1:
-        """qaudit._audit's line from a held answer's kept end, queued;
-        False when that is not the way (no kept end yet, a stand-in audit
+        """qaudit._audit's line from a held answer's kept end, queued (as
+        a KeptLine when the parameters' JSON is kept: written by the
+        flush's audit_take; the same bytes, ids and order); False when that
+        is not the way (no kept end yet, a stand-in audit
         log, an agent or a parameter audit_head does not write): then
         qaudit._audit does what it does."""
         try:
             tail = self._a(ans, A_TAIL)
         except AttributeError:      # (not this way: qaudit._audit reads it or not)
             return False
-        if (type(audit) is not self.log_cls or type(tail) is not bytes or not tail
-                or not (agent is None or type(agent) is str)):
+        if (type(audit) is not self.log_cls or type(tail) is not bytes
+                or PyBytes_GET_SIZE(tail) == 0 or not (agent is None or type(agent) is str)):
             return False
-        at = self._clock(reader)
+        cdef int64_t at_c = 0
+        cdef bint at_ok
+        cdef int over = 0
+        cdef long long quick
+        cdef bint below
+        at = None
+        if self._now(reader, &at_c):        # (no int made for the time)
+            at_ok = 0 <= at_c and at_c <= _MAX_STAMP_C
+        else:
+            at = self._clock(reader)
+            at_ok = _is_i64(at) and 0 <= at <= MAX_STAMP
+            if at_ok:
+                at_c = at
         try:
             if self.keep_params:
-                line = self._kept_line(ans, tail, next(self.lf.get(audit, L_IDS)), at, agent, concept_path,
-                                       predicate, include_descendants, lens, limit)
+                line = self._kept_line(ans, tail, next(self.lf.get(audit, L_IDS)), at_c, at_ok,
+                                       agent, concept_path, predicate, include_descendants,
+                                       lens, limit)
             else:
-                line = _audit_head(self.names, tail, next(self.lf.get(audit, L_IDS)), at, agent,
+                line = _audit_head(self.names, tail, next(self.lf.get(audit, L_IDS)),
+                                   at_c if at is None else at, agent,
                                    _params(concept_path, predicate, include_descendants, lens,
                                            limit), self.keys)
         except Exception:  # noqa: BLE001 - qaudit._audit builds it (or counts it)
@@ -2433,9 +2700,15 @@ cdef class FirstPage:
         if line is None:
             return False
         q = self.lf.get(audit, L_QUEUE)
-        if len(q) < self.lf.get(audit, L_QUICK):
+        bound = self.lf.get(audit, L_QUICK)
+        if type(bound) is int:      # len(q) < bound, compared in C
+            quick = PyLong_AsLongLongAndOverflow(bound, &over)
+            below = over > 0 or (over == 0 and len(q) < quick)
+        else:
+            below = len(q) < bound
+        if below:
             if type(q) is _Deque:
-                _APPEND(q, line)
+                _append(q, line)
             else:
                 q.append(line)
         else:

@@ -27,8 +27,11 @@ back off the file, so no torn line is left between two good ones.
 It is not fsynced per query (a crash may lose the last second of audit
 entries, never an assertion); it is fsynced at rotation and at close.  The
 compiled query path queues the entry's finished JSON line (``qaudit._LINE``),
-so the writer only joins and writes bytes, all it finds at once; the pure
-path queues the entry's pieces and the writer builds them in chunks of half
+or, for a warm hit on a held answer, the line's pieces (``_query.KeptLine``:
+the id's number, the time, the agent and the answer's kept parameters' JSON
+and end, referenced, not copied: no more memory than the line), and the
+writer writes a chunk's lines into one bytes object in C
+(``_query.audit_take``), all it finds at once; the pure path queues the entry's pieces and the writer builds them in chunks of half
 the backlog (at least ``CHUNK``), yielding the GIL between chunks, so a busy
 reader never waits for a whole backlog to be serialized.  Reads go newest file first and
 stop at the limit, so they cost what they return, not the whole history.
@@ -40,11 +43,14 @@ import itertools
 import logging
 import os
 import re
+import struct
 import threading
 import time
+from typing import Any
 
 import orjson
 
+from . import qfast
 from .fileio import File, FileSystem
 
 log = logging.getLogger("stemedb")
@@ -75,6 +81,30 @@ class Pending(tuple):
 
     def __call__(self):
         return self[0](0, *self[1:])
+
+
+def take_lines(q, budget: int, ids) -> tuple[list[bytes], int, Exception | None]:
+    """Entries taken off the queue ``q`` for one chunk (AuditLog._chunk),
+    in order, while it has some and ``budget`` is left: a finished line
+    (``bytes``) at no cost, anything else 1, built with its sequence
+    number from ``ids``.  ``(lines, failed, error)``: the lines, the
+    entries that could not be built, the last one's exception.  Compiled:
+    ``_query.audit_take`` (its lines in one bytes object; a warm query's
+    KeptLine is a line at no cost too), held to this by
+    tests/unit/test_audit_take.py."""
+    lines, failed, error = [], 0, None
+    while q and budget:
+        fn = q.popleft()
+        if type(fn) is bytes:
+            lines.append(fn)
+            continue
+        budget -= 1
+        try:
+            e = fn[0](next(ids), *fn[1:]) if type(fn) is Pending else fn()
+            lines.append(orjson.dumps(e) + b"\n")
+        except Exception as e:  # noqa: BLE001 - an audit entry must never break the store
+            failed, error = failed + 1, e
+    return lines, failed, error
 
 
 def file_numbers(directory: str) -> list[int]:
@@ -259,30 +289,39 @@ class AuditLog:
         dropped.  Half the backlog keeps up with any rate the GIL leaves,
         holding it ~1 ms at a time.  A finished line (the compiled query's)
         costs only its append: they are taken all at once, as chunks of them
-        paid a 5 ms wait each and fell behind a warm loop (8% dropped).
+        paid a 5 ms wait each and fell behind a warm loop (8% dropped).  A
+        KeptLine (a warm compiled hit's) is such a line, written here.
         """
         q = self._queue
-        lines, failed, error = [], 0, None
         budget = max(CHUNK, len(q) // 2)
         taken = len(q)
-        while q and budget:
-            fn = q.popleft()
-            if type(fn) is bytes:
-                lines.append(fn)
-                continue
-            budget -= 1
-            try:
-                e = fn[0](next(self._ids), *fn[1:]) if type(fn) is Pending else fn()
-                lines.append(orjson.dumps(e) + b"\n")
-            except Exception as e:  # noqa: BLE001 - an audit entry must never break the store
-                failed, error = failed + 1, e
+        if _TAKE is not None:
+            data, ends, failed, error = _TAKE(q, budget, self._ids, orjson.dumps, Pending)
+        else:
+            lines, failed, error = take_lines(q, budget, self._ids)
         if failed:
             with self._write_lock:
                 self._note_drop(failed, f"an audit entry could not be built: {error!r}")
         taken -= len(q)
-        if lines:
+        if _TAKE is not None:
+            if data:
+                self._write_run(data, ends)
+        elif lines:
             self._write(lines)
         return taken
+
+    def _write_run(self, data: bytes, ends: bytes) -> None:
+        """_write of the lines audit_take wrote into ``data``: one write
+        when they fit in this file (as _write writes them), else _write of
+        the lines themselves (split_lines)."""
+        with self._write_lock:
+            if self._sizes[self._number] + len(data) <= self.rotate_at:
+                self._append(data, len(ends) // _END)
+                if self._sizes[self._number] >= self.rotate_at:
+                    self._rotate()
+                self._prune()
+                return
+        self._write(_SPLIT(data, ends))
 
     def _write(self, lines: list[bytes]) -> None:
         """Append ``lines``, starting a new file before one would pass
@@ -465,6 +504,13 @@ class AuditLog:
                 self._note_drop(0, e)
             finally:
                 f.close()
+
+
+# The chunk's taking: compiled (its lines written into one bytes object,
+# _query.audit_take) or take_lines
+_TAKE: Any = qfast._query.audit_take if qfast.COMPILED else None
+_SPLIT: Any = qfast._query.split_lines if qfast.COMPILED else None
+_END = struct.calcsize("n")             # bytes of one of audit_take's line ends
 
 
 def public_entry(e: dict) -> dict:

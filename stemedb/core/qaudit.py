@@ -75,7 +75,9 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
     ``audit.Pending`` tuple (no closure), and the writer thread builds the entry
     (:func:`_entry`), so a backlog holds no candidate lists.  Compiled, the
     entry's JSON line is written here instead (:data:`_LINE`): the writer
-    thread then holds the GIL only to join and write bytes.
+    thread then holds the GIL only to copy and write bytes (a warm hit on a
+    held answer queues its line's pieces instead, written by the flush:
+    ``_query.FirstPage._line``).
     ``params``: a dict, or a tuple in ``_AUDIT_PARAMS`` order (run_query's).
     ``keep``: ``answer`` was just made by the compiled first page
     (query._finish's ``keep``) and ``params`` are that page's plain ones:

@@ -19,6 +19,7 @@ compiled"):
 """
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import pickle
@@ -467,7 +468,8 @@ def test_below_quick_below_add_only_appends(tmp_path, max_queue):
 @pytest.mark.parametrize("agent", [None, "agent-7", 'a "quoted" \\ agent é\u2028'])
 def test_the_line_of_a_held_answer_is_audit_heads(clocked, agent):
     """The line the compiled call queues (its parameters' names written
-    from the JSON it keeps, _name_keys) is audit_head's, byte for byte."""
+    from the JSON it keeps, _name_keys) is audit_head's, byte for byte:
+    queued as a KeptLine of its pieces, written by the flush's audit_take."""
     store = clocked(audit=True)
     _fill(store, 0)
     first = _query.first_page(Q._FIRST_ENV)
@@ -475,7 +477,10 @@ def test_the_line_of_a_held_answer_is_audit_heads(clocked, agent):
     store.audit.flush()
     out = first(store.reader, "d/e1", "p1", False, "recency", 100, agent)
     assert out is not None
-    line = store.audit._queue.pop()
+    kept = store.audit._queue.pop()
+    assert type(kept) is _query.KeptLine
+    line, ends, failed, _ = _query.audit_take(collections.deque([kept]), 1, None, None, None)
+    assert failed == 0 and _query.split_lines(line, ends) == [line]
     [ans] = [v for v in store.reader.cache._d.values()
              if isinstance(v, Q.Answer) and v.tail is not None]
     entry = orjson.loads(line)
