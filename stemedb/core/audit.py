@@ -31,9 +31,10 @@ or, for a warm hit on a held answer, the line's pieces (``_query.KeptLine``:
 the id's number, the time, the agent and the answer's kept parameters' JSON
 and end, referenced, not copied: no more memory than the line), and the
 writer writes a chunk's lines into one bytes object in C
-(``_query.audit_take``), all it finds at once; the pure path queues the entry's pieces and the writer builds them in chunks of half
-the backlog (at least ``CHUNK``), yielding the GIL between chunks, so a busy
-reader never waits for a whole backlog to be serialized.  Reads go newest file first and
+(``_query.audit_take``), all it finds at once.  The pure path queues the
+entry's pieces and the writer builds them in chunks of half the backlog (at
+least ``CHUNK``), yielding the GIL between chunks, so a busy reader never
+waits for a whole backlog to be serialized.  Reads go newest file first and
 stop at the limit, so they cost what they return, not the whole history.
 """
 from __future__ import annotations
