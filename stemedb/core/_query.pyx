@@ -1030,13 +1030,15 @@ cdef int _head(Line* o, tuple names, number, at, agent, tuple params,
 
 cdef int _stamp_head(Line* o, number, at, agent) except -1:
     """_head's ``{"id":..,"at":..,"at_us":..,"agent":..``."""
-    # the id's low 16 bits read in C (no int object made for them)
-    cdef unsigned long low
+    return _stamp(o, _id_low(number), at, agent)
+
+
+cdef inline unsigned long _id_low(number) except? 0:
+    """The id's low 16 bits (query_id's), read in C for an int (no int
+    object made for them)."""
     if type(number) is int:
-        low = PyLong_AsUnsignedLongMask(number) & 0xFFFF
-    else:
-        low = number & 0xFFFF
-    return _stamp(o, low, at, agent)
+        return PyLong_AsUnsignedLongMask(number) & 0xFFFF
+    return number & 0xFFFF
 
 
 cdef int _stamp(Line* o, unsigned long low, int64_t at, agent) except -1:
@@ -1511,7 +1513,7 @@ cdef object _kept(number, int64_t at, agent, bytes pt, bytes tail):
         except UnicodeEncodeError:
             return None
     cdef KeptLine k = KeptLine.__new__(KeptLine)
-    k.low = PyLong_AsUnsignedLongMask(number) & 0xFFFF
+    k.low = _id_low(number)
     k.at = at
     k.alen = alen
     k.agent = agent
@@ -1535,6 +1537,11 @@ def kept_line(tuple names, bytes tail, number, at, agent, params):
 
 
 DEF KEPT_HEAD = 128     # a KeptLine's head but its agent: 1 + 64 (_jstamp) + 9 + 20 + 9 + 4
+
+
+cdef inline Py_ssize_t _kept_bound(KeptLine k):
+    """The most bytes ``k``'s line takes (its agent's each escaped as \\uXXXX)."""
+    return KEPT_HEAD + 6 * k.alen + PyBytes_GET_SIZE(k.pt) + PyBytes_GET_SIZE(k.tail)
 
 
 def audit_take(q, Py_ssize_t budget, ids, dumps, pending):
@@ -1564,8 +1571,7 @@ def audit_take(q, Py_ssize_t budget, ids, dumps, pending):
         t = type(fn)
         if t is KeptLine:
             k = <KeptLine>fn
-            need += (KEPT_HEAD + 6 * k.alen + PyBytes_GET_SIZE(k.pt)
-                     + PyBytes_GET_SIZE(k.tail))
+            need += _kept_bound(k)
         elif t is bytes:
             need += PyBytes_GET_SIZE(fn)
         else:
@@ -1600,8 +1606,7 @@ def audit_take(q, Py_ssize_t budget, ids, dumps, pending):
         if type(fn) is KeptLine:
             k = <KeptLine>fn
             start = o.n
-            if (start + KEPT_HEAD + 6 * k.alen + PyBytes_GET_SIZE(k.pt)
-                    + PyBytes_GET_SIZE(k.tail) > o.cap):
+            if start + _kept_bound(k) > o.cap:
                 raise SystemError("audit_take: a line outgrew its bound")    # (never)
             try:
                 _stamp(&o, k.low, k.at, k.agent)
@@ -2338,15 +2343,14 @@ cdef class FirstPage:
     cdef object _clock(self, reader):
         """``reader.clock()``; timeutil.now_us's ``time.time_ns() // 1000``
         read here when it is that clock (the same CLOCK_REALTIME)."""
-        cdef timespec ts
-        clock = self.rf.get(reader, R_CLOCK)
-        if clock is self.now_us and clock_gettime(CLOCK_REALTIME, &ts) == 0 and ts.tv_sec >= 0:
-            return <int64_t>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
-        return clock()
+        cdef int64_t at
+        if self._now(reader, &at):
+            return at
+        return self.rf.get(reader, R_CLOCK)()
 
     cdef bint _now(self, reader, int64_t* out) except -1:
         """_clock's CLOCK_REALTIME read, as an int64 in ``out`` (True), when
-        the reader's clock is timeutil.now_us; else False (call _clock)."""
+        the reader's clock is timeutil.now_us; else False (then that clock is called)."""
         cdef timespec ts
         clock = self.rf.get(reader, R_CLOCK)
         if clock is self.now_us and clock_gettime(CLOCK_REALTIME, &ts) == 0 and ts.tv_sec >= 0:

@@ -317,9 +317,7 @@ class AuditLog:
         the lines themselves (split_lines)."""
         with self._write_lock:
             if self._sizes[self._number] + len(data) <= self.rotate_at:
-                self._append(data, len(ends) // _END)
-                if self._sizes[self._number] >= self.rotate_at:
-                    self._rotate()
+                self._append_run(data, len(ends) // _END)
                 self._prune()
                 return
         self._write(_SPLIT(data, ends))
@@ -335,10 +333,8 @@ class AuditLog:
                 # them as one run; their lengths summed in C (the loop's
                 # Python steps were ~0.08 us a line, a warm compiled R1
                 # query's line included)
-                self._append(b"".join(lines), len(lines))
+                self._append_run(b"".join(lines), len(lines))
                 i = len(lines)
-                if self._sizes[self._number] >= self.rotate_at:
-                    self._rotate()
             while i < len(lines):
                 used = self._sizes[self._number]
                 j, size = i, 0
@@ -349,11 +345,16 @@ class AuditLog:
                 if j == i:          # the next line does not fit in this file
                     self._rotate()
                     continue
-                self._append(b"".join(lines[i:j]), j - i)
+                self._append_run(b"".join(lines[i:j]), j - i)
                 i = j
-                if self._sizes[self._number] >= self.rotate_at:
-                    self._rotate()
             self._prune()
+
+    def _append_run(self, data: bytes, entries: int) -> None:
+        """_append, then a new file once this one reached ``rotate_at``
+        (call under _write_lock)."""
+        self._append(data, entries)
+        if self._sizes[self._number] >= self.rotate_at:
+            self._rotate()
 
     def _append(self, data: bytes, entries: int) -> None:
         """Write ``entries`` lines to the current file (call under _write_lock)."""
