@@ -1,0 +1,131 @@
+"""run_query's one-frame path for a decayed first page of one key under a
+column lens (query._decayed_page, compiled) gives what the general path
+(_resolve + _finish) gives: the same results (winner, confidence and
+conflict score to the bit, counts), the same page in the same order, the
+same cursor and the same audit entry, on keys of every shape: short and
+hashed values, values repeated across classes, every source class, future
+timestamps, retracted and revised candidates, a key of 16 or more
+candidates (the rows path), an empty key, and a layered lens (which the
+one-frame path leaves to the general one)."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from stemedb import open_store
+from stemedb.core import qfast
+from stemedb.core import query as Q
+from tests.conftest import NoFsyncFS
+
+NOW = 1_800_000_000 * 1_000_000
+DAY_US = 86_400 * 1_000_000
+SOURCES = ("fda://x", "pubmed://1", "nhanes://s", "expert://e", "forum://t", None)
+LENSES = ("recency", "confidence", "consensus", "authority", "layered")
+
+
+def _value(r: random.Random):
+    k = r.randrange(6)
+    if k == 0:
+        return r.randrange(3)                                  # short, inline
+    if k == 1:
+        return {"text": "x" * 40, "n": r.randrange(2)}        # hashed, often repeated
+    if k == 2:
+        return {"text": "y" * 60 + str(r.randrange(1000))}    # hashed, distinct
+    return ("a", "b", "c")[r.randrange(3)]
+
+
+def _fill(s, r: random.Random) -> list[tuple[str, str]]:
+    keys = []
+    for k, n in enumerate((1, 2, 3, 4, 5, 7, 9, 15, 16, 23, 40)):
+        path, pred = f"t/k{k}", "p"
+        keys.append((path, pred))
+        for i in range(n):
+            ts = NOW - r.randrange(-30, 2000) * DAY_US + r.randrange(1_000_000)
+            s.put({"concept_path": path, "predicate": pred, "value": _value(r),
+                   "confidence": round(r.random(), 3), "source": SOURCES[r.randrange(6)],
+                   "timestamp": ts / 1e6})
+    # one key with a candidate retracted and one revised
+    got = [s.put({"concept_path": "t/r", "predicate": "p", "value": i,
+                  "confidence": 0.5 + i / 10, "source": SOURCES[i % 6],
+                  "timestamp": (NOW - i * 50 * DAY_US) / 1e6}) for i in range(5)]
+    s.retract(hash=got[1].hash, reason="test")
+    keys.append(("t/r", "p"))
+    s.put({"concept_path": "t/only-other", "predicate": "q", "value": 1, "confidence": 0.5,
+           "timestamp": NOW / 1e6})
+    keys.append(("t/only-other", "p"))      # the path exists, the key has no candidate
+    keys.append(("t/nowhere", "p"))
+    return keys
+
+
+def _answer(s, path, pred, lens, limit):
+    res = s.query(path, predicate=pred, lens=lens, decay=True, limit=limit, agent="ag")
+    d = res.to_dict()
+    # the floats to the bit, and the page's hashes in order
+    bits = [(r["confidence"].hex(), r["conflict_score"].hex()) for r in res.results
+            if isinstance(r.get("confidence"), float)]
+    return d, bits, [a.hash for a in res.assertions], res.next_cursor
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_decayed_page_is_the_general_paths(tmp_path, monkeypatch, seed):
+    r = random.Random(seed)
+    s = open_store(str(tmp_path / "d"), fs=NoFsyncFS(), clock=lambda: NOW,
+                   durability="none", audit=True)
+    try:
+        keys = _fill(s, r)
+        calls = []
+        real = Q._decayed_page
+
+        def counted(*a, **k):
+            calls.append(a[1])
+            return real(*a, **k)
+        monkeypatch.setattr(Q, "_decayed_page", counted)
+        cases = [(p, q, lens, limit) for p, q in keys for lens in LENSES for limit in (1, 3, 100)]
+        fast = [_answer(s, *c) for c in cases]
+        if qfast.COMPILED:
+            assert len(calls) == len([c for c in cases if c[2] != "layered"]), \
+                "every decayed query of one key under a column lens took the one-frame path"
+        else:
+            assert not calls, "the pure build keeps run_query's path"
+        fast_audit = s.audit_queries(limit=len(cases))
+        monkeypatch.setattr(Q, "_DECAYED_LENSES", frozenset())
+        calls.clear()
+        general = [_answer(s, *c) for c in cases]
+        assert not calls
+        general_audit = s.audit_queries(limit=len(cases))
+        for c, a, b in zip(cases, fast, general):
+            assert a == b, c
+        assert len(fast_audit) == len(general_audit) == len(cases)
+
+        def same(e):
+            return json.dumps({k: v for k, v in e.items() if k != "id"}, sort_keys=True)
+        assert [same(e) for e in fast_audit] == [same(e) for e in general_audit]
+        assert any(e["contributing"] for e in fast_audit)
+    finally:
+        s.close()
+
+
+def test_the_decayed_page_reads_the_clock_once_for_the_lens(tmp_path):
+    """The lens's "now" is the first page's (its cursor carries it), and
+    decay is measured at it: a candidate's confidence is decayed exactly
+    as lens.effective_confidence decays it at that time."""
+    from stemedb.core.lens import effective_confidence
+    t = [NOW]
+    s = open_store(str(tmp_path / "d"), fs=NoFsyncFS(), clock=lambda: t[0],
+                   durability="none", audit=False)
+    try:
+        for i in range(3):
+            s.put({"concept_path": "c", "predicate": "p", "value": i, "confidence": 0.9,
+                   "source": "pubmed://1", "timestamp": (NOW - (i + 1) * 100 * DAY_US) / 1e6})
+        t[0] = NOW + 37 * DAY_US + 12345
+        res = s.query("c", predicate="p", lens="confidence", decay=True, limit=1)
+        w = res.results[0]["winner"]
+        assert res.results[0]["confidence"] == effective_confidence(w, at_us=t[0], decay=True)
+        assert res.next_cursor is not None
+        nxt = s.query("c", predicate="p", lens="confidence", decay=True, limit=1,
+                      cursor=res.next_cursor)
+        assert nxt.results == res.results
+    finally:
+        s.close()
