@@ -2929,7 +2929,9 @@ def store_query(method, module):
     plain shape (self and ``concept_path``, keywords of ``method``'s own,
     no cursor, no filter) calls ``module.first_page`` (``module``: query.py,
     read at each call as ``method`` reads it) and, when that gives None,
-    ``run_query`` from ``method``'s globals, as ``method`` does.  Any other
+    ``run_query`` from ``method``'s globals, as ``method`` does; the same
+    shape with the one filter decay=True calls ``module.decayed_query``
+    with that ``run_query`` (query.decayed_query).  Any other
     call, bad ones included, is ``method``'s own (its errors word for
     word).  The pure build keeps ``method`` (qpure.store_query)."""
     code = method.__code__
@@ -2946,10 +2948,30 @@ def store_query(method, module):
               include_descendants=_ABSENT, lens=_ABSENT, limit=_ABSENT, cursor=_ABSENT,
               agent=_ABSENT, **filters):
         cdef PyObject* e
-        if (self is _ABSENT or concept_path is _ABSENT or args or filters
+        cdef PyObject* r
+        if (self is _ABSENT or concept_path is _ABSENT or args
                 or (cursor is not _ABSENT and cursor is not None)):
             return _again(method, self, concept_path, args, filters, predicate,
                           include_descendants, lens, limit, cursor, agent)
+        if filters:
+            # decay=True alone: ``module.decayed_query``, which calls the
+            # run_query ``method`` would call (its keywords, decay=True
+            # added) unless it serves the shape itself (query.py says when)
+            e = PyDict_GetItem(filters, "decay") if len(filters) == 1 else NULL
+            if e == NULL or <object>e is not True:
+                return _again(method, self, concept_path, args, filters, predicate,
+                              include_descendants, lens, limit, cursor, agent)
+            e = PyDict_GetItem(qd, "decayed_query")
+            r = PyDict_GetItem(sd, "run_query")
+            if e == NULL or r == NULL:
+                return _again(method, self, concept_path, args, filters, predicate,
+                              include_descendants, lens, limit, cursor, agent)
+            return (<object>e)(<object>r, self.reader, concept_path,
+                               None if predicate is _ABSENT else predicate,
+                               False if include_descendants is _ABSENT else include_descendants,
+                               "recency" if lens is _ABSENT else lens,
+                               100 if limit is _ABSENT else limit,
+                               None if agent is _ABSENT else agent)
         if predicate is _ABSENT:
             predicate = None
         if include_descendants is _ABSENT:

@@ -208,6 +208,27 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                    lens_obj, f, akey, token, offset, agent)
 
 
+def decayed_query(run, reader, concept_path, predicate, include_descendants, lens, limit,
+                  agent) -> QueryResult:
+    """Store.query(concept_path, <its own keywords>, decay=True) as the
+    compiled Store.query (_query.store_query) hands it over, without
+    Store.query's and run_query's argument binding: ``run``, the run_query
+    Store.query calls, called as Store.query calls it, unless it is this
+    module's and the arguments are ones it takes without a word (a stored
+    path and predicate, one key, a lens of _DECAYED_LENSES, a limit in
+    range), whose answer is :func:`_decayed_page`'s, as run_query's own is.
+    So every error is run_query's, word for word."""
+    if (run is run_query and type(concept_path) is str and type(predicate) is str
+            and include_descendants is False and type(lens) is str and type(limit) is int
+            and 1 <= limit <= 1000 and lens in _DECAYED_LENSES):
+        st = reader.state
+        if concept_path in st.path_ids and predicate in st.pred_ids:
+            return _decayed_page(reader, concept_path, predicate, lens, LENSES[lens],
+                                 Filters(decay=True), limit, agent)
+    return run(reader, concept_path, predicate=predicate, lens=lens, limit=limit,
+               include_descendants=include_descendants, cursor=None, agent=agent, decay=True)
+
+
 def _decayed_page(reader, concept_path: str, predicate: str, lens, lens_obj, f: Filters,
                   limit: int, agent) -> QueryResult:
     """run_query's first page of a decayed query of one key under a column

@@ -129,3 +129,75 @@ def test_the_decayed_page_reads_the_clock_once_for_the_lens(tmp_path):
         assert nxt.results == res.results
     finally:
         s.close()
+
+
+def _outcome(fn):
+    try:
+        res = fn()
+    except Exception as exc:  # noqa: BLE001 - the error itself is compared
+        return ("raised", type(exc), str(exc), getattr(exc, "field", None))
+    d = res.to_dict()
+    return ("answer", type(res), json.dumps(d, sort_keys=True),
+            [(r["confidence"].hex(), r["conflict_score"].hex()) for r in res.results
+             if isinstance(r.get("confidence"), float)])
+
+
+def test_store_query_with_decay_answers_or_fails_as_the_function(tmp_path):
+    """The compiled Store.query hands decay=True alone to query.decayed_query:
+    every answer and every error (word for word, the same field) is the
+    Python Store.query's."""
+    from stemedb.core.store import Store
+    py = getattr(Store.query, "__wrapped__", Store.query)
+    s = open_store(str(tmp_path / "d"), fs=NoFsyncFS(), clock=lambda: NOW,
+                   durability="none", audit=True)
+    try:
+        keys = _fill(s, random.Random(7))
+        shapes = [((p,), {"predicate": q, "lens": lens, "limit": lim})
+                  for p, q in keys for lens in LENSES for lim in (1, 100)]
+        shapes += [(("t/k3",), kw) for kw in (
+            {}, {"predicate": "p"}, {"predicate": "p", "include_descendants": True},
+            {"predicate": "nope"}, {"predicate": 5}, {"predicate": "p", "lens": "nope"},
+            {"predicate": "p", "lens": None}, {"predicate": "p", "lens": "trust"},
+            {"predicate": "p", "lens": "vote"}, {"predicate": "p", "limit": 0},
+            {"predicate": "p", "limit": 1001}, {"predicate": "p", "limit": True},
+            {"predicate": "p", "limit": "5"}, {"predicate": "p", "include_descendants": "yes"},
+            {"predicate": "p", "agent": 5}, {"predicate": "p", "agent": "a"},
+            {"predicate": "p", "cursor": None}, {"predicate": "p", "cursor": "garbage"})]
+        shapes += [((p,), {"predicate": "p"}) for p in ("", "t", "t/", "/x", 3, b"t/k3")]
+        for args, kw in shapes:
+            kw = dict(kw, decay=True)
+            want = _outcome(lambda: py(s, *args, **kw))
+            got = _outcome(lambda: s.query(*args, **kw))
+            assert got == want, (args, kw)
+        # decay given as anything but True, or with another filter: the function's own
+        for kw in ({"decay": 1}, {"decay": "yes"}, {"decay": False},
+                   {"decay": True, "include_retracted": True}, {"decay": True, "as_of": NOW}):
+            kw = dict(kw, predicate="p")
+            assert _outcome(lambda: s.query("t/k4", **kw)) == _outcome(lambda: py(s, "t/k4", **kw))
+    finally:
+        s.close()
+
+
+def test_decay_reads_the_store_modules_run_query_at_each_call(tmp_path, monkeypatch):
+    """As the Python Store.query does: a run_query swapped into the store
+    module gets every decayed call, with Store.query's keywords."""
+    from stemedb.core import store as store_mod
+    s = open_store(str(tmp_path / "d"), fs=NoFsyncFS(), clock=lambda: NOW,
+                   durability="none", audit=False)
+    try:
+        _fill(s, random.Random(8))
+        want = _outcome(lambda: s.query("t/k3", predicate="p", lens="authority", decay=True))
+        calls = []
+        real = store_mod.run_query
+
+        def run(*a, **k):
+            calls.append((a, k))
+            return real(*a, **k)
+        monkeypatch.setattr(store_mod, "run_query", run)
+        got = _outcome(lambda: s.query("t/k3", predicate="p", lens="authority", decay=True))
+        assert got == want
+        assert calls == [((s.reader, "t/k3"), {
+            "predicate": "p", "lens": "authority", "limit": 100, "include_descendants": False,
+            "cursor": None, "agent": None, "decay": True})]
+    finally:
+        s.close()
