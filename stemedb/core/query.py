@@ -22,7 +22,7 @@ from .lens import (
     _HALF_LIFE_US, _TIER, LENSES, LensContext, Resolution, conflict_analysis, get_lens,
 )
 from .qaudit import (  # noqa: F401 (re-exported: the audit entry's pieces)
-    _AUDIT_PARAMS, AUDIT_CONTRIBUTORS, AUDIT_RESULTS, _audit, _audit_params,
+    _AUDIT_PARAMS, AUDIT_CONTRIBUTORS, AUDIT_RESULTS, _audit, _audit_decayed, _audit_params,
     _contributing, _entry, _Moment, _tail,
 )
 from .qcolumns import (  # noqa: F401 (column_rows, _hashed_values_agree: re-exported)
@@ -253,7 +253,7 @@ def _decayed_page(reader, concept_path: str, predicate: str, lens, lens_obj, f: 
         active, retracted = gather(reader, paths, predicate, f)
         got = None
         n = len(active)
-        if 0 < n < ROWS_FROM:
+        if 0 < n < _DECAYED_FROM:
             # (columns_resolution, inline)
             c = st.cols
             pairs = qfast.hashed_pairs(active, c.va, c.vb)
@@ -277,7 +277,8 @@ def _decayed_page(reader, concept_path: str, predicate: str, lens, lens_obj, f: 
     out = QueryResult(concept_path, lens, results, ordered[:limit],
                       _cursor(limit, f) if limit < n else None)
     if reader.audit is not None:
-        _audit(reader, agent, params, results, None, _Moment(at, True), ordered, active=n)
+        # (_audit's line: the top is every candidate, n < AUDIT_CONTRIBUTORS)
+        _audit_decayed(reader, agent, params, results[0]["winner"], ordered, at, n)
     return out
 
 
@@ -668,5 +669,8 @@ first_page = qfast.first_page(_FIRST_ENV)
 # The column lenses _decayed_page serves, compiled (the pure build ranks a
 # small key over its decoded candidates, lens.py, on run_query's path);
 # layered's layers are left to the general path
+# Below ROWS_FROM candidates (the rows path's from there) and at most the
+# audit's AUDIT_CONTRIBUTORS (its line names every one: _audit_decayed)
+_DECAYED_FROM = min(ROWS_FROM, AUDIT_CONTRIBUTORS + 1)
 _DECAYED_LENSES = (frozenset(qfast.COLUMN_LENSES) - {"layered"} if qfast.COMPILED
                    else frozenset())

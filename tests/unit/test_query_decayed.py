@@ -15,7 +15,7 @@ import random
 import pytest
 
 from stemedb import open_store
-from stemedb.core import qfast
+from stemedb.core import qaudit, qfast
 from stemedb.core import query as Q
 from tests.conftest import NoFsyncFS
 
@@ -68,8 +68,12 @@ def _answer(s, path, pred, lens, limit):
     return d, bits, [a.hash for a in res.assertions], res.next_cursor
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_decayed_page_is_the_general_paths(tmp_path, monkeypatch, seed):
+@pytest.mark.parametrize("seed,line", [(1, True), (2, True), (3, True), (4, False)])
+def test_the_decayed_page_is_the_general_paths(tmp_path, monkeypatch, seed, line):
+    """(``line`` False: the entry queued for the writer thread, as the pure
+    build and a line the compiled one does not write queue it)"""
+    if not line:
+        monkeypatch.setattr(qaudit, "_LINE", None)
     r = random.Random(seed)
     s = open_store(str(tmp_path / "d"), fs=NoFsyncFS(), clock=lambda: NOW,
                    durability="none", audit=True)
