@@ -151,6 +151,9 @@ DEF HASHED = 0xFF           # format.VALUE_HASHED
 DEF NOGIL_FROM = 1024       # candidates from which resolve_columns lets the GIL go
 
 
+cdef int64_t _EXACT_C = EXACT    # (compared as C ints: a DEF this large is a Python int)
+
+
 cdef double _decayed(double c, int64_t t, object hl_o, bint small_at, int64_t at,
                      object at_us) except? -1.0:
     """``c`` decayed from ``t`` to ``at_us`` with the half-life ``hl_o``
@@ -160,12 +163,14 @@ cdef double _decayed(double c, int64_t t, object hl_o, bint small_at, int64_t at
     cdef int64_t age, hl
     if hl_o is None:
         return c
-    if small_at and -EXACT < t < EXACT:
+    # (against _EXACT_C, a C int: EXACT, a DEF this large, is compared as a
+    # Python int, one made for each comparison)
+    if small_at and -_EXACT_C < t < _EXACT_C:
         age = at - t
         if age <= 0:
             return c
         hl = hl_o
-        if age < EXACT and 0 < hl < EXACT:
+        if age < _EXACT_C and 0 < hl < _EXACT_C:
             return c * pow(2.0, -(<double>age) / <double>hl)
         return c * (2.0 ** (-(at_us - t) / hl_o))
     age_o = at_us - t
@@ -710,11 +715,26 @@ cdef object _entry_weight(r, tuple half_life_us, bint decay, bint small_at, int6
     confidence, decayed to ``at_us`` when ``decay`` (in C doubles while every
     operand is exact there, ``small_at``: ``at_us`` fits, as ``at_c``)."""
     cdef int64_t age_c
+    cdef long long t_c, hl_c
+    cdef int over = 0
     c = r.confidence
     if decay:
         hl = half_life_us[r.source_class]
         if hl is not None:
             t = r.timestamp
+            if small_at and type(t) is int and type(hl) is int:
+                # the branch below in C ints, without a Python int made for
+                # each comparison with EXACT nor a float made of ``hl``: the
+                # same expressions, so the same double; anything else
+                # (beyond int64, or past EXACT) is left to the branch below
+                t_c = PyLong_AsLongLongAndOverflow(t, &over)
+                if over == 0 and -_EXACT_C < t_c < _EXACT_C:
+                    age_c = at_c - <int64_t>t_c
+                    if age_c <= 0:
+                        return c
+                    hl_c = PyLong_AsLongLongAndOverflow(hl, &over)
+                    if over == 0 and age_c < _EXACT_C and 0 < hl_c < _EXACT_C:
+                        return <double>c * pow(2.0, -(<double>age_c) / <double>hl_c)
             if small_at and -EXACT < t < EXACT:
                 age_c = at_c - <int64_t>t
                 if age_c <= 0:

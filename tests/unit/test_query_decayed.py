@@ -205,3 +205,100 @@ def test_decay_reads_the_store_modules_run_query_at_each_call(tmp_path, monkeypa
             "cursor": None, "agent": None, "decay": True})]
     finally:
         s.close()
+
+
+# ------------------------------------------- decay at the edges of exact C doubles
+# _query._decayed (the column lenses) and _query._entry_weight (the audit's
+# weights) compute in C doubles only while every operand is exact there
+# (|t|, |at|, age and the half-life below 2**53) and compare against EXACT as
+# a C int; at and around that edge they must give Python's numbers.
+
+EXACT = 2**53
+EDGE_T = [EXACT - 1, EXACT, EXACT + 1, -EXACT + 1, -EXACT, -EXACT - 1, 0, 1, -1,
+          EXACT // 2, -(EXACT // 2), 2**62, -2**62, 10**15, 2**63 - 1, -2**63]
+EDGE_AT = [EXACT - 1, EXACT, EXACT + 1, -EXACT + 1, -EXACT, 0, 10**15,
+           EXACT // 2 + 5, EXACT - 2, 2**62, -2**62, 2**63 - 1]
+
+
+def _edge_cases():
+    r = random.Random(5)
+    for at in EDGE_AT:
+        for _ in range(6):
+            n = r.randrange(1, 9)
+            yield at, [(r.choice(EDGE_T) + r.randrange(-3, 4) if r.random() < 0.8
+                        else r.choice(EDGE_T), r.choice([0.0, 0.3, 0.77, 1.0]),
+                        r.randrange(6)) for _ in range(n)]
+
+
+def _clamp64(t):
+    return max(-2**63, min(2**63 - 1, t))
+
+
+@pytest.mark.skipif(not qfast.COMPILED, reason="compiled _query not built")
+def test_column_decay_at_the_exact_edges_is_the_pure_twins():
+    import math
+
+    import numpy as np
+
+    from stemedb.core import _query, qpure
+    from stemedb.core.lens import _HALF_LIFE_US, _TIER
+
+    def bits(x):
+        if isinstance(x, float):
+            return x.hex() if math.isfinite(x) else repr(x)
+        if isinstance(x, (list, tuple)):
+            return [bits(v) for v in x]
+        if isinstance(x, dict):
+            return {k: bits(v) for k, v in x.items()}
+        return x
+
+    def outcome(fn, *args):
+        try:
+            return ("ok", bits(fn(*args)))
+        except Exception as exc:  # noqa: BLE001 - the refusal is compared
+            return (type(exc).__name__,)
+    for at, items in _edge_cases():
+        n = len(items)
+        cols = (np.arange(1, n + 1, dtype=np.int64),
+                np.array([_clamp64(t) for t, _, _ in items], np.int64),
+                np.array([c for _, c, _ in items], np.float64),
+                np.array([k for _, _, k in items], np.uint8),
+                np.array([0x0100 + (i % 3) for i in range(n)], np.uint64),
+                np.zeros(n, np.uint64))
+        ords = list(range(n))
+        for decay in (True, False):
+            want = outcome(qpure.column_rows, ords, *cols, at, decay, _HALF_LIFE_US, _TIER)
+            assert outcome(_query.column_rows, ords, *cols, at, decay, _HALF_LIFE_US,
+                           _TIER) == want, (at, items)
+            for lens in ("recency", "confidence", "consensus", "authority", "layered"):
+                want = outcome(qpure.resolve_columns, lens, ords, *cols, at, decay,
+                               _HALF_LIFE_US, _TIER)
+                got = outcome(_query.resolve_columns, lens, ords, *cols, at, decay,
+                              _HALF_LIFE_US, _TIER)
+                assert got == want, (lens, at, items)
+
+
+@pytest.mark.skipif(not qfast.COMPILED, reason="compiled _query not built")
+def test_audit_weights_at_the_exact_edges_are_the_entrys():
+    from stemedb.core import _query
+    from stemedb.core.lens import _HALF_LIFE_US
+    from stemedb.model import Assertion, AssertionRecord
+    for at, items in _edge_cases():
+        top = [Assertion(AssertionRecord(hash=bytes([i]) * 32, recorded_at=0, timestamp=t,
+                                         confidence=c, source_class=k, lifecycle=0,
+                                         concept_path="g", predicate="r", value_json=b"1"),
+                         i + 1)
+               for i, (t, c, k) in enumerate(items)]
+        for decay in (True, False):
+            want = [w["weight"] for w in Q._contributing(top, at, decay)]
+            line = _query.audit_line(Q._AUDIT_PARAMS, _HALF_LIFE_US, 1, 10**15, None,
+                                     (None,) * 13, top[:1], 0, top, at, decay, len(top))
+            if any(w != w or w in (float("inf"), float("-inf")) for w in want):
+                assert line is None
+                continue
+            got = [w["weight"] for w in json.loads(line)["contributing"]]
+            assert [w.hex() for w in got] == [w.hex() for w in want], (at, items, decay)
+            entry = _query.audit_entry(Q._AUDIT_PARAMS, _HALF_LIFE_US, str, 1, 10**15, None,
+                                       (None,) * 13, top[:1], 0, top, at, decay, len(top))
+            assert [c["weight"].hex() for c in entry["contributing"]] == \
+                [w.hex() for w in want]
