@@ -52,11 +52,37 @@ cdef const void* _col(object a, char kind, int size, Py_ssize_t* n) except NULL:
     return data if data != NULL else <const void*>_NOTHING
 
 
-cdef inline bytes _table(object table):
-    """A table of allowed ids as bytes (1 allowed, 0 not); None stays None."""
+from cpython.ref cimport PyObject
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+
+cdef object _TRUE = True, _FALSE = False     # (the objects: <PyObject*>True is 1 cast)
+
+
+cdef bytes _table(object table):
+    """A table of allowed ids as bytes (1 allowed, 0 not); None stays None.
+    A list of bools (gather's tables) is read in C, without the list of
+    ints and the bytes() call made of it (~1.8k instructions a query)."""
+    cdef Py_ssize_t i, n
+    cdef char* p
+    cdef PyObject* x
     if table is None:
         return None
-    return bytes([1 if x else 0 for x in table])
+    if type(table) is list:
+        n = PyList_GET_SIZE(table)
+        out = PyBytes_FromStringAndSize(NULL, n)
+        p = PyBytes_AS_STRING(out)
+        for i in range(n):
+            x = PyList_GET_ITEM(table, i)
+            if x == <PyObject*>_TRUE:
+                p[i] = 1
+            elif x == <PyObject*>_FALSE:
+                p[i] = 0
+            else:       # (another object's truth may run Python code)
+                break
+        else:
+            return out
+    return bytes([1 if y else 0 for y in table])
 
 
 def filter_ords(list ords, ts, rec, seq, lc, ep, as_of, known_at, since, seq_bound,

@@ -302,3 +302,29 @@ def test_audit_weights_at_the_exact_edges_are_the_entrys():
                                        (None,) * 13, top[:1], 0, top, at, decay, len(top))
             assert [c["weight"].hex() for c in entry["contributing"]] == \
                 [w.hex() for w in want]
+
+
+@pytest.mark.skipif(not qfast.COMPILED, reason="compiled _query not built")
+@pytest.mark.parametrize("table", [
+    [True, False, True, False], [False] * 4, [True] * 4, [1, 0, 2, 0], [True, 0, None, 1],
+    (True, False, True, True), [True, False, "x", ""], [True, False], [], [True, 1.0, 0.0, False]])
+def test_filter_ords_reads_any_table_as_the_pure_twin(table):
+    """_query._table reads a list of bools in C and anything else as before:
+    the kept ordinals (or the refusal: an id past the table) are qpure's."""
+    import numpy as np
+
+    from stemedb.core import _query, qpure
+    n = 8
+    cols = (np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64),
+            np.arange(1, n + 1, dtype=np.int64), np.array([i % 4 for i in range(n)], np.int8),
+            np.zeros(n, np.int32))
+    for ords in (list(range(n)), [3, 1, 2], [0]):
+        for lc_ok, ep_ok in ((table, None), (None, table), (table, table)):
+            args = (list(ords), *cols, None, None, None, None, lc_ok, ep_ok)
+
+            def outcome(fn):
+                try:
+                    return ("ok", fn(*args))
+                except Exception as exc:  # noqa: BLE001 - the refusal is compared
+                    return (type(exc).__name__,)
+            assert outcome(_query.filter_ords) == outcome(qpure.filter_ords), (ords, lc_ok, ep_ok)
