@@ -170,8 +170,8 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             f = Filters()
         else:
             f = Filters(decay=True)
-            if (cursor is None and predicate is not None and include_descendants is False
-                    and lens_obj.name in _DECAYED_LENSES):
+            if (_DECAYED_LENSES and cursor is None and predicate is not None
+                    and include_descendants is False and lens_obj.name in _DECAYED_LENSES):
                 # decay against "now", one key, a column lens: never kept
                 # (time-bound), so always computed; one function does it
                 return _decayed_page(reader, concept_path, predicate, lens, lens_obj, f,
