@@ -248,7 +248,7 @@ def _decayed_page(reader, concept_path: str, predicate: str, lens, lens_obj, f: 
         st = reader.state
         f.seq_bound = st.last_seq
         f.rec_bound = st.last_recorded_at
-        at = f.at_us = _CLOCK(reader.clock, now_us)
+        at = f.at_us = reader.clock() if _CLOCK is None else _CLOCK(reader.clock, now_us)
         paths = [concept_path]
         active, retracted = gather(reader, paths, predicate, f)
         got = None
@@ -271,8 +271,9 @@ def _decayed_page(reader, concept_path: str, predicate: str, lens, lens_obj, f: 
     if got is None:
         return _finish(reader, rest, params, lens_obj, f, None, None, 0, agent)
     of = dict(zip(active, cands))
-    results = [Result(concept_path=concept_path, predicate=predicate, winner=of[got[0]],
-                      confidence=got[1], conflict_score=got[2], candidates_count=n)]
+    results: list[dict] = [Result(concept_path=concept_path, predicate=predicate,
+                                  winner=of[got[0]], confidence=got[1],
+                                  conflict_score=got[2], candidates_count=n)]
     ordered = list(map(of.__getitem__, got[3]))
     out = QueryResult(concept_path, lens, results, ordered[:limit],
                       _cursor(limit, f) if limit < n else None)
