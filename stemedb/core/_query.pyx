@@ -52,11 +52,37 @@ cdef const void* _col(object a, char kind, int size, Py_ssize_t* n) except NULL:
     return data if data != NULL else <const void*>_NOTHING
 
 
-cdef inline bytes _table(object table):
-    """A table of allowed ids as bytes (1 allowed, 0 not); None stays None."""
+from cpython.ref cimport PyObject
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+
+
+cdef object _TRUE = True, _FALSE = False     # (the objects: <PyObject*>True is 1 cast)
+
+
+cdef bytes _table(object table):
+    """A table of allowed ids as bytes (1 allowed, 0 not); None stays None.
+    A list of bools (gather's tables) is read in C, without the list of
+    ints and the bytes() call made of it (~1.8k instructions a query)."""
+    cdef Py_ssize_t i, n
+    cdef char* p
+    cdef PyObject* x
     if table is None:
         return None
-    return bytes([1 if x else 0 for x in table])
+    if type(table) is list:
+        n = PyList_GET_SIZE(table)
+        out = PyBytes_FromStringAndSize(NULL, n)
+        p = PyBytes_AS_STRING(out)
+        for i in range(n):
+            x = PyList_GET_ITEM(table, i)
+            if x == <PyObject*>_TRUE:
+                p[i] = 1
+            elif x == <PyObject*>_FALSE:
+                p[i] = 0
+            else:       # (another object's truth may run Python code)
+                break
+        else:
+            return out
+    return bytes([1 if y else 0 for y in table])
 
 
 def filter_ords(list ords, ts, rec, seq, lc, ep, as_of, known_at, since, seq_bound,
@@ -151,6 +177,9 @@ DEF HASHED = 0xFF           # format.VALUE_HASHED
 DEF NOGIL_FROM = 1024       # candidates from which resolve_columns lets the GIL go
 
 
+cdef int64_t _EXACT_C = EXACT    # (compared as C ints: a DEF this large is a Python int)
+
+
 cdef double _decayed(double c, int64_t t, object hl_o, bint small_at, int64_t at,
                      object at_us) except? -1.0:
     """``c`` decayed from ``t`` to ``at_us`` with the half-life ``hl_o``
@@ -160,12 +189,14 @@ cdef double _decayed(double c, int64_t t, object hl_o, bint small_at, int64_t at
     cdef int64_t age, hl
     if hl_o is None:
         return c
-    if small_at and -EXACT < t < EXACT:
+    # (against _EXACT_C, a C int: EXACT, a DEF this large, is compared as a
+    # Python int, one made for each comparison)
+    if small_at and -_EXACT_C < t < _EXACT_C:
         age = at - t
         if age <= 0:
             return c
         hl = hl_o
-        if age < EXACT and 0 < hl < EXACT:
+        if age < _EXACT_C and 0 < hl < _EXACT_C:
             return c * pow(2.0, -(<double>age) / <double>hl)
         return c * (2.0 ** (-(at_us - t) / hl_o))
     age_o = at_us - t
@@ -710,11 +741,26 @@ cdef object _entry_weight(r, tuple half_life_us, bint decay, bint small_at, int6
     confidence, decayed to ``at_us`` when ``decay`` (in C doubles while every
     operand is exact there, ``small_at``: ``at_us`` fits, as ``at_c``)."""
     cdef int64_t age_c
+    cdef long long t_c, hl_c
+    cdef int over = 0
     c = r.confidence
     if decay:
         hl = half_life_us[r.source_class]
         if hl is not None:
             t = r.timestamp
+            if small_at and type(t) is int and type(hl) is int:
+                # the branch below in C ints, without a Python int made for
+                # each comparison with EXACT nor a float made of ``hl``: the
+                # same expressions, so the same double; anything else
+                # (beyond int64, or past EXACT) is left to the branch below
+                t_c = PyLong_AsLongLongAndOverflow(t, &over)
+                if over == 0 and -_EXACT_C < t_c < _EXACT_C:
+                    age_c = at_c - <int64_t>t_c
+                    if age_c <= 0:
+                        return c
+                    hl_c = PyLong_AsLongLongAndOverflow(hl, &over)
+                    if over == 0 and age_c < _EXACT_C and 0 < hl_c < _EXACT_C:
+                        return <double>c * pow(2.0, -(<double>age_c) / <double>hl_c)
             if small_at and -EXACT < t < EXACT:
                 age_c = at_c - <int64_t>t
                 if age_c <= 0:
@@ -2929,7 +2975,9 @@ def store_query(method, module):
     plain shape (self and ``concept_path``, keywords of ``method``'s own,
     no cursor, no filter) calls ``module.first_page`` (``module``: query.py,
     read at each call as ``method`` reads it) and, when that gives None,
-    ``run_query`` from ``method``'s globals, as ``method`` does.  Any other
+    ``run_query`` from ``method``'s globals, as ``method`` does; the same
+    shape with the one filter decay=True calls ``module.decayed_query``
+    with that ``run_query`` (query.decayed_query).  Any other
     call, bad ones included, is ``method``'s own (its errors word for
     word).  The pure build keeps ``method`` (qpure.store_query)."""
     code = method.__code__
@@ -2946,10 +2994,30 @@ def store_query(method, module):
               include_descendants=_ABSENT, lens=_ABSENT, limit=_ABSENT, cursor=_ABSENT,
               agent=_ABSENT, **filters):
         cdef PyObject* e
-        if (self is _ABSENT or concept_path is _ABSENT or args or filters
+        cdef PyObject* r
+        if (self is _ABSENT or concept_path is _ABSENT or args
                 or (cursor is not _ABSENT and cursor is not None)):
             return _again(method, self, concept_path, args, filters, predicate,
                           include_descendants, lens, limit, cursor, agent)
+        if filters:
+            # decay=True alone: ``module.decayed_query``, which calls the
+            # run_query ``method`` would call (its keywords, decay=True
+            # added) unless it serves the shape itself (query.py says when)
+            e = PyDict_GetItem(filters, "decay") if len(filters) == 1 else NULL
+            if e == NULL or <object>e is not True:
+                return _again(method, self, concept_path, args, filters, predicate,
+                              include_descendants, lens, limit, cursor, agent)
+            e = PyDict_GetItem(qd, "decayed_query")
+            r = PyDict_GetItem(sd, "run_query")
+            if e == NULL or r == NULL:
+                return _again(method, self, concept_path, args, filters, predicate,
+                              include_descendants, lens, limit, cursor, agent)
+            return (<object>e)(<object>r, self.reader, concept_path,
+                               None if predicate is _ABSENT else predicate,
+                               False if include_descendants is _ABSENT else include_descendants,
+                               "recency" if lens is _ABSENT else lens,
+                               100 if limit is _ABSENT else limit,
+                               None if agent is _ABSENT else agent)
         if predicate is _ABSENT:
             predicate = None
         if include_descendants is _ABSENT:

@@ -142,6 +142,31 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
                        active)))
 
 
+def _audit_decayed(reader, agent, params, winner, top: list, at_us: int, active: int) -> None:
+    """:func:`_audit` of a query made, not kept, with decay at ``at_us``
+    (query._decayed_page's: one key, its ``winner``, its ``active``
+    candidates at most AUDIT_CONTRIBUTORS, ``top`` all of them in the
+    lens's order, and nothing retracted): the same line or the same entry,
+    without _audit's _Moment and its branches for answers and groups."""
+    audit = reader.audit
+    at = reader.clock() if _CLOCK is None else _CLOCK(reader.clock, now_us)
+    if _LINE is not None:
+        plain = type(audit) is AuditLog
+        try:
+            line = _LINE(next(audit._ids) if plain else audit.number(), at, agent, params,
+                         [winner], 1 - AUDIT_RESULTS, top, at_us, True, active)
+        except Exception:  # noqa: BLE001 - as _audit: the writer's path builds it
+            line = None
+        if line is not None:
+            if plain and len(audit._queue) < audit.quick_below:
+                audit._queue.append(line)
+            else:
+                audit.add(line)
+            return
+    audit.add(Pending((_ENTRY, at, agent, params, [winner], 1 - AUDIT_RESULTS, top, at_us, True,
+                       active)))
+
+
 def _tail(ordered, results, ctx, active: int) -> bytes | None:
     """The compiled line's end for a materialized answer (``active`` given):
     what _audit would write after the parameters."""

@@ -18,9 +18,11 @@ from ..model import Assertion, check_concept_path, check_hash, check_name
 from ..timeutil import now_us
 from .fast import str64
 from . import qfast
-from .lens import LENSES, LensContext, Resolution, conflict_analysis, get_lens
+from .lens import (
+    _HALF_LIFE_US, _TIER, LENSES, LensContext, Resolution, conflict_analysis, get_lens,
+)
 from .qaudit import (  # noqa: F401 (re-exported: the audit entry's pieces)
-    _AUDIT_PARAMS, AUDIT_CONTRIBUTORS, AUDIT_RESULTS, _audit, _audit_params,
+    _AUDIT_PARAMS, AUDIT_CONTRIBUTORS, AUDIT_RESULTS, _audit, _audit_decayed, _audit_params,
     _contributing, _entry, _Moment, _tail,
 )
 from .qcolumns import (  # noqa: F401 (column_rows, _hashed_values_agree: re-exported)
@@ -164,7 +166,16 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
             and epoch is None and include_retracted is False
             and (decay is False or decay is True)):
         # the defaults (or decay alone): nothing to parse
-        f = Filters() if decay is False else Filters(decay=True)
+        if decay is False:
+            f = Filters()
+        else:
+            f = Filters(decay=True)
+            if (_DECAYED_LENSES and cursor is None and predicate is not None
+                    and include_descendants is False and lens_obj.name in _DECAYED_LENSES):
+                # decay against "now", one key, a column lens: never kept
+                # (time-bound), so always computed; one function does it
+                return _decayed_page(reader, concept_path, predicate, lens, lens_obj, f,
+                                     limit, agent)
     else:
         f = parse_filters(as_of, known_at, since, lifecycle, epoch, decay, include_retracted)
     offset = 0
@@ -197,19 +208,97 @@ def run_query(reader, concept_path, *, predicate=None, include_descendants=False
                    lens_obj, f, akey, token, offset, agent)
 
 
+def decayed_query(run, reader, concept_path, predicate, include_descendants, lens, limit,
+                  agent) -> QueryResult:
+    """Store.query(concept_path, <its own keywords>, decay=True) as the
+    compiled Store.query (_query.store_query) hands it over, without
+    Store.query's and run_query's argument binding: ``run``, the run_query
+    Store.query calls, called as Store.query calls it, unless it is this
+    module's and the arguments are ones it takes without a word (a stored
+    path and predicate, one key, a lens of _DECAYED_LENSES, a limit in
+    range), whose answer is :func:`_decayed_page`'s, as run_query's own is.
+    So every error is run_query's, word for word."""
+    if (run is run_query and type(concept_path) is str and type(predicate) is str
+            and include_descendants is False and type(lens) is str and type(limit) is int
+            and 1 <= limit <= 1000 and lens in _DECAYED_LENSES):
+        st = reader.state
+        if concept_path in st.path_ids and predicate in st.pred_ids:
+            return _decayed_page(reader, concept_path, predicate, lens, LENSES[lens],
+                                 Filters(decay=True), limit, agent)
+    return run(reader, concept_path, predicate=predicate, lens=lens, limit=limit,
+               include_descendants=include_descendants, cursor=None, agent=agent, decay=True)
+
+
+def _decayed_page(reader, concept_path: str, predicate: str, lens, lens_obj, f: Filters,
+                  limit: int, agent) -> QueryResult:
+    """run_query's first page of a decayed query of one key under a column
+    lens (``f``: Filters(decay=True), every other filter at its default;
+    compiled only, see _DECAYED_LENSES), in one frame.  Its answer
+    depends on "now", so it is never kept and every call computes it: below
+    ROWS_FROM candidates every one is decoded (the page) and ranked from
+    the columns in C, as _resolve's small-key branch does, without its
+    Resolution, _shown_resolution's frame and the tuples between _resolve
+    and _finish; the same results, page, cursor and audit line
+    (tests/unit/test_query_decayed.py).  Anything else (no candidate, a
+    larger key, a column ranking declined) goes the general way, from the
+    candidates gathered here."""
+    params = (concept_path, predicate, False, lens, None, None, None, None, None, True, False,
+              limit, None)
+    with reader.lock:
+        st = reader.state
+        f.seq_bound = st.last_seq
+        f.rec_bound = st.last_recorded_at
+        at = f.at_us = reader.clock() if _CLOCK is None else _CLOCK(reader.clock, now_us)
+        paths = [concept_path]
+        active, retracted = gather(reader, paths, predicate, f)
+        got = None
+        n = len(active)
+        if 0 < n < _DECAYED_FROM:
+            # (columns_resolution, inline)
+            c = st.cols
+            pairs = qfast.hashed_pairs(active, c.va, c.vb)
+            if not (len(pairs) > 1 and len(dict(pairs)) < len(pairs)
+                    and not _hashed_values_agree(reader, pairs)):
+                got = qfast.resolve_columns(lens_obj.name, active, c.seq, c.ts, c.conf, c.rank,
+                                            c.va, c.vb, at, True, _HALF_LIFE_US, _TIER)
+        if got is None or got[0] is None:
+            got = None
+            rest = _resolve(reader, concept_path, predicate, False, lens_obj, f, paths, None,
+                            None, None, 0, limit, (active, retracted))
+        else:
+            # (shown_many, inline: no retraction cut, the view's seq bound)
+            cands = reader.assertions(active, None, f.seq_bound)
+    if got is None:
+        return _finish(reader, rest, params, lens_obj, f, None, None, 0, agent)
+    of = dict(zip(active, cands))
+    results: list[dict] = [Result(concept_path=concept_path, predicate=predicate,
+                                  winner=of[got[0]], confidence=got[1],
+                                  conflict_score=got[2], candidates_count=n)]
+    ordered = list(map(of.__getitem__, got[3]))
+    out = QueryResult(concept_path, lens, results, ordered[:limit],
+                      _cursor(limit, f) if limit < n else None)
+    if reader.audit is not None:
+        # (_audit's line: the top is every candidate, n < AUDIT_CONTRIBUTORS)
+        _audit_decayed(reader, agent, params, results[0]["winner"], ordered, at, n)
+    return out
+
+
 def _resolve(reader, concept_path, predicate, include_descendants, lens_obj, f: Filters,
-             paths: list[str], akey, token, ans, offset: int, limit: int) -> tuple:
+             paths: list[str], akey, token, ans, offset: int, limit: int,
+             gathered: tuple | None = None) -> tuple:
     """run_query's part under the lock once the answer cache was asked
     (``ans``: what it gave, or None; ``akey``: the answer's key, None when
     it is not kept; ``token``: the generations it is valid under): the
-    candidates gathered, decoded and, on the columns' branches, ranked, or
-    the page (and the audit's top) of a materialized answer.  What
-    :func:`_finish` takes, as one tuple (qpure.first_page calls both)."""
+    candidates gathered (``gathered``: gather's answer when already asked),
+    decoded and, on the columns' branches, ranked, or the page (and the
+    audit's top) of a materialized answer.  What :func:`_finish` takes, as
+    one tuple (qpure.first_page calls both)."""
     shown_of = colres = None
     cands = rcands = ctx = page = top = active = retracted = None
     ntop = AUDIT_CONTRIBUTORS if reader.audit is not None else -1
     if ans is None:
-        active, retracted = gather(reader, paths, predicate, f)
+        active, retracted = (gather(reader, paths, predicate, f) if gathered is None
+                             else gathered)
         if lens_obj.rows_only and _rows_pay(len(active), limit, reader.audit is not None):
             # resolved from the index columns, candidates as ordinals: only
             # the winners, the page and the audit's top are decoded, as one
@@ -578,3 +667,11 @@ _FIRST_ENV = (LENSES, Filters, DEFAULT_LIFECYCLES, GEN_MASK, GEN_MIX, AUDIT_CONT
 # the one call serves.  run_query and Store.query (without run_query's
 # keywords) both call it by this module's name.
 first_page = qfast.first_page(_FIRST_ENV)
+# The column lenses _decayed_page serves, compiled (the pure build ranks a
+# small key over its decoded candidates, lens.py, on run_query's path);
+# layered's layers are left to the general path
+# Below ROWS_FROM candidates (the rows path's from there) and at most the
+# audit's AUDIT_CONTRIBUTORS (its line names every one: _audit_decayed)
+_DECAYED_FROM = min(ROWS_FROM, AUDIT_CONTRIBUTORS + 1)
+_DECAYED_LENSES = (frozenset(qfast.COLUMN_LENSES) - {"layered"} if qfast.COMPILED
+                   else frozenset())
