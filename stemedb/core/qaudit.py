@@ -120,16 +120,21 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
     more = len(winners) - AUDIT_RESULTS
     if more > 0:
         winners = winners[:AUDIT_RESULTS]
+    _add_entry(audit, at, agent, params, winners, more, top, ctx.at_us, ctx.decay, active)
+
+
+def _add_entry(audit, at, agent, params, winners, more, top, at_us, decay, active) -> None:
+    """Queue the audit entry of a query answered from what it made (not a
+    kept answer's line): compiled, the entry's JSON line written here, so
+    the writer thread only joins bytes (None: an entry _LINE does not write,
+    queued as before); else the Pending entry the writer builds."""
     if _LINE is not None:
-        # compiled: the entry's JSON line, written here, so the writer thread
-        # only joins bytes (None: an entry _LINE does not write, queued as
-        # before)
         plain = type(audit) is AuditLog
         try:
             # (audit.number() and, below its quick_below backlog, audit.add,
             # inline for the AuditLog itself, as FirstPage queues its lines)
             line = _LINE(next(audit._ids) if plain else audit.number(), at, agent, params,
-                         winners, more, top, ctx.at_us, ctx.decay, active)
+                         winners, more, top, at_us, decay, active)
         except Exception:  # noqa: BLE001 - an audit entry must never fail its query:
             line = None     # the writer's path builds it, and counts it if it fails
         if line is not None:
@@ -138,8 +143,7 @@ def _audit(reader, agent, params, results, groups, ctx, ordered, active=None, an
             else:
                 audit.add(line)
             return
-    audit.add(Pending((_ENTRY, at, agent, params, winners, more, top, ctx.at_us, ctx.decay,
-                       active)))
+    audit.add(Pending((_ENTRY, at, agent, params, winners, more, top, at_us, decay, active)))
 
 
 def _audit_decayed(reader, agent, params, winner, top: list, at_us: int, active: int) -> None:
@@ -148,23 +152,9 @@ def _audit_decayed(reader, agent, params, winner, top: list, at_us: int, active:
     candidates at most AUDIT_CONTRIBUTORS, ``top`` all of them in the
     lens's order, and nothing retracted): the same line or the same entry,
     without _audit's _Moment and its branches for answers and groups."""
-    audit = reader.audit
     at = reader.clock() if _CLOCK is None else _CLOCK(reader.clock, now_us)
-    if _LINE is not None:
-        plain = type(audit) is AuditLog
-        try:
-            line = _LINE(next(audit._ids) if plain else audit.number(), at, agent, params,
-                         [winner], 1 - AUDIT_RESULTS, top, at_us, True, active)
-        except Exception:  # noqa: BLE001 - as _audit: the writer's path builds it
-            line = None
-        if line is not None:
-            if plain and len(audit._queue) < audit.quick_below:
-                audit._queue.append(line)
-            else:
-                audit.add(line)
-            return
-    audit.add(Pending((_ENTRY, at, agent, params, [winner], 1 - AUDIT_RESULTS, top, at_us, True,
-                       active)))
+    _add_entry(reader.audit, at, agent, params, [winner], 1 - AUDIT_RESULTS, top, at_us, True,
+               active)
 
 
 def _tail(ordered, results, ctx, active: int) -> bytes | None:
