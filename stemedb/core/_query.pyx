@@ -749,10 +749,10 @@ cdef object _entry_weight(r, tuple half_life_us, bint decay, bint small_at, int6
         if hl is not None:
             t = r.timestamp
             if small_at and type(t) is int and type(hl) is int:
-                # the branch below in C ints, without a Python int made for
-                # each comparison with EXACT nor a float made of ``hl``: the
+                # in C ints and doubles while every operand is exact there
+                # (no Python int made for each comparison with EXACT): the
                 # same expressions, so the same double; anything else
-                # (beyond int64, or past EXACT) is left to the branch below
+                # (beyond int64, or past EXACT) takes the Python expression
                 t_c = PyLong_AsLongLongAndOverflow(t, &over)
                 if over == 0 and -_EXACT_C < t_c < _EXACT_C:
                     age_c = at_c - <int64_t>t_c
@@ -761,18 +761,9 @@ cdef object _entry_weight(r, tuple half_life_us, bint decay, bint small_at, int6
                     hl_c = PyLong_AsLongLongAndOverflow(hl, &over)
                     if over == 0 and age_c < _EXACT_C and 0 < hl_c < _EXACT_C:
                         return <double>c * pow(2.0, -(<double>age_c) / <double>hl_c)
-            if small_at and -EXACT < t < EXACT:
-                age_c = at_c - <int64_t>t
-                if age_c <= 0:
-                    pass
-                elif age_c < EXACT and 0 < hl < EXACT:
-                    c = <double>c * pow(2.0, -(<double>age_c) / <double>hl)
-                else:
-                    c = c * 2.0 ** (-(at_us - t) / hl)
-            else:
-                age = at_us - t
-                if age > 0:
-                    c = c * 2.0 ** (-age / hl)
+            age = at_us - t
+            if age > 0:
+                c = c * 2.0 ** (-age / hl)
     return c
 
 

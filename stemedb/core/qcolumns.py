@@ -55,13 +55,11 @@ def _hashed_values_agree(reader, pairs) -> bool:
     return True
 
 
-def columns_resolution(reader, lens_obj, ords: list[int], at_us: int, decay: bool):
-    """The Resolution of a ``rows_only`` lens over one key's candidates
-    ``ords``, ranked from the index columns (``qfast.resolve_columns``:
-    compiled, or lens.py over :func:`column_rows`), with ordinals where
-    Assertions would be (call under the lock).  None when it declines (an
-    effective confidence that is not finite) or two different values
-    share a hashed value id: :func:`column_rows` answers then."""
+def ranked_columns(reader, lens: str, ords: list[int], at_us: int, decay: bool):
+    """``qfast.resolve_columns``' ranking of one key's candidates ``ords``
+    under the lens named ``lens`` (call under the lock): (winner, confidence,
+    conflict score, ordered, layers) as ordinals, or None when it declines
+    or two different values share a hashed value id."""
     c = reader.state.cols
     pairs = qfast.hashed_pairs(ords, c.va, c.vb)
     # only ids held by two or more candidates are compared (dict(pairs): one
@@ -69,8 +67,18 @@ def columns_resolution(reader, lens_obj, ords: list[int], at_us: int, decay: boo
     if len(pairs) > 1 and len(dict(pairs)) < len(pairs) and not _hashed_values_agree(
             reader, pairs):
         return None
-    got = qfast.resolve_columns(lens_obj.name, ords, c.seq, c.ts, c.conf, c.rank, c.va, c.vb,
-                                at_us, decay, _HALF_LIFE_US, _TIER)
+    return qfast.resolve_columns(lens, ords, c.seq, c.ts, c.conf, c.rank, c.va, c.vb,
+                                 at_us, decay, _HALF_LIFE_US, _TIER)
+
+
+def columns_resolution(reader, lens_obj, ords: list[int], at_us: int, decay: bool):
+    """The Resolution of a ``rows_only`` lens over one key's candidates
+    ``ords``, ranked from the index columns (``qfast.resolve_columns``:
+    compiled, or lens.py over :func:`column_rows`), with ordinals where
+    Assertions would be (call under the lock).  None when it declines (an
+    effective confidence that is not finite) or two different values
+    share a hashed value id: :func:`column_rows` answers then."""
+    got = ranked_columns(reader, lens_obj.name, ords, at_us, decay)
     if got is None:
         return None
     winner, conf, score, ordered, layers = got

@@ -18,15 +18,13 @@ from ..model import Assertion, check_concept_path, check_hash, check_name
 from ..timeutil import now_us
 from .fast import str64
 from . import qfast
-from .lens import (
-    _HALF_LIFE_US, _TIER, LENSES, LensContext, Resolution, conflict_analysis, get_lens,
-)
+from .lens import LENSES, LensContext, Resolution, conflict_analysis, get_lens
 from .qaudit import (  # noqa: F401 (re-exported: the audit entry's pieces)
     _AUDIT_PARAMS, AUDIT_CONTRIBUTORS, AUDIT_RESULTS, _audit, _audit_decayed, _audit_params,
     _contributing, _entry, _Moment, _tail,
 )
 from .qcolumns import (  # noqa: F401 (column_rows, _hashed_values_agree: re-exported)
-    _hashed_values_agree, column_rows, columns_resolution, rank_rows,
+    _hashed_values_agree, column_rows, columns_resolution, rank_rows, ranked_columns,
 )
 from .qfilters import (  # noqa: F401 (re-exported: the filters, gather, shown, cursors)
     DEFAULT_LIFECYCLES, Filters, _bool, _context, _cursor, _uncursor, gather, parse_filters,
@@ -254,13 +252,7 @@ def _decayed_page(reader, concept_path: str, predicate: str, lens, lens_obj, f: 
         got = None
         n = len(active)
         if 0 < n < _DECAYED_FROM:
-            # (columns_resolution, inline)
-            c = st.cols
-            pairs = qfast.hashed_pairs(active, c.va, c.vb)
-            if not (len(pairs) > 1 and len(dict(pairs)) < len(pairs)
-                    and not _hashed_values_agree(reader, pairs)):
-                got = qfast.resolve_columns(lens_obj.name, active, c.seq, c.ts, c.conf, c.rank,
-                                            c.va, c.vb, at, True, _HALF_LIFE_US, _TIER)
+            got = ranked_columns(reader, lens_obj.name, active, at, True)
         if got is None or got[0] is None:
             got = None
             rest = _resolve(reader, concept_path, predicate, False, lens_obj, f, paths, None,
