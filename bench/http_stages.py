@@ -62,7 +62,13 @@ STAGES = (
     ("stemedb.http.schemas", "to_kwargs", "to_kwargs"),
     ("stemedb.core.store", "Store.query", "store.query (engine)"),
     ("stemedb.core.store", "Store.put_batch", "store.put_batch (engine)"),
-    ("stemedb.core.store", "Store.put_records", "store.put_records (engine)"),
+    ("stemedb.core.store", "Store.put", "store.put (engine)"),
+    # a single put's steps (Writer.put): validate + canonical form + hash,
+    # then the critical section up to the enqueue, then the group commit
+    ("stemedb.core.writer", "prepare_one", "put: prepare_one (validate, canonicalize, hash)"),
+    ("stemedb.core.writer", "Writer._put_one", "put: _put_one (checks, stamp, frame, wait)"),
+    ("stemedb.core.wal", "WAL.wait", "put: WAL.wait (group commit, apply)"),
+    ("stemedb.core.wal", "WAL._commit", "put: WAL._commit (leader: write, fdatasync, apply)"),
     ("stemedb.http.resources", "query_body", "query_body (the answer's JSON)"),
     # POST /v1/query's plain request skips Falcon and the middleware above
     # (stemedb.http.fastquery); it calls query_body by its own name
