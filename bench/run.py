@@ -35,6 +35,7 @@ from .peers import ENGINES, PEERS, SqliteAdapter, StemeAdapter, open_engine
 from .suite import (BENCH_DIR, REPO_DIR, disk_usage, fsync_probe, latency_summary, median,
                     memory_probe, r1_candidates, r2_prefix, recovery_peer, recovery_stemedb,
                     summarize_runs, w1_single_writer, w2_threads, w3_bulk)
+from .wake_probe import idle_state
 from .workload import SEED, encoded_size_stats, generate
 
 WORKLOADS = ("W1", "W2", "W3", "R1", "R2", "DISK", "REC", "MEM", "Q1", "C1", "E1")
@@ -131,6 +132,9 @@ def machine_header() -> dict:
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cpu": cpu, "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        # how an idle CPU sleeps: W2's hand-offs between threads pay for it
+        # (bench.wake_probe, docs/operations/deployment.md "CPU placement")
+        "cpuidle": idle_state(),
         "ram_bytes": mem, "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(), "python_impl": platform.python_implementation(),
         "git_commit": commit, "git_engine_dirty": dirty,
@@ -847,7 +851,8 @@ def render_markdown(doc: dict) -> str:
     fs = diag.get("fsync") or {}
     L += ["| | |", "|---|---|",
           f"| machine | {h['cpu']}, {h['cores']} cores ({h.get('cores_usable')} usable), "
-          f"{h['ram_bytes'] / 2**30:.1f} GiB RAM, {h['os']} |",
+          f"{h['ram_bytes'] / 2**30:.1f} GiB RAM, {h['os']}"
+          + (f", {h['cpuidle']}" if h.get("cpuidle") else "") + " |",
           f"| Python | {h['python']} ({h['python_impl']}) |",
           f"| StemeDB | commit `{h['git_commit'][:12]}`"
           + (" (the engine, stemedb/ outside http/, had uncommitted changes)"
