@@ -36,6 +36,7 @@ class Checkpoints:
         self._since = 0
         self._lock = threading.Lock()
         self._stopped = False       # set by stop(): no background write after it
+        self._thread: threading.Thread | None = None    # the last write_soon's
 
     def applied(self, anchor: dict, n: int) -> None:
         """A durable group of ``n`` records ending at ``anchor`` was applied
@@ -53,8 +54,17 @@ class Checkpoints:
         it is written leaves what a crash during the open's write left, and
         the next start rebuilds again).  A failure is logged, not raised."""
         t = threading.Thread(target=self._background, daemon=True, name="stemedb-snapshot")
+        self._thread = t
         t.start()
         return t
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for the last background snapshot to end (written, failed and
+        logged, or skipped after :meth:`stop`): for tools and tests that
+        read what it writes."""
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
 
     def stop(self) -> None:
         """No background write after this returns (the store's close, after

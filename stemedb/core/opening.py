@@ -89,8 +89,14 @@ def open_parts(path: str, fs, clock, *, durability: str, segment_size: int,
                       Checkpoints(path, fs, wal, reader, clock, snapshot_interval),
                       got.rebuilt, got.replayed)
         box.append(parts)
-        if got.rebuilt or not os.path.exists(os.path.join(path, "metadata.json")):
-            parts.checkpoints.write()
+        if not os.path.exists(os.path.join(path, "metadata.json")):
+            parts.checkpoints.write()       # a new store: its metadata.json before it answers
+        elif got.rebuilt:
+            # The WAL holds everything this snapshot would: it is written in
+            # the background, as the periodic ones are, and the store
+            # answers meanwhile (a crash first leaves what a crash during
+            # the write left: the next start rebuilds again).
+            parts.checkpoints.write_soon()
     except BaseException:
         abandon(lock_fd, wal, trail)
         raise

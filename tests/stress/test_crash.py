@@ -159,6 +159,7 @@ def test_crashes_during_recovery(fast_tmp):
                 shutil.rmtree(os.path.join(root, "db"), ignore_errors=True)
             shutil.copytree(root, saved)
             s, rfs = open_crashable(root, 2, segment_size=SEG)   # how many operations?
+            s.checkpoints.settle(60)    # a rebuild's snapshot, written in the background
             rec_ops = rfs.ops
             s.close()
             rfs.close()
@@ -171,6 +172,7 @@ def test_crashes_during_recovery(fast_tmp):
                     s = None
                     try:
                         s = open_on(rfs, segment_size=SEG)
+                        s.checkpoints.settle(60)    # its crash points too
                     except (OSError, StoreFaulted):
                         pass
                     crash(s, rfs, keep)

@@ -438,7 +438,10 @@ def test_a_failed_open_releases_the_lock(data):
     s = open_store(data, fs=NoFsyncFS(), audit=False)
     s.put(body(1))
     s.close()
-    os.remove(os.path.join(data, "db", "indexes", "snapshot.idx"))  # open will rebuild + snapshot
+    # without its snapshot and metadata.json the open rebuilds and writes its
+    # first snapshot before it answers: the injected failure lands in the open
+    os.remove(os.path.join(data, "db", "indexes", "snapshot.idx"))
+    os.remove(os.path.join(data, "metadata.json"))
     fs = _FailingDirSyncFS()
     fs.armed = True
     with pytest.raises(OSError):
