@@ -954,7 +954,8 @@ def render_markdown(doc: dict) -> str:
                 L.append(f"| {lab} (rebuild, db/indexes/ deleted) | {r['rebuild_median_s']:.3f} s"
                          " | " + ", ".join(f"{x:.3f}" for x in r["rebuild_s"])
                          + f" | {r['rebuild_records_per_s']:,.0f}"
-                         + (f" (engine log: {eng:,.0f}, without the snapshot written at open)"
+                         + (f" (engine log: {eng:,.0f}, the replay alone; the new snapshot is"
+                            " written in the background once the store answers)"
                             if eng else "") + " |")
             else:
                 L.append(f"| {lab} | {r['reopen_median_s']:.3f} s | "
