@@ -3,9 +3,12 @@ after the store's close lets the WAL and LOCK go)."""
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 
 from stemedb.core import snapshot as snap
-from tests.conftest import body
+from stemedb.core.checkpoint import Checkpoints
+from tests.conftest import abandon, body
 
 
 def test_write_soon_writes_a_snapshot_of_the_state(opener, data):
@@ -50,11 +53,6 @@ def test_the_snapshot_after_a_rebuild_does_not_hold_up_the_open(opener, data, mo
     snapshot is written: that one is written in the background, as the
     periodic ones are.  Held here until the store has answered a query and
     taken a put; once written, the next start loads it."""
-    import shutil
-    import threading
-
-    from stemedb.core.checkpoint import Checkpoints
-
     s = opener()
     for i in range(30):
         s.put(body(i))
@@ -89,11 +87,6 @@ def test_the_snapshot_after_a_rebuild_does_not_hold_up_the_open(opener, data, mo
 def test_a_crash_before_the_background_snapshot_rebuilds_again(opener, data, monkeypatch):
     """Killed before the snapshot after a rebuild is written: the next start
     rebuilds again, with everything the WAL holds (no snapshot, no loss)."""
-    import shutil
-
-    from stemedb.core.checkpoint import Checkpoints
-    from tests.conftest import abandon
-
     s = opener()
     for i in range(20):
         s.put(body(i))
